@@ -38,3 +38,46 @@ PRESETS: dict[str, IntensityPreset] = {
     "msd_colon": IntensityPreset("msd_colon", -57.0, 175.0, 65.18, 32.65),
     "soft_tissue": IntensityPreset("soft_tissue", -160.0, 240.0, 40.0, 80.0),
 }
+
+# Foreground voxels drawn per case when computing a preset, as nnU-Net does, so that the
+# statistics of large training sets fit in memory; drawn with a fixed seed (reproducible).
+_SAMPLES_PER_CASE = 100_000
+
+
+def compute_preset(
+    images: list[np.ndarray], labels: list[np.ndarray], name: str = "dataset"
+) -> IntensityPreset:
+    """A preset from a training set: the 0.5 / 99.5 percentiles of the foreground (label > 0)
+    voxels as the clip window, and the mean / std of the clipped foreground voxels."""
+    if len(images) != len(labels) or not images:
+        raise ValueError(f"compute_preset needs matching, non-empty image and label lists "
+                         f"(got {len(images)} images, {len(labels)} labels)")
+    rng = np.random.default_rng(0)
+    samples = []
+    for number, (image, label) in enumerate(zip(images, labels)):
+        if np.shape(image) != np.shape(label):
+            raise ValueError(f"case {number}: image shape {np.shape(image)} != label shape {np.shape(label)}")
+        foreground = np.asarray(image)[np.asarray(label) > 0].astype(np.float64)
+        if foreground.size > _SAMPLES_PER_CASE:
+            foreground = rng.choice(foreground, _SAMPLES_PER_CASE, replace=False)
+        samples.append(foreground)
+    voxels = np.concatenate(samples)
+    if voxels.size == 0:
+        raise ValueError("compute_preset: the labels hold no foreground voxels (label > 0)")
+    clip_low, clip_high = np.percentile(voxels, [0.5, 99.5])
+    clipped = np.clip(voxels, clip_low, clip_high)
+    std = float(clipped.std())
+    return IntensityPreset(
+        name=name,
+        clip_low=float(clip_low),
+        clip_high=float(clip_high),
+        mean=float(clipped.mean()),
+        std=std if std > 0 else 1.0,
+    )
+
+
+def get_preset(name: str) -> IntensityPreset:
+    """The built-in preset called ``name``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown intensity preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,261 @@
+"""Image IO with full geometry (spacing, origin, direction) through SimpleITK.
+
+Reads NIfTI, NRRD, MHA and DICOM series; writes images and masks on exactly the grid they came
+from. Arrays are in (k, j, i) order, as ``SimpleITK.GetArrayFromImage`` and Slicer's
+``arrayFromVolume`` return them; spacing is given in the same order; origin and direction are in
+LPS, as ITK stores them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+# File endings `write_image` accepts: single-file formats that SimpleITK writes and that an
+# atomic rename can publish in one step (".mhd" / ".nhdr" are left out: their data file travels separately).
+WRITABLE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+_RAS_FROM_LPS = np.array([-1.0, -1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """A 3D array and the grid it lives on.
+
+    ``array`` is indexed [k, j, i]; ``spacing`` is mm per array axis (k, j, i); ``origin`` is the
+    LPS position (x, y, z) of voxel (0, 0, 0); ``direction`` is ITK's 3x3 matrix whose columns
+    are the LPS directions of the i, j and k axes.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        if self.array.ndim != 3:
+            raise ValueError(f"a Volume needs a 3D array, got shape {self.array.shape}")
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.origin = tuple(float(o) for o in self.origin)
+        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be 3 positive numbers (k, j, i), got {self.spacing}")
+        if len(self.origin) != 3:
+            raise ValueError(f"origin must be 3 numbers (LPS x, y, z), got {self.origin}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.array.shape)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    @property
+    def ijk_to_lps(self) -> np.ndarray:
+        """4x4 matrix from a continuous (i, j, k) index to an LPS point in mm."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = self.direction * np.array(self.spacing[::-1])  # scales columns i, j, k
+        matrix[:3, 3] = self.origin
+        return matrix
+
+    def same_grid(self, other: "Volume", tolerance: float = 1e-5) -> bool:
+        """Whether ``other`` has the same shape, spacing, origin and direction."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=tolerance)
+            and np.allclose(self.origin, other.origin, atol=tolerance)
+            and np.allclose(self.direction, other.direction, atol=tolerance)
+        )
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """A new Volume on this grid holding ``array`` (same shape)."""
+        array = np.asarray(array)
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} does not match the grid {self.array.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction.copy())
+
+    def to_sitk(self) -> sitk.Image:
+        array = self.array.astype(np.uint8) if self.array.dtype == bool else self.array
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+        image.SetSpacing(self.spacing[::-1])
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction.flatten().tolist())
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> "Volume":
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError(
+                f"expected a 3D single-channel image, got {image.GetDimension()}D with "
+                f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel"
+            )
+        return cls(
+            array=sitk.GetArrayFromImage(image),
+            spacing=tuple(image.GetSpacing())[::-1],
+            origin=tuple(image.GetOrigin()),
+            direction=np.array(image.GetDirection()).reshape(3, 3),
+        )
+
+    # The affine below is the one ITK's TransformPhysicalPointToContinuousIndex and
+    # TransformContinuousIndexToPhysicalPoint use (tests check it against them); written as one
+    # matrix product so that many points convert at once.
+    def lps_to_kji(self, points_lps: np.ndarray) -> np.ndarray:
+        """LPS points [N, 3] (mm) -> continuous kji indices [N, 3]."""
+        points = np.atleast_2d(np.asarray(points_lps, dtype=float))
+        ijk = (np.linalg.inv(self.ijk_to_lps) @ np.c_[points, np.ones(len(points))].T)[:3].T
+        return ijk[:, ::-1]
+
+    def kji_to_lps(self, points_kji: np.ndarray) -> np.ndarray:
+        """Continuous kji indices [N, 3] -> LPS points [N, 3] (mm)."""
+        points = np.atleast_2d(np.asarray(points_kji, dtype=float))[:, ::-1]
+        return (self.ijk_to_lps @ np.c_[points, np.ones(len(points))].T)[:3].T
+
+    def ras_to_kji(self, points_ras: np.ndarray) -> np.ndarray:
+        """RAS points [N, 3] (mm, Slicer's world frame) -> continuous kji indices [N, 3]."""
+        return self.lps_to_kji(np.atleast_2d(np.asarray(points_ras, dtype=float)) * _RAS_FROM_LPS)
+
+    def kji_to_ras(self, points_kji: np.ndarray) -> np.ndarray:
+        """Continuous kji indices [N, 3] -> RAS points [N, 3] (mm)."""
+        return self.kji_to_lps(points_kji) * _RAS_FROM_LPS
+
+
+def read_image(path: str | os.PathLike) -> Volume:
+    """Read a NIfTI / NRRD / MHA file, or the DICOM series in a folder, with its geometry.
+
+    A folder with several series gives the series with the most files. Raises ValueError that
+    names the path and the problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"cannot read {path}: no such file or folder")
+    if path.is_dir():
+        image = _read_dicom_series(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            raise ValueError(
+                f"cannot read {path}: not a NIfTI/NRRD/MHA/DICOM file SimpleITK can open "
+                f"({_sitk_message(error)})"
+            ) from None
+    try:
+        return Volume.from_sitk(image)
+    except ValueError as error:
+        hint = " (for DICOM, pass the folder holding the series)" if image.GetDimension() == 2 else ""
+        raise ValueError(f"cannot read {path}: {error}{hint}") from None
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise ValueError(f"no DICOM series in {folder}: pass a folder of DICOM slices or an image file")
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise ValueError(f"cannot read the DICOM series in {folder}: {_sitk_message(error)}") from None
+
+
+def write_image(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write ``volume`` to a NIfTI / NRRD / MHA file, atomically (temp file + rename)."""
+    path = Path(path)
+    ending = _writable_ending(path)
+    image = volume.to_sitk()
+    atomic_write(path, ending, lambda tmp: sitk.WriteImage(image, str(tmp), compress))
+    return path
+
+
+def write_mask(mask: np.ndarray, reference: Volume, path: str | os.PathLike) -> Path:
+    """Write a binary or label mask as uint8 on exactly the grid of ``reference``."""
+    mask = np.asarray(mask)
+    if mask.shape != reference.shape:
+        raise ValueError(f"mask shape {mask.shape} does not match the reference grid {reference.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError("mask values must lie in 0..255 to be written as uint8")
+    return write_image(reference.with_array(mask.astype(np.uint8)), path)
+
+
+def write_dicom_series(volume: Volume, folder: str | os.PathLike, series_description: str = "") -> list[Path]:
+    """Write ``volume`` as a CT DICOM series (one file per k slice) into ``folder``.
+
+    DICOM stores the slice normal as row x column, so a volume whose direction matrix is
+    left-handed reads back with its k axis reversed: same voxels at the same LPS positions.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    array = volume.array
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError("write_dicom_series needs an integer array (e.g. int16 HU)")
+    image = volume.with_array(array.astype(np.int16)).to_sitk()
+    uid_root = "1.2.826.0.1.3680043.2.1125." + time.strftime("%Y%m%d%H%M%S")
+    direction = volume.direction
+    orientation = "\\".join(f"{v:.10g}" for v in (*direction[:, 0], *direction[:, 1]))
+    shared_tags = {
+        "0008|0060": "CT",
+        "0008|0008": "DERIVED\\SECONDARY",
+        "0020|000d": uid_root + ".1",
+        "0020|000e": uid_root + ".2",
+        "0020|0052": uid_root + ".3",
+        "0020|0037": orientation,
+        "0008|103e": series_description,
+        "0018|0050": f"{volume.spacing[0]:.10g}",
+        "0028|1052": "0",  # rescale intercept
+        "0028|1053": "1",  # rescale slope
+    }
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    written = []
+    for k in range(volume.shape[0]):
+        slice_image = image[:, :, k]
+        for tag, value in shared_tags.items():
+            slice_image.SetMetaData(tag, value)
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
+        slice_image.SetMetaData("0020|0013", str(k + 1))
+        slice_image.SetMetaData("0008|0018", f"{uid_root}.4.{k + 1}")
+        target = folder / f"slice_{k:04d}.dcm"
+        writer.SetFileName(str(target))
+        writer.Execute(slice_image)
+        written.append(target)
+    return written
+
+
+def _writable_ending(path: Path) -> str:
+    name = path.name.lower()
+    for ending in WRITABLE_ENDINGS:
+        if name.endswith(ending) and not name.endswith(".seg.nrrd"):
+            return ending
+    raise ValueError(
+        f"cannot write {path}: unsupported file ending; use one of {', '.join(WRITABLE_ENDINGS)}"
+        " (segmentations with named segments: sam3d.data.segio.write_segmentation)"
+    )
+
+
+def atomic_write(path: Path, ending: str, write: Callable[[Path], object]) -> None:
+    """Call ``write(temp_path)`` on a temp file beside ``path`` (same ending), then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ending, dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temp_name))
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def _sitk_message(error: Exception) -> str:
+    """The line of a SimpleITK exception that says what went wrong (its last one)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
