@@ -1,0 +1,27 @@
+"""Torch-free helpers of the SAM3DPrompt Slicer module: the HTTP client and its wire format."""
+
+from .client import (
+    AuthenticationError,
+    BadRequest,
+    IncompatibleServer,
+    InvalidServerURL,
+    MaskUpdate,
+    NothingToUndo,
+    PayloadTooLarge,
+    RequestTimedOut,
+    SAM3DClient,
+    SAM3DError,
+    ServerAtCapacity,
+    ServerError,
+    ServerOutOfMemory,
+    ServerUnreachable,
+    SessionExpired,
+    SessionNotFound,
+)
+
+__all__ = [
+    "AuthenticationError", "BadRequest", "IncompatibleServer", "InvalidServerURL", "MaskUpdate",
+    "NothingToUndo", "PayloadTooLarge", "RequestTimedOut", "SAM3DClient", "SAM3DError",
+    "ServerAtCapacity", "ServerError", "ServerOutOfMemory", "ServerUnreachable",
+    "SessionExpired", "SessionNotFound",
+]

@@ -1,0 +1,125 @@
+"""Slicer markups files (``.mrk.json``) as labelled click points in RAS millimetres.
+
+The sign convention, shared by the Slicer module, ``sam3d segment`` and ``sam3d batch``: a
+control point is *negative* when its markup's name contains "negative" or ends with "-", or
+when the point's description is "negative"; every other defined point is *positive*.
+``write_markups`` writes one file holding two point lists, "SAM3D positive" and
+"SAM3D negative", which ``read_markups`` (and Slicer) read back.
+
+Slicer files store positions in LPS or RAS, as the markup's ``coordinateSystem`` says; points
+returned here are always RAS. A markup without a ``name`` field takes the file's name, as
+Slicer does when it loads the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+POSITIVE_NAME = "SAM3D positive"
+NEGATIVE_NAME = "SAM3D negative"
+SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
+          "Resources/Schema/markups-schema-v1.0.3.json#")
+# LPS <-> RAS: negate the first two axes.
+_LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+class MarkupsError(ValueError):
+    """A markups file that cannot be read as click points; the message says why."""
+
+
+def is_negative_name(name: str) -> bool:
+    """Whether a markup (point list) with this name holds negative clicks."""
+    name = name.strip().lower()
+    return "negative" in name or name.endswith("-")
+
+
+def _file_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".mrk.json", ".json"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def read_markups(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read every defined control point of a Slicer markups file.
+
+    Returns ``(points_ras [N, 3] float64, labels [N] int64)`` with 1 for positive and 0 for
+    negative clicks. Raises MarkupsError for a file that is not a markups file or holds no
+    defined point.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MarkupsError(f"markups file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MarkupsError(f"{path} is not a readable JSON markups file: {error}") from None
+    markups = document.get("markups") if isinstance(document, dict) else None
+    if not isinstance(markups, list):
+        raise MarkupsError(f"{path} has no 'markups' list; save the points from Slicer as a "
+                           "markups file (.mrk.json)")
+    points: list[np.ndarray] = []
+    labels: list[int] = []
+    for index, markup in enumerate(markups):
+        name = str(markup.get("name") or _file_stem(path))
+        system = str(markup.get("coordinateSystem", "LPS")).upper()
+        if system not in ("LPS", "RAS"):
+            raise MarkupsError(f"{path}: markup {index} has coordinateSystem {system!r}; "
+                               "expected 'LPS' or 'RAS'")
+        negative_list = is_negative_name(name)
+        for point in markup.get("controlPoints") or []:
+            if point.get("positionStatus", "defined") != "defined":
+                continue
+            try:
+                position = np.asarray(point["position"], dtype=np.float64)
+            except (KeyError, TypeError, ValueError):
+                raise MarkupsError(f"{path}: a control point of markup {index} has no valid "
+                                   "'position'") from None
+            if position.shape != (3,) or not np.all(np.isfinite(position)):
+                raise MarkupsError(f"{path}: control point position {point.get('position')!r} "
+                                   "is not three finite numbers")
+            points.append(position * _LPS_TO_RAS if system == "LPS" else position)
+            negative = negative_list or str(point.get("description", "")).strip().lower() == "negative"
+            labels.append(0 if negative else 1)
+    if not points:
+        raise MarkupsError(f"{path} holds no defined control point; place at least one point")
+    return np.stack(points), np.asarray(labels, dtype=np.int64)
+
+
+def _markup(name: str, points_ras: np.ndarray) -> dict:
+    return {
+        "type": "Fiducial",
+        "name": name,
+        "coordinateSystem": "RAS",
+        "coordinateUnits": "mm",
+        "locked": False,
+        "fixedNumberOfControlPoints": False,
+        "labelFormat": "%N-%d",
+        "lastUsedControlPointNumber": len(points_ras),
+        "controlPoints": [
+            {"id": str(n + 1), "label": f"{name}-{n + 1}", "description": "",
+             "associatedNodeID": "", "position": [float(v) for v in point],
+             "orientation": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+             "selected": True, "locked": False, "visibility": True, "positionStatus": "defined"}
+            for n, point in enumerate(points_ras)
+        ],
+        "measurements": [],
+    }
+
+
+def write_markups(path: str | Path, points_ras: np.ndarray, labels: np.ndarray) -> None:
+    """Write labelled RAS points as one markups file with a positive and a negative list."""
+    points_ras = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != len(points_ras):
+        raise ValueError(f"{len(points_ras)} points but {len(labels)} labels")
+    document = {
+        "@schema": SCHEMA,
+        "markups": [_markup(POSITIVE_NAME, points_ras[labels != 0]),
+                    _markup(NEGATIVE_NAME, points_ras[labels == 0])],
+    }
+    Path(path).write_text(json.dumps(document, indent=2), encoding="utf-8")
