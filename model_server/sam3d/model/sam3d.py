@@ -1,0 +1,111 @@
+"""The whole 3D SAM: image encoder, prompt encoder, multi-layer aggregation decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .image_encoder import ImageEncoder3D
+from .prompt_encoder import PromptEncoder3D
+
+
+@dataclass
+class ImageFeatures:
+    """What the encoder computes once per crop and the engine caches."""
+
+    levels: list[torch.Tensor]  # one [B, neck_dim, T, T, T] map per neck
+    image_low: torch.Tensor  # the crop at the decoder's resolution [B, 1, 2T, 2T, 2T]
+
+    def to(self, device: torch.device | str) -> "ImageFeatures":
+        return ImageFeatures([level.to(device) for level in self.levels], self.image_low.to(device))
+
+
+def conv_in_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
+                         nn.InstanceNorm3d(out_channels), nn.ReLU(inplace=True))
+
+
+class AggregationDecoder(nn.Module):
+    """Per level two conv-IN-ReLU and x2 upsampling; concatenation with the low-res image;
+    conv-IN-ReLU; conv to classes; upsampling to the crop size."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        dim = config.decoder_dim
+        self.crop_size = config.crop_size
+        self.levels = nn.ModuleList(
+            nn.Sequential(conv_in_relu(config.neck_dim, dim), conv_in_relu(dim, dim))
+            for _ in config.neck_blocks
+        )
+        self.fuse = conv_in_relu(dim * len(config.neck_blocks) + 1, dim)
+        self.head = nn.Conv3d(dim, config.num_classes, kernel_size=1)
+
+    def forward(self, levels: list[torch.Tensor], image_low: torch.Tensor) -> torch.Tensor:
+        maps = [F.interpolate(block(level), scale_factor=2, mode="trilinear", align_corners=False)
+                for block, level in zip(self.levels, levels)]
+        logits = self.head(self.fuse(torch.cat([*maps, image_low.to(maps[0].dtype)], dim=1)))
+        return F.interpolate(logits, size=(self.crop_size,) * 3, mode="trilinear", align_corners=False)
+
+
+class Sam3D(nn.Module):
+    """Click-prompted 3D segmentation of one crop (see docs/DEVELOPING.md for tensor layouts)."""
+
+    def __init__(self, config: ModelConfig, fused_patch_embed: bool = True) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.image_encoder = ImageEncoder3D(config, fused_patch_embed)
+        self.prompt_encoder = PromptEncoder3D(config)
+        self.decoder = AggregationDecoder(config)
+
+    def encode(self, image: torch.Tensor) -> ImageFeatures:
+        """The expensive half: [B, 1, S, S, S] normalised crop -> cached features."""
+        expected = (1,) + (self.config.crop_size,) * 3
+        if image.dim() != 5 or tuple(image.shape[1:]) != expected:
+            raise ValueError(f"image must be [B, {', '.join(map(str, expected))}], got {list(image.shape)}")
+        low = F.avg_pool3d(image, kernel_size=self.config.token_stride // 2)
+        return ImageFeatures(self.image_encoder(image), low)
+
+    def predict(self, features: ImageFeatures, points: torch.Tensor, labels: torch.Tensor,
+                mask_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-click half: logits [B, 2, S, S, S] from cached features and prompts."""
+        if points.dim() != 3 or points.shape[-1] != 3 or labels.shape != points.shape[:2]:
+            raise ValueError(f"points must be [B, N, 3] and labels [B, N], got {list(points.shape)} "
+                             f"and {list(labels.shape)}")
+        levels = list(features.levels)
+        levels[-1] = self.prompt_encoder(levels[-1], points.to(levels[-1].dtype), labels.long(), mask_prompt)
+        return self.decoder(levels, features.image_low)
+
+    def forward(self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor,
+                mask_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        return self.predict(self.encode(image), points, labels, mask_prompt)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute encoder blocks in the backward pass (training memory for compute)."""
+        self.image_encoder.activation_checkpointing = enabled
+
+    def freeze_as_method(self) -> None:
+        """Freeze exactly what 3DSAM-adapter freezes (the SAM weights it reuses).
+
+        Frozen: 2D patch projection, absolute position embedding, attention qkv / proj, MLPs,
+        rel_pos_h / rel_pos_w. Everything else (adapters, LayerNorms, depth and slice embeddings,
+        rel_pos_d, necks, prompt encoder, decoder) trains.
+        """
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad = not is_frozen_sam_tensor(name)
+
+
+FROZEN_SUFFIXES = (".attn.qkv.weight", ".attn.qkv.bias", ".attn.proj.weight", ".attn.proj.bias",
+                   ".attn.rel_pos_h", ".attn.rel_pos_w", ".mlp.lin1.weight", ".mlp.lin1.bias",
+                   ".mlp.lin2.weight", ".mlp.lin2.bias")
+FROZEN_NAMES = ("image_encoder.patch_embed.proj.weight", "image_encoder.patch_embed.proj.bias",
+                "image_encoder.pos_embed")
+
+
+def is_frozen_sam_tensor(name: str) -> bool:
+    """Whether a parameter name is one of the SAM tensors the method keeps frozen."""
+    return name in FROZEN_NAMES or (name.startswith("image_encoder.blocks.") and name.endswith(FROZEN_SUFFIXES))
