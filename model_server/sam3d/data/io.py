@@ -9,8 +9,8 @@ LPS, as ITK stores them.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -245,13 +245,13 @@ def _writable_ending(path: Path) -> str:
 def atomic_write(path: Path, ending: str, write: Callable[[Path], object]) -> None:
     """Call ``write(temp_path)`` on a temp file beside ``path`` (same ending), then rename it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ending, dir=path.parent)
-    os.close(handle)
+    # A fresh name that the writer creates itself, so the file gets the usual permissions.
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{ending}"
     try:
-        write(Path(temp_name))
-        os.replace(temp_name, path)
+        write(temp)
+        os.replace(temp, path)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 

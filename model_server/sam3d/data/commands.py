@@ -1,0 +1,43 @@
+"""`sam3d phantoms`: write a synthetic CT dataset in the MSD / nnU-Net raw layout."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sam3d.cli import CLIError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "phantoms",
+        help="write synthetic CT phantoms with small, low-contrast tumors (imagesTr/, labelsTr/, dataset.json)",
+        description=__doc__,
+    )
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="dataset folder to write")
+    parser.add_argument("--cases", type=int, default=20, metavar="N", help="number of cases (default 20)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset already in DIR (its phantom_* cases and dataset.json)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sam3d.data.phantoms import write_dataset
+
+    if args.cases < 1:
+        raise CLIError(f"--cases must be at least 1, got {args.cases}")
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"--out {args.out} is a file; give a folder")
+    if (args.out / "dataset.json").exists() and not args.overwrite:
+        raise CLIError(f"{args.out} already holds a dataset (dataset.json); choose an empty folder or add --overwrite")
+    with tqdm(total=args.cases, desc="phantoms", unit="case") as bar:
+        try:
+            out = write_dataset(args.out, args.cases, args.seed, overwrite=args.overwrite,
+                                progress=lambda index: bar.update(1))
+        except OSError as error:
+            raise CLIError(f"cannot write to {args.out}: {error}") from None
+    print(f"wrote {args.cases} cases (seed {args.seed}) to {out}: imagesTr/, labelsTr/, dataset.json")
+    return 0

@@ -1,0 +1,233 @@
+"""Dataset readers (MSD / nnU-Net raw layout, KiTS21 layout) and seeded train / val / test splits.
+
+MSD / nnU-Net raw::
+
+    ROOT/dataset.json
+    ROOT/imagesTr/<case>_0000.nii.gz   (nnU-Net: channel suffix; only channel 0 is used)
+    ROOT/imagesTr/<case>.nii.gz        (MSD: plain names)
+    ROOT/labelsTr/<case>.nii.gz
+
+KiTS21 (the ``data`` folder of the kits21 repository)::
+
+    ROOT/case_00000/imaging.nii.gz
+    ROOT/case_00000/aggregated_MAJ_seg.nii.gz   (KiTS19: segmentation.nii.gz)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sam3d.data.io import Volume, read_image
+from sam3d.data.resample import resample_to_reference
+
+LAYOUTS = ("auto", "msd", "kits")
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+KITS_IMAGE = "imaging.nii.gz"
+KITS_LABELS = ("aggregated_MAJ_seg.nii.gz", "segmentation.nii.gz")
+SPLIT_NAMES = ("train", "val", "test")
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass
+class Case:
+    """One case of a dataset: its id, image file and label file (None when unlabelled)."""
+
+    case_id: str
+    image_path: Path
+    label_path: Path | None
+
+
+def find_cases(root: str | os.PathLike, layout: str = "auto") -> list[Case]:
+    """The cases under ``root``, sorted by id. ``layout``: "auto", "msd" (MSD / nnU-Net raw) or
+    "kits" (KiTS21). Raises ValueError when the folder holds no cases."""
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown dataset layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if not root.is_dir():
+        raise ValueError(f"dataset folder {root} does not exist")
+    if layout == "auto":
+        if (root / "imagesTr").is_dir() or (root / "dataset.json").is_file():
+            layout = "msd"
+        elif any((folder / KITS_IMAGE).is_file() for folder in root.glob("case_*")):
+            layout = "kits"
+        else:
+            raise ValueError(
+                f"no cases in {root}: expected the MSD / nnU-Net layout (dataset.json, imagesTr/, "
+                f"labelsTr/) or the KiTS21 layout (case_XXXXX/{KITS_IMAGE})"
+            )
+    cases = _find_msd(root) if layout == "msd" else _find_kits(root)
+    if not cases:
+        where = "imagesTr/" if layout == "msd" else f"case_*/{KITS_IMAGE}"
+        raise ValueError(f"no cases in {root}: found no images in {where}")
+    return cases
+
+
+def _find_msd(root: Path) -> list[Case]:
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    if not images_dir.is_dir():
+        raise ValueError(f"no cases in {root}: the MSD / nnU-Net layout needs an imagesTr/ folder")
+    endings = IMAGE_ENDINGS
+    dataset_json = root / "dataset.json"
+    if dataset_json.is_file():
+        ending = _read_json(dataset_json).get("file_ending")
+        endings = (ending,) if ending else endings
+    cases = []
+    for image_path in sorted(images_dir.iterdir()):
+        name = image_path.name
+        ending = next((e for e in endings if name.endswith(e)), None)
+        if name.startswith(".") or ending is None:  # MSD archives carry macOS "._x.nii.gz" files
+            continue
+        stem = name[: -len(ending)]
+        match = _CHANNEL.match(stem)
+        if match and match["channel"] != "0000":
+            continue
+        case_id = match["case"] if match else stem
+        label_path = labels_dir / f"{case_id}{ending}"
+        cases.append(Case(case_id, image_path, label_path if label_path.is_file() else None))
+    return cases
+
+
+def _find_kits(root: Path) -> list[Case]:
+    cases = []
+    for folder in sorted(root.glob("case_*")):
+        image_path = folder / KITS_IMAGE
+        if not image_path.is_file():
+            continue
+        label_path = next((folder / name for name in KITS_LABELS if (folder / name).is_file()), None)
+        cases.append(Case(folder.name, image_path, label_path))
+    return cases
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+
+
+def label_names(root: str | os.PathLike) -> dict[str, int]:
+    """Label name -> value from ``root/dataset.json`` (nnU-Net v2 ``{"tumor": 2}`` or MSD
+    ``{"2": "tumour"}`` style); the KiTS21 labels for a KiTS folder."""
+    root = Path(root)
+    dataset_json = root / "dataset.json"
+    if not dataset_json.is_file():
+        if any(root.glob(f"case_*/{KITS_IMAGE}")):
+            return {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
+        raise ValueError(f"no dataset.json in {root} to name the labels; give the label value as a number")
+    labels = _read_json(dataset_json).get("labels", {})
+    names = {}
+    for key, value in labels.items():
+        if key.isdigit() and isinstance(value, str):
+            names[value] = int(key)
+        elif isinstance(value, int):
+            names[key] = value
+    return names
+
+
+def resolve_target_label(root: str | os.PathLike, target: str | int) -> int:
+    """The label value meant by ``target``: a number, or a name listed by `label_names`."""
+    if isinstance(target, int) or str(target).isdigit():
+        return int(target)
+    names = label_names(root)
+    if target not in names:
+        raise ValueError(f"label {target!r} is not in {root}; its labels are: "
+                         + ", ".join(f"{name}={value}" for name, value in names.items()))
+    return names[target]
+
+
+def load_label(case: Case, target_label: int) -> np.ndarray:
+    """The case's binary mask (bool, kji) of ``target_label``."""
+    if case.label_path is None:
+        raise ValueError(f"case {case.case_id} has no label file")
+    return read_image(case.label_path).array == target_label
+
+
+def load_case(case: Case, target_label: int) -> tuple[Volume, np.ndarray | None]:
+    """The case's image and its binary ``target_label`` mask on the image's grid (None when
+    unlabelled). A label stored on a slightly different grid is resampled onto the image's
+    (nearest neighbour); one of a different size is an error."""
+    image = read_image(case.image_path)
+    if case.label_path is None:
+        return image, None
+    label = read_image(case.label_path)
+    if label.shape != image.shape:
+        raise ValueError(
+            f"case {case.case_id}: label {case.label_path} has shape {label.shape}, the image {image.shape}"
+        )
+    if not label.same_grid(image, tolerance=1e-3):
+        label = resample_to_reference(label, image, interpolator="nearest", default_value=0)
+    return image, label.array == target_label
+
+
+def make_splits(
+    cases: Sequence[Case | str], seed: int, fractions: Sequence[float] = (0.7, 0.1, 0.2)
+) -> dict:
+    """Seeded random train / val / test split of case ids.
+
+    Returns ``{"train": [...], "val": [...], "test": [...], "seed": seed}``; each list is sorted.
+    With three or more cases, every split whose fraction is above zero gets at least one.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, got {fractions}")
+    ids = sorted(c.case_id if isinstance(c, Case) else str(c) for c in cases)
+    if len(set(ids)) != len(ids):
+        raise ValueError("make_splits: case ids are not unique")
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    n = len(ids)
+    n_val, n_test = (int(round(n * f)) for f in fractions[1:])
+    if n >= 3:
+        n_val = max(n_val, 1) if fractions[1] > 0 else 0
+        n_test = max(n_test, 1) if fractions[2] > 0 else 0
+    n_test = min(n_test, n)
+    n_val = min(n_val, n - n_test)
+    return {
+        "train": sorted(order[n_test + n_val:]),
+        "val": sorted(order[n_test:n_test + n_val]),
+        "test": sorted(order[:n_test]),
+        "seed": int(seed),
+    }
+
+
+def write_splits(path: str | os.PathLike, splits: dict) -> Path:
+    """Write splits as JSON ``{"train": [...], "val": [...], "test": [...], "seed": S}``, atomically."""
+    path = Path(path)
+    _check_splits(splits, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps({name: splits[name] for name in (*SPLIT_NAMES, "seed") if name in splits}, indent=2) + "\n")
+    os.replace(temp, path)
+    return path
+
+
+def read_splits(path: str | os.PathLike) -> dict:
+    """Read a splits file written by `write_splits`; ValueError when it is malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"cannot read splits {path}: no such file")
+    splits = _read_json(path)
+    _check_splits(splits, path)
+    return splits
+
+
+def _check_splits(splits: dict, path: Path) -> None:
+    if not isinstance(splits, dict):
+        raise ValueError(f"splits {path}: expected a JSON object with {', '.join(SPLIT_NAMES)}")
+    missing = [name for name in SPLIT_NAMES if name not in splits]
+    if missing:
+        raise ValueError(f"splits {path}: missing {', '.join(missing)}")
+    seen: set[str] = set()
+    for name in SPLIT_NAMES:
+        ids = splits[name]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"splits {path}: {name!r} must be a list of case ids")
+        overlap = seen.intersection(ids)
+        if overlap:
+            raise ValueError(f"splits {path}: case(s) {', '.join(sorted(overlap))} are in more than one split")
+        seen.update(ids)
