@@ -1,0 +1,350 @@
+"""Clicks -> mask on a native volume: crop placement, encoder cache, multi-crop fusion, undo.
+
+A ``Session`` holds one volume and the object being segmented in it. Each ``interact`` call
+adds labelled points (continuous kji indices of the native array) and updates the object's
+mask:
+
+1. Crop placement: every new point that does not lie inside a crop already chosen for this
+   interaction gets one: a cached (already encoded) crop that contains it at least
+   ``size / 8`` crop voxels from the faces, else a new crop centred on it.
+2. Each crop is encoded once and its features cached (LRU, per session), so a click inside an
+   encoded crop runs only the prompt encoder and decoder.
+3. The prediction of a crop gets every point of the object that lies in the crop and, as the
+   mask prompt, the object's current mask (including what earlier crops of this interaction
+   predicted) resampled into the crop as a logit.
+4. When a crop's foreground reaches one of its faces that is not at the volume's edge, a crop
+   shifted half a crop across that face is predicted as well (at most ``max_crops`` crops per
+   interaction) and the crops are fused by the maximum foreground probability.
+5. The fused probability is pasted back on the native voxels the crops cover and thresholded
+   at 0.5; voxels outside every crop keep their previous value.
+
+A request either completes or leaves the session as it was (state is changed only at the end).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..model.sam3d import ImageFeatures
+from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
+from .predictor import Predictor
+
+EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
+
+
+class NothingToUndo(Exception):
+    """Undo with an empty history."""
+
+
+@dataclass
+class MaskChange:
+    """What one request changed: the object's mask inside the half-open box ``lo..hi``."""
+
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+    mask: np.ndarray  # bool, shape hi - lo
+    voxels: int  # foreground voxels of the whole object
+    interaction: int
+    encoder_ran: bool = False
+    crops: int = 0
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_empty(self) -> bool:
+        return any(h <= l for l, h in zip(self.lo, self.hi))
+
+
+@dataclass
+class _HistoryEntry:
+    box: Box
+    previous: np.ndarray  # the object's mask inside box before the change
+    points: int  # number of points before the change
+    interactions: int
+    extent: Box
+
+
+class FeatureCache:
+    """Encoder features per crop, least recently used dropped first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, int(capacity))
+        self._items: OrderedDict[tuple, tuple[CropGeometry, ImageFeatures]] = OrderedDict()
+
+    def get(self, geometry: CropGeometry) -> ImageFeatures | None:
+        item = self._items.get(geometry.key)
+        if item is None:
+            return None
+        self._items.move_to_end(geometry.key)
+        return item[1]
+
+    def put(self, geometry: CropGeometry, features: ImageFeatures) -> None:
+        self._items[geometry.key] = (geometry, features)
+        self._items.move_to_end(geometry.key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def geometries(self) -> list[CropGeometry]:
+        """Cached crops, most recently used first."""
+        return [geometry for geometry, _ in reversed(self._items.values())]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Session:
+    """One volume and the object being segmented in it (thread-safe: one request at a time)."""
+
+    def __init__(self, predictor: Predictor, volume: np.ndarray, spacing, cache_size: int = 4,
+                 max_crops: int = 6) -> None:
+        volume = np.asarray(volume)
+        if volume.ndim != 3 or min(volume.shape) < 1:
+            raise ValueError(f"the volume must be a non-empty 3D array, got shape {volume.shape}")
+        spacing = tuple(float(s) for s in spacing)
+        if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+            raise ValueError(f"spacing must be 3 positive numbers in kji order, got {spacing}")
+        self.predictor = predictor
+        self.volume = volume
+        self.spacing = spacing
+        self.shape: tuple[int, int, int] = tuple(int(n) for n in volume.shape)
+        self.max_crops = max(1, int(max_crops))
+        self.cache = FeatureCache(cache_size)
+        self.encoder_runs = 0
+        self.decoder_runs = 0
+        self.mask = np.zeros(self.shape, dtype=bool)
+        self.voxels = 0
+        self.points = np.zeros((0, 3))
+        self.labels = np.zeros(0, dtype=np.int64)
+        self.interactions = 0
+        self._history: list[_HistoryEntry] = []
+        self._extent: Box = EMPTY_BOX  # box that holds every foreground voxel of the mask
+        self._lock = threading.Lock()
+
+    # -- public API -----------------------------------------------------------------------
+    def interact(self, points_kji, labels) -> MaskChange:
+        """Add points (continuous kji, label 1 positive / 0 negative) and re-predict the object."""
+        points, labels = self._check_points(points_kji, labels)
+        with self._lock:
+            start = time.perf_counter()
+            all_points = np.concatenate([self.points, points])
+            all_labels = np.concatenate([self.labels, labels])
+            encoder_before, encode_s = self.encoder_runs, 0.0
+            patches: list[tuple[Box, np.ndarray]] = []
+            done: list[CropGeometry] = []
+            queue = self._place_crops(points, labels)
+            while queue and len(done) < self.max_crops:
+                geometry = queue.pop(0)
+                if any(g.key == geometry.key for g in done):
+                    continue
+                features, seconds = self._features(geometry)
+                encode_s += seconds
+                inside = geometry.contains(all_points)
+                region = self._proposal(geometry.source_box(), patches)
+                probability = self.predictor.predict(
+                    features, geometry.to_crop(all_points[inside]), all_labels[inside],
+                    mask_prompt(geometry, region) if region.any() else None)
+                self.decoder_runs += 1
+                patches.append(paste_back(geometry, probability))
+                done.append(geometry)
+                for axis, direction in touched_faces(probability > 0.5):
+                    if not geometry.at_volume_edge(axis, direction):
+                        neighbour = geometry.shifted(axis, direction)
+                        if not any(g.contains([neighbour.center], margin=geometry.size / 8)
+                                   for g in done + queue):
+                            queue.append(neighbour)
+            box = _union([patch_box for patch_box, _ in patches])
+            change = self._commit(box, self._proposal(box, patches), points=all_points,
+                                  labels=all_labels, interactions=self.interactions + 1)
+            total_ms = (time.perf_counter() - start) * 1000
+            change.encoder_ran = self.encoder_runs > encoder_before
+            change.crops = len(done)
+            change.timing_ms = {"encode": round(encode_s * 1000, 2),
+                                "decode": round(total_ms - encode_s * 1000, 2),
+                                "total": round(total_ms, 2)}
+            return change
+
+    def set_mask(self, lo, hi, mask: np.ndarray) -> MaskChange:
+        """Replace the object's mask by ``mask`` inside box lo..hi and nothing outside it (the
+        user's own edit, the prior of the next click)."""
+        lo, hi = tuple(int(v) for v in lo), tuple(int(v) for v in hi)
+        mask = np.asarray(mask, dtype=bool)
+        empty = any(h <= l for l, h in zip(lo, hi))
+        if not empty:
+            if any(l < 0 or h > n for l, h, n in zip(lo, hi, self.shape)):
+                raise ValueError(f"mask box {list(lo)}..{list(hi)} is outside the volume {list(self.shape)}")
+            if mask.shape != tuple(h - l for l, h in zip(lo, hi)):
+                raise ValueError(f"mask shape {mask.shape} does not match its box {list(lo)}..{list(hi)}")
+        with self._lock:
+            start = time.perf_counter()
+            box = self._extent if empty else _union([self._extent, (lo, hi)])
+            new = np.zeros(_size(box), dtype=bool)
+            if not empty:
+                new[_slices((lo, hi), origin=box[0])] = mask
+            change = self._commit(box, new, points=self.points, labels=self.labels,
+                                  interactions=self.interactions + 1)
+            change.timing_ms = {"encode": 0.0, "decode": 0.0,
+                                "total": round((time.perf_counter() - start) * 1000, 2)}
+            return change
+
+    def undo(self) -> MaskChange:
+        """Restore the state before the last interaction or mask edit."""
+        with self._lock:
+            if not self._history:
+                raise NothingToUndo("there is nothing to undo")
+            entry = self._history.pop()
+            region = self.mask[_slices(entry.box)]
+            self.voxels += int(entry.previous.sum()) - int(region.sum())
+            region[...] = entry.previous
+            self.points, self.labels = self.points[:entry.points], self.labels[:entry.points]
+            self.interactions = entry.interactions
+            self._extent = entry.extent
+            return MaskChange(entry.box[0], entry.box[1], entry.previous.copy(), self.voxels,
+                              self.interactions, timing_ms={"encode": 0.0, "decode": 0.0, "total": 0.0})
+
+    def reset(self) -> None:
+        """Start the next object: clear points, mask and history; keep the volume and the cache."""
+        with self._lock:
+            self.mask[_slices(self._extent)] = False
+            self.voxels = 0
+            self.points, self.labels = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
+            self.interactions = 0
+            self._history.clear()
+            self._extent = EMPTY_BOX
+
+    # -- steps ----------------------------------------------------------------------------
+    def _check_points(self, points_kji, labels) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            points = np.asarray(points_kji, dtype=np.float64).reshape(-1, 3)
+            labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError("points must be [k, j, i] triples of numbers and labels integers") from None
+        if len(points) == 0:
+            raise ValueError("give at least one point")
+        if len(labels) != len(points):
+            raise ValueError(f"{len(points)} points but {len(labels)} labels; give one label per point")
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError("labels must be 1 (positive) or 0 (negative)")
+        if not np.isfinite(points).all():
+            raise ValueError("points must be finite numbers")
+        upper = np.asarray(self.shape) - 0.5
+        outside = ~np.all((points >= -0.5) & (points <= upper), axis=1)
+        if outside.any():
+            bad = points[outside][0]
+            raise ValueError(f"point [k, j, i] = {[round(float(v), 2) for v in bad]} is outside the "
+                             f"volume of shape {list(self.shape)}; points are voxel indices in kji order")
+        return points, labels
+
+    def _place_crops(self, points: np.ndarray, labels: np.ndarray) -> list[CropGeometry]:
+        """A crop for each new point not inside a crop already placed (positive points first)."""
+        config = self.predictor.config
+        margin = config.crop_size / 8
+        placed: list[CropGeometry] = []
+        for index in np.argsort(-labels, kind="stable"):
+            point = points[index:index + 1]
+            if any(g.contains(point, margin) for g in placed):
+                continue
+            cached = [g for g in self.cache.geometries() if g.contains(point, margin)]
+            if cached:
+                placed.append(min(cached, key=lambda g: np.linalg.norm(np.asarray(g.center) - point[0])))
+            else:
+                placed.append(CropGeometry.around(point[0], self.spacing, self.shape,
+                                                  config.crop_size, config.crop_spacing_mm))
+        return placed
+
+    def _features(self, geometry: CropGeometry) -> tuple[ImageFeatures, float]:
+        features = self.cache.get(geometry)
+        if features is not None:
+            return features, 0.0
+        start = time.perf_counter()
+        features = self.predictor.encode(extract_crop(self.volume, geometry, self.predictor.preset))
+        self.encoder_runs += 1
+        self.cache.put(geometry, features)
+        return features, time.perf_counter() - start
+
+    def _proposal(self, box: Box, patches: list[tuple[Box, np.ndarray]]) -> np.ndarray:
+        """The object's mask inside ``box`` with the patches predicted so far fused in: where
+        any patch covers a voxel, the maximum probability > 0.5 decides, elsewhere the mask."""
+        fused = np.full(_size(box), -1.0, dtype=np.float32)
+        for patch_box, probability in patches:
+            overlap = _intersection(box, patch_box)
+            if overlap is None:
+                continue
+            target = fused[_slices(overlap, origin=box[0])]
+            np.maximum(target, probability[_slices(overlap, origin=patch_box[0])], out=target)
+        current = self.mask[_slices(box)]
+        return np.where(fused >= 0, fused > 0.5, current)
+
+    def _commit(self, box: Box, new: np.ndarray, points: np.ndarray, labels: np.ndarray,
+                interactions: int) -> MaskChange:
+        """Write ``new`` (the mask inside ``box``), record undo, return the tight changed box."""
+        old = self.mask[_slices(box)]
+        changed = _tight_box(new != old)
+        if changed is None:
+            change_box, previous = EMPTY_BOX, np.zeros((0, 0, 0), dtype=bool)
+        else:
+            change_box = (tuple(b + c for b, c in zip(box[0], changed[0])),
+                          tuple(b + c for b, c in zip(box[0], changed[1])))
+            previous = old[_slices(changed)].copy()
+        self._history.append(_HistoryEntry(change_box, previous, len(self.points),
+                                           self.interactions, self._extent))
+        if changed is not None:
+            after = new[_slices(changed)]
+            self.voxels += int(after.sum()) - int(previous.sum())
+            self.mask[_slices(change_box)] = after
+            self._extent = _union([self._extent, change_box])
+        self.points, self.labels, self.interactions = points, labels, interactions
+        mask = new[_slices(changed)].copy() if changed is not None else previous
+        return MaskChange(change_box[0], change_box[1], mask, self.voxels, self.interactions)
+
+
+def segment(predictor: Predictor, volume: np.ndarray, spacing, points_kji, labels,
+            max_crops: int = 6) -> np.ndarray:
+    """One-shot segmentation (batch, evaluation, CLI): bool mask of ``volume``'s shape from
+    labelled kji points, as one interaction of a fresh session."""
+    session = Session(predictor, volume, spacing, cache_size=max_crops, max_crops=max_crops)
+    session.interact(points_kji, labels)
+    return session.mask
+
+
+# -- boxes ------------------------------------------------------------------------------------
+def _size(box: Box) -> tuple[int, int, int]:
+    return tuple(max(h - l, 0) for l, h in zip(*box))
+
+
+def _slices(box: Box, origin=(0, 0, 0)) -> tuple[slice, slice, slice]:
+    return tuple(slice(l - o, h - o) for l, h, o in zip(box[0], box[1], origin))
+
+
+def _is_empty(box: Box) -> bool:
+    return any(h <= l for l, h in zip(*box))
+
+
+def _union(boxes: list[Box]) -> Box:
+    boxes = [b for b in boxes if not _is_empty(b)]
+    if not boxes:
+        return EMPTY_BOX
+    return (tuple(min(b[0][a] for b in boxes) for a in range(3)),
+            tuple(max(b[1][a] for b in boxes) for a in range(3)))
+
+
+def _intersection(a: Box, b: Box) -> Box | None:
+    lo = tuple(max(x, y) for x, y in zip(a[0], b[0]))
+    hi = tuple(min(x, y) for x, y in zip(a[1], b[1]))
+    return None if any(h <= l for l, h in zip(lo, hi)) else (lo, hi)
+
+
+def _tight_box(mask: np.ndarray) -> Box | None:
+    """Half-open box of the true voxels, None when there are none."""
+    if not mask.any():
+        return None
+    lo, hi = [], []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo.append(int(hits[0]))
+        hi.append(int(hits[-1]) + 1)
+    return tuple(lo), tuple(hi)

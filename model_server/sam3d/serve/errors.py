@@ -1,0 +1,125 @@
+"""Every error the API answers, as a real HTTP status with a JSON body {"error", "message", "hint"}."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("sam3d.serve")
+
+
+class APIError(Exception):
+    """An error answered as ``status`` with the code, message and hint of docs/PROTOCOL.md."""
+
+    status = 500
+    code = "internal_error"
+    hint = "This is a bug: the session is unchanged and the server keeps running; see the server log."
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def body(self) -> dict:
+        return {"error": self.code, "message": self.message, "hint": self.hint}
+
+
+class BadRequest(APIError):
+    status, code = 400, "bad_request"
+    hint = "Fix the request as the message says; see docs/PROTOCOL.md."
+
+
+class Unauthorized(APIError):
+    status, code = 401, "unauthorized"
+    hint = "Send 'Authorization: Bearer <key>' with the key the server was started with."
+
+
+class SessionNotFound(APIError):
+    status, code = 404, "session_not_found"
+    hint = "Create a session by uploading the volume (POST /v1/sessions)."
+
+
+class NotFound(APIError):
+    status, code = 404, "not_found"
+    hint = "See GET /openapi.json for the API's paths."
+
+
+class MethodNotAllowed(APIError):
+    status, code = 405, "method_not_allowed"
+    hint = "See GET /openapi.json for the methods each path accepts."
+
+
+class NothingToUndo(APIError):
+    status, code = 409, "nothing_to_undo"
+    hint = "The object has no earlier interaction to return to."
+
+
+class SessionExpired(APIError):
+    status, code = 410, "session_expired"
+    hint = "The session expired after a period without requests; upload the volume again."
+
+
+class PayloadTooLarge(APIError):
+    status, code = 413, "payload_too_large"
+    hint = ("Crop the volume to the region of interest, or start the server with a higher "
+            "--max-upload-bytes / --max-voxels.")
+
+
+class ServerAtCapacity(APIError):
+    status, code = 503, "server_at_capacity"
+    hint = "The server holds its maximum number of sessions; retry later or delete a session."
+
+
+class OutOfMemory(APIError):
+    status, code = 507, "out_of_memory"
+    hint = "The device ran out of memory; the session is unchanged. Close other sessions or use a smaller volume."
+
+
+def error_response(error: APIError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item.get("loc", ()))
+        parts.append(f"{where}: {item.get('msg', 'invalid')}")
+    return "the request does not match the schema: " + "; ".join(parts)
+
+
+def install_handlers(app: FastAPI, count_error) -> None:
+    """Answer validation errors, unknown paths and unexpected exceptions in the JSON error format;
+    ``count_error()`` is called for every 5xx answer."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> JSONResponse:
+        if error.status >= 500:
+            count_error()
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "validation_error", "message": _validation_message(error),
+                             "hint": "Send the body described in GET /openapi.json."}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            return error_response(NotFound(f"no such path: {request.method} {request.url.path}"))
+        if error.status_code == 405:
+            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        code = "bad_request" if error.status_code < 500 else "internal_error"
+        return JSONResponse({"error": code, "message": str(error.detail), "hint": ""},
+                            status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        count_error()
+        return error_response(APIError(f"unexpected {type(error).__name__}: {error}"))
