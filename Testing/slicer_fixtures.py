@@ -1,0 +1,86 @@
+"""Fixtures for the Slicer-side tests: a real MRML scene from slicer-core and volume nodes.
+
+Import the fixtures by name in a test module (``from slicer_fixtures import mrml_scene``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "SAM3DPrompt"
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+import vtk  # noqa: E402  (slicer-core pins its own vtk)
+
+from SAM3DPromptLib.mrml_io import numpy_to_matrix  # noqa: E402
+
+
+@pytest.fixture
+def mrml_scene():
+    """A fresh scene, set as ``slicer.mrmlScene``, with the segmentation converters registered."""
+    scene = slicer.vtkMRMLScene()
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = scene
+    segmentations_logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations_logic.SetMRMLScene(scene)
+    yield scene
+    segmentations_logic.SetMRMLScene(None)
+    scene.Clear(True)
+    slicer.mrmlScene = previous
+
+
+def oblique_ijk_to_ras(spacing=(0.8, 1.3, 2.1), origin=(-31.5, 12.25, 47.0)) -> np.ndarray:
+    """IJK -> RAS of an oblique (25 degrees about a tilted axis), flipped (det < 0) grid with
+    non-unit spacing (i, j, k order) and a non-zero origin."""
+    axis = np.array([0.3, -0.5, 0.81])
+    axis /= np.linalg.norm(axis)
+    angle = np.deg2rad(25.0)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+    directions = rotation @ np.diag([1.0, -1.0, 1.0])  # flip the j axis
+    matrix = np.eye(4)
+    matrix[:3, :3] = directions @ np.diag(spacing)
+    matrix[:3, 3] = origin
+    return matrix
+
+
+def add_volume(scene, array: np.ndarray, ijk_to_ras: np.ndarray, name: str = "volume"):
+    """A scalar volume node holding ``array`` (k, j, i) on the grid ``ijk_to_ras``."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetIJKToRASMatrix(numpy_to_matrix(ijk_to_ras))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def load_volume_file(scene, path, name: str = "volume"):
+    """Read a NRRD / NIfTI file into a volume node with Slicer's own reader (LPS -> RAS)."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if not storage.ReadData(node):
+        raise RuntimeError(f"Slicer could not read {path}")
+    return node
+
+
+def add_linear_transform(scene, matrix: np.ndarray, name: str = "transform"):
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(numpy_to_matrix(matrix))
+    return node
+
+
+def rigid_matrix(degrees: float, axis, translation) -> np.ndarray:
+    """A rotation about ``axis`` followed by a translation, as a 4x4 matrix."""
+    transform = vtk.vtkTransform()
+    transform.Translate(*translation)
+    transform.RotateWXYZ(degrees, *axis)
+    matrix = vtk.vtkMatrix4x4()
+    transform.GetMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
