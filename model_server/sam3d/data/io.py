@@ -24,7 +24,7 @@ WRITABLE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 _RAS_FROM_LPS = np.array([-1.0, -1.0, 1.0])
 
 
-@dataclass
+@dataclass(eq=False)  # numpy fields: compare grids with same_grid, arrays with numpy
 class Volume:
     """A 3D array and the grid it lives on.
 
@@ -156,7 +156,12 @@ def read_image(path: str | os.PathLike) -> Volume:
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for an empty folder
+    try:
+        series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if not series_ids:
         raise ValueError(f"no DICOM series in {folder}: pass a folder of DICOM slices or an image file")
     files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)

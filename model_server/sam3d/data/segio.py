@@ -37,7 +37,7 @@ def lesion_color(index: int) -> tuple[float, float, float]:
     return LESION_COLORS[(index - 1) % len(LESION_COLORS)]
 
 
-@dataclass
+@dataclass(eq=False)
 class Segment:
     """One named segment: a boolean [k, j, i] mask and an RGB colour in 0..1."""
 
