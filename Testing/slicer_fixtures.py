@@ -84,3 +84,48 @@ def rigid_matrix(degrees: float, axis, translation) -> np.ndarray:
     matrix = vtk.vtkMatrix4x4()
     transform.GetMatrix(matrix)
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+# -- server and phantom data -------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "model_server" / "sam3d" / "models" / "default.pt"
+needs_default_model = pytest.mark.skipif(
+    not DEFAULT_MODEL.is_file(),
+    reason=f"needs the trained default model {DEFAULT_MODEL.relative_to(REPO)} (not trained yet): "
+           "a random-weight model cannot show a meaningful segmentation")
+
+
+def model_args(directory: Path) -> list:
+    """`--model default` once the bundled model exists, else a random-weight tiny checkpoint
+    (enough for everything but the quality of the segmentation)."""
+    if DEFAULT_MODEL.is_file():
+        return ["--model", "default", "--device", "cpu"]
+    path = directory / "tiny-random.pt"
+    if not path.is_file():
+        import torch
+        from sam3d.data.intensity import PRESETS
+        from sam3d.model.checkpoint import save_checkpoint
+        from sam3d.model.config import get_config
+        from sam3d.model.sam3d import Sam3D
+        torch.manual_seed(0)
+        save_checkpoint(path, Sam3D(get_config("tiny")), PRESETS["soft_tissue"], "tiny-random")
+    return ["--model", str(path), "--device", "cpu"]
+
+
+def sam3d_server(directory: Path, *args: str):
+    """Context manager: a real `sam3d serve` on a free loopback port; yields its base URL."""
+    from sam3d.serve.launch import running_server
+    return running_server(*model_args(directory), *args)
+
+
+def load_phantom(scene, directory: Path, seed: int = 0, shape=(40, 40, 40), name: str = "phantom"):
+    """A synthetic CT with a tumor, written as NRRD by sam3d's IO and read by Slicer's reader.
+
+    Returns (image node, label node, image Volume as generated)."""
+    from sam3d.data.io import write_image
+    from sam3d.data.phantoms import generate_case
+    image, label = generate_case(seed, shape=shape)
+    image_path = write_image(image, directory / f"{name}.nrrd")
+    label_path = write_image(label, directory / f"{name}-label.nrrd")
+    return (load_volume_file(scene, image_path, name), load_volume_file(scene, label_path, f"{name}-label"),
+            image)

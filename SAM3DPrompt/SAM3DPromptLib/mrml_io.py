@@ -149,19 +149,28 @@ def write_segment_box(segmentation_node, segment_id: str, volume_node,
                       lo: Sequence[int], box: np.ndarray) -> None:
     """Replace the segment's voxels inside the half-open box starting at ``lo`` (kji) by ``box``.
 
-    Voxels outside the box are not touched. ``box`` is bool (k, j, i) on the volume's grid.
+    Voxels outside the box, and other segments, are not touched. ``box`` is bool (k, j, i) on
+    the volume's grid.
     """
-    box = np.ascontiguousarray(box, dtype=np.uint8)
+    box = np.asarray(box, dtype=bool)
     if box.size == 0:
         return
+    segmentation = segmentation_node.GetSegmentation()
+    shared = []
+    segmentation.GetSegmentIDsSharingBinaryLabelmapRepresentation(segment_id, shared, False)
+    if shared:  # a layer of its own, so that the merges below see only this segment's values
+        segmentation.SeparateSegmentLabelmap(segment_id)
+    label_value = int(segmentation.GetSegment(segment_id).GetLabelValue())
     k0, j0, i0 = (int(v) for v in lo)
     nk, nj, ni = box.shape
     extent = (i0, i0 + ni - 1, j0, j0 + nj - 1, k0, k0 + nk - 1)
     image = _grid_in_segmentation_frame(volume_node, segmentation_node, extent)
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = box.ravel()
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR if label_value < 256 else vtk.VTK_INT, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = box.ravel() * label_value
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id,
-                                            logic.MODE_REPLACE, extent):
-        raise RuntimeError(f"Could not write into segment {segment_id!r} of "
-                           f"'{segmentation_node.GetName()}'.")
+    # MODE_REPLACE would replace the whole segment by the box. Within the box, MIN removes the
+    # segment's voxels where the box is 0, then MAX adds the box's voxels; outside, nothing changes.
+    for mode in (logic.MODE_MERGE_MIN, logic.MODE_MERGE_MAX):
+        if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, mode, extent):
+            raise RuntimeError(f"Could not write into segment {segment_id!r} of "
+                               f"'{segmentation_node.GetName()}'.")

@@ -1,0 +1,446 @@
+"""Click-prompted segmentation of one volume through a SAM3D server (no Qt).
+
+``PromptLogic`` owns one server session (the volume is uploaded once per node ID + image
+MTime), one *object* on the server (the lesion being segmented into the target segment), the
+clicks of that object and an undo stack of the segment's voxels. It works the same from
+Slicer's Python console, from the module's Widget and from pytest with slicer-core.
+
+Each operation that talks to the server is split in three so the Widget can keep Slicer
+responsive: ``prepare_*`` (main thread: reads MRML, converts points) returns a
+:class:`Request`; ``Request.run()`` does only network work (any thread); ``Request.finish()``
+(main thread) writes the result into the scene or raises the error. The plain methods
+(``click``, ``undo``, ...) do all three in a row.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .client import (InvalidServerURL, MaskUpdate, NothingToUndo, SAM3DClient, SAM3DError,
+                     SessionExpired, SessionNotFound)
+from .geometry import outside_volume, ras_to_kji
+from .mrml_io import (GeometryError, SegmentFingerprint, VolumeFingerprint, ras_to_ijk_matrix,
+                      read_segment_mask, segment_fingerprint, volume_array, volume_fingerprint,
+                      volume_shape, volume_spacing_kji, world_to_local_matrix, write_segment_box)
+from .prompts import Click, ensure_prompt_nodes, remove_click_markup
+
+SEGMENT_NAME = "Lesion"
+# Colours given to new lesion segments in turn.
+SEGMENT_COLORS = ((0.95, 0.75, 0.10), (0.20, 0.60, 1.00), (0.85, 0.30, 0.85),
+                  (0.10, 0.85, 0.80), (1.00, 0.50, 0.20), (0.55, 0.90, 0.30))
+
+
+class PromptError(ValueError):
+    """A click the module cannot send (no volume, point outside it, ...); says what to do."""
+
+
+@dataclass
+class ClickResult:
+    """What one click (or several merged clicks) did to the segment."""
+
+    clicks: int  # clicks sent in this request
+    voxels: int  # foreground voxels of the segment's object after the click
+    lo: Tuple[int, int, int]  # half-open kji box that changed
+    hi: Tuple[int, int, int]
+    encoder_ran: bool
+    uploaded: bool  # the volume was (re-)uploaded by this request
+    prior_sent: bool  # the segment's own (hand-edited) voxels were sent first
+    replayed: bool  # the session had expired: re-uploaded and the object's clicks replayed
+    seconds: float  # wall time of the network part
+    timing_ms: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Step:
+    """One applied click request: what was sent and the segment's voxels it replaced."""
+
+    clicks: List[Click]
+    points_kji: np.ndarray
+    labels: List[int]
+    lo: Tuple[int, int, int]
+    before: np.ndarray  # segment voxels in [lo, lo + before.shape) before the step
+
+
+@dataclass
+class _Upload:
+    array: np.ndarray
+    spacing_kji: Tuple[float, float, float]
+    fingerprint: VolumeFingerprint
+
+
+@dataclass
+class _Wire:
+    """What the network part learnt, kept even when it fails half way (e.g. a new session)."""
+
+    session_id: Optional[str] = None
+    uploaded: bool = False
+    replayed: bool = False
+    update: Optional[MaskUpdate] = None
+    seconds: float = 0.0
+
+
+class Request:
+    """One server round trip: ``run()`` on any thread (network only), ``finish()`` on the main
+    thread (applies the result to the scene, or raises the error; the scene is untouched then)."""
+
+    def __init__(self, name: str, work: Callable[[], Any], apply: Callable[[Any, Optional[BaseException]], Any]):
+        self.name = name
+        self._work = work
+        self._apply = apply
+        self._result: Any = None
+        self._error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            self._result = self._work()
+        except BaseException as error:  # handed to finish() on the main thread
+            self._error = error
+
+    def finish(self) -> Any:
+        return self._apply(self._result, self._error)
+
+
+def user_message(error: BaseException) -> str:
+    """The text the Widget shows for an error (client errors carry what to do)."""
+    if isinstance(error, (SAM3DError, PromptError, GeometryError)):
+        return str(error)
+    return f"Unexpected error: {error!r}. See the Python console for details."
+
+
+def describe_server(capabilities: Dict[str, Any], base_url: str) -> str:
+    """One status line: server, model and device."""
+    model = capabilities.get("model", {})
+    name = model.get("name", "?")
+    variant = model.get("variant", "")
+    device = capabilities.get("device", "?")
+    auth = ", key required" if capabilities.get("auth_required") else ""
+    return (f"Connected to {base_url}: model {name}{' (' + variant + ')' if variant else ''} "
+            f"on {device}, API v{capabilities.get('api_version', '?')}{auth}")
+
+
+class PromptLogic:
+    """Interactive segmentation of ``volume_node`` into one segment of ``segmentation_node``."""
+
+    def __init__(self, client: Optional[SAM3DClient] = None, scene=None):
+        if scene is None:
+            import slicer
+            scene = slicer.mrmlScene
+        self.scene = scene
+        self.client = client
+        self.volume_node = None
+        self.segmentation_node = None
+        self.segment_id: Optional[str] = None
+        self.session_id: Optional[str] = None
+        self.uploads = 0  # volumes uploaded by this logic (for status and tests)
+        self._session_fingerprint: Optional[VolumeFingerprint] = None
+        self._steps: List[_Step] = []
+        self._object_needs_reset = False
+        # The mask the server holds for the current object (None: unknown), and the segment's
+        # fingerprint at the moment its voxels were known to equal it (None: not known).
+        self._server_mask: Optional[np.ndarray] = None
+        self._segment_fp: Optional[SegmentFingerprint] = None
+
+    # -- connection --------------------------------------------------------------------------
+    def connect(self, base_url: str, api_key: Optional[str] = None, timeout: float = 30.0) -> SAM3DClient:
+        """Use the server at ``base_url`` (raises InvalidServerURL for an address without http://)."""
+        client = SAM3DClient(base_url, api_key=api_key, timeout=timeout)
+        if self.client is not None and self.client.base_url != client.base_url:
+            self._forget_session(delete=False)  # the old server expires it; no network here
+        self.client = client
+        return client
+
+    def _require_client(self) -> SAM3DClient:
+        if self.client is None:
+            raise InvalidServerURL("No server is set.", "Enter the server address and press "
+                                   "'Test connection'.")
+        return self.client
+
+    def prepare_server_status(self) -> Request:
+        """Capabilities handshake; ``finish()`` returns the status line of :func:`describe_server`."""
+        client = self._require_client()
+        return Request("connect", client.capabilities,
+                       lambda caps, error: self._raise_or(error, describe_server(caps, client.base_url)))
+
+    # -- target ------------------------------------------------------------------------------
+    def set_target(self, volume_node, segmentation_node, segment_id: Optional[str]) -> None:
+        """Choose what is segmented into where. A new segment starts a new object on the server."""
+        if segment_id is not None and segmentation_node is not None:
+            if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+                raise PromptError(f"Segment {segment_id!r} is not in '{segmentation_node.GetName()}'.")
+        same_object = (segmentation_node is self.segmentation_node and segment_id == self.segment_id
+                       and volume_node is self.volume_node)
+        self.volume_node = volume_node
+        if (segmentation_node is not None and volume_node is not None
+                and not segmentation_node.GetNodeReference(segmentation_node.GetReferenceImageGeometryReferenceRole())):
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        self.segmentation_node = segmentation_node
+        self.segment_id = segment_id
+        if not same_object:
+            self._start_new_object(remove_markups=False)
+
+    def create_segmentation(self, volume_node) -> Any:
+        """A new segmentation for ``volume_node`` (same grid and parent transform)."""
+        node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                            f"{volume_node.GetName()} SAM3D")
+        node.CreateDefaultDisplayNodes()
+        node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+        return node
+
+    def add_lesion_segment(self, segmentation_node) -> str:
+        """Add an empty segment "Lesion N" (first unused N) and return its ID."""
+        segmentation = segmentation_node.GetSegmentation()
+        names = {segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())}
+        number = 1
+        while f"{SEGMENT_NAME} {number}" in names:
+            number += 1
+        color = SEGMENT_COLORS[(number - 1) % len(SEGMENT_COLORS)]
+        return segmentation.AddEmptySegment("", f"{SEGMENT_NAME} {number}", color)
+
+    def next_lesion(self) -> str:
+        """Keep the current segment, add a new empty one and make it the target (no network:
+        the server object is reset with the next click)."""
+        if self.segmentation_node is None:
+            if self.volume_node is None:
+                raise PromptError("Select an input volume first.")
+            self.segmentation_node = self.create_segmentation(self.volume_node)
+        self.segment_id = self.add_lesion_segment(self.segmentation_node)
+        self._start_new_object(remove_markups=True)
+        return self.segment_id
+
+    def reset(self) -> None:
+        """Start the current lesion over: the segment gets back the voxels it had before its
+        first click (bit for bit), its clicks are removed (no network: applied with the next click)."""
+        for step in reversed(self._steps):
+            self._write_box(step.lo, step.before)
+        self._start_new_object(remove_markups=True)
+
+    def _start_new_object(self, remove_markups: bool) -> None:
+        if remove_markups:
+            for step in self._steps:
+                for click in step.clicks:
+                    remove_click_markup(self.scene, click)
+        self._steps = []
+        self._object_needs_reset = self.session_id is not None
+        self._server_mask = None
+        self._segment_fp = None
+
+    def prompt_nodes(self) -> Tuple[Any, Any]:
+        """The "SAM3D positive" (green) and "SAM3D negative" (red) point lists."""
+        return ensure_prompt_nodes(self.scene)
+
+    @property
+    def click_count(self) -> int:
+        return sum(len(step.clicks) for step in self._steps)
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._steps)
+
+    # -- clicks ------------------------------------------------------------------------------
+    def click(self, ras: Sequence[float], positive: bool = True) -> ClickResult:
+        """Send one click at world RAS ``ras`` and write the result into the target segment."""
+        return self.click_points([Click(ras=tuple(float(v) for v in ras), label=1 if positive else 0)])
+
+    def click_points(self, clicks: Sequence[Click]) -> ClickResult:
+        request = self.prepare_clicks(clicks)
+        request.run()
+        return request.finish()
+
+    def points_kji(self, clicks: Sequence[Click]) -> np.ndarray:
+        """Continuous kji indices of world clicks on the input volume (parent transform honoured)."""
+        if self.volume_node is None:
+            raise PromptError("Select an input volume first.")
+        ras = np.asarray([click.ras for click in clicks], dtype=np.float64).reshape(-1, 3)
+        return ras_to_kji(ras, ras_to_ijk_matrix(self.volume_node),
+                          world_to_local_matrix(self.volume_node))
+
+    def prepare_clicks(self, clicks: Sequence[Click]) -> Request:
+        """Main-thread half of a click request (see the module docstring)."""
+        clicks = list(clicks)
+        client = self._require_client()
+        if not clicks:
+            raise PromptError("No click to send.")
+        if self.segmentation_node is None or self.segment_id is None:
+            raise PromptError("Select a target segment (or press 'Next lesion') first.")
+        points = self.points_kji(clicks)
+        shape = volume_shape(self.volume_node)
+        outside = outside_volume(points, shape)
+        if outside.any():
+            raise PromptError(f"{int(outside.sum())} click(s) lie outside the input volume "
+                              f"'{self.volume_node.GetName()}'; place points on the volume.")
+        labels = [int(click.label) for click in clicks]
+        upload = self._upload_if_changed()
+        session_id = None if upload is not None else self.session_id
+        reset = self._object_needs_reset and upload is None
+        # What the server's object holds before this request, and what the segment holds: when
+        # they differ (a hand edit, a new segment with voxels) the segment is sent as the prior.
+        server_mask = np.zeros(shape, dtype=bool) if (upload is not None or reset) else self._server_mask
+        current = self._segment_voxels()
+        segment_fp_prepared = segment_fingerprint(self.segmentation_node, self.segment_id)
+        in_sync = server_mask is not None and (current is server_mask or np.array_equal(current, server_mask))
+        prior = None if in_sync else current
+        history = [(step.points_kji, step.labels) for step in self._steps]
+        replay_upload = upload or _Upload(volume_array(self.volume_node),
+                                          volume_spacing_kji(self.volume_node),
+                                          volume_fingerprint(self.volume_node))
+        old_session = self.session_id if upload is not None else None
+        wire = _Wire()
+
+        def work() -> _Wire:
+            started = time.perf_counter()
+            try:
+                if old_session is not None:
+                    _delete_quietly(client, old_session)
+                if upload is not None:
+                    wire.session_id = client.create_session(upload.array, upload.spacing_kji)
+                    wire.uploaded = True
+                else:
+                    wire.session_id = session_id
+                try:
+                    if reset:
+                        client.reset(wire.session_id)
+                    if prior is not None:
+                        client.set_mask(wire.session_id, prior)
+                    wire.update = client.interact(wire.session_id, points, labels)
+                except (SessionExpired, SessionNotFound):
+                    if wire.uploaded:
+                        raise
+                    # The server forgot the volume: upload it again and rebuild the object.
+                    wire.session_id = client.create_session(replay_upload.array, replay_upload.spacing_kji)
+                    wire.uploaded = wire.replayed = True
+                    rebuilt = np.zeros(shape, dtype=bool)
+                    for step_points, step_labels in history:
+                        client.interact(wire.session_id, step_points, step_labels).apply_to(rebuilt)
+                    if not np.array_equal(rebuilt, current):
+                        client.set_mask(wire.session_id, current)
+                    wire.update = client.interact(wire.session_id, points, labels)
+            finally:
+                wire.seconds = time.perf_counter() - started
+            return wire
+
+        def apply(_: Any, error: Optional[BaseException]) -> ClickResult:
+            fingerprint = upload.fingerprint if upload is not None else (
+                replay_upload.fingerprint if wire.replayed else self._session_fingerprint)
+            if wire.session_id is not None and wire.session_id != self.session_id:
+                self.session_id = wire.session_id
+                self._session_fingerprint = fingerprint
+                self.uploads += 1
+            if error is not None:
+                if wire.uploaded or reset:
+                    self._server_mask = None  # the server object is not what we know any more
+                    self._segment_fp = None
+                    self._object_needs_reset = self.session_id is not None and not wire.uploaded
+                for click in clicks:
+                    remove_click_markup(self.scene, click)
+                raise error
+            if reset or wire.uploaded:
+                self._object_needs_reset = False
+            update = wire.update
+            lo = tuple(int(v) for v in update.lo)
+            box = tuple(slice(a, b) for a, b in zip(update.lo, update.hi))
+            before = current[box].copy() if not update.is_empty else np.zeros((0, 0, 0), bool)
+            edited_meanwhile = segment_fingerprint(self.segmentation_node, self.segment_id) != segment_fp_prepared
+            self._write_box(lo, update.mask if not update.is_empty else None)
+            # `current` is no longer needed as it was: it becomes the server's new mask.
+            self._server_mask = update.apply_to(current)
+            self._segment_fp = (None if edited_meanwhile
+                                else segment_fingerprint(self.segmentation_node, self.segment_id))
+            self._steps.append(_Step(clicks=clicks, points_kji=points, labels=labels, lo=lo,
+                                     before=before))
+            return ClickResult(clicks=len(clicks), voxels=int(update.voxels), lo=lo,
+                               hi=tuple(int(v) for v in update.hi), encoder_ran=update.encoder_ran,
+                               uploaded=wire.uploaded, prior_sent=prior is not None,
+                               replayed=wire.replayed, seconds=wire.seconds,
+                               timing_ms=dict(update.timing_ms))
+
+        return Request("click", work, apply)
+
+    def _upload_if_changed(self) -> Optional[_Upload]:
+        """The volume to upload when the session does not hold this volume's current voxels."""
+        fingerprint = volume_fingerprint(self.volume_node)
+        if self.session_id is not None and fingerprint == self._session_fingerprint:
+            return None
+        return _Upload(volume_array(self.volume_node), volume_spacing_kji(self.volume_node), fingerprint)
+
+    def _segment_voxels(self) -> np.ndarray:
+        """The target segment's voxels; read from the scene only when someone changed them."""
+        if (self._server_mask is not None and self._segment_fp is not None
+                and segment_fingerprint(self.segmentation_node, self.segment_id) == self._segment_fp):
+            return self._server_mask
+        return read_segment_mask(self.segmentation_node, self.segment_id, self.volume_node)
+
+    def _write_box(self, lo: Sequence[int], box: Optional[np.ndarray]) -> None:
+        if box is not None and box.size:
+            write_segment_box(self.segmentation_node, self.segment_id, self.volume_node, lo, box)
+
+    # -- undo --------------------------------------------------------------------------------
+    def undo(self) -> None:
+        """Give the segment back its voxels before the last click, bit for bit."""
+        request = self.prepare_undo()
+        request.run()
+        request.finish()
+
+    def prepare_undo(self) -> Request:
+        if not self._steps:
+            raise NothingToUndo("Nothing to undo for this lesion.")
+        client = self.client
+        session_id = None if self._object_needs_reset else self.session_id
+        step = self._steps[-1]
+
+        def work() -> bool:
+            if client is None or session_id is None:
+                return False
+            try:
+                client.undo(session_id)
+            except (NothingToUndo, SessionExpired, SessionNotFound):
+                return False  # out of step with the server: the next click sends the segment
+            return True
+
+        def apply(server_undone: Any, error: Optional[BaseException]) -> None:
+            if error is not None:
+                raise error
+            was_in_sync = (self._segment_fp is not None and segment_fingerprint(
+                self.segmentation_node, self.segment_id) == self._segment_fp)
+            self._steps.pop()
+            self._write_box(step.lo, step.before)
+            for click in step.clicks:
+                remove_click_markup(self.scene, click)
+            if server_undone and self._server_mask is not None:
+                box = tuple(slice(a, a + n) for a, n in zip(step.lo, step.before.shape))
+                self._server_mask[box] = step.before
+            else:
+                self._server_mask = None
+            self._segment_fp = (segment_fingerprint(self.segmentation_node, self.segment_id)
+                                if was_in_sync and self._server_mask is not None else None)
+
+        return Request("undo", work, apply)
+
+    # -- session -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the server session (best effort)."""
+        self._forget_session(delete=True)
+
+    def _forget_session(self, delete: bool) -> None:
+        if delete and self.client is not None and self.session_id is not None:
+            _delete_quietly(self.client, self.session_id)
+        self.session_id = None
+        self._session_fingerprint = None
+        self._start_new_object(remove_markups=False)
+
+    @staticmethod
+    def _raise_or(error: Optional[BaseException], value: Any) -> Any:
+        if error is not None:
+            raise error
+        return value
+
+
+def _delete_quietly(client: SAM3DClient, session_id: str) -> None:
+    try:
+        client.delete_session(session_id)
+    except SAM3DError:
+        pass  # an expired or unknown session is already gone; a dead server frees it anyway
