@@ -121,11 +121,11 @@ def sam3d_server(directory: Path, *args: str):
 def load_phantom(scene, directory: Path, seed: int = 0, shape=(40, 40, 40), name: str = "phantom"):
     """A synthetic CT with a tumor, written as NRRD by sam3d's IO and read by Slicer's reader.
 
-    Returns (image node, label node, image Volume as generated)."""
+    Returns (image node, label node, image Volume, label Volume), the Volumes as generated."""
     from sam3d.data.io import write_image
     from sam3d.data.phantoms import generate_case
     image, label = generate_case(seed, shape=shape)
     image_path = write_image(image, directory / f"{name}.nrrd")
     label_path = write_image(label, directory / f"{name}-label.nrrd")
     return (load_volume_file(scene, image_path, name), load_volume_file(scene, label_path, f"{name}-label"),
-            image)
+            image, label)

@@ -85,7 +85,7 @@ def test_click_reaches_server_on_intended_voxel(mrml_scene, server_url):
 
 
 def test_volume_uploaded_once_per_node_id_and_mtime(logic, phantom):
-    image_node, label_node, _ = phantom
+    image_node, label_node = phantom[:2]
     point = _world(image_node, _tumor_kji(label_node))
     first = logic.click(point)
     session = logic.session_id
@@ -119,7 +119,7 @@ def test_write_segment_box_touches_only_the_box(mrml_scene):
 
 
 def test_undo_restores_segment_bit_for_bit(logic, phantom):
-    image_node, label_node, _ = phantom
+    image_node, label_node = phantom[:2]
     # The segment already holds a hand-drawn blob before the first click.
     drawn = np.zeros(slicer.util.arrayFromVolume(image_node).shape, bool)
     drawn[2:6, 3:9, 30:36] = True
@@ -150,7 +150,7 @@ def test_undo_restores_segment_bit_for_bit(logic, phantom):
 
 
 def test_hand_edited_segment_is_sent_as_prior(logic, phantom):
-    image_node, label_node, _ = phantom
+    image_node, label_node = phantom[:2]
     point = _world(image_node, _tumor_kji(label_node))
     logic.click(point)
     # A Segment Editor style edit: change the segment's internal labelmap in place.
@@ -171,7 +171,7 @@ def test_hand_edited_segment_is_sent_as_prior(logic, phantom):
 
 
 def test_server_down_leaves_segment_untouched(mrml_scene, phantom, tmp_path):
-    image_node, label_node, _ = phantom
+    image_node, label_node = phantom[:2]
     with sam3d_server(tmp_path) as url:
         logic = PromptLogic(SAM3DClient(url, timeout=10), scene=mrml_scene)
         segmentation = logic.create_segmentation(image_node)
@@ -194,7 +194,7 @@ def test_server_down_leaves_segment_untouched(mrml_scene, phantom, tmp_path):
 
 
 def test_expired_session_is_uploaded_again_and_clicks_replayed(logic, phantom):
-    image_node, label_node, _ = phantom
+    image_node, label_node = phantom[:2]
     tumor = _tumor_kji(label_node)
     logic.click(_world(image_node, tumor))
     logic.click(_world(image_node, tumor + 4), positive=False)
@@ -208,7 +208,7 @@ def test_expired_session_is_uploaded_again_and_clicks_replayed(logic, phantom):
 
 
 def test_next_lesion_keeps_previous_segment_and_reset_restores(logic, phantom):
-    image_node, label_node, _ = phantom
+    image_node, label_node = phantom[:2]
     tumor = _tumor_kji(label_node)
     positive, _ = logic.prompt_nodes()
     positive.AddControlPointWorld(*_world(image_node, tumor))
@@ -239,7 +239,7 @@ def test_url_without_scheme_is_refused_with_advice(mrml_scene):
 
 @needs_default_model
 def test_segment_appears_around_phantom_tumor_and_negative_click_shrinks(logic, phantom, record_property):
-    image_node, label_node, _ = phantom
+    image_node, label_node = phantom[:2]
     truth = slicer.util.arrayFromVolume(label_node) == 2
     tumor = _tumor_kji(label_node)
     logic.click(_world(image_node, tumor))

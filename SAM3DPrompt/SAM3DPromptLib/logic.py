@@ -26,16 +26,12 @@ from .geometry import outside_volume, ras_to_kji
 from .mrml_io import (GeometryError, SegmentFingerprint, VolumeFingerprint, ras_to_ijk_matrix,
                       read_segment_mask, segment_fingerprint, volume_array, volume_fingerprint,
                       volume_shape, volume_spacing_kji, world_to_local_matrix, write_segment_box)
-from .prompts import Click, ensure_prompt_nodes, remove_click_markup
+from .prompts import Click, PromptError, ensure_prompt_nodes, remove_click_markup
 
 SEGMENT_NAME = "Lesion"
 # Colours given to new lesion segments in turn.
 SEGMENT_COLORS = ((0.95, 0.75, 0.10), (0.20, 0.60, 1.00), (0.85, 0.30, 0.85),
                   (0.10, 0.85, 0.80), (1.00, 0.50, 0.20), (0.55, 0.90, 0.30))
-
-
-class PromptError(ValueError):
-    """A click the module cannot send (no volume, point outside it, ...); says what to do."""
 
 
 @dataclass
@@ -358,7 +354,7 @@ class PromptLogic:
                                replayed=wire.replayed, seconds=wire.seconds,
                                timing_ms=dict(update.timing_ms))
 
-        return Request("click", work, apply)
+        return Request("clicks", work, apply)
 
     def _upload_if_changed(self) -> Optional[_Upload]:
         """The volume to upload when the session does not hold this volume's current voxels."""

@@ -23,6 +23,11 @@ POSITIVE = 1
 NEGATIVE = 0
 
 
+class PromptError(ValueError):
+    """A click or saved prompt the module cannot use (no volume, point outside it, unreadable
+    file, ...); the message says what to do."""
+
+
 @dataclass
 class Click:
     """One prompt point: world RAS position, label (1 positive, 0 negative) and, when it was
@@ -108,27 +113,14 @@ def load_prompt_file(scene, path: str) -> List[object]:
     types: List[str] = []
     storage.GetMarkupsTypesInFile(path, types)
     if not types:
-        raise ValueError(f"{path} holds no markups; save the clicks from Slicer as a "
+        raise PromptError(f"{path} holds no markups; save the clicks from Slicer as a "
                          "markups file (.mrk.json).")
     scene.AddNode(storage)
     nodes = []
     for index in range(len(types)):
         node = storage.AddNewMarkupsNodeFromFile(path, "", index)
         if node is None:
-            raise ValueError(f"markup {index} of {path} could not be read.")
+            raise PromptError(f"markup {index} of {path} could not be read; is it a Slicer markups file?")
         nodes.append(node)
     return nodes
-
-
-def find_prompt_nodes(scene, volume_node) -> List[object]:
-    """Point lists saved for ``volume_node``: named as the volume, or the volume's name
-    followed by a space, "-", "_" or "." (e.g. "case007", "case007 negative", "case007_neg-")."""
-    stem = volume_node.GetName() or ""
-    found = []
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode")):
-        node = scene.GetNthNodeByClass(index, "vtkMRMLMarkupsFiducialNode")
-        name = node.GetName() or ""
-        if name == stem or (name.startswith(stem) and name[len(stem)] in " -_."):
-            found.append(node)
-    return found
 
