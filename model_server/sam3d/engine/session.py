@@ -100,7 +100,7 @@ class FeatureCache:
 class Session:
     """One volume and the object being segmented in it (thread-safe: one request at a time)."""
 
-    def __init__(self, predictor: Predictor, volume: np.ndarray, spacing, cache_size: int = 4,
+    def __init__(self, predictor: Predictor, volume: np.ndarray, spacing, cache_size: int = 8,
                  max_crops: int = 6) -> None:
         volume = np.asarray(volume)
         if volume.ndim != 3 or min(volume.shape) < 1:

@@ -15,7 +15,7 @@ import torch
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..engine.predictor import Predictor
@@ -29,6 +29,8 @@ from .wire import COMPRESSIONS, DTYPES, decode_mask_bits, decode_volume, encode_
 
 API_VERSION = "1"
 MAX_POINTS_PER_REQUEST = 1000
+SHAPE_PATTERN = r"^\d+,\d+,\d+$"
+SPACING_PATTERN = r"^[0-9.eE+-]+,[0-9.eE+-]+,[0-9.eE+-]+$"
 
 
 @dataclass(frozen=True)
@@ -40,14 +42,16 @@ class ServerSettings:
     session_ttl_s: float = 1800.0
     max_upload_bytes: int = 1 << 30
     max_voxels: int = 1 << 28
-    cache_crops: int = 4  # encoded crops kept per session
+    cache_crops: int = 8  # encoded crops kept per session (at least max_crops)
     max_crops: int = 6  # crops predicted per interaction
 
 
 # -- request and reply bodies -----------------------------------------------------------------
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+# Strict: JSON true / false are not numbers here.
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Point = Annotated[list[Finite], Field(min_length=3, max_length=3)]
-Index = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=3, max_length=3)]
+Index = Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=3, max_length=3)]
+Label = Annotated[int, Field(strict=True, ge=0, le=1)]
 
 
 class ErrorBody(BaseModel):
@@ -110,16 +114,18 @@ class SessionInfo(BaseModel):
 
 
 class InteractionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     points: Annotated[list[Point], Field(min_length=1, max_length=MAX_POINTS_PER_REQUEST,
                                          description="continuous [k, j, i] voxel indices")]
-    labels: Annotated[list[Literal[0, 1]], Field(min_length=1, max_length=MAX_POINTS_PER_REQUEST,
+    labels: Annotated[list[Label], Field(min_length=1, max_length=MAX_POINTS_PER_REQUEST,
                                                  description="1 positive, 0 negative, one per point")]
 
 
 class MaskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     bbox: Annotated[list[Index], Field(min_length=2, max_length=2,
                                        description="half-open [[k0, j0, i0], [k1, j1, i1]]")]
-    mask: str = Field(description="base64(zlib(packbits(mask inside bbox, C order)))")
+    mask: str = Field(strict=True, description="base64(zlib(packbits(mask inside bbox, C order)))")
 
 
 class Timing(BaseModel):
@@ -250,8 +256,8 @@ def create_app(predictor: Predictor | None, settings: ServerSettings = ServerSet
                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def create_session(
         request: Request,
-        shape: Annotated[str, Query(description="K,J,I")],
-        spacing: Annotated[str, Query(description="SK,SJ,SI in mm")],
+        shape: Annotated[str, Query(description="K,J,I", pattern=SHAPE_PATTERN)],
+        spacing: Annotated[str, Query(description="SK,SJ,SI in mm", pattern=SPACING_PATTERN)],
         dtype: Annotated[Literal[DTYPES], Query()] = "int16",
         compression: Annotated[Literal[COMPRESSIONS], Query()] = "zlib",
     ) -> SessionCreated:

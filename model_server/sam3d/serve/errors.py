@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("sam3d.serve")
 
@@ -90,7 +91,17 @@ def _validation_message(error: RequestValidationError) -> str:
     for item in error.errors()[:5]:
         where = ".".join(str(p) for p in item.get("loc", ()))
         parts.append(f"{where}: {item.get('msg', 'invalid')}")
-    return "the request does not match the schema: " + "; ".join(parts)
+    return "the request does not match the API: " + "; ".join(parts)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Methods of every route whose path matches the request (a path may have several routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def install_handlers(app: FastAPI, count_error) -> None:
@@ -105,6 +116,8 @@ def install_handlers(app: FastAPI, count_error) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        if all(item.get("loc", ("body",))[0] != "body" for item in error.errors()):
+            return error_response(BadRequest(_validation_message(error)))  # a malformed query: 400
         return JSONResponse({"error": "validation_error", "message": _validation_message(error),
                              "hint": "Send the body described in GET /openapi.json."}, status_code=422)
 
@@ -113,7 +126,11 @@ def install_handlers(app: FastAPI, count_error) -> None:
         if error.status_code == 404:
             return error_response(NotFound(f"no such path: {request.method} {request.url.path}"))
         if error.status_code == 405:
-            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+            allowed = _allowed_methods(request)
+            response = error_response(MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"))
+            response.headers["Allow"] = ", ".join(allowed)  # as RFC 9110 asks
+            return response
         code = "bad_request" if error.status_code < 500 else "internal_error"
         return JSONResponse({"error": code, "message": str(error.detail), "hint": ""},
                             status_code=error.status_code)

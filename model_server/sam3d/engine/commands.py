@@ -1,0 +1,143 @@
+"""`sam3d segment`: clicks in RAS millimetres (as Slicer shows them) -> a Slicer ``.seg.nrrd``.
+
+Runs the engine in this process, or on a running ``sam3d serve`` when ``--server`` is given
+(through the Slicer module's own torch-free client, SAM3DPromptLib). The output lies on exactly
+the input image's grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..cli import CLIError
+
+POINT_HELP = ("a click as R,A,S in mm, optionally followed by :+ (positive, the default) or :- "
+              "(negative); repeat for more clicks. Write --point=R,A,S when R is negative")
+SLICER_MODULE_DIR = Path(__file__).resolve().parents[3] / "SAM3DPrompt"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("segment", help="segment one image from clicks in RAS mm",
+                                   description=__doc__)
+    parser.add_argument("image", help="NIfTI / NRRD / MHA file or DICOM folder")
+    parser.add_argument("--point", action="append", default=[], metavar="R,A,S[:+|-]", help=POINT_HELP)
+    parser.add_argument("--points", action="append", default=[], metavar="FILE.mrk.json",
+                        help="Slicer markups file(s); points in lists named '...negative' or ending "
+                             "in '-' (or described 'negative') are negative clicks")
+    parser.add_argument("--out", required=True, help="output .seg.nrrd")
+    parser.add_argument("--name", default="Tumor", help="segment name (default Tumor)")
+    parser.add_argument("--server", default=None, help="URL of a running `sam3d serve`; default: in-process")
+    parser.add_argument("--api-key", default=None, help="the server's API key (with --server)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per server request")
+    parser.add_argument("--model", default="default", help="in-process model: 'default' or a checkpoint path")
+    parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.set_defaults(func=run)
+
+
+def parse_point(text: str) -> tuple[np.ndarray, int]:
+    """'R,A,S' / 'R,A,S:+' / 'R,A,S:-' -> (RAS point, label 1 | 0)."""
+    coordinates, _, sign = text.strip().partition(":")
+    if sign not in ("", "+", "-"):
+        raise CLIError(f"--point {text!r}: the label after ':' must be + or -")
+    try:
+        point = np.array([float(v) for v in coordinates.split(",")])
+    except ValueError:
+        point = np.zeros(0)
+    if point.shape != (3,) or not np.isfinite(point).all():
+        raise CLIError(f"--point {text!r} is not R,A,S (three numbers in mm, e.g. --point=-12.5,30,4:+)")
+    return point, 0 if sign == "-" else 1
+
+
+def collect_points(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """All clicks of --point and --points as (RAS [N, 3], labels [N])."""
+    from ..data.markups import MarkupsError, read_markups
+
+    points, labels = [], []
+    for text in args.point:
+        point, label = parse_point(text)
+        points.append(point[None])
+        labels.append([label])
+    for path in args.points:
+        try:
+            file_points, file_labels = read_markups(path)
+        except MarkupsError as error:
+            raise CLIError(str(error)) from None
+        points.append(file_points)
+        labels.append(file_labels)
+    if not points:
+        raise CLIError("give at least one click: --point R,A,S or --points FILE.mrk.json")
+    points, labels = np.concatenate(points), np.concatenate(labels).astype(np.int64)
+    if not (labels == 1).any():
+        raise CLIError("all clicks are negative; give at least one positive click on the object")
+    return points, labels
+
+
+def _slicer_client():
+    """SAM3DPromptLib.client, from the path or from this checkout's SAM3DPrompt/ folder."""
+    try:
+        return importlib.import_module("SAM3DPromptLib.client")
+    except ImportError:
+        if SLICER_MODULE_DIR.is_dir() and str(SLICER_MODULE_DIR) not in sys.path:
+            sys.path.append(str(SLICER_MODULE_DIR))
+            return importlib.import_module("SAM3DPromptLib.client")
+        raise CLIError("--server needs the SAM3DPromptLib client (SAM3DPrompt/ of this repository) "
+                       "on PYTHONPATH") from None
+
+
+def segment_remote(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels) -> np.ndarray:
+    client_module = _slicer_client()
+    try:
+        client = client_module.SAM3DClient(args.server, api_key=args.api_key, timeout=args.timeout)
+        client.capabilities()
+        session_id = client.create_session(array, spacing)
+        try:
+            update = client.interact(session_id, points_kji.tolist(), labels.tolist())
+        finally:
+            client.delete_session(session_id)
+    except client_module.SAM3DError as error:
+        raise CLIError(str(error)) from None
+    return update.apply_to(np.zeros(array.shape, dtype=bool))
+
+
+def segment_local(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels) -> np.ndarray:
+    from ..model.checkpoint import CheckpointError
+    from .predictor import Predictor
+    from .session import segment
+
+    try:
+        predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
+    except (CheckpointError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    return segment(predictor, array, spacing, points_kji, labels)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.io import read_image
+    from ..data.segio import SEG_ENDING, Segment, write_segmentation
+
+    if not args.out.lower().endswith(SEG_ENDING):
+        raise CLIError(f"--out {args.out!r} must end in {SEG_ENDING} (a Slicer segmentation)")
+    points_ras, labels = collect_points(args)
+    try:
+        volume = read_image(args.image)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    points_kji = volume.ras_to_kji(points_ras)
+    upper = np.asarray(volume.shape) - 0.5
+    for ras, kji in zip(points_ras, points_kji):
+        if not np.all((kji >= -0.5) & (kji <= upper)):
+            raise CLIError(f"click R,A,S = {ras.tolist()} mm lies outside {args.image} (voxel index kji "
+                           f"{np.round(kji, 1).tolist()}, shape {list(volume.shape)}); check the points "
+                           "belong to this image and are RAS (as Slicer shows them)")
+    segment_fn = segment_remote if args.server else segment_local
+    mask = segment_fn(args, volume.array, volume.spacing, points_kji, labels)
+    write_segmentation(args.out, [Segment(args.name, mask)], volume)
+    print(f"sam3d segment: {int(mask.sum())} voxels ({mask.sum() * volume.voxel_volume_ml:.2f} ml) "
+          f"from {len(labels)} click(s) -> {args.out}")
+    return 0

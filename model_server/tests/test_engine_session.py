@@ -1,0 +1,199 @@
+"""The interactive engine on a random-weight tiny model: crop placement, encoder cache, fusion,
+undo, prior masks, atomic failure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sam3d.data.intensity import PRESETS
+from sam3d.engine.predictor import Predictor
+from sam3d.engine.session import NothingToUndo, Session, segment
+from sam3d.model.checkpoint import save_checkpoint
+from sam3d.model.config import get_config
+from sam3d.model.sam3d import Sam3D
+
+SHAPE = (24, 80, 80)
+SPACING = (2.5, 0.8, 0.8)  # a tiny crop (32 voxels at 2 mm) covers 26 x 80 x 80 native voxels
+CENTRE = (12.0, 40.0, 40.0)
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory) -> Predictor:
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
+                           PRESETS["soft_tissue"], "tiny-random")
+    return Predictor.load(path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def volume() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    k, j, i = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")
+    ball = ((k - 12) * 2.5) ** 2 + ((j - 40) * 0.8) ** 2 + ((i - 40) * 0.8) ** 2 < 12.0 ** 2
+    return (np.where(ball, 60, -20) + rng.normal(0, 10, SHAPE)).astype(np.int16)
+
+
+def footprint_union(session: Session) -> np.ndarray:
+    covered = np.zeros(session.shape, dtype=bool)
+    for g in session.cache.geometries():
+        lo, hi = g.footprint()
+        covered[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    return covered
+
+
+def test_a_second_click_in_the_same_crop_runs_only_the_decoder(predictor, volume):
+    session = Session(predictor, volume, SPACING)
+    first = session.interact([CENTRE], [1])
+    assert first.encoder_ran and session.encoder_runs >= 1
+    runs = session.encoder_runs
+    second = session.interact([[13.0, 43.0, 38.0]], [0])
+    assert not second.encoder_ran
+    assert session.encoder_runs == runs
+    assert session.decoder_runs >= 2
+    assert second.timing_ms["encode"] == 0.0 and second.timing_ms["total"] > 0
+
+
+def test_a_click_outside_every_encoded_crop_encodes_a_new_one(predictor):
+    shape = (24, 200, 80)  # long along j: two crops far apart
+    session = Session(predictor, np.zeros(shape, np.int16), SPACING, max_crops=1)
+    session.interact([[12.0, 30.0, 40.0]], [1])
+    assert session.encoder_runs == 1
+    change = session.interact([[12.0, 170.0, 40.0]], [1])
+    assert change.encoder_ran and session.encoder_runs == 2
+    session.interact([[12.0, 33.0, 40.0]], [1])  # back near the first crop: cached
+    assert session.encoder_runs == 2
+
+
+def test_the_cache_is_bounded_least_recently_used_first(predictor):
+    shape = (24, 300, 80)
+    session = Session(predictor, np.zeros(shape, np.int16), SPACING, cache_size=2, max_crops=1)
+    for j in (30.0, 150.0, 270.0):
+        session.interact([[12.0, j, 40.0]], [1])
+    assert len(session.cache) == 2 and session.encoder_runs == 3
+    session.interact([[12.0, 30.0, 40.0]], [1])  # evicted: encoded again
+    assert session.encoder_runs == 4
+
+
+def test_the_mask_changes_only_where_crops_were_placed(predictor, volume):
+    session = Session(predictor, volume, SPACING, cache_size=6, max_crops=6)
+    change = session.interact([CENTRE], [1])
+    assert 1 <= change.crops <= 6
+    assert session.mask.sum() == change.voxels > 0
+    assert not (session.mask & ~footprint_union(session)).any()
+    box = tuple(slice(l, h) for l, h in zip(change.lo, change.hi))
+    np.testing.assert_array_equal(change.mask, session.mask[box])
+    outside = session.mask.copy()
+    outside[box] = False
+    assert not outside.any()  # the first change of an object holds all of it
+
+
+def test_crops_are_added_across_faces_the_mask_reaches(predictor):
+    # A bright slab filling the volume: a random model marks most of the crop, reaching its faces.
+    shape = (24, 200, 80)
+    session = Session(predictor, np.full(shape, 50, np.int16), SPACING, cache_size=6, max_crops=3)
+    change = session.interact([[12.0, 100.0, 40.0]], [1])
+    first_crop_faces = session.cache.geometries()[-1].footprint()
+    if change.crops == 1:
+        pytest.skip("the random model's mask did not reach a crop face")
+    assert change.crops <= 3
+    lo, hi = first_crop_faces
+    outside_first = session.mask.copy()
+    outside_first[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = False
+    assert outside_first.any(), "the further crops added foreground beyond the first crop"
+
+
+def test_undo_restores_the_previous_mask_bit_exactly(predictor, volume):
+    session = Session(predictor, volume, SPACING)
+    session.interact([CENTRE], [1])
+    before, points_before = session.mask.copy(), session.points.copy()
+    change = session.interact([[12.0, 44.0, 44.0]], [0])
+    undo = session.undo()
+    np.testing.assert_array_equal(session.mask, before)
+    np.testing.assert_array_equal(session.points, points_before)
+    assert (undo.lo, undo.hi) == (change.lo, change.hi)
+    assert undo.voxels == int(before.sum()) and session.interactions == 1
+    session.undo()
+    assert not session.mask.any() and session.voxels == 0 and len(session.points) == 0
+    with pytest.raises(NothingToUndo):
+        session.undo()
+
+
+def test_set_mask_replaces_the_object_and_feeds_the_next_click(predictor, volume):
+    plain = Session(predictor, volume, SPACING)
+    plain.interact([CENTRE], [1])
+    primed = Session(predictor, volume, SPACING)
+    prior = np.zeros((6, 20, 20), dtype=bool)
+    prior[1:5, 2:18, 2:18] = True
+    change = primed.set_mask((9, 30, 30), (15, 50, 50), prior)
+    assert primed.voxels == prior.sum() == change.voxels
+    np.testing.assert_array_equal(primed.mask[9:15, 30:50, 30:50], prior)
+    assert primed.mask.sum() == prior.sum()
+    primed.interact([CENTRE], [1])
+    # same click, same crop: only the mask prompt differs, and it changes the prediction
+    assert not np.array_equal(primed.mask, plain.mask)
+    primed.undo()
+    np.testing.assert_array_equal(primed.mask[9:15, 30:50, 30:50], prior)
+    primed.undo()
+    assert not primed.mask.any()
+
+
+def test_reset_clears_the_object_and_keeps_the_encoder_cache(predictor, volume):
+    session = Session(predictor, volume, SPACING)
+    session.interact([CENTRE], [1])
+    runs = session.encoder_runs
+    session.reset()
+    assert not session.mask.any() and session.voxels == 0 and session.interactions == 0
+    with pytest.raises(NothingToUndo):
+        session.undo()
+    session.interact([CENTRE], [1])
+    assert session.encoder_runs == runs
+
+
+@pytest.mark.parametrize("points, labels, message", [
+    ([[24.0, 40.0, 40.0]], [1], "outside the volume"),
+    ([[-1.0, 40.0, 40.0]], [1], "outside the volume"),
+    ([[12.0, 40.0, 40.0]], [1, 0], "one label per point"),
+    ([[12.0, 40.0, 40.0]], [2], "labels must be 1"),
+    ([[12.0, float("nan"), 40.0]], [1], "finite"),
+    ([], [], "at least one point"),
+])
+def test_bad_points_are_refused_and_leave_the_session_unchanged(predictor, volume, points, labels, message):
+    session = Session(predictor, volume, SPACING)
+    session.interact([CENTRE], [1])
+    before = session.mask.copy()
+    with pytest.raises(ValueError, match=message):
+        session.interact(points, labels)
+    np.testing.assert_array_equal(session.mask, before)
+    assert session.interactions == 1 and len(session.points) == 1
+
+
+def test_a_failed_prediction_leaves_the_session_unchanged(predictor, volume, monkeypatch):
+    session = Session(predictor, volume, SPACING, max_crops=6)
+    session.interact([CENTRE], [1])
+    before, voxels = session.mask.copy(), session.voxels
+    real_predict, calls = Predictor.predict, []
+
+    def fail_on_second_crop(self, *args, **kwargs):  # fault injection: the device fails mid-request
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated device failure")
+        return real_predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", fail_on_second_crop)
+    with pytest.raises(RuntimeError):
+        session.interact([[12.0, 44.0, 44.0], [12.0, 10.0, 10.0]], [0, 1])
+    monkeypatch.undo()
+    np.testing.assert_array_equal(session.mask, before)
+    assert session.voxels == voxels and session.interactions == 1 and len(session.points) == 1
+    session.interact([[12.0, 44.0, 44.0]], [0])
+    assert session.interactions == 2
+
+
+def test_segment_is_one_interaction_of_a_fresh_session(predictor, volume):
+    mask = segment(predictor, volume, SPACING, [CENTRE], [1])
+    session = Session(predictor, volume, SPACING, cache_size=6)
+    session.interact([CENTRE], [1])
+    assert mask.dtype == bool and mask.shape == SHAPE
+    np.testing.assert_array_equal(mask, session.mask)
