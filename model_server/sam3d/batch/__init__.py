@@ -1,0 +1,11 @@
+"""Many cases from saved clicks in one run (`sam3d batch`); the format: docs/BATCH.md.
+
+- ``manifest``: the JSON / CSV manifest -> ``CaseSpec`` per case (``read_manifest``).
+- ``prompts``: a case's clicks grouped into ``Lesion``s: inline, from markups files, from the
+  connected components of a prior mask.
+- ``propagate``: clicks carried onto another scan of the patient by SimpleITK registration.
+- ``segmenters``: clicks -> masks with the engine in-process or on a running server.
+- ``metrics``: Dice and NSD against a reference (MONAI).
+- ``state``: the output folder, per-case records for ``--resume``, summary.csv.
+- ``runner``: ``run_batch``; ``commands``: the `sam3d batch` command line.
+"""

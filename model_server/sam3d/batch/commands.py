@@ -1,0 +1,124 @@
+"""`sam3d batch`: segment every case of a manifest from its saved clicks, in one run.
+
+Writes DIR/<id>.seg.nrrd per case (one named, coloured segment per lesion, on the input grid),
+DIR/summary.csv and DIR/batch.log. Exit status: 0 when every case run is done, 1 when a case
+failed (see summary.csv), 2 for a user error (bad manifest or options). The manifest format:
+docs/BATCH.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cli import CLIError
+from .manifest import ManifestError, read_manifest
+from .metrics import DEFAULT_NSD_TOLERANCE_MM
+from .runner import BatchOptions, BatchReport, check_prompt_sources, run_batch
+from .state import DONE, FAILED, PENDING, OutputFolder
+
+TABLE_ROWS = 20
+TABLE_COLUMNS = ("id", "status", "lesions", "points", "voxels", "volume_ml", "dice", "nsd", "seconds")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("batch", help="segment many cases from saved clicks (a manifest)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("manifest", help="JSON or CSV file listing the cases (id, image, prompts, reference)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="URL of a running `sam3d serve`; default: the engine in this process")
+    parser.add_argument("--api-key", default=None, help="the server's API key (with --server)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per server request")
+    parser.add_argument("--model", default="default", help="in-process model: 'default' or a checkpoint path")
+    parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the cases a previous run into DIR finished (same inputs, output intact)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="run at most N cases now (finish the rest later with --resume)")
+    parser.add_argument("--propagate-from", default=None, metavar="CASE",
+                        help="give every case without prompts the clicks of case CASE, mapped onto its "
+                             "image by registration (follow-up scans of one patient)")
+    parser.add_argument("--prompts-from-mask", nargs="?", const="prior_mask", default=None, metavar="COLUMN",
+                        help="cases with a prior mask (column prior_mask, or COLUMN) get one lesion per "
+                             "connected component of it, clicked at its most interior voxel")
+    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
+                        help=f"surface distance tolerance of NSD (default {DEFAULT_NSD_TOLERANCE_MM:g} mm)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit {args.limit}: give at least 1 case")
+    if args.nsd_tolerance <= 0:
+        raise CLIError("--nsd-tolerance must be a positive distance in mm")
+    out = OutputFolder(Path(args.out))
+    if out.root.exists() and not out.root.is_dir():
+        raise CLIError(f"--out {out.root} is a file; give a folder for the outputs")
+    options = BatchOptions(resume=args.resume, limit=args.limit, propagate_from=args.propagate_from,
+                           prompts_from_mask=args.prompts_from_mask is not None,
+                           nsd_tolerance_mm=args.nsd_tolerance, progress=not args.quiet)
+    try:
+        cases = read_manifest(args.manifest, prior_mask_field=args.prompts_from_mask or "prior_mask")
+        check_prompt_sources(cases, options)
+    except ManifestError as error:
+        raise CLIError(f"manifest {args.manifest}: {error}") from None
+    if args.server:
+        make_segmenter, identity = _server(args)
+    else:
+        make_segmenter, identity = _local(args)
+    report = run_batch(cases, out, make_segmenter, identity, options)
+    print_report(report, out)
+    return 1 if report.failed else 0
+
+
+def _local(args: argparse.Namespace):
+    from ..model.checkpoint import CheckpointError
+
+    spec = args.model if args.model == "default" else str(Path(args.model).resolve())
+
+    def make_segmenter():
+        from ..engine.predictor import Predictor
+        from .segmenters import LocalSegmenter
+
+        try:
+            return LocalSegmenter(Predictor.load(spec, device=args.device, sam_checkpoint=args.sam_checkpoint))
+        except (CheckpointError, ValueError) as error:
+            raise CLIError(str(error)) from None
+
+    return make_segmenter, f"local:{spec}"
+
+
+def _server(args: argparse.Namespace):
+    from ..engine.commands import _slicer_client
+    from .segmenters import ServerSegmenter
+
+    client_module = _slicer_client()
+    try:
+        client = client_module.SAM3DClient(args.server, api_key=args.api_key, timeout=args.timeout)
+        capabilities = client.capabilities()
+    except client_module.SAM3DError as error:
+        raise CLIError(str(error)) from None
+    segmenter = ServerSegmenter(client, capabilities)
+    return (lambda: segmenter), segmenter.identity
+
+
+def print_report(report: BatchReport, out: OutputFolder) -> None:
+    """The short table at the end of a run, then the totals."""
+    rows = report.rows[:TABLE_ROWS]
+    widths = {c: max([len(c)] + [len(row[c]) for row in rows]) for c in TABLE_COLUMNS}
+    print("  ".join(c.ljust(widths[c]) for c in TABLE_COLUMNS))
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in TABLE_COLUMNS))
+    if len(report.rows) > TABLE_ROWS:
+        print(f"... {len(report.rows) - TABLE_ROWS} more case(s) in {out.summary_path}")
+    for row in report.rows:
+        if row["status"] == FAILED:
+            print(f"{row['id']}: {row['error']}")
+    counts = {status: sum(row["status"] == status for row in report.rows) for status in (DONE, FAILED, PENDING)}
+    rate = f", {report.ran / report.seconds * 60:.1f} cases/min" if report.ran and report.seconds > 0 else ""
+    print(f"sam3d batch: {len(report.rows)} case(s): {counts[DONE]} done, {counts[FAILED]} failed, "
+          f"{counts[PENDING]} pending; ran {report.ran} in {report.seconds:.1f} s{rate} "
+          f"({report.skipped} finished before); summary {out.summary_path}, log {out.log_path}")

@@ -1,0 +1,137 @@
+"""A case's clicks grouped into lesions (one output segment per lesion), from each prompt source.
+
+Clicks are RAS millimetres (Slicer's world frame) until the case's image turns them into voxel
+indices, so the same clicks can be checked against, or mapped onto, any image.
+
+Lesions in a markups file (``lesions_from_markups``), one per point list:
+
+- every point list whose name is not negative is one lesion, in file order; its points
+  described "negative" are negative clicks of that lesion;
+- a negative point list (name containing "negative" or ending in "-": the convention of
+  ``sam3d.data.markups``) holds negative clicks of the lesion list with the same name once the
+  words "positive" / "negative" and a trailing "+" / "-" are dropped ("Lesion 2 negative" and
+  "Lesion 2-" belong to "Lesion 2"; "SAM3D negative" to "SAM3D positive"); when no name matches
+  and the file has a single lesion list, they belong to that one.
+
+So the file the Slicer module saves ("SAM3D positive" + "SAM3D negative") is one lesion, and a
+file with the lists "Lesion 1", "Lesion 2", "Lesion 2 negative" is two.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..data.clicks import centre_click
+from ..data.io import Volume, read_image
+from ..data.markups import MarkupsError, _file_stem, is_negative_name, read_markups
+from ..data.segio import SEG_ENDING, read_segmentation
+
+_SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """The clicks of one lesion: RAS points [N, 3] in mm and labels [N] (1 positive, 0 negative)."""
+
+    number: int  # 1-based; names the segment "lesion <number>"
+    points_ras: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return f"lesion {self.number}"
+
+    def describe(self) -> dict:
+        return {"lesion": self.number, "ras": np.round(self.points_ras, 6).tolist(),
+                "labels": self.labels.tolist()}
+
+
+def group_lesions(numbers: Sequence[int], points_ras: np.ndarray, labels: np.ndarray) -> list[Lesion]:
+    """Clicks tagged with lesion numbers -> lesions sorted by number. Raises ValueError for a
+    lesion without a positive click."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    lesions = []
+    for number in sorted(set(numbers.tolist())):
+        chosen = numbers == number
+        if not (labels[chosen] == 1).any():
+            raise ValueError(f"lesion {number} has no positive click; give at least one '+' click on it")
+        lesions.append(Lesion(number, points_ras[chosen].copy(), labels[chosen].copy()))
+    return lesions
+
+
+def lesions_from_markups(path: str | Path) -> list[Lesion]:
+    """The lesions of a Slicer markups file (grouping rule: the module docstring). Raises
+    MarkupsError (a ValueError) naming the file and the problem."""
+    path = Path(path)
+    # read_markups decodes every defined point (coordinate system, sign) in file order; the
+    # document is opened here only to learn which point list each of those points came from
+    # (sam3d.data.markups has no per-list reader yet).
+    points, labels = read_markups(path)
+    lists = json.loads(path.read_text(encoding="utf-8"))["markups"]
+    names = [str(markup.get("name") or _file_stem(path)) for markup in lists]
+    counts = [sum(1 for p in markup.get("controlPoints") or [] if p.get("positionStatus", "defined") == "defined")
+              for markup in lists]
+    list_of_point = np.repeat(np.arange(len(lists)), counts)
+    lesion_lists = [n for n, name in enumerate(names) if not is_negative_name(name) and counts[n]]
+    if not lesion_lists:
+        raise MarkupsError(f"{path} holds only negative point lists; add a point list of positive "
+                           "clicks on the lesion")
+    numbers = np.zeros(len(points), dtype=np.int64)
+    for index, name in enumerate(names):
+        if index in lesion_lists:
+            owner = index
+        elif counts[index]:
+            matches = [n for n in lesion_lists if _base_name(names[n]) == _base_name(name)]
+            if len(matches) == 1 or len(lesion_lists) == 1:
+                owner = (matches or lesion_lists)[0]
+            else:
+                raise MarkupsError(f"{path}: the negative point list {name!r} belongs to no lesion; "
+                                   "name it after its lesion's list (e.g. 'Lesion 2 negative' for 'Lesion 2')")
+        else:
+            continue
+        numbers[list_of_point == index] = lesion_lists.index(owner) + 1
+    try:
+        return group_lesions(numbers, points, labels)
+    except ValueError as error:
+        raise MarkupsError(f"{path}: {error} (point list {names[lesion_lists[0]]!r}...)") from None
+
+
+def _base_name(name: str) -> str:
+    """A point list's name without its sign words: 'Lesion 2 negative' / 'Lesion 2-' -> 'lesion 2'."""
+    name = _SIGN_WORDS.sub(" ", name.strip().lower()).strip()
+    return " ".join(name.rstrip("+-").split())
+
+
+def lesions_from_mask(path: str | Path, label: int | None = None) -> list[Lesion]:
+    """One lesion per connected component (26-connected) of a prior mask: a label image (voxels
+    equal to ``label``, or non-zero when it is None) or a ``.seg.nrrd`` (every segment's
+    components, segment by segment). Each lesion gets one positive click at the component's most
+    interior voxel. Raises ValueError naming the file."""
+    path = Path(path)
+    if path.name.lower().endswith(SEG_ENDING):
+        segments, grid = read_segmentation(path)
+        masks = [np.asarray(segment.mask, dtype=bool) for segment in segments]
+    else:
+        grid = read_image(path)
+        masks = [grid.array == label if label is not None else grid.array != 0]
+    points = []
+    for mask in masks:
+        components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        for number in range(1, count + 1):
+            points.append(centre_click(components == number, grid.spacing))
+    if not points:
+        which = f"label {label}" if label is not None else "foreground"
+        raise ValueError(f"prior mask {path} holds no {which} voxel; nothing to click on")
+    return _one_click_lesions(grid, np.stack(points))
+
+
+def _one_click_lesions(grid: Volume, points_kji: np.ndarray) -> list[Lesion]:
+    points_ras = grid.kji_to_ras(points_kji)
+    return [Lesion(n, points_ras[n - 1:n], np.ones(1, dtype=np.int64)) for n in range(1, len(points_ras) + 1)]

@@ -1,0 +1,250 @@
+"""Run a batch: every case of the manifest from its clicks to ``<id>.seg.nrrd``, its record and
+its summary row, one model for the whole run.
+
+A case's clicks come from, in this order: its prior mask (with ``--prompts-from-mask``), its own
+prompts (markups file or inline), or the clicks of the ``--propagate-from`` case mapped onto its
+image by registration. A case that fails (unreadable image, broken markups file, a click outside
+the image, a server error, ...) is recorded with its error and the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.io import Volume, read_image
+from ..data.resample import resample_to_reference
+from ..data.segio import SEG_ENDING, Segment, lesion_color, read_segmentation, write_segmentation
+from .manifest import CaseSpec, ManifestError
+from .metrics import DEFAULT_NSD_TOLERANCE_MM, dice_and_nsd
+from .prompts import Lesion, lesions_from_markups, lesions_from_mask
+from .propagate import register
+from .segmenters import Segmenter
+from .state import DONE, FAILED, CaseRecord, OutputFolder, digest, file_sha256, pending_row
+
+LOGGER_NAME = "sam3d.batch"
+
+
+@dataclass
+class BatchOptions:
+    resume: bool = False
+    limit: int | None = None  # run at most this many cases (finished ones skipped by --resume do not count)
+    propagate_from: str | None = None  # case id whose clicks go to every case without prompts
+    prompts_from_mask: bool = False  # cases with a prior mask take one click per component
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
+    progress: bool = True
+
+
+@dataclass
+class BatchReport:
+    """What a run did; ``rows`` are the rows of summary.csv (every manifest case, in order)."""
+
+    rows: list[dict[str, str]]
+    ran: int
+    skipped: int
+    seconds: float
+    failed: list[str] = field(default_factory=list)
+
+
+def check_prompt_sources(cases: list[CaseSpec], options: BatchOptions) -> None:
+    """Every case must have a source of clicks; raises ManifestError naming the rows without."""
+    ids = [case.case_id for case in cases]
+    if options.propagate_from is not None and options.propagate_from not in ids:
+        raise ManifestError(f"--propagate-from {options.propagate_from!r} is not a case id of the "
+                            f"manifest (ids: {', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})")
+    if options.prompts_from_mask and not any(case.prior_mask for case in cases):
+        raise ManifestError("--prompts-from-mask: no case of the manifest names a prior mask; add the "
+                            "prior_mask column (or name your column: --prompts-from-mask COLUMN)")
+    for case in cases:
+        own = case.has_prompts or (options.prompts_from_mask and case.prior_mask is not None)
+        if case.case_id == options.propagate_from and not own:
+            raise ManifestError(f"row {case.row} ({case.case_id}), field prompts: the --propagate-from "
+                                "case needs clicks of its own (prompts, or a prior mask with --prompts-from-mask)")
+        if not own and options.propagate_from is None:
+            hint = " or a prior_mask with --prompts-from-mask" if case.prior_mask is None else \
+                "; its prior_mask is used only with --prompts-from-mask"
+            raise ManifestError(f"row {case.row} ({case.case_id}), field prompts: the case has no clicks; give "
+                                f"a markups file or inline clicks{hint}, or use --propagate-from CASE")
+
+
+class PromptSources:
+    """Resolves each case's lesions (RAS clicks); registers cases to the propagation source."""
+
+    def __init__(self, cases: list[CaseSpec], options: BatchOptions, logger: logging.Logger) -> None:
+        self.options = options
+        self.logger = logger
+        self.source = next((c for c in cases if c.case_id == options.propagate_from), None)
+        self._source_loaded: tuple[Volume, list[Lesion]] | None = None
+
+    def origin(self, case: CaseSpec) -> str:
+        """Which source gives the case its clicks: "prior mask", "prompts" or "propagated"."""
+        if self.options.prompts_from_mask and case.prior_mask is not None:
+            return "prior mask"
+        if case.has_prompts or self.source is None:
+            return "prompts"
+        return "propagated"
+
+    def inputs(self, case: CaseSpec, model_identity: str) -> str:
+        """Digest of everything that decides the case's outputs (``--resume`` compares it)."""
+        origin = self.origin(case)
+        value = {"case": case.describe(), "origin": origin, "model": model_identity,
+                 "nsd_tolerance_mm": self.options.nsd_tolerance_mm,
+                 "markups": _content_digest(case.markups) if origin == "prompts" else None,
+                 "prior_mask": _content_digest(case.prior_mask) if origin == "prior mask" else None}
+        if origin == "propagated":
+            value["source"] = self.inputs(self.source, model_identity)
+        return digest(value)
+
+    def lesions(self, case: CaseSpec, volume: Volume) -> list[Lesion]:
+        origin = self.origin(case)
+        if origin == "prior mask":
+            return lesions_from_mask(case.prior_mask, case.prior_label)
+        if origin == "prompts":
+            return list(case.inline) if case.inline is not None else lesions_from_markups(case.markups)
+        source_volume, source_lesions = self._source()
+        registration = register(volume, source_volume)
+        self.logger.info("%s: registered %s onto it: %s", case.case_id, self.source.case_id, registration.describe())
+        return [Lesion(lesion.number, registration.source_to_target(lesion.points_ras, source_volume, volume),
+                       lesion.labels) for lesion in source_lesions]
+
+    def _source(self) -> tuple[Volume, list[Lesion]]:
+        if self._source_loaded is None:
+            try:
+                volume = read_image(self.source.image)
+                self._source_loaded = (volume, self.lesions(self.source, volume))
+            except ValueError as error:
+                raise ValueError(f"the --propagate-from case {self.source.case_id} cannot be used: {error}") from None
+        return self._source_loaded
+
+
+def run_batch(cases: list[CaseSpec], out: OutputFolder, make_segmenter: Callable[[], Segmenter],
+              model_identity: str, options: BatchOptions) -> BatchReport:
+    """Run the cases not finished yet (all of them without ``options.resume``), then rebuild
+    summary.csv. ``make_segmenter`` is called once, and only when a case has to run."""
+    start = time.perf_counter()
+    out.root.mkdir(parents=True, exist_ok=True)
+    logger, handler = _file_logger(out.log_path)
+    sources = PromptSources(cases, options, logger)
+    inputs = {case.case_id: sources.inputs(case, model_identity) for case in cases}
+    todo = [case for case in cases if not (options.resume and out.finished(case.case_id, inputs[case.case_id]))]
+    skipped = len(cases) - len(todo)
+    if options.limit is not None:
+        todo = todo[:options.limit]
+    logger.info("run: %d case(s) in the manifest, %d finished before (resume %s), %d to run now, model %s",
+                len(cases), skipped, "on" if options.resume else "off", len(todo), model_identity)
+    ran = 0
+    try:
+        segmenter = make_segmenter() if todo else None
+        with tqdm(todo, desc="sam3d batch", unit="case", disable=not options.progress, dynamic_ncols=True) as bar:
+            for case in bar:
+                bar.set_postfix_str(case.case_id)
+                record = _run_case(case, inputs[case.case_id], sources, segmenter, out, options, logger)
+                out.write_record(record)
+                ran += 1
+                if record.status == FAILED:
+                    bar.write(f"sam3d batch: case {case.case_id} failed: {record.error}")
+    finally:
+        rows = []
+        for case in cases:
+            record = out.current_record(case.case_id, inputs[case.case_id])
+            rows.append(record.summary_row() if record is not None else pending_row(case.case_id))
+        out.write_summary(rows)
+        seconds = time.perf_counter() - start
+        logger.info("end: %d case(s) run in %.1f s; summary %s", ran, seconds, out.summary_path)
+        logger.removeHandler(handler)
+        handler.close()
+    return BatchReport(rows, ran, skipped, seconds, [row["id"] for row in rows if row["status"] == FAILED])
+
+
+def _run_case(case: CaseSpec, inputs: str, sources: PromptSources, segmenter: Segmenter,
+              out: OutputFolder, options: BatchOptions, logger: logging.Logger) -> CaseRecord:
+    start = time.perf_counter()
+    record = CaseRecord(case.case_id, FAILED, inputs)
+    try:
+        volume = read_image(case.image)
+        lesions = sources.lesions(case, volume)
+        record.points = sum(len(lesion.labels) for lesion in lesions)
+        record.lesions = len(lesions)
+        record.clicks = [lesion.describe() for lesion in lesions]
+        _check_inside(volume, lesions, case)
+        reference = _reference(case, volume) if case.reference is not None else None
+        masks = segmenter.segment(volume, lesions)
+        segments = [Segment(lesion.name, mask, lesion_color(lesion.number)) for lesion, mask in zip(lesions, masks)]
+        path = write_segmentation(out.segmentation_path(case.case_id), segments, volume)
+        union = np.logical_or.reduce(masks)
+        record.voxels = int(union.sum())
+        record.volume_ml = record.voxels * volume.voxel_volume_ml
+        if reference is not None:
+            record.dice, record.nsd = dice_and_nsd(union, reference, volume.spacing, options.nsd_tolerance_mm)
+        record.output_sha256 = file_sha256(path)
+        record.status = DONE
+    except Exception as error:  # a failing case is recorded and the run goes on
+        record.error = _message(error)
+        logger.error("%s: failed: %s\n%s", case.case_id, record.error, traceback.format_exc().rstrip())
+        out.segmentation_path(case.case_id).unlink(missing_ok=True)
+    record.seconds = time.perf_counter() - start
+    if record.status == DONE:
+        logger.info("%s: done: %d lesion(s) from %d click(s) (%s), %d voxels, %.3f ml%s, %.2f s",
+                    case.case_id, record.lesions, record.points, sources.origin(case), record.voxels,
+                    record.volume_ml, "" if record.dice is None else f", Dice {record.dice:.4f}, NSD {record.nsd:.4f}",
+                    record.seconds)
+    return record
+
+
+def _check_inside(volume: Volume, lesions: list[Lesion], case: CaseSpec) -> None:
+    upper = np.asarray(volume.shape) - 0.5
+    for lesion in lesions:
+        for ras, kji in zip(lesion.points_ras, volume.ras_to_kji(lesion.points_ras)):
+            if not np.all((kji >= -0.5) & (kji <= upper)):
+                raise ValueError(f"{lesion.name}: click R,A,S = {np.round(ras, 2).tolist()} mm lies outside "
+                                 f"the image {case.image} (voxel kji {np.round(kji, 1).tolist()}, shape "
+                                 f"{list(volume.shape)}); check the clicks belong to this image and are RAS")
+
+
+def _reference(case: CaseSpec, volume: Volume) -> np.ndarray:
+    """The reference foreground on the image's grid (resampled, nearest, when it lies on another)."""
+    path = case.reference
+    if path.name.lower().endswith(SEG_ENDING):
+        segments, grid = read_segmentation(path)
+        mask = np.logical_or.reduce([s.mask for s in segments]) if segments else np.zeros(grid.shape, bool)
+        if case.reference_label is not None:
+            raise ValueError(f"reference {path}: reference_label applies to label images, not to a {SEG_ENDING}")
+    else:
+        grid = read_image(path)
+        mask = grid.array == case.reference_label if case.reference_label is not None else grid.array != 0
+    labels = grid.with_array(mask.astype(np.uint8))
+    if not labels.same_grid(volume):
+        labels = resample_to_reference(labels, volume, interpolator="nearest", default_value=0)
+    return labels.array.astype(bool)
+
+
+def _content_digest(path: Path | None) -> str | None:
+    try:
+        return None if path is None else file_sha256(path)
+    except OSError:
+        return "unreadable"
+
+
+def _message(error: Exception) -> str:
+    """One line for summary.csv: our ValueErrors and the client's errors are already messages."""
+    text = " ".join(str(error).split())
+    if isinstance(error, ValueError) or type(error).__module__.endswith("client"):
+        return text
+    return f"{type(error).__name__}: {text}"
+
+
+def _file_logger(path: Path) -> tuple[logging.Logger, logging.Handler]:
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return logger, handler

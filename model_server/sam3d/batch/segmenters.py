@@ -1,0 +1,63 @@
+"""Where a batch's clicks become masks: the engine in this process, or a running ``sam3d serve``.
+
+Both segment a case the way the Slicer module does: one session per image, one interaction per
+lesion holding all its clicks, a reset before the next lesion (the encoder cache of the image is
+kept across lesions).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from ..data.io import Volume
+from ..engine.predictor import Predictor
+from ..engine.session import Session
+from .prompts import Lesion
+
+
+class Segmenter(Protocol):
+    identity: str  # what decides the masks (the model), recorded for --resume
+
+    def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
+        """One boolean kji mask of ``volume``'s shape per lesion."""
+
+
+class LocalSegmenter:
+    """The engine in this process on one loaded model (loaded once per run)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.identity = f"local:{predictor.name}:{predictor.config.name}"
+
+    def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
+        session = Session(self.predictor, volume.array, volume.spacing)
+        masks = []
+        for lesion in lesions:
+            session.interact(volume.ras_to_kji(lesion.points_ras), lesion.labels)
+            masks.append(session.mask.copy())
+            session.reset()
+        return masks
+
+
+class ServerSegmenter:
+    """A running ``sam3d serve``, through the Slicer module's torch-free client."""
+
+    def __init__(self, client, capabilities: dict) -> None:
+        self.client = client
+        model = capabilities.get("model", {})
+        self.identity = f"server:{model.get('name')}:{model.get('variant')}"
+
+    def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
+        session_id = self.client.create_session(volume.array, volume.spacing)
+        masks = []
+        try:
+            for lesion in lesions:
+                update = self.client.interact(session_id, volume.ras_to_kji(lesion.points_ras).tolist(),
+                                              lesion.labels.tolist())
+                masks.append(update.apply_to(np.zeros(volume.shape, dtype=bool)))
+                self.client.reset(session_id)
+        finally:
+            self.client.delete_session(session_id)
+        return masks

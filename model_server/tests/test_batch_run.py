@@ -1,0 +1,272 @@
+"""`sam3d batch` end to end on generated phantoms with a random-weight tiny model: every output
+written and readable by Slicer, resume, failing cases, propagation by registration, prompts
+from prior masks, and the server backend."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from sam3d.batch.state import OutputFolder
+from sam3d.cli import main
+from sam3d.data.clicks import centre_click
+from sam3d.data.intensity import PRESETS
+from sam3d.data.io import Volume, read_image, write_image
+from sam3d.data.markups import write_markups
+from sam3d.data.phantoms import TUMOR_LABEL, generate_case
+from sam3d.data.segio import lesion_color, read_segmentation
+from sam3d.model.checkpoint import save_checkpoint
+from sam3d.model.config import get_config
+from sam3d.model.sam3d import Sam3D
+
+SHAPE = (32, 64, 64)
+SEEDS = (0, 1, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
+                           PRESETS["soft_tissue"], "tiny-random")
+
+
+def tumor_clicks_ras(image: Volume, label: np.ndarray) -> list[np.ndarray]:
+    """The most interior voxel of each tumor, as RAS."""
+    components, count = ndimage.label(label == TUMOR_LABEL)
+    return [image.kji_to_ras([centre_click(components == n, image.spacing)])[0] for n in range(1, count + 1)]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    """Five small phantoms (image, label) in one folder, clicks of odd cases in markups files."""
+    folder = tmp_path_factory.mktemp("phantoms")
+    for seed in SEEDS:
+        image, label = generate_case(seed, shape=SHAPE)
+        write_image(image, folder / f"case{seed}.nii.gz")
+        write_image(label, folder / f"case{seed}_label.nii.gz")
+        if seed % 2:  # a positive click on the tumor, a negative one on its organ
+            tumor = tumor_clicks_ras(image, label.array)[0]
+            organ = image.kji_to_ras([centre_click(label.array == 1, image.spacing)])[0]
+            write_markups(folder / f"case{seed}.mrk.json", np.stack([tumor, organ]), np.array([1, 0]))
+    return folder
+
+
+def inline_prompts(folder: Path, seed: int) -> str:
+    """Lesion 1: the first tumor's centre; lesion 2: the organ's centre plus a negative click."""
+    image, label = read_image(folder / f"case{seed}.nii.gz"), read_image(folder / f"case{seed}_label.nii.gz").array
+    tumor = tumor_clicks_ras(image, label)[0]
+    organ = image.kji_to_ras([centre_click(label == 1, image.spacing)])[0]
+    clicks = [(1, tumor, "+"), (2, organ, "+"), (2, tumor, "-")]
+    return ";".join(f"{lesion}:{','.join(f'{v:.4f}' for v in ras)}:{sign}" for lesion, ras, sign in clicks)
+
+
+@pytest.fixture(scope="module")
+def mixed_manifest(phantoms) -> Path:
+    """CSV: even cases with inline clicks (two lesions), odd cases with markups files."""
+    rows = [(f"case{seed}", f"case{seed}.nii.gz",
+             f"case{seed}.mrk.json" if seed % 2 else inline_prompts(phantoms, seed), f"case{seed}_label.nii.gz")
+            for seed in SEEDS]
+    path = phantoms / "mixed.csv"
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["id", "image", "prompts", "reference"])
+        writer.writerows(rows)
+    return path
+
+
+def batch(*args) -> int:
+    return main(["batch", *map(str, args), "--device", "cpu", "--quiet"])
+
+
+def summary(out: Path) -> list[dict[str, str]]:
+    with (out / "summary.csv").open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def without_pynrrd_timestamp(data: bytes) -> bytes:
+    """pynrrd writes '# on <time>(GMT).' into every header; everything else must be identical."""
+    return re.sub(rb"\n# on [^\n]*\(GMT\)\.\n", b"\n", data, count=1)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, mixed_manifest, tiny_model) -> Path:
+    out = tmp_path_factory.mktemp("full") / "out"
+    assert batch(mixed_manifest, "--out", out, "--model", tiny_model) == 0
+    return out
+
+
+def test_a_mixed_manifest_writes_every_output(full_run, phantoms):
+    rows = summary(full_run)
+    assert list(rows[0]) == ["id", "points", "lesions", "voxels", "volume_ml", "dice", "nsd", "seconds", "status", "error"]
+    assert [row["id"] for row in rows] == [f"case{seed}" for seed in SEEDS]
+    for seed, row in zip(SEEDS, rows):
+        image = read_image(phantoms / f"case{seed}.nii.gz")
+        assert row["status"] == "done" and row["error"] == ""
+        assert (row["points"], row["lesions"]) == (("2", "1") if seed % 2 else ("3", "2"))
+        segments, grid = read_segmentation(full_run / f"case{seed}.seg.nrrd")
+        assert grid.same_grid(image)
+        assert [s.name for s in segments] == [f"lesion {n}" for n in range(1, int(row["lesions"]) + 1)]
+        assert [tuple(s.color) for s in segments] == [lesion_color(n) for n in range(1, len(segments) + 1)]
+        union = np.logical_or.reduce([s.mask for s in segments])
+        assert int(row["voxels"]) == int(union.sum())
+        assert float(row["volume_ml"]) == pytest.approx(union.sum() * image.voxel_volume_ml, abs=1e-3)
+        assert 0.0 <= float(row["dice"]) <= 1.0 and 0.0 <= float(row["nsd"]) <= 1.0
+        assert float(row["seconds"]) > 0
+    log = (full_run / "batch.log").read_text()
+    assert all(f"case{seed}: done" in log for seed in SEEDS)
+    assert sorted(p.name for p in (full_run / ".state").iterdir()) == [f"case{seed}.json" for seed in SEEDS]
+
+
+def test_slicer_loads_every_segmentation_on_the_input_grid(full_run, phantoms):
+    slicer = pytest.importorskip("slicer")
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    ras_from_lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    for seed in SEEDS:
+        image = read_image(phantoms / f"case{seed}.nii.gz")
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+        node.SetAndObserveStorageNodeID(storage.GetID())
+        storage.SetFileName(str(full_run / f"case{seed}.seg.nrrd"))
+        assert storage.ReadData(node) == 1
+        segmentation = node.GetSegmentation()
+        assert segmentation.GetNumberOfSegments() == (1 if seed % 2 else 2)
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(index)
+            assert segment.GetName() == f"lesion {index + 1}"
+            np.testing.assert_allclose(segment.GetColor(), lesion_color(index + 1), atol=1e-6)
+            labelmap = segment.GetRepresentation(labelmap_name)
+            matrix = vtk.vtkMatrix4x4()
+            labelmap.GetImageToWorldMatrix(matrix)
+            ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+            np.testing.assert_allclose(ijk_to_ras, ras_from_lps @ image.ijk_to_lps, atol=1e-6)
+            assert labelmap.GetExtent() == (0, SHAPE[2] - 1, 0, SHAPE[1] - 1, 0, SHAPE[0] - 1)
+
+
+def test_a_stopped_run_resumed_gives_the_same_outputs(tmp_path, full_run, mixed_manifest, tiny_model):
+    out = tmp_path / "out"
+    assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--limit", "3") == 0
+    assert sorted(p.name for p in out.glob("*.seg.nrrd")) == [f"case{seed}.seg.nrrd" for seed in SEEDS[:3]]
+    assert [row["status"] for row in summary(out)] == ["done"] * 3 + ["pending"] * 2
+    first_three = {p.name: p.stat().st_mtime_ns for p in out.glob("*.seg.nrrd")}
+
+    assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--resume") == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.seg.nrrd") if p.name in first_three} == first_three
+    assert "5 case(s) in the manifest, 3 finished before (resume on), 2 to run now" in (out / "batch.log").read_text()
+    for seed in SEEDS:
+        name = f"case{seed}.seg.nrrd"
+        resumed, uninterrupted = read_segmentation(out / name), read_segmentation(full_run / name)
+        for a, b in zip(resumed[0], uninterrupted[0]):
+            np.testing.assert_array_equal(a.mask, b.mask)
+        assert without_pynrrd_timestamp((out / name).read_bytes()) == \
+            without_pynrrd_timestamp((full_run / name).read_bytes())
+    columns = ["id", "points", "lesions", "voxels", "volume_ml", "dice", "nsd", "status"]
+    assert [[row[c] for c in columns] for row in summary(out)] == [[row[c] for c in columns] for row in summary(full_run)]
+
+    # A damaged output is not "finished": --resume runs that case again.
+    (out / "case1.seg.nrrd").write_bytes(b"damaged")
+    assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--resume") == 0
+    assert (out / "case1.seg.nrrd").read_bytes() != b"damaged"
+    assert "5 case(s) in the manifest, 4 finished before (resume on), 1 to run now" in (out / "batch.log").read_text()
+
+
+def test_an_unreadable_image_is_recorded_and_the_other_cases_finish(tmp_path, phantoms, tiny_model):
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not really a NIfTI file")
+    cases = [
+        {"id": "first", "image": str(phantoms / "case1.nii.gz"), "prompts": str(phantoms / "case1.mrk.json")},
+        {"id": "broken", "image": "broken.nii.gz", "prompts": [{"lesion": 1, "ras": [0, 0, 0], "label": "+"}]},
+        {"id": "outside", "image": str(phantoms / "case2.nii.gz"),
+         "prompts": [{"lesion": 1, "ras": [5000, 0, 0], "label": "+"}]},
+        {"id": "last", "image": str(phantoms / "case3.nii.gz"), "prompts": str(phantoms / "case3.mrk.json")},
+    ]
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(cases))
+    out = tmp_path / "out"
+    assert batch(manifest, "--out", out, "--model", tiny_model) == 1
+    rows = {row["id"]: row for row in summary(out)}
+    assert [rows[i]["status"] for i in ("first", "broken", "outside", "last")] == ["done", "failed", "failed", "done"]
+    assert f"cannot read {tmp_path / 'broken.nii.gz'}" in rows["broken"]["error"]
+    assert "lesion 1: click R,A,S = [5000.0, 0.0, 0.0] mm lies outside the image" in rows["outside"]["error"]
+    assert sorted(p.name for p in out.glob("*.seg.nrrd")) == ["first.seg.nrrd", "last.seg.nrrd"]
+    assert "broken: failed" in (out / "batch.log").read_text()
+    # --resume runs the failed cases again (and only them)
+    assert batch(manifest, "--out", out, "--model", tiny_model, "--resume") == 1
+    assert "4 case(s) in the manifest, 2 finished before (resume on), 2 to run now" in (out / "batch.log").read_text()
+
+
+def moved_copy(image: Volume, label: Volume, angles_deg, shift_mm) -> tuple[Volume, Volume]:
+    """The case rotated about its centre and shifted, resampled onto its own grid (label: nearest)."""
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(tuple(image.kji_to_lps([(np.array(image.shape) - 1) / 2])[0]))
+    transform.SetRotation(*np.deg2rad(angles_deg))
+    transform.SetTranslation(tuple(float(v) for v in shift_mm))
+    moved = sitk.Resample(image.to_sitk(), image.to_sitk(), transform, sitk.sitkLinear, -1000.0, sitk.sitkInt16)
+    moved_label = sitk.Resample(label.to_sitk(), label.to_sitk(), transform, sitk.sitkNearestNeighbor, 0)
+    return Volume.from_sitk(moved), Volume.from_sitk(moved_label)
+
+
+@pytest.mark.parametrize("seed", [3, 6])
+def test_propagated_clicks_land_inside_the_tumor_of_a_moved_copy(tmp_path, tiny_model, seed):
+    image, label = generate_case(seed, shape=(40, 96, 96))
+    copy, copy_label = moved_copy(image, label, angles_deg=(8, -10, 14), shift_mm=(12, -10, 8))
+    for name, volume in (("base", image), ("follow", copy), ("follow_label", copy_label)):
+        write_image(volume, tmp_path / f"{name}.nii.gz")
+    clicks = tumor_clicks_ras(image, label.array)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([
+        {"id": "base", "image": "base.nii.gz",
+         "prompts": [{"lesion": n, "ras": ras.tolist(), "label": "+"} for n, ras in enumerate(clicks, 1)]},
+        {"id": "follow", "image": "follow.nii.gz", "reference": "follow_label.nii.gz", "reference_label": 2},
+    ]))
+    out = tmp_path / "out"
+    assert batch(manifest, "--out", out, "--model", tiny_model, "--propagate-from", "base") == 0
+    record = OutputFolder(out).read_record("follow")
+    assert record.status == "done" and record.lesions == len(clicks)
+    for lesion in record.clicks:
+        kji = np.rint(copy.ras_to_kji(np.array(lesion["ras"]))).astype(int)
+        assert [int(copy_label.array[tuple(p)]) for p in kji] == [TUMOR_LABEL], lesion
+    assert "follow: registered base onto it: rigid MI" in (out / "batch.log").read_text()
+    assert len(read_segmentation(out / "follow.seg.nrrd")[0]) == len(clicks)
+
+
+def test_prompts_from_a_prior_mask_give_one_lesion_per_component(tmp_path, phantoms, tiny_model):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("id,image,last_study,prior_label\n"
+                        f"a,{phantoms / 'case2.nii.gz'},{phantoms / 'case2_label.nii.gz'},2\n")
+    out = tmp_path / "out"
+    assert batch(manifest, "--out", out, "--model", tiny_model, "--prompts-from-mask", "last_study") == 0
+    label = read_image(phantoms / "case2_label.nii.gz")
+    tumors = ndimage.label(label.array == TUMOR_LABEL, structure=np.ones((3, 3, 3)))[1]
+    record = OutputFolder(out).read_record("a")
+    assert record.lesions == tumors and len(read_segmentation(out / "a.seg.nrrd")[0]) == tumors
+    for lesion in record.clicks:
+        kji = np.rint(label.ras_to_kji(np.array(lesion["ras"]))).astype(int)
+        assert [int(label.array[tuple(p)]) for p in kji] == [TUMOR_LABEL]
+
+
+def test_the_server_backend_gives_the_in_process_results(tmp_path, full_run, mixed_manifest, tiny_model):
+    from sam3d.serve.launch import running_server
+
+    out = tmp_path / "out"
+    with running_server("--model", str(tiny_model), "--device", "cpu",
+                        env={"OMP_NUM_THREADS": "1", "SAM3D_TEST_THREADS": "1"}) as url:
+        assert batch(mixed_manifest, "--out", out, "--server", url, "--limit", "2") == 0
+    assert [row["status"] for row in summary(out)] == ["done", "done", "pending", "pending", "pending"]
+    for seed in SEEDS[:2]:
+        remote, local = (read_segmentation(folder / f"case{seed}.seg.nrrd")[0] for folder in (out, full_run))
+        assert [s.name for s in remote] == [s.name for s in local]
+        for a, b in zip(remote, local):
+            np.testing.assert_array_equal(a.mask, b.mask)
+    assert batch(mixed_manifest, "--out", out, "--server", "http://127.0.0.1:9") == 2  # nothing listens
