@@ -19,19 +19,25 @@ from .protocol import API_VERSION, Index3, decode_mask_bits, encode_mask_bits, m
 
 
 class SAM3DError(Exception):
-    """Base class of every client error. ``str(error)`` is a complete user-facing message."""
+    """Base class of every client error. ``str(error)`` is a complete user-facing message:
+    what happened (``message``, from the server when it sent one) and what to do (``hint``,
+    written for the Slicer user; ``server_hint`` keeps the server's own)."""
 
     status: Optional[int] = None
     default_hint = ""
 
-    def __init__(self, message: str, hint: str = "", status: Optional[int] = None,
+    def __init__(self, message: str, server_hint: str = "", status: Optional[int] = None,
                  code: str = ""):
         self.message = message
-        self.hint = hint or self.default_hint
+        self.hint = self.default_hint or server_hint
+        self.server_hint = server_hint
         if status is not None:
             self.status = status
         self.code = code
-        super().__init__(f"{message} {self.hint}".strip() if self.hint else message)
+        text = message.strip()
+        if text and text[-1] not in ".?!":
+            text += "."
+        super().__init__(f"{text} {self.hint}" if self.hint else text)
 
 
 class InvalidServerURL(SAM3DError):
@@ -84,7 +90,8 @@ class ServerAtCapacity(SAM3DError):
 
 class ServerOutOfMemory(SAM3DError):
     status = 507
-    default_hint = "The server ran out of device memory; close other sessions or use a smaller volume."
+    default_hint = ("The server ran out of device memory; the session is unchanged. Close other sessions "
+                    "or crop the volume.")
 
 
 class BadRequest(SAM3DError):

@@ -188,6 +188,11 @@ def _run_engine(call, *args):
         raise errors.NothingToUndo("there is nothing to undo in this object") from None
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         raise errors.OutOfMemory(f"out of memory while predicting: {type(error).__name__}") from None
+    except Exception as error:
+        # Answered here rather than by the app's last-resort handler, which re-raises to uvicorn
+        # and so closes the client's keep-alive connection.
+        errors.log.exception("prediction failed")
+        raise APIError(f"the prediction failed: {type(error).__name__}: {error}") from None
 
 
 def create_app(predictor: Predictor | None, settings: ServerSettings = ServerSettings()) -> FastAPI:

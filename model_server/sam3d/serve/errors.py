@@ -37,7 +37,7 @@ class BadRequest(APIError):
 
 class Unauthorized(APIError):
     status, code = 401, "unauthorized"
-    hint = "Send 'Authorization: Bearer <key>' with the key the server was started with."
+    hint = "Send 'Authorization: Bearer <key>' with the key the server was started with (--api-key or SAM3D_API_KEY)."
 
 
 class SessionNotFound(APIError):

@@ -1,0 +1,73 @@
+"""Fixtures of the Slicer-side suite: real `sam3d serve` processes on 127.0.0.1 (a free port).
+
+- ``start_server(*args)``: a context manager that runs ``sam3d serve *args`` and yields its base
+  URL. Without ``--model`` in ``args`` it uses the bundled default model when it exists, else a
+  random-weight ``tiny`` checkpoint.
+- ``server_url``: the base URL of a running server (one per test session and model). The model
+  is the default one unless the test parametrises it indirectly:
+  ``@pytest.mark.parametrize("server_url", ["tiny"], indirect=True)`` ("tiny", "default" or a
+  checkpoint path). "default" skips while the bundled model is not there.
+- ``tiny_checkpoint``: path of the random-weight tiny checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "SAM3DPrompt"
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
+
+
+def _default_model_exists() -> bool:
+    from sam3d.model.checkpoint import DEFAULT_MODEL_PATH
+
+    return DEFAULT_MODEL_PATH.is_file()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model with random weights (seeded), enough for everything but segmentation quality."""
+    import torch
+
+    from sam3d.data.intensity import PRESETS
+    from sam3d.model.checkpoint import save_checkpoint
+    from sam3d.model.config import get_config
+    from sam3d.model.sam3d import Sam3D
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
+                           PRESETS["soft_tissue"], "tiny-random")
+
+
+def _model_spec(name: str, tiny_checkpoint: Path) -> str:
+    if name == "tiny":
+        return str(tiny_checkpoint)
+    if name == "default" and not _default_model_exists():
+        pytest.skip("the bundled default model (model_server/sam3d/models/default.pt) is not trained yet")
+    return name
+
+
+@pytest.fixture(scope="session")
+def start_server(tiny_checkpoint):
+    """``start_server(*args)`` -> context manager yielding the base URL of `sam3d serve *args`."""
+    from sam3d.serve.launch import running_server
+
+    def start(*args: str, env: dict | None = None):
+        if "--model" not in args:
+            model = "default" if _default_model_exists() else str(tiny_checkpoint)
+            args = ("--model", model, *args)
+        return running_server(*args, env=env)
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def server_url(request, start_server, tiny_checkpoint):
+    """Base URL of a running server; the model is request.param when parametrised indirectly."""
+    name = getattr(request, "param", "default" if _default_model_exists() else "tiny")
+    with start_server("--model", _model_spec(name, tiny_checkpoint), "--max-sessions", "64") as url:
+        yield url
