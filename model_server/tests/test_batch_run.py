@@ -59,20 +59,30 @@ def phantoms(tmp_path_factory) -> Path:
     return folder
 
 
-def inline_prompts(folder: Path, seed: int) -> str:
-    """Lesion 1: the first tumor's centre; lesion 2: the organ's centre plus a negative click."""
+def inline_clicks(folder: Path, seed: int) -> list[tuple[int, list[float], str]]:
+    """Lesion 1: the first tumor's centre; lesion 2: the organ's centre plus a negative click
+    (RAS rounded to 0.1 um, as written in the manifest)."""
     image, label = read_image(folder / f"case{seed}.nii.gz"), read_image(folder / f"case{seed}_label.nii.gz").array
     tumor = tumor_clicks_ras(image, label)[0]
     organ = image.kji_to_ras([centre_click(label == 1, image.spacing)])[0]
-    clicks = [(1, tumor, "+"), (2, organ, "+"), (2, tumor, "-")]
-    return ";".join(f"{lesion}:{','.join(f'{v:.4f}' for v in ras)}:{sign}" for lesion, ras, sign in clicks)
+    return [(lesion, [round(float(v), 4) for v in ras], sign)
+            for lesion, ras, sign in ((1, tumor, "+"), (2, organ, "+"), (2, tumor, "-"))]
+
+
+def as_text(clicks) -> str:
+    """The CSV form: 'lesion:R,A,S:sign;...'."""
+    return ";".join(f"{lesion}:{','.join(map(str, ras))}:{sign}" for lesion, ras, sign in clicks)
+
+
+def as_json(clicks) -> list[dict]:
+    return [{"lesion": lesion, "ras": ras, "label": sign} for lesion, ras, sign in clicks]
 
 
 @pytest.fixture(scope="module")
 def mixed_manifest(phantoms) -> Path:
     """CSV: even cases with inline clicks (two lesions), odd cases with markups files."""
     rows = [(f"case{seed}", f"case{seed}.nii.gz",
-             f"case{seed}.mrk.json" if seed % 2 else inline_prompts(phantoms, seed), f"case{seed}_label.nii.gz")
+             f"case{seed}.mrk.json" if seed % 2 else as_text(inline_clicks(phantoms, seed)), f"case{seed}_label.nii.gz")
             for seed in SEEDS]
     path = phantoms / "mixed.csv"
     with path.open("w", newline="") as stream:
@@ -256,17 +266,30 @@ def test_prompts_from_a_prior_mask_give_one_lesion_per_component(tmp_path, phant
         assert [int(label.array[tuple(p)]) for p in kji] == [TUMOR_LABEL]
 
 
-def test_the_server_backend_gives_the_in_process_results(tmp_path, full_run, mixed_manifest, tiny_model):
+def test_the_server_backend_gives_the_in_process_results(tmp_path, phantoms, full_run, tiny_model):
+    """Same masks as in-process; a case the server refuses is recorded with the server's message."""
     from sam3d.serve.launch import running_server
 
+    image, _ = generate_case(0, shape=(40, 96, 96))  # more voxels than this server takes
+    write_image(image, tmp_path / "big.nii.gz")
+    centre = image.kji_to_ras([(np.array(image.shape) - 1) / 2])[0].tolist()
+    cases = [
+        {"id": "case0", "image": str(phantoms / "case0.nii.gz"), "prompts": as_json(inline_clicks(phantoms, 0))},
+        {"id": "case1", "image": str(phantoms / "case1.nii.gz"), "prompts": str(phantoms / "case1.mrk.json")},
+        {"id": "big", "image": "big.nii.gz", "prompts": [{"lesion": 1, "ras": centre, "label": "+"}]},
+    ]
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(cases))
     out = tmp_path / "out"
-    with running_server("--model", str(tiny_model), "--device", "cpu",
+    with running_server("--model", str(tiny_model), "--device", "cpu", "--max-voxels", str(int(np.prod(SHAPE))),
                         env={"OMP_NUM_THREADS": "1", "SAM3D_TEST_THREADS": "1"}) as url:
-        assert batch(mixed_manifest, "--out", out, "--server", url, "--limit", "2") == 0
-    assert [row["status"] for row in summary(out)] == ["done", "done", "pending", "pending", "pending"]
+        assert batch(manifest, "--out", out, "--server", url) == 1
+    rows = summary(out)
+    assert [row["status"] for row in rows] == ["done", "done", "failed"]
+    assert "voxels" in rows[2]["error"] and "Traceback" not in rows[2]["error"], rows[2]["error"]
     for seed in SEEDS[:2]:
         remote, local = (read_segmentation(folder / f"case{seed}.seg.nrrd")[0] for folder in (out, full_run))
         assert [s.name for s in remote] == [s.name for s in local]
         for a, b in zip(remote, local):
             np.testing.assert_array_equal(a.mask, b.mask)
-    assert batch(mixed_manifest, "--out", out, "--server", "http://127.0.0.1:9") == 2  # nothing listens
+    assert batch(manifest, "--out", out, "--server", "http://127.0.0.1:9") == 2  # nothing listens there

@@ -9,6 +9,7 @@ docs/BATCH.md.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..cli import CLIError
@@ -69,7 +70,12 @@ def run(args: argparse.Namespace) -> int:
         make_segmenter, identity = _server(args)
     else:
         make_segmenter, identity = _local(args)
-    report = run_batch(cases, out, make_segmenter, identity, options)
+    try:
+        report = run_batch(cases, out, make_segmenter, identity, options)
+    except KeyboardInterrupt:
+        print(f"\nsam3d batch: interrupted; the finished cases are kept in {out.root} (summary.csv "
+              "is up to date): run the same command with --resume to finish", file=sys.stderr)
+        return 130
     print_report(report, out)
     return 1 if report.failed else 0
 
@@ -101,7 +107,7 @@ def _server(args: argparse.Namespace):
         capabilities = client.capabilities()
     except client_module.SAM3DError as error:
         raise CLIError(str(error)) from None
-    segmenter = ServerSegmenter(client, capabilities)
+    segmenter = ServerSegmenter(client, capabilities, client_module.SAM3DError)
     return (lambda: segmenter), segmenter.identity
 
 

@@ -26,7 +26,7 @@ from .manifest import CaseSpec, ManifestError
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, dice_and_nsd
 from .prompts import Lesion, lesions_from_markups, lesions_from_mask
 from .propagate import register
-from .segmenters import Segmenter
+from .segmenters import Segmenter, SegmenterError
 from .state import DONE, FAILED, CaseRecord, OutputFolder, digest, file_sha256, pending_row
 
 LOGGER_NAME = "sam3d.batch"
@@ -233,9 +233,9 @@ def _content_digest(path: Path | None) -> str | None:
 
 
 def _message(error: Exception) -> str:
-    """One line for summary.csv: our ValueErrors and the client's errors are already messages."""
+    """One line for summary.csv: ValueErrors (IO, prompts) and backend errors are already messages."""
     text = " ".join(str(error).split())
-    if isinstance(error, ValueError) or type(error).__module__.endswith("client"):
+    if isinstance(error, (ValueError, SegmenterError)):
         return text
     return f"{type(error).__name__}: {text}"
 

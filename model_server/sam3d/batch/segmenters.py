@@ -17,6 +17,10 @@ from ..engine.session import Session
 from .prompts import Lesion
 
 
+class SegmenterError(Exception):
+    """The backend refused or failed a case; the message is meant for the user."""
+
+
 class Segmenter(Protocol):
     identity: str  # what decides the masks (the model), recorded for --resume
 
@@ -42,22 +46,27 @@ class LocalSegmenter:
 
 
 class ServerSegmenter:
-    """A running ``sam3d serve``, through the Slicer module's torch-free client."""
+    """A running ``sam3d serve``, through the Slicer module's torch-free client; ``client_errors``
+    is the client's base exception class (its messages are complete user-facing sentences)."""
 
-    def __init__(self, client, capabilities: dict) -> None:
+    def __init__(self, client, capabilities: dict, client_errors: type[Exception]) -> None:
         self.client = client
+        self.client_errors = client_errors
         model = capabilities.get("model", {})
         self.identity = f"server:{model.get('name')}:{model.get('variant')}"
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
-        session_id = self.client.create_session(volume.array, volume.spacing)
-        masks = []
         try:
-            for lesion in lesions:
-                update = self.client.interact(session_id, volume.ras_to_kji(lesion.points_ras).tolist(),
-                                              lesion.labels.tolist())
-                masks.append(update.apply_to(np.zeros(volume.shape, dtype=bool)))
-                self.client.reset(session_id)
-        finally:
-            self.client.delete_session(session_id)
+            session_id = self.client.create_session(volume.array, volume.spacing)
+            try:
+                masks = []
+                for lesion in lesions:
+                    update = self.client.interact(session_id, volume.ras_to_kji(lesion.points_ras).tolist(),
+                                                  lesion.labels.tolist())
+                    masks.append(update.apply_to(np.zeros(volume.shape, dtype=bool)))
+                    self.client.reset(session_id)
+            finally:
+                self.client.delete_session(session_id)
+        except self.client_errors as error:
+            raise SegmenterError(str(error)) from error
         return masks

@@ -1,0 +1,121 @@
+"""Batch throughput: cases per minute of `sam3d batch` in-process on this machine. Prints a
+Markdown table.
+
+    python benchmarks/bench_batch.py                      # the bundled default model, 6 phantoms
+    python benchmarks/bench_batch.py --cases 10 --threads 2
+    python benchmarks/bench_batch.py --model tiny-random  # a random-weight tiny model (speed only)
+
+The cases are generated phantoms at their usual size (48-64 x 128-160 x 128-160 voxels) with one
+lesion per tumor (1-3 per case), each clicked once at its most interior voxel, written to a
+temporary folder with a manifest and run through the same code as `sam3d batch` (one model load,
+then every case: read, segment each lesion, write the .seg.nrrd, score against the phantom's
+label). Model loading is timed apart from the cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from sam3d.batch.manifest import read_manifest
+from sam3d.batch.runner import BatchOptions, run_batch
+from sam3d.batch.segmenters import LocalSegmenter
+from sam3d.batch.state import OutputFolder
+from sam3d.data.clicks import centre_click
+from sam3d.data.io import write_image
+from sam3d.data.phantoms import TUMOR_LABEL, case_seed, generate_case
+from sam3d.engine.predictor import Predictor
+
+
+def write_cases(folder: Path, cases: int, seed: int) -> tuple[Path, int]:
+    """Phantoms + a JSON manifest with one positive click per tumor; returns (manifest, lesions)."""
+    entries, lesions = [], 0
+    for index in range(cases):
+        image, label = generate_case(case_seed(seed, index))
+        case_id = f"phantom_{index:03d}"
+        write_image(image, folder / f"{case_id}.nii.gz")
+        write_image(label, folder / f"{case_id}_label.nii.gz")
+        components, count = ndimage.label(label.array == TUMOR_LABEL)
+        clicks = [image.kji_to_ras([centre_click(components == n, image.spacing)])[0] for n in range(1, count + 1)]
+        lesions += count
+        entries.append({"id": case_id, "image": f"{case_id}.nii.gz", "reference": f"{case_id}_label.nii.gz",
+                        "reference_label": TUMOR_LABEL,
+                        "prompts": [{"lesion": n, "ras": ras.tolist(), "label": "+"} for n, ras in enumerate(clicks, 1)]})
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps(entries, indent=1))
+    return manifest, lesions
+
+
+def tiny_random_checkpoint(folder: Path) -> Path:
+    from sam3d.data.intensity import PRESETS
+    from sam3d.model.checkpoint import save_checkpoint
+    from sam3d.model.config import get_config
+    from sam3d.model.sam3d import Sam3D
+
+    torch.manual_seed(0)
+    return save_checkpoint(folder / "tiny.pt", Sam3D(get_config("tiny")), PRESETS["soft_tissue"], "tiny-random")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default", help="'default', a checkpoint path, or 'tiny-random'")
+    parser.add_argument("--cases", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="bench_batch_") as temp:
+        folder = Path(temp)
+        manifest, lesions = write_cases(folder, args.cases, args.seed)
+        spec = tiny_random_checkpoint(folder) if args.model == "tiny-random" else args.model
+        start = time.perf_counter()
+        try:
+            predictor = Predictor.load(spec, device=args.device)
+        except ValueError as error:  # CheckpointError: e.g. the default model is not there yet
+            print(f"bench_batch: {error}", file=sys.stderr)
+            return 2
+        load_s = time.perf_counter() - start
+        segmenter = LocalSegmenter(predictor)
+        report = run_batch(read_manifest(manifest), OutputFolder(folder / "out"), lambda: segmenter,
+                           segmenter.identity, BatchOptions(progress=False))
+    done = [row for row in report.rows if row["status"] == "done"]
+    if len(done) != args.cases:
+        print(f"bench_batch: {args.cases - len(done)} case(s) failed: "
+              + "; ".join(f"{r['id']}: {r['error']}" for r in report.rows if r["status"] != "done"), file=sys.stderr)
+        return 1
+    seconds = [float(row["seconds"]) for row in done]
+    dice = [float(row["dice"]) for row in done]
+    rows = [
+        ("model", f"{predictor.name} ({predictor.config.name}, crop {predictor.config.crop_size}^3 "
+                  f"at {predictor.config.crop_spacing_mm:g} mm)"),
+        ("device", f"{args.device}, {args.threads} torch thread(s), {platform.processor() or platform.machine()}"),
+        ("cases / lesions / clicks", f"{args.cases} / {lesions} / {sum(int(r['points']) for r in done)}"),
+        ("model load (once per run)", f"{load_s:.2f} s"),
+        ("seconds per case: mean / median / max", f"{statistics.mean(seconds):.2f} / "
+                                                  f"{statistics.median(seconds):.2f} / {max(seconds):.2f}"),
+        ("cases / minute (cases only)", f"{len(done) / report.seconds * 60:.1f}"),
+        ("cases / minute (with model load)", f"{len(done) / (report.seconds + load_s) * 60:.1f}"),
+        ("Dice mean (min..max)", f"{np.mean(dice):.3f} ({min(dice):.3f}..{max(dice):.3f})"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print(f"| {'sam3d batch'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f"| {name.ljust(width)} | {value} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
