@@ -95,29 +95,6 @@ needs_default_model = pytest.mark.skipif(
            "a random-weight model cannot show a meaningful segmentation")
 
 
-def model_args(directory: Path) -> list:
-    """`--model default` once the bundled model exists, else a random-weight tiny checkpoint
-    (enough for everything but the quality of the segmentation)."""
-    if DEFAULT_MODEL.is_file():
-        return ["--model", "default", "--device", "cpu"]
-    path = directory / "tiny-random.pt"
-    if not path.is_file():
-        import torch
-        from sam3d.data.intensity import PRESETS
-        from sam3d.model.checkpoint import save_checkpoint
-        from sam3d.model.config import get_config
-        from sam3d.model.sam3d import Sam3D
-        torch.manual_seed(0)
-        save_checkpoint(path, Sam3D(get_config("tiny")), PRESETS["soft_tissue"], "tiny-random")
-    return ["--model", str(path), "--device", "cpu"]
-
-
-def sam3d_server(directory: Path, *args: str):
-    """Context manager: a real `sam3d serve` on a free loopback port; yields its base URL."""
-    from sam3d.serve.launch import running_server
-    return running_server(*model_args(directory), *args)
-
-
 def load_phantom(scene, directory: Path, seed: int = 0, shape=(40, 40, 40), name: str = "phantom"):
     """A synthetic CT with a tumor, written as NRRD by sam3d's IO and read by Slicer's reader.
 

@@ -5,18 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_fixtures import load_phantom, mrml_scene, needs_default_model, sam3d_server, slicer  # noqa: F401
-from SAM3DPromptLib.batch import load_cases, run_saved_prompts
+from slicer_fixtures import load_phantom, mrml_scene, needs_default_model, slicer  # noqa: F401
+from SAM3DPromptLib.batch import BatchCase, load_cases, run_saved_prompts
 from SAM3DPromptLib.client import SAM3DClient
 from SAM3DPromptLib.logic import PromptLogic
 from SAM3DPromptLib.mrml_io import read_segment_mask
-from SAM3DPromptLib.prompts import clicks_from_markups
+from SAM3DPromptLib.prompts import PromptError, clicks_from_markups, lesion_clicks, load_prompt_file
 
-
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    with sam3d_server(tmp_path_factory.mktemp("model")) as url:
-        yield url
 
 
 @pytest.fixture
@@ -55,6 +50,7 @@ def test_saved_prompts_run_over_loaded_volumes_with_progress(mrml_scene, server_
     kji = np.round(logic.points_kji(clicks[:1])[0]).astype(int)
     assert slicer.util.arrayFromVolume(labels[0])[tuple(kji)] == 2
 
+    sessions_before = SAM3DClient(server_url).metrics()["sessions"]
     progress = []
     results = run_saved_prompts(SAM3DClient(server_url, timeout=60), cases, scene=mrml_scene,
                                 progress=lambda done, total, text: progress.append((done, total, text)))
@@ -63,13 +59,13 @@ def test_saved_prompts_run_over_loaded_volumes_with_progress(mrml_scene, server_
     assert [r.error is None for r in results] == [True, True, False]
     assert "does not exist" in results[2].error
     for result, volume in zip(results[:2], volumes):
-        assert result.clicks == 2 and result.voxels > 0
-        mask = read_segment_mask(result.segmentation_node, result.segment_id, volume)
-        assert mask.sum() == result.voxels
+        assert result.clicks == 2 and len(result.segment_ids) == 1 and result.voxels[0] > 0
+        mask = read_segment_mask(result.segmentation_node, result.segment_ids[0], volume)
+        assert mask.sum() == result.voxels[0]
         assert result.segmentation_node.GetName() == f"{volume.GetName()} SAM3D"
     # Saved prompts are kept, and no server session is left behind.
     assert sum(len(case.markups_nodes) for case in cases) == 4
-    assert SAM3DClient(server_url).metrics()["sessions"] == 0
+    assert SAM3DClient(server_url).metrics()["sessions"] == sessions_before
 
 
 @needs_default_model
@@ -78,8 +74,72 @@ def test_batch_segments_the_tumors(mrml_scene, server_url, loaded_cases):
     results = run_saved_prompts(SAM3DClient(server_url, timeout=60),
                                 load_cases(mrml_scene, volumes[:2], str(prompts)), scene=mrml_scene)
     for result, volume, label in zip(results, volumes, labels):
-        mask = read_segment_mask(result.segmentation_node, result.segment_id, volume)
+        mask = read_segment_mask(result.segmentation_node, result.segment_ids[0], volume)
         truth = slicer.util.arrayFromVolume(label) == 2
         dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
         print(f"{result.volume_name}: Dice {dice:.3f}")
         assert dice > 0.5
+
+
+def _write_lists(path, lists):
+    """A markups file with the named point lists [(name, [ras, ...], [description, ...])]."""
+    import json
+    markups = [{"type": "Fiducial", "name": name, "coordinateSystem": "RAS",
+                "controlPoints": [{"id": str(n + 1), "position": list(map(float, p)), "description": d,
+                                   "positionStatus": "defined"} for n, (p, d) in enumerate(zip(points, notes))]}
+               for name, points, notes in lists]
+    path.write_text(json.dumps({"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/"
+                                           "Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
+                                "markups": markups}))
+    return path
+
+
+def test_lesion_grouping_matches_sam3d_batch(mrml_scene, tmp_path):
+    """The Slicer side repeats the grouping rule of `sam3d batch`: both read the same files alike."""
+    from sam3d.batch.prompts import lesions_from_markups
+    files = {
+        "two lesions": [("Lesion 1", [(1, 2, 3), (4, 5, 6)], ["", "negative"]),
+                        ("Lesion 2", [(7, 8, 9)], [""]),
+                        ("Lesion 2 negative", [(10, 11, 12)], [""])],
+        "module lists": [("SAM3D positive", [(1, 1, 1), (2, 2, 2)], ["", ""]),
+                         ("SAM3D negative", [(3, 3, 3)], [""])],
+        "unmatched negative": [("A", [(1, 1, 1)], [""]), ("B", [(2, 2, 2)], [""]),
+                               ("C negative", [(3, 3, 3)], [""])],
+        "only negative": [("spots-", [(1, 1, 1)], [""])],
+    }
+    outcomes = {}
+    for name, lists in files.items():
+        path = _write_lists(tmp_path / f"{name}.mrk.json", lists)
+        try:
+            expected = [(np.round(l.points_ras, 6).tolist(), l.labels.tolist()) for l in lesions_from_markups(path)]
+        except ValueError:
+            expected = None
+        try:
+            lesions = lesion_clicks(load_prompt_file(mrml_scene, str(path)))
+            got = [([list(np.round(c.ras, 6)) for c in clicks], [c.label for c in clicks]) for clicks in lesions]
+        except PromptError:
+            got = None
+        assert got == expected, name
+        outcomes[name] = None if got is None else [labels for _, labels in got]
+    assert outcomes == {"two lesions": [[1, 0], [1, 0]], "module lists": [[1, 1, 0]],
+                        "unmatched negative": None, "only negative": None}
+
+
+def test_multi_lesion_file_gives_one_segment_per_lesion(mrml_scene, server_url, tmp_path):
+    image_node, label_node, image, label = load_phantom(mrml_scene, tmp_path, seed=14, name="multi")
+    tumor = np.argwhere(label.array == 2)
+    a, b = tumor[0], tumor[-1]
+    ras = image.kji_to_ras(np.stack([a, b, [1.0, 1.0, 1.0]]).astype(float))
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    _write_lists(prompts / "multi.mrk.json", [("Lesion 1", [ras[0]], [""]), ("Lesion 2", [ras[1]], [""]),
+                                              ("Lesion 2-", [ras[2]], [""])])
+    [case] = load_cases(mrml_scene, [image_node], str(prompts))
+    sessions_before = SAM3DClient(server_url).metrics()["sessions"]
+    [result] = run_saved_prompts(SAM3DClient(server_url, timeout=60), [case], scene=mrml_scene)
+    assert result.error is None and result.clicks == 3 and len(result.segment_ids) == 2
+    names = [result.segmentation_node.GetSegmentation().GetSegment(s).GetName() for s in result.segment_ids]
+    assert names == ["Lesion 1", "Lesion 2"]
+    for segment_id, voxels in zip(result.segment_ids, result.voxels):
+        assert read_segment_mask(result.segmentation_node, segment_id, image_node).sum() == voxels
+    assert SAM3DClient(server_url).metrics()["sessions"] == sessions_before

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slicer_fixtures import (add_linear_transform, add_volume, load_phantom, mrml_scene,  # noqa: F401
-                             needs_default_model, oblique_ijk_to_ras, rigid_matrix, sam3d_server,
+                             needs_default_model, oblique_ijk_to_ras, rigid_matrix,
                              slicer)
 from SAM3DPromptLib.client import (InvalidServerURL, NothingToUndo, SAM3DClient, ServerUnreachable,
                                    SessionNotFound)
@@ -14,11 +14,6 @@ from SAM3DPromptLib.logic import PromptLogic, user_message
 from SAM3DPromptLib.mrml_io import read_segment_mask, segment_fingerprint, write_segment_box
 from SAM3DPromptLib.prompts import click_from_markup
 
-
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    with sam3d_server(tmp_path_factory.mktemp("model")) as url:
-        yield url
 
 
 @pytest.fixture
@@ -170,9 +165,9 @@ def test_hand_edited_segment_is_sent_as_prior(logic, phantom):
     assert restored.voxels == int(edited.sum())
 
 
-def test_server_down_leaves_segment_untouched(mrml_scene, phantom, tmp_path):
+def test_server_down_leaves_segment_untouched(mrml_scene, phantom, start_server):
     image_node, label_node = phantom[:2]
-    with sam3d_server(tmp_path) as url:
+    with start_server() as url:
         logic = PromptLogic(SAM3DClient(url, timeout=10), scene=mrml_scene)
         segmentation = logic.create_segmentation(image_node)
         logic.set_target(image_node, segmentation, logic.add_lesion_segment(segmentation))

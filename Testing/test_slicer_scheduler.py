@@ -6,18 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_fixtures import load_phantom, mrml_scene, sam3d_server, slicer  # noqa: F401
+from slicer_fixtures import load_phantom, mrml_scene, slicer  # noqa: F401
 from SAM3DPromptLib.client import SAM3DClient, ServerUnreachable
 from SAM3DPromptLib.logic import PromptLogic
 from SAM3DPromptLib.prompts import PromptError, click_from_markup
 from SAM3DPromptLib.scheduler import InteractionQueue
 from test_slicer_logic import _segment, _world
 
-
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    with sam3d_server(tmp_path_factory.mktemp("model")) as url:
-        yield url
 
 
 @pytest.fixture
@@ -98,3 +93,17 @@ def test_server_down_is_reported_through_the_queue(mrml_scene, tmp_path):
     queue.wait_until_idle()
     assert isinstance(done[0][2], ServerUnreachable)
     assert not _segment(logic).any() and logic.session_id is None
+
+
+def test_discarded_work_never_touches_the_scene(setup):
+    logic, queue, done, image_node, tumor = setup
+    positive, _ = logic.prompt_nodes()
+    queue.add_click(_place(positive, _world(image_node, tumor)))
+    queue.pump()
+    queue.add_click(_place(positive, _world(image_node, tumor + 2)))
+    running = queue._thread
+    queue.discard()
+    assert queue.idle and not queue.busy
+    running.join(timeout=60)
+    queue.pump()
+    assert done == [] and not _segment(logic).any() and logic.click_count == 0

@@ -1,28 +1,27 @@
 """Saved prompts over several loaded volumes, from within Slicer (no Qt).
 
 Each case is a volume node and the point lists saved for it: by default the markups file
-``<prompts folder>/<volume name>.mrk.json`` (positive and negative lists as ``prompts``
-describes, the layout ``sam3d batch`` reads). Every case gets its own segmentation
-"<volume> SAM3D" with one segment "Lesion 1", built by one request holding all its clicks.
-A failing case is reported and the batch goes on.
+``<prompts folder>/<volume name>.mrk.json``. Its lists are grouped into lesions as
+``sam3d batch`` groups them (``prompts.lesion_clicks``). Every case gets its own segmentation
+"<volume> SAM3D" with one segment per lesion ("Lesion 1", "Lesion 2", ...); the volume is
+uploaded once per case, each lesion is one request holding all its clicks, and the server
+session is freed after the last one. A failing case is reported and the batch goes on.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence
 
 from .client import SAM3DClient
-from .logic import PromptLogic, user_message
-from .prompts import PromptError, clicks_from_markups, load_prompt_file
+from .logic import PromptLogic, Request, delete_session_quietly, user_message
+from .prompts import Click, PromptError, lesion_clicks, load_prompt_file
+
+PROMPT_FILE_SUFFIX = ".mrk.json"
 
 # progress(done, total, message): called before each case and once at the end.
 ProgressCallback = Callable[[int, int, str], None]
-
-
-PROMPT_FILE_SUFFIX = ".mrk.json"
 
 
 @dataclass
@@ -32,11 +31,27 @@ class BatchCase:
     problem: Optional[str] = None  # why the case has no prompts (reported, not raised)
 
 
+@dataclass
+class BatchResult:
+    volume_name: str
+    segmentation_node: Any  # None when the case failed before a segmentation was made
+    segment_ids: List[str]  # one per lesion segmented
+    clicks: int
+    voxels: List[int]  # per lesion
+    seconds: float  # network time, all lesions
+    error: Optional[str] = None  # the user-facing message when the case failed
+
+
+def prompt_file_path(prompts_folder: str, volume_node) -> str:
+    """Where the saved prompts of ``volume_node`` are expected."""
+    return os.path.join(prompts_folder, volume_node.GetName() + PROMPT_FILE_SUFFIX)
+
+
 def load_cases(scene, volume_nodes: Sequence[Any], prompts_folder: str) -> List[BatchCase]:
     """One case per volume, with the point lists of ``<prompts_folder>/<volume name>.mrk.json``."""
     cases = []
     for volume_node in volume_nodes:
-        path = os.path.join(prompts_folder, volume_node.GetName() + PROMPT_FILE_SUFFIX)
+        path = prompt_file_path(prompts_folder, volume_node)
         if not os.path.isfile(path):
             cases.append(BatchCase(volume_node, problem=f"No saved prompts: {path} does not exist."))
             continue
@@ -47,47 +62,103 @@ def load_cases(scene, volume_nodes: Sequence[Any], prompts_folder: str) -> List[
     return cases
 
 
-@dataclass
-class BatchResult:
-    volume_name: str
-    segmentation_node: Any  # None when the case failed before a segmentation was made
-    segment_id: Optional[str]
-    clicks: int
-    voxels: int
-    seconds: float
-    error: Optional[str] = None  # the user-facing message when the case failed
+class CaseRun:
+    """One case as a series of requests, one per lesion, for the Widget's queue or a loop.
+
+    ``steps`` requests come from ``prepare_next()`` in turn; each one's ``finish()`` returns
+    None, except the last one (or the first that fails), which returns the case's BatchResult.
+    """
+
+    def __init__(self, client: SAM3DClient, case: BatchCase, scene=None):
+        self.name = case.volume_node.GetName()
+        self._case = case
+        self._logic = PromptLogic(client, scene=scene)
+        self._client = client
+        self._lesions: List[List[Click]] = []
+        self._result = BatchResult(self.name, None, [], 0, [], 0.0)
+        self._done = False
+        try:
+            if case.problem:
+                raise PromptError(case.problem)
+            self._lesions = lesion_clicks(case.markups_nodes)
+        except PromptError as error:
+            self._result.error = user_message(error)
+        self._result.clicks = sum(len(clicks) for clicks in self._lesions)
+        self.steps = max(len(self._lesions), 1)
+
+    def prepare_next(self) -> Request:
+        """The request of the next lesion (a no-op once the case is over)."""
+        if self._done:
+            return Request("batch", lambda: None, lambda result, error: None)
+        if self._result.error is not None:
+            return self._report()
+        try:
+            request = self._prepare_lesion(len(self._result.segment_ids))
+        except Exception as error:  # reported as this case's result; the batch goes on
+            self._result.error = user_message(error)
+            return self._report()
+        last = len(self._result.segment_ids) == len(self._lesions)
+
+        def work() -> None:
+            try:
+                request.run()
+            finally:
+                if (last or request.state.update is None) and request.state.session_id is not None:
+                    delete_session_quietly(self._client, request.state.session_id)
+
+        def apply(_: Any, error: Optional[BaseException]) -> Optional[BatchResult]:
+            self._result.seconds += request.state.seconds
+            try:
+                self._result.voxels.append(request.finish().voxels)
+            except Exception as failure:
+                self._result.error = user_message(failure)
+                return self._finish()
+            return self._finish() if last else None
+
+        return Request("batch", work, apply)
+
+    def _prepare_lesion(self, index: int) -> Request:
+        volume = self._case.volume_node
+        if self._result.segmentation_node is None:
+            self._result.segmentation_node = self._logic.create_segmentation(volume)
+            segment_id = self._logic.add_lesion_segment(self._result.segmentation_node)
+            self._logic.set_target(volume, self._result.segmentation_node, segment_id)
+        else:
+            segment_id = self._logic.next_lesion()
+        self._result.segment_ids.append(segment_id)
+        return self._logic.prepare_clicks(self._lesions[index])
+
+    def _report(self) -> Request:
+        """A request that frees the case's session (if any) and returns its result."""
+        session_id = self._logic.session_id
+
+        def work() -> None:
+            if session_id is not None:
+                delete_session_quietly(self._client, session_id)
+
+        return Request("batch", work, lambda result, error: self._finish())
+
+    def _finish(self) -> BatchResult:
+        self._done = True
+        return self._result
 
 
 def run_saved_prompts(client: SAM3DClient, cases: Sequence[BatchCase], scene=None,
                       progress: Optional[ProgressCallback] = None) -> List[BatchResult]:
-    """Segment every case from its saved clicks; one result per case, in order."""
+    """Segment every case from its saved clicks, one after the other; one result per case."""
     results: List[BatchResult] = []
     total = len(cases)
     for number, case in enumerate(cases):
-        name = case.volume_node.GetName()
+        run = CaseRun(client, case, scene)
         if progress is not None:
-            progress(number, total, f"Segmenting {name} ({number + 1}/{total})")
-        logic = PromptLogic(client, scene=scene)
-        started = time.perf_counter()
-        segmentation = None
-        segment_id = None
-        clicks = clicks_from_markups(case.markups_nodes)
-        try:
-            if case.problem:
-                raise PromptError(case.problem)
-            if not clicks:
-                raise PromptError(f"The saved prompts of '{name}' hold no defined point.")
-            segmentation = logic.create_segmentation(case.volume_node)
-            segment_id = logic.add_lesion_segment(segmentation)
-            logic.set_target(case.volume_node, segmentation, segment_id)
-            result = logic.click_points(clicks)
-            results.append(BatchResult(name, segmentation, segment_id, len(clicks), result.voxels,
-                                       time.perf_counter() - started))
-        except Exception as error:
-            results.append(BatchResult(name, segmentation, segment_id, len(clicks), 0,
-                                       time.perf_counter() - started, user_message(error)))
-        finally:
-            logic.close()
+            progress(number, total, f"Segmenting {run.name} ({number + 1}/{total})")
+        for _ in range(run.steps):
+            request = run.prepare_next()
+            request.run()
+            result = request.finish()
+            if result is not None:
+                results.append(result)
+                break
     if progress is not None:
         progress(total, total, f"Done: {sum(r.error is None for r in results)} of {total} segmented")
     return results

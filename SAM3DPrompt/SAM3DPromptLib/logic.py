@@ -81,10 +81,13 @@ class _Wire:
 
 class Request:
     """One server round trip: ``run()`` on any thread (network only), ``finish()`` on the main
-    thread (applies the result to the scene, or raises the error; the scene is untouched then)."""
+    thread (applies the result to the scene, or raises the error; the scene is untouched then).
+    ``state`` holds what the network part learnt so far (e.g. the session it created)."""
 
-    def __init__(self, name: str, work: Callable[[], Any], apply: Callable[[Any, Optional[BaseException]], Any]):
+    def __init__(self, name: str, work: Callable[[], Any],
+                 apply: Callable[[Any, Optional[BaseException]], Any], state: Any = None):
         self.name = name
+        self.state = state
         self._work = work
         self._apply = apply
         self._result: Any = None
@@ -145,7 +148,7 @@ class PromptLogic:
         """Use the server at ``base_url`` (raises InvalidServerURL for an address without http://)."""
         client = SAM3DClient(base_url, api_key=api_key, timeout=timeout)
         if self.client is not None and self.client.base_url != client.base_url:
-            self._forget_session(delete=False)  # the old server expires it; no network here
+            self._forget_session()  # the old server expires it; no network here
         self.client = client
         return client
 
@@ -291,7 +294,7 @@ class PromptLogic:
             started = time.perf_counter()
             try:
                 if old_session is not None:
-                    _delete_quietly(client, old_session)
+                    delete_session_quietly(client, old_session)
                 if upload is not None:
                     wire.session_id = client.create_session(upload.array, upload.spacing_kji)
                     wire.uploaded = True
@@ -354,7 +357,7 @@ class PromptLogic:
                                replayed=wire.replayed, seconds=wire.seconds,
                                timing_ms=dict(update.timing_ms))
 
-        return Request("clicks", work, apply)
+        return Request("clicks", work, apply, state=wire)
 
     def _upload_if_changed(self) -> Optional[_Upload]:
         """The volume to upload when the session does not hold this volume's current voxels."""
@@ -419,11 +422,21 @@ class PromptLogic:
     # -- session -----------------------------------------------------------------------------
     def close(self) -> None:
         """Free the server session (best effort)."""
-        self._forget_session(delete=True)
+        self.prepare_release().run()
 
-    def _forget_session(self, delete: bool) -> None:
-        if delete and self.client is not None and self.session_id is not None:
-            _delete_quietly(self.client, self.session_id)
+    def prepare_release(self) -> Request:
+        """Forget the session now; the Request deletes it on the server (best effort)."""
+        client, session_id = self.client, self.session_id
+        self._forget_session()
+
+        def work() -> None:
+            if client is not None and session_id is not None:
+                delete_session_quietly(client, session_id)
+
+        return Request("release", work, lambda result, error: None)
+
+    def _forget_session(self) -> None:
+        """Drop the session locally (no network)."""
         self.session_id = None
         self._session_fingerprint = None
         self._start_new_object(remove_markups=False)
@@ -435,7 +448,8 @@ class PromptLogic:
         return value
 
 
-def _delete_quietly(client: SAM3DClient, session_id: str) -> None:
+def delete_session_quietly(client: SAM3DClient, session_id: str) -> None:
+    """Free a server session; an already gone session or server is not an error here."""
     try:
         client.delete_session(session_id)
     except SAM3DError:

@@ -1,15 +1,23 @@
 """Click prompts as Slicer markups: the sign convention, the two point lists, saved prompt files.
 
-The convention is shared with ``sam3d segment`` / ``sam3d batch`` (``sam3d.data.markups``; the
-Slicer side cannot import that package, so the one-line rule is repeated here): a control
-point is *negative* when its markup's name contains "negative" or ends with "-", or when the
-point's description is "negative"; every other defined point is *positive*. The module places
-positive clicks in the point list "SAM3D positive" (green) and negative ones in
-"SAM3D negative" (red).
+The conventions are shared with ``sam3d segment`` / ``sam3d batch`` (``sam3d.data.markups`` and
+``sam3d.batch.prompts``; the Slicer side cannot import that package, so the rules are repeated
+here and the tests run both on the same files):
+
+- a control point is *negative* when its point list's name contains "negative" or ends with
+  "-", or when the point's description is "negative"; every other defined point is *positive*;
+- in a saved file, every point list whose name is not negative is one lesion; a negative list
+  belongs to the lesion list with the same name once "positive" / "negative" and a trailing
+  "+" / "-" are dropped ("Lesion 2 negative" -> "Lesion 2", "SAM3D negative" -> "SAM3D positive"),
+  or to the only lesion list.
+
+The module places positive clicks in the point list "SAM3D positive" (green) and negative ones
+in "SAM3D negative" (red): saved together they are one lesion.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -21,6 +29,7 @@ POSITIVE_COLOR = (0.10, 0.80, 0.25)
 NEGATIVE_COLOR = (0.95, 0.15, 0.15)
 POSITIVE = 1
 NEGATIVE = 0
+_SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
 
 
 class PromptError(ValueError):
@@ -73,6 +82,42 @@ def clicks_from_markups(markups_nodes) -> List[Click]:
                 clicks.append(Click(ras=click_from_markup(node, index).ras,
                                     label=point_label(node, index)))
     return clicks
+
+
+def _base_name(name: str) -> str:
+    """A point list's name without its sign words: 'Lesion 2 negative' / 'Lesion 2-' -> 'lesion 2'."""
+    name = _SIGN_WORDS.sub(" ", name.strip().lower()).strip()
+    return " ".join(name.rstrip("+-").split())
+
+
+def lesion_clicks(markups_nodes) -> List[List[Click]]:
+    """Saved point lists grouped into lesions (the rule in the module docstring), in list order.
+
+    Raises PromptError when no list holds positive clicks, a negative list matches no lesion,
+    or a lesion has no positive click."""
+    lists = [(node.GetName() or "", clicks_from_markups([node])) for node in markups_nodes]
+    lesion_lists = [n for n, (name, clicks) in enumerate(lists) if clicks and not is_negative_name(name)]
+    if not lesion_lists:
+        raise PromptError("The saved prompts hold only negative point lists; add a point list of "
+                          "positive clicks on the lesion.")
+    groups = {n: [] for n in lesion_lists}
+    for index, (name, clicks) in enumerate(lists):
+        if not clicks:
+            continue
+        if index in groups:
+            owner = index
+        else:
+            matches = [n for n in lesion_lists if _base_name(lists[n][0]) == _base_name(name)]
+            if len(matches) != 1 and len(lesion_lists) != 1:
+                raise PromptError(f"The negative point list {name!r} belongs to no lesion; name it "
+                                  "after its lesion's list (e.g. 'Lesion 2 negative' for 'Lesion 2').")
+            owner = (matches or lesion_lists)[0]
+        groups[owner].extend(clicks)
+    for n in lesion_lists:
+        if not any(click.label == POSITIVE for click in groups[n]):
+            raise PromptError(f"Lesion {lists[n][0]!r} has no positive click; place at least one "
+                              "positive click on it.")
+    return [groups[n] for n in lesion_lists]
 
 
 def ensure_prompt_nodes(scene) -> Tuple[object, object]:

@@ -101,6 +101,13 @@ class InteractionQueue:
         else:
             self._on_done(name, result, None)
 
+    def discard(self) -> None:
+        """Forget the queued work and the result of the running request (e.g. the scene is
+        closing); the running network call ends on its own and its result is dropped."""
+        self._pending.clear()
+        self._running = None
+        self._thread = None
+
     def wait_until_idle(self, timeout: float = 60.0, poll_s: float = 0.01) -> None:
         """Pump until everything queued is done (for scripts and tests; the Widget uses a timer)."""
         deadline = time.monotonic() + timeout

@@ -1,0 +1,676 @@
+"""SAM3D Prompt: click-prompted 3D tumor segmentation through a SAM3D inference server.
+
+Module, Widget (Qt only), Logic (all the work, no Qt: ``SAM3DPromptLib.logic.PromptLogic``)
+and the in-Slicer test. The server is ``sam3d serve`` (see the extension's README).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+import unittest
+from typing import Optional
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from SAM3DPromptLib.batch import CaseRun, load_cases, prompt_file_path
+from SAM3DPromptLib.client import SAM3DClient, SAM3DError
+from SAM3DPromptLib.logic import PromptLogic, user_message
+from SAM3DPromptLib.prompts import click_from_markup
+from SAM3DPromptLib.scheduler import InteractionQueue
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+SERVER_URL_SETTING = "SAM3DPrompt/ServerURL"  # the API key is never stored
+PROMPTS_FOLDER_SETTING = "SAM3DPrompt/PromptsFolder"
+BUSY_INDICATOR_DELAY_S = 2.0
+POLL_INTERVAL_MS = 50
+REQUEST_TIMEOUT_S = 60.0
+# Keyboard shortcuts, active while the module is shown.
+SHORTCUTS = {
+    "positive": "A",
+    "negative": "S",
+    "undo": "Ctrl+Z",
+    "reset": "R",
+    "nextLesion": "N",
+}
+ERROR_STYLE = "color: #c62828"
+OK_STYLE = ""
+
+
+#
+# Module
+#
+class SAM3DPrompt(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "SAM3D Prompt"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Markups", "Segmentations"]
+        self.parent.contributors = ["SAM3DPrompt developers"]
+        self.parent.helpText = (
+            "Click on a tumor and a 3D segment appears; add negative clicks to remove leaks and "
+            "positive clicks to add missed parts. The model runs in a SAM3D server "
+            "(<code>sam3d serve</code>), locally or on a GPU machine.<br>"
+            "Shortcuts: <b>A</b> positive point, <b>S</b> negative point, <b>Ctrl+Z</b> undo, "
+            "<b>R</b> reset the lesion, <b>N</b> next lesion.<br>"
+            "See the extension's README for how to start the server.")
+        self.parent.acknowledgementText = (
+            "The method follows 3DSAM-adapter (Gong et al., Medical Image Analysis 2024) built on "
+            "Segment Anything (Kirillov et al., 2023).")
+
+
+#
+# Parameter node
+#
+@parameterNodeWrapper
+class SAM3DPromptParameterNode:
+    """inputVolume: the volume clicked on; segmentation / segmentID: where the lesion is written."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    segmentID: str
+
+
+#
+# Widget
+#
+class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Qt only: every action goes through ``self.queue`` to the Logic; network work runs on a
+    worker thread and results are applied on the main thread by a timer."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.queue = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._shortcuts = []
+        self._placedPointIds = set()
+        self._target = (None, None, None)
+        self._connection = (None, None)
+        self._batchTotal = 0
+        self._batchDone = []
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SAM3DPrompt.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = SAM3DPromptLogic()
+        self.queue = InteractionQueue(self.logic, self.onRequestDone)
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.onTimer)
+
+        settings = qt.QSettings()
+        self.ui.serverUrlLineEdit.text = settings.value(SERVER_URL_SETTING, DEFAULT_SERVER_URL)
+        self.ui.promptsFolderButton.directory = settings.value(PROMPTS_FOLDER_SETTING, "")
+        self.ui.busyProgressBar.setVisible(False)
+        self.ui.batchProgressBar.setVisible(False)
+        self._setTooltipsWithShortcuts()
+
+        self.ui.serverUrlLineEdit.connect("editingFinished()", self.onServerUrlEdited)
+        self.ui.testConnectionButton.connect("clicked()", self.onTestConnection)
+        self.ui.positiveButton.connect("toggled(bool)", lambda on: self.onPlaceToggled(True, on))
+        self.ui.negativeButton.connect("toggled(bool)", lambda on: self.onPlaceToggled(False, on))
+        self.ui.undoButton.connect("clicked()", self.onUndo)
+        self.ui.resetButton.connect("clicked()", self.onReset)
+        self.ui.nextLesionButton.connect("clicked()", self.onNextLesion)
+        self.ui.segmentComboBox.connect("currentIndexChanged(int)", self.onSegmentSelected)
+        self.ui.runBatchButton.connect("clicked()", self.onRunBatch)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interactionNode, interactionNode.InteractionModeChangedEvent,
+                         self.onInteractionModeChanged)
+        self.timer.start()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.timer.stop()
+        self._removeShortcuts()
+        self.removeObservers()
+        if self.logic is not None:
+            release = self.logic.prepare_release()
+            threading.Thread(target=release.run, daemon=True).start()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self._installShortcuts()
+
+    def exit(self) -> None:
+        self._removeShortcuts()
+        self._stopPlacing()
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._stopPlacing()
+        self.setParameterNode(None)
+        self.queue.discard()  # nothing may write into nodes that are going away
+        release = self.logic.prepare_release()
+        threading.Thread(target=release.run, daemon=True).start()
+        self.logic.set_target(None, None, None)
+        self._target = (None, None, None)
+        self._placedPointIds.clear()
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # -- parameter node -----------------------------------------------------------------------
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolume
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            if self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        self._observeSegmentation()
+        self._fillSegmentComboBox()
+        self._queueTargetIfChanged()
+        self._updateButtons()
+
+    def _observeSegmentation(self) -> None:
+        for node in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
+            for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                          slicer.vtkSegmentation.SegmentModified):
+                self.removeObserver(node, event, self.onSegmentsChanged)
+        segmentation = self._parameterNode.segmentation if self._parameterNode else None
+        if segmentation is not None:
+            for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                          slicer.vtkSegmentation.SegmentModified):
+                self.addObserver(segmentation, event, self.onSegmentsChanged)
+
+    def onSegmentsChanged(self, caller=None, event=None) -> None:
+        self._fillSegmentComboBox()
+
+    def _fillSegmentComboBox(self) -> None:
+        combo = self.ui.segmentComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        segmentation = self._parameterNode.segmentation if self._parameterNode else None
+        wanted = self._parameterNode.segmentID if self._parameterNode else ""
+        if segmentation is not None:
+            segments = segmentation.GetSegmentation()
+            for index in range(segments.GetNumberOfSegments()):
+                combo.addItem(segments.GetNthSegment(index).GetName(), segments.GetNthSegmentID(index))
+            position = combo.findData(wanted) if wanted else -1
+            if position < 0 and combo.count > 0:
+                position = 0
+            combo.setCurrentIndex(position)
+            if position >= 0 and combo.itemData(position) != wanted:
+                self._parameterNode.segmentID = combo.itemData(position)
+        combo.blockSignals(wasBlocked)
+
+    def onSegmentSelected(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.segmentID = self.ui.segmentComboBox.itemData(index)
+
+    def _queueTargetIfChanged(self) -> None:
+        """Target changes go through the queue, so a running click finishes on the old target."""
+        if not self._parameterNode:
+            return
+        segmentation = self._parameterNode.segmentation
+        segmentId = self._parameterNode.segmentID or None
+        if segmentation is not None and segmentId is not None and \
+                segmentation.GetSegmentation().GetSegment(segmentId) is None:
+            segmentId = None
+        target = (self._parameterNode.inputVolume, segmentation, segmentId)
+        if target == self._target:
+            return
+        self._target = target
+        self.queue.add("target", lambda: self.logic.set_target(*target))
+
+    # -- connection ---------------------------------------------------------------------------
+    def _connect(self) -> bool:
+        """Make sure the Logic talks to the address and key in the GUI; False on a bad address.
+        The Logic switches servers in queue order, after the requests already asked for."""
+        url = self.ui.serverUrlLineEdit.text.strip()
+        key = self.ui.apiKeyLineEdit.text.strip() or None
+        if (url, key) == self._connection:
+            return True
+        try:
+            SAM3DClient(url, api_key=key)  # checks the address now (e.g. a missing http://)
+        except SAM3DError as error:
+            self._showServerStatus(user_message(error), error=True)
+            return False
+        self._connection = (url, key)
+        self.queue.add("server", lambda: self.logic.connect(url, api_key=key, timeout=REQUEST_TIMEOUT_S) and None)
+        return True
+
+    def onServerUrlEdited(self) -> None:
+        qt.QSettings().setValue(SERVER_URL_SETTING, self.ui.serverUrlLineEdit.text.strip())
+
+    def onTestConnection(self) -> None:
+        self.onServerUrlEdited()
+        if self._connect():
+            self._showServerStatus("Connecting...", error=False)
+            self.queue.add("connect", self.logic.prepare_server_status)
+
+    def _showServerStatus(self, text: str, error: bool) -> None:
+        self.ui.serverStatusLabel.text = text
+        self.ui.serverStatusLabel.setStyleSheet(ERROR_STYLE if error else OK_STYLE)
+
+    def _showStatus(self, text: str, error: bool = False) -> None:
+        self.ui.statusLabel.text = text
+        self.ui.statusLabel.setStyleSheet(ERROR_STYLE if error else OK_STYLE)
+
+    # -- clicks -------------------------------------------------------------------------------
+    def onPlaceToggled(self, positive: bool, on: bool) -> None:
+        other = self.ui.negativeButton if positive else self.ui.positiveButton
+        if on:
+            if not self._ensureTarget():
+                (self.ui.positiveButton if positive else self.ui.negativeButton).checked = False
+                return
+            other.checked = False
+            positiveNode, negativeNode = self.logic.prompt_nodes()
+            node = positiveNode if positive else negativeNode
+            self._observePromptNode(node)
+            selectionNode = slicer.app.applicationLogic().GetSelectionNode()
+            selectionNode.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+            selectionNode.SetActivePlaceNodeID(node.GetID())
+            interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+            interactionNode.SetPlaceModePersistence(1)
+            interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+        elif not other.checked:
+            self._stopPlacing()
+
+    def _stopPlacing(self) -> None:
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        if interactionNode.GetCurrentInteractionMode() == interactionNode.Place:
+            interactionNode.SwitchToViewTransformMode()
+
+    def onInteractionModeChanged(self, caller=None, event=None) -> None:
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        if interactionNode.GetCurrentInteractionMode() != interactionNode.Place:
+            for button in (self.ui.positiveButton, self.ui.negativeButton):
+                wasBlocked = button.blockSignals(True)
+                button.checked = False
+                button.blockSignals(wasBlocked)
+
+    def _observePromptNode(self, node) -> None:
+        if not self.hasObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointDefined):
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointDefined)
+
+    def _ensureTarget(self) -> bool:
+        """An input volume, a server address, and a segment to write into (created if needed)."""
+        if not self._parameterNode or not self._parameterNode.inputVolume:
+            self._showStatus("Select an input volume first.", error=True)
+            return False
+        if not self._connect():
+            return False
+        if self._parameterNode.segmentation is None:
+            self._parameterNode.segmentation = self.logic.create_segmentation(self._parameterNode.inputVolume)
+        if not self._parameterNode.segmentID:
+            self._parameterNode.segmentID = self.logic.add_lesion_segment(self._parameterNode.segmentation)
+        return True
+
+    def onPointDefined(self, caller, event) -> None:
+        """Auto-run: every newly placed point is queued as a click."""
+        for index in range(caller.GetNumberOfControlPoints()):
+            pointId = caller.GetNthControlPointID(index)
+            if pointId in self._placedPointIds or \
+                    caller.GetNthControlPointPositionStatus(index) != caller.PositionDefined:
+                continue
+            self._placedPointIds.add(pointId)
+            if not self._ensureTarget():
+                caller.RemoveNthControlPoint(index)
+                return
+            self.queue.add_click(click_from_markup(caller, index))
+        self._updateButtons()
+
+    def onUndo(self) -> None:
+        self.queue.add("undo", self.logic.prepare_undo)
+
+    def onReset(self) -> None:
+        self.queue.add("reset", lambda: self.logic.reset())
+
+    def onNextLesion(self) -> None:
+        if self._ensureTarget():
+            self.queue.add("next lesion", self._startNextLesion)
+
+    def _startNextLesion(self) -> None:
+        segmentId = self.logic.next_lesion()
+        self._target = (self.logic.volume_node, self.logic.segmentation_node, segmentId)
+        self._parameterNode.segmentation = self.logic.segmentation_node
+        self._parameterNode.segmentID = segmentId
+
+    # -- results ------------------------------------------------------------------------------
+    def onTimer(self) -> None:
+        self.queue.pump()
+        waited = self.queue.busy_seconds
+        busy = waited > BUSY_INDICATOR_DELAY_S
+        self.ui.busyProgressBar.setVisible(busy)
+        if busy:  # only after a while: quick clicks never flash an indicator
+            queued = self.queue.queued_clicks
+            self._showStatus(f"Waiting for the server ({waited:.0f} s)"
+                             + (f", {queued} click(s) queued" if queued else "") + "...")
+
+    def onRequestDone(self, name: str, result, error: Optional[BaseException]) -> None:
+        if name == "batch":
+            self._onBatchCaseDone(result)
+        elif error is not None:
+            message = user_message(error)
+            if name == "connect":
+                self._showServerStatus(message, error=True)
+            self._showStatus(message, error=True)
+            if not isinstance(error, SAM3DError):
+                import logging
+                logging.error("SAM3DPrompt %s failed", name, exc_info=error)
+        elif name == "connect":
+            self._showServerStatus(result, error=False)
+        elif name == "clicks":
+            spacing = self.logic.volume_node.GetSpacing()
+            millilitres = result.voxels * spacing[0] * spacing[1] * spacing[2] / 1000.0
+            segmentName = self.ui.segmentComboBox.currentText
+            details = "image encoded, " if result.encoder_ran else ""
+            if result.replayed:
+                details += "session renewed, "
+            self._showStatus(f"{segmentName}: {result.voxels} voxels ({millilitres:.2f} ml); "
+                             f"{details}{result.seconds:.2f} s")
+        elif name in ("undo", "reset", "next lesion"):
+            self._showStatus(f"{name.capitalize()}: done.")
+        self._updateButtons()
+
+    def _updateButtons(self) -> None:
+        if self.logic is None:
+            return
+        hasVolume = bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.positiveButton.enabled = hasVolume
+        self.ui.negativeButton.enabled = hasVolume
+        self.ui.nextLesionButton.enabled = hasVolume
+        self.ui.undoButton.enabled = self.logic.can_undo or self.queue.busy
+        self.ui.resetButton.enabled = self.logic.can_undo
+
+    # -- batch --------------------------------------------------------------------------------
+    def onRunBatch(self) -> None:
+        folder = self.ui.promptsFolderButton.directory
+        qt.QSettings().setValue(PROMPTS_FOLDER_SETTING, folder)
+        if not self._connect():
+            return
+        volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                   if not node.IsA("vtkMRMLLabelMapVolumeNode")
+                   and os.path.isfile(prompt_file_path(folder, node))]
+        if not volumes:
+            self.ui.batchStatusLabel.text = (f"No loaded volume has saved prompts in {folder} "
+                                             "(expected <volume name>.mrk.json).")
+            return
+        cases = load_cases(slicer.mrmlScene, volumes, folder)
+        self._batchTotal = len(cases)
+        self._batchDone = []
+        self.ui.batchProgressBar.setRange(0, len(cases))
+        self.ui.batchProgressBar.setValue(0)
+        self.ui.batchProgressBar.setVisible(True)
+        self.ui.batchStatusLabel.text = f"Segmenting {len(cases)} volume(s)..."
+        url, key = self._connection
+        client = SAM3DClient(url, api_key=key, timeout=REQUEST_TIMEOUT_S)
+        for case in cases:
+            run = CaseRun(client, case, slicer.mrmlScene)
+            for _ in range(run.steps):  # one request per lesion
+                self.queue.add("batch", run.prepare_next)
+
+    def _onBatchCaseDone(self, result) -> None:
+        if result is None:  # a lesion of a case with more to come
+            return
+        self._batchDone.append(result)
+        self.ui.batchProgressBar.setValue(len(self._batchDone))
+        failed = [r for r in self._batchDone if r.error]
+        lines = [f"{len(self._batchDone)} of {self._batchTotal} done, {len(failed)} failed."]
+        lines += [f"{r.volume_name}: {r.error}" for r in failed]
+        self.ui.batchStatusLabel.text = "\n".join(lines)
+
+    # -- shortcuts ----------------------------------------------------------------------------
+    def _setTooltipsWithShortcuts(self) -> None:
+        buttons = {"positive": self.ui.positiveButton, "negative": self.ui.negativeButton,
+                   "undo": self.ui.undoButton, "reset": self.ui.resetButton,
+                   "nextLesion": self.ui.nextLesionButton}
+        for name, button in buttons.items():
+            button.toolTip = f"{button.toolTip} (shortcut: {SHORTCUTS[name]})"
+
+    def _installShortcuts(self) -> None:
+        self._removeShortcuts()
+        actions = {
+            "positive": lambda: self.ui.positiveButton.toggle(),
+            "negative": lambda: self.ui.negativeButton.toggle(),
+            "undo": self.onUndo,
+            "reset": self.onReset,
+            "nextLesion": self.onNextLesion,
+        }
+        for name, action in actions.items():
+            shortcut = qt.QShortcut(qt.QKeySequence(SHORTCUTS[name]), slicer.util.mainWindow())
+            shortcut.connect("activated()", action)
+            self._shortcuts.append(shortcut)
+
+    def _removeShortcuts(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.setParent(None)
+            shortcut.deleteLater()
+        self._shortcuts = []
+
+
+#
+# Logic
+#
+class SAM3DPromptLogic(ScriptedLoadableModuleLogic, PromptLogic):
+    """All the work, without Qt; see ``SAM3DPromptLib.logic.PromptLogic``. From the Python
+    console::
+
+        logic = slicer.modules.sam3dprompt.widgetRepresentation().self().logic  # or SAM3DPromptLogic()
+        logic.connect("http://127.0.0.1:8000")
+        segmentation = logic.create_segmentation(volume)
+        logic.set_target(volume, segmentation, logic.add_lesion_segment(segmentation))
+        logic.click([12.5, -40.0, 88.0])                  # world RAS, positive
+        logic.click([15.0, -38.0, 88.0], positive=False)  # negative
+        logic.undo()
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        PromptLogic.__init__(self, client=None, scene=slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return SAM3DPromptParameterNode(super().getParameterNode())
+
+
+#
+# Test
+#
+class SAM3DPromptTest(ScriptedLoadableModuleTest):
+    """The click scenario in real Slicer, against a real server.
+
+    The server: ``SAM3D_TEST_SERVER_URL`` if set; otherwise the test starts
+    ``sam3d serve --model ${SAM3D_TEST_MODEL:-default}`` on a free port, with the ``sam3d``
+    command found on PATH (or ``SAM3D_SERVER_COMMAND``, e.g. ``/path/to/.venv/bin/sam3d``).
+    Without either, the test is skipped with that advice.
+    """
+
+    shape = (40, 48, 44)  # k, j, i
+    tumorCentre = (20, 23, 21)
+    tumorRadius = 6
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+        self._server = None
+
+    def tearDown(self) -> None:
+        if self._server is not None:
+            self._server.terminate()
+            try:
+                self._server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+            self._server = None
+
+    def runTest(self) -> None:
+        for test in (self.test_SAM3DPrompt_ClickScenario, self.test_SAM3DPrompt_Widget):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as reason:
+                self.delayDisplay(f"Skipped: {reason}")
+            finally:
+                self.tearDown()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _serverUrl(self) -> str:
+        url = os.environ.get("SAM3D_TEST_SERVER_URL")
+        if url:
+            return url
+        command = os.environ.get("SAM3D_SERVER_COMMAND") or shutil.which("sam3d")
+        if not command:
+            raise unittest.SkipTest("no SAM3D server: set SAM3D_TEST_SERVER_URL, or put the "
+                                    "`sam3d` command on PATH (or in SAM3D_SERVER_COMMAND)")
+        import socket
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self._server = subprocess.Popen(
+            [command, "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--model", os.environ.get("SAM3D_TEST_MODEL", "default")])
+        url = f"http://127.0.0.1:{port}"
+        client = SAM3DClient(url, timeout=2)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                client.health()
+                return url
+            except SAM3DError:
+                if self._server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"`{command} serve` did not start (exit code {self._server.poll()})")
+                time.sleep(0.5)
+
+    def _phantom(self):
+        """A round 'tumor' in soft tissue, on an oblique, flipped, off-origin grid with non-unit
+        spacing, under a rotating and translating parent transform."""
+        rng = np.random.default_rng(7)
+        k, j, i = np.indices(self.shape)
+        spacing = np.array([2.0, 0.9, 0.8])  # k, j, i
+        distance = np.sqrt(sum(((a - c) * s) ** 2 for a, c, s in zip((k, j, i), self.tumorCentre, spacing)))
+        tumor = distance <= self.tumorRadius * 1.6
+        array = (40 + 15 * rng.standard_normal(self.shape)).astype(np.int16)
+        array[tumor] += 90
+        angle = np.deg2rad(20.0)
+        rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        directions = rotation @ np.diag([1.0, -1.0, 1.0])  # j axis flipped
+        ijkToRas = np.eye(4)
+        ijkToRas[:3, :3] = directions @ np.diag(spacing[::-1])
+        ijkToRas[:3, 3] = [-60.0, 25.0, 110.0]
+        volume = slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRas, name="SAM3DPromptTestVolume")
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        toParent = vtk.vtkTransform()
+        toParent.Translate(5, -12, 30)
+        toParent.RotateWXYZ(25, 0.2, 1.0, 0.3)
+        transform.SetMatrixTransformToParent(toParent.GetMatrix())
+        volume.SetAndObserveTransformNodeID(transform.GetID())
+        return volume, tumor
+
+    @staticmethod
+    def _world(volume, kji):
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        local = ijkToRas.MultiplyPoint([kji[2], kji[1], kji[0], 1.0])[:3]
+        toWorld = vtk.vtkGeneralTransform()
+        volume.GetParentTransformNode().GetTransformToWorld(toWorld)
+        return toWorld.TransformPoint(local)
+
+    @staticmethod
+    def _segmentArray(segmentation, segmentId, volume):
+        return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume).astype(bool)
+
+    # -- tests --------------------------------------------------------------------------------
+    def test_SAM3DPrompt_ClickScenario(self) -> None:
+        """Logic: click, correct, undo bit for bit, hand edit as prior, server down untouched."""
+        url = self._serverUrl()
+        volume, tumor = self._phantom()
+        logic = SAM3DPromptLogic()
+        logic.connect(url, timeout=120)
+        segmentation = logic.create_segmentation(volume)
+        segmentId = logic.add_lesion_segment(segmentation)
+        logic.set_target(volume, segmentation, segmentId)
+        positive, negative = logic.prompt_nodes()
+
+        positive.AddControlPointWorld(*self._world(volume, self.tumorCentre))
+        first = logic.click_points([click_from_markup(positive, 0)])
+        info = logic.client.session_info(logic.session_id)
+        np.testing.assert_allclose(info["points"][0], self.tumorCentre, atol=1e-3)
+        afterFirst = self._segmentArray(segmentation, segmentId, volume)
+        self.assertEqual(int(afterFirst.sum()), first.voxels)
+        self.assertTrue(afterFirst[self.tumorCentre])
+        dice = 2 * (afterFirst & tumor).sum() / max(afterFirst.sum() + tumor.sum(), 1)
+        self.delayDisplay(f"One click: {first.voxels} voxels, Dice {dice:.3f} against the phantom tumor")
+
+        edge = (self.tumorCentre[0], self.tumorCentre[1] + 12, self.tumorCentre[2] + 12)
+        negative.AddControlPointWorld(*self._world(volume, edge))
+        logic.click_points([click_from_markup(negative, 0)])
+        logic.undo()
+        np.testing.assert_array_equal(self._segmentArray(segmentation, segmentId, volume), afterFirst)
+        self.assertEqual(negative.GetNumberOfControlPoints(), 0)
+
+        # A hand edit (as the Segment Editor does) is sent as the prior of the next click.
+        edited = afterFirst.copy()
+        edited[: self.tumorCentre[0]] = False
+        slicer.util.updateSegmentBinaryLabelmapFromArray(edited.astype(np.uint8), segmentation, segmentId, volume)
+        self.assertTrue(logic.click(self._world(volume, self.tumorCentre)).prior_sent)
+
+        # Server down: the segment is left as it was and the error says what to do.
+        before = self._segmentArray(segmentation, segmentId, volume)
+        logic.connect("http://127.0.0.1:9", timeout=5)
+        with self.assertRaises(SAM3DError) as caught:
+            logic.click(self._world(volume, self.tumorCentre))
+        self.assertIn("sam3d serve", user_message(caught.exception))
+        np.testing.assert_array_equal(self._segmentArray(segmentation, segmentId, volume), before)
+        self.delayDisplay("Click scenario passed")
+
+    def test_SAM3DPrompt_Widget(self) -> None:
+        """Widget: a point placed in the positive list is sent on its own and lands in a new segment."""
+        url = self._serverUrl()
+        volume, _ = self._phantom()
+        slicer.util.selectModule("SAM3DPrompt")
+        widget = slicer.modules.SAM3DPromptWidget
+        widget.ui.serverUrlLineEdit.text = url
+        widget._parameterNode.inputVolume = volume
+        widget.ui.positiveButton.checked = True  # place mode on, segmentation created
+        self.assertIsNotNone(widget._parameterNode.segmentation)
+        positive, _ = widget.logic.prompt_nodes()
+        positive.AddControlPointWorld(*self._world(volume, self.tumorCentre))
+        deadline = time.monotonic() + 120
+        while not widget.queue.idle and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        self.assertTrue(widget.queue.idle)
+        self.assertIn("voxels", widget.ui.statusLabel.text)
+        segmentation = widget._parameterNode.segmentation
+        segmentId = widget._parameterNode.segmentID
+        self.assertTrue(self._segmentArray(segmentation, segmentId, volume)[self.tumorCentre])
+        widget.ui.positiveButton.checked = False
+        self.delayDisplay("Widget test passed")
