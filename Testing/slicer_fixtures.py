@@ -52,11 +52,8 @@ def oblique_ijk_to_ras(spacing=(0.8, 1.3, 2.1), origin=(-31.5, 12.25, 47.0)) -> 
 
 def add_volume(scene, array: np.ndarray, ijk_to_ras: np.ndarray, name: str = "volume"):
     """A scalar volume node holding ``array`` (k, j, i) on the grid ``ijk_to_ras``."""
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    node.SetIJKToRASMatrix(numpy_to_matrix(ijk_to_ras))
-    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
-    node.CreateDefaultDisplayNodes()
-    return node
+    assert scene is slicer.mrmlScene, "slicer.util works on slicer.mrmlScene"
+    return slicer.util.addVolumeFromArray(np.ascontiguousarray(array), ijkToRAS=ijk_to_ras, name=name)
 
 
 def load_volume_file(scene, path, name: str = "volume"):

@@ -271,3 +271,56 @@ def test_write_segment_box_keeps_other_segments_of_a_shared_layer(mrml_scene):
     expected[3:7, 4:9, 5:11] = box
     np.testing.assert_array_equal(read_segment_mask(segmentation, first, volume), expected)
     np.testing.assert_array_equal(read_segment_mask(segmentation, second, volume), b)
+
+
+def test_wrong_key_and_too_large_volume_leave_the_segment_untouched(mrml_scene, phantom, start_server):
+    from SAM3DPromptLib.client import AuthenticationError, PayloadTooLarge
+    image_node, label_node = phantom[:2]
+    point = _world(image_node, _tumor_kji(label_node))
+    with start_server("--api-key", "right-key", "--max-voxels", "20000") as url:
+        for key, error, words in (("wrong-key", AuthenticationError, "API key"),
+                                  ("right-key", PayloadTooLarge, "Crop the volume")):
+            logic = PromptLogic(scene=mrml_scene)
+            logic.connect(url, api_key=key)
+            segmentation = logic.create_segmentation(image_node)
+            logic.set_target(image_node, segmentation, logic.add_lesion_segment(segmentation))
+            with pytest.raises(error) as caught:
+                logic.click(point)
+            assert words in user_message(caught.value)
+            assert not _segment(logic).any() and logic.session_id is None and not logic.can_undo
+
+
+def test_server_that_does_not_answer_times_out_with_a_message(mrml_scene, phantom):
+    import socket
+    from SAM3DPromptLib.client import RequestTimedOut
+    image_node, label_node = phantom[:2]
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        logic = PromptLogic(scene=mrml_scene)
+        logic.connect(url, timeout=0.5)
+        segmentation = logic.create_segmentation(image_node)
+        logic.set_target(image_node, segmentation, logic.add_lesion_segment(segmentation))
+        with pytest.raises(RequestTimedOut) as caught:
+            logic.click(_world(image_node, _tumor_kji(label_node)))
+    assert "did not answer within 0.5 s" in user_message(caught.value)
+    assert not _segment(logic).any()
+
+
+def test_segment_made_from_a_surface_is_written_as_voxels(mrml_scene):
+    volume = add_volume(mrml_scene, np.zeros((16, 18, 20), np.int16), oblique_ijk_to_ras())
+    logic = PromptLogic(scene=mrml_scene)
+    segmentation = logic.create_segmentation(volume)
+    segment_id = logic.add_lesion_segment(segmentation)
+    blob = np.zeros((16, 18, 20), bool)
+    blob[4:12, 5:13, 6:14] = True
+    write_segment_box(segmentation, segment_id, volume, (0, 0, 0), blob)
+    segmentation.CreateClosedSurfaceRepresentation()
+    segmentation.SetSourceRepresentationToClosedSurface()  # as after importing a model
+    logic.set_target(volume, segmentation, segment_id)
+    assert segmentation.GetSegmentation().GetSourceRepresentationName() == "Binary labelmap"
+    restored = read_segment_mask(segmentation, segment_id, volume)
+    assert abs(int(restored.sum()) - int(blob.sum())) < 0.25 * blob.sum()  # surface -> voxels again
+    write_segment_box(segmentation, segment_id, volume, (0, 0, 0), np.zeros((2, 2, 2), bool))
+    assert read_segment_mask(segmentation, segment_id, volume).sum() == restored.sum()

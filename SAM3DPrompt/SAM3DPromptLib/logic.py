@@ -24,8 +24,9 @@ from .client import (InvalidServerURL, MaskUpdate, NothingToUndo, SAM3DClient, S
                      SessionExpired, SessionNotFound)
 from .geometry import outside_volume, ras_to_kji
 from .mrml_io import (GeometryError, SegmentFingerprint, VolumeFingerprint, ras_to_ijk_matrix,
-                      read_segment_mask, segment_fingerprint, volume_array, volume_fingerprint,
-                      volume_shape, volume_spacing_kji, world_to_local_matrix, write_segment_box)
+                      read_segment_mask, segment_fingerprint, use_binary_labelmap, volume_array,
+                      volume_fingerprint, volume_shape, volume_spacing_kji, world_to_local_matrix,
+                      write_segment_box)
 from .prompts import Click, PromptError, ensure_prompt_nodes, remove_click_markup
 
 SEGMENT_NAME = "Lesion"
@@ -173,9 +174,11 @@ class PromptLogic:
         same_object = (segmentation_node is self.segmentation_node and segment_id == self.segment_id
                        and volume_node is self.volume_node)
         self.volume_node = volume_node
-        if (segmentation_node is not None and volume_node is not None
-                and not segmentation_node.GetNodeReference(segmentation_node.GetReferenceImageGeometryReferenceRole())):
-            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        if segmentation_node is not None:
+            use_binary_labelmap(segmentation_node)
+            if volume_node is not None and not segmentation_node.GetNodeReference(
+                    segmentation_node.GetReferenceImageGeometryReferenceRole()):
+                segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         self.segmentation_node = segmentation_node
         self.segment_id = segment_id
         if not same_object:

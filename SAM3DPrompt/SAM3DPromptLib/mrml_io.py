@@ -112,6 +112,15 @@ def _full_extent(volume_node) -> Tuple[int, int, int, int, int, int]:
     return 0, i - 1, 0, j - 1, 0, k - 1
 
 
+def use_binary_labelmap(segmentation_node) -> None:
+    """Make voxels the segmentation's source representation (as the Segment Editor does), so
+    that segments made from surfaces (e.g. imported models) can be written voxel by voxel."""
+    name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if segmentation_node.GetSegmentation().GetSourceRepresentationName() != name:
+        segmentation_node.CreateBinaryLabelmapRepresentation()
+        segmentation_node.SetSourceRepresentationToBinaryLabelmap()
+
+
 def segment_fingerprint(segmentation_node, segment_id: str) -> SegmentFingerprint:
     """Changes whenever anyone (this module, the Segment Editor) modifies the segment's voxels."""
     labelmap = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
