@@ -133,6 +133,7 @@ class MaskUpdate:
     interaction: int = 0
     encoder_ran: bool = False
     timing_ms: Dict[str, float] = field(default_factory=dict)
+    wire_bytes: int = 0  # size of the HTTP reply body that carried this update
 
     @property
     def is_empty(self) -> bool:
@@ -210,6 +211,12 @@ class SAM3DClient:
     def _json(self, method: str, path: str, **kwargs: Any) -> Dict[str, Any]:
         return self._request(method, path, **kwargs).json()
 
+    def _update(self, method: str, path: str, **kwargs: Any) -> MaskUpdate:
+        response = self._request(method, path, **kwargs)
+        update = MaskUpdate.from_json(response.json())
+        update.wire_bytes = len(response.content)
+        return update
+
     # -- API ------------------------------------------------------------------------------
     def health(self) -> Dict[str, Any]:
         """``{"status": "ok", "api_version": "1"}``; needs no API key."""
@@ -245,8 +252,7 @@ class SAM3DClient:
         """Add clicks (kji voxel indices; label 1 positive, 0 negative) to the current object."""
         body = {"points": [[float(v) for v in p] for p in points_kji],
                 "labels": [int(v) for v in labels]}
-        return MaskUpdate.from_json(
-            self._json("POST", f"/v1/sessions/{session_id}/interactions", json=body))
+        return self._update("POST", f"/v1/sessions/{session_id}/interactions", json=body)
 
     def set_mask(self, session_id: str, mask: np.ndarray) -> MaskUpdate:
         """Replace the current object by the user's own full-volume mask (sends only its box)."""
@@ -254,11 +260,11 @@ class SAM3DClient:
         lo, hi = mask_bbox(mask)
         box = tuple(slice(l, h) for l, h in zip(lo, hi))
         body = {"bbox": [list(lo), list(hi)], "mask": encode_mask_bits(mask[box])}
-        return MaskUpdate.from_json(self._json("PUT", f"/v1/sessions/{session_id}/mask", json=body))
+        return self._update("PUT", f"/v1/sessions/{session_id}/mask", json=body)
 
     def undo(self, session_id: str) -> MaskUpdate:
         """Undo the last interaction or mask edit; raises NothingToUndo when there is none."""
-        return MaskUpdate.from_json(self._json("POST", f"/v1/sessions/{session_id}/undo"))
+        return self._update("POST", f"/v1/sessions/{session_id}/undo")
 
     def reset(self, session_id: str) -> None:
         """Start the next object: clear points, mask and history; keep the volume and cache."""

@@ -1,0 +1,146 @@
+"""End-to-end interaction speed over HTTP, as the Slicer module sees it: upload time, first-click
+and next-click latency (median of N) and bytes per click reply, on a CT-sized phantom.
+Prints a Markdown table.
+
+    python benchmarks/bench_server.py                        # default model, 200 x 512 x 512
+    python benchmarks/bench_server.py --model PATH --shape 100,256,256 --repeats 10
+    python benchmarks/bench_server.py --server http://host:8000 --api-key KEY
+
+Without --server it starts `sam3d serve` on a free loopback port with --model / --device.
+A first click lands in a part of the volume no crop has covered yet, so the server runs the
+image encoder; a next click lands in the crop of the object being segmented, so it runs only
+the prompt encoder and decoder. Each next click is undone (untimed) before the next one so
+that all N measure the same situation. Reply bytes are compared with the full-volume mask as
+packed bits (what a reply without a bounding box would carry before compression).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAM3DPrompt"))
+
+from SAM3DPromptLib.client import SAM3DClient  # noqa: E402
+
+from sam3d.data.clicks import centre_click  # noqa: E402
+from sam3d.data.phantoms import TUMOR_LABEL, generate_case  # noqa: E402
+from sam3d.serve.launch import running_server  # noqa: E402
+
+GOAL_NEXT_CLICK_MS = 150.0
+GOAL_REPLY_FRACTION = 0.01
+
+
+def first_click_points(shape, spacing, crop_mm: float, count: int, rng) -> list[np.ndarray]:
+    """Points more than a crop apart (so none falls in a crop another one encoded)."""
+    steps = [max(1, int(np.ceil(crop_mm * 1.1 / s))) for s in spacing]
+    grid = np.stack(np.meshgrid(*[np.arange(st // 2, n - st // 4, st) for st, n in zip(steps, shape)],
+                                indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
+    if len(grid) < count:
+        raise SystemExit(f"the volume holds only {len(grid)} crop-separated points; use a larger --shape "
+                         f"or fewer --repeats")
+    return list(grid[rng.choice(len(grid), count, replace=False)])
+
+
+def timed(call, *args):
+    start = time.perf_counter()
+    result = call(*args)
+    return result, (time.perf_counter() - start) * 1000
+
+
+def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
+    rng = np.random.default_rng(0)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    print(f"generating a {shape} phantom ...", file=sys.stderr, flush=True)
+    image, label = generate_case(args.seed, shape)
+    tumor = label.array == TUMOR_LABEL
+    client = SAM3DClient(url, api_key=args.api_key, timeout=600)
+    caps = client.capabilities()
+    model = caps["model"]
+    crop_mm = model["crop_size"] * model["crop_spacing_mm"]
+
+    upload_ms = []
+    session = None
+    for _ in range(args.uploads):
+        if session:
+            client.delete_session(session)
+        session, ms = timed(client.create_session, image.array, image.spacing)
+        upload_ms.append(ms)
+
+    first_ms, first_crops, encoder_ran = [], [], []
+    for point in first_click_points(shape, image.spacing, crop_mm, args.repeats, rng):
+        client.reset(session)
+        update, ms = timed(client.interact, session, [point], [1])
+        first_ms.append(ms)
+        encoder_ran.append(update.encoder_ran)
+
+    client.reset(session)
+    target = centre_click(tumor, image.spacing)
+    client.interact(session, [target], [1])
+    next_ms, sizes, next_encoder = [], [], []
+    for n in range(args.repeats):
+        point = target + rng.uniform(-2, 2, 3)
+        point = np.clip(point, 0, np.asarray(shape) - 1)
+        update, ms = timed(client.interact, session, [point], [n % 2])
+        next_ms.append(ms)
+        sizes.append(update.wire_bytes)
+        next_encoder.append(update.encoder_ran)
+        client.undo(session)
+    info = client.session_info(session)
+    client.delete_session(session)
+
+    full_mask_bytes = int(np.prod(shape) + 7) // 8
+    raw_mb = image.array.nbytes / 1e6
+    median_next = statistics.median(next_ms)
+    median_size = statistics.median(sizes)
+    return [
+        ("server", url),
+        ("model", f"{model['name']} ({model['variant']}, {model['crop_size']}^3 at {model['crop_spacing_mm']} mm)"),
+        ("device", caps["device"]),
+        ("client machine", f"{platform.processor() or platform.machine()}, {platform.system()}"),
+        ("volume (k, j, i)", f"{shape[0]} x {shape[1]} x {shape[2]} int16, {raw_mb:.0f} MB"),
+        ("upload, median of %d" % len(upload_ms), f"{statistics.median(upload_ms) / 1000:.2f} s"),
+        (f"first click, median of {len(first_ms)}",
+         f"{statistics.median(first_ms):.0f} ms (encoder ran: {sum(encoder_ran)}/{len(encoder_ran)})"),
+        (f"next click, median of {len(next_ms)}",
+         f"{median_next:.0f} ms (encoder ran: {sum(next_encoder)}/{len(next_encoder)}; goal <= "
+         f"{GOAL_NEXT_CLICK_MS:.0f} ms: {'met' if median_next <= GOAL_NEXT_CLICK_MS else 'NOT met'})"),
+        ("next click, min / max", f"{min(next_ms):.0f} / {max(next_ms):.0f} ms"),
+        ("bytes per click reply, median / max", f"{median_size:.0f} / {max(sizes)} B"),
+        ("full-volume mask as packed bits", f"{full_mask_bytes} B"),
+        ("click reply / full mask", f"{100 * median_size / full_mask_bytes:.3f} % (goal <= "
+         f"{100 * GOAL_REPLY_FRACTION:.0f} %: {'met' if median_size <= GOAL_REPLY_FRACTION * full_mask_bytes else 'NOT met'})"),
+        ("session counters", f"encoder_runs {info['encoder_runs']}, decoder_runs {info['decoder_runs']}"),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default", help="'default' or a checkpoint path (ignored with --server)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--server", default=None, help="benchmark a running server instead of starting one")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--shape", default="200,512,512", help="phantom shape K,J,I (default 200,512,512)")
+    parser.add_argument("--repeats", type=int, default=20, help="clicks per median (default 20)")
+    parser.add_argument("--uploads", type=int, default=3, help="uploads per median (default 3)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    server = (contextlib.nullcontext(args.server) if args.server else
+              running_server("--model", args.model, "--device", args.device, "--max-voxels", str(1 << 30)))
+    with server as url:
+        rows = run(args, url)
+    print("| measurement | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
