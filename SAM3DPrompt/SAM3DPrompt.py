@@ -338,7 +338,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPointDefined(self, caller, event) -> None:
         """Auto-run: every newly placed point is queued as a click."""
         for index in range(caller.GetNumberOfControlPoints()):
-            pointId = caller.GetNthControlPointID(index)
+            pointId = (caller.GetID(), caller.GetNthControlPointID(index))
             if pointId in self._placedPointIds or \
                     caller.GetNthControlPointPositionStatus(index) != caller.PositionDefined:
                 continue
@@ -485,7 +485,7 @@ class SAM3DPromptLogic(ScriptedLoadableModuleLogic, PromptLogic):
     """All the work, without Qt; see ``SAM3DPromptLib.logic.PromptLogic``. From the Python
     console::
 
-        logic = slicer.modules.sam3dprompt.widgetRepresentation().self().logic  # or SAM3DPromptLogic()
+        logic = slicer.modules.SAM3DPromptWidget.logic  # or SAM3DPromptLogic()
         logic.connect("http://127.0.0.1:8000")
         segmentation = logic.create_segmentation(volume)
         logic.set_target(volume, segmentation, logic.add_lesion_segment(segmentation))

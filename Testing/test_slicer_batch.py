@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slicer_fixtures import load_phantom, mrml_scene, needs_default_model, slicer  # noqa: F401
-from SAM3DPromptLib.batch import BatchCase, load_cases, run_saved_prompts
+from SAM3DPromptLib.batch import load_cases, run_saved_prompts
 from SAM3DPromptLib.client import SAM3DClient
 from SAM3DPromptLib.logic import PromptLogic
 from SAM3DPromptLib.mrml_io import read_segment_mask

@@ -324,3 +324,19 @@ def test_segment_made_from_a_surface_is_written_as_voxels(mrml_scene):
     assert abs(int(restored.sum()) - int(blob.sum())) < 0.25 * blob.sum()  # surface -> voxels again
     write_segment_box(segmentation, segment_id, volume, (0, 0, 0), np.zeros((2, 2, 2), bool))
     assert read_segment_mask(segmentation, segment_id, volume).sum() == restored.sum()
+
+
+def test_switching_server_keeps_the_lesion_and_its_undo(logic, phantom, server_url):
+    image_node, label_node = phantom[:2]
+    tumor = _tumor_kji(label_node)
+    logic.click(_world(image_node, tumor))
+    after_first = _segment(logic)
+    # The same server under another address counts as another server.
+    logic.connect(server_url.replace("127.0.0.1", "localhost"), timeout=60)
+    assert logic.session_id is None and logic.can_undo
+    second = logic.click(_world(image_node, tumor + np.array([0, 5, 5])), positive=False)
+    assert second.uploaded and second.prior_sent and logic.uploads == 2
+    logic.undo()
+    np.testing.assert_array_equal(_segment(logic), after_first)
+    logic.undo()
+    assert not _segment(logic).any()

@@ -181,8 +181,8 @@ class PromptLogic:
                 segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         self.segmentation_node = segmentation_node
         self.segment_id = segment_id
-        if not same_object:
-            self._start_new_object(remove_markups=False)
+        if not same_object:  # the clicks shown are always those of the current lesion
+            self._start_new_object(remove_markups=True)
 
     def create_segmentation(self, volume_node) -> Any:
         """A new segmentation for ``volume_node`` (same grid and parent transform)."""
@@ -439,10 +439,13 @@ class PromptLogic:
         return Request("release", work, lambda result, error: None)
 
     def _forget_session(self) -> None:
-        """Drop the session locally (no network)."""
+        """Drop the session locally (no network). The lesion's clicks and undo stack stay; the
+        next click uploads the volume again and sends the segment as the prior."""
         self.session_id = None
         self._session_fingerprint = None
-        self._start_new_object(remove_markups=False)
+        self._object_needs_reset = False
+        self._server_mask = None
+        self._segment_fp = None
 
     @staticmethod
     def _raise_or(error: Optional[BaseException], value: Any) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Tuple
+from typing import Any, Callable, Deque, Optional, Tuple
 
 from .logic import PromptLogic, Request
 from .prompts import Click, remove_click_markup
