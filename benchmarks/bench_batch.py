@@ -90,7 +90,7 @@ def main() -> int:
         load_s = time.perf_counter() - start
         segmenter = LocalSegmenter(predictor)
         report = run_batch(read_manifest(manifest), OutputFolder(folder / "out"), lambda: segmenter,
-                           segmenter.identity, BatchOptions(progress=False))
+                           f"bench:{spec}", BatchOptions(progress=False))
     done = [row for row in report.rows if row["status"] == "done"]
     if len(done) != args.cases:
         print(f"bench_batch: {args.cases - len(done)} case(s) failed: "

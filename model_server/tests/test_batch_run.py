@@ -132,6 +132,7 @@ def test_a_mixed_manifest_writes_every_output(full_run, phantoms):
         assert float(row["seconds"]) > 0
     log = (full_run / "batch.log").read_text()
     assert all(f"case{seed}: done" in log for seed in SEEDS)
+    assert log.count("segmenter ready") == 1  # one model load for the whole run
     assert sorted(p.name for p in (full_run / ".state").iterdir()) == [f"case{seed}.json" for seed in SEEDS]
 
 

@@ -81,9 +81,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace):
-    from ..model.checkpoint import CheckpointError
+    from ..model.checkpoint import DEFAULT_MODEL_PATH, CheckpointError
 
     spec = args.model if args.model == "default" else str(Path(args.model).resolve())
+    path = DEFAULT_MODEL_PATH if spec == "default" else Path(spec)
+    # The checkpoint file's size and time tell --resume whether the model changed since.
+    stat = path.stat() if path.is_file() else None
+    identity = f"local:{spec}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"local:{spec}"
 
     def make_segmenter():
         from ..engine.predictor import Predictor
@@ -94,7 +98,7 @@ def _local(args: argparse.Namespace):
         except (CheckpointError, ValueError) as error:
             raise CLIError(str(error)) from None
 
-    return make_segmenter, f"local:{spec}"
+    return make_segmenter, identity
 
 
 def _server(args: argparse.Namespace):

@@ -141,7 +141,11 @@ def run_batch(cases: list[CaseSpec], out: OutputFolder, make_segmenter: Callable
                 len(cases), skipped, "on" if options.resume else "off", len(todo), model_identity)
     ran = 0
     try:
-        segmenter = make_segmenter() if todo else None
+        segmenter = None
+        if todo:
+            ready = time.perf_counter()
+            segmenter = make_segmenter()
+            logger.info("segmenter ready in %.2f s: %s", time.perf_counter() - ready, model_identity)
         with tqdm(todo, desc="sam3d batch", unit="case", disable=not options.progress, dynamic_ncols=True) as bar:
             for case in bar:
                 bar.set_postfix_str(case.case_id)
@@ -151,16 +155,22 @@ def run_batch(cases: list[CaseSpec], out: OutputFolder, make_segmenter: Callable
                 if record.status == FAILED:
                     bar.write(f"sam3d batch: case {case.case_id} failed: {record.error}")
     finally:
-        rows = []
-        for case in cases:
-            record = out.current_record(case.case_id, inputs[case.case_id])
-            rows.append(record.summary_row() if record is not None else pending_row(case.case_id))
+        rows = [_summary_row(out, case.case_id, inputs[case.case_id]) for case in cases]
         out.write_summary(rows)
         seconds = time.perf_counter() - start
         logger.info("end: %d case(s) run in %.1f s; summary %s", ran, seconds, out.summary_path)
         logger.removeHandler(handler)
         handler.close()
     return BatchReport(rows, ran, skipped, seconds, [row["id"] for row in rows if row["status"] == FAILED])
+
+
+def _summary_row(out: OutputFolder, case_id: str, inputs: str) -> dict[str, str]:
+    """The case's row from its record; pending when it has none for these inputs, or when its
+    output is gone."""
+    record = out.current_record(case_id, inputs)
+    if record is None or (record.status == DONE and not out.finished(case_id, inputs)):
+        return pending_row(case_id)
+    return record.summary_row()
 
 
 def _run_case(case: CaseSpec, inputs: str, sources: PromptSources, segmenter: Segmenter,

@@ -22,8 +22,6 @@ class SegmenterError(Exception):
 
 
 class Segmenter(Protocol):
-    identity: str  # what decides the masks (the model), recorded for --resume
-
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         """One boolean kji mask of ``volume``'s shape per lesion."""
 
@@ -33,7 +31,6 @@ class LocalSegmenter:
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
-        self.identity = f"local:{predictor.name}:{predictor.config.name}"
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         session = Session(self.predictor, volume.array, volume.spacing)
@@ -53,7 +50,7 @@ class ServerSegmenter:
         self.client = client
         self.client_errors = client_errors
         model = capabilities.get("model", {})
-        self.identity = f"server:{model.get('name')}:{model.get('variant')}"
+        self.identity = f"server:{model.get('name')}:{model.get('variant')}"  # recorded for --resume
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         try:
