@@ -4,8 +4,8 @@
 Euler3D transform (centred initialiser, Mattes mutual information), then an affine transform
 started from it. Both images are first resampled to ``REGISTRATION_SPACING_MM`` isotropic
 voxels, and the metric reads a seeded random sample of them, so a registration takes about a
-second on one CPU core and gives the same transform every time (one ITK thread: the metric's
-sums are then always added in the same order).
+second on one CPU core and gives the same transform every time, on any machine (it runs on one
+ITK thread: sums are then always added in the same order).
 """
 
 from __future__ import annotations
@@ -56,15 +56,20 @@ class Registration:
 def register(target: Volume, source: Volume) -> Registration:
     """Register ``source`` (moving) onto ``target`` (fixed): rigid, then affine."""
     start = time.perf_counter()
-    fixed, moving = _prepared(target), _prepared(source)
-    rigid = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
-        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY))
-    rigid_metric = _optimise(fixed, moving, rigid, RIGID_ITERATIONS)
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter(rigid.GetCenter())
-    affine.SetMatrix(rigid.GetMatrix())
-    affine.SetTranslation(rigid.GetTranslation())
-    affine_metric = _optimise(fixed, moving, affine, AFFINE_ITERATIONS)
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # the same transform on every machine
+    try:
+        fixed, moving = _prepared(target), _prepared(source)
+        rigid = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
+            fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY))
+        rigid_metric = _optimise(fixed, moving, rigid, RIGID_ITERATIONS)
+        affine = sitk.AffineTransform(3)
+        affine.SetCenter(rigid.GetCenter())
+        affine.SetMatrix(rigid.GetMatrix())
+        affine.SetTranslation(rigid.GetTranslation())
+        affine_metric = _optimise(fixed, moving, affine, AFFINE_ITERATIONS)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return Registration(affine, rigid_metric, affine_metric, time.perf_counter() - start)
 
 
@@ -88,6 +93,5 @@ def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, 
     method.SetSmoothingSigmasPerLevel([2.0, 0.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(transform, inPlace=True)
-    method.SetNumberOfThreads(1)
     method.Execute(fixed, moving)
     return float(method.GetMetricValue())
