@@ -200,6 +200,8 @@ def test_an_unreadable_image_is_recorded_and_the_other_cases_finish(tmp_path, ph
         {"id": "broken", "image": "broken.nii.gz", "prompts": [{"lesion": 1, "ras": [0, 0, 0], "label": "+"}]},
         {"id": "outside", "image": str(phantoms / "case2.nii.gz"),
          "prompts": [{"lesion": 1, "ras": [5000, 0, 0], "label": "+"}]},
+        {"id": "no_lesion", "image": str(phantoms / "case3.nii.gz"), "prompts": str(phantoms / "case3.mrk.json"),
+         "reference": str(phantoms / "case3_label.nii.gz"), "reference_label": 7},
         {"id": "last", "image": str(phantoms / "case3.nii.gz"), "prompts": str(phantoms / "case3.mrk.json")},
     ]
     manifest = tmp_path / "manifest.json"
@@ -207,14 +209,15 @@ def test_an_unreadable_image_is_recorded_and_the_other_cases_finish(tmp_path, ph
     out = tmp_path / "out"
     assert batch(manifest, "--out", out, "--model", tiny_model) == 1
     rows = {row["id"]: row for row in summary(out)}
-    assert [rows[i]["status"] for i in ("first", "broken", "outside", "last")] == ["done", "failed", "failed", "done"]
+    assert [row["status"] for row in rows.values()] == ["done", "failed", "failed", "failed", "done"]
     assert f"cannot read {tmp_path / 'broken.nii.gz'}" in rows["broken"]["error"]
     assert "lesion 1: click R,A,S = [5000.0, 0.0, 0.0] mm lies outside the image" in rows["outside"]["error"]
+    assert "case3_label.nii.gz holds no label 7 voxel inside the image" in rows["no_lesion"]["error"]
     assert sorted(p.name for p in out.glob("*.seg.nrrd")) == ["first.seg.nrrd", "last.seg.nrrd"]
     assert "broken: failed" in (out / "batch.log").read_text()
     # --resume runs the failed cases again (and only them)
     assert batch(manifest, "--out", out, "--model", tiny_model, "--resume") == 1
-    assert "4 case(s) in the manifest, 2 finished before (resume on), 2 to run now" in (out / "batch.log").read_text()
+    assert "5 case(s) in the manifest, 2 finished before (resume on), 3 to run now" in (out / "batch.log").read_text()
 
 
 def moved_copy(image: Volume, label: Volume, angles_deg, shift_mm) -> tuple[Volume, Volume]:

@@ -5,7 +5,6 @@
   connected components of a prior mask.
 - ``propagate``: clicks carried onto another scan of the patient by SimpleITK registration.
 - ``segmenters``: clicks -> masks with the engine in-process or on a running server.
-- ``metrics``: Dice and NSD against a reference (MONAI).
 - ``state``: the output folder, per-case records for ``--resume``, summary.csv.
 - ``runner``: ``run_batch``; ``commands``: the `sam3d batch` command line.
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..cli import CLIError
 from .manifest import ManifestError, read_manifest
-from .metrics import DEFAULT_NSD_TOLERANCE_MM
+from ..evaluate.metrics import NSD_TOLERANCE_MM
 from .runner import BatchOptions, BatchReport, check_prompt_sources, run_batch
 from .state import DONE, FAILED, PENDING, OutputFolder
 
@@ -44,8 +44,8 @@ def register(subparsers) -> None:
     parser.add_argument("--prompts-from-mask", nargs="?", const="prior_mask", default=None, metavar="COLUMN",
                         help="cases with a prior mask (column prior_mask, or COLUMN) get one lesion per "
                              "connected component of it, clicked at its most interior voxel")
-    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
-                        help=f"surface distance tolerance of NSD (default {DEFAULT_NSD_TOLERANCE_MM:g} mm)")
+    parser.add_argument("--nsd-tolerance", type=float, default=NSD_TOLERANCE_MM, metavar="MM",
+                        help=f"surface distance tolerance of NSD (default {NSD_TOLERANCE_MM:g} mm)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from ..data.io import Volume, read_image
 from ..data.resample import resample_to_reference
 from ..data.segio import SEG_ENDING, Segment, lesion_color, read_segmentation, write_segmentation
+from ..evaluate.metrics import NSD_TOLERANCE_MM, dice_and_nsd
 from .manifest import CaseSpec, ManifestError
-from .metrics import DEFAULT_NSD_TOLERANCE_MM, dice_and_nsd
 from .prompts import Lesion, lesions_from_markups, lesions_from_mask
 from .propagate import register
 from .segmenters import Segmenter, SegmenterError
@@ -38,7 +38,7 @@ class BatchOptions:
     limit: int | None = None  # run at most this many cases (finished ones skipped by --resume do not count)
     propagate_from: str | None = None  # case id whose clicks go to every case without prompts
     prompts_from_mask: bool = False  # cases with a prior mask take one click per component
-    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM
     progress: bool = True
 
 
@@ -232,6 +232,10 @@ def _reference(case: CaseSpec, volume: Volume) -> np.ndarray:
     labels = grid.with_array(mask.astype(np.uint8))
     if not labels.same_grid(volume):
         labels = resample_to_reference(labels, volume, interpolator="nearest", default_value=0)
+    if not labels.array.any():
+        which = f"label {case.reference_label}" if case.reference_label is not None else "foreground"
+        raise ValueError(f"reference {path} holds no {which} voxel inside the image; check reference / "
+                         "reference_label (Dice and NSD need a reference lesion)")
     return labels.array.astype(bool)
 
 
