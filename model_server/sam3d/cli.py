@@ -44,7 +44,3 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as error:
         print(f"sam3d {args.command}: error: {error}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

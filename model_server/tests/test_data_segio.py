@@ -88,3 +88,14 @@ def test_lesion_colours_are_distinct():
     colours = [lesion_color(n) for n in range(1, len(LESION_COLORS) + 1)]
     assert len(set(colours)) == len(colours)
     assert lesion_color(len(LESION_COLORS) + 1) == lesion_color(1)
+
+
+def test_same_segments_give_the_same_bytes(tmp_path, reference, segments, monkeypatch):
+    import time
+
+    first = write_segmentation(tmp_path / "first.seg.nrrd", segments, reference)
+    # pynrrd stamps the write time into the header; the writer removes that line
+    monkeypatch.setattr(time, "gmtime", lambda *args: time.struct_time((2001, 2, 3, 4, 5, 6, 0, 34, 0)))
+    second = write_segmentation(tmp_path / "second.seg.nrrd", segments, reference)
+    assert first.read_bytes() == second.read_bytes()
+    assert b"# on " not in first.read_bytes()[:1000]

@@ -73,8 +73,18 @@ def write_segmentation(path: str | os.PathLike, segments: list[Segment], referen
         # Full extent for every segment: some Slicer versions crop all segments of a layer to
         # the extent of the first one when they read the file.
         added["extent"] = [0, shape_ijk[0] - 1, 0, shape_ijk[1] - 1, 0, shape_ijk[2] - 1]
-    atomic_write(path, SEG_ENDING, lambda tmp: slicerio.write_segmentation(str(tmp), segmentation))
+    atomic_write(path, SEG_ENDING, lambda tmp: _write_reproducibly(tmp, segmentation))
     return path
+
+
+def _write_reproducibly(path: Path, segmentation: dict) -> None:
+    """slicerio's writer, minus the '# on <time>' comment pynrrd puts in every header, so the
+    same segments always give the same bytes (batch resume compares files)."""
+    slicerio.write_segmentation(str(path), segmentation)
+    content = Path(path).read_bytes()
+    header_end = content.find(b"\n\n")
+    header = b"\n".join(line for line in content[:header_end].split(b"\n") if not line.startswith(b"# on "))
+    Path(path).write_bytes(header + content[header_end:])
 
 
 def read_segmentation(path: str | os.PathLike) -> tuple[list[Segment], Volume]:
