@@ -79,12 +79,13 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         client.reset(session)
         update, ms = timed(client.interact, session, [point], [1])
         first_ms.append(ms)
+        first_crops.append(update.crops)
         encoder_ran.append(update.encoder_ran)
 
     client.reset(session)
     target = centre_click(tumor, image.spacing)
     client.interact(session, [target], [1])
-    next_ms, sizes, next_encoder = [], [], []
+    next_ms, sizes, next_encoder, next_crops = [], [], [], []
     for n in range(args.repeats):
         point = target + rng.uniform(-2, 2, 3)
         point = np.clip(point, 0, np.asarray(shape) - 1)
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         next_ms.append(ms)
         sizes.append(update.wire_bytes)
         next_encoder.append(update.encoder_ran)
+        next_crops.append(update.crops)
         client.undo(session)
     info = client.session_info(session)
     client.delete_session(session)
@@ -108,9 +110,11 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         ("volume (k, j, i)", f"{shape[0]} x {shape[1]} x {shape[2]} int16, {raw_mb:.0f} MB"),
         ("upload, median of %d" % len(upload_ms), f"{statistics.median(upload_ms) / 1000:.2f} s"),
         (f"first click, median of {len(first_ms)}",
-         f"{statistics.median(first_ms):.0f} ms (encoder ran: {sum(encoder_ran)}/{len(encoder_ran)})"),
+         f"{statistics.median(first_ms):.0f} ms (encoder ran: {sum(encoder_ran)}/{len(encoder_ran)}; "
+         f"crops per click: median {statistics.median(first_crops):g})"),
         (f"next click, median of {len(next_ms)}",
-         f"{median_next:.0f} ms (encoder ran: {sum(next_encoder)}/{len(next_encoder)}; goal <= "
+         f"{median_next:.0f} ms (encoder ran: {sum(next_encoder)}/{len(next_encoder)}; crops per click: "
+         f"median {statistics.median(next_crops):g}; goal <= "
          f"{GOAL_NEXT_CLICK_MS:.0f} ms: {'met' if median_next <= GOAL_NEXT_CLICK_MS else 'NOT met'})"),
         ("next click, min / max", f"{min(next_ms):.0f} / {max(next_ms):.0f} ms"),
         ("bytes per click reply, median / max", f"{median_size:.0f} / {max(sizes)} B"),

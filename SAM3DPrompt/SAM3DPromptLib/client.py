@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -132,6 +132,7 @@ class MaskUpdate:
     voxels: int  # foreground voxels of the whole object after the change
     interaction: int = 0
     encoder_ran: bool = False
+    crops: int = 0  # model crops predicted for this request
     timing_ms: Dict[str, float] = field(default_factory=dict)
     wire_bytes: int = 0  # size of the HTTP reply body that carried this update
 
@@ -154,7 +155,7 @@ class MaskUpdate:
         shape = tuple(max(h - l, 0) for l, h in zip(lo, hi))
         return cls(lo=lo, hi=hi, mask=decode_mask_bits(body["mask"], shape),
                    voxels=int(body["voxels"]), interaction=int(body.get("interaction", 0)),
-                   encoder_ran=bool(body.get("encoder_ran", False)),
+                   encoder_ran=bool(body.get("encoder_ran", False)), crops=int(body.get("crops", 0)),
                    timing_ms=dict(body.get("timing_ms", {})))
 
 

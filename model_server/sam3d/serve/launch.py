@@ -28,7 +28,7 @@ def running_server(*args: str, env: dict[str, str] | None = None, startup_timeou
     its base URL once ``/v1/health`` answers. Raises RuntimeError with the server's output if it
     exits or does not come up in time."""
     port = free_port()
-    command = [python, "-m", "sam3d.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+    command = [python, "-m", "sam3d", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", *args]
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile(mode="w+") as log:
