@@ -1,0 +1,128 @@
+"""`sam3d evaluate`: metrics, the classical baseline, the seeded protocol and its report."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sam3d.cli import main
+from sam3d.data.intensity import PRESETS
+from sam3d.data.phantoms import write_dataset
+from sam3d.engine.crops import CropGeometry
+from sam3d.evaluate.classical import region_grow
+from sam3d.evaluate.metrics import dice_and_nsd
+from sam3d.evaluate.protocol import case_rng, label_objects
+from sam3d.model.checkpoint import save_checkpoint
+from sam3d.model.config import get_config
+from sam3d.model.sam3d import Sam3D
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("phantoms"), cases=4, seed=11)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    return save_checkpoint(path, Sam3D(get_config("tiny")), PRESETS["soft_tissue"], "tiny-eval-test",
+                           meta={"target_label": 2, "split_seed": 0})
+
+
+def test_dice_and_nsd_against_hand_computed_values():
+    target = np.zeros((20, 40, 40), dtype=bool)
+    target[5:15, 10:30, 10:30] = True  # 10 x 20 x 20 = 4000 voxels
+    shifted = np.roll(target, 2, axis=2)  # 2 voxels along i
+    dice, nsd = dice_and_nsd(shifted, target, spacing=(3.0, 1.0, 1.0))
+    assert dice == pytest.approx(2 * 10 * 20 * 18 / 8000)
+    assert nsd == pytest.approx(1.0)  # every surface voxel within 2 mm < 5 mm of the other surface
+    far = np.roll(target, 8, axis=2)  # 8 mm: the moved faces are beyond the tolerance
+    assert dice_and_nsd(far, target, spacing=(3.0, 1.0, 1.0))[1] < 0.9
+    # the same voxel shift along k is 6 mm at 3 mm slices: the k faces leave the tolerance
+    assert dice_and_nsd(np.roll(target, 2, axis=0), target, spacing=(3.0, 1.0, 1.0))[1] < 1.0
+    assert dice_and_nsd(np.zeros_like(target), target, (1, 1, 1)) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="target is empty"):
+        dice_and_nsd(target, np.zeros_like(target), (1, 1, 1))
+
+
+def test_region_growing_stays_inside_the_model_crop():
+    rng = np.random.default_rng(0)
+    shape = (40, 120, 120)
+    k, j, i = np.ogrid[:40, :120, :120]
+    ball = ((k - 20) * 2.0) ** 2 + (j - 60.0) ** 2 + (i - 60.0) ** 2 < 14.0 ** 2  # r = 14 mm at (2, 1, 1) mm
+    volume = np.where(ball, 80.0, 20.0) + rng.normal(0, 5, shape)
+    config = get_config("tiny")  # 32 voxels at 2 mm: a 62 mm crop
+    grown = region_grow(volume, (2.0, 1.0, 1.0), (20, 60, 60), config)
+    assert dice_and_nsd(grown, ball, (2.0, 1.0, 1.0))[0] > 0.9
+    # a huge bright slab is cut at the crop's footprint (31 mm either side of the click)
+    slab = np.where(np.abs(i - 60) < 50, 80.0, 20.0) + 0 * k + 0 * j + rng.normal(0, 5, shape)
+    grown = region_grow(slab, (2.0, 1.0, 1.0), (20, 60, 60), config)
+    lo, hi = CropGeometry.around((20, 60, 60), (2.0, 1.0, 1.0), shape, 32, 2.0).footprint()
+    assert (lo, hi) == ((5, 29, 29), (36, 92, 92))
+    inside = grown[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    assert inside.mean() > 0.95 and grown.sum() == inside.sum()
+
+
+def test_clicks_are_seeded_per_case_and_objects_are_components():
+    first = case_rng(3, "case_a").integers(1000, size=5)
+    assert np.array_equal(first, case_rng(3, "case_a").integers(1000, size=5))
+    assert not np.array_equal(first, case_rng(4, "case_a").integers(1000, size=5))
+    assert not np.array_equal(first, case_rng(3, "case_b").integers(1000, size=5))
+    mask = np.zeros((5, 5, 5), dtype=bool)
+    mask[0, 0, 0] = mask[1, 1, 1] = True  # diagonal neighbours: one object
+    mask[4, 4, 4] = True
+    assert label_objects(mask)[1] == 2
+
+
+def _numbers(report: dict) -> dict:
+    """The report without wall-clock fields."""
+    cases = [{k: v for k, v in case.items() if k not in ("seconds", "timing_ms")} for case in report["per_case"]]
+    return {**{k: v for k, v in report.items() if k not in ("seconds", "per_case")}, "per_case": cases}
+
+
+def test_evaluation_is_deterministic_and_writes_the_report(phantoms, tiny_model, tmp_path, capsys):
+    runs = []
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        args = ["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--split", "all",
+                "--clicks", "3", "--seed", str(seed), "--out", str(tmp_path / name), "--device", "cpu"]
+        assert main(args) == 0
+        runs.append(json.loads((tmp_path / name / "report.json").read_text()))
+    a, b, c = runs
+    assert _numbers(a) == _numbers(b)  # same seed: the same clicks and the same numbers
+    first_clicks = lambda report: [case["clicks"][0]["point_kji"] for case in report["per_case"]]
+    assert first_clicks(a) != first_clicks(c)
+    for key in ("mean_dice", "mean_nsd", "per_case", "clicks", "dice_by_click", "classical"):
+        assert key in a, key
+    assert a["clicks"] == 3 and len(a["dice_by_click"]) == 3 and a["cases"] == 4
+    assert a["mean_dice"] == pytest.approx(np.mean([case["dice"] for case in a["per_case"]]))
+    for case in a["per_case"]:
+        assert all(0.0 <= d <= 1.0 for d in case["dice_by_click"] + case["nsd_by_click"])
+        assert case["clicks"][0]["label"] == 1 and len(case["clicks"]) >= 1
+        assert 0.0 <= case["classical_dice"] <= 1.0
+    with open(tmp_path / "a" / "report.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    methods = {row["method"] for row in rows}
+    assert "tiny-eval-test" in methods and any(m.startswith("SimpleITK") for m in methods)
+    assert len([r for r in rows if r["case_id"] != "mean" and r["method"] == "tiny-eval-test"]) == 4 * 3
+    assert (tmp_path / "a" / "dice_by_click.png").read_bytes()[:4] == b"\x89PNG"
+    assert "mean Dice" in capsys.readouterr().out
+
+
+def test_evaluate_rejects_bad_input(phantoms, tiny_model, tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path / "none.pt"), "--data", str(phantoms),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(tmp_path / "nothing"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--clicks", "0",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--clicks" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--target-label", "liver",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "liver" in capsys.readouterr().err
