@@ -9,6 +9,7 @@ import torch
 
 from sam3d.data.intensity import PRESETS
 from sam3d.engine.predictor import Predictor
+from sam3d.engine import session as session_module
 from sam3d.engine.session import NothingToUndo, Session, segment
 from sam3d.model.checkpoint import save_checkpoint
 from sam3d.model.config import get_config
@@ -197,3 +198,15 @@ def test_segment_is_one_interaction_of_a_fresh_session(predictor, volume):
     session.interact([CENTRE], [1])
     assert mask.dtype == bool and mask.shape == SHAPE
     np.testing.assert_array_equal(mask, session.mask)
+
+
+def test_undo_history_is_bounded(predictor, volume, monkeypatch):
+    monkeypatch.setattr(session_module, "UNDO_DEPTH", 2)
+    session = Session(predictor, volume, SPACING)
+    for j in (36.0, 40.0, 44.0):
+        session.interact([[12.0, j, 40.0]], [1])
+    session.undo()
+    session.undo()
+    assert session.interactions == 1 and len(session.points) == 1
+    with pytest.raises(NothingToUndo):
+        session.undo()

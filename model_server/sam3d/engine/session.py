@@ -35,6 +35,7 @@ from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tou
 from .predictor import Predictor
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
+UNDO_DEPTH = 64  # interactions an object remembers for undo
 
 
 class NothingToUndo(Exception):
@@ -291,6 +292,7 @@ class Session:
             previous = old[_slices(changed)].copy()
         self._history.append(_HistoryEntry(change_box, previous, len(self.points),
                                            self.interactions, self._extent))
+        del self._history[:-UNDO_DEPTH]
         if changed is not None:
             after = new[_slices(changed)]
             self.voxels += int(after.sum()) - int(previous.sum())
