@@ -129,6 +129,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="'default' or a checkpoint path (ignored with --server)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None, help="the started server's --threads")
     parser.add_argument("--server", default=None, help="benchmark a running server instead of starting one")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--shape", default="200,512,512", help="phantom shape K,J,I (default 200,512,512)")
@@ -136,8 +137,9 @@ def main() -> int:
     parser.add_argument("--uploads", type=int, default=3, help="uploads per median (default 3)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    threads = ["--threads", str(args.threads)] if args.threads else []
     server = (contextlib.nullcontext(args.server) if args.server else
-              running_server("--model", args.model, "--device", args.device, "--max-voxels", str(1 << 30)))
+              running_server("--model", args.model, "--device", args.device, "--max-voxels", str(1 << 30), *threads))
     with server as url:
         rows = run(args, url)
     print("| measurement | value |\n|---|---|")

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
                         help="a session expires after this long without requests")
     parser.add_argument("--max-upload-bytes", type=int, default=defaults.max_upload_bytes)
     parser.add_argument("--max-voxels", type=int, default=defaults.max_voxels)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the model (default: PyTorch's choice)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(func=run)
 
@@ -55,6 +57,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
     if args.session_ttl <= 0:
         raise CLIError("--session-ttl must be positive seconds")
+    if args.threads is not None and args.threads < 1:
+        raise CLIError("--threads must be at least 1")
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port {args.port} is not a TCP port (0-65535)")
     return ServerSettings(api_key=api_key, max_sessions=args.max_sessions, session_ttl_s=args.session_ttl,
@@ -65,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     import uvicorn  # the server's heavy imports only once the arguments are known to be good
 
+    import torch
+
     from ..engine.predictor import Predictor
     from .app import create_app
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     try:
         predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
