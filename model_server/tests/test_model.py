@@ -37,8 +37,8 @@ def test_output_shapes(name):
         features = model.encode(image)
         logits = model.predict(features, points, labels)
     grid = config.token_grid
-    assert [tuple(level.shape) for level in features.levels] == [(2, config.neck_dim, grid, grid, grid)] * 4
-    assert tuple(features.image_low.shape) == (2, 1, 2 * grid, 2 * grid, 2 * grid)
+    assert tuple(features.last_level.shape) == (2, config.neck_dim, grid, grid, grid)
+    assert tuple(features.static_fusion.shape) == (2, config.decoder_dim, 2 * grid, 2 * grid, 2 * grid)
     assert tuple(logits.shape) == (2, 2, crop, crop, crop)
 
 
@@ -46,6 +46,24 @@ def test_vit_b_geometry_matches_the_paper():
     config = get_config("vit_b")
     assert (config.crop_size, config.crop_spacing_mm, config.token_grid) == (128, 1.0, 32)
     assert [b + 1 for b in config.neck_blocks] == [3, 6, 9, 12]
+
+
+def test_split_fusion_equals_the_plain_concatenated_convolution():
+    """The cached static share plus the per-click share is the published decoder's fusion."""
+    torch.manual_seed(3)
+    model = Sam3D(get_config("tiny")).eval()
+    image = torch.randn(1, 1, 32, 32, 32)
+    points, labels = random_prompts(1, 32)
+    decoder = model.decoder
+    with torch.no_grad():
+        levels = model.image_encoder(image)
+        low = torch.nn.functional.avg_pool3d(image, 2)
+        levels[-1] = model.prompt_encoder(levels[-1], points, labels, None)
+        maps = [decoder._level_map(i, level) for i, level in enumerate(levels)]
+        plain = decoder.head(decoder.fuse(torch.cat([*maps, low], 1)))
+        plain = torch.nn.functional.interpolate(plain, size=(32,) * 3, mode="trilinear", align_corners=False)
+        split = model(image, points, labels)
+    assert (plain - split).abs().max() < 1e-4
 
 
 def test_wrong_input_shape_is_refused():

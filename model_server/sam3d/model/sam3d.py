@@ -15,13 +15,22 @@ from .prompt_encoder import PromptEncoder3D
 
 @dataclass
 class ImageFeatures:
-    """What the encoder computes once per crop and the engine caches."""
+    """What the encoder computes once per crop and the engine caches.
 
-    levels: list[torch.Tensor]  # one [B, neck_dim, T, T, T] map per neck
-    image_low: torch.Tensor  # the crop at the decoder's resolution [B, 1, 2T, 2T, 2T]
+    Only the last feature map depends on the prompts (the prompt encoder updates it); the
+    decoder's work on the other levels and on the image, up to and including their share of the
+    fusion convolution, is done once here (``static_fusion``), so a click runs only the prompt
+    encoder, the last level's decoder branch and the head.
+    """
+
+    last_level: torch.Tensor  # [B, neck_dim, T, T, T]
+    static_fusion: torch.Tensor  # prompt-independent part of the fusion conv [B, decoder_dim, 2T, 2T, 2T]
 
     def to(self, device: torch.device | str) -> "ImageFeatures":
-        return ImageFeatures([level.to(device) for level in self.levels], self.image_low.to(device))
+        return ImageFeatures(self.last_level.to(device), self.static_fusion.to(device))
+
+    def detach(self) -> "ImageFeatures":
+        return ImageFeatures(self.last_level.detach(), self.static_fusion.detach())
 
 
 def conv_in_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -31,7 +40,12 @@ def conv_in_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 
 class AggregationDecoder(nn.Module):
     """Per level two conv-IN-ReLU and x2 upsampling; concatenation with the low-res image;
-    conv-IN-ReLU; conv to classes; upsampling to the crop size."""
+    conv-IN-ReLU; conv to classes; upsampling to the crop size.
+
+    The fusion convolution over the concatenation [level maps..., image] is linear, so it is
+    computed as the sum of a prompt-independent part (all levels but the last, and the image)
+    and the last level's part - the same numbers, split so the first part can be cached.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -43,11 +57,24 @@ class AggregationDecoder(nn.Module):
         )
         self.fuse = conv_in_relu(dim * len(config.neck_blocks) + 1, dim)
         self.head = nn.Conv3d(dim, config.num_classes, kernel_size=1)
+        last = len(config.neck_blocks) - 1
+        self.last_channels = slice(last * dim, (last + 1) * dim)  # the last level's input channels
 
-    def forward(self, levels: list[torch.Tensor], image_low: torch.Tensor) -> torch.Tensor:
-        maps = [F.interpolate(block(level), scale_factor=2, mode="trilinear", align_corners=False)
-                for block, level in zip(self.levels, levels)]
-        logits = self.head(self.fuse(torch.cat([*maps, image_low.to(maps[0].dtype)], dim=1)))
+    def _level_map(self, index: int, level: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.levels[index](level), scale_factor=2, mode="trilinear", align_corners=False)
+
+    def static_fusion(self, levels: list[torch.Tensor], image_low: torch.Tensor) -> torch.Tensor:
+        """Fusion-conv share (bias included) of every level but the last, and of the image."""
+        maps = [self._level_map(index, level) for index, level in enumerate(levels[:-1])]
+        weight = self.fuse[0].weight
+        static_weight = torch.cat([weight[:, :self.last_channels.start], weight[:, self.last_channels.stop:]], 1)
+        inputs = torch.cat([*maps, image_low.to(maps[0].dtype if maps else image_low.dtype)], dim=1)
+        return F.conv3d(inputs, static_weight, self.fuse[0].bias, padding=1)
+
+    def forward(self, static_fusion: torch.Tensor, last_level: torch.Tensor) -> torch.Tensor:
+        last_map = self._level_map(len(self.levels) - 1, last_level)
+        fused = static_fusion + F.conv3d(last_map, self.fuse[0].weight[:, self.last_channels], padding=1)
+        logits = self.head(self.fuse[2](self.fuse[1](fused)))
         return F.interpolate(logits, size=(self.crop_size,) * 3, mode="trilinear", align_corners=False)
 
 
@@ -68,7 +95,8 @@ class Sam3D(nn.Module):
         if image.dim() != 5 or tuple(image.shape[1:]) != expected:
             raise ValueError(f"image must be [B, {', '.join(map(str, expected))}], got {list(image.shape)}")
         low = F.avg_pool3d(image, kernel_size=self.config.token_stride // 2)
-        return ImageFeatures(self.image_encoder(image), low)
+        levels = self.image_encoder(image)
+        return ImageFeatures(levels[-1], self.decoder.static_fusion(levels, low))
 
     def predict(self, features: ImageFeatures, points: torch.Tensor, labels: torch.Tensor,
                 mask_prompt: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,9 +104,9 @@ class Sam3D(nn.Module):
         if points.dim() != 3 or points.shape[-1] != 3 or labels.shape != points.shape[:2]:
             raise ValueError(f"points must be [B, N, 3] and labels [B, N], got {list(points.shape)} "
                              f"and {list(labels.shape)}")
-        levels = list(features.levels)
-        levels[-1] = self.prompt_encoder(levels[-1], points.to(levels[-1].dtype), labels.long(), mask_prompt)
-        return self.decoder(levels, features.image_low)
+        last = features.last_level
+        last = self.prompt_encoder(last, points.to(last.dtype), labels.long(), mask_prompt)
+        return self.decoder(features.static_fusion, last)
 
     def forward(self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor,
                 mask_prompt: torch.Tensor | None = None) -> torch.Tensor:
