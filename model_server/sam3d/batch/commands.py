@@ -102,10 +102,10 @@ def _local(args: argparse.Namespace):
 
 
 def _server(args: argparse.Namespace):
-    from ..engine.commands import _slicer_client
+    from ..engine.commands import slicer_client
     from .segmenters import ServerSegmenter
 
-    client_module = _slicer_client()
+    client_module = slicer_client()
     try:
         client = client_module.SAM3DClient(args.server, api_key=args.api_key, timeout=args.timeout)
         capabilities = client.capabilities()

@@ -78,7 +78,7 @@ def collect_points(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     return points, labels
 
 
-def _slicer_client():
+def slicer_client():
     """SAM3DPromptLib.client, from the path or from this checkout's SAM3DPrompt/ folder."""
     try:
         return importlib.import_module("SAM3DPromptLib.client")
@@ -91,7 +91,7 @@ def _slicer_client():
 
 
 def segment_remote(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels) -> np.ndarray:
-    client_module = _slicer_client()
+    client_module = slicer_client()
     try:
         client = client_module.SAM3DClient(args.server, api_key=args.api_key, timeout=args.timeout)
         client.capabilities()
