@@ -93,7 +93,8 @@ needs_default_model = pytest.mark.skipif(
 
 
 def load_phantom(scene, directory: Path, seed: int = 0, shape=(40, 40, 40), name: str = "phantom"):
-    """A synthetic CT with a tumor, written as NRRD by sam3d's IO and read by Slicer's reader.
+    """A synthetic CT with a tumor (shape None: the generator's own drawn size), written as NRRD
+    by sam3d's IO and read by Slicer's reader.
 
     Returns (image node, label node, image Volume, label Volume), the Volumes as generated."""
     from sam3d.data.io import write_image
