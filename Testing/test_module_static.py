@@ -107,9 +107,9 @@ def test_extension_cmake_follows_the_template_and_its_urls_name_repository_files
     for shot in re.search(r'EXTENSION_SCREENSHOTURLS "([^"]+)"', text).group(1).split():
         path = REPO / shot.split("/main/", 1)[1]
         if not path.is_file() and not DEFAULT_MODEL.is_file():
-            pytest.skip(f"{path.relative_to(REPO)} is made by SAM3DPrompt/Testing/make_workflow_figure.py "
+            pytest.skip(f"{path.relative_to(REPO)} is made by Resources/Screenshots/make_workflow_figure.py "
                         "once the default model is trained")
-        assert path.is_file(), f"screenshot {path} missing: run SAM3DPrompt/Testing/make_workflow_figure.py"
+        assert path.is_file(), f"screenshot {path} missing: run Resources/Screenshots/make_workflow_figure.py"
 
 
 def test_module_has_slicers_four_classes_and_a_registered_test():
@@ -164,10 +164,20 @@ def test_slicer_side_parses_as_python_3_9_with_allowed_imports_only():
             assert not bad, f"{path.relative_to(REPO)} imports {bad}: the Slicer side must stay torch-free"
 
 
+def _python39() -> str:
+    """A working Python 3.9 (Slicer 5.x's version): on PATH or installed by pyenv; '' if none."""
+    candidates = [shutil.which("python3.9") or ""]
+    candidates += sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.9*/bin/python3.9"))
+    for candidate in candidates:
+        if candidate and subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    return ""
+
+
 def test_slicer_side_compiles_with_a_real_python_3_9_when_available():
-    python39 = shutil.which("python3.9")
-    if python39 is None or subprocess.run([python39, "-c", "pass"], capture_output=True).returncode != 0:
-        pytest.skip("no working python3.9 on PATH (the ast check above still ran)")
+    python39 = _python39()
+    if not python39:
+        pytest.skip("no working python3.9 (PATH or pyenv); the ast check above still ran")
     version = subprocess.run([python39, "-c", "import sys; print(sys.version_info[:2])"],
                              capture_output=True, text=True).stdout.strip()
     assert version == "(3, 9)"
