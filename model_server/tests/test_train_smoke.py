@@ -70,6 +70,8 @@ def test_resume_continues_exactly(phantoms, tmp_path):
     halves = write_config(tmp_path / "halves.yaml", **recipe, out_dir=str(tmp_path / "halves"))
     assert main(["train", str(halves), "--no-progress", "--max-steps", "3"]) == 0
     assert main(["train", str(halves), "--no-progress"]) == 2  # the folder holds a run: must say --resume
+    with open(tmp_path / "halves" / "train_log.csv", "a") as log:  # as if it died after a log row at step 5
+        log.write("5,0.8,0.001,1.0,0.1,,,1.0,1.0,1.0\n")
     assert main(["train", str(halves), "--no-progress", "--resume"]) == 0
     a = read_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
     b = read_checkpoint(tmp_path / "halves" / "last.pt")["state_dict"]

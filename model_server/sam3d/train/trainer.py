@@ -105,7 +105,9 @@ class Trainer:
         else:
             self.preset = PRESETS[config.preset]
 
-    def _build_model(self) -> None:
+    def build_model(self, total_steps: int) -> None:
+        """The model (vit_b: SAM's weights, frozen as the method freezes), its optimiser over the
+        trainable tensors, the schedule over ``total_steps`` and the loss."""
         torch.manual_seed(self.config.seed)
         if self.model_config.sam_pos_grid:
             self.model, _ = build_from_sam(self.model_config, self.config.sam_checkpoint)
@@ -117,7 +119,7 @@ class Trainer:
         self.model.set_activation_checkpointing(self.checkpointing)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        self.total_steps = self._total_steps()
+        self.total_steps = total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True,
                                   lambda_dice=1.0, lambda_ce=1.0)
@@ -173,7 +175,7 @@ class Trainer:
         of the step: points, labels and mask prompt (None without rounds)."""
         if not rounds:
             return points, labels, None
-        detached = ImageFeatures([level.detach() for level in features.levels], features.image_low.detach())
+        detached = features.detach()
         truth = target[:, 0].cpu().numpy() > 0.5
         mask = None
         with torch.no_grad():
@@ -258,7 +260,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         self._prepare_data()
-        self._build_model()
+        self.build_model(self._total_steps())
         self.elapsed = 0.0
         start_step, best = self._restore() if self.resume else (0, None)
         last_step = self.total_steps if config.max_steps is None else min(self.total_steps, config.max_steps)
@@ -271,6 +273,8 @@ class Trainer:
 
         writer = SummaryWriter(str(self.out_dir / "tensorboard"))
         new_log = not (self.resume and log_path.is_file())
+        if not new_log:
+            _truncate_log(log_path, start_step)
         per_epoch = self.total_steps // config.epochs
         window: list[tuple[float, float]] = []
         started = time.perf_counter() - self.elapsed
@@ -326,6 +330,16 @@ class Trainer:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the saved state (a run stopped between two checkpoints)."""
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+    with open(path, "w", newline="") as handle:
+        log = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        log.writeheader()
+        log.writerows(rows)
 
 
 def _one_thread(_: int) -> None:
