@@ -24,3 +24,16 @@ def sam_vit_b_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sam") / "sam_vit_b_01ec64.pth"
     torch.save(sam.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random-weight `tiny` checkpoint: for everything that does not need a trained model."""
+    from sam3d.data.intensity import PRESETS
+    from sam3d.model.checkpoint import save_checkpoint
+    from sam3d.model.config import get_config
+    from sam3d.model.sam3d import Sam3D
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
+                           PRESETS["soft_tissue"], "tiny-random")

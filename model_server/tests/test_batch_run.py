@@ -12,30 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from scipy import ndimage
 
 from sam3d.batch.state import OutputFolder
 from sam3d.cli import main
 from sam3d.data.clicks import centre_click
-from sam3d.data.intensity import PRESETS
 from sam3d.data.io import Volume, read_image, write_image
 from sam3d.data.markups import write_markups
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case
 from sam3d.data.segio import lesion_color, read_segmentation
-from sam3d.model.checkpoint import save_checkpoint
-from sam3d.model.config import get_config
-from sam3d.model.sam3d import Sam3D
 
 SHAPE = (32, 64, 64)
 SEEDS = (0, 1, 2, 3, 4)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
-                           PRESETS["soft_tissue"], "tiny-random")
 
 
 def tumor_clicks_ras(image: Volume, label: np.ndarray) -> list[np.ndarray]:

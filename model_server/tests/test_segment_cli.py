@@ -12,29 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from sam3d.cli import main
-from sam3d.data.intensity import PRESETS
 from sam3d.data.io import Volume, read_image, write_image
 from sam3d.data.markups import read_markups, write_markups
 from sam3d.data.segio import read_segmentation
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import segment
-from sam3d.model.checkpoint import save_checkpoint
-from sam3d.model.config import get_config
-from sam3d.model.sam3d import Sam3D
 from sam3d.serve.launch import running_server
 
 SHAPE = (30, 72, 64)
 CLICK_KJI = (9.0, 20.0, 44.0)  # off-centre: a mirrored axis would put it elsewhere
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
-                           PRESETS["soft_tissue"], "tiny-random")
 
 
 @pytest.fixture(scope="module")

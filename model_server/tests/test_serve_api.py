@@ -9,32 +9,20 @@ import threading
 import time
 import zlib
 from contextlib import redirect_stderr
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-import torch
 
 from sam3d.cli import main
-from sam3d.data.intensity import PRESETS
-from sam3d.model.checkpoint import save_checkpoint
-from sam3d.model.config import get_config
-from sam3d.model.sam3d import Sam3D
 from sam3d.serve.launch import running_server
 from sam3d.serve.openapi import DEFAULT_PATH, openapi_text
-from sam3d.serve.wire import decode_mask_bits, encode_mask_bits
+from sam3d.serve.wire import encode_mask_bits
+from wire_helpers import apply_mask_update as apply
 
 SHAPE = (20, 64, 64)
 SPACING = (2.5, 0.8, 0.8)
 CENTRE = [10.0, 32.0, 32.0]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
-                           PRESETS["soft_tissue"], "tiny-random")
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +56,6 @@ def create(base: str, array: np.ndarray | None = None, headers=None) -> str:
 def click(base: str, session: str, points, labels, headers=None) -> requests.Response:
     return requests.post(f"{base}/v1/sessions/{session}/interactions",
                          json={"points": points, "labels": labels}, headers=headers, timeout=60)
-
-
-def apply(full: np.ndarray, update: dict) -> np.ndarray:
-    lo, hi = update["bbox"]
-    shape = tuple(h - l for l, h in zip(lo, hi))
-    if min(shape) > 0:
-        full[tuple(slice(l, h) for l, h in zip(lo, hi))] = decode_mask_bits(update["mask"], shape)
-    return full
 
 
 def assert_error(reply: requests.Response, status: int, code: str) -> dict:

@@ -15,7 +15,8 @@ from sam3d.data.clicks import centre_click
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case
 from sam3d.model.checkpoint import DEFAULT_MODEL_PATH
 from sam3d.serve.launch import running_server
-from sam3d.serve.wire import decode_mask_bits, encode_mask_bits
+from sam3d.serve.wire import encode_mask_bits
+from wire_helpers import apply_mask_update as apply
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(),
                                 reason="the bundled default model (sam3d/models/default.pt) is not trained yet")
@@ -35,14 +36,6 @@ def open_session(url: str, image) -> str:
                                   "spacing": ",".join(map(str, image.spacing))})
     assert reply.status_code == 201, reply.text
     return reply.json()["session_id"]
-
-
-def apply(full: np.ndarray, update: dict) -> np.ndarray:
-    lo, hi = update["bbox"]
-    shape = tuple(h - l for l, h in zip(lo, hi))
-    if min(shape) > 0:
-        full[tuple(slice(l, h) for l, h in zip(lo, hi))] = decode_mask_bits(update["mask"], shape)
-    return full
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
