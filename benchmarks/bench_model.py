@@ -46,7 +46,7 @@ def measure(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
-    config = get_config(args.variant)
+    config = get_config(args.variant, **({"crop_size": args.crop_size} if args.crop_size else {}))
     model = Sam3D(config, fused_patch_embed=args.path == "fused").to(device).eval()
     crop = config.crop_size
     image = torch.randn(1, 1, crop, crop, crop, device=device)
@@ -87,7 +87,8 @@ def measure(args: argparse.Namespace) -> dict:
 
 def child(variant: str, part: str, path: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", "--variants", variant, "--part", part, "--path", path,
-               "--device", args.device, "--dtype", args.dtype, "--repeats", str(args.repeats)]
+               "--device", args.device, "--dtype", args.dtype, "--repeats", str(args.repeats),
+               "--crop-size", str(args.crop_size)]
     environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
     if result.returncode:
@@ -101,6 +102,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--parts", default="patch_embed,encoder,click", help="which rows to measure")
+    parser.add_argument("--crop-size", type=int, default=0, help="override the variants' crop size (dry runs)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--part", default="encoder", help=argparse.SUPPRESS)
     parser.add_argument("--path", default="fused", help=argparse.SUPPRESS)
@@ -114,8 +117,9 @@ def main() -> None:
     print("| variant | part | patch embedding | median ms | peak MB |")
     print("|---|---|---|---|---|")
     for variant in args.variants.split(","):
-        rows = [("patch_embed", "fused"), ("patch_embed", "reference"), ("encoder", "fused"),
-                ("encoder", "reference"), ("click", "fused")]
+        rows = [(part, path) for part, path in (("patch_embed", "fused"), ("patch_embed", "reference"),
+                                                ("encoder", "fused"), ("encoder", "reference"), ("click", "fused"))
+                if part in args.parts.split(",")]
         results = {}
         for part, path in rows:
             results[part, path] = result = child(variant, part, path, args)
@@ -124,7 +128,7 @@ def main() -> None:
             else:
                 print(f"| {variant} | {part} | {path} | {result['median_ms']:.1f} | {result['peak_mb']:.1f} |")
             sys.stdout.flush()
-        fused, reference = results["patch_embed", "fused"], results["patch_embed", "reference"]
+        fused, reference = results.get(("patch_embed", "fused"), {}), results.get(("patch_embed", "reference"), {})
         if "peak_mb" in fused and "peak_mb" in reference and fused["peak_mb"] > 0:
             print(f"| {variant} | patch_embed | reference / fused peak memory | "
                   f"{reference['median_ms'] / fused['median_ms']:.1f}x time | "

@@ -128,6 +128,7 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="'default' or a checkpoint path (ignored with --server)")
+    parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth, for a vit_b adapter checkpoint")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="the started server's --threads")
     parser.add_argument("--server", default=None, help="benchmark a running server instead of starting one")
@@ -137,9 +138,11 @@ def main() -> int:
     parser.add_argument("--uploads", type=int, default=3, help="uploads per median (default 3)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    threads = ["--threads", str(args.threads)] if args.threads else []
+    extra = ["--threads", str(args.threads)] if args.threads else []
+    if args.sam_checkpoint:
+        extra += ["--sam-checkpoint", args.sam_checkpoint]
     server = (contextlib.nullcontext(args.server) if args.server else
-              running_server("--model", args.model, "--device", args.device, "--max-voxels", str(1 << 30), *threads))
+              running_server("--model", args.model, "--device", args.device, "--max-voxels", str(1 << 30), *extra))
     with server as url:
         rows = run(args, url)
     print("| measurement | value |\n|---|---|")
