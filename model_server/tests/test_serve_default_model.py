@@ -64,7 +64,7 @@ def test_a_click_inside_a_phantom_tumor_returns_a_mask_overlapping_it(url, recor
     record_property("dice_one_click", [round(s, 3) for s in scores])
     print(f"one-click Dice on phantoms {CASES}: {[round(s, 3) for s in scores]}, mean {np.mean(scores):.3f}")
     assert all(clicked_voxel_kept), f"the clicked voxel is missing from the mask: {clicked_voxel_kept}"
-    assert min(scores) > 0.2 and np.mean(scores) > 0.5
+    assert min(scores) > 0.5 and np.mean(scores) > 0.75  # measured: 0.938, 0.727, 0.903
 
 
 def test_a_negative_click_removes_a_wrongly_included_region(url, record_property):
@@ -97,4 +97,4 @@ def test_a_negative_click_removes_a_wrongly_included_region(url, record_property
     print(f"negative click: {kept:.1%} of the leak kept, tumor Dice {dice(mask, tumor):.3f}")
     assert not mask[tuple(centre)], "the negatively clicked voxel is still in the mask"
     assert kept < 0.5
-    assert dice(mask, tumor) > 0.2, "the negative click wiped out the tumor as well"
+    assert dice(mask, tumor) > 0.7, "the negative click wiped out the tumor as well"
