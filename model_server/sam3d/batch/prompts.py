@@ -19,7 +19,6 @@ file with the lists "Lesion 1", "Lesion 2", "Lesion 2 negative" is two.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from scipy import ndimage
 
 from ..data.clicks import centre_click
 from ..data.io import Volume, read_image
-from ..data.markups import MarkupsError, _file_stem, is_negative_name, read_markups
+from ..data.markups import MarkupsError, is_negative_name, read_point_lists
 from ..data.segio import SEG_ENDING, read_segmentation
 
 _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
@@ -70,15 +69,12 @@ def lesions_from_markups(path: str | Path) -> list[Lesion]:
     """The lesions of a Slicer markups file (grouping rule: the module docstring). Raises
     MarkupsError (a ValueError) naming the file and the problem."""
     path = Path(path)
-    # read_markups decodes every defined point (coordinate system, sign) in file order; the
-    # document is opened here only to learn which point list each of those points came from
-    # (sam3d.data.markups has no per-list reader yet).
-    points, labels = read_markups(path)
-    lists = json.loads(path.read_text(encoding="utf-8"))["markups"]
-    names = [str(markup.get("name") or _file_stem(path)) for markup in lists]
-    counts = [sum(1 for p in markup.get("controlPoints") or [] if p.get("positionStatus", "defined") == "defined")
-              for markup in lists]
-    list_of_point = np.repeat(np.arange(len(lists)), counts)
+    point_lists = read_point_lists(path)
+    points = np.concatenate([p.points_ras for p in point_lists])
+    labels = np.concatenate([p.labels for p in point_lists])
+    names = [p.name for p in point_lists]
+    counts = [len(p.labels) for p in point_lists]
+    list_of_point = np.repeat(np.arange(len(point_lists)), counts)
     lesion_lists = [n for n, name in enumerate(names) if not is_negative_name(name) and counts[n]]
     if not lesion_lists:
         raise MarkupsError(f"{path} holds only negative point lists; add a point list of positive "

@@ -14,6 +14,7 @@ Slicer does when it loads the file.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +45,19 @@ def _file_stem(path: Path) -> str:
     return path.stem
 
 
-def read_markups(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read every defined control point of a Slicer markups file.
+@dataclass(eq=False)
+class PointList:
+    """One markup (point list) of a file: its name and its defined points, RAS, labelled."""
 
-    Returns ``(points_ras [N, 3] float64, labels [N] int64)`` with 1 for positive and 0 for
-    negative clicks. Raises MarkupsError for a file that is not a markups file or holds no
-    defined point.
+    name: str
+    points_ras: np.ndarray  # [N, 3] float64
+    labels: np.ndarray  # [N] int64: 1 positive, 0 negative
+
+
+def read_point_lists(path: str | Path) -> list[PointList]:
+    """Every markup of a Slicer markups file, in file order, with its defined control points.
+
+    Raises MarkupsError for a file that is not a markups file or holds no defined point at all.
     """
     path = Path(path)
     try:
@@ -62,8 +70,7 @@ def read_markups(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(markups, list):
         raise MarkupsError(f"{path} has no 'markups' list; save the points from Slicer as a "
                            "markups file (.mrk.json)")
-    points: list[np.ndarray] = []
-    labels: list[int] = []
+    point_lists = []
     for index, markup in enumerate(markups):
         name = str(markup.get("name") or _file_stem(path))
         system = str(markup.get("coordinateSystem", "LPS")).upper()
@@ -71,6 +78,8 @@ def read_markups(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             raise MarkupsError(f"{path}: markup {index} has coordinateSystem {system!r}; "
                                "expected 'LPS' or 'RAS'")
         negative_list = is_negative_name(name)
+        points: list[np.ndarray] = []
+        labels: list[int] = []
         for point in markup.get("controlPoints") or []:
             if point.get("positionStatus", "defined") != "defined":
                 continue
@@ -85,9 +94,22 @@ def read_markups(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             points.append(position * _LPS_TO_RAS if system == "LPS" else position)
             negative = negative_list or str(point.get("description", "")).strip().lower() == "negative"
             labels.append(0 if negative else 1)
-    if not points:
+        point_lists.append(PointList(name, np.asarray(points, dtype=np.float64).reshape(-1, 3),
+                                     np.asarray(labels, dtype=np.int64)))
+    if not any(len(point_list.labels) for point_list in point_lists):
         raise MarkupsError(f"{path} holds no defined control point; place at least one point")
-    return np.stack(points), np.asarray(labels, dtype=np.int64)
+    return point_lists
+
+
+def read_markups(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every defined control point of a Slicer markups file, in file order.
+
+    Returns ``(points_ras [N, 3] float64, labels [N] int64)`` with 1 for positive and 0 for
+    negative clicks. Raises MarkupsError as :func:`read_point_lists` does.
+    """
+    point_lists = read_point_lists(path)
+    return (np.concatenate([p.points_ras for p in point_lists]),
+            np.concatenate([p.labels for p in point_lists]))
 
 
 def _markup(name: str, points_ras: np.ndarray) -> dict:
