@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# Point labels the prompt encoder embeds. Box corners exist only in configs with box_prompt.
+NEGATIVE_CLICK, POSITIVE_CLICK, BOX_FIRST_CORNER, BOX_SECOND_CORNER = 0, 1, 2, 3
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -38,6 +41,9 @@ class ModelConfig:
     # Side of SAM's square absolute position embedding this variant is built from (64 for SAM
     # ViT-B at 1024 px); 0 for variants trained from scratch, which learn a grid-sized one.
     sam_pos_grid: int = 0
+    # Whether the prompt encoder knows box corners (point labels 2 = first corner, 3 = opposite
+    # corner) besides negative (0) and positive (1) clicks.
+    box_prompt: bool = False
     description: str = field(default="", compare=False)
 
     @property
@@ -69,6 +75,11 @@ class ModelConfig:
             problems.append("sam_pos_grid must be a multiple of token_grid")
         if problems:
             raise ValueError(f"invalid model config {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def point_label_count(self) -> int:
+        """Distinct point labels the prompt encoder embeds: 0 / 1 clicks, plus 2 / 3 box corners."""
+        return 4 if self.box_prompt else 2
 
     def to_dict(self) -> dict:
         values = asdict(self)

@@ -76,7 +76,8 @@ class PromptEncoder3D(nn.Module):
         self.crop_size = config.crop_size
         self.token_grid = config.token_grid
         self.position = FourierPositionEncoding3D(dim)
-        self.label_embed = nn.Embedding(2, dim)  # 0 negative, 1 positive
+        # 0 negative, 1 positive; with box prompts also 2 / 3, the box's two opposite corners
+        self.label_embed = nn.Embedding(config.point_label_count, dim)
         self.not_a_point = nn.Parameter(torch.zeros(dim))
         self.queries = nn.Parameter(torch.randn(config.num_queries, dim) * 0.02)
         self.mask_encoder = MaskPromptEncoder(config)
