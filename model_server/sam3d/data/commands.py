@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="dataset folder to write")
     parser.add_argument("--cases", type=int, default=20, metavar="N", help="number of cases (default 20)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    parser.add_argument("--design", default="phantom", choices=("phantom", "synth"),
+                        help="phantom: CT phantoms of abdominal tumors (default); synth: domain-randomised "
+                             "lesions in varied surroundings, CT- and MRI-like (training data for real scans)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already in DIR (its phantom_* cases and dataset.json)")
     parser.set_defaults(func=run)
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=args.cases, desc="phantoms", unit="case") as bar:
         try:
             out = write_dataset(args.out, args.cases, args.seed, overwrite=args.overwrite,
-                                progress=lambda index: bar.update(1))
+                                progress=lambda index: bar.update(1), design=args.design)
         except OSError as error:
             raise CLIError(f"cannot write to {args.out}: {error}") from None
     print(f"wrote {args.cases} cases (seed {args.seed}) to {out}: imagesTr/, labelsTr/, dataset.json")

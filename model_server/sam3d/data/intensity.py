@@ -1,4 +1,10 @@
-"""CT intensity presets: HU clip window plus foreground mean / std used for z-scoring."""
+"""Intensity presets: a CT window plus foreground mean / std (z-scoring), or per-crop percentiles.
+
+A "window" preset clips to fixed HU bounds and z-scores (the paper's CT recipe). A
+"percentile" preset is modality-free (CT in HU, MRI in arbitrary units, either polarity): each
+crop is clipped to its own ``clip_low`` / ``clip_high`` percentiles and scaled to [0, 1], the
+input range LiteMedSAM was trained on.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,30 @@ import numpy as np
 
 @dataclass(frozen=True)
 class IntensityPreset:
-    """Clip to [clip_low, clip_high] HU, then (x - mean) / std."""
+    """kind "window": clip to [clip_low, clip_high] HU, then (x - mean) / std.
+    kind "percentile": clip to the array's own clip_low / clip_high percentiles, scale to [0, 1]."""
 
     name: str
     clip_low: float
     clip_high: float
     mean: float
     std: float
+    kind: str = "window"
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         """Return the normalised float32 array."""
-        clipped = np.clip(array.astype(np.float32), self.clip_low, self.clip_high)
+        array = np.asarray(array, dtype=np.float32)
+        if self.kind == "percentile":
+            low, high = (np.float32(v) for v in np.percentile(array, [self.clip_low, self.clip_high]))
+            if not high > low:
+                return np.zeros_like(array)
+            return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
+        clipped = np.clip(array, self.clip_low, self.clip_high)
         return (clipped - np.float32(self.mean)) / np.float32(self.std)
+
+    def in_window(self, value: float) -> bool:
+        """Whether a raw intensity lies in the fixed window (always true for percentile presets)."""
+        return self.kind == "percentile" or self.clip_low <= value <= self.clip_high
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,6 +55,7 @@ PRESETS: dict[str, IntensityPreset] = {
     "lits": IntensityPreset("lits", -48.0, 163.0, 60.06, 40.20),
     "msd_colon": IntensityPreset("msd_colon", -57.0, 175.0, 65.18, 32.65),
     "soft_tissue": IntensityPreset("soft_tissue", -160.0, 240.0, 40.0, 80.0),
+    "percentile": IntensityPreset("percentile", 0.5, 99.5, 0.0, 1.0, kind="percentile"),
 }
 
 # Foreground voxels drawn per case when computing a preset, as nnU-Net does, so that the

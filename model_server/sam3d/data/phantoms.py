@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from sam3d.data import synth
 from sam3d.data.io import Volume, write_image
 
 LABELS = {"background": 0, "organ": 1, "tumor": 2}
@@ -275,9 +276,28 @@ def case_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: bool = False, progress=None) -> Path:
-    """Write ``cases`` phantoms to ``out_dir`` in the MSD / nnU-Net raw layout; return
-    ``out_dir``. ``progress(index)`` is called after each case."""
+def _synth_case(seed: int) -> tuple[Volume, Volume]:
+    case = synth.generate_synth_case(seed)
+    return case.image, case.label
+
+
+# Dataset designs: (case generator, labels, modality, description)
+DESIGNS = {
+    "phantom": (generate_case, LABELS, "CT",
+                "Synthetic CT-like phantoms with small, irregular, low-contrast tumors"),
+    "synth": (_synth_case, synth.LABELS, "CT or MR",
+              "Domain-randomised lesions in varied surroundings, CT-like and MRI-like (sam3d.data.synth)"),
+}
+
+
+def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: bool = False, progress=None,
+                  design: str = "phantom") -> Path:
+    """Write ``cases`` cases of ``design`` ("phantom": these phantoms, "synth": domain-randomised
+    lesions) to ``out_dir`` in the MSD / nnU-Net raw layout; return ``out_dir``.
+    ``progress(index)`` is called after each case."""
+    if design not in DESIGNS:
+        raise ValueError(f"unknown dataset design {design!r}; choose one of {', '.join(DESIGNS)}")
+    generate, labels_, modality, summary = DESIGNS[design]
     out_dir = Path(out_dir)
     if cases < 1:
         raise ValueError(f"the number of cases must be at least 1, got {cases}")
@@ -286,27 +306,26 @@ def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: 
     images, labels = out_dir / "imagesTr", out_dir / "labelsTr"
     for folder in (images, labels):
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob(f"phantom_*{FILE_ENDING}"):  # cases of an earlier, larger run
+        for old in folder.glob(f"{design}_*{FILE_ENDING}"):  # cases of an earlier, larger run
             old.unlink()
     training = []
     for index in range(cases):
-        case_id = f"phantom_{index:03d}"
-        image, label = generate_case(case_seed(seed, index))
+        case_id = f"{design}_{index:03d}"
+        image, label = generate(case_seed(seed, index))
         write_image(image, images / f"{case_id}_0000{FILE_ENDING}")
         write_image(label, labels / f"{case_id}{FILE_ENDING}")
         training.append({"image": f"./imagesTr/{case_id}_0000{FILE_ENDING}", "label": f"./labelsTr/{case_id}{FILE_ENDING}"})
         if progress:
             progress(index)
     description = {
-        "name": "SAM3DPhantoms",
-        "description": "Synthetic CT-like phantoms with small, irregular, low-contrast tumors "
-                       f"(sam3d phantoms, seed {seed}).",
-        "reference": "sam3d.data.phantoms",
+        "name": "SAM3DPhantoms" if design == "phantom" else "SAM3DSynth",
+        "description": f"{summary} (sam3d phantoms --design {design}, seed {seed}).",
+        "reference": f"sam3d.data.{'phantoms' if design == 'phantom' else 'synth'}",
         "licence": "CC0",
         "tensorImageSize": "3D",
-        "channel_names": {"0": "CT"},
-        "modality": {"0": "CT"},
-        "labels": dict(LABELS),
+        "channel_names": {"0": modality},
+        "modality": {"0": modality},
+        "labels": dict(labels_),
         "numTraining": cases,
         "numTest": 0,
         "file_ending": FILE_ENDING,

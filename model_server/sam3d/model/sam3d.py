@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .image_encoder import ImageEncoder3D
+from .lite_encoder import BACKBONE_PREFIX, LiteImageEncoder3D
 from .prompt_encoder import PromptEncoder3D
 
 
@@ -85,7 +86,10 @@ class Sam3D(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.image_encoder = ImageEncoder3D(config, fused_patch_embed)
+        if config.backbone == "lite_medsam":
+            self.image_encoder = LiteImageEncoder3D(config)
+        else:
+            self.image_encoder = ImageEncoder3D(config, fused_patch_embed)
         self.prompt_encoder = PromptEncoder3D(config)
         self.decoder = AggregationDecoder(config)
 
@@ -94,8 +98,23 @@ class Sam3D(nn.Module):
         expected = (1,) + (self.config.crop_size,) * 3
         if image.dim() != 5 or tuple(image.shape[1:]) != expected:
             raise ValueError(f"image must be [B, {', '.join(map(str, expected))}], got {list(image.shape)}")
+        return self._features(self.image_encoder(image), image)
+
+    @property
+    def has_frozen_backbone(self) -> bool:
+        """Whether the encoder starts with a frozen stage whose output training may cache."""
+        return isinstance(self.image_encoder, LiteImageEncoder3D)
+
+    def backbone_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The frozen, cacheable first stage of ``encode`` (lite models only)."""
+        return self.image_encoder.backbone_features(image)
+
+    def encode_from_backbone(self, backbone_features: torch.Tensor, image: torch.Tensor) -> ImageFeatures:
+        """``encode`` from cached backbone features and the crop they came from."""
+        return self._features(self.image_encoder.adapt(backbone_features), image)
+
+    def _features(self, levels: list[torch.Tensor], image: torch.Tensor) -> ImageFeatures:
         low = F.avg_pool3d(image, kernel_size=self.config.token_stride // 2)
-        levels = self.image_encoder(image)
         return ImageFeatures(levels[-1], self.decoder.static_fusion(levels, low))
 
     def predict(self, features: ImageFeatures, points: torch.Tensor, labels: torch.Tensor,
@@ -124,7 +143,7 @@ class Sam3D(nn.Module):
         rel_pos_d, necks, prompt encoder, decoder) trains.
         """
         for name, parameter in self.named_parameters():
-            parameter.requires_grad = not is_frozen_sam_tensor(name)
+            parameter.requires_grad = not is_frozen_pretrained_tensor(name)
 
 
 FROZEN_SUFFIXES = (".attn.qkv.weight", ".attn.qkv.bias", ".attn.proj.weight", ".attn.proj.bias",
@@ -132,6 +151,12 @@ FROZEN_SUFFIXES = (".attn.qkv.weight", ".attn.qkv.bias", ".attn.proj.weight", ".
                    ".mlp.lin2.weight", ".mlp.lin2.bias")
 FROZEN_NAMES = ("image_encoder.patch_embed.proj.weight", "image_encoder.patch_embed.proj.bias",
                 "image_encoder.pos_embed")
+
+
+def is_frozen_pretrained_tensor(name: str) -> bool:
+    """Whether a parameter name is pretrained and frozen: SAM's reused tensors (vit_b) or
+    LiteMedSAM's TinyViT (lite). Checkpoints of such models store everything else."""
+    return name.startswith(BACKBONE_PREFIX) or is_frozen_sam_tensor(name)
 
 
 def is_frozen_sam_tensor(name: str) -> bool:

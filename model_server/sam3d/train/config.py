@@ -73,6 +73,12 @@ class TrainConfig:
     # previous prediction fed back as mask prompt).
     refine_prob: float = 0.0
     refine_max_rounds: int = 3
+    # Box prompts (box-capable models only): share of samples prompted with the object's box.
+    box_prompt_prob: float = 0.0
+    # Models with a frozen backbone (lite): encode this many random training crops once, keep
+    # their backbone features in out_dir/feature_cache/, and train on those (0: encode every
+    # step). Clicks, boxes and refinement rounds are still drawn afresh for every sample.
+    feature_cache_crops: int = 0
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
     num_workers: int = 0
@@ -105,6 +111,8 @@ class TrainConfig:
                 if config.sam_pos_grid and not self.sam_checkpoint:
                     problems.append(f"model {self.model!r} is trained from SAM's weights: set "
                                     f"sam_checkpoint to sam_vit_b_01ec64.pth (or pass --sam-checkpoint)")
+        if self.feature_cache_crops < 0:
+            problems.append("feature_cache_crops must be 0 or more")
         if not self.data_dir:
             problems.append("data_dir is empty: give the dataset folder (or pass --data)")
         if self.preset != "dataset" and self.preset not in PRESETS:
@@ -115,7 +123,7 @@ class TrainConfig:
             problems.append("max_steps must be 0 or more")
         if not 0 < self.final_lr_fraction <= 1:
             problems.append("final_lr_fraction must be in (0, 1]")
-        for name in ("positive_fraction", "paper_prompt_prob", "refine_prob"):
+        for name in ("positive_fraction", "paper_prompt_prob", "refine_prob", "box_prompt_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"{name} must be a probability in [0, 1]")
         if self.refine_max_rounds < 1:

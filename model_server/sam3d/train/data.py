@@ -28,7 +28,7 @@ from ..data.datasets import Case, load_case
 from ..data.intensity import IntensityPreset
 from ..engine.crops import CropGeometry, extract_crop
 from ..evaluate.protocol import label_objects
-from ..model.config import ModelConfig
+from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER, ModelConfig
 from .config import Augmentation, TrainConfig
 
 CACHE_VERSION = 1
@@ -138,6 +138,11 @@ class CropSampler(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.config.seed, int(index)])
+        image, objects = self.draw_crop(rng)
+        return {"image": image, **prompt_sample(objects, rng, self.config, self.model_config.box_prompt)}
+
+    def draw_crop(self, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+        """A random augmented crop: image [1, S, S, S] and its object map [S, S, S] (0 = none)."""
         case = self.cases[int(rng.integers(len(self.cases)))]
         positive = len(case.target_voxels) > 0 and rng.random() < self.config.positive_fraction
         centre = case.target_voxels[rng.integers(len(case.target_voxels))] if positive else self._negative_centre(case, rng)
@@ -149,20 +154,15 @@ class CropSampler(Dataset):
         objects = self._object_crop(case, geometry)
         self.augment.set_random_state(seed=int(rng.integers(2**31)))
         augmented = self.augment({"image": image, "objects": objects[None]})
-        image = torch.as_tensor(np.asarray(augmented["image"]), dtype=torch.float32)
-        objects = np.asarray(augmented["objects"])[0]
-        points, labels = self._prompt(objects, rng)
-        clicked = np.unique(objects[tuple(points[labels == 1].astype(int).T)]) if (labels == 1).any() else []
-        target = np.isin(objects, [o for o in clicked if o > 0])
-        return {"image": image.contiguous(), "target": torch.from_numpy(target[None].astype(np.float32)),
-                "points": torch.from_numpy(points.astype(np.float32)), "labels": torch.from_numpy(labels.astype(np.int64))}
+        image = torch.as_tensor(np.asarray(augmented["image"]), dtype=torch.float32).contiguous()
+        return image, np.asarray(augmented["objects"])[0]
 
     def _negative_centre(self, case: CachedCase, rng: np.random.Generator) -> np.ndarray:
         shape = np.array(case.volume.shape)
         for _ in range(NEGATIVE_TRIES):
             voxel = rng.integers(0, shape)
             value = case.volume[tuple(voxel)]
-            if not case.objects[tuple(voxel)] and self.preset.clip_low <= value <= self.preset.clip_high:
+            if not case.objects[tuple(voxel)] and self.preset.in_window(value):
                 break
         return voxel
 
@@ -179,14 +179,62 @@ class CropSampler(Dataset):
                 objects[inside] = number
         return objects
 
-    def _prompt(self, objects: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        target = objects > 0
-        if rng.random() < self.config.paper_prompt_prob:
-            return training_clicks(target, rng)
-        if target.any():
-            voxels = np.argwhere(target)
-            return voxels[rng.integers(len(voxels))][None].astype(np.float32), np.ones(1, dtype=np.int64)
-        return rng.integers(0, objects.shape, size=(1, 3)).astype(np.float32), np.zeros(1, dtype=np.int64)
+
+def prompt_sample(objects: np.ndarray, rng: np.random.Generator, config: TrainConfig,
+                  boxes: bool) -> dict[str, torch.Tensor]:
+    """The prompt of one training sample on a crop's object map, and its target.
+
+    Clicks: with probability ``paper_prompt_prob`` the paper's 10 target + 20 anywhere clicks
+    (``training_clicks``), else one positive click on a random target voxel (one random negative
+    click when the crop holds no target); the target is the objects holding a positive click.
+    With ``boxes`` (a box-capable model), a share ``box_prompt_prob`` of the samples on a crop
+    with an object gets that object's box instead - its 3D box or, half the time, its 2D box on
+    its largest slice (corners on one slice) - jittered by a few voxels, with a positive click
+    inside half the time; the target is that object.
+    """
+    target = objects > 0
+    if boxes and target.any() and rng.random() < config.box_prompt_prob:
+        number = int(rng.choice(np.unique(objects[target])))
+        mask = objects == number
+        corners = _jittered_box(mask, rng)
+        points, labels = corners, np.array([BOX_FIRST_CORNER, BOX_SECOND_CORNER])
+        if rng.random() < 0.5:
+            voxels = np.argwhere(mask)
+            points = np.concatenate([points, voxels[rng.integers(len(voxels))][None].astype(np.float32)])
+            labels = np.append(labels, 1)
+        return _sample(points, labels, mask)
+    if rng.random() < config.paper_prompt_prob:
+        points, labels = training_clicks(target, rng)
+    elif target.any():
+        voxels = np.argwhere(target)
+        points, labels = voxels[rng.integers(len(voxels))][None].astype(np.float32), np.ones(1, dtype=np.int64)
+    else:
+        points, labels = rng.integers(0, objects.shape, size=(1, 3)).astype(np.float32), np.zeros(1, dtype=np.int64)
+    clicked = np.unique(objects[tuple(points[labels == 1].astype(int).T)]) if (labels == 1).any() else []
+    return _sample(points, labels, np.isin(objects, [o for o in clicked if o > 0]))
+
+
+def _jittered_box(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Two corners [2, 3] (crop kji) of the object's box - 3D, or 2D on its largest k slice - each
+    moved by up to 10 % of the box size plus one voxel, as a user's drawn box misses."""
+    voxels = np.argwhere(mask)
+    if rng.random() < 0.5:
+        largest = int(np.argmax(mask.sum(axis=(1, 2))))
+        voxels = voxels[voxels[:, 0] == largest]
+    lo, hi = voxels.min(0).astype(np.float32), voxels.max(0).astype(np.float32)
+    reach = 0.1 * (hi - lo) + 1.0
+    lo = lo + rng.uniform(-1, 1, 3) * reach
+    hi = hi + rng.uniform(-1, 1, 3) * reach
+    if voxels[:, 0].min() == voxels[:, 0].max():
+        lo[0] = hi[0] = voxels[0, 0]  # a 2D box stays on its slice
+    upper = np.asarray(mask.shape, np.float32) - 1
+    return np.clip(np.stack([np.minimum(lo, hi), np.maximum(lo, hi)]), 0, upper)
+
+
+def _sample(points: np.ndarray, labels: np.ndarray, target: np.ndarray) -> dict[str, torch.Tensor]:
+    return {"target": torch.from_numpy(target[None].astype(np.float32)),
+            "points": torch.from_numpy(np.asarray(points, dtype=np.float32)),
+            "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64))}
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -197,5 +245,8 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     for row, sample in enumerate(samples):
         count = len(sample["labels"])
         points[row, :count], labels[row, :count] = sample["points"], sample["labels"]
-    return {"image": torch.stack([s["image"] for s in samples]),
-            "target": torch.stack([s["target"] for s in samples]), "points": points, "labels": labels}
+    batch = {"image": torch.stack([s["image"] for s in samples]),
+             "target": torch.stack([s["target"] for s in samples]), "points": points, "labels": labels}
+    if "backbone" in samples[0]:
+        batch["backbone"] = torch.stack([s["backbone"] for s in samples])
+    return batch

@@ -10,6 +10,7 @@ Files in ``out_dir``::
     last.pt, best.pt   model checkpoints (``sam3d.model.checkpoint`` format); best by validation Dice
     state.pt           optimiser, schedule and step, for ``--resume``
     cache/             the cases as memory-mapped arrays
+    feature_cache/     lite models: the training crops' frozen backbone features
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from ..engine.crops import probability_to_logit
 from ..engine.predictor import Predictor
 from ..evaluate.protocol import evaluate_volumes
 from ..model.checkpoint import LoadedModel, build_from_sam, resolve_device, save_checkpoint
-from ..model.sam3d import ImageFeatures, Sam3D, is_frozen_sam_tensor
+from ..model.sam3d import ImageFeatures, Sam3D, is_frozen_pretrained_tensor
 from .config import TrainConfig
 from .data import CachedCase, CropSampler, cache_cases, collate
+from .feature_cache import CachedFeatureSampler, build_feature_cache
 
 LOG_COLUMNS = ("step", "epoch", "lr", "loss", "train_dice", "val_dice", "val_nsd", "elapsed_s",
                "samples_per_s", "peak_memory_mb")
@@ -114,7 +116,7 @@ class Trainer:
             self.trainable_only = True
         else:
             self.model = Sam3D(self.model_config)
-            self.trainable_only = False
+            self.trainable_only = self.model.has_frozen_backbone  # lite: LiteMedSAM stays in its package
         self.model.to(self.device)
         self.model.set_activation_checkpointing(self.checkpointing)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
@@ -152,7 +154,10 @@ class Trainer:
         rng = np.random.default_rng([self.config.seed, step, 1])
         rounds = int(rng.integers(1, self.config.refine_max_rounds + 1)) if rng.random() < self.config.refine_prob else 0
         with self._autocast():
-            features = self.model.encode(image)
+            if "backbone" in batch:
+                features = self.model.encode_from_backbone(batch["backbone"].to(self.device), image)
+            else:
+                features = self.model.encode(image)
             points, labels, mask = self._refinement_rounds(features, points, labels, target, rounds)
             logits = self.model.predict(features, points, labels, mask)
         loss = self.loss_fn(logits.float(), target)
@@ -231,7 +236,7 @@ class Trainer:
                         trainable_only=self.trainable_only, meta=self._meta(step, val_dice))
         state = self.model.state_dict()
         if self.trainable_only:
-            state = {n: t for n, t in state.items() if not is_frozen_sam_tensor(n)}
+            state = {n: t for n, t in state.items() if not is_frozen_pretrained_tensor(n)}
         payload = {"step": step, "best_val_dice": best, "model": state,
                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                    "preset": self.preset.to_dict(), "model_config": self.model_config.to_dict(),
@@ -246,7 +251,7 @@ class Trainer:
             raise ValueError(f"{self.state_path} was trained with another model configuration; "
                              f"resume with the config that started it")
         missing, unexpected = self.model.load_state_dict(payload["model"], strict=False)
-        if unexpected or [n for n in missing if not (self.trainable_only and is_frozen_sam_tensor(n))]:
+        if unexpected or [n for n in missing if not (self.trainable_only and is_frozen_pretrained_tensor(n))]:
             raise ValueError(f"{self.state_path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -265,7 +270,7 @@ class Trainer:
         start_step, best = self._restore() if self.resume else (0, None)
         last_step = self.total_steps if config.max_steps is None else min(self.total_steps, config.max_steps)
         log_path = self.out_dir / "train_log.csv"
-        sampler = CropSampler(self.train_cases, self.model_config, self.preset, config, length=last_step * config.batch_size)
+        sampler = self._sampler(length=last_step * config.batch_size)
         loader = DataLoader(sampler, batch_size=config.batch_size, collate_fn=collate, num_workers=config.num_workers,
                             sampler=range(start_step * config.batch_size, last_step * config.batch_size),
                             worker_init_fn=_one_thread, persistent_workers=False)
@@ -325,6 +330,16 @@ class Trainer:
         if start_step >= last_step and not (self.out_dir / "best.pt").is_file():
             raise ValueError(f"the run in {self.out_dir} had already reached step {start_step}; nothing to do")
         return TrainResult(max(start_step, last_step), best, self.out_dir / "best.pt", self.out_dir / "last.pt", log_path)
+
+    def _sampler(self, length: int):
+        """Training samples: crops cut every step, or cached backbone features of lite models."""
+        crops = CropSampler(self.train_cases, self.model_config, self.preset, self.config, length=length)
+        if not (self.config.feature_cache_crops and self.model.has_frozen_backbone):
+            return crops
+        folder = build_feature_cache(crops, self.model, self.out_dir / "feature_cache",
+                                     self.config.feature_cache_crops, self.progress)
+        return CachedFeatureSampler(folder, self.config.feature_cache_crops, self.config,
+                                    self.model_config.box_prompt, length)
 
     def _peak_memory_mb(self) -> float:
         if self.device.type == "cuda":

