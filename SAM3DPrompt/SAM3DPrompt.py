@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -19,29 +20,34 @@ import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from SAM3DPromptLib.batch import CaseRun, load_cases, prompt_file_path
+from SAM3DPromptLib.batch import BatchRun, load_cases, prompt_file_path
 from SAM3DPromptLib.client import SAM3DClient, SAM3DError
 from SAM3DPromptLib.logic import PromptLogic, user_message
-from SAM3DPromptLib.prompts import click_from_markup
+from SAM3DPromptLib.prompts import PlaceMode
 from SAM3DPromptLib.scheduler import InteractionQueue
 
+LIBRARY = "SAM3DPromptLib"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 SERVER_URL_SETTING = "SAM3DPrompt/ServerURL"  # the API key is never stored
+TIMEOUT_SETTING = "SAM3DPrompt/RequestTimeoutSeconds"
 PROMPTS_FOLDER_SETTING = "SAM3DPrompt/PromptsFolder"
 BUSY_INDICATOR_DELAY_S = 2.0
 POLL_INTERVAL_MS = 50
-REQUEST_TIMEOUT_S = 60.0
-# Keyboard shortcuts, active while the module is shown.
+# Keyboard shortcuts, active while the module is shown. None of them is a key Slicer's slice,
+# 3D or markups views bind (r resets the field of view, s snaps a point to the slice, ...:
+# Testing/test_module_static.py holds the list), so they never take a key from the views.
 SHORTCUTS = {
     "positive": "A",
-    "negative": "S",
+    "negative": "D",
     "undo": "Ctrl+Z",
-    "reset": "R",
+    "reset": "Shift+R",
     "nextLesion": "N",
 }
 ERROR_STYLE = "color: #c62828"
@@ -54,18 +60,18 @@ OK_STYLE = ""
 class SAM3DPrompt(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "SAM3D Prompt"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("SAM3D Prompt")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Markups", "Segmentations"]
-        self.parent.contributors = ["SAM3DPrompt developers"]
-        self.parent.helpText = (
+        self.parent.contributors = ["SAM3DPrompt developers (SAM3DPrompt project)"]
+        self.parent.helpText = _(
             "Click on a tumor and a 3D segment appears; add negative clicks to remove leaks and "
             "positive clicks to add missed parts. The model runs in a SAM3D server "
             "(<code>sam3d serve</code>), locally or on a GPU machine.<br>"
-            "Shortcuts: <b>A</b> positive point, <b>S</b> negative point, <b>Ctrl+Z</b> undo, "
-            "<b>R</b> reset the lesion, <b>N</b> next lesion.<br>"
+            "Shortcuts: <b>A</b> positive point, <b>D</b> negative point, <b>Ctrl+Z</b> undo, "
+            "<b>Shift+R</b> reset the lesion (undo brings it back), <b>N</b> next lesion.<br>"
             "See the extension's README for how to start the server.")
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "The method follows 3DSAM-adapter (Gong et al., Medical Image Analysis 2024) built on "
             "Segment Anything (Kirillov et al., 2023).")
 
@@ -97,11 +103,11 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._shortcuts = []
-        self._placedPointIds = set()
         self._target = (None, None, None)
-        self._connection = (None, None)
-        self._batchTotal = 0
-        self._batchDone = []
+        self._connection = (None, None, None)
+        self._batch = None
+        self._placeMode = None
+        self._placingPositive = True
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -111,19 +117,24 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = SAM3DPromptLogic()
-        self.queue = InteractionQueue(self.logic, self.onRequestDone)
+        # The timer runs only while a queue has work (see _wake / onTimer).
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onTimer)
+        self.queue = InteractionQueue(self.logic, self.onRequestDone, on_work=self._wake)
+        appLogic = slicer.app.applicationLogic()
+        self._placeMode = PlaceMode(appLogic.GetInteractionNode(), appLogic.GetSelectionNode())
 
         settings = qt.QSettings()
         self.ui.serverUrlLineEdit.text = settings.value(SERVER_URL_SETTING, DEFAULT_SERVER_URL)
-        self.ui.promptsFolderButton.directory = settings.value(PROMPTS_FOLDER_SETTING, "")
+        self.ui.timeoutSpinBox.value = int(settings.value(TIMEOUT_SETTING, 60))
+        self.ui.promptsFolderButton.directory = settings.value(PROMPTS_FOLDER_SETTING, qt.QDir.homePath())
         self.ui.busyProgressBar.setVisible(False)
         self.ui.batchProgressBar.setVisible(False)
         self._setTooltipsWithShortcuts()
 
         self.ui.serverUrlLineEdit.connect("editingFinished()", self.onServerUrlEdited)
+        self.ui.timeoutSpinBox.connect("valueChanged(int)", self.onTimeoutChanged)
         self.ui.testConnectionButton.connect("clicked()", self.onTestConnection)
         self.ui.positiveButton.connect("toggled(bool)", lambda on: self.onPlaceToggled(True, on))
         self.ui.negativeButton.connect("toggled(bool)", lambda on: self.onPlaceToggled(False, on))
@@ -132,22 +143,31 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nextLesionButton.connect("clicked()", self.onNextLesion)
         self.ui.segmentComboBox.connect("currentIndexChanged(int)", self.onSegmentSelected)
         self.ui.runBatchButton.connect("clicked()", self.onRunBatch)
+        self.ui.cancelBatchButton.connect("clicked()", self.onCancelBatch)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interactionNode, interactionNode.InteractionModeChangedEvent,
                          self.onInteractionModeChanged)
-        self.timer.start()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.timer.stop()
         self._removeShortcuts()
+        self._stopPlacing()
         self.removeObservers()
+        if self._batch is not None:
+            self._batch.cancel()
         if self.logic is not None:
             release = self.logic.prepare_release()
             threading.Thread(target=release.run, daemon=True).start()
+
+    def onReload(self) -> None:
+        """Reload and Test: SAM3DPromptLib is read again too (not only this file)."""
+        for name in [name for name in sys.modules if name == LIBRARY or name.startswith(LIBRARY + ".")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -159,17 +179,21 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         self._stopPlacing()
         self.setParameterNode(None)
         self.queue.discard()  # nothing may write into nodes that are going away
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
+            self._updateBatchButtons()
         release = self.logic.prepare_release()
         threading.Thread(target=release.run, daemon=True).start()
         self.logic.set_target(None, None, None)
         self._target = (None, None, None)
-        self._placedPointIds.clear()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -187,7 +211,9 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             if self._parameterNodeGuiTag is not None:
                 self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+                self._parameterNodeGuiTag = None
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -201,15 +227,16 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _observeSegmentation(self) -> None:
-        for node in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
-            for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
-                          slicer.vtkSegmentation.SegmentModified):
-                self.removeObserver(node, event, self.onSegmentsChanged)
         segmentation = self._parameterNode.segmentation if self._parameterNode else None
-        if segmentation is not None:
-            for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
-                          slicer.vtkSegmentation.SegmentModified):
-                self.addObserver(segmentation, event, self.onSegmentsChanged)
+        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                  slicer.vtkSegmentation.SegmentModified)
+        for node in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
+            for event in events:
+                observed = self.hasObserver(node, event, self.onSegmentsChanged)
+                if node is not segmentation and observed:
+                    self.removeObserver(node, event, self.onSegmentsChanged)
+                elif node is segmentation and not observed:
+                    self.addObserver(node, event, self.onSegmentsChanged)
 
     def onSegmentsChanged(self, caller=None, event=None) -> None:
         self._fillSegmentComboBox()
@@ -230,6 +257,9 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.setCurrentIndex(position)
             if position >= 0 and combo.itemData(position) != wanted:
                 self._parameterNode.segmentID = combo.itemData(position)
+        if combo.count == 0 and wanted:
+            # No segmentation or no segment: a leftover ID would name a segment that is not there.
+            self._parameterNode.segmentID = ""
         combo.blockSignals(wasBlocked)
 
     def onSegmentSelected(self, index: int) -> None:
@@ -257,19 +287,23 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         The Logic switches servers in queue order, after the requests already asked for."""
         url = self.ui.serverUrlLineEdit.text.strip()
         key = self.ui.apiKeyLineEdit.text.strip() or None
-        if (url, key) == self._connection:
+        timeout = float(self.ui.timeoutSpinBox.value)
+        if (url, key, timeout) == self._connection:
             return True
         try:
             SAM3DClient(url, api_key=key)  # checks the address now (e.g. a missing http://)
         except SAM3DError as error:
             self._showServerStatus(user_message(error), error=True)
             return False
-        self._connection = (url, key)
-        self.queue.add("server", lambda: self.logic.connect(url, api_key=key, timeout=REQUEST_TIMEOUT_S) and None)
+        self._connection = (url, key, timeout)
+        self.queue.add("server", lambda: self.logic.connect(url, api_key=key, timeout=timeout) and None)
         return True
 
     def onServerUrlEdited(self) -> None:
         qt.QSettings().setValue(SERVER_URL_SETTING, self.ui.serverUrlLineEdit.text.strip())
+
+    def onTimeoutChanged(self, seconds: int) -> None:
+        qt.QSettings().setValue(TIMEOUT_SETTING, int(seconds))
 
     def onTestConnection(self) -> None:
         self.onServerUrlEdited()
@@ -293,22 +327,20 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 (self.ui.positiveButton if positive else self.ui.negativeButton).checked = False
                 return
             other.checked = False
-            positiveNode, negativeNode = self.logic.prompt_nodes()
-            node = positiveNode if positive else negativeNode
-            self._observePromptNode(node)
-            selectionNode = slicer.app.applicationLogic().GetSelectionNode()
-            selectionNode.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
-            selectionNode.SetActivePlaceNodeID(node.GetID())
-            interactionNode = slicer.app.applicationLogic().GetInteractionNode()
-            interactionNode.SetPlaceModePersistence(1)
-            interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+            self._placingPositive = positive
+            # The volume's own prompt list: adopted only through its reference to the volume, and
+            # points it already holds (a loaded scene) are never sent.
+            node = self.logic.prompt_list(self._parameterNode.inputVolume)
+            if not self.hasObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointDefined):
+                self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointDefined)
+            self._placeMode.start(node)
         elif not other.checked:
             self._stopPlacing()
 
     def _stopPlacing(self) -> None:
-        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
-        if interactionNode.GetCurrentInteractionMode() == interactionNode.Place:
-            interactionNode.SwitchToViewTransformMode()
+        """Leave Place mode and give back the "place multiple points" setting."""
+        if self._placeMode is not None:
+            self._placeMode.stop()
 
     def onInteractionModeChanged(self, caller=None, event=None) -> None:
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
@@ -317,36 +349,34 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 wasBlocked = button.blockSignals(True)
                 button.checked = False
                 button.blockSignals(wasBlocked)
-
-    def _observePromptNode(self, node) -> None:
-        if not self.hasObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointDefined):
-            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointDefined)
+            self._stopPlacing()
 
     def _ensureTarget(self) -> bool:
-        """An input volume, a server address, and a segment to write into (created if needed)."""
+        """An input volume, a server address, and a segment to write into (created if needed:
+        also when the selected segment ID is no longer in the segmentation)."""
         if not self._parameterNode or not self._parameterNode.inputVolume:
             self._showStatus("Select an input volume first.", error=True)
             return False
         if not self._connect():
             return False
-        if self._parameterNode.segmentation is None:
-            self._parameterNode.segmentation = self.logic.create_segmentation(self._parameterNode.inputVolume)
-        if not self._parameterNode.segmentID:
-            self._parameterNode.segmentID = self.logic.add_lesion_segment(self._parameterNode.segmentation)
+        segmentation, segmentId = self.logic.ensure_target(
+            self._parameterNode.inputVolume, self._parameterNode.segmentation, self._parameterNode.segmentID)
+        self._parameterNode.segmentation = segmentation
+        self._parameterNode.segmentID = segmentId
         return True
 
     def onPointDefined(self, caller, event) -> None:
-        """Auto-run: every newly placed point is queued as a click."""
-        for index in range(caller.GetNumberOfControlPoints()):
-            pointId = (caller.GetID(), caller.GetNthControlPointID(index))
-            if pointId in self._placedPointIds or \
-                    caller.GetNthControlPointPositionStatus(index) != caller.PositionDefined:
-                continue
-            self._placedPointIds.add(pointId)
-            if not self._ensureTarget():
-                caller.RemoveNthControlPoint(index)
-                return
-            self.queue.add_click(click_from_markup(caller, index))
+        """Auto-run: every newly placed point of the volume's prompt list is queued as a click."""
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        clicks = self.logic.new_clicks(caller, self._placingPositive, volume)
+        if clicks and not self._ensureTarget():
+            for click in clicks:
+                index = caller.GetNthControlPointIndexByID(click.control_point_id)
+                if index >= 0:
+                    caller.RemoveNthControlPoint(index)
+            return
+        for click in clicks:
+            self.queue.add_click(click)
         self._updateButtons()
 
     def onUndo(self) -> None:
@@ -356,8 +386,10 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.queue.add("reset", lambda: self.logic.reset())
 
     def onNextLesion(self) -> None:
-        if self._ensureTarget():
-            self.queue.add("next lesion", self._startNextLesion)
+        if not self._parameterNode or not self._parameterNode.inputVolume:
+            self._showStatus("Select an input volume first.", error=True)
+            return
+        self.queue.add("next lesion", self._startNextLesion)
 
     def _startNextLesion(self) -> None:
         segmentId = self.logic.next_lesion()
@@ -366,8 +398,19 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.segmentID = segmentId
 
     # -- results ------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        if not self.timer.isActive():
+            self.timer.start()
+
     def onTimer(self) -> None:
         self.queue.pump()
+        if self._batch is not None:
+            self._batch.pump()
+            if self._batch.finished:
+                self._batch = None
+                self._updateBatchButtons()
+        if self.queue.idle and self._batch is None:
+            self.timer.stop()
         waited = self.queue.busy_seconds
         busy = waited > BUSY_INDICATOR_DELAY_S
         self.ui.busyProgressBar.setVisible(busy)
@@ -377,9 +420,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              + (f", {queued} click(s) queued" if queued else "") + "...")
 
     def onRequestDone(self, name: str, result, error: Optional[BaseException]) -> None:
-        if name == "batch":
-            self._onBatchCaseDone(result)
-        elif error is not None:
+        if error is not None:
             message = user_message(error)
             if name == "connect":
                 self._showServerStatus(message, error=True)
@@ -415,8 +456,11 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- batch --------------------------------------------------------------------------------
     def onRunBatch(self) -> None:
         folder = self.ui.promptsFolderButton.directory
+        if not folder or not os.path.isdir(folder):
+            self.ui.batchStatusLabel.text = "Choose the folder that holds the saved prompts first."
+            return
         qt.QSettings().setValue(PROMPTS_FOLDER_SETTING, folder)
-        if not self._connect():
+        if self._batch is not None or not self._connect():
             return
         volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
                    if not node.IsA("vtkMRMLLabelMapVolumeNode")
@@ -426,28 +470,31 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                              "(expected <volume name>.mrk.json).")
             return
         cases = load_cases(slicer.mrmlScene, volumes, folder)
-        self._batchTotal = len(cases)
-        self._batchDone = []
         self.ui.batchProgressBar.setRange(0, len(cases))
         self.ui.batchProgressBar.setValue(0)
         self.ui.batchProgressBar.setVisible(True)
         self.ui.batchStatusLabel.text = f"Segmenting {len(cases)} volume(s)..."
-        url, key = self._connection
-        client = SAM3DClient(url, api_key=key, timeout=REQUEST_TIMEOUT_S)
-        for case in cases:
-            run = CaseRun(client, case, slicer.mrmlScene)
-            for _ in range(run.steps):  # one request per lesion
-                self.queue.add("batch", run.prepare_next)
+        url, key, timeout = self._connection
+        # A queue of its own: clicks never wait behind the batch.
+        self._batch = BatchRun(SAM3DClient(url, api_key=key, timeout=timeout), cases, slicer.mrmlScene,
+                               on_progress=self._onBatchProgress, on_work=self._wake)
+        self._updateBatchButtons()
 
-    def _onBatchCaseDone(self, result) -> None:
-        if result is None:  # a lesion of a case with more to come
-            return
-        self._batchDone.append(result)
-        self.ui.batchProgressBar.setValue(len(self._batchDone))
-        failed = [r for r in self._batchDone if r.error]
-        lines = [f"{len(self._batchDone)} of {self._batchTotal} done, {len(failed)} failed."]
+    def onCancelBatch(self) -> None:
+        if self._batch is not None:
+            self._batch.cancel()
+            self.ui.batchStatusLabel.text = "Cancelling after the request in flight..."
+
+    def _onBatchProgress(self, run) -> None:
+        self.ui.batchProgressBar.setValue(len(run.results))
+        failed = [r for r in run.results if r.error]
+        lines = [f"{len(run.results)} of {run.total} done, {len(failed)} failed or cancelled."]
         lines += [f"{r.volume_name}: {r.error}" for r in failed]
         self.ui.batchStatusLabel.text = "\n".join(lines)
+
+    def _updateBatchButtons(self) -> None:
+        self.ui.runBatchButton.enabled = self._batch is None
+        self.ui.cancelBatchButton.enabled = self._batch is not None
 
     # -- shortcuts ----------------------------------------------------------------------------
     def _setTooltipsWithShortcuts(self) -> None:
@@ -456,6 +503,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                    "nextLesion": self.ui.nextLesionButton}
         for name, button in buttons.items():
             button.toolTip = f"{button.toolTip} (shortcut: {SHORTCUTS[name]})"
+        self.ui.resetButton.toolTip += "; Undo brings the lesion back"
 
     def _installShortcuts(self) -> None:
         self._removeShortcuts()
@@ -617,10 +665,10 @@ class SAM3DPromptTest(ScriptedLoadableModuleTest):
         segmentation = logic.create_segmentation(volume)
         segmentId = logic.add_lesion_segment(segmentation)
         logic.set_target(volume, segmentation, segmentId)
-        positive, negative = logic.prompt_nodes()
+        prompts = logic.prompt_list()
 
-        positive.AddControlPointWorld(*self._world(volume, self.tumorCentre))
-        first = logic.click_points([click_from_markup(positive, 0)])
+        prompts.AddControlPointWorld(*self._world(volume, self.tumorCentre))
+        first = logic.click_points(logic.new_clicks(prompts, positive=True))
         info = logic.client.session_info(logic.session_id)
         np.testing.assert_allclose(info["points"][0], self.tumorCentre, atol=1e-3)
         afterFirst = self._segmentArray(segmentation, segmentId, volume)
@@ -630,11 +678,11 @@ class SAM3DPromptTest(ScriptedLoadableModuleTest):
         self.delayDisplay(f"One click: {first.voxels} voxels, Dice {dice:.3f} against the phantom tumor")
 
         edge = (self.tumorCentre[0], self.tumorCentre[1] + 12, self.tumorCentre[2] + 12)
-        negative.AddControlPointWorld(*self._world(volume, edge))
-        logic.click_points([click_from_markup(negative, 0)])
+        prompts.AddControlPointWorld(*self._world(volume, edge))
+        logic.click_points(logic.new_clicks(prompts, positive=False))
         logic.undo()
         np.testing.assert_array_equal(self._segmentArray(segmentation, segmentId, volume), afterFirst)
-        self.assertEqual(negative.GetNumberOfControlPoints(), 0)
+        self.assertEqual(prompts.GetNumberOfControlPoints(), 1)
 
         # A hand edit (as the Segment Editor does) is sent as the prior of the next click.
         edited = afterFirst.copy()
@@ -661,8 +709,7 @@ class SAM3DPromptTest(ScriptedLoadableModuleTest):
         widget._parameterNode.inputVolume = volume
         widget.ui.positiveButton.checked = True  # place mode on, segmentation created
         self.assertIsNotNone(widget._parameterNode.segmentation)
-        positive, _ = widget.logic.prompt_nodes()
-        positive.AddControlPointWorld(*self._world(volume, self.tumorCentre))
+        widget.logic.prompt_list(volume).AddControlPointWorld(*self._world(volume, self.tumorCentre))
         deadline = time.monotonic() + 120
         while not widget.queue.idle and time.monotonic() < deadline:
             slicer.app.processEvents()

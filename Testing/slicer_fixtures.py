@@ -104,3 +104,11 @@ def load_phantom(scene, directory: Path, seed: int = 0, shape=(40, 40, 40), name
     label_path = write_image(label, directory / f"{name}-label.nrrd")
     return (load_volume_file(scene, image_path, name), load_volume_file(scene, label_path, f"{name}-label"),
             image, label)
+
+
+def place_click(logic, world, positive: bool = True):
+    """Place a point in the logic's prompt list as the Widget's place mode does; its click."""
+    node = logic.prompt_list()
+    node.AddControlPointWorld(*world)
+    [click] = logic.new_clicks(node, positive)
+    return click

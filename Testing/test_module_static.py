@@ -138,6 +138,31 @@ def test_documented_shortcuts_match_the_code():
         assert f"`{key}`" in guide, f"shortcut {key} is not documented in docs/SLICER_MODULE.md"
 
 
+# Keys Slicer's views bind without a modifier (Slicer 5.6 - 5.10): slice views
+# (vtkMRMLSliceIntersectionWidget: b f g r t v V Left Right Up Down [ ] { }), 3D views
+# (vtkMRMLCameraWidget: r plus minus Home End Next Prior Insert Clear KP_*, arrows), markups
+# (vtkSlicerMarkupsWidget: s snaps a point to the slice, Delete, BackSpace).
+VIEW_KEYS = set("bfgrtvs") | {"left", "right", "up", "down", "[", "]", "{", "}", "+", "-", "=",
+                               "plus", "minus", "home", "end", "pgdown", "pgup", "ins", "insert",
+                               "del", "delete", "backspace", "clear"}
+# Bound with any modifier: Shift+v ("V": all slices), the bracket keys.
+VIEW_KEYS_ANY_MODIFIER = {"v", "[", "]", "{", "}"}
+
+
+def test_no_shortcut_takes_a_key_slicers_views_bind():
+    tree = _module_tree()
+    shortcuts = next(ast.literal_eval(node.value) for node in tree.body
+                     if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SHORTCUTS")
+    for action, sequence in shortcuts.items():
+        *modifiers, key = sequence.lower().split("+") if sequence != "+" else ["+"]
+        assert key not in VIEW_KEYS_ANY_MODIFIER, f"{action}: {sequence} is bound by Slicer's views"
+        if not modifiers:
+            assert key not in VIEW_KEYS, f"{action}: {sequence} is bound by Slicer's views"
+            assert not key.startswith("kp_"), f"{action}: {sequence} is a keypad key of the 3D view"
+    # The check itself would catch the old keys.
+    assert "r" in VIEW_KEYS and "s" in VIEW_KEYS
+
+
 def _slicer_side_sources() -> list:
     return sorted(p for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts)
 

@@ -115,6 +115,10 @@ def test_lesion_grouping_matches_sam3d_batch(mrml_scene, tmp_path):
         "unmatched negative": [("A", [(1, 1, 1)], [""]), ("B", [(2, 2, 2)], [""]),
                                ("C negative", [(3, 3, 3)], [""])],
         "only negative": [("spots-", [(1, 1, 1)], [""])],
+        # The module's list: lesion and sign in each point's description (the list's name is
+        # the file stem, as Slicer reads its own files back).
+        "tagged": [("case7", [(1, 1, 1), (2, 2, 2), (3, 3, 3), (4, 4, 4)],
+                    ["lesion 2", "lesion 1", "lesion 2 negative", "Lesion 1 Negative"])],
     }
     outcomes = {}
     for name, lists in files.items():
@@ -131,7 +135,7 @@ def test_lesion_grouping_matches_sam3d_batch(mrml_scene, tmp_path):
         assert got == expected, name
         outcomes[name] = None if got is None else [labels for _, labels in got]
     assert outcomes == {"two lesions": [[1, 0], [1, 0]], "module lists": [[1, 1, 0]],
-                        "unmatched negative": None, "only negative": None}
+                        "unmatched negative": None, "only negative": None, "tagged": [[1, 0], [1, 0]]}
 
 
 def test_multi_lesion_file_gives_one_segment_per_lesion(mrml_scene, server_url, tmp_path):

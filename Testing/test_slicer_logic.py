@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 from slicer_fixtures import (add_linear_transform, add_volume, load_phantom, mrml_scene,  # noqa: F401
-                             needs_default_model, oblique_ijk_to_ras, rigid_matrix,
+                             needs_default_model, oblique_ijk_to_ras, place_click, rigid_matrix,
                              slicer)
 from SAM3DPromptLib.client import (InvalidServerURL, NothingToUndo, SAM3DClient, ServerUnreachable,
                                    SessionNotFound)
 from SAM3DPromptLib.logic import PromptLogic, user_message
 from SAM3DPromptLib.mrml_io import read_segment_mask, segment_fingerprint, write_segment_box
-from SAM3DPromptLib.prompts import click_from_markup
 
 
 
@@ -69,10 +68,8 @@ def test_click_reaches_server_on_intended_voxel(mrml_scene, server_url):
     logic = PromptLogic(SAM3DClient(server_url), scene=mrml_scene)
     segmentation = logic.create_segmentation(volume)
     logic.set_target(volume, segmentation, logic.add_lesion_segment(segmentation))
-    positive, _ = logic.prompt_nodes()
     target = (6.0, 11.0, 3.0)
-    positive.AddControlPointWorld(*_world(volume, target))
-    result = logic.click_points([click_from_markup(positive, 0)])
+    result = logic.click_points([place_click(logic, _world(volume, target))])
     info = logic.client.session_info(logic.session_id)
     np.testing.assert_allclose(info["points"], [target], atol=1e-6)
     assert info["shape"] == list(array.shape)
@@ -120,25 +117,23 @@ def test_undo_restores_segment_bit_for_bit(logic, phantom):
     drawn = np.zeros(slicer.util.arrayFromVolume(image_node).shape, bool)
     drawn[2:6, 3:9, 30:36] = True
     write_segment_box(logic.segmentation_node, logic.segment_id, image_node, (0, 0, 0), drawn)
-    positive, negative = logic.prompt_nodes()
+    prompts = logic.prompt_list()
     tumor = _tumor_kji(label_node)
-    positive.AddControlPointWorld(*_world(image_node, tumor))
-    first = logic.click_points([click_from_markup(positive, 0)])
+    first = logic.click_points([place_click(logic, _world(image_node, tumor))])
     assert first.prior_sent  # the drawn blob went to the server as the prior
     after_first = _segment(logic)
-    negative.AddControlPointWorld(*_world(image_node, tumor + np.array([0, 6, 6])))
-    second = logic.click_points([click_from_markup(negative, 0)])
+    second = logic.click_points([place_click(logic, _world(image_node, tumor + np.array([0, 6, 6])), False)])
     assert not second.prior_sent
     assert not np.array_equal(_segment(logic), after_first)
 
     logic.undo()
     np.testing.assert_array_equal(_segment(logic), after_first)
-    assert negative.GetNumberOfControlPoints() == 0 and positive.GetNumberOfControlPoints() == 1
+    assert prompts.GetNumberOfControlPoints() == 1
     info = logic.client.session_info(logic.session_id)
     assert info["labels"] == [1] and info["interactions"] == 2  # the prior, then the first click
     logic.undo()
     np.testing.assert_array_equal(_segment(logic), drawn)
-    assert positive.GetNumberOfControlPoints() == 0
+    assert prompts.GetNumberOfControlPoints() == 0
     with pytest.raises(NothingToUndo):
         logic.undo()
     # In step with the server again: the next click needs no prior.
@@ -172,20 +167,18 @@ def test_server_down_leaves_segment_untouched(mrml_scene, phantom, start_server)
         logic = PromptLogic(SAM3DClient(url, timeout=10), scene=mrml_scene)
         segmentation = logic.create_segmentation(image_node)
         logic.set_target(image_node, segmentation, logic.add_lesion_segment(segmentation))
-        positive, _ = logic.prompt_nodes()
-        positive.AddControlPointWorld(*_world(image_node, _tumor_kji(label_node)))
-        logic.click_points([click_from_markup(positive, 0)])
+        prompts = logic.prompt_list()
+        logic.click_points([place_click(logic, _world(image_node, _tumor_kji(label_node)))])
     # The server is gone now.
     before = _segment(logic)
     fingerprint = segment_fingerprint(logic.segmentation_node, logic.segment_id)
-    positive.AddControlPointWorld(*_world(image_node, _tumor_kji(label_node) + 3))
     with pytest.raises(ServerUnreachable) as caught:
-        logic.click_points([click_from_markup(positive, 1)])
+        logic.click_points([place_click(logic, _world(image_node, _tumor_kji(label_node) + 3))])
     message = user_message(caught.value)
     assert url in message and "sam3d serve" in message
     assert segment_fingerprint(logic.segmentation_node, logic.segment_id) == fingerprint
     np.testing.assert_array_equal(_segment(logic), before)
-    assert positive.GetNumberOfControlPoints() == 1  # the click that was not applied is removed
+    assert prompts.GetNumberOfControlPoints() == 1  # the click that was not applied is removed
     assert logic.click_count == 1 and logic.can_undo
 
 
@@ -206,26 +199,47 @@ def test_expired_session_is_uploaded_again_and_clicks_replayed(logic, phantom):
 def test_next_lesion_keeps_previous_segment_and_reset_restores(logic, phantom):
     image_node, label_node = phantom[:2]
     tumor = _tumor_kji(label_node)
-    positive, _ = logic.prompt_nodes()
-    positive.AddControlPointWorld(*_world(image_node, tumor))
-    logic.click_points([click_from_markup(positive, 0)])
+    logic.click_points([place_click(logic, _world(image_node, tumor))])
     first_id = logic.segment_id
     first = _segment(logic)
 
     second_id = logic.next_lesion()
-    assert second_id != first_id and positive.GetNumberOfControlPoints() == 0
+    prompts = logic.prompt_list()
+    # The first lesion's point stays in the volume's prompt list, tagged with its lesion.
+    assert second_id != first_id and prompts.GetNumberOfControlPoints() == 1
+    assert prompts.GetNthControlPointDescription(0) == "lesion 1"
     assert logic.segmentation_node.GetSegmentation().GetSegment(second_id).GetName() == "Lesion 2"
-    logic.click(_world(image_node, tumor + np.array([0, 8, -8])))
+    logic.click_points([place_click(logic, _world(image_node, tumor + np.array([0, 8, -8])))])
     info = logic.client.session_info(logic.session_id)
     assert info["interactions"] == 1 and len(info["points"]) == 1  # the server object was reset
     np.testing.assert_array_equal(
         read_segment_mask(logic.segmentation_node, first_id, image_node), first)
 
-    logic.click(_world(image_node, tumor), positive=False)
+    logic.click_points([place_click(logic, _world(image_node, tumor), positive=False)])
+    before_reset = _segment(logic)
+    assert before_reset.any()
+    assert [prompts.GetNthControlPointDescription(i) for i in range(3)] == [
+        "lesion 1", "lesion 2", "lesion 2 negative"]
     logic.reset()
-    assert not _segment(logic).any() and not logic.can_undo
+    assert not _segment(logic).any() and prompts.GetNumberOfControlPoints() == 1
     np.testing.assert_array_equal(
         read_segment_mask(logic.segmentation_node, first_id, image_node), first)
+
+    # Item 1 of issue 17: a reset can be undone - the lesion, its points and its undo steps.
+    assert logic.can_undo
+    logic.undo()
+    np.testing.assert_array_equal(_segment(logic), before_reset)
+    assert [prompts.GetNthControlPointDescription(i) for i in range(3)] == [
+        "lesion 1", "lesion 2", "lesion 2 negative"]
+    assert [prompts.GetNthControlPointSelected(i) for i in range(3)] == [True, True, False]
+    assert logic.click_count == 2
+    logic.undo()  # the negative click, then the positive one, as before the reset
+    assert prompts.GetNumberOfControlPoints() == 2
+    logic.undo()
+    assert not _segment(logic).any() and prompts.GetNumberOfControlPoints() == 1
+    # The server object is rebuilt from the segment with the next click.
+    result = logic.click(_world(image_node, tumor))
+    assert result.prior_sent is False and result.voxels == int(_segment(logic).sum()) > 0
 
 
 def test_url_without_scheme_is_refused_with_advice(mrml_scene):

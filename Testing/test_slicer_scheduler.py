@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_fixtures import load_phantom, mrml_scene, slicer  # noqa: F401
+from slicer_fixtures import load_phantom, mrml_scene, place_click, slicer  # noqa: F401
 from SAM3DPromptLib.client import SAM3DClient, ServerUnreachable
 from SAM3DPromptLib.logic import PromptLogic
-from SAM3DPromptLib.prompts import PromptError, click_from_markup
+from SAM3DPromptLib.prompts import PromptError
 from SAM3DPromptLib.scheduler import InteractionQueue
 from test_slicer_logic import _segment, _world
 
@@ -28,20 +28,19 @@ def setup(mrml_scene, server_url, tmp_path):
     logic.close()
 
 
-def _place(node, world):
-    index = node.AddControlPointWorld(*world)
-    return click_from_markup(node, index)
+def _place(logic, world, positive=True):
+    return place_click(logic, world, positive)
 
 
 def test_clicks_placed_during_a_prediction_are_merged_not_lost(setup):
     logic, queue, done, image_node, tumor = setup
-    positive, negative = logic.prompt_nodes()
-    queue.add_click(_place(positive, _world(image_node, tumor)))
+    prompts = logic.prompt_list()
+    queue.add_click(_place(logic, _world(image_node, tumor)))
     queue.pump()
     assert queue.busy and queue.busy_seconds >= 0.0
     # Placed while the first prediction runs:
-    queue.add_click(_place(negative, _world(image_node, tumor + np.array([0, 7, 7]))))
-    queue.add_click(_place(positive, _world(image_node, tumor + np.array([1, -3, 2]))))
+    queue.add_click(_place(logic, _world(image_node, tumor + np.array([0, 7, 7])), False))
+    queue.add_click(_place(logic, _world(image_node, tumor + np.array([1, -3, 2]))))
     assert queue.queued_clicks == 2
     queue.wait_until_idle()
 
@@ -55,30 +54,30 @@ def test_clicks_placed_during_a_prediction_are_merged_not_lost(setup):
 
 def test_operations_keep_their_order_behind_clicks(setup):
     logic, queue, done, image_node, tumor = setup
-    positive, negative = logic.prompt_nodes()
-    queue.add_click(_place(positive, _world(image_node, tumor)))
+    prompts = logic.prompt_list()
+    queue.add_click(_place(logic, _world(image_node, tumor)))
     queue.pump()
-    queue.add_click(_place(negative, _world(image_node, tumor + np.array([0, 6, -6]))))
+    queue.add_click(_place(logic, _world(image_node, tumor + np.array([0, 6, -6])), False))
     queue.add("undo", logic.prepare_undo)  # undoes the negative click, not the first one
     queue.wait_until_idle()
     assert [name for name, _, _ in done] == ["clicks", "clicks", "undo"]
     assert all(error is None for _, _, error in done)
-    assert negative.GetNumberOfControlPoints() == 0 and positive.GetNumberOfControlPoints() == 1
+    assert prompts.GetNumberOfControlPoints() == 1
     assert logic.client.session_info(logic.session_id)["labels"] == [1]
     assert np.sum(_segment(logic)) == done[0][1].voxels
 
 
 def test_refused_click_is_reported_and_the_queue_goes_on(setup):
     logic, queue, done, image_node, tumor = setup
-    positive, _ = logic.prompt_nodes()
-    queue.add_click(_place(positive, _world(image_node, np.array([-40.0, 0.0, 0.0]))))  # outside
+    prompts = logic.prompt_list()
+    queue.add_click(_place(logic, _world(image_node, np.array([-40.0, 0.0, 0.0]))))  # outside
     queue.add("next lesion", lambda: logic.next_lesion() and None)
-    queue.add_click(_place(positive, _world(image_node, tumor)))
+    queue.add_click(_place(logic, _world(image_node, tumor)))
     queue.wait_until_idle()
     assert isinstance(done[0][2], PromptError) and "outside the input volume" in str(done[0][2])
     assert done[1] == ("next lesion", None, None)
     assert done[2][2] is None and done[2][1].clicks == 1
-    assert positive.GetNumberOfControlPoints() == 1  # the refused point was taken away
+    assert prompts.GetNumberOfControlPoints() == 1  # the refused point was taken away
 
 
 def test_server_down_is_reported_through_the_queue(mrml_scene, tmp_path):
@@ -89,7 +88,7 @@ def test_server_down_is_reported_through_the_queue(mrml_scene, tmp_path):
     logic.set_target(image_node, segmentation, logic.add_lesion_segment(segmentation))
     done = []
     queue = InteractionQueue(logic, lambda name, result, error: done.append((name, result, error)))
-    queue.add_click(_place(logic.prompt_nodes()[0], _world(image_node, (10.0, 10.0, 10.0))))
+    queue.add_click(_place(logic, _world(image_node, (10.0, 10.0, 10.0))))
     queue.wait_until_idle()
     assert isinstance(done[0][2], ServerUnreachable)
     assert not _segment(logic).any() and logic.session_id is None
@@ -97,10 +96,10 @@ def test_server_down_is_reported_through_the_queue(mrml_scene, tmp_path):
 
 def test_discarded_work_never_touches_the_scene(setup):
     logic, queue, done, image_node, tumor = setup
-    positive, _ = logic.prompt_nodes()
-    queue.add_click(_place(positive, _world(image_node, tumor)))
+    prompts = logic.prompt_list()
+    queue.add_click(_place(logic, _world(image_node, tumor)))
     queue.pump()
-    queue.add_click(_place(positive, _world(image_node, tumor + 2)))
+    queue.add_click(_place(logic, _world(image_node, tumor + 2)))
     running = queue._thread
     queue.discard()
     assert queue.idle and not queue.busy

@@ -6,6 +6,8 @@ Each case is a volume node and the point lists saved for it: by default the mark
 "<volume> SAM3D" with one segment per lesion ("Lesion 1", "Lesion 2", ...); the volume is
 uploaded once per case, each lesion is one request holding all its clicks, and the server
 session is freed after the last one. A failing case is reported and the batch goes on.
+In the Widget a :class:`BatchRun` runs the cases on a queue of its own, with progress and
+cancel, so interactive clicks never wait behind a batch.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any, Callable, List, Optional, Sequence
 from .client import SAM3DClient
 from .logic import PromptLogic, Request, delete_session_quietly, user_message
 from .prompts import Click, PromptError, lesion_clicks, load_prompt_file
+from .scheduler import InteractionQueue
 
 PROMPT_FILE_SUFFIX = ".mrk.json"
+CANCELLED = "Cancelled before it was segmented."
 
 # progress(done, total, message): called before each case and once at the end.
 ProgressCallback = Callable[[int, int, str], None]
@@ -117,6 +121,14 @@ class CaseRun:
 
         return Request("batch", work, apply)
 
+    def cancel(self) -> Request:
+        """The request that ends the case now: it frees the case's session and returns its
+        result, marked cancelled unless the case was already over."""
+        if self._done:
+            return Request("batch", lambda: None, lambda result, error: None)
+        self._result.error = CANCELLED
+        return self._report()
+
     def _prepare_lesion(self, index: int) -> Request:
         volume = self._case.volume_node
         if self._result.segmentation_node is None:
@@ -162,3 +174,53 @@ def run_saved_prompts(client: SAM3DClient, cases: Sequence[BatchCase], scene=Non
     if progress is not None:
         progress(total, total, f"Done: {sum(r.error is None for r in results)} of {total} segmented")
     return results
+
+
+class BatchRun:
+    """Cases on a queue of their own (the interactive queue never waits behind them), pumped
+    from the main thread like the interactive one; ``results`` grows as cases finish and
+    ``cancel()`` ends the batch after the request in flight (every case still gets a result).
+
+    ``on_progress(run)`` is called on the main thread after each finished case.
+    """
+
+    def __init__(self, client: SAM3DClient, cases: Sequence[BatchCase], scene=None,
+                 on_progress: Optional[Callable[["BatchRun"], None]] = None,
+                 on_work: Optional[Callable[[], None]] = None):
+        self.total = len(cases)
+        self.results: List[BatchResult] = []
+        self.cancelled = False
+        self._on_progress = on_progress
+        self._queue = InteractionQueue(None, self._done, on_work=on_work)
+        # Each case's own client: a client serves one thread at a time.
+        self._runs = [CaseRun(SAM3DClient(client.base_url, api_key=client.api_key, timeout=client.timeout),
+                              case, scene) for case in cases]
+        for run in self._runs:
+            for _ in range(run.steps):
+                self._queue.add("batch", run.prepare_next)
+
+    @property
+    def finished(self) -> bool:
+        return self._queue.idle
+
+    def pump(self) -> None:
+        self._queue.pump()
+
+    def cancel(self) -> None:
+        """Drop the queued lesions; each unfinished case is then ended (its session freed)."""
+        if self.cancelled or self.finished:
+            return
+        self.cancelled = True
+        self._queue.drop_pending()
+        for run in self._runs:
+            self._queue.add("batch", run.cancel)
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Pump until the batch is over (scripts and tests; the Widget pumps from its timer)."""
+        self._queue.wait_until_idle(timeout)
+
+    def _done(self, name: str, result: Any, error: Optional[BaseException]) -> None:
+        if isinstance(result, BatchResult):
+            self.results.append(result)
+            if self._on_progress is not None:
+                self._on_progress(self)

@@ -27,7 +27,8 @@ from .mrml_io import (GeometryError, SegmentFingerprint, VolumeFingerprint, ras_
                       read_segment_mask, segment_fingerprint, use_binary_labelmap, volume_array,
                       volume_fingerprint, volume_shape, volume_spacing_kji, world_to_local_matrix,
                       write_segment_box)
-from .prompts import Click, PromptError, ensure_prompt_nodes, remove_click_markup
+from .prompts import (NEGATIVE, POSITIVE, Click, PromptError, create_prompt_list, find_prompt_list,
+                      lesion_number, mark_point, remove_click_markup)
 
 SEGMENT_NAME = "Lesion"
 # Colours given to new lesion segments in turn.
@@ -60,6 +61,17 @@ class _Step:
     labels: List[int]
     lo: Tuple[int, int, int]
     before: np.ndarray  # segment voxels in [lo, lo + before.shape) before the step
+
+
+@dataclass
+class _Reset:
+    """A reset that can be undone: the steps it dropped, the segment's voxels it replaced
+    (in [lo, lo + after.shape)) and the descriptions of the points it removed (click order)."""
+
+    steps: List[_Step]
+    lo: Tuple[int, int, int]
+    after: np.ndarray
+    descriptions: List[str]
 
 
 @dataclass
@@ -143,6 +155,10 @@ class PromptLogic:
         # fingerprint at the moment its voxels were known to equal it (None: not known).
         self._server_mask: Optional[np.ndarray] = None
         self._segment_fp: Optional[SegmentFingerprint] = None
+        self._reset: Optional[_Reset] = None  # the last reset, while it can be undone
+        self._adopted: set = set()  # IDs of prompt lists whose earlier points are not clicks
+        self._seen: set = set()  # (list ID, point ID) of every point already taken
+        self._restoring = False
 
     # -- connection --------------------------------------------------------------------------
     def connect(self, base_url: str, api_key: Optional[str] = None, timeout: float = 30.0) -> SAM3DClient:
@@ -152,6 +168,17 @@ class PromptLogic:
             self._forget_session()  # the old server expires it; no network here
         self.client = client
         return client
+
+    def _own_client(self) -> Optional[SAM3DClient]:
+        """A client of its own (same server, key and timeout) for a thread that may run beside
+        the worker: a client (its HTTP session) serves one thread at a time."""
+        client = self.client
+        return None if client is None else SAM3DClient(client.base_url, api_key=client.api_key,
+                                                       timeout=client.timeout)
+
+    def renew_client(self) -> None:
+        """Leave the current client to a request that was abandoned while still running."""
+        self.client = self._own_client()
 
     def _require_client(self) -> SAM3DClient:
         if self.client is None:
@@ -181,8 +208,20 @@ class PromptLogic:
                 segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         self.segmentation_node = segmentation_node
         self.segment_id = segment_id
-        if not same_object:  # the clicks shown are always those of the current lesion
-            self._start_new_object(remove_markups=True)
+        if not same_object:  # the points of the lesion left stay in the prompt list
+            self._start_new_object(remove_markups=False)
+
+    def ensure_target(self, volume_node, segmentation_node, segment_id: Optional[str]) -> Tuple[Any, str]:
+        """The segmentation and segment a click on ``volume_node`` goes to: a missing
+        segmentation is created, and a missing segment ID, or one the segmentation no longer
+        holds (deleted, or left from another segmentation), becomes a new "Lesion N"."""
+        if volume_node is None:
+            raise PromptError("Select an input volume first.")
+        if segmentation_node is None:
+            segmentation_node = self.create_segmentation(volume_node)
+        if not segment_id or segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+            segment_id = self.add_lesion_segment(segmentation_node)
+        return segmentation_node, segment_id
 
     def create_segmentation(self, volume_node) -> Any:
         """A new segmentation for ``volume_node`` (same grid and parent transform)."""
@@ -205,35 +244,119 @@ class PromptLogic:
 
     def next_lesion(self) -> str:
         """Keep the current segment, add a new empty one and make it the target (no network:
-        the server object is reset with the next click)."""
+        the server object is reset with the next click). A target that is still empty (no
+        click, no voxel) is kept as the next lesion, so no empty segment is left behind."""
+        if self.volume_node is None:
+            raise PromptError("Select an input volume first.")
+        if (self.segmentation_node is not None and self.segment_id is not None and not self._steps
+                and self.segmentation_node.GetSegmentation().GetSegment(self.segment_id) is not None
+                and not self._segment_voxels().any()):
+            return self.segment_id
         if self.segmentation_node is None:
-            if self.volume_node is None:
-                raise PromptError("Select an input volume first.")
             self.segmentation_node = self.create_segmentation(self.volume_node)
         self.segment_id = self.add_lesion_segment(self.segmentation_node)
-        self._start_new_object(remove_markups=True)
+        self._start_new_object(remove_markups=False)
         return self.segment_id
 
     def reset(self) -> None:
         """Start the current lesion over: the segment gets back the voxels it had before its
-        first click (bit for bit), its clicks are removed (no network: applied with the next click)."""
+        first click (bit for bit), its clicks are removed (no network: applied with the next
+        click). ``undo()`` right after gives back the lesion, its clicks and its undo steps."""
+        steps = [step for step in self._steps if step.before.size]
+        record = None
+        if self._steps:
+            lo = tuple(min(step.lo[a] for step in steps) for a in range(3)) if steps else (0, 0, 0)
+            hi = tuple(max(step.lo[a] + step.before.shape[a] for step in steps) for a in range(3)) if steps else (0, 0, 0)
+            current = self._segment_voxels()
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+            descriptions = [self._point_description(click) for step in self._steps for click in step.clicks]
+            record = _Reset(steps=list(self._steps), lo=lo, after=current[box].copy(),
+                            descriptions=descriptions)
         for step in reversed(self._steps):
             self._write_box(step.lo, step.before)
         self._start_new_object(remove_markups=True)
+        self._reset = record
+
+    def _point_description(self, click: Click) -> str:
+        node = self.scene.GetNodeByID(click.markups_node_id) if click.markups_node_id else None
+        index = node.GetNthControlPointIndexByID(click.control_point_id) if node is not None else -1
+        return node.GetNthControlPointDescription(index) if index >= 0 else ""
+
+    def _undo_reset(self) -> None:
+        record, self._reset = self._reset, None
+        self._write_box(record.lo, record.after)
+        prompt_list = self.prompt_list() if any(click.markups_node_id for step in record.steps
+                                                for click in step.clicks) else None
+        descriptions = iter(record.descriptions)
+        self._restoring = True
+        try:
+            for step in record.steps:
+                for click in step.clicks:
+                    description = next(descriptions)
+                    if prompt_list is None or not click.markups_node_id:
+                        continue
+                    index = prompt_list.AddControlPointWorld(*click.ras)
+                    click.markups_node_id = prompt_list.GetID()
+                    click.control_point_id = prompt_list.GetNthControlPointID(index)
+                    self._seen.add((click.markups_node_id, click.control_point_id))
+                    prompt_list.SetNthControlPointDescription(index, description)
+                    prompt_list.SetNthControlPointSelected(index, click.label == POSITIVE)
+        finally:
+            self._restoring = False
+        self._steps = record.steps
+        self._object_needs_reset = self.session_id is not None
+        self._server_mask = None
+        self._segment_fp = None
 
     def _start_new_object(self, remove_markups: bool) -> None:
         if remove_markups:
             for step in self._steps:
                 for click in step.clicks:
                     remove_click_markup(self.scene, click)
+        self._reset = None
         self._steps = []
         self._object_needs_reset = self.session_id is not None
         self._server_mask = None
         self._segment_fp = None
 
-    def prompt_nodes(self) -> Tuple[Any, Any]:
-        """The "SAM3D positive" (green) and "SAM3D negative" (red) point lists."""
-        return ensure_prompt_nodes(self.scene)
+    def prompt_list(self, volume_node=None) -> Any:
+        """The prompt list of ``volume_node`` (default: the input volume; see ``prompts``): the
+        one tied to the volume, else a new one. Points the list holds when first taken (a
+        loaded scene) are never sent."""
+        volume_node = volume_node or self.volume_node
+        if volume_node is None:
+            raise PromptError("Select an input volume first.")
+        node = find_prompt_list(self.scene, volume_node) or create_prompt_list(self.scene, volume_node)
+        if node.GetID() not in self._adopted:
+            self._adopted.add(node.GetID())
+            for index in range(node.GetNumberOfControlPoints()):
+                self._seen.add((node.GetID(), node.GetNthControlPointID(index)))
+        return node
+
+    def new_clicks(self, markups_node, positive: bool, volume_node=None) -> List[Click]:
+        """The points placed in the prompt list of ``volume_node`` (default: the input volume)
+        since last asked, as clicks (each marked with its sign). Points of any other list, and
+        those a list held when it was taken, are never clicks."""
+        volume_node = volume_node or self.volume_node
+        if (markups_node is None or volume_node is None or markups_node.GetID() not in self._adopted
+                or markups_node is not find_prompt_list(self.scene, volume_node)):
+            return []
+        clicks = []
+        for index in range(markups_node.GetNumberOfControlPoints()):
+            key = (markups_node.GetID(), markups_node.GetNthControlPointID(index))
+            if key in self._seen or markups_node.GetNthControlPointPositionStatus(index) != markups_node.PositionDefined:
+                continue
+            self._seen.add(key)
+            if self._restoring:
+                continue
+            label = POSITIVE if positive else NEGATIVE
+            markups_node.SetNthControlPointDescription(index, "" if positive else "negative")
+            markups_node.SetNthControlPointSelected(index, positive)
+            position = [0.0, 0.0, 0.0]
+            markups_node.GetNthControlPointPositionWorld(index, position)
+            clicks.append(Click(ras=(position[0], position[1], position[2]), label=label,
+                                markups_node_id=key[0], control_point_id=key[1]))
+        return clicks
 
     @property
     def click_count(self) -> int:
@@ -241,7 +364,7 @@ class PromptLogic:
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._steps)
+        return bool(self._steps) or self._reset is not None
 
     # -- clicks ------------------------------------------------------------------------------
     def click(self, ras: Sequence[float], positive: bool = True) -> ClickResult:
@@ -276,6 +399,7 @@ class PromptLogic:
             raise PromptError(f"{int(outside.sum())} click(s) lie outside the input volume "
                               f"'{self.volume_node.GetName()}'; place points on the volume.")
         labels = [int(click.label) for click in clicks]
+        self._tag_points(clicks)
         upload = self._upload_if_changed()
         session_id = None if upload is not None else self.session_id
         reset = self._object_needs_reset and upload is None
@@ -342,6 +466,7 @@ class PromptLogic:
                 raise error
             if reset or wire.uploaded:
                 self._object_needs_reset = False
+            self._reset = None
             update = wire.update
             lo = tuple(int(v) for v in update.lo)
             box = tuple(slice(a, b) for a, b in zip(update.lo, update.hi))
@@ -361,6 +486,20 @@ class PromptLogic:
                                timing_ms=dict(update.timing_ms))
 
         return Request("clicks", work, apply, state=wire)
+
+    def _tag_points(self, clicks: Sequence[Click]) -> None:
+        """Write each placed click's lesion and sign into its point (saved with the list)."""
+        prompt_list = find_prompt_list(self.scene, self.volume_node)
+        if prompt_list is None:
+            return
+        number = None
+        for click in clicks:
+            index = (prompt_list.GetNthControlPointIndexByID(click.control_point_id)
+                     if click.markups_node_id == prompt_list.GetID() else -1)
+            if index >= 0:
+                if number is None:
+                    number = lesion_number(prompt_list, self.segmentation_node, self.segment_id)
+                mark_point(prompt_list, index, number, click.label)
 
     def _upload_if_changed(self) -> Optional[_Upload]:
         """The volume to upload when the session does not hold this volume's current voxels."""
@@ -388,6 +527,8 @@ class PromptLogic:
         request.finish()
 
     def prepare_undo(self) -> Request:
+        if not self._steps and self._reset is not None:
+            return Request("undo", lambda: None, lambda result, error: self._undo_reset())
         if not self._steps:
             raise NothingToUndo("Nothing to undo for this lesion.")
         client = self.client
@@ -429,7 +570,7 @@ class PromptLogic:
 
     def prepare_release(self) -> Request:
         """Forget the session now; the Request deletes it on the server (best effort)."""
-        client, session_id = self.client, self.session_id
+        client, session_id = self._own_client(), self.session_id
         self._forget_session()
 
         def work() -> None:

@@ -1,35 +1,47 @@
-"""Click prompts as Slicer markups: the sign convention, the two point lists, saved prompt files.
+"""Click prompts as Slicer markups: the sign and lesion convention, the volume's prompt list,
+saved prompt files, and the place mode the module switches on.
 
 The conventions are shared with ``sam3d segment`` / ``sam3d batch`` (``sam3d.data.markups`` and
 ``sam3d.batch.prompts``; the Slicer side cannot import that package, so the rules are repeated
 here and the tests run both on the same files):
 
 - a control point is *negative* when its point list's name contains "negative" or ends with
-  "-", or when the point's description is "negative"; every other defined point is *positive*;
+  "-", or when the point's description is "negative" or "lesion N negative"; every other
+  defined point is *positive*;
+- a description "lesion N" / "lesion N negative" tags the point with lesion N: such a list is
+  read as one list per lesion number ("<name> lesion N"), its untagged points staying in a list
+  of its own name;
 - in a saved file, every point list whose name is not negative is one lesion; a negative list
   belongs to the lesion list with the same name once "positive" / "negative" and a trailing
-  "+" / "-" are dropped ("Lesion 2 negative" -> "Lesion 2", "SAM3D negative" -> "SAM3D positive"),
-  or to the only lesion list.
+  "+" / "-" are dropped ("Lesion 2 negative" -> "Lesion 2"), or to the only lesion list.
 
-The module places positive clicks in the point list "SAM3D positive" (green) and negative ones
-in "SAM3D negative" (red): saved together they are one lesion.
+The module keeps every click of a volume in one point list per volume, named after the volume
+and tied to it by a node reference: positive points are selected (green), negative ones
+unselected (red), and each point's description says its lesion and sign. Slicer saves that list
+as one file, ``<volume>.mrk.json``, which ``sam3d batch`` reads with every lesion and sign. The
+module adopts a list only through the reference (so lists written by ``sam3d`` or loaded from a
+file never take over), and points a list already holds are never sent as clicks.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import slicer
 
-POSITIVE_NAME = "SAM3D positive"
-NEGATIVE_NAME = "SAM3D negative"
+# The node reference from a prompt list to its volume, and the list's attribute that numbers
+# its lesions ({"<segmentation ID>/<segment ID>": N}).
+VOLUME_REFERENCE_ROLE = "SAM3DPrompt.volume"
+LESIONS_ATTRIBUTE = "SAM3DPrompt.lesions"
 POSITIVE_COLOR = (0.10, 0.80, 0.25)
 NEGATIVE_COLOR = (0.95, 0.15, 0.15)
 POSITIVE = 1
 NEGATIVE = 0
 _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
+_DESCRIPTION = re.compile(r"^\s*(?:lesion\s+(\d+))?\s*(positive|negative)?\s*$", re.IGNORECASE)
 
 
 class PromptError(ValueError):
@@ -54,12 +66,26 @@ def is_negative_name(name: str) -> bool:
     return "negative" in name or name.endswith("-")
 
 
+def parse_description(description: str) -> Tuple[Optional[int], bool]:
+    """A control point's description -> (lesion number or None, negative)."""
+    match = _DESCRIPTION.match(description or "")
+    if match is None:
+        return None, False
+    return (int(match.group(1)) if match.group(1) else None,
+            (match.group(2) or "").lower() == "negative")
+
+
+def point_description(lesion: int, label: int) -> str:
+    """The description the module gives a point of lesion ``lesion`` with ``label``."""
+    return f"lesion {lesion}" + (" negative" if label == NEGATIVE else "")
+
+
 def point_label(markups_node, index: int) -> int:
     """1 (positive) or 0 (negative) for control point ``index`` of ``markups_node``."""
     if is_negative_name(markups_node.GetName() or ""):
         return NEGATIVE
-    description = markups_node.GetNthControlPointDescription(index) or ""
-    return NEGATIVE if description.strip().lower() == "negative" else POSITIVE
+    negative = parse_description(markups_node.GetNthControlPointDescription(index) or "")[1]
+    return NEGATIVE if negative else POSITIVE
 
 
 def click_from_markup(markups_node, index: int) -> Click:
@@ -75,13 +101,22 @@ def click_from_markup(markups_node, index: int) -> Click:
 def clicks_from_markups(markups_nodes) -> List[Click]:
     """Every defined control point of saved point lists, in list order. The clicks do not
     refer back to their markups: undo and failures never remove saved points."""
-    clicks: List[Click] = []
-    for node in markups_nodes:
-        for index in range(node.GetNumberOfControlPoints()):
-            if node.GetNthControlPointPositionStatus(index) == node.PositionDefined:
-                clicks.append(Click(ras=click_from_markup(node, index).ras,
-                                    label=point_label(node, index)))
-    return clicks
+    return [click for node in markups_nodes for _, clicks in _split_by_lesion(node) for click in clicks]
+
+
+def _split_by_lesion(node) -> List[Tuple[str, List[Click]]]:
+    """A point list as (name, clicks) lists: one per lesion tag (the module docstring)."""
+    name = node.GetName() or ""
+    tagged: Dict[Optional[int], List[Click]] = {}
+    for index in range(node.GetNumberOfControlPoints()):
+        if node.GetNthControlPointPositionStatus(index) != node.PositionDefined:
+            continue
+        lesion = parse_description(node.GetNthControlPointDescription(index) or "")[0]
+        tagged.setdefault(lesion, []).append(Click(ras=click_from_markup(node, index).ras,
+                                                   label=point_label(node, index)))
+    lists = [(name, tagged.get(None, []))] if None in tagged or len(tagged) == 0 else []
+    lists += [(f"{name} lesion {tag}", tagged[tag]) for tag in sorted(t for t in tagged if t is not None)]
+    return lists
 
 
 def _base_name(name: str) -> str:
@@ -95,7 +130,7 @@ def lesion_clicks(markups_nodes) -> List[List[Click]]:
 
     Raises PromptError when no list holds positive clicks, a negative list matches no lesion,
     or a lesion has no positive click."""
-    lists = [(node.GetName() or "", clicks_from_markups([node])) for node in markups_nodes]
+    lists = [entry for node in markups_nodes for entry in _split_by_lesion(node)]
     lesion_lists = [n for n, (name, clicks) in enumerate(lists) if clicks and not is_negative_name(name)]
     if not lesion_lists:
         raise PromptError("The saved prompts hold only negative point lists; add a point list of "
@@ -120,20 +155,55 @@ def lesion_clicks(markups_nodes) -> List[List[Click]]:
     return [groups[n] for n in lesion_lists]
 
 
-def ensure_prompt_nodes(scene) -> Tuple[object, object]:
-    """The "SAM3D positive" and "SAM3D negative" point lists, created (coloured) if missing."""
-    nodes = []
-    for name, color in ((POSITIVE_NAME, POSITIVE_COLOR), (NEGATIVE_NAME, NEGATIVE_COLOR)):
-        node = scene.GetFirstNode(name, "vtkMRMLMarkupsFiducialNode")
-        if node is None:
-            node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-            node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
-        if display is not None:
-            display.SetSelectedColor(*color)
-            display.SetColor(*color)
-        nodes.append(node)
-    return nodes[0], nodes[1]
+def find_prompt_list(scene, volume_node):
+    """The prompt list tied to ``volume_node`` (by the node reference), or None."""
+    if volume_node is None:
+        return None
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLMarkupsFiducialNode")
+        if node.GetNodeReferenceID(VOLUME_REFERENCE_ROLE) == volume_node.GetID():
+            return node
+    return None
+
+
+def create_prompt_list(scene, volume_node):
+    """A new prompt list for ``volume_node``: named after it (so Slicer proposes the file name
+    ``<volume>.mrk.json``), tied to it, green for positive (selected) and red for negative points."""
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", volume_node.GetName())
+    node.CreateDefaultDisplayNodes()
+    node.SetNodeReferenceID(VOLUME_REFERENCE_ROLE, volume_node.GetID())
+    node.SetAttribute(LESIONS_ATTRIBUTE, "{}")
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetSelectedColor(*POSITIVE_COLOR)
+        display.SetColor(*NEGATIVE_COLOR)
+    return node
+
+
+def lesion_number(prompt_list, segmentation_node, segment_id: str) -> int:
+    """The number of the lesion written into ``segment_id`` among the list's lesions (a new
+    segment gets the next free number; the numbering is kept in the list's attribute)."""
+    try:
+        numbers = json.loads(prompt_list.GetAttribute(LESIONS_ATTRIBUTE) or "{}")
+    except ValueError:
+        numbers = {}
+    key = f"{segmentation_node.GetID()}/{segment_id}"
+    if key not in numbers:
+        used = set(numbers.values())
+        for index in range(prompt_list.GetNumberOfControlPoints()):
+            tag = parse_description(prompt_list.GetNthControlPointDescription(index) or "")[0]
+            if tag is not None:
+                used.add(tag)
+        numbers[key] = next(n for n in range(1, len(used) + 2) if n not in used)
+        prompt_list.SetAttribute(LESIONS_ATTRIBUTE, json.dumps(numbers))
+    return int(numbers[key])
+
+
+def mark_point(prompt_list, index: int, lesion: int, label: int) -> None:
+    """Give point ``index`` its lesion and sign: the description (saved with the file) and the
+    selection state that colours it (selected: green positive, unselected: red negative)."""
+    prompt_list.SetNthControlPointDescription(index, point_description(lesion, label))
+    prompt_list.SetNthControlPointSelected(index, label == POSITIVE)
 
 
 def remove_click_markup(scene, click: Click) -> None:
@@ -169,3 +239,41 @@ def load_prompt_file(scene, path: str) -> List[object]:
         nodes.append(node)
     return nodes
 
+
+
+class PlaceMode:
+    """Slicer's place mode for the module's prompt list, and its undoing: ``start`` remembers
+    the interaction node's "place multiple points" setting and the selection node's active
+    place list the first time, ``stop`` gives both back and leaves Place mode (so the
+    application is as the user had it once the module stops placing, exits or is cleaned up)."""
+
+    def __init__(self, interaction_node, selection_node):
+        self.interaction_node = interaction_node
+        self.selection_node = selection_node
+        self._saved: Optional[Tuple[int, str, str]] = None
+
+    @property
+    def active(self) -> bool:
+        return self._saved is not None
+
+    def start(self, markups_node) -> None:
+        if self._saved is None:
+            self._saved = (self.interaction_node.GetPlaceModePersistence(),
+                           self.selection_node.GetActivePlaceNodeClassName() or "",
+                           self.selection_node.GetActivePlaceNodeID() or "")
+        self.selection_node.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+        self.selection_node.SetActivePlaceNodeID(markups_node.GetID())
+        self.interaction_node.SetPlaceModePersistence(1)
+        self.interaction_node.SetCurrentInteractionMode(self.interaction_node.Place)
+
+    def stop(self) -> None:
+        if self._saved is None:
+            return
+        persistence, class_name, node_id = self._saved
+        self._saved = None
+        if self.interaction_node.GetCurrentInteractionMode() == self.interaction_node.Place:
+            self.interaction_node.SwitchToViewTransformMode()
+        self.interaction_node.SetPlaceModePersistence(persistence)
+        if class_name:
+            self.selection_node.SetReferenceActivePlaceNodeClassName(class_name)
+        self.selection_node.SetActivePlaceNodeID(node_id or None)

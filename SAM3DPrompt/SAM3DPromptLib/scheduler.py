@@ -4,7 +4,8 @@ The Widget calls :meth:`InteractionQueue.pump` from a timer on the main thread: 
 completed request there (MRML is only touched on the main thread) and starts the next one.
 Clicks placed while a prediction runs wait in the queue and go out together in the next
 request, so none is lost and the segment catches up in one step. Qt-free, so pytest can
-drive it exactly as the Widget does.
+drive it exactly as the Widget does. Batch work runs on a queue of its own (``batch.BatchRun``),
+so clicks never wait behind it.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ DoneCallback = Callable[[str, Any, Optional[BaseException]], None]
 class InteractionQueue:
     """Serial queue of clicks and operations in front of one :class:`PromptLogic`."""
 
-    def __init__(self, logic: PromptLogic, on_done: DoneCallback):
-        self.logic = logic
+    def __init__(self, logic: Optional[PromptLogic], on_done: DoneCallback,
+                 on_work: Optional[Callable[[], None]] = None):
+        self.logic = logic  # needed for clicks only
         self._on_done = on_done
+        self._on_work = on_work  # called whenever work is queued (the Widget starts its timer)
         # Entries: ("clicks", [Click]) or (name, prepare) where prepare() -> Request or None.
         self._pending: Deque[Tuple[str, Any]] = deque()
         self._running: Optional[Request] = None
@@ -40,11 +43,17 @@ class InteractionQueue:
             self._pending[-1][1].append(click)
         else:
             self._pending.append(("clicks", [click]))
+        self._woken()
 
     def add(self, name: str, prepare: Callable[[], Optional[Request]]) -> None:
         """Queue an operation: ``prepare()`` runs on the main thread when its turn comes and
         returns the Request to run on the worker, or None when it needed no network."""
         self._pending.append((name, prepare))
+        self._woken()
+
+    def _woken(self) -> None:
+        if self._on_work is not None:
+            self._on_work()
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -103,10 +112,17 @@ class InteractionQueue:
 
     def discard(self) -> None:
         """Forget the queued work and the result of the running request (e.g. the scene is
-        closing); the running network call ends on its own and its result is dropped."""
+        closing); the running network call ends on its own and its result is dropped. The
+        abandoned call keeps the Logic's client: the Logic gets a new one."""
         self._pending.clear()
+        if self._running is not None and self.logic is not None:
+            self.logic.renew_client()
         self._running = None
         self._thread = None
+
+    def drop_pending(self) -> None:
+        """Forget the queued work; the running request still finishes (e.g. a cancelled batch)."""
+        self._pending.clear()
 
     def wait_until_idle(self, timeout: float = 60.0, poll_s: float = 0.01) -> None:
         """Pump until everything queued is done (for scripts and tests; the Widget uses a timer)."""

@@ -2,7 +2,13 @@
 
 The sign convention, shared by the Slicer module, ``sam3d segment`` and ``sam3d batch``: a
 control point is *negative* when its markup's name contains "negative" or ends with "-", or
-when the point's description is "negative"; every other defined point is *positive*.
+when the point's description is "negative" or "lesion N negative"; every other defined point is
+*positive*. A description "lesion N" / "lesion N negative" also tags the point with its lesion:
+a markup whose points carry such tags is read as one point list per lesion number (in number
+order, named "<markup name> lesion N"; its untagged points, if any, stay in a list of the
+markup's own name, first). That is how the Slicer module keeps every lesion of a volume, with
+each click's sign, in the single point list that Slicer saves as one file (Slicer's JSON writer
+stores neither the list name nor node attributes, only each point's description).
 ``write_markups`` writes one file holding two point lists, "SAM3D positive" and
 "SAM3D negative", which ``read_markups`` (and Slicer) read back.
 
@@ -14,6 +20,7 @@ Slicer does when it loads the file.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +30,8 @@ POSITIVE_NAME = "SAM3D positive"
 NEGATIVE_NAME = "SAM3D negative"
 SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
           "Resources/Schema/markups-schema-v1.0.3.json#")
+# A point's description: optional "lesion N", optional sign word ("" and free text: no tag).
+_DESCRIPTION = re.compile(r"^\s*(?:lesion\s+(\d+))?\s*(positive|negative)?\s*$", re.IGNORECASE)
 # LPS <-> RAS: negate the first two axes.
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
@@ -35,6 +44,15 @@ def is_negative_name(name: str) -> bool:
     """Whether a markup (point list) with this name holds negative clicks."""
     name = name.strip().lower()
     return "negative" in name or name.endswith("-")
+
+
+def parse_description(description: str) -> tuple[int | None, bool]:
+    """A control point's description -> (lesion number or None, negative)."""
+    match = _DESCRIPTION.match(description or "")
+    if match is None:
+        return None, False
+    return (int(match.group(1)) if match.group(1) else None,
+            (match.group(2) or "").lower() == "negative")
 
 
 def _file_stem(path: Path) -> str:
@@ -80,6 +98,7 @@ def read_point_lists(path: str | Path) -> list[PointList]:
         negative_list = is_negative_name(name)
         points: list[np.ndarray] = []
         labels: list[int] = []
+        lesions: list[int | None] = []
         for point in markup.get("controlPoints") or []:
             if point.get("positionStatus", "defined") != "defined":
                 continue
@@ -92,10 +111,17 @@ def read_point_lists(path: str | Path) -> list[PointList]:
                 raise MarkupsError(f"{path}: control point position {point.get('position')!r} "
                                    "is not three finite numbers")
             points.append(position * _LPS_TO_RAS if system == "LPS" else position)
-            negative = negative_list or str(point.get("description", "")).strip().lower() == "negative"
-            labels.append(0 if negative else 1)
-        point_lists.append(PointList(name, np.asarray(points, dtype=np.float64).reshape(-1, 3),
-                                     np.asarray(labels, dtype=np.int64)))
+            lesion, negative = parse_description(str(point.get("description", "")))
+            labels.append(0 if negative_list or negative else 1)
+            lesions.append(lesion)
+        all_points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        all_labels = np.asarray(labels, dtype=np.int64)
+        tags = [None] + sorted({lesion for lesion in lesions if lesion is not None})
+        for tag in tags:
+            chosen = np.asarray([lesion == tag for lesion in lesions], dtype=bool)
+            if tag is not None or chosen.any() or len(tags) == 1:
+                point_lists.append(PointList(name if tag is None else f"{name} lesion {tag}",
+                                             all_points[chosen], all_labels[chosen]))
     if not any(len(point_list.labels) for point_list in point_lists):
         raise MarkupsError(f"{path} holds no defined control point; place at least one point")
     return point_lists
