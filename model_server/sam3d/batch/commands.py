@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_batch(cases, out, make_segmenter, identity, options, runner)
     except BatchError as error:
-        raise CLIError(f"{error} (the finished cases are kept in {out.root})") from None
+        raise CLIError(str(error)) from None
     except KeyboardInterrupt:
         print(f"\nsam3d batch: interrupted; the finished cases are kept in {out.root} (summary.csv "
               "is up to date): run the same command with --resume to finish", file=sys.stderr)

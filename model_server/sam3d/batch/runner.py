@@ -246,6 +246,9 @@ def run_batch(cases: list[CaseSpec], out: OutputFolder, make_segmenter: Callable
                 bar.update()
                 if result.record.status == FAILED:
                     bar.write(f"sam3d batch: case {result.record.case_id} failed: {result.record.error}")
+    except KeyboardInterrupt:
+        logger.warning("interrupted: the cases not written yet are pending (--resume runs them)")
+        raise
     finally:
         rows = [_summary_row(out, case.case_id, inputs[case.case_id]) for case in cases]
         out.write_summary(rows)
