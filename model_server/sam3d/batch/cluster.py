@@ -92,6 +92,7 @@ class RayRunner:
         options.check()
         self.options = options
         self.startup_seconds = 0.0  # until the first worker is ready (runtime, connection, model load)
+        self.work_seconds = 0.0  # from then to the last result
 
     def results(self, jobs: list[tuple[CaseSpec, str]], make_worker: Callable[[], CaseWorker],
                 logger: logging.Logger) -> Iterator[CaseResult]:
@@ -108,6 +109,7 @@ class RayRunner:
             threads = max(1, int(self.options.cpus_per_worker))
             actors = [worker_class.remote(make_worker, threads) for _ in range(count)]
             yield from self._dispatch(collections.deque(jobs), actors, logger, start)
+            self.work_seconds = time.perf_counter() - start - self.startup_seconds
         finally:
             for actor in actors:
                 ray.kill(actor, no_restart=True)

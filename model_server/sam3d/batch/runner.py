@@ -202,6 +202,7 @@ class InProcess:
 
     def __init__(self) -> None:
         self.startup_seconds = 0.0  # the model load
+        self.work_seconds = 0.0  # from then to the last result
 
     def results(self, jobs: list[tuple[CaseSpec, str]], make_worker: Callable[[], CaseWorker],
                 logger: logging.Logger) -> Iterator[CaseResult]:
@@ -213,6 +214,7 @@ class InProcess:
         logger.info("segmenter ready in %.2f s", self.startup_seconds)
         for case, inputs in jobs:
             yield worker.run(case, inputs)
+        self.work_seconds = time.perf_counter() - ready - self.startup_seconds
 
 
 def run_batch(cases: list[CaseSpec], out: OutputFolder, make_segmenter: Callable[[], Segmenter],
