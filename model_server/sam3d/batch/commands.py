@@ -1,7 +1,8 @@
 """`sam3d batch`: segment every case of a manifest from its saved clicks, in one run.
 
 Writes DIR/<id>.seg.nrrd per case (one named, coloured segment per lesion, on the input grid),
-DIR/summary.csv and DIR/batch.log. Exit status: 0 when every case run is done, 1 when a case
+DIR/summary.csv and DIR/batch.log. With --ray the cases run on the workers of a Ray cluster
+(each loads the model once) and this process writes the outputs. Exit status: 0 when every case run is done, 1 when a case
 failed (see summary.csv), 2 for a user error (bad manifest or options). The manifest format:
 docs/BATCH.md.
 """
