@@ -99,7 +99,7 @@ class RayRunner:
         if not jobs:
             return
         start = time.perf_counter()
-        self._connect(len(jobs))
+        self._connect()
         actors = []
         try:
             count = self._worker_count(len(jobs), logger)
@@ -115,16 +115,20 @@ class RayRunner:
                 ray.kill(actor, no_restart=True)
             ray.shutdown()
 
-    def _connect(self, jobs: int) -> None:
+    def _connect(self) -> None:
         options = self.options
+        # Workers' output stays in Ray's logs (errors come back in the results), and Ray's own
+        # messages below warnings stay off the progress bar; Ray Client (ray://) takes neither.
         quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         try:
             if options.address == "local":
                 wanted = (options.workers or 1) * options.cpus_per_worker
                 ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)),
                          include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+            elif options.address == "auto":
+                ray.init(address="auto", **quiet)
             else:
-                ray.init(address=options.address, **quiet)
+                ray.init(address=options.address)
         except (ConnectionError, RuntimeError, ValueError) as error:
             hint = ("start one with `ray start --head` on the head node, or use --ray local"
                     if options.address == "auto" else "check the address and that the cluster is up")
