@@ -1,20 +1,29 @@
-"""Batch throughput: cases per minute of `sam3d batch` in-process on this machine. Prints a
-Markdown table.
+"""Batch throughput: cases per minute of `sam3d batch` in-process on this machine, and with
+`--ray` on Ray workers. Prints Markdown tables.
 
     python benchmarks/bench_batch.py                      # the bundled default model, 6 phantoms
     python benchmarks/bench_batch.py --cases 10 --threads 2
     python benchmarks/bench_batch.py --model tiny-random  # a random-weight tiny model (speed only)
+    python benchmarks/bench_batch.py --cases 12 --threads 1 --ray local --workers 1,2
+    python benchmarks/bench_batch.py --ray auto --workers 4,8 --gpus-per-worker 0.25 --device cuda
 
 The cases are generated phantoms at their usual size (48-64 x 128-160 x 128-160 voxels) with one
 lesion per tumor (1-3 per case), each clicked once at its most interior voxel, written to a
 temporary folder with a manifest and run through the same code as `sam3d batch` (one model load,
 then every case: read, segment each lesion, write the .seg.nrrd, score against the phantom's
 label). Model loading is timed apart from the cases.
+
+With ``--ray ADDRESS --workers N,M,...`` the same manifest then runs on N, M, ... Ray workers
+(`--cpus-per-worker`, `--gpus-per-worker` as in `sam3d batch`); the second table gives cases per
+minute once the workers are ready and end to end (Ray start, worker start and model loads, Ray
+shutdown), the scaling over the first worker count, and whether every .seg.nrrd is
+byte-identical to the in-process run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -29,7 +38,7 @@ import torch
 from scipy import ndimage
 
 from sam3d.batch.manifest import read_manifest
-from sam3d.batch.runner import BatchOptions, run_batch
+from sam3d.batch.runner import BatchOptions, InProcess, run_batch
 from sam3d.batch.segmenters import LocalSegmenter
 from sam3d.batch.state import OutputFolder
 from sam3d.data.clicks import centre_click
@@ -67,13 +76,57 @@ def tiny_random_checkpoint(folder: Path) -> Path:
     return save_checkpoint(folder / "tiny.pt", Sam3D(get_config("tiny")), PRESETS["soft_tissue"], "tiny-random")
 
 
+def load_segmenter(spec: str, device: str) -> LocalSegmenter:
+    """What every Ray worker builds (pickled with its arguments)."""
+    return LocalSegmenter(Predictor.load(spec, device=device))
+
+
+def ray_table(cases: list, folder: Path, spec: str, args: argparse.Namespace, in_process: tuple[float, float],
+              reference: Path) -> list[tuple[str, ...]]:
+    """One row per worker count: throughput of the same manifest on Ray workers."""
+    from sam3d.batch.cluster import RayOptions, RayRunner
+
+    work_s, total_s = in_process
+    rows = [("in-process", "-", f"{args.threads}", f"{len(cases) / work_s * 60:.1f}", f"{len(cases) / total_s * 60:.1f}",
+             "-", "-")]
+    first = None
+    for count in args.workers:
+        runner = RayRunner(RayOptions(args.ray, count, args.cpus_per_worker, args.gpus_per_worker))
+        out = folder / f"ray_{count}"
+        start = time.perf_counter()
+        report = run_batch(cases, OutputFolder(out), functools.partial(load_segmenter, spec, args.device),
+                           f"bench:{spec}", BatchOptions(progress=False), runner)
+        total = time.perf_counter() - start
+        if report.failed:
+            raise RuntimeError(f"{len(report.failed)} case(s) failed on Ray: see {out / 'batch.log'}")
+        rate = len(cases) / runner.work_seconds * 60
+        first = first or (count, rate)
+        same = all((out / p.name).read_bytes() == p.read_bytes() for p in reference.glob("*.seg.nrrd"))
+        rows.append((f"ray {args.ray}", str(count), f"{max(1, int(args.cpus_per_worker))}"
+                     + (f", {args.gpus_per_worker:g} GPU" if args.gpus_per_worker else ""),
+                     f"{rate:.1f}", f"{len(cases) / total * 60:.1f}", f"{rate / first[1]:.2f}x over {first[0]}",
+                     "yes" if same else "NO"))
+    return rows
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[n]) for row in [header, *rows]) for n in range(len(header))]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="'default', a checkpoint path, or 'tiny-random'")
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (in-process)")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS", help="also run on Ray: local, auto or ray://HOST:PORT")
+    parser.add_argument("--workers", default="1,2", type=lambda text: [int(n) for n in text.split(",")],
+                        help="Ray worker counts to measure, e.g. 1,2")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -89,8 +142,11 @@ def main() -> int:
             return 2
         load_s = time.perf_counter() - start
         segmenter = LocalSegmenter(predictor)
-        report = run_batch(read_manifest(manifest), OutputFolder(folder / "out"), lambda: segmenter,
-                           f"bench:{spec}", BatchOptions(progress=False))
+        cases, runner = read_manifest(manifest), InProcess()
+        report = run_batch(cases, OutputFolder(folder / "out"), lambda: segmenter, f"bench:{spec}",
+                           BatchOptions(progress=False), runner)
+        in_process = (runner.work_seconds, report.seconds + load_s)
+        scaling = ray_table(cases, folder, str(spec), args, in_process, folder / "out") if args.ray else None
     done = [row for row in report.rows if row["status"] == "done"]
     if len(done) != args.cases:
         print(f"bench_batch: {args.cases - len(done)} case(s) failed: "
@@ -110,10 +166,11 @@ def main() -> int:
         ("cases / minute (with model load)", f"{len(done) / (report.seconds + load_s) * 60:.1f}"),
         ("Dice mean (min..max)", f"{np.mean(dice):.3f} ({min(dice):.3f}..{max(dice):.3f})"),
     ]
-    width = max(len(name) for name, _ in rows)
-    print(f"| {'sam3d batch'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f"| {name.ljust(width)} | {value} |")
+    print_table(("sam3d batch", "value"), rows)
+    if scaling:
+        print()
+        print_table(("backend", "workers", "threads / worker", "cases / min (workers ready)", "cases / min (end to end)",
+                     "scaling", "same .seg.nrrd bytes"), scaling)
     return 0
 
 

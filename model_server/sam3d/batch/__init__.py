@@ -6,5 +6,7 @@
 - ``propagate``: clicks carried onto another scan of the patient by SimpleITK registration.
 - ``segmenters``: clicks -> masks with the engine in-process or on a running server.
 - ``state``: the output folder, per-case records for ``--resume``, summary.csv.
-- ``runner``: ``run_batch``; ``commands``: the `sam3d batch` command line.
+- ``runner``: ``run_batch``: the driver, and the ``CaseWorker`` that turns one case into a result.
+- ``cluster``: the cases on the workers of a Ray cluster (``--ray``; the only module importing Ray).
+- ``commands``: the `sam3d batch` command line.
 """

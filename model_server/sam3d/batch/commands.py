@@ -1,7 +1,8 @@
 """`sam3d batch`: segment every case of a manifest from its saved clicks, in one run.
 
 Writes DIR/<id>.seg.nrrd per case (one named, coloured segment per lesion, on the input grid),
-DIR/summary.csv and DIR/batch.log. Exit status: 0 when every case run is done, 1 when a case
+DIR/summary.csv and DIR/batch.log. With --ray the cases run on the workers of a Ray cluster
+(each loads the model once) and this process writes the outputs. Exit status: 0 when every case run is done, 1 when a case
 failed (see summary.csv), 2 for a user error (bad manifest or options). The manifest format:
 docs/BATCH.md.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from ..cli import CLIError
 from .manifest import ManifestError, read_manifest
 from ..evaluate.metrics import NSD_TOLERANCE_MM
-from .runner import BatchOptions, BatchReport, check_prompt_sources, run_batch
+from .runner import BatchError, BatchOptions, BatchReport, check_prompt_sources, run_batch
 from .state import DONE, FAILED, PENDING, OutputFolder
 
 TABLE_ROWS = 20
@@ -47,6 +48,16 @@ def register(subparsers) -> None:
     parser.add_argument("--nsd-tolerance", type=float, default=NSD_TOLERANCE_MM, metavar="MM",
                         help=f"surface distance tolerance of NSD (default {NSD_TOLERANCE_MM:g} mm)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cluster = parser.add_argument_group("on a Ray cluster (pip install 'sam3dprompt-server[ray]'; docs/BATCH.md)")
+    cluster.add_argument("--ray", default=None, metavar="ADDRESS",
+                         help="run the cases on Ray workers: 'local' (a Ray runtime on this machine), 'auto' "
+                              "(the running cluster) or 'ray://HOST:PORT'; outputs are written here")
+    cluster.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="Ray workers, each with its own model (default: as many as the cluster holds)")
+    cluster.add_argument("--cpus-per-worker", type=float, default=None, metavar="C",
+                         help="CPUs Ray reserves for each worker (its torch threads; default 1)")
+    cluster.add_argument("--gpus-per-worker", type=float, default=None, metavar="F",
+                         help="GPUs for each worker; a fraction shares one (0.25: four workers per GPU; default 0)")
     parser.set_defaults(func=run)
 
 
@@ -66,18 +77,48 @@ def run(args: argparse.Namespace) -> int:
         check_prompt_sources(cases, options)
     except ManifestError as error:
         raise CLIError(f"manifest {args.manifest}: {error}") from None
+    runner = _ray_runner(args)
     if args.server:
         make_segmenter, identity = _server(args)
     else:
         make_segmenter, identity = _local(args)
     try:
-        report = run_batch(cases, out, make_segmenter, identity, options)
+        report = run_batch(cases, out, make_segmenter, identity, options, runner)
+    except BatchError as error:
+        raise CLIError(str(error)) from None
     except KeyboardInterrupt:
         print(f"\nsam3d batch: interrupted; the finished cases are kept in {out.root} (summary.csv "
               "is up to date): run the same command with --resume to finish", file=sys.stderr)
         return 130
     print_report(report, out)
     return 1 if report.failed else 0
+
+
+def _ray_runner(args: argparse.Namespace):
+    """The Ray runner for --ray (Ray is imported only then), or None: in this process."""
+    given = [f"--{name.replace('_', '-')}" for name in ("workers", "cpus_per_worker", "gpus_per_worker")
+             if getattr(args, name) is not None]
+    if args.ray is None:
+        if given:
+            raise CLIError(f"{', '.join(given)} go(es) with --ray ADDRESS (run on a Ray cluster)")
+        return None
+    if args.server:
+        raise CLIError("--ray and --server exclude each other: Ray workers load the model themselves")
+    gpus = args.gpus_per_worker or 0.0
+    if gpus and args.device == "cpu":
+        raise CLIError(f"--gpus-per-worker {gpus:g} with --device cpu: drop one of them")
+    if not gpus and args.device == "cuda":
+        raise CLIError("--device cuda with --ray: give --gpus-per-worker (e.g. 1, or 0.25 for four workers "
+                       "per GPU) so that Ray gives each worker a GPU")
+    try:
+        from .cluster import RayError, RayOptions, RayRunner
+    except ImportError as error:
+        raise CLIError(f"--ray needs Ray, which is not installed ({error}): pip install "
+                       "'sam3dprompt-server[ray]'") from None
+    try:
+        return RayRunner(RayOptions(args.ray, args.workers, args.cpus_per_worker or 1.0, gpus))
+    except RayError as error:
+        raise CLIError(str(error)) from None
 
 
 def _local(args: argparse.Namespace):

@@ -1,5 +1,11 @@
 """Run a batch: every case of the manifest from its clicks to ``<id>.seg.nrrd``, its record and
-its summary row, one model for the whole run.
+its summary row, one model per worker for the whole run.
+
+Work is split in two: a ``CaseWorker`` (next to the model: in this process, or a Ray actor, see
+``sam3d.batch.cluster``) reads a case's inputs and turns them into a ``CaseResult`` - the
+``.seg.nrrd`` file's bytes, the case's record, lines for the log; the driver (``run_batch``)
+chooses the cases, writes every file into the output folder, the log, the summary and the
+progress bar. A ``CaseRunner`` carries cases from the driver to the workers and results back.
 
 A case's clicks come from, in this order: its prior mask (with ``--prompts-from-mask``), its own
 prompts (markups file or inline), or the clicks of the ``--propagate-from`` case mapped onto its
@@ -9,17 +15,21 @@ the image, a server error, ...) is recorded with its error and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import logging
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
-from ..data.io import Volume, read_image
+from ..data.io import Volume, atomic_write, read_image
 from ..data.resample import resample_to_reference
 from ..data.segio import SEG_ENDING, Segment, lesion_color, read_segmentation, write_segmentation
 from ..evaluate.metrics import NSD_TOLERANCE_MM, dice_and_nsd
@@ -30,6 +40,10 @@ from .segmenters import Segmenter, SegmenterError
 from .state import DONE, FAILED, CaseRecord, OutputFolder, digest, file_sha256, pending_row
 
 LOGGER_NAME = "sam3d.batch"
+
+
+class BatchError(Exception):
+    """The run cannot go on (e.g. its workers cannot start); the message says what to do."""
 
 
 @dataclass
@@ -77,9 +91,8 @@ def check_prompt_sources(cases: list[CaseSpec], options: BatchOptions) -> None:
 class PromptSources:
     """Resolves each case's lesions (RAS clicks); registers cases to the propagation source."""
 
-    def __init__(self, cases: list[CaseSpec], options: BatchOptions, logger: logging.Logger) -> None:
+    def __init__(self, cases: list[CaseSpec], options: BatchOptions) -> None:
         self.options = options
-        self.logger = logger
         self.source = next((c for c in cases if c.case_id == options.propagate_from), None)
         self._source_loaded: tuple[Volume, list[Lesion]] | None = None
 
@@ -102,7 +115,8 @@ class PromptSources:
             value["source"] = self.inputs(self.source, model_identity)
         return digest(value)
 
-    def lesions(self, case: CaseSpec, volume: Volume) -> list[Lesion]:
+    def lesions(self, case: CaseSpec, volume: Volume, notes: list[str]) -> list[Lesion]:
+        """The case's lesions; a line for the log goes to ``notes`` (the registration)."""
         origin = self.origin(case)
         if origin == "prior mask":
             return lesions_from_mask(case.prior_mask, case.prior_label)
@@ -110,7 +124,7 @@ class PromptSources:
             return list(case.inline) if case.inline is not None else lesions_from_markups(case.markups)
         source_volume, source_lesions = self._source()
         registration = register(volume, source_volume)
-        self.logger.info("%s: registered %s onto it: %s", case.case_id, self.source.case_id, registration.describe())
+        notes.append(f"{case.case_id}: registered {self.source.case_id} onto it: {registration.describe()}")
         return [Lesion(lesion.number, registration.source_to_target(lesion.points_ras, source_volume, volume),
                        lesion.labels) for lesion in source_lesions]
 
@@ -118,42 +132,125 @@ class PromptSources:
         if self._source_loaded is None:
             try:
                 volume = read_image(self.source.image)
-                self._source_loaded = (volume, self.lesions(self.source, volume))
+                self._source_loaded = (volume, self.lesions(self.source, volume, []))
             except ValueError as error:
                 raise ValueError(f"the --propagate-from case {self.source.case_id} cannot be used: {error}") from None
         return self._source_loaded
 
 
+@dataclass
+class CaseResult:
+    """What a worker gives back for one case; the driver writes it into the output folder."""
+
+    record: CaseRecord
+    segmentation: bytes | None = None  # the case's .seg.nrrd file, when it is done
+    notes: list[str] = field(default_factory=list)  # lines for batch.log (e.g. the registration)
+    trace: str = ""  # the error trace of a failed case
+    worker: str = ""  # which worker ran the case ("" in this process)
+
+
+class CaseWorker:
+    """Runs whole cases next to one loaded model: reads the case's inputs, segments each lesion,
+    scores the result, encodes the ``.seg.nrrd``. Writes nothing into the output folder, so it
+    can run on another machine than the driver."""
+
+    def __init__(self, make_segmenter: Callable[[], Segmenter], sources: PromptSources, options: BatchOptions) -> None:
+        self.segmenter = make_segmenter()
+        self.sources = sources
+        self.options = options
+
+    def run(self, case: CaseSpec, inputs: str) -> CaseResult:
+        """The case's result; a case that fails (unreadable file, click outside the image, backend
+        error, ...) gives a failed record with its error, never an exception."""
+        start = time.perf_counter()
+        record = CaseRecord(case.case_id, FAILED, inputs)
+        result = CaseResult(record)
+        try:
+            volume = read_image(case.image)
+            lesions = self.sources.lesions(case, volume, result.notes)
+            record.points = sum(len(lesion.labels) for lesion in lesions)
+            record.lesions = len(lesions)
+            record.clicks = [lesion.describe() for lesion in lesions]
+            _check_inside(volume, lesions, case)
+            reference = _reference(case, volume) if case.reference is not None else None
+            masks = self.segmenter.segment(volume, lesions)
+            segments = [Segment(lesion.name, mask, lesion_color(lesion.number)) for lesion, mask in zip(lesions, masks)]
+            segmentation = _encode(segments, volume)
+            union = np.logical_or.reduce(masks)
+            record.voxels = int(union.sum())
+            record.volume_ml = record.voxels * volume.voxel_volume_ml
+            if reference is not None:
+                record.dice, record.nsd = dice_and_nsd(union, reference, volume.spacing, self.options.nsd_tolerance_mm)
+            record.output_sha256 = hashlib.sha256(segmentation).hexdigest()
+            record.status, result.segmentation = DONE, segmentation
+        except Exception as error:  # a failing case is recorded and the run goes on
+            record.error = _message(error)
+            result.trace = traceback.format_exc().rstrip()
+        record.seconds = time.perf_counter() - start
+        return result
+
+
+class CaseRunner(Protocol):
+    def results(self, jobs: list[tuple[CaseSpec, str]], make_worker: Callable[[], CaseWorker],
+                logger: logging.Logger) -> Iterator[CaseResult]:
+        """The result of every job (case, inputs digest), each exactly once, in any order.
+        ``make_worker`` builds a worker (it loads a model); called only when there are jobs."""
+
+
+class InProcess:
+    """Every case in this process, one after the other, on one model."""
+
+    def __init__(self) -> None:
+        self.startup_seconds = 0.0  # the model load
+        self.work_seconds = 0.0  # from then to the last result
+
+    def results(self, jobs: list[tuple[CaseSpec, str]], make_worker: Callable[[], CaseWorker],
+                logger: logging.Logger) -> Iterator[CaseResult]:
+        if not jobs:
+            return
+        ready = time.perf_counter()
+        worker = make_worker()
+        self.startup_seconds = time.perf_counter() - ready
+        logger.info("segmenter ready in %.2f s", self.startup_seconds)
+        for case, inputs in jobs:
+            yield worker.run(case, inputs)
+        self.work_seconds = time.perf_counter() - ready - self.startup_seconds
+
+
 def run_batch(cases: list[CaseSpec], out: OutputFolder, make_segmenter: Callable[[], Segmenter],
-              model_identity: str, options: BatchOptions) -> BatchReport:
-    """Run the cases not finished yet (all of them without ``options.resume``), then rebuild
-    summary.csv. ``make_segmenter`` is called once, and only when a case has to run."""
+              model_identity: str, options: BatchOptions, runner: CaseRunner | None = None) -> BatchReport:
+    """Run the cases not finished yet (all of them without ``options.resume``) with ``runner``
+    (default: in this process), then rebuild summary.csv. ``make_segmenter`` is called once per
+    worker, and only when a case has to run."""
     start = time.perf_counter()
     out.root.mkdir(parents=True, exist_ok=True)
     logger, handler = _file_logger(out.log_path)
-    sources = PromptSources(cases, options, logger)
+    sources = PromptSources(cases, options)
     inputs = {case.case_id: sources.inputs(case, model_identity) for case in cases}
     todo = [case for case in cases if not (options.resume and out.finished(case.case_id, inputs[case.case_id]))]
     skipped = len(cases) - len(todo)
     if options.limit is not None:
         todo = todo[:options.limit]
+    runner = runner or InProcess()
     logger.info("run: %d case(s) in the manifest, %d finished before (resume %s), %d to run now, model %s",
                 len(cases), skipped, "on" if options.resume else "off", len(todo), model_identity)
     ran = 0
     try:
-        segmenter = None
-        if todo:
-            ready = time.perf_counter()
-            segmenter = make_segmenter()
-            logger.info("segmenter ready in %.2f s: %s", time.perf_counter() - ready, model_identity)
-        with tqdm(todo, desc="sam3d batch", unit="case", disable=not options.progress, dynamic_ncols=True) as bar:
-            for case in bar:
-                bar.set_postfix_str(case.case_id)
-                record = _run_case(case, inputs[case.case_id], sources, segmenter, out, options, logger)
-                out.write_record(record)
+        make_worker = functools.partial(CaseWorker, make_segmenter, sources, options)
+        jobs = [(case, inputs[case.case_id]) for case in todo]
+        by_id = {case.case_id: case for case in todo}
+        with tqdm(total=len(todo), desc="sam3d batch", unit="case", disable=not options.progress,
+                  dynamic_ncols=True) as bar, contextlib.closing(runner.results(jobs, make_worker, logger)) as results:
+            for result in results:
+                _store(result, by_id[result.record.case_id], sources, out, logger)
                 ran += 1
-                if record.status == FAILED:
-                    bar.write(f"sam3d batch: case {case.case_id} failed: {record.error}")
+                bar.set_postfix_str(result.record.case_id)
+                bar.update()
+                if result.record.status == FAILED:
+                    bar.write(f"sam3d batch: case {result.record.case_id} failed: {result.record.error}")
+    except KeyboardInterrupt:
+        logger.warning("interrupted: the cases not written yet are pending (--resume runs them)")
+        raise
     finally:
         rows = [_summary_row(out, case.case_id, inputs[case.case_id]) for case in cases]
         out.write_summary(rows)
@@ -173,39 +270,29 @@ def _summary_row(out: OutputFolder, case_id: str, inputs: str) -> dict[str, str]
     return record.summary_row()
 
 
-def _run_case(case: CaseSpec, inputs: str, sources: PromptSources, segmenter: Segmenter,
-              out: OutputFolder, options: BatchOptions, logger: logging.Logger) -> CaseRecord:
-    start = time.perf_counter()
-    record = CaseRecord(case.case_id, FAILED, inputs)
-    try:
-        volume = read_image(case.image)
-        lesions = sources.lesions(case, volume)
-        record.points = sum(len(lesion.labels) for lesion in lesions)
-        record.lesions = len(lesions)
-        record.clicks = [lesion.describe() for lesion in lesions]
-        _check_inside(volume, lesions, case)
-        reference = _reference(case, volume) if case.reference is not None else None
-        masks = segmenter.segment(volume, lesions)
-        segments = [Segment(lesion.name, mask, lesion_color(lesion.number)) for lesion, mask in zip(lesions, masks)]
-        path = write_segmentation(out.segmentation_path(case.case_id), segments, volume)
-        union = np.logical_or.reduce(masks)
-        record.voxels = int(union.sum())
-        record.volume_ml = record.voxels * volume.voxel_volume_ml
-        if reference is not None:
-            record.dice, record.nsd = dice_and_nsd(union, reference, volume.spacing, options.nsd_tolerance_mm)
-        record.output_sha256 = file_sha256(path)
-        record.status = DONE
-    except Exception as error:  # a failing case is recorded and the run goes on
-        record.error = _message(error)
-        logger.error("%s: failed: %s\n%s", case.case_id, record.error, traceback.format_exc().rstrip())
-        out.segmentation_path(case.case_id).unlink(missing_ok=True)
-    record.seconds = time.perf_counter() - start
+def _store(result: CaseResult, case: CaseSpec, sources: PromptSources, out: OutputFolder, logger: logging.Logger) -> None:
+    """Write a worker's result into the output folder: the .seg.nrrd, then the record; log it."""
+    record = result.record
+    by = f" ({result.worker})" if result.worker else ""
+    for note in result.notes:
+        logger.info("%s", note)
+    path = out.segmentation_path(record.case_id)
     if record.status == DONE:
-        logger.info("%s: done: %d lesion(s) from %d click(s) (%s), %d voxels, %.3f ml%s, %.2f s",
-                    case.case_id, record.lesions, record.points, sources.origin(case), record.voxels,
+        atomic_write(path, SEG_ENDING, lambda temp: temp.write_bytes(result.segmentation))
+        logger.info("%s: done: %d lesion(s) from %d click(s) (%s), %d voxels, %.3f ml%s, %.2f s%s",
+                    record.case_id, record.lesions, record.points, sources.origin(case), record.voxels,
                     record.volume_ml, "" if record.dice is None else f", Dice {record.dice:.4f}, NSD {record.nsd:.4f}",
-                    record.seconds)
-    return record
+                    record.seconds, by)
+    else:
+        logger.error("%s: failed%s: %s\n%s", record.case_id, by, record.error, result.trace)
+        path.unlink(missing_ok=True)
+    out.write_record(record)
+
+
+def _encode(segments: list[Segment], volume: Volume) -> bytes:
+    """The bytes of the ``.seg.nrrd`` file of ``segments`` on ``volume``'s grid."""
+    with tempfile.TemporaryDirectory(prefix="sam3d_batch_") as temp:
+        return write_segmentation(Path(temp) / f"case{SEG_ENDING}", segments, volume).read_bytes()
 
 
 def _check_inside(volume: Volume, lesions: list[Lesion], case: CaseSpec) -> None:
