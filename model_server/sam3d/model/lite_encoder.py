@@ -138,7 +138,9 @@ class LiteImageEncoder3D(nn.Module):
         self.backbone = build_tiny_vit(config.crop_size)
         if load_weights:
             self.backbone.load_state_dict(load_lite_medsam_encoder_state(), strict=True)
-        self.backbone.requires_grad_(False)
+        # TinyViT's attention caches its bias table when switched to eval mode, so eval() must
+        # come after the weights are loaded (and the backbone always runs in eval mode).
+        self.backbone.requires_grad_(False).eval()
         self.adapters = nn.ModuleList(SliceAdapter3D(BACKBONE_CHANNELS, config.adapter_dim)
                                       for _ in range(config.depth))
         self.activation_checkpointing = False  # nothing to recompute: the backbone has no gradient
