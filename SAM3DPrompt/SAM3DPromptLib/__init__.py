@@ -4,6 +4,7 @@ from .client import (
     AuthenticationError,
     BadRequest,
     IncompatibleServer,
+    InvalidBox,
     InvalidServerURL,
     MaskUpdate,
     NothingToUndo,
@@ -20,7 +21,7 @@ from .client import (
 )
 
 __all__ = [
-    "AuthenticationError", "BadRequest", "IncompatibleServer", "InvalidServerURL", "MaskUpdate",
+    "AuthenticationError", "BadRequest", "IncompatibleServer", "InvalidBox", "InvalidServerURL", "MaskUpdate",
     "NothingToUndo", "PayloadTooLarge", "RequestTimedOut", "SAM3DClient", "SAM3DError",
     "ServerAtCapacity", "ServerError", "ServerOutOfMemory", "ServerUnreachable",
     "SessionExpired", "SessionNotFound",

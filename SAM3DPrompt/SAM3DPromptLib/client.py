@@ -99,6 +99,12 @@ class BadRequest(SAM3DError):
     default_hint = "The request was rejected as invalid; check the clicked points lie inside the volume."
 
 
+class InvalidBox(SAM3DError):
+    status = 422
+    default_hint = ("Draw the box around the object inside the volume, or use clicks when the "
+                    "server's model has no box prompt.")
+
+
 class ServerError(SAM3DError):
     status = 500
     default_hint = "The server failed on this request; the session is unchanged. See the server log."
@@ -114,6 +120,7 @@ _ERRORS_BY_CODE = {
     "server_at_capacity": ServerAtCapacity,
     "out_of_memory": ServerOutOfMemory,
     "bad_request": BadRequest,
+    "invalid_box": InvalidBox,
     "validation_error": BadRequest,
     "internal_error": ServerError,
 }
@@ -249,10 +256,15 @@ class SAM3DClient:
         return str(reply["session_id"])
 
     def interact(self, session_id: str, points_kji: Sequence[Sequence[float]],
-                 labels: Sequence[int]) -> MaskUpdate:
-        """Add clicks (kji voxel indices; label 1 positive, 0 negative) to the current object."""
-        body = {"points": [[float(v) for v in p] for p in points_kji],
-                "labels": [int(v) for v in labels]}
+                 labels: Sequence[int],
+                 box_kji: Optional[Sequence[Sequence[float]]] = None) -> MaskUpdate:
+        """Add clicks (kji voxel indices; label 1 positive, 0 negative) and optionally a box (two
+        opposite kji corners; it replaces the object's box) to the current object. Raises
+        InvalidBox when the server's model has no box prompt (capabilities ``prompts``)."""
+        body: Dict[str, Any] = {"points": [[float(v) for v in p] for p in points_kji],
+                                "labels": [int(v) for v in labels]}
+        if box_kji is not None:
+            body["box"] = [[float(v) for v in corner] for corner in box_kji]
         return self._update("POST", f"/v1/sessions/{session_id}/interactions", json=body)
 
     def set_mask(self, session_id: str, mask: np.ndarray) -> MaskUpdate:

@@ -9,17 +9,18 @@ import hmac
 import math
 import threading
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import torch
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import __version__
 from ..engine.predictor import Predictor
 from ..engine.session import MaskChange
+from ..engine.session import InvalidBox as EngineInvalidBox
 from ..engine.session import NothingToUndo as EngineNothingToUndo
 from ..engine.session import Session
 from . import errors
@@ -50,6 +51,9 @@ class ServerSettings:
 # Strict: JSON true / false are not numbers here.
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Point = Annotated[list[Finite], Field(min_length=3, max_length=3)]
+BoxCorners = Annotated[list[Point], Field(min_length=2, max_length=2,
+                                          description="two opposite corners [[k, j, i], [k, j, i]], "
+                                                      "continuous voxel indices, any order")]
 Index = Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=3, max_length=3)]
 Label = Annotated[int, Field(strict=True, ge=0, le=1)]
 
@@ -106,6 +110,7 @@ class SessionInfo(BaseModel):
     interactions: int
     points: list[list[float]]
     labels: list[int]
+    box: Optional[list[list[float]]] = Field(description="the object's box prompt [lo, hi], or null")
     voxels: int
     encoder_runs: int
     decoder_runs: int
@@ -115,10 +120,19 @@ class SessionInfo(BaseModel):
 
 class InteractionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    points: Annotated[list[Point], Field(min_length=1, max_length=MAX_POINTS_PER_REQUEST,
-                                         description="continuous [k, j, i] voxel indices")]
-    labels: Annotated[list[Label], Field(min_length=1, max_length=MAX_POINTS_PER_REQUEST,
-                                                 description="1 positive, 0 negative, one per point")]
+    points: Annotated[list[Point], Field(max_length=MAX_POINTS_PER_REQUEST,
+                                         description="continuous [k, j, i] voxel indices; "
+                                                     "may be empty when a box is given")]
+    labels: Annotated[list[Label], Field(max_length=MAX_POINTS_PER_REQUEST,
+                                         description="1 positive, 0 negative, one per point")]
+    box: Optional[BoxCorners] = Field(default=None, description=(
+        "a box prompt (models whose capabilities list 'box'); replaces the object's box"))
+
+    @model_validator(mode="after")
+    def _has_a_prompt(self) -> "InteractionRequest":
+        if not self.points and self.box is None:
+            raise ValueError("give at least one point or a box")
+        return self
 
 
 class MaskRequest(BaseModel):
@@ -182,6 +196,8 @@ def _run_engine(call, *args):
     """Run an engine call, turning its failures into API errors (the session stays unchanged)."""
     try:
         return call(*args)
+    except EngineInvalidBox as error:
+        raise errors.InvalidBox(str(error)) from None
     except ValueError as error:
         raise BadRequest(str(error)) from None
     except EngineNothingToUndo:
@@ -245,7 +261,8 @@ def create_app(predictor: Predictor | None, settings: ServerSettings = ServerSet
             device=str(predictor.device),
             limits=Limits(max_upload_bytes=settings.max_upload_bytes, max_voxels=settings.max_voxels,
                           max_sessions=settings.max_sessions, session_ttl_s=settings.session_ttl_s),
-            prompts=["point", "mask"], axis_order="kji", compression=list(COMPRESSIONS),
+            prompts=["point", "box", "mask"] if config.box_prompt else ["point", "mask"],
+            axis_order="kji", compression=list(COMPRESSIONS),
             dtypes=list(DTYPES), auth_required=settings.api_key is not None)
 
     @app.get("/v1/metrics", response_model=Metrics, dependencies=secured, responses=ERROR_REPLIES,
@@ -291,7 +308,8 @@ def create_app(predictor: Predictor | None, settings: ServerSettings = ServerSet
         session = session_of(session_id)
         return SessionInfo(session_id=session_id, shape=list(session.shape), spacing=list(session.spacing),
                            interactions=session.interactions, points=session.points.tolist(),
-                           labels=session.labels.tolist(), voxels=session.voxels,
+                           labels=session.labels.tolist(),
+                           box=None if session.box is None else session.box.tolist(), voxels=session.voxels,
                            encoder_runs=session.encoder_runs, decoder_runs=session.decoder_runs,
                            cached_crops=len(session.cache), expires_in_s=store.expires_in(session_id))
 
@@ -304,11 +322,11 @@ def create_app(predictor: Predictor | None, settings: ServerSettings = ServerSet
     @app.post("/v1/sessions/{session_id}/interactions", response_model=MaskUpdate, dependencies=secured,
               responses=ERROR_REPLIES, tags=["segmentation"])
     def interact(session_id: str, body: InteractionRequest) -> MaskUpdate:
-        """Add labelled points to the current object; the reply holds the box that changed."""
+        """Add labelled points (and a box) to the current object; the reply holds the box that changed."""
         session = session_of(session_id)
         if len(body.labels) != len(body.points):
             raise BadRequest(f"{len(body.points)} points but {len(body.labels)} labels; give one label per point")
-        change = _run_engine(session.interact, body.points, body.labels)
+        change = _run_engine(session.interact, body.points, body.labels, body.box)
         counters.add("interactions")
         return _mask_update(change)
 

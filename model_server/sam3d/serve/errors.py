@@ -60,6 +60,12 @@ class NothingToUndo(APIError):
     hint = "The object has no earlier interaction to return to."
 
 
+class InvalidBox(APIError):
+    status, code = 422, "invalid_box"
+    hint = ("A box is two opposite corners [[k, j, i], [k, j, i]] inside the volume spanning at least "
+            "two axes, for a model whose capabilities list the 'box' prompt; see docs/PROTOCOL.md.")
+
+
 class SessionExpired(APIError):
     status, code = 410, "session_expired"
     hint = "The session expired after a period without requests; upload the volume again."
