@@ -1,6 +1,7 @@
 """Torch-free helpers of the SAM3DPrompt Slicer module: the HTTP client and its wire format."""
 
 from .client import (
+    AccessRefused,
     AuthenticationError,
     BadRequest,
     IncompatibleServer,
@@ -17,12 +18,14 @@ from .client import (
     ServerOutOfMemory,
     ServerUnreachable,
     SessionExpired,
+    SessionLimitReached,
     SessionNotFound,
+    TLSError,
 )
 
 __all__ = [
-    "AuthenticationError", "BadRequest", "IncompatibleServer", "InvalidBox", "InvalidServerURL", "MaskUpdate",
+    "AccessRefused", "AuthenticationError", "BadRequest", "IncompatibleServer", "InvalidBox", "InvalidServerURL", "MaskUpdate",
     "NothingToUndo", "PayloadTooLarge", "RequestTimedOut", "SAM3DClient", "SAM3DError",
     "ServerAtCapacity", "ServerError", "ServerOutOfMemory", "ServerUnreachable",
-    "SessionExpired", "SessionNotFound",
+    "SessionExpired", "SessionLimitReached", "SessionNotFound", "TLSError",
 ]

@@ -48,6 +48,11 @@ class ServerUnreachable(SAM3DError):
     default_hint = "Start the server with `sam3d serve` or check the address and port."
 
 
+class TLSError(SAM3DError):
+    default_hint = ("The server's https certificate is not trusted here: give its certificate or CA "
+                    "bundle file in the module settings (a self-signed server certificate works too).")
+
+
 class RequestTimedOut(SAM3DError):
     default_hint = ("The server is busy or the network is slow; try again, or raise the "
                     "timeout in the module settings.")
@@ -83,6 +88,17 @@ class PayloadTooLarge(SAM3DError):
                     "higher --max-upload-bytes / --max-voxels.")
 
 
+class AccessRefused(SAM3DError):
+    status = 403
+    default_hint = ("The server refused this client (host name, web origin or too many wrong API keys); "
+                    "see docs/SECURITY.md.")
+
+
+class SessionLimitReached(SAM3DError):
+    status = 409
+    default_hint = "The object reached the server's limit of clicks or interactions; start the next object."
+
+
 class ServerAtCapacity(SAM3DError):
     status = 503
     default_hint = "The server holds its maximum number of sessions; retry later or close a session."
@@ -90,8 +106,8 @@ class ServerAtCapacity(SAM3DError):
 
 class ServerOutOfMemory(SAM3DError):
     status = 507
-    default_hint = ("The server ran out of device memory; the session is unchanged. Close other sessions "
-                    "or crop the volume.")
+    default_hint = ("The server ran out of memory or its memory budget; the session is unchanged. Close "
+                    "other sessions or crop the volume.")
 
 
 class BadRequest(SAM3DError):
@@ -119,6 +135,11 @@ _ERRORS_BY_CODE = {
     "payload_too_large": PayloadTooLarge,
     "server_at_capacity": ServerAtCapacity,
     "out_of_memory": ServerOutOfMemory,
+    "memory_budget_exceeded": ServerOutOfMemory,
+    "session_limit": SessionLimitReached,
+    "host_not_allowed": AccessRefused,
+    "origin_not_allowed": AccessRefused,
+    "too_many_auth_failures": AccessRefused,
     "bad_request": BadRequest,
     "invalid_box": InvalidBox,
     "validation_error": BadRequest,
@@ -169,7 +190,10 @@ class MaskUpdate:
 class SAM3DClient:
     """One server connection. Thread-compatible: use one client per worker thread."""
 
-    def __init__(self, base_url: str, api_key: Optional[str] = None, timeout: float = 30.0):
+    def __init__(self, base_url: str, api_key: Optional[str] = None, timeout: float = 30.0,
+                 ca_bundle: Optional[str] = None):
+        """``ca_bundle``: for an https server, the certificate (or CA bundle) file to trust
+        instead of the system's; None trusts the system's CAs."""
         parsed = urlparse(base_url.strip()) if isinstance(base_url, str) else None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise InvalidServerURL(f"{base_url!r} is not a server address.")
@@ -177,6 +201,8 @@ class SAM3DClient:
         self.api_key = api_key or None
         self.timeout = float(timeout)
         self._http = requests.Session()
+        # Passed with every request: a Session's own verify loses to $REQUESTS_CA_BUNDLE.
+        self._verify: Any = ca_bundle or True
 
     # -- plumbing -------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -186,10 +212,12 @@ class SAM3DClient:
         url = self.base_url + path
         try:
             response = self._http.request(method, url, headers=headers, timeout=self.timeout,
-                                          **kwargs)
+                                          verify=self._verify, **kwargs)
         except requests.exceptions.Timeout:
             raise RequestTimedOut(f"The server at {self.base_url} did not answer within "
                                   f"{self.timeout:g} s.") from None
+        except requests.exceptions.SSLError as error:
+            raise TLSError(f"The https connection to {self.base_url} failed: {error}.") from None
         except requests.exceptions.InvalidURL as error:
             raise InvalidServerURL(f"{self.base_url!r} is not a valid server address ({error}).") from None
         except requests.exceptions.ConnectionError:

@@ -38,11 +38,15 @@ from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tou
 from .predictor import Predictor
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
-UNDO_DEPTH = 64  # interactions an object remembers for undo
+UNDO_DEPTH = 64  # interactions an object remembers for undo (and at most max_undo_bytes of them)
 
 
 class NothingToUndo(Exception):
     """Undo with an empty history."""
+
+
+class SessionLimit(ValueError):
+    """The object reached one of the session's limits (points, interactions)."""
 
 
 class InvalidBox(ValueError):
@@ -71,7 +75,7 @@ class MaskChange:
 @dataclass
 class _HistoryEntry:
     box: Box
-    previous: np.ndarray  # the object's mask inside box before the change
+    previous: np.ndarray  # the object's mask inside box before the change, np.packbits
     points: int  # number of points before the change
     interactions: int
     extent: Box
@@ -105,12 +109,20 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cached features hold."""
+        return sum(f.last_level.nbytes + f.static_fusion.nbytes for _, f in self._items.values())
+
 
 class Session:
     """One volume and the object being segmented in it (thread-safe: one request at a time)."""
 
     def __init__(self, predictor: Predictor, volume: np.ndarray, spacing, cache_size: int = 8,
-                 max_crops: int = 6) -> None:
+                 max_crops: int = 6, max_undo_bytes: int | None = None, max_points: int | None = None,
+                 max_interactions: int | None = None) -> None:
+        """``max_undo_bytes``: undo history kept per object (oldest dropped first);
+        ``max_points`` / ``max_interactions``: per object, SessionLimit beyond them."""
         volume = np.asarray(volume)
         if volume.ndim != 3 or min(volume.shape) < 1:
             raise ValueError(f"the volume must be a non-empty 3D array, got shape {volume.shape}")
@@ -122,6 +134,9 @@ class Session:
         self.spacing = spacing
         self.shape: tuple[int, int, int] = tuple(int(n) for n in volume.shape)
         self.max_crops = max(1, int(max_crops))
+        self.max_undo_bytes = max_undo_bytes
+        self.max_points = max_points
+        self.max_interactions = max_interactions
         self.cache = FeatureCache(cache_size)
         self.encoder_runs = 0
         self.decoder_runs = 0
@@ -143,6 +158,7 @@ class Session:
         new_box = None if box_kji is None else self._check_box(box_kji)
         points, labels = self._check_points(points_kji, labels, allow_none=new_box is not None)
         with self._lock:
+            self._check_limits(len(points))
             prompt_box = self.box if new_box is None else new_box
             start = time.perf_counter()
             all_points = np.concatenate([self.points, points])
@@ -195,6 +211,7 @@ class Session:
             if mask.shape != tuple(h - l for l, h in zip(lo, hi)):
                 raise ValueError(f"mask shape {mask.shape} does not match its box {list(lo)}..{list(hi)}")
         with self._lock:
+            self._check_limits(0)
             start = time.perf_counter()
             box = self._extent if empty else _union([self._extent, (lo, hi)])
             new = np.zeros(_size(box), dtype=bool)
@@ -213,13 +230,14 @@ class Session:
                 raise NothingToUndo("there is nothing to undo")
             entry = self._history.pop()
             region = self.mask[_slices(entry.box)]
-            self.voxels += int(entry.previous.sum()) - int(region.sum())
-            region[...] = entry.previous
+            previous = np.unpackbits(entry.previous, count=region.size).astype(bool).reshape(region.shape)
+            self.voxels += int(previous.sum()) - int(region.sum())
+            region[...] = previous
             self.points, self.labels = self.points[:entry.points], self.labels[:entry.points]
             self.box = entry.prompt_box
             self.interactions = entry.interactions
             self._extent = entry.extent
-            return MaskChange(entry.box[0], entry.box[1], entry.previous.copy(), self.voxels,
+            return MaskChange(entry.box[0], entry.box[1], previous, self.voxels,
                               self.interactions, timing_ms={"encode": 0.0, "decode": 0.0, "total": 0.0})
 
     def reset(self) -> None:
@@ -233,7 +251,23 @@ class Session:
             self._history.clear()
             self._extent = EMPTY_BOX
 
+    @property
+    def history_bytes(self) -> int:
+        """Bytes the undo history holds."""
+        return sum(entry.previous.nbytes for entry in self._history)
+
+    def memory_bytes(self) -> int:
+        """Bytes the session holds: volume, mask, undo history, cached encoder features."""
+        return self.volume.nbytes + self.mask.nbytes + self.history_bytes + self.cache.nbytes
+
     # -- steps ----------------------------------------------------------------------------
+    def _check_limits(self, new_points: int) -> None:
+        if self.max_points is not None and len(self.points) + new_points > self.max_points:
+            raise SessionLimit(f"the object would have {len(self.points) + new_points} points; this "
+                               f"server allows {self.max_points} per object")
+        if self.max_interactions is not None and self.interactions >= self.max_interactions:
+            raise SessionLimit(f"the object has {self.interactions} interactions; this server allows "
+                               f"{self.max_interactions} per object")
     def _check_box(self, box_kji) -> np.ndarray:
         """Two opposite corners -> [lo, hi] (continuous kji), or InvalidBox saying why not."""
         if not self.predictor.config.box_prompt:
@@ -337,9 +371,11 @@ class Session:
             change_box = (tuple(b + c for b, c in zip(box[0], changed[0])),
                           tuple(b + c for b, c in zip(box[0], changed[1])))
             previous = old[_slices(changed)].copy()
-        self._history.append(_HistoryEntry(change_box, previous, len(self.points),
+        self._history.append(_HistoryEntry(change_box, np.packbits(previous, axis=None), len(self.points),
                                            self.interactions, self._extent, self.box))
         del self._history[:-UNDO_DEPTH]
+        while self.max_undo_bytes is not None and self.history_bytes > self.max_undo_bytes:
+            del self._history[0]
         if changed is not None:
             after = new[_slices(changed)]
             self.voxels += int(after.sum()) - int(previous.sum())
