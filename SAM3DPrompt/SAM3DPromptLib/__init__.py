@@ -1,9 +1,11 @@
 """Torch-free helpers of the SAM3DPrompt Slicer module: the HTTP client and its wire format."""
 
 from .client import (
+    AccessRefused,
     AuthenticationError,
     BadRequest,
     IncompatibleServer,
+    InvalidBox,
     InvalidServerURL,
     MaskUpdate,
     NothingToUndo,
@@ -16,12 +18,14 @@ from .client import (
     ServerOutOfMemory,
     ServerUnreachable,
     SessionExpired,
+    SessionLimitReached,
     SessionNotFound,
+    TLSError,
 )
 
 __all__ = [
-    "AuthenticationError", "BadRequest", "IncompatibleServer", "InvalidServerURL", "MaskUpdate",
+    "AccessRefused", "AuthenticationError", "BadRequest", "IncompatibleServer", "InvalidBox", "InvalidServerURL", "MaskUpdate",
     "NothingToUndo", "PayloadTooLarge", "RequestTimedOut", "SAM3DClient", "SAM3DError",
     "ServerAtCapacity", "ServerError", "ServerOutOfMemory", "ServerUnreachable",
-    "SessionExpired", "SessionNotFound",
+    "SessionExpired", "SessionLimitReached", "SessionNotFound", "TLSError",
 ]

@@ -48,6 +48,11 @@ class ServerUnreachable(SAM3DError):
     default_hint = "Start the server with `sam3d serve` or check the address and port."
 
 
+class TLSError(SAM3DError):
+    default_hint = ("The server's https certificate is not trusted here: give its certificate or CA "
+                    "bundle file in the module settings (a self-signed server certificate works too).")
+
+
 class RequestTimedOut(SAM3DError):
     default_hint = ("The server is busy or the network is slow; try again, or raise the "
                     "timeout in the module settings.")
@@ -83,6 +88,17 @@ class PayloadTooLarge(SAM3DError):
                     "higher --max-upload-bytes / --max-voxels.")
 
 
+class AccessRefused(SAM3DError):
+    status = 403
+    default_hint = ("The server refused this client (host name, web origin or too many wrong API keys); "
+                    "see docs/SECURITY.md.")
+
+
+class SessionLimitReached(SAM3DError):
+    status = 409
+    default_hint = "The object reached the server's limit of clicks or interactions; start the next object."
+
+
 class ServerAtCapacity(SAM3DError):
     status = 503
     default_hint = "The server holds its maximum number of sessions; retry later or close a session."
@@ -90,13 +106,19 @@ class ServerAtCapacity(SAM3DError):
 
 class ServerOutOfMemory(SAM3DError):
     status = 507
-    default_hint = ("The server ran out of device memory; the session is unchanged. Close other sessions "
-                    "or crop the volume.")
+    default_hint = ("The server ran out of memory or its memory budget; the session is unchanged. Close "
+                    "other sessions or crop the volume.")
 
 
 class BadRequest(SAM3DError):
     status = 400
     default_hint = "The request was rejected as invalid; check the clicked points lie inside the volume."
+
+
+class InvalidBox(SAM3DError):
+    status = 422
+    default_hint = ("Draw the box around the object inside the volume, or use clicks when the "
+                    "server's model has no box prompt.")
 
 
 class ServerError(SAM3DError):
@@ -113,7 +135,13 @@ _ERRORS_BY_CODE = {
     "payload_too_large": PayloadTooLarge,
     "server_at_capacity": ServerAtCapacity,
     "out_of_memory": ServerOutOfMemory,
+    "memory_budget_exceeded": ServerOutOfMemory,
+    "session_limit": SessionLimitReached,
+    "host_not_allowed": AccessRefused,
+    "origin_not_allowed": AccessRefused,
+    "too_many_auth_failures": AccessRefused,
     "bad_request": BadRequest,
+    "invalid_box": InvalidBox,
     "validation_error": BadRequest,
     "internal_error": ServerError,
 }
@@ -162,7 +190,10 @@ class MaskUpdate:
 class SAM3DClient:
     """One server connection. Thread-compatible: use one client per worker thread."""
 
-    def __init__(self, base_url: str, api_key: Optional[str] = None, timeout: float = 30.0):
+    def __init__(self, base_url: str, api_key: Optional[str] = None, timeout: float = 30.0,
+                 ca_bundle: Optional[str] = None):
+        """``ca_bundle``: for an https server, the certificate (or CA bundle) file to trust
+        instead of the system's; None trusts the system's CAs."""
         parsed = urlparse(base_url.strip()) if isinstance(base_url, str) else None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise InvalidServerURL(f"{base_url!r} is not a server address.")
@@ -170,6 +201,8 @@ class SAM3DClient:
         self.api_key = api_key or None
         self.timeout = float(timeout)
         self._http = requests.Session()
+        # Passed with every request: a Session's own verify loses to $REQUESTS_CA_BUNDLE.
+        self._verify: Any = ca_bundle or True
 
     # -- plumbing -------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -179,10 +212,12 @@ class SAM3DClient:
         url = self.base_url + path
         try:
             response = self._http.request(method, url, headers=headers, timeout=self.timeout,
-                                          **kwargs)
+                                          verify=self._verify, **kwargs)
         except requests.exceptions.Timeout:
             raise RequestTimedOut(f"The server at {self.base_url} did not answer within "
                                   f"{self.timeout:g} s.") from None
+        except requests.exceptions.SSLError as error:
+            raise TLSError(f"The https connection to {self.base_url} failed: {error}.") from None
         except requests.exceptions.InvalidURL as error:
             raise InvalidServerURL(f"{self.base_url!r} is not a valid server address ({error}).") from None
         except requests.exceptions.ConnectionError:
@@ -249,10 +284,15 @@ class SAM3DClient:
         return str(reply["session_id"])
 
     def interact(self, session_id: str, points_kji: Sequence[Sequence[float]],
-                 labels: Sequence[int]) -> MaskUpdate:
-        """Add clicks (kji voxel indices; label 1 positive, 0 negative) to the current object."""
-        body = {"points": [[float(v) for v in p] for p in points_kji],
-                "labels": [int(v) for v in labels]}
+                 labels: Sequence[int],
+                 box_kji: Optional[Sequence[Sequence[float]]] = None) -> MaskUpdate:
+        """Add clicks (kji voxel indices; label 1 positive, 0 negative) and optionally a box (two
+        opposite kji corners; it replaces the object's box) to the current object. Raises
+        InvalidBox when the server's model has no box prompt (capabilities ``prompts``)."""
+        body: Dict[str, Any] = {"points": [[float(v) for v in p] for p in points_kji],
+                                "labels": [int(v) for v in labels]}
+        if box_kji is not None:
+            body["box"] = [[float(v) for v in corner] for corner in box_kji]
         return self._update("POST", f"/v1/sessions/{session_id}/interactions", json=body)
 
     def set_mask(self, session_id: str, mask: np.ndarray) -> MaskUpdate:

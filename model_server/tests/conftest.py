@@ -26,14 +26,25 @@ def sam_vit_b_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random-weight `tiny` checkpoint: for everything that does not need a trained model."""
+def write_tiny_checkpoint(directory: Path, name: str, **overrides) -> Path:
+    """A random-weight (seeded) `tiny` checkpoint named ``name``, config fields replaced by ``overrides``."""
     from sam3d.data.intensity import PRESETS
     from sam3d.model.checkpoint import save_checkpoint
     from sam3d.model.config import get_config
     from sam3d.model.sam3d import Sam3D
 
     torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
-                           PRESETS["soft_tissue"], "tiny-random")
+    return save_checkpoint(directory / f"{name}.pt", Sam3D(get_config("tiny", **overrides)),
+                           PRESETS["soft_tissue"], name)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random-weight `tiny` checkpoint: for everything that does not need a trained model."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("model"), "tiny-random")
+
+
+@pytest.fixture(scope="session")
+def tiny_box_model(tmp_path_factory) -> Path:
+    """The same random `tiny` model with a box prompt (point labels 2 / 3 for box corners)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("model"), "tiny-box", box_prompt=True)

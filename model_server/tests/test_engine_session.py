@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from sam3d.data.intensity import PRESETS
 from sam3d.engine.predictor import Predictor
 from sam3d.engine import session as session_module
-from sam3d.engine.session import NothingToUndo, Session, segment
-from sam3d.model.checkpoint import save_checkpoint
-from sam3d.model.config import get_config
-from sam3d.model.sam3d import Sam3D
+from sam3d.engine.session import InvalidBox, NothingToUndo, Session, segment
 
 SHAPE = (24, 80, 80)
 SPACING = (2.5, 0.8, 0.8)  # a tiny crop (32 voxels at 2 mm) covers 26 x 80 x 80 native voxels
@@ -21,11 +16,13 @@ CENTRE = (12.0, 40.0, 40.0)
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory) -> Predictor:
-    torch.manual_seed(0)
-    path = save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
-                           PRESETS["soft_tissue"], "tiny-random")
-    return Predictor.load(path, device="cpu")
+def predictor(tiny_model) -> Predictor:
+    return Predictor.load(tiny_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def box_predictor(tiny_box_model) -> Predictor:
+    return Predictor.load(tiny_box_model, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +207,80 @@ def test_undo_history_is_bounded(predictor, volume, monkeypatch):
     assert session.interactions == 1 and len(session.points) == 1
     with pytest.raises(NothingToUndo):
         session.undo()
+
+
+# -- box prompts --------------------------------------------------------------------------------
+class RecordingPredictor(Predictor):
+    """The real predictor, also keeping the prompts each crop's prediction received."""
+
+    def __init__(self, loaded) -> None:
+        super().__init__(loaded)
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def predict(self, features, points_crop, labels, mask_logit):
+        self.calls.append((np.asarray(points_crop, dtype=float).reshape(-1, 3), np.asarray(labels)))
+        return super().predict(features, points_crop, labels, mask_logit)
+
+
+BOX = [[14.0, 48.0, 30.0], [10.0, 32.0, 46.0]]  # corners in any order: lo = (10, 32, 30), hi = (14, 48, 46)
+
+
+def test_a_box_reaches_the_model_as_corners_2_and_3_of_a_crop_centred_on_it(box_predictor, volume):
+    recorder = RecordingPredictor(box_predictor.loaded)
+    session = Session(recorder, volume, SPACING, max_crops=1)
+    change = session.interact([], [], box_kji=BOX)
+    geometry = session.cache.geometries()[0]
+    np.testing.assert_allclose(geometry.center, [12.0, 40.0, 38.0])
+    points, labels = recorder.calls[0]
+    assert labels.tolist() == [2, 3]
+    np.testing.assert_allclose(points, geometry.to_crop([[10.0, 32.0, 30.0], [14.0, 48.0, 46.0]]))
+    np.testing.assert_allclose(session.box, [[10.0, 32.0, 30.0], [14.0, 48.0, 46.0]])
+    assert change.interaction == 1 and len(session.points) == 0
+    # the box changes the prediction: the same crop without a box gives another mask
+    no_box = Session(box_predictor, volume, SPACING, max_crops=1)
+    no_box.interact([[12.0, 40.0, 38.0]], [1])
+    assert not np.array_equal(no_box.mask, session.mask)
+
+
+def test_a_box_stays_for_later_clicks_clamped_into_their_crops_and_undo_restores_it(box_predictor):
+    shape = (24, 200, 80)  # long along j: a click far from the box gets its own crop
+    recorder = RecordingPredictor(box_predictor.loaded)
+    session = Session(recorder, np.zeros(shape, np.int16), SPACING, max_crops=1)
+    session.interact([], [], box_kji=[[12.0, 20.0, 30.0], [12.0, 60.0, 50.0]])  # 2D box on slice 12
+    session.interact([[12.0, 75.0, 40.0]], [1])
+    geometry = next(g for g in session.cache.geometries() if g.key == (12.0, 75.0, 40.0))
+    points, labels = recorder.calls[-1]
+    assert labels.tolist() == [1, 2, 3]
+    corners = geometry.to_crop([[12.0, 20.0, 30.0], [12.0, 60.0, 50.0]])
+    assert corners[0, 1] < 0  # the box's lo corner lies outside this crop: clamped onto its face
+    np.testing.assert_allclose(points[1:], np.clip(corners, 0, 31))
+    assert points[1, 0] == points[2, 0]  # still a 2D box on one slice
+    session.interact([], [], box_kji=[[12.0, 150.0, 30.0], [12.0, 190.0, 50.0]])  # replaces the box
+    np.testing.assert_allclose(session.box, [[12.0, 150.0, 30.0], [12.0, 190.0, 50.0]])
+    session.undo()
+    np.testing.assert_allclose(session.box, [[12.0, 20.0, 30.0], [12.0, 60.0, 50.0]])
+    session.reset()
+    assert session.box is None
+    session.interact([[12.0, 75.0, 40.0]], [1])
+    assert recorder.calls[-1][1].tolist() == [1]  # no box after reset
+
+
+@pytest.mark.parametrize("box, message", [
+    ([[10.0, 32.0, 30.0], [30.0, 48.0, 46.0]], "outside the volume"),
+    ([[10.0, 32.0, 30.0], [10.0, 32.5, 46.0]], "less than one voxel"),
+    ([[10.0, float("nan"), 30.0], [14.0, 48.0, 46.0]], "finite"),
+    ([[10.0, 32.0, 30.0]], "two opposite corners"),
+])
+def test_bad_boxes_are_refused_and_leave_the_session_unchanged(box_predictor, volume, box, message):
+    session = Session(box_predictor, volume, SPACING)
+    session.interact([CENTRE], [1], box_kji=BOX)
+    before = session.mask.copy()
+    with pytest.raises(InvalidBox, match=message):
+        session.interact([CENTRE], [1], box_kji=box)
+    np.testing.assert_array_equal(session.mask, before)
+    assert session.interactions == 1 and session.box is not None
+
+
+def test_a_model_without_a_box_prompt_refuses_a_box(predictor, volume):
+    with pytest.raises(InvalidBox, match="'tiny-random' .* has no box prompt"):
+        segment(predictor, volume, SPACING, [], [], box_kji=BOX)

@@ -53,9 +53,11 @@ def click_ras(image: Path, kji=CLICK_KJI) -> np.ndarray:
     return np.array([-lps[0], -lps[1], lps[2]])
 
 
-def expected_mask(model: Path, image: Path, kji) -> np.ndarray:
+def expected_mask(model: Path, image: Path, kji, box_kji=None) -> np.ndarray:
     volume = read_image(image)
-    return segment(Predictor.load(model, device="cpu"), volume.array, volume.spacing, [kji], [1])
+    points = np.zeros((0, 3)) if kji is None else [kji]
+    return segment(Predictor.load(model, device="cpu"), volume.array, volume.spacing, points,
+                   [] if kji is None else [1], box_kji=box_kji)
 
 
 def test_segment_puts_the_mask_at_the_clicked_ras_point_in_process(tiny_model, oblique_image, tmp_path):
@@ -123,6 +125,52 @@ def test_segment_tells_when_the_server_is_not_running(oblique_image, tmp_path):
     status, text = run_cli(str(oblique_image), "--point=" + ",".join(map(str, ras)), "--out",
                            str(tmp_path / "x.seg.nrrd"), "--server", f"http://127.0.0.1:{free_port()}")
     assert status == 2 and "is `sam3d serve` running" in text
+
+
+# -- box prompts --------------------------------------------------------------------------------
+BOX_KJI = ((6.0, 14.0, 50.0), (12.0, 27.0, 38.0))  # two opposite corners around the bright blob
+
+
+def box_arg(image: Path, box_kji=BOX_KJI) -> str:
+    return "--box=" + ":".join(",".join(f"{v:.6f}" for v in click_ras(image, kji)) for kji in box_kji)
+
+
+def test_segment_puts_a_ras_box_on_the_intended_voxels_in_process_and_through_the_server(
+        tiny_box_model, oblique_image, tmp_path):
+    local, remote = tmp_path / "local.seg.nrrd", tmp_path / "remote.seg.nrrd"
+    status, text = run_cli(str(oblique_image), box_arg(oblique_image), "--out", str(local),
+                           "--model", str(tiny_box_model), "--device", "cpu")
+    assert status == 0 and "0 click(s) and a box" in text, text
+    (segment_local,), grid = read_segmentation(local)
+    assert grid.same_grid(read_image(oblique_image)) and segment_local.mask.any()
+    np.testing.assert_array_equal(segment_local.mask, expected_mask(tiny_box_model, oblique_image, None, BOX_KJI))
+    # the box in the mirrored k position gives another mask: a flipped axis would be seen
+    mirrored = tuple((SHAPE[0] - 1 - k, j, i) for k, j, i in BOX_KJI)
+    assert not np.array_equal(segment_local.mask, expected_mask(tiny_box_model, oblique_image, None, mirrored))
+    with running_server("--model", str(tiny_box_model)) as url:
+        click = "--point=" + ",".join(map(str, click_ras(oblique_image)))
+        status, text = run_cli(str(oblique_image), box_arg(oblique_image), click, "--out", str(remote),
+                               "--server", url)
+        assert status == 0, text
+    (segment_remote,), _ = read_segmentation(remote)
+    np.testing.assert_array_equal(segment_remote.mask,
+                                  expected_mask(tiny_box_model, oblique_image, CLICK_KJI, BOX_KJI))
+
+
+@pytest.mark.parametrize("box, message", [
+    ("1,2,3", "is not R1,A1,S1:R2,A2,S2"),
+    ("1,2,3:4,5,nan", "is not R1,A1,S1:R2,A2,S2"),
+    ("0,0,0:1,1,1", "box corner R,A,S = [0.0, 0.0, 0.0] mm lies outside"),
+])
+def test_segment_explains_bad_boxes(oblique_image, tmp_path, box, message):
+    status, text = run_cli(str(oblique_image), f"--box={box}", "--out", str(tmp_path / "x.seg.nrrd"))
+    assert status == 2 and message in text, text
+
+
+def test_segment_says_when_the_model_has_no_box_prompt(tiny_model, oblique_image, tmp_path):
+    status, text = run_cli(str(oblique_image), box_arg(oblique_image), "--out", str(tmp_path / "x.seg.nrrd"),
+                           "--model", str(tiny_model), "--device", "cpu")
+    assert status == 2 and "'tiny-random' (tiny) has no box prompt" in text, text
 
 
 # -- markups ----------------------------------------------------------------------------------

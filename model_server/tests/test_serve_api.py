@@ -71,7 +71,10 @@ def test_health_and_capabilities(url):
     assert caps["api_version"] == "1" and caps["axis_order"] == "kji"
     assert caps["model"] == {"name": "tiny-random", "variant": "tiny", "crop_size": 32, "crop_spacing_mm": 2.0}
     assert caps["device"] == "cpu" and caps["auth_required"] is False
-    assert set(caps["limits"]) == {"max_upload_bytes", "max_voxels", "max_sessions", "session_ttl_s"}
+    assert set(caps["limits"]) == {
+        "max_upload_bytes", "max_json_bytes", "max_voxels", "max_sessions", "session_ttl_s", "evict_idle_s",
+        "max_memory_bytes", "max_session_memory_bytes", "max_undo_bytes", "max_points", "max_interactions",
+        "max_points_per_request"}
     assert caps["prompts"] == ["point", "mask"] and "zlib" in caps["compression"]
 
 
@@ -212,7 +215,7 @@ def test_a_zip_bomb_is_refused_without_inflating_it(url):
     bomb = zlib.compress(bytes(50_000_000), 9)  # 50 MB of zeros in about 50 kB
     query = {"shape": ",".join(map(str, SHAPE)), "dtype": "int16", "spacing": "2.5,0.8,0.8"}
     reply = requests.post(f"{url}/v1/sessions", params=query, data=bomb)
-    assert "more than" in assert_error(reply, 400, "bad_request")["message"]
+    assert "more than" in assert_error(reply, 413, "payload_too_large")["message"]
 
 
 def test_unknown_sessions_paths_and_methods_get_json_errors(url):

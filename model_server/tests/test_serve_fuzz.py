@@ -35,8 +35,9 @@ def live(tmp_path_factory) -> tuple[str, str]:
     torch.manual_seed(0)
     model = save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
                             PRESETS["soft_tissue"], "tiny-random")
+    # the fuzzer probes every path without the key many times a minute: no 401 rate limit here
     with running_server("--model", str(model), "--api-key", KEY, "--max-sessions", "1000",
-                        "--max-voxels", "2000000") as url:
+                        "--max-voxels", "2000000", "--auth-failures-per-minute", "1000000") as url:
         array = np.random.default_rng(0).normal(0, 30, SHAPE).astype(np.int16)
         reply = requests.post(f"{url}/v1/sessions", data=zlib.compress(array.tobytes()), headers=AUTH,
                               params={"shape": "8,24,24", "dtype": "int16", "spacing": "2,1,1"})

@@ -1,4 +1,4 @@
-"""`sam3d segment`: clicks in RAS millimetres (as Slicer shows them) -> a Slicer ``.seg.nrrd``.
+"""`sam3d segment`: clicks and a box in RAS millimetres (as Slicer shows them) -> a Slicer ``.seg.nrrd``.
 
 Runs the engine in this process, or on a running ``sam3d serve`` when ``--server`` is given
 (through the Slicer module's own torch-free client, SAM3DPromptLib). The output lies on exactly
@@ -18,6 +18,9 @@ from ..cli import CLIError
 
 POINT_HELP = ("a click as R,A,S in mm, optionally followed by :+ (positive, the default) or :- "
               "(negative); repeat for more clicks. Write --point=R,A,S when R is negative")
+BOX_HELP = ("a box prompt: two opposite corners R1,A1,S1:R2,A2,S2 in mm (RAS), for models with a box "
+            "prompt; corners on one slice make a 2D box on that slice. Write --box=R1,A1,S1:R2,A2,S2 "
+            "when R1 is negative")
 SLICER_MODULE_DIR = Path(__file__).resolve().parents[3] / "SAM3DPrompt"
 
 
@@ -29,6 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--points", action="append", default=[], metavar="FILE.mrk.json",
                         help="Slicer markups file(s); points in lists named '...negative' or ending "
                              "in '-' (or described 'negative') are negative clicks")
+    parser.add_argument("--box", default=None, metavar="R1,A1,S1:R2,A2,S2", help=BOX_HELP)
     parser.add_argument("--out", required=True, help="output .seg.nrrd")
     parser.add_argument("--name", default="Tumor", help="segment name (default Tumor)")
     parser.add_argument("--server", default=None, help="URL of a running `sam3d serve`; default: in-process")
@@ -54,8 +58,20 @@ def parse_point(text: str) -> tuple[np.ndarray, int]:
     return point, 0 if sign == "-" else 1
 
 
+def parse_box(text: str) -> np.ndarray:
+    """'R1,A1,S1:R2,A2,S2' -> two RAS corners [2, 3]."""
+    try:
+        corners = np.array([[float(v) for v in corner.split(",")] for corner in text.strip().split(":")])
+    except ValueError:
+        corners = np.zeros(0)
+    if corners.shape != (2, 3) or not np.isfinite(corners).all():
+        raise CLIError(f"--box {text!r} is not R1,A1,S1:R2,A2,S2 (two opposite corners in mm, e.g. "
+                       "--box=-20,10,5:15,40,5)")
+    return corners
+
+
 def collect_points(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
-    """All clicks of --point and --points as (RAS [N, 3], labels [N])."""
+    """All clicks of --point and --points as (RAS [N, 3], labels [N]); none is fine with --box."""
     from ..data.markups import MarkupsError, read_markups
 
     points, labels = [], []
@@ -71,9 +87,11 @@ def collect_points(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
         points.append(file_points)
         labels.append(file_labels)
     if not points:
-        raise CLIError("give at least one click: --point R,A,S or --points FILE.mrk.json")
+        if args.box is not None:
+            return np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
+        raise CLIError("give at least one click: --point R,A,S or --points FILE.mrk.json (or a --box)")
     points, labels = np.concatenate(points), np.concatenate(labels).astype(np.int64)
-    if not (labels == 1).any():
+    if not (labels == 1).any() and args.box is None:
         raise CLIError("all clicks are negative; give at least one positive click on the object")
     return points, labels
 
@@ -90,14 +108,16 @@ def slicer_client():
                        "on PYTHONPATH") from None
 
 
-def segment_remote(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels) -> np.ndarray:
+def segment_remote(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels,
+                   box_kji) -> np.ndarray:
     client_module = slicer_client()
     try:
         client = client_module.SAM3DClient(args.server, api_key=args.api_key, timeout=args.timeout)
         client.capabilities()
         session_id = client.create_session(array, spacing)
         try:
-            update = client.interact(session_id, points_kji.tolist(), labels.tolist())
+            update = client.interact(session_id, points_kji.tolist(), labels.tolist(),
+                                     None if box_kji is None else box_kji.tolist())
         finally:
             client.delete_session(session_id)
     except client_module.SAM3DError as error:
@@ -105,16 +125,20 @@ def segment_remote(args: argparse.Namespace, array: np.ndarray, spacing, points_
     return update.apply_to(np.zeros(array.shape, dtype=bool))
 
 
-def segment_local(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels) -> np.ndarray:
+def segment_local(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels,
+                  box_kji) -> np.ndarray:
     from ..model.checkpoint import CheckpointError
     from .predictor import Predictor
-    from .session import segment
+    from .session import InvalidBox, segment
 
     try:
         predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
     except (CheckpointError, ValueError) as error:
         raise CLIError(str(error)) from None
-    return segment(predictor, array, spacing, points_kji, labels)
+    try:
+        return segment(predictor, array, spacing, points_kji, labels, box_kji=box_kji)
+    except InvalidBox as error:
+        raise CLIError(f"--box: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,21 +147,27 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out.lower().endswith(SEG_ENDING):
         raise CLIError(f"--out {args.out!r} must end in {SEG_ENDING} (a Slicer segmentation)")
+    box_ras = None if args.box is None else parse_box(args.box)
     points_ras, labels = collect_points(args)
     try:
         volume = read_image(args.image)
     except ValueError as error:
         raise CLIError(str(error)) from None
-    points_kji = volume.ras_to_kji(points_ras)
+    points_kji = volume.ras_to_kji(points_ras).reshape(-1, 3)
+    box_kji = None if box_ras is None else volume.ras_to_kji(box_ras)
     upper = np.asarray(volume.shape) - 0.5
-    for ras, kji in zip(points_ras, points_kji):
+    named = [("click", ras, kji) for ras, kji in zip(points_ras, points_kji)]
+    if box_ras is not None:
+        named += [("box corner", ras, kji) for ras, kji in zip(box_ras, box_kji)]
+    for what, ras, kji in named:
         if not np.all((kji >= -0.5) & (kji <= upper)):
-            raise CLIError(f"click R,A,S = {ras.tolist()} mm lies outside {args.image} (voxel index kji "
+            raise CLIError(f"{what} R,A,S = {ras.tolist()} mm lies outside {args.image} (voxel index kji "
                            f"{np.round(kji, 1).tolist()}, shape {list(volume.shape)}); check the points "
                            "belong to this image and are RAS (as Slicer shows them)")
     segment_fn = segment_remote if args.server else segment_local
-    mask = segment_fn(args, volume.array, volume.spacing, points_kji, labels)
+    mask = segment_fn(args, volume.array, volume.spacing, points_kji, labels, box_kji)
     write_segmentation(args.out, [Segment(args.name, mask)], volume)
+    prompts = f"{len(labels)} click(s)" + ("" if box_ras is None else " and a box")
     print(f"sam3d segment: {int(mask.sum())} voxels ({mask.sum() * volume.voxel_volume_ml:.2f} ml) "
-          f"from {len(labels)} click(s) -> {args.out}")
+          f"from {prompts} -> {args.out}")
     return 0

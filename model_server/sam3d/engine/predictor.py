@@ -14,8 +14,9 @@ from ..model.sam3d import ImageFeatures
 
 
 class Predictor:
-    """Runs ``Sam3D.encode`` / ``Sam3D.predict`` one call at a time (one lock per model, so the
-    device never holds two requests' activations at once) and counts the calls."""
+    """Runs ``Sam3D.encode`` / ``Sam3D.predict`` and counts the calls. Two lanes, one call at a
+    time in each: a click's small prompt-encoder + decoder pass never waits behind another
+    session's encoder run, and the device holds at most one encoder's activations at once."""
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
@@ -26,7 +27,8 @@ class Predictor:
         self.device = loaded.device
         self.encoder_runs = 0
         self.decoder_runs = 0
-        self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self._decode_lock = threading.Lock()
 
     @classmethod
     def load(cls, spec: str | Path = "default", device: str = "auto",
@@ -40,7 +42,7 @@ class Predictor:
 
     def encode(self, image: torch.Tensor) -> ImageFeatures:
         """Normalised crop [1, 1, S, S, S] -> image features kept on the device."""
-        with self._lock, torch.inference_mode():
+        with self._encode_lock, torch.inference_mode():
             features = self.model.encode(image.to(self.device))
             self.encoder_runs += 1
         return features
@@ -53,7 +55,7 @@ class Predictor:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         if len(points) == 0:
             points, labels = np.zeros((1, 3), np.float32), np.full(1, -1, np.int64)
-        with self._lock, torch.inference_mode():
+        with self._decode_lock, torch.inference_mode():
             logits = self.model.predict(
                 features,
                 torch.from_numpy(points)[None].to(self.device),

@@ -1,16 +1,18 @@
 """Clicks -> mask on a native volume: crop placement, encoder cache, multi-crop fusion, undo.
 
 A ``Session`` holds one volume and the object being segmented in it. Each ``interact`` call
-adds labelled points (continuous kji indices of the native array) and updates the object's
-mask:
+adds labelled points (continuous kji indices of the native array) and optionally a box (two
+opposite corners; it replaces the object's previous box and stays for later clicks) and updates
+the object's mask:
 
-1. Crop placement: every new point that does not lie inside a crop already chosen for this
-   interaction gets one: a cached (already encoded) crop that contains it at least
-   ``size / 8`` crop voxels from the faces, else a new crop centred on it.
+1. Crop placement: a new box gets a crop centred on the box's centre; every new point that
+   does not lie inside a crop already chosen for this interaction gets one: a cached (already
+   encoded) crop that contains it at least ``size / 8`` crop voxels from the faces, else a new
+   crop centred on it.
 2. Each crop is encoded once and its features cached (LRU, per session), so a click inside an
    encoded crop runs only the prompt encoder and decoder.
-3. The prediction of a crop gets every point of the object that lies in the crop and, as the
-   mask prompt, the object's current mask (including what earlier crops of this interaction
+3. The prediction of a crop gets every point of the object that lies in the crop, the box's
+   corners clamped into the crop (when the box overlaps it; labels 2 / 3) and, as the mask prompt, the object's current mask (including what earlier crops of this interaction
    predicted) resampled into the crop as a logit.
 4. When a crop's foreground reaches one of its faces that is not at the volume's edge, a crop
    shifted half a crop across that face is predicted as well (at most ``max_crops`` crops per
@@ -30,16 +32,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
 from .predictor import Predictor
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
-UNDO_DEPTH = 64  # interactions an object remembers for undo
+UNDO_DEPTH = 64  # interactions an object remembers for undo (and at most max_undo_bytes of them)
 
 
 class NothingToUndo(Exception):
     """Undo with an empty history."""
+
+
+class SessionLimit(ValueError):
+    """The object reached one of the session's limits (points, interactions)."""
+
+
+class InvalidBox(ValueError):
+    """A box prompt the session cannot use: malformed, outside the volume, degenerate, or given
+    to a model without a box prompt."""
 
 
 @dataclass
@@ -63,10 +75,11 @@ class MaskChange:
 @dataclass
 class _HistoryEntry:
     box: Box
-    previous: np.ndarray  # the object's mask inside box before the change
+    previous: np.ndarray  # the object's mask inside box before the change, np.packbits
     points: int  # number of points before the change
     interactions: int
     extent: Box
+    prompt_box: np.ndarray | None  # the object's box prompt before the change
 
 
 class FeatureCache:
@@ -96,12 +109,20 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cached features hold."""
+        return sum(f.last_level.nbytes + f.static_fusion.nbytes for _, f in self._items.values())
+
 
 class Session:
     """One volume and the object being segmented in it (thread-safe: one request at a time)."""
 
     def __init__(self, predictor: Predictor, volume: np.ndarray, spacing, cache_size: int = 8,
-                 max_crops: int = 6) -> None:
+                 max_crops: int = 6, max_undo_bytes: int | None = None, max_points: int | None = None,
+                 max_interactions: int | None = None) -> None:
+        """``max_undo_bytes``: undo history kept per object (oldest dropped first);
+        ``max_points`` / ``max_interactions``: per object, SessionLimit beyond them."""
         volume = np.asarray(volume)
         if volume.ndim != 3 or min(volume.shape) < 1:
             raise ValueError(f"the volume must be a non-empty 3D array, got shape {volume.shape}")
@@ -113,6 +134,9 @@ class Session:
         self.spacing = spacing
         self.shape: tuple[int, int, int] = tuple(int(n) for n in volume.shape)
         self.max_crops = max(1, int(max_crops))
+        self.max_undo_bytes = max_undo_bytes
+        self.max_points = max_points
+        self.max_interactions = max_interactions
         self.cache = FeatureCache(cache_size)
         self.encoder_runs = 0
         self.decoder_runs = 0
@@ -120,33 +144,39 @@ class Session:
         self.voxels = 0
         self.points = np.zeros((0, 3))
         self.labels = np.zeros(0, dtype=np.int64)
+        self.box: np.ndarray | None = None  # the object's box prompt: [lo, hi] continuous kji
         self.interactions = 0
         self._history: list[_HistoryEntry] = []
         self._extent: Box = EMPTY_BOX  # box that holds every foreground voxel of the mask
         self._lock = threading.Lock()
 
     # -- public API -----------------------------------------------------------------------
-    def interact(self, points_kji, labels) -> MaskChange:
-        """Add points (continuous kji, label 1 positive / 0 negative) and re-predict the object."""
-        points, labels = self._check_points(points_kji, labels)
+    def interact(self, points_kji, labels, box_kji=None) -> MaskChange:
+        """Add points (continuous kji, label 1 positive / 0 negative) and optionally a box (two
+        opposite corners [[k, j, i], [k, j, i]], any order; equal k = a 2D box on that slice),
+        which replaces the object's box; re-predict the object."""
+        new_box = None if box_kji is None else self._check_box(box_kji)
+        points, labels = self._check_points(points_kji, labels, allow_none=new_box is not None)
         with self._lock:
+            self._check_limits(len(points))
+            prompt_box = self.box if new_box is None else new_box
             start = time.perf_counter()
             all_points = np.concatenate([self.points, points])
             all_labels = np.concatenate([self.labels, labels])
             encoder_before, encode_s = self.encoder_runs, 0.0
             patches: list[tuple[Box, np.ndarray]] = []
             done: list[CropGeometry] = []
-            queue = self._place_crops(points, labels)
+            queue = self._place_crops(points, labels, new_box)
             while queue and len(done) < self.max_crops:
                 geometry = queue.pop(0)
                 if any(g.key == geometry.key for g in done):
                     continue
                 features, seconds = self._features(geometry)
                 encode_s += seconds
-                inside = geometry.contains(all_points)
+                crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels, prompt_box)
                 region = self._proposal(geometry.source_box(), patches)
                 probability = self.predictor.predict(
-                    features, geometry.to_crop(all_points[inside]), all_labels[inside],
+                    features, crop_points, crop_labels,
                     mask_prompt(geometry, region) if region.any() else None)
                 self.decoder_runs += 1
                 patches.append(paste_back(geometry, probability))
@@ -159,7 +189,8 @@ class Session:
                             queue.append(neighbour)
             box = _union([patch_box for patch_box, _ in patches])
             change = self._commit(box, self._proposal(box, patches), points=all_points,
-                                  labels=all_labels, interactions=self.interactions + 1)
+                                  labels=all_labels, prompt_box=prompt_box,
+                                  interactions=self.interactions + 1)
             total_ms = (time.perf_counter() - start) * 1000
             change.encoder_ran = self.encoder_runs > encoder_before
             change.crops = len(done)
@@ -180,13 +211,14 @@ class Session:
             if mask.shape != tuple(h - l for l, h in zip(lo, hi)):
                 raise ValueError(f"mask shape {mask.shape} does not match its box {list(lo)}..{list(hi)}")
         with self._lock:
+            self._check_limits(0)
             start = time.perf_counter()
             box = self._extent if empty else _union([self._extent, (lo, hi)])
             new = np.zeros(_size(box), dtype=bool)
             if not empty:
                 new[_slices((lo, hi), origin=box[0])] = mask
             change = self._commit(box, new, points=self.points, labels=self.labels,
-                                  interactions=self.interactions + 1)
+                                  prompt_box=self.box, interactions=self.interactions + 1)
             change.timing_ms = {"encode": 0.0, "decode": 0.0,
                                 "total": round((time.perf_counter() - start) * 1000, 2)}
             return change
@@ -198,12 +230,14 @@ class Session:
                 raise NothingToUndo("there is nothing to undo")
             entry = self._history.pop()
             region = self.mask[_slices(entry.box)]
-            self.voxels += int(entry.previous.sum()) - int(region.sum())
-            region[...] = entry.previous
+            previous = np.unpackbits(entry.previous, count=region.size).astype(bool).reshape(region.shape)
+            self.voxels += int(previous.sum()) - int(region.sum())
+            region[...] = previous
             self.points, self.labels = self.points[:entry.points], self.labels[:entry.points]
+            self.box = entry.prompt_box
             self.interactions = entry.interactions
             self._extent = entry.extent
-            return MaskChange(entry.box[0], entry.box[1], entry.previous.copy(), self.voxels,
+            return MaskChange(entry.box[0], entry.box[1], previous, self.voxels,
                               self.interactions, timing_ms={"encode": 0.0, "decode": 0.0, "total": 0.0})
 
     def reset(self) -> None:
@@ -212,19 +246,61 @@ class Session:
             self.mask[_slices(self._extent)] = False
             self.voxels = 0
             self.points, self.labels = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
+            self.box = None
             self.interactions = 0
             self._history.clear()
             self._extent = EMPTY_BOX
 
+    @property
+    def history_bytes(self) -> int:
+        """Bytes the undo history holds."""
+        return sum(entry.previous.nbytes for entry in self._history)
+
+    def memory_bytes(self) -> int:
+        """Bytes the session holds: volume, mask, undo history, cached encoder features."""
+        return self.volume.nbytes + self.mask.nbytes + self.history_bytes + self.cache.nbytes
+
     # -- steps ----------------------------------------------------------------------------
-    def _check_points(self, points_kji, labels) -> tuple[np.ndarray, np.ndarray]:
+    def _check_limits(self, new_points: int) -> None:
+        if self.max_points is not None and len(self.points) + new_points > self.max_points:
+            raise SessionLimit(f"the object would have {len(self.points) + new_points} points; this "
+                               f"server allows {self.max_points} per object")
+        if self.max_interactions is not None and self.interactions >= self.max_interactions:
+            raise SessionLimit(f"the object has {self.interactions} interactions; this server allows "
+                               f"{self.max_interactions} per object")
+    def _check_box(self, box_kji) -> np.ndarray:
+        """Two opposite corners -> [lo, hi] (continuous kji), or InvalidBox saying why not."""
+        if not self.predictor.config.box_prompt:
+            raise InvalidBox(f"the model {self.predictor.name!r} ({self.predictor.config.name}) has no box "
+                             "prompt; segment with clicks, or load a model trained with boxes")
+        try:
+            corners = np.asarray(box_kji, dtype=np.float64)
+        except (TypeError, ValueError):
+            corners = np.zeros(0)
+        if corners.shape != (2, 3):
+            raise InvalidBox("a box is two opposite corners [[k, j, i], [k, j, i]] (voxel indices)")
+        if not np.isfinite(corners).all():
+            raise InvalidBox("box corners must be finite numbers")
+        upper = np.asarray(self.shape) - 0.5
+        for corner in corners:
+            if not np.all((corner >= -0.5) & (corner <= upper)):
+                raise InvalidBox(f"box corner [k, j, i] = {[round(float(v), 2) for v in corner]} is outside "
+                                 f"the volume of shape {list(self.shape)}")
+        lo, hi = corners.min(axis=0), corners.max(axis=0)
+        if np.count_nonzero(hi - lo >= 1.0) < 2:
+            raise InvalidBox(f"the box {np.round(lo, 2).tolist()}..{np.round(hi, 2).tolist()} spans less "
+                             "than one voxel along two of its axes; draw a box around the object "
+                             "(equal k for a 2D box on one slice)")
+        return np.stack([lo, hi])
+
+    def _check_points(self, points_kji, labels, allow_none: bool = False) -> tuple[np.ndarray, np.ndarray]:
         try:
             points = np.asarray(points_kji, dtype=np.float64).reshape(-1, 3)
             labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         except (TypeError, ValueError):
             raise ValueError("points must be [k, j, i] triples of numbers and labels integers") from None
-        if len(points) == 0:
-            raise ValueError("give at least one point")
+        if len(points) == 0 and not allow_none:
+            raise ValueError("give at least one point (or a box)")
         if len(labels) != len(points):
             raise ValueError(f"{len(points)} points but {len(labels)} labels; give one label per point")
         if not np.isin(labels, (0, 1)).all():
@@ -239,11 +315,16 @@ class Session:
                              f"volume of shape {list(self.shape)}; points are voxel indices in kji order")
         return points, labels
 
-    def _place_crops(self, points: np.ndarray, labels: np.ndarray) -> list[CropGeometry]:
-        """A crop for each new point not inside a crop already placed (positive points first)."""
+    def _place_crops(self, points: np.ndarray, labels: np.ndarray,
+                     box: np.ndarray | None) -> list[CropGeometry]:
+        """A crop centred on a new box, then one for each new point not inside a crop already
+        placed (positive points first)."""
         config = self.predictor.config
         margin = config.crop_size / 8
         placed: list[CropGeometry] = []
+        if box is not None:
+            placed.append(CropGeometry.around(box.mean(axis=0), self.spacing, self.shape,
+                                              config.crop_size, config.crop_spacing_mm))
         for index in np.argsort(-labels, kind="stable"):
             point = points[index:index + 1]
             if any(g.contains(point, margin) for g in placed):
@@ -280,7 +361,7 @@ class Session:
         return np.where(fused >= 0, fused > 0.5, current)
 
     def _commit(self, box: Box, new: np.ndarray, points: np.ndarray, labels: np.ndarray,
-                interactions: int) -> MaskChange:
+                prompt_box: np.ndarray | None, interactions: int) -> MaskChange:
         """Write ``new`` (the mask inside ``box``), record undo, return the tight changed box."""
         old = self.mask[_slices(box)]
         changed = _tight_box(new != old)
@@ -290,26 +371,43 @@ class Session:
             change_box = (tuple(b + c for b, c in zip(box[0], changed[0])),
                           tuple(b + c for b, c in zip(box[0], changed[1])))
             previous = old[_slices(changed)].copy()
-        self._history.append(_HistoryEntry(change_box, previous, len(self.points),
-                                           self.interactions, self._extent))
+        self._history.append(_HistoryEntry(change_box, np.packbits(previous, axis=None), len(self.points),
+                                           self.interactions, self._extent, self.box))
         del self._history[:-UNDO_DEPTH]
+        while self.max_undo_bytes is not None and self.history_bytes > self.max_undo_bytes:
+            del self._history[0]
         if changed is not None:
             after = new[_slices(changed)]
             self.voxels += int(after.sum()) - int(previous.sum())
             self.mask[_slices(change_box)] = after
             self._extent = _union([self._extent, change_box])
-        self.points, self.labels, self.interactions = points, labels, interactions
+        self.points, self.labels, self.box, self.interactions = points, labels, prompt_box, interactions
         mask = new[_slices(changed)].copy() if changed is not None else previous
         return MaskChange(change_box[0], change_box[1], mask, self.voxels, self.interactions)
 
 
 def segment(predictor: Predictor, volume: np.ndarray, spacing, points_kji, labels,
-            max_crops: int = 6) -> np.ndarray:
+            max_crops: int = 6, box_kji=None) -> np.ndarray:
     """One-shot segmentation (batch, evaluation, CLI): bool mask of ``volume``'s shape from
-    labelled kji points, as one interaction of a fresh session."""
+    labelled kji points (and a box), as one interaction of a fresh session."""
     session = Session(predictor, volume, spacing, cache_size=max_crops, max_crops=max_crops)
-    session.interact(points_kji, labels)
+    session.interact(points_kji, labels, box_kji)
     return session.mask
+
+
+def _crop_prompts(geometry: CropGeometry, points: np.ndarray, labels: np.ndarray,
+                  box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The prompts one crop gets, in crop kji: the points inside it, and the box's corners
+    clamped into it (labels 2 / 3) when the box overlaps the crop."""
+    inside = geometry.contains(points)
+    crop_points, crop_labels = geometry.to_crop(points[inside]).reshape(-1, 3), labels[inside]
+    if box is not None:
+        corners = geometry.to_crop(box)
+        last = geometry.size - 1
+        if np.all(corners[1] >= 0) and np.all(corners[0] <= last):
+            crop_points = np.concatenate([crop_points, np.clip(corners, 0, last)])
+            crop_labels = np.concatenate([crop_labels, [BOX_FIRST_CORNER, BOX_SECOND_CORNER]])
+    return crop_points, crop_labels
 
 
 # -- boxes ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 log = logging.getLogger("sam3d.serve")
@@ -40,6 +41,23 @@ class Unauthorized(APIError):
     hint = "Send 'Authorization: Bearer <key>' with the key the server was started with (--api-key or SAM3D_API_KEY)."
 
 
+class HostNotAllowed(APIError):
+    status, code = 400, "host_not_allowed"
+    hint = ("Reach the server by a name it serves (loopback names by default); start it with "
+            "--allowed-hosts NAME to serve another name.")
+
+
+class OriginNotAllowed(APIError):
+    status, code = 403, "origin_not_allowed"
+    hint = ("Web pages of other origins may not use this server (browser safety); start it with "
+            "--cors-origin ORIGIN to allow one.")
+
+
+class TooManyAuthFailures(APIError):
+    status, code = 429, "too_many_auth_failures"
+    hint = "Too many requests with a missing or wrong API key from this address; wait and retry with the right key."
+
+
 class SessionNotFound(APIError):
     status, code = 404, "session_not_found"
     hint = "Create a session by uploading the volume (POST /v1/sessions)."
@@ -60,9 +78,22 @@ class NothingToUndo(APIError):
     hint = "The object has no earlier interaction to return to."
 
 
+class InvalidBox(APIError):
+    status, code = 422, "invalid_box"
+    hint = ("A box is two opposite corners [[k, j, i], [k, j, i]] inside the volume spanning at least "
+            "two axes, for a model whose capabilities list the 'box' prompt; see docs/PROTOCOL.md.")
+
+
+class SessionLimitReached(APIError):
+    status, code = 409, "session_limit"
+    hint = ("Start the next object (POST .../reset) or a new session; the server's per-object limits "
+            "are in GET /v1/capabilities.")
+
+
 class SessionExpired(APIError):
     status, code = 410, "session_expired"
-    hint = "The session expired after a period without requests; upload the volume again."
+    hint = ("The session expired after a period without requests, or was closed while idle to make "
+            "room for another user; upload the volume again.")
 
 
 class PayloadTooLarge(APIError):
@@ -76,14 +107,33 @@ class ServerAtCapacity(APIError):
     hint = "The server holds its maximum number of sessions; retry later or delete a session."
 
 
+class ClientClosedRequest(APIError):
+    status, code = 499, "client_closed_request"
+    hint = "The client closed the connection before the request was complete; nothing was stored."
+
+
 class OutOfMemory(APIError):
     status, code = 507, "out_of_memory"
     hint = "The device ran out of memory; the session is unchanged. Close other sessions or use a smaller volume."
 
 
+class MemoryBudgetExceeded(APIError):
+    status, code = 507, "memory_budget_exceeded"
+    hint = ("The server's memory budget (--max-memory, --max-session-memory) cannot hold this; crop the "
+            "volume, delete sessions you no longer use, or start the server with a larger budget.")
+
+
 def error_response(error: APIError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+async def send_error(scope, send, error: APIError) -> None:
+    """Answer ``error`` from ASGI middleware, before the application sees the request (the
+    connection is closed afterwards: an unread body is never read)."""
+    response = error_response(error)
+    response.headers["Connection"] = "close"
+    await response(scope, None, send)
 
 
 def _validation_message(error: RequestValidationError) -> str:
@@ -123,6 +173,12 @@ def install_handlers(app: FastAPI, count_error) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # FastAPI wraps what goes wrong while it reads a JSON body (a body over the size limit, a
+        # client gone) in a 400 "error parsing the body": answer the cause instead.
+        if isinstance(error.__cause__, APIError):
+            return error_response(error.__cause__)
+        if isinstance(error.__cause__, ClientDisconnect):
+            return await client_gone(request, error.__cause__)
         if error.status_code == 404:
             return error_response(NotFound(f"no such path: {request.method} {request.url.path}"))
         if error.status_code == 405:
@@ -134,6 +190,11 @@ def install_handlers(app: FastAPI, count_error) -> None:
         code = "bad_request" if error.status_code < 500 else "internal_error"
         return JSONResponse({"error": code, "message": str(error.detail), "hint": ""},
                             status_code=error.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect) -> JSONResponse:
+        log.info("client closed %s %s before its body arrived", request.method, request.url.path)
+        return error_response(ClientClosedRequest(f"the client closed {request.url.path} mid-request"))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -23,14 +23,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(*args: str, env: dict[str, str] | None = None, startup_timeout: float = 120.0,
-                   python: str = sys.executable) -> Iterator[str]:
+                   python: str = sys.executable, ca_bundle: str | None = None) -> Iterator[str]:
     """Run ``sam3d serve --host 127.0.0.1 --port <free> *args`` until the block ends; yields
-    its base URL once ``/v1/health`` answers. Raises RuntimeError with the server's output if it
-    exits or does not come up in time."""
+    its base URL (https when ``args`` hold --ssl-certfile; ``ca_bundle`` then verifies it) once
+    ``/v1/health`` answers. Raises RuntimeError with the server's output if it exits or does not
+    come up in time."""
     port = free_port()
     command = [python, "-m", "sam3d", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", *args]
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if '--ssl-certfile' in args else 'http'}://127.0.0.1:{port}"
     with tempfile.TemporaryFile(mode="w+") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(env or {})})
@@ -41,7 +42,7 @@ def running_server(*args: str, env: dict[str, str] | None = None, startup_timeou
                     log.seek(0)
                     raise RuntimeError(f"`{' '.join(command)}` exited with {process.returncode}:\n{log.read()}")
                 try:
-                    if requests.get(url + "/v1/health", timeout=1).ok:
+                    if requests.get(url + "/v1/health", timeout=1, verify=ca_bundle or True).ok:
                         break
                 except requests.RequestException:
                     pass

@@ -17,6 +17,9 @@ from .errors import BadRequest, PayloadTooLarge
 
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 COMPRESSIONS = ("zlib", "none")
+SPACING_RANGE_MM = (1e-3, 1e4)  # voxel sizes a medical image can have
+CHUNK_BYTES = 4 << 20  # volume bytes inflated / converted per step (bounded memory, frequent GIL release)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def encode_mask_bits(mask: np.ndarray) -> str:
@@ -59,31 +62,74 @@ def parse_upload_shape(shape: str, spacing: str, max_voxels: int) -> tuple[tuple
     sizes = parse_triple(spacing, "spacing", float)
     if not all(math.isfinite(s) and s > 0 for s in sizes):
         raise BadRequest(f"spacing must be positive millimetres, got {list(sizes)}")
+    low, high = SPACING_RANGE_MM
+    if not all(low <= s <= high for s in sizes):
+        raise BadRequest(f"spacing {list(sizes)} mm is outside {low:g}..{high:g} mm per voxel; send the "
+                         "image's spacing in millimetres")
     voxels = math.prod(dims)
     if voxels > max_voxels:
         raise PayloadTooLarge(f"the volume has {voxels} voxels; this server accepts at most {max_voxels}")
     return dims, sizes
 
 
-def decode_volume(body: bytes, shape: tuple[int, int, int], dtype: str, compression: str) -> np.ndarray:
-    """The uploaded array; decompression stops at the declared size (no zip bombs)."""
-    expected = math.prod(shape) * np.dtype(dtype).itemsize
-    if compression == "zlib":
-        inflater = zlib.decompressobj()
-        try:
-            raw = inflater.decompress(body, expected)
-            beyond = inflater.decompress(inflater.unconsumed_tail, 1)  # output past the declared size
-        except zlib.error as error:
-            raise BadRequest(f"the body is not zlib data ({error}); send compression=none for raw bytes") from None
-        if beyond:
-            raise BadRequest(f"the body inflates to more than shape x dtype = {expected} bytes")
-        if not inflater.eof:
-            raise BadRequest(f"the zlib stream is truncated: {len(raw)} of {expected} bytes")
-    else:
-        raw = body
-    if len(raw) != expected:
-        raise BadRequest(f"the volume holds {len(raw)} bytes; shape {list(shape)} of {dtype} needs {expected}")
-    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise BadRequest("the volume holds NaN or infinite values")
-    return array
+def decode_volume(body: bytes | bytearray, shape: tuple[int, int, int], dtype: str,
+                  compression: str) -> np.ndarray:
+    """The uploaded array, inflated and converted in chunks of CHUNK_BYTES (float64 is stored as
+    float32; values beyond float32 are refused). Inflation stops at the declared size: a body
+    that inflates further is a decompression bomb (413); trailing bytes after the stream, a
+    truncated stream and non-finite values are refused (400)."""
+    wire = np.dtype(dtype).newbyteorder("<")
+    expected = math.prod(shape) * wire.itemsize
+    out = np.empty(math.prod(shape), dtype=np.float32 if dtype == "float64" else wire.newbyteorder("="))
+    filled, carry = 0, b""
+    for piece in _raw_chunks(body, expected, compression):
+        data = carry + piece if carry else piece
+        usable = len(data) - len(data) % wire.itemsize
+        values = np.frombuffer(data, dtype=wire, count=usable // wire.itemsize)
+        if len(values):
+            out[filled:filled + len(values)] = _checked(values)
+        filled += len(values)
+        carry = bytes(data[usable:])
+    return out.reshape(shape)
+
+
+def _raw_chunks(body: bytes | bytearray, expected: int, compression: str):
+    """The volume's raw bytes in pieces of at most CHUNK_BYTES, checked against ``expected``."""
+    view = memoryview(body)
+    if compression == "none":
+        if len(view) != expected:
+            raise BadRequest(f"the body holds {len(view)} bytes; shape x dtype needs {expected}")
+        for start in range(0, expected, CHUNK_BYTES):
+            yield view[start:start + CHUNK_BYTES]
+        return
+    inflater, produced, pending = zlib.decompressobj(), 0, view
+    try:
+        while produced < expected:
+            piece = inflater.decompress(pending, min(CHUNK_BYTES, expected - produced))
+            pending = inflater.unconsumed_tail
+            if not piece:
+                break
+            produced += len(piece)
+            yield piece
+        beyond = inflater.decompress(pending, 1)  # output past the declared size
+    except zlib.error as error:
+        raise BadRequest(f"the body is not zlib data ({error}); send compression=none for raw bytes") from None
+    if beyond or (inflater.eof and produced > expected):
+        raise PayloadTooLarge(f"the body inflates to more than shape x dtype = {expected} bytes "
+                              "(a decompression bomb?)")
+    if produced < expected:
+        raise BadRequest(f"the volume holds {produced} bytes; shape x dtype needs {expected}")
+    if not inflater.eof:
+        raise BadRequest(f"the zlib stream does not end after the volume's {expected} bytes (truncated?)")
+    if inflater.unused_data:
+        raise BadRequest(f"{len(inflater.unused_data)} bytes follow the zlib stream; send the volume alone")
+
+
+def _checked(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all():
+            raise BadRequest("the volume holds NaN or infinite values")
+        if values.dtype.itemsize > 4 and np.abs(values).max() > FLOAT32_MAX:
+            raise BadRequest("the float64 volume holds values beyond float32's range (3.4e38), which the "
+                             "server computes in; rescale the image")
+    return values

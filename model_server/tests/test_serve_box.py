@@ -1,0 +1,97 @@
+"""Box prompts through a real `sam3d serve` (uvicorn on 127.0.0.1) and the torch-free client:
+capabilities, box-only and box + click interactions, undo / reset of the box, and the 422s."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import requests
+
+from sam3d.engine.commands import slicer_client
+from sam3d.engine.predictor import Predictor
+from sam3d.engine.session import Session
+from sam3d.serve.launch import running_server
+
+SHAPE = (20, 64, 64)
+SPACING = (2.5, 0.8, 0.8)
+BOX = [[13.0, 44.0, 20.0], [7.0, 20.0, 44.0]]  # opposite corners, not in lo / hi order
+client_module = slicer_client()
+
+
+@pytest.fixture(scope="module")
+def box_url(tiny_box_model) -> str:
+    with running_server("--model", str(tiny_box_model)) as base:
+        yield base
+
+
+@pytest.fixture
+def client(box_url):
+    with client_module.SAM3DClient(box_url, timeout=60) as c:
+        yield c
+
+
+def volume() -> np.ndarray:
+    array = np.random.default_rng(0).normal(0, 20, SHAPE)
+    array[7:13, 20:44, 20:44] += 80
+    return array.astype(np.int16)
+
+
+def test_capabilities_list_the_box_prompt(client):
+    assert client.capabilities()["prompts"] == ["point", "box", "mask"]
+
+
+def test_a_box_through_the_client_gives_the_engines_mask_and_stays_with_the_object(client, tiny_box_model):
+    session = client.create_session(volume(), SPACING)
+    full = client.interact(session, [], [], box_kji=BOX).apply_to(np.zeros(SHAPE, bool))
+    reference = Session(Predictor.load(tiny_box_model, device="cpu"), volume(), SPACING, cache_size=8)
+    reference.interact([], [], box_kji=BOX)
+    np.testing.assert_array_equal(full, reference.mask)
+    info = client.session_info(session)
+    assert info["box"] == [[7.0, 20.0, 20.0], [13.0, 44.0, 44.0]] and info["points"] == []
+    client.interact(session, [[10.0, 32.0, 32.0]], [0])  # a later click keeps the box
+    reference.interact([[10.0, 32.0, 32.0]], [0])
+    assert client.session_info(session)["box"] == info["box"]
+    client.interact(session, [], [], box_kji=[[10.0, 25.0, 25.0], [10.0, 40.0, 40.0]])  # 2D box replaces it
+    assert client.session_info(session)["box"] == [[10.0, 25.0, 25.0], [10.0, 40.0, 40.0]]
+    client.undo(session)
+    assert client.session_info(session)["box"] == info["box"]
+    client.reset(session)
+    assert client.session_info(session)["box"] is None
+    client.delete_session(session)
+
+
+@pytest.mark.parametrize("box, code, fragment", [
+    ([[7.0, 20.0, 20.0], [25.0, 44.0, 44.0]], "invalid_box", "outside the volume"),
+    ([[7.0, 20.0, 20.0], [7.0, 20.0, 44.0]], "invalid_box", "less than one voxel along two"),
+    ([[7.0, 20.0, 20.0]], "validation_error", "box"),
+    ([[7.0, float("nan"), 20.0], [13.0, 44.0, 44.0]], "validation_error", "finite"),
+])
+def test_bad_boxes_get_422_and_leave_the_session_usable(box_url, box, code, fragment):
+    session = requests.post(f"{box_url}/v1/sessions", params={"shape": "20,64,64", "spacing": "2.5,0.8,0.8",
+                                                              "compression": "none"},
+                            data=volume().tobytes(), timeout=60).json()["session_id"]
+    reply = requests.post(f"{box_url}/v1/sessions/{session}/interactions",  # json.dumps writes NaN
+                          data=json.dumps({"points": [], "labels": [], "box": box}),
+                          headers={"Content-Type": "application/json"}, timeout=60)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error"] == code and fragment in reply.json()["message"]
+    reply = requests.post(f"{box_url}/v1/sessions/{session}/interactions",
+                          json={"points": [], "labels": []}, timeout=60)
+    assert reply.status_code == 422 and "at least one point or a box" in reply.json()["message"]
+    ok = requests.post(f"{box_url}/v1/sessions/{session}/interactions",
+                       json={"points": [[10.0, 32.0, 32.0]], "labels": [1], "box": BOX}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["interaction"] == 1
+
+
+def test_a_model_without_a_box_prompt_answers_422_naming_it(tiny_model):
+    with running_server("--model", str(tiny_model)) as url, \
+            client_module.SAM3DClient(url, timeout=60) as plain:
+        assert "box" not in plain.capabilities()["prompts"]
+        session = plain.create_session(volume(), SPACING)
+        with pytest.raises(client_module.InvalidBox) as caught:
+            plain.interact(session, [[10.0, 32.0, 32.0]], [1], box_kji=BOX)
+        assert caught.value.status == 422 and caught.value.code == "invalid_box"
+        assert "'tiny-random' (tiny) has no box prompt" in str(caught.value)
+        assert plain.session_info(session)["interactions"] == 0
