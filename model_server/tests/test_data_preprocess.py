@@ -68,9 +68,10 @@ def test_resample_rejects_unknown_interpolator():
         resample_volume(volume, (1, 1, 1), interpolator="cubic")
 
 
-def test_presets_hold_the_papers_numbers_and_a_soft_tissue_one():
+def test_presets_hold_the_papers_numbers_a_soft_tissue_and_a_percentile_one():
     assert get_preset("kits21") == IntensityPreset("kits21", -54.0, 247.0, 59.54, 55.46)
-    assert set(PRESETS) == {"kits21", "msd_pancreas", "lits", "msd_colon", "soft_tissue"}
+    assert set(PRESETS) == {"kits21", "msd_pancreas", "lits", "msd_colon", "soft_tissue", "percentile"}
+    assert get_preset("percentile").kind == "percentile" and get_preset("lits").kind == "window"
     with pytest.raises(ValueError, match="unknown intensity preset 'ct'; choose one of kits21, msd_pancreas"):
         get_preset("ct")
     preset = get_preset("lits")

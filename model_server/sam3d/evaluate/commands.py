@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scope", default="object", choices=("object", "label"),
                         help="score the clicked object (default) or the whole target label")
     parser.add_argument("--max-cases", type=int, metavar="N", help="evaluate only the first N cases of the split")
+    parser.add_argument("--prompt", default="click", choices=("click", "box"),
+                        help="first prompt: click = a seeded random target voxel (the paper's protocol); box = "
+                             "the object's 2D box on its largest slice (box-capable models); later clicks correct")
+    parser.add_argument("--baseline-2d", action="store_true",
+                        help="add the 2D row: LiteMedSAM slice by slice from the same first prompt")
     parser.add_argument("--no-classical", action="store_true", help="skip the region-growing baseline row")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for report.json, report.csv, dice_by_click.png")
@@ -78,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if not chosen:
         raise CLIError(f"the {args.split} split of {args.data} holds no labelled cases")
 
+    baseline_2d = None
+    if args.baseline_2d:
+        from .slice_baseline import LiteMedSAM2D
+
+        baseline_2d = LiteMedSAM2D()
     start = time.perf_counter()
     results = []
     with tqdm(chosen, desc=f"evaluate {args.split}", unit="case") as bar:
@@ -88,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
                     bar.write(f"skipping {case.case_id}: no voxel with label {target_label}")
                     continue
                 result = evaluate_case(predictor, case.case_id, image.array, image.spacing, mask, args.clicks,
-                                       args.seed, args.scope, classical=not args.no_classical)
+                                       args.seed, args.scope, classical=not args.no_classical,
+                                       prompt=args.prompt, baseline_2d=baseline_2d)
             except ValueError as error:
                 raise CLIError(f"case {case.case_id}: {error}") from error
             results.append(result)
@@ -109,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         "split_seed": split_seed,
         "target_label": target_label,
         "scope": args.scope,
+        "prompt": args.prompt,
         "seed": args.seed,
         "protocol": "click 1: a random target voxel (seeded per case); clicks 2..N: centre of the largest "
                     "error region; engine crop + paste-back on the native grid, threshold 0.5",
@@ -124,5 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if "classical" in summary:
         print(f"classical (region growing, 1 click): Dice {summary['classical']['mean_dice']:.4f}, "
               f"NSD {summary['classical']['mean_nsd']:.4f}")
+    if "baseline_2d" in summary:
+        print(f"2D baseline (LiteMedSAM slice by slice, same first prompt): Dice "
+              f"{summary['baseline_2d']['mean_dice']:.4f}, NSD {summary['baseline_2d']['mean_nsd']:.4f}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

