@@ -13,6 +13,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from sam3d.data.io import Volume
+from sam3d.data.resample import resample_to_reference
 
 SHAPE = (40, 64, 64)  # k, j, i: 40 slices of 64 x 64
 
@@ -85,3 +86,31 @@ def write_ct_series(volume: Volume, folder: Path, description: str = "CT phantom
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     return files
+
+
+def on_grid(masks_grid: Volume, mask: np.ndarray, image: Volume) -> np.ndarray:
+    """A mask read from a SEG (on the stack of its frames) on the image's grid."""
+    moved = resample_to_reference(masks_grid.with_array(mask.astype(np.uint8)), image, interpolator="nearest",
+                                  default_value=0)
+    return moved.array.astype(bool)
+
+
+def frame_references(seg) -> list[tuple[np.ndarray, str]]:
+    """(frame position LPS, referenced SOP instance UID) of every frame of a SEG dataset."""
+    frames = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        position = np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        frames.append((position, str(source.ReferencedSOPInstanceUID)))
+    return frames
+
+
+def assert_frames_reference_their_slices(seg, series_folder: Path) -> None:
+    by_position = {}
+    for path in series_folder.iterdir():
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        by_position[tuple(np.round([float(v) for v in ds.ImagePositionPatient], 3))] = str(ds.SOPInstanceUID)
+    frames = frame_references(seg)
+    assert frames
+    for position, uid in frames:
+        assert by_position[tuple(np.round(position, 3))] == uid

@@ -17,12 +17,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_helpers import oblique_direction, phantom_ct, write_ct_series
+from dicom_helpers import assert_frames_reference_their_slices, oblique_direction, on_grid, phantom_ct, write_ct_series
 from sam3d import __version__
 from sam3d.cli import main
 from sam3d.data.dicom_seg import read_dicom_seg
-from sam3d.data.io import Volume, read_dicom_series
-from sam3d.data.resample import resample_to_reference
+from sam3d.data.io import read_dicom_series
 from sam3d.data.segio import read_segmentation
 
 FLIPPED_OBLIQUE = oblique_direction(15) @ np.diag([-1.0, -1.0, 1.0])  # rows run right-to-left, columns up
@@ -33,34 +32,6 @@ def run_cli(*args: str) -> tuple[int, str]:
     with redirect_stdout(out), redirect_stderr(err):
         status = main(list(args))
     return status, out.getvalue() + err.getvalue()
-
-
-def on_grid(masks_grid: Volume, mask: np.ndarray, image: Volume) -> np.ndarray:
-    """A mask read from a SEG (on the stack of its frames) on the image's grid."""
-    moved = resample_to_reference(masks_grid.with_array(mask.astype(np.uint8)), image, interpolator="nearest",
-                                  default_value=0)
-    return moved.array.astype(bool)
-
-
-def frame_references(seg) -> list[tuple[np.ndarray, str]]:
-    """(frame position LPS, referenced SOP instance UID) of every frame of a SEG dataset."""
-    frames = []
-    for item in seg.PerFrameFunctionalGroupsSequence:
-        position = np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
-        source = item.DerivationImageSequence[0].SourceImageSequence[0]
-        frames.append((position, str(source.ReferencedSOPInstanceUID)))
-    return frames
-
-
-def assert_frames_reference_their_slices(seg, series_folder: Path) -> None:
-    by_position = {}
-    for path in series_folder.iterdir():
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        by_position[tuple(np.round([float(v) for v in ds.ImagePositionPatient], 3))] = str(ds.SOPInstanceUID)
-    frames = frame_references(seg)
-    assert frames
-    for position, uid in frames:
-        assert by_position[tuple(np.round(position, 3))] == uid
 
 
 @pytest.fixture(scope="module")

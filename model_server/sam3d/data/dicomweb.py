@@ -22,6 +22,7 @@ from typing import Iterator
 PREFIX = "dicomweb:"
 # Series that hold no image to segment (our own SEGs among them): a --query leaves them out.
 NON_IMAGE_MODALITIES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "KO", "PR", "DOC", "REG", "PLAN"}
+RETRY_ATTEMPTS = 3
 _STUDY, _SERIES, _MODALITY, _DESCRIPTION = "0020000D", "0020000E", "00080060", "0008103E"
 
 
@@ -75,7 +76,11 @@ class DicomWebServer:
             session.auth = (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
         if self.token:
             session.headers["Authorization"] = f"Bearer {self.token}"
-        return DICOMwebClient(str(self), session=session, timeout=self.timeout)
+        client = DICOMwebClient(str(self), session=session, timeout=self.timeout)
+        # dicomweb-client retries failed requests (also refused connections) 5 times over ~30 s;
+        # 3 attempts within ~3 s ride over a busy moment without stalling a batch on a dead server.
+        client.set_http_retry_params(retry=True, max_attempts=RETRY_ATTEMPTS, wait_exponential_multiplier=500)
+        return client
 
 
 @contextlib.contextmanager
