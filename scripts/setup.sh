@@ -9,3 +9,9 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/python -m pip install -q -r requirements-test.txt
+# Orthanc (a DICOMweb PACS) for the DICOM tests: Debian's packages, when the binary is missing and
+# apt-get is there (as root). Without it the Orthanc tests skip, saying why.
+if ! command -v Orthanc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; } \
+        >/dev/null 2>&1 || echo "setup: could not install Orthanc with apt-get; the Orthanc tests will skip" >&2
+fi

@@ -24,9 +24,9 @@ from .client import (InvalidServerURL, MaskUpdate, NothingToUndo, SAM3DClient, S
                      SessionExpired, SessionNotFound)
 from .geometry import outside_volume, ras_to_kji
 from .mrml_io import (GeometryError, SegmentFingerprint, VolumeFingerprint, ras_to_ijk_matrix,
-                      read_segment_mask, segment_fingerprint, use_binary_labelmap, volume_array,
-                      volume_fingerprint, volume_shape, volume_spacing_kji, world_to_local_matrix,
-                      write_segment_box)
+                      read_segment_mask, segment_fingerprint, set_tumor_terminology, use_binary_labelmap,
+                      volume_array, volume_fingerprint, volume_shape, volume_spacing_kji,
+                      world_to_local_matrix, write_segment_box)
 from .prompts import (NEGATIVE, POSITIVE, Click, PromptError, create_prompt_list, find_prompt_list,
                       lesion_number, mark_point, remove_click_markup)
 
@@ -233,14 +233,17 @@ class PromptLogic:
         return node
 
     def add_lesion_segment(self, segmentation_node) -> str:
-        """Add an empty segment "Lesion N" (first unused N) and return its ID."""
+        """Add an empty segment "Lesion N" (first unused N), coded as a tumor (SNOMED CT
+        Neoplasm, for DICOM SEG export), and return its ID."""
         segmentation = segmentation_node.GetSegmentation()
         names = {segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())}
         number = 1
         while f"{SEGMENT_NAME} {number}" in names:
             number += 1
         color = SEGMENT_COLORS[(number - 1) % len(SEGMENT_COLORS)]
-        return segmentation.AddEmptySegment("", f"{SEGMENT_NAME} {number}", color)
+        segment_id = segmentation.AddEmptySegment("", f"{SEGMENT_NAME} {number}", color)
+        set_tumor_terminology(segmentation_node, segment_id)
+        return segment_id
 
     def next_lesion(self) -> str:
         """Keep the current segment, add a new empty one and make it the target (no network:

@@ -17,6 +17,13 @@ from vtk.util import numpy_support
 VolumeFingerprint = Tuple[str, int, Tuple[float, float, float]]
 # A cheap identity of a segment's voxels: the labelmap object and its modification time.
 SegmentFingerprint = Tuple[str, int, int]
+# What Slicer's DICOM SEG export writes as the segment's category and type (and what any DICOM
+# viewer shows): SNOMED CT "Morphologically Altered Structure" / "Neoplasm", in the serialised
+# form of Slicer's terminology entries (context~category~type~type modifier~anatomic context~...).
+TUMOR_TERMINOLOGY = ("Segmentation category and type - DICOM master list"
+                     "~SCT^49755003^Morphologically Altered Structure"
+                     "~SCT^108369006^Neoplasm~^^"
+                     "~Anatomic codes - DICOM master list~^^~^^")
 
 
 class GeometryError(ValueError):
@@ -183,3 +190,9 @@ def write_segment_box(segmentation_node, segment_id: str, volume_node,
         if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, mode, extent):
             raise RuntimeError(f"Could not write into segment {segment_id!r} of "
                                f"'{segmentation_node.GetName()}'.")
+
+
+def set_tumor_terminology(segmentation_node, segment_id: str) -> None:
+    """Tag the segment as a tumor (``TUMOR_TERMINOLOGY``), so a DICOM SEG export codes it."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    segment.SetTag(segment.GetTerminologyEntryTagName(), TUMOR_TERMINOLOGY)

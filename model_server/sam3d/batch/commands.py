@@ -1,7 +1,9 @@
 """`sam3d batch`: segment every case of a manifest from its saved clicks, in one run.
 
-Writes DIR/<id>.seg.nrrd per case (one named, coloured segment per lesion, on the input grid),
-DIR/summary.csv and DIR/batch.log. With --ray the cases run on the workers of a Ray cluster
+Writes DIR/<id>.seg.nrrd per case (one named, coloured segment per lesion, on the input grid;
+or a DICOM SEG, DIR/<id>.seg.dcm: --output-format), DIR/summary.csv and DIR/batch.log. Images
+may be series on a DICOMweb server (PACS): manifest rows with image dicomweb:STUDY/SERIES, or
+every series a --query finds; --store sends each DICOM SEG back. With --ray the cases run on the workers of a Ray cluster
 (each loads the model once) and this process writes the outputs. Exit status: 0 when every case run is done, 1 when a case
 failed (see summary.csv), 2 for a user error (bad manifest or options). The manifest format:
 docs/BATCH.md.
@@ -10,13 +12,14 @@ docs/BATCH.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ..cli import CLIError
-from .manifest import ManifestError, read_manifest
+from .manifest import ManifestError, cases_from_series, read_manifest
 from ..evaluate.metrics import NSD_TOLERANCE_MM
-from .runner import BatchError, BatchOptions, BatchReport, check_prompt_sources, run_batch
+from .runner import OUTPUT_FORMATS, BatchError, BatchOptions, BatchReport, check_images, check_prompt_sources, run_batch
 from .state import DONE, FAILED, PENDING, OutputFolder
 
 TABLE_ROWS = 20
@@ -26,7 +29,9 @@ TABLE_COLUMNS = ("id", "status", "lesions", "points", "voxels", "volume_ml", "di
 def register(subparsers) -> None:
     parser = subparsers.add_parser("batch", help="segment many cases from saved clicks (a manifest)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("manifest", help="JSON or CSV file listing the cases (id, image, prompts, reference)")
+    parser.add_argument("manifest", nargs="?", default=None,
+                        help="JSON or CSV file listing the cases (id, image, prompts, reference); "
+                             "leave it out with --query")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--server", default=None, metavar="URL",
                         help="URL of a running `sam3d serve`; default: the engine in this process")
@@ -48,6 +53,24 @@ def register(subparsers) -> None:
     parser.add_argument("--nsd-tolerance", type=float, default=NSD_TOLERANCE_MM, metavar="MM",
                         help=f"surface distance tolerance of NSD (default {NSD_TOLERANCE_MM:g} mm)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--output-format", default="seg.nrrd", choices=tuple(OUTPUT_FORMATS),
+                        help="seg.nrrd (Slicer segmentation), dicom-seg (DICOM SEG, <id>.seg.dcm; needs DICOM "
+                             "images) or both (default seg.nrrd)")
+    pacs = parser.add_argument_group("DICOMweb server / PACS (pip install 'sam3dprompt-server[dicom]'; docs/DICOM.md)")
+    pacs.add_argument("--dicomweb", default=None, metavar="URL",
+                      help="DICOMweb root of the PACS (Orthanc: http://HOST:8042/dicom-web; basic auth: "
+                           "http://USER:PASSWORD@HOST...) for dicomweb:STUDY_UID/SERIES_UID images")
+    pacs.add_argument("--dicomweb-token", default=os.environ.get("SAM3D_DICOMWEB_TOKEN"), metavar="TOKEN",
+                      help="bearer token for the DICOMweb server (default: $SAM3D_DICOMWEB_TOKEN)")
+    pacs.add_argument("--query", default=None, metavar="QIDO",
+                      help="segment every image series the server finds, e.g. 'Modality=CT&StudyDate=20240101-"
+                           "20240131' (instead of a manifest; clicks from --prompts-folder, --prompts-from-mask "
+                           "or --propagate-from)")
+    pacs.add_argument("--prompts-folder", default=None, metavar="DIR",
+                      help="with --query: DIR/<series UID>.mrk.json holds a series' clicks, DIR/<series UID>"
+                           ".seg.nrrd (.seg.dcm, .nii.gz, .nrrd) its prior mask")
+    pacs.add_argument("--store", action="store_true",
+                      help="send each case's DICOM SEG to the DICOMweb server (STOW-RS)")
     cluster = parser.add_argument_group("on a Ray cluster (pip install 'sam3dprompt-server[ray]'; docs/BATCH.md)")
     cluster.add_argument("--ray", default=None, metavar="ADDRESS",
                          help="run the cases on Ray workers: 'local' (a Ray runtime on this machine), 'auto' "
@@ -69,14 +92,18 @@ def run(args: argparse.Namespace) -> int:
     out = OutputFolder(Path(args.out))
     if out.root.exists() and not out.root.is_dir():
         raise CLIError(f"--out {out.root} is a file; give a folder for the outputs")
+    server = _dicomweb(args)
     options = BatchOptions(resume=args.resume, limit=args.limit, propagate_from=args.propagate_from,
                            prompts_from_mask=args.prompts_from_mask is not None,
-                           nsd_tolerance_mm=args.nsd_tolerance, progress=not args.quiet)
+                           nsd_tolerance_mm=args.nsd_tolerance, progress=not args.quiet,
+                           output_format=args.output_format, dicomweb=server, store=args.store)
+    source = f"manifest {args.manifest}" if args.manifest else f"--query {args.query!r}"
     try:
-        cases = read_manifest(args.manifest, prior_mask_field=args.prompts_from_mask or "prior_mask")
+        cases = _cases(args, server)
+        check_images(cases, options)
         check_prompt_sources(cases, options)
     except ManifestError as error:
-        raise CLIError(f"manifest {args.manifest}: {error}") from None
+        raise CLIError(f"{source}: {error}") from None
     runner = _ray_runner(args)
     if args.server:
         make_segmenter, identity = _server(args)
@@ -92,6 +119,52 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print_report(report, out)
     return 1 if report.failed else 0
+
+
+def _dicomweb(args: argparse.Namespace):
+    """The DICOMweb server of --dicomweb, after the checks of the options that need one."""
+    if (args.manifest is None) == (args.query is None):
+        raise CLIError("give a manifest file, or --query with --dicomweb (every series the server finds), not both")
+    if args.store and args.output_format == "seg.nrrd":
+        raise CLIError("--store sends DICOM SEG objects: add --output-format dicom-seg (or both)")
+    if args.prompts_folder and args.query is None:
+        raise CLIError("--prompts-folder goes with --query (a manifest names each case's prompts itself)")
+    needs = [name for name, given in (("--query", args.query is not None), ("--store", args.store)) if given]
+    if args.dicomweb is None:
+        if needs:
+            raise CLIError(f"{', '.join(needs)} need(s) the DICOMweb server: --dicomweb URL")
+        return None
+    try:
+        from ..data.dicomweb import DicomWebServer
+
+        server = DicomWebServer(args.dicomweb, args.dicomweb_token)
+        server.client()  # checks the URL and that dicomweb-client is installed
+    except ImportError as error:
+        raise CLIError(f"--dicomweb needs dicomweb-client, which is not installed ({error}): pip install "
+                       "'sam3dprompt-server[dicom]'") from None
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    return server
+
+
+def _cases(args: argparse.Namespace, server) -> list:
+    """The cases of the manifest, or one per series that --query finds."""
+    if args.manifest is not None:
+        return read_manifest(args.manifest, prior_mask_field=args.prompts_from_mask or "prior_mask")
+    from ..data.dicomweb import DicomWebError, query_series
+
+    folder = Path(args.prompts_folder) if args.prompts_folder else None
+    if folder is not None and not folder.is_dir():
+        raise CLIError(f"--prompts-folder {folder} is not a folder")
+    try:
+        found = query_series(server, args.query)
+    except DicomWebError as error:
+        raise CLIError(str(error)) from None
+    if not found:
+        raise CLIError(f"--query {args.query!r}: the DICOMweb server {server} has no image series that match")
+    print(f"sam3d batch: {len(found)} series from {server}: " + "; ".join(
+        f"{ref.series_uid} ({description})" for ref, description in found[:5]) + (" ..." if len(found) > 5 else ""))
+    return cases_from_series([ref for ref, _ in found], folder)
 
 
 def _ray_runner(args: argparse.Namespace):

@@ -7,7 +7,8 @@ the manifest's folder. Each case has:
     a name for the case's output files (``<id>.seg.nrrd``): letters, digits, ``. _ -`` and
     spaces, not starting with a dot, unique in the manifest.
 ``image``
-    a NIfTI / NRRD / MHA file or a DICOM folder.
+    a NIfTI / NRRD / MHA file, a DICOM series folder, or ``dicomweb:STUDY_UID/SERIES_UID``: a
+    series on the DICOMweb server of ``--dicomweb URL``.
 ``prompts``
     either a Slicer markups file (``.mrk.json`` / ``.json``; its lesions: see
     ``sam3d.batch.prompts.lesions_from_markups``) or inline clicks in RAS millimetres (as Slicer
@@ -20,11 +21,11 @@ the manifest's folder. Each case has:
     gets its clicks from a prior mask (``--prompts-from-mask``) or from another case
     (``--propagate-from``).
 ``reference`` (optional)
-    a label image or ``.seg.nrrd`` to score the result against (Dice, NSD in summary.csv).
+    a label image, ``.seg.nrrd`` or DICOM SEG to score the result against (Dice, NSD in summary.csv).
 ``reference_label`` (optional)
     the label value of the reference that counts as foreground (default: every non-zero voxel).
 ``prior_mask`` (optional; or the column named by ``--prompts-from-mask``)
-    a label image or ``.seg.nrrd`` of earlier lesions of the same patient; with
+    a label image, ``.seg.nrrd`` or DICOM SEG of earlier lesions of the same patient; with
     ``--prompts-from-mask`` each of its connected components becomes one lesion.
 ``prior_label`` (optional)
     the label value of the prior mask that counts as lesion (default: every non-zero voxel).
@@ -49,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.dicomweb import PREFIX as DICOMWEB_PREFIX, SeriesRef
 from .prompts import Lesion, group_lesions
 
 REQUIRED_FIELDS = ("id", "image")
@@ -68,7 +70,7 @@ class CaseSpec:
 
     row: int  # 1-based number of the case in the manifest
     case_id: str
-    image: Path
+    image: Path | SeriesRef  # a file or folder, or a series on the DICOMweb server
     markups: Path | None = None  # a markups file holding the clicks ...
     inline: tuple[Lesion, ...] | None = None  # ... or the clicks written in the manifest
     reference: Path | None = None
@@ -187,7 +189,7 @@ def _case(row: int, entry: dict[str, Any], folder: Path, prior_mask_field: str) 
     return CaseSpec(
         row=row,
         case_id=case_id,
-        image=_path(row, "image", entry["image"], folder),
+        image=_image(row, entry["image"], folder),
         markups=markups,
         inline=inline,
         reference=_optional_path(row, "reference", entry.get("reference"), folder),
@@ -195,6 +197,32 @@ def _case(row: int, entry: dict[str, Any], folder: Path, prior_mask_field: str) 
         prior_mask=_optional_path(row, prior_mask_field, entry.get(prior_mask_field), folder),
         prior_label=_optional_int(row, "prior_label", entry.get("prior_label")),
     )
+
+
+def _image(row: int, value: Any, folder: Path) -> Path | SeriesRef:
+    if isinstance(value, str) and value.strip().startswith(DICOMWEB_PREFIX):
+        try:
+            return SeriesRef.parse(value)
+        except ValueError as error:
+            raise ManifestError(f"row {row}, field image: {error}") from None
+    return _path(row, "image", value, folder)
+
+
+def cases_from_series(series: list[SeriesRef], prompts_folder: Path | None) -> list[CaseSpec]:
+    """One case per series found by ``--query``, named by its series UID; its clicks come from
+    ``PROMPTS_FOLDER/<series UID>.mrk.json`` and its prior mask from ``<series UID>.seg.nrrd`` /
+    ``.seg.dcm`` / ``.nii.gz`` / ``.nrrd`` there, when the files exist."""
+    cases = []
+    for row, ref in enumerate(series, start=1):
+        def beside(*endings: str) -> Path | None:
+            if prompts_folder is None:
+                return None
+            return next((prompts_folder / f"{ref.series_uid}{e}" for e in endings
+                         if (prompts_folder / f"{ref.series_uid}{e}").is_file()), None)
+
+        cases.append(CaseSpec(row=row, case_id=ref.series_uid, image=ref, markups=beside(".mrk.json"),
+                              prior_mask=beside(".seg.nrrd", ".seg.dcm", ".nii.gz", ".nrrd")))
+    return cases
 
 
 def _path(row: int, field: str, value: Any, folder: Path) -> Path:

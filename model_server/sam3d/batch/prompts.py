@@ -30,7 +30,7 @@ from scipy import ndimage
 from ..data.clicks import centre_click
 from ..data.io import Volume, read_image
 from ..data.markups import MarkupsError, is_negative_name, read_point_lists
-from ..data.segio import SEG_ENDING, read_segmentation
+from ..data.dicom_seg import is_segmentation_file, read_segments
 
 _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
 
@@ -107,12 +107,12 @@ def _base_name(name: str) -> str:
 
 def lesions_from_mask(path: str | Path, label: int | None = None) -> list[Lesion]:
     """One lesion per connected component (26-connected) of a prior mask: a label image (voxels
-    equal to ``label``, or non-zero when it is None) or a ``.seg.nrrd`` (every segment's
+    equal to ``label``, or non-zero when it is None) or a ``.seg.nrrd`` / DICOM SEG (every segment's
     components, segment by segment). Each lesion gets one positive click at the component's most
-    interior voxel. Raises ValueError naming the file."""
+    interior voxel. A DICOM SEG counts as a ``.seg.nrrd``. Raises ValueError naming the file."""
     path = Path(path)
-    if path.name.lower().endswith(SEG_ENDING):
-        segments, grid = read_segmentation(path)
+    if is_segmentation_file(path):
+        segments, grid = read_segments(path)
         masks = [np.asarray(segment.mask, dtype=bool) for segment in segments]
     else:
         grid = read_image(path)

@@ -1,11 +1,13 @@
-"""Run a batch: every case of the manifest from its clicks to ``<id>.seg.nrrd``, its record and
-its summary row, one model per worker for the whole run.
+"""Run a batch: every case of the manifest from its clicks to ``<id>.seg.nrrd`` and / or
+``<id>.seg.dcm`` (``--output-format``), its record and its summary row, one model per worker for
+the whole run.
 
 Work is split in two: a ``CaseWorker`` (next to the model: in this process, or a Ray actor, see
-``sam3d.batch.cluster``) reads a case's inputs and turns them into a ``CaseResult`` - the
-``.seg.nrrd`` file's bytes, the case's record, lines for the log; the driver (``run_batch``)
-chooses the cases, writes every file into the output folder, the log, the summary and the
-progress bar. A ``CaseRunner`` carries cases from the driver to the workers and results back.
+``sam3d.batch.cluster``) reads a case's inputs (fetching a ``dicomweb:`` series from the PACS)
+and turns them into a ``CaseResult`` - the output files' bytes, the case's record, lines for the
+log; the driver (``run_batch``) chooses the cases, writes every file into the output folder
+(and with ``--store`` sends the DICOM SEG to the PACS), the log, the summary and the progress
+bar. A ``CaseRunner`` carries cases from the driver to the workers and results back.
 
 A case's clicks come from, in this order: its prior mask (with ``--prompts-from-mask``), its own
 prompts (markups file or inline), or the clicks of the ``--propagate-from`` case mapped onto its
@@ -29,9 +31,11 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from ..data.io import Volume, atomic_write, read_image
+from ..data.dicom_seg import SEG_DCM_ENDING, encode_dicom_seg, is_segmentation_file, read_segments
+from ..data.dicomweb import DicomWebError, DicomWebServer, SeriesRef, fetch_series, store_instance
+from ..data.io import DicomSeries, Volume, atomic_write, read_dicom_series, read_image
 from ..data.resample import resample_to_reference
-from ..data.segio import SEG_ENDING, Segment, lesion_color, read_segmentation, write_segmentation
+from ..data.segio import SEG_ENDING, Segment, lesion_color, write_segmentation
 from ..evaluate.metrics import NSD_TOLERANCE_MM, dice_and_nsd
 from .manifest import CaseSpec, ManifestError
 from .prompts import Lesion, lesions_from_markups, lesions_from_mask
@@ -40,6 +44,8 @@ from .segmenters import Segmenter, SegmenterError
 from .state import DONE, FAILED, CaseRecord, OutputFolder, digest, file_sha256, pending_row
 
 LOGGER_NAME = "sam3d.batch"
+# --output-format -> the endings of the files each case gets
+OUTPUT_FORMATS = {"seg.nrrd": (SEG_ENDING,), "dicom-seg": (SEG_DCM_ENDING,), "both": (SEG_ENDING, SEG_DCM_ENDING)}
 
 
 class BatchError(Exception):
@@ -54,6 +60,9 @@ class BatchOptions:
     prompts_from_mask: bool = False  # cases with a prior mask take one click per component
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM
     progress: bool = True
+    output_format: str = "seg.nrrd"  # a key of OUTPUT_FORMATS
+    dicomweb: DicomWebServer | None = None  # where dicomweb: images come from (--dicomweb)
+    store: bool = False  # send each case's DICOM SEG to the DICOMweb server (--store)
 
 
 @dataclass
@@ -65,6 +74,37 @@ class BatchReport:
     skipped: int
     seconds: float
     failed: list[str] = field(default_factory=list)
+
+
+def check_images(cases: list[CaseSpec], options: BatchOptions) -> None:
+    """``dicomweb:`` images need --dicomweb; raises ManifestError naming the first row without."""
+    if options.dicomweb is None:
+        for case in cases:
+            if isinstance(case.image, SeriesRef):
+                raise ManifestError(f"row {case.row} ({case.case_id}), field image: {case.image} is a series on a "
+                                    "DICOMweb server; give the server: --dicomweb URL")
+
+
+def open_image(image: Path | SeriesRef, options: BatchOptions, stack: contextlib.ExitStack,
+               series_needed: bool = False) -> tuple[Volume, DicomSeries | None]:
+    """A case's image, and its DICOM series when it is one (fetched into a temporary folder that
+    ``stack`` removes) and ``series_needed`` (for a DICOM SEG) or it comes from the PACS."""
+    if isinstance(image, SeriesRef):
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="sam3d_dicomweb_"))
+        fetch_series(options.dicomweb, image, folder)
+        try:
+            series = read_dicom_series(folder)
+        except ValueError as error:
+            raise ValueError(f"series {image}: {error}".replace(f" in {folder}", "")) from None
+        return series.volume, series
+    if series_needed:
+        if not Path(image).is_dir():
+            raise ValueError(f"image {image}: a DICOM SEG (--output-format {options.output_format}) refers to the "
+                             "slices of a DICOM series; give a DICOM series folder or a dicomweb: series, or "
+                             "use --output-format seg.nrrd")
+        series = read_dicom_series(image)
+        return series.volume, series
+    return read_image(image), None
 
 
 def check_prompt_sources(cases: list[CaseSpec], options: BatchOptions) -> None:
@@ -110,7 +150,10 @@ class PromptSources:
         value = {"case": case.describe(), "origin": origin, "model": model_identity,
                  "nsd_tolerance_mm": self.options.nsd_tolerance_mm,
                  "markups": _content_digest(case.markups) if origin == "prompts" else None,
-                 "prior_mask": _content_digest(case.prior_mask) if origin == "prior mask" else None}
+                 "prior_mask": _content_digest(case.prior_mask) if origin == "prior mask" else None,
+                 "output_format": self.options.output_format,
+                 "server": str(self.options.dicomweb) if isinstance(case.image, SeriesRef) or self.options.store else None,
+                 "store": self.options.store}
         if origin == "propagated":
             value["source"] = self.inputs(self.source, model_identity)
         return digest(value)
@@ -131,7 +174,8 @@ class PromptSources:
     def _source(self) -> tuple[Volume, list[Lesion]]:
         if self._source_loaded is None:
             try:
-                volume = read_image(self.source.image)
+                with contextlib.ExitStack() as stack:
+                    volume, _ = open_image(self.source.image, self.options, stack)
                 self._source_loaded = (volume, self.lesions(self.source, volume, []))
             except ValueError as error:
                 raise ValueError(f"the --propagate-from case {self.source.case_id} cannot be used: {error}") from None
@@ -143,7 +187,7 @@ class CaseResult:
     """What a worker gives back for one case; the driver writes it into the output folder."""
 
     record: CaseRecord
-    segmentation: bytes | None = None  # the case's .seg.nrrd file, when it is done
+    outputs: dict[str, bytes] = field(default_factory=dict)  # file ending -> the file, when it is done
     notes: list[str] = field(default_factory=list)  # lines for batch.log (e.g. the registration)
     trace: str = ""  # the error trace of a failed case
     worker: str = ""  # which worker ran the case ("" in this process)
@@ -151,8 +195,8 @@ class CaseResult:
 
 class CaseWorker:
     """Runs whole cases next to one loaded model: reads the case's inputs, segments each lesion,
-    scores the result, encodes the ``.seg.nrrd``. Writes nothing into the output folder, so it
-    can run on another machine than the driver."""
+    scores the result, encodes the ``.seg.nrrd`` / DICOM SEG. Writes nothing into the output
+    folder, so it can run on another machine than the driver."""
 
     def __init__(self, make_segmenter: Callable[[], Segmenter], sources: PromptSources, options: BatchOptions) -> None:
         self.segmenter = make_segmenter()
@@ -165,29 +209,42 @@ class CaseWorker:
         start = time.perf_counter()
         record = CaseRecord(case.case_id, FAILED, inputs)
         result = CaseResult(record)
+        endings = OUTPUT_FORMATS[self.options.output_format]
         try:
-            volume = read_image(case.image)
-            lesions = self.sources.lesions(case, volume, result.notes)
-            record.points = sum(len(lesion.labels) for lesion in lesions)
-            record.lesions = len(lesions)
-            record.clicks = [lesion.describe() for lesion in lesions]
-            _check_inside(volume, lesions, case)
-            reference = _reference(case, volume) if case.reference is not None else None
-            masks = self.segmenter.segment(volume, lesions)
-            segments = [Segment(lesion.name, mask, lesion_color(lesion.number)) for lesion, mask in zip(lesions, masks)]
-            segmentation = _encode(segments, volume)
+            with contextlib.ExitStack() as stack:
+                volume, series = open_image(case.image, self.options, stack, SEG_DCM_ENDING in endings)
+                masks, lesions, reference = self._segment(case, volume, result)
+                segments = [Segment(lesion.name, mask, lesion_color(lesion.number))
+                            for lesion, mask in zip(lesions, masks)]
+                if SEG_ENDING in endings:
+                    result.outputs[SEG_ENDING] = _encode(segments, volume)
+                if SEG_DCM_ENDING in endings:
+                    automatic = self.sources.origin(case) != "prompts"  # clicks derived, not placed by a person
+                    result.outputs[SEG_DCM_ENDING] = encode_dicom_seg(segments, series, self.segmenter.name, automatic)
             union = np.logical_or.reduce(masks)
             record.voxels = int(union.sum())
             record.volume_ml = record.voxels * volume.voxel_volume_ml
             if reference is not None:
                 record.dice, record.nsd = dice_and_nsd(union, reference, volume.spacing, self.options.nsd_tolerance_mm)
-            record.output_sha256 = hashlib.sha256(segmentation).hexdigest()
-            record.status, result.segmentation = DONE, segmentation
+            record.outputs = {ending: hashlib.sha256(data).hexdigest() for ending, data in result.outputs.items()}
+            record.status = DONE
         except Exception as error:  # a failing case is recorded and the run goes on
+            result.outputs = {}
             record.error = _message(error)
             result.trace = traceback.format_exc().rstrip()
         record.seconds = time.perf_counter() - start
         return result
+
+    def _segment(self, case: CaseSpec, volume: Volume, result: CaseResult):
+        """The case's lesion masks, its lesions and its reference mask (or None)."""
+        record = result.record
+        lesions = self.sources.lesions(case, volume, result.notes)
+        record.points = sum(len(lesion.labels) for lesion in lesions)
+        record.lesions = len(lesions)
+        record.clicks = [lesion.describe() for lesion in lesions]
+        _check_inside(volume, lesions, case)
+        reference = _reference(case, volume) if case.reference is not None else None
+        return self.segmenter.segment(volume, lesions), lesions, reference
 
 
 class CaseRunner(Protocol):
@@ -242,7 +299,7 @@ def run_batch(cases: list[CaseSpec], out: OutputFolder, make_segmenter: Callable
         with tqdm(total=len(todo), desc="sam3d batch", unit="case", disable=not options.progress,
                   dynamic_ncols=True) as bar, contextlib.closing(runner.results(jobs, make_worker, logger)) as results:
             for result in results:
-                _store(result, by_id[result.record.case_id], sources, out, logger)
+                _store(result, by_id[result.record.case_id], sources, out, options, logger)
                 ran += 1
                 bar.set_postfix_str(result.record.case_id)
                 bar.update()
@@ -270,22 +327,32 @@ def _summary_row(out: OutputFolder, case_id: str, inputs: str) -> dict[str, str]
     return record.summary_row()
 
 
-def _store(result: CaseResult, case: CaseSpec, sources: PromptSources, out: OutputFolder, logger: logging.Logger) -> None:
-    """Write a worker's result into the output folder: the .seg.nrrd, then the record; log it."""
+def _store(result: CaseResult, case: CaseSpec, sources: PromptSources, out: OutputFolder,
+           options: BatchOptions, logger: logging.Logger) -> None:
+    """Write a worker's result into the output folder (the output files, with --store the DICOM
+    SEG into the PACS, then the record); log it."""
     record = result.record
     by = f" ({result.worker})" if result.worker else ""
     for note in result.notes:
         logger.info("%s", note)
-    path = out.segmentation_path(record.case_id)
     if record.status == DONE:
-        atomic_write(path, SEG_ENDING, lambda temp: temp.write_bytes(result.segmentation))
+        for ending, data in result.outputs.items():
+            atomic_write(out.output_path(record.case_id, ending), ending, lambda temp: temp.write_bytes(data))
+        if options.store:
+            try:
+                store_instance(options.dicomweb, result.outputs[SEG_DCM_ENDING])
+                logger.info("%s: DICOM SEG stored in %s", record.case_id, options.dicomweb)
+            except DicomWebError as error:  # the case is not finished: --resume runs it again
+                record.status, record.error, record.outputs = FAILED, str(error), {}
+    if record.status == DONE:
         logger.info("%s: done: %d lesion(s) from %d click(s) (%s), %d voxels, %.3f ml%s, %.2f s%s",
                     record.case_id, record.lesions, record.points, sources.origin(case), record.voxels,
                     record.volume_ml, "" if record.dice is None else f", Dice {record.dice:.4f}, NSD {record.nsd:.4f}",
                     record.seconds, by)
     else:
         logger.error("%s: failed%s: %s\n%s", record.case_id, by, record.error, result.trace)
-        path.unlink(missing_ok=True)
+        for ending in OUTPUT_FORMATS["both"]:
+            out.output_path(record.case_id, ending).unlink(missing_ok=True)
     out.write_record(record)
 
 
@@ -308,11 +375,12 @@ def _check_inside(volume: Volume, lesions: list[Lesion], case: CaseSpec) -> None
 def _reference(case: CaseSpec, volume: Volume) -> np.ndarray:
     """The reference foreground on the image's grid (resampled, nearest, when it lies on another)."""
     path = case.reference
-    if path.name.lower().endswith(SEG_ENDING):
-        segments, grid = read_segmentation(path)
+    if is_segmentation_file(path):
+        segments, grid = read_segments(path)
         mask = np.logical_or.reduce([s.mask for s in segments]) if segments else np.zeros(grid.shape, bool)
         if case.reference_label is not None:
-            raise ValueError(f"reference {path}: reference_label applies to label images, not to a {SEG_ENDING}")
+            raise ValueError(f"reference {path}: reference_label applies to label images, not to a "
+                             f"{SEG_ENDING} or DICOM SEG")
     else:
         grid = read_image(path)
         mask = grid.array == case.reference_label if case.reference_label is not None else grid.array != 0

@@ -22,6 +22,8 @@ class SegmenterError(Exception):
 
 
 class Segmenter(Protocol):
+    name: str  # the model's name (a DICOM SEG's algorithm name)
+
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         """One boolean kji mask of ``volume``'s shape per lesion."""
 
@@ -31,6 +33,7 @@ class LocalSegmenter:
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
+        self.name = predictor.name
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         session = Session(self.predictor, volume.array, volume.spacing)
@@ -51,6 +54,7 @@ class ServerSegmenter:
         self.client_errors = client_errors
         model = capabilities.get("model", {})
         self.identity = f"server:{model.get('name')}:{model.get('variant')}"  # recorded for --resume
+        self.name = str(model.get("name") or "sam3d")
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         try:

@@ -1,11 +1,11 @@
 """What a batch run leaves in its output folder, and how ``--resume`` knows what is finished.
 
-``DIR/<id>.seg.nrrd``
-    the case's segments.
+``DIR/<id>.seg.nrrd``, ``DIR/<id>.seg.dcm``
+    the case's segments (Slicer segmentation, DICOM SEG: ``--output-format``).
 ``DIR/.state/<id>.json``
-    the case's record (``CaseRecord``), written after its ``.seg.nrrd``. A case is finished when
+    the case's record (``CaseRecord``), written after its output files. A case is finished when
     its record says "done", names the same inputs (a digest of the manifest entry, the prompt
-    files, the model and the options) and the SHA-256 of a ``.seg.nrrd`` that is still there.
+    files, the model and the options) and the SHA-256 of every output file, each still there.
 ``DIR/summary.csv``
     one row per manifest case, rebuilt from the records at the end of every run.
 
@@ -46,7 +46,7 @@ class CaseRecord:
     nsd: float | None = None
     seconds: float = 0.0
     error: str = ""
-    output_sha256: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)  # file ending -> SHA-256 of the file written
     clicks: list[dict] = field(default_factory=list)  # the lesions' RAS clicks the run used
 
     def summary_row(self) -> dict[str, str]:
@@ -92,8 +92,9 @@ class OutputFolder:
     def log_path(self) -> Path:
         return self.root / LOG_NAME
 
-    def segmentation_path(self, case_id: str) -> Path:
-        return self.root / f"{case_id}{SEG_ENDING}"
+    def output_path(self, case_id: str, ending: str = SEG_ENDING) -> Path:
+        """The case's output file with this ending (``.seg.nrrd``, ``.seg.dcm``)."""
+        return self.root / f"{case_id}{ending}"
 
     def record_path(self, case_id: str) -> Path:
         return self.root / STATE_FOLDER / f"{case_id}.json"
@@ -111,11 +112,11 @@ class OutputFolder:
                      lambda temp: temp.write_text(text, encoding="utf-8"))
 
     def finished(self, case_id: str, inputs: str) -> bool:
-        """Whether the case is done with these inputs and its segmentation file is intact."""
+        """Whether the case is done with these inputs and its output files are intact."""
         record = self.read_record(case_id)
-        path = self.segmentation_path(case_id)
-        return (record is not None and record.status == DONE and record.inputs == inputs
-                and path.is_file() and file_sha256(path) == record.output_sha256)
+        return (record is not None and record.status == DONE and record.inputs == inputs and bool(record.outputs)
+                and all(self.output_path(case_id, ending).is_file()
+                        and file_sha256(self.output_path(case_id, ending)) == sha for ending, sha in record.outputs.items()))
 
     def current_record(self, case_id: str, inputs: str) -> CaseRecord | None:
         """The case's record when it belongs to these inputs (else the case is pending)."""

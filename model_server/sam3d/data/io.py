@@ -128,25 +128,34 @@ class Volume:
         return self.kji_to_lps(points_kji) * _RAS_FROM_LPS
 
 
+@dataclass(eq=False)
+class DicomSeries:
+    """An image series read from DICOM files: the volume and its files, ``files[k]`` being the
+    instance that holds slice k of ``volume.array`` (what a DICOM SEG frame refers to)."""
+
+    volume: Volume
+    files: list[Path]
+    series_uid: str
+
+
 def read_image(path: str | os.PathLike) -> Volume:
     """Read a NIfTI / NRRD / MHA file, or the DICOM series in a folder, with its geometry.
 
-    A folder with several series gives the series with the most files. Raises ValueError that
-    names the path and the problem.
+    Raises ValueError that names the path and the problem (for DICOM: see ``read_dicom_series``).
     """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"cannot read {path}: no such file or folder")
     if path.is_dir():
-        image = _read_dicom_series(path)
-    else:
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as error:
-            raise ValueError(
-                f"cannot read {path}: not a NIfTI/NRRD/MHA/DICOM file SimpleITK can open "
-                f"({_sitk_message(error)})"
-            ) from None
+        return read_dicom_series(path).volume
+    _refuse_non_image_dicom(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise ValueError(
+            f"cannot read {path}: not a NIfTI/NRRD/MHA/DICOM file SimpleITK can open "
+            f"({_sitk_message(error)})"
+        ) from None
     try:
         return Volume.from_sitk(image)
     except ValueError as error:
@@ -154,22 +163,120 @@ def read_image(path: str | os.PathLike) -> Volume:
         raise ValueError(f"cannot read {path}: {error}{hint}") from None
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def read_dicom_series(folder: str | os.PathLike) -> DicomSeries:
+    """Read the one image series in ``folder`` (its DICOM files; other files are ignored).
+
+    Slices are ordered by their position along the slice normal (row x column direction), not
+    by file name or instance number. Raises ValueError for a folder with no image series, with
+    several, with only non-image objects (SEG, RT structures, reports), and for a series with
+    missing, duplicated, unevenly spaced or tilted slices.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"cannot read {folder}: not a folder of DICOM files")
+    files = _series_files(folder)
     reader = sitk.ImageSeriesReader()
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for an empty folder
+    reader.SetFileNames([str(path) for path, _ in files])
     try:
-        series_ids = reader.GetGDCMSeriesIDs(str(folder))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
-    if not series_ids:
+        volume = Volume.from_sitk(reader.Execute())
+    except (RuntimeError, ValueError) as error:
+        message = _sitk_message(error) if isinstance(error, RuntimeError) else str(error)
+        raise ValueError(f"cannot read the DICOM series in {folder}: {message}") from None
+    return DicomSeries(volume, [path for path, _ in files], str(files[0][1].SeriesInstanceUID))
+
+
+def _series_files(folder: Path) -> list[tuple[Path, object]]:
+    """The files of the folder's image series with their headers (pydicom), sorted along the
+    slice normal; every check of ``read_dicom_series`` happens here or in ``_sorted_slices``."""
+    headers = [(path, header) for path in sorted(p for p in folder.iterdir() if p.is_file())
+               if (header := _dicom_header(path)) is not None]  # other files: not part of any series
+    if not headers:
         raise ValueError(f"no DICOM series in {folder}: pass a folder of DICOM slices or an image file")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
-    reader.SetFileNames(files)
+    images = [(path, header) for path, header in headers if _is_slice(header)]
+    if not images:
+        kinds = sorted({_sop_class_name(header) for _, header in headers})
+        raise ValueError(f"{folder} holds no image series, only DICOM {', '.join(kinds)} object(s); "
+                         "pass the folder of the image series (CT, MR, PT ...) itself")
+    series: dict[str, list] = {}
+    for path, header in images:
+        series.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((path, header))
+    if len(series) > 1:
+        listed = "; ".join(f"{uid} ({members[0][1].get('Modality', '?')} "
+                           f"'{members[0][1].get('SeriesDescription', '')}', {len(members)} files)"
+                           for uid, members in series.items())
+        raise ValueError(f"{folder} holds {len(series)} image series ({listed}); sam3d reads one series "
+                         "per folder: put each series in a folder of its own")
+    return _sorted_slices(folder, next(iter(series.values())))
+
+
+def _sorted_slices(folder: Path, members: list) -> list:
+    """The slices sorted along their normal; raises ValueError unless they form one straight,
+    evenly spaced stack."""
+    orientations = np.array([[float(v) for v in header.ImageOrientationPatient] for _, header in members])
+    if not np.allclose(orientations, orientations[0], atol=1e-4):
+        raise ValueError(f"the DICOM series in {folder} mixes slice orientations; export it again as one "
+                         "stack of parallel slices")
+    if len({(int(header.Rows), int(header.Columns)) for _, header in members}) > 1:
+        raise ValueError(f"the DICOM series in {folder} mixes slice sizes; export it again as one stack")
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    positions = np.array([[float(v) for v in header.ImagePositionPatient] for _, header in members])
+    depth = positions @ normal
+    order = np.argsort(depth, kind="stable")
+    members, positions, depth = [members[n] for n in order], positions[order], depth[order]
+    if len(members) == 1:
+        return members
+    gaps = np.diff(depth)
+    name = [path.name for path, _ in members]
+    if gaps.min() < 1e-3:
+        n = int(np.argmin(gaps))
+        raise ValueError(f"the DICOM series in {folder} has two slices at the same position ({name[n]}, "
+                         f"{name[n + 1]}): several acquisitions, echoes or time points in one series; "
+                         "put each in a folder of its own")
+    step = float(np.median(gaps))
+    uneven = np.abs(gaps - step) > max(0.01 * step, 1e-3)
+    if uneven.any():
+        n = int(np.argmax(uneven))
+        missing = int(round(gaps[n] / step)) - 1
+        what = f"{missing} slice(s) missing" if missing >= 1 else "unevenly spaced slices"
+        raise ValueError(f"the DICOM series in {folder} is incomplete: {what} between {name[n]} and "
+                         f"{name[n + 1]} (a {gaps[n]:.3g} mm gap where slices are {step:.3g} mm apart); "
+                         "fetch or export the whole series again")
+    in_plane = positions - np.outer(depth - depth[0], normal)
+    if not np.allclose(in_plane, in_plane[0], atol=max(0.01 * step, 1e-3)):
+        raise ValueError(f"the slices of the DICOM series in {folder} are not stacked along their normal "
+                         "(gantry tilt?); resample the series onto a straight grid first")
+    return members
+
+
+def _dicom_header(path: Path):
+    """The file's DICOM header (pydicom, no pixels), or None for a file that is not DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
-        return reader.Execute()
-    except RuntimeError as error:
-        raise ValueError(f"cannot read the DICOM series in {folder}: {_sitk_message(error)}") from None
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, AttributeError, EOFError, KeyError):
+        return None
+
+
+def _is_slice(header) -> bool:
+    """A single-frame image placed in space: what a series of slices is made of."""
+    needed = ("ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns", "PixelSpacing")
+    return all(name in header for name in needed) and int(header.get("NumberOfFrames", 1) or 1) == 1
+
+
+def _sop_class_name(header) -> str:
+    uid = header.get("SOPClassUID") or header.file_meta.get("MediaStorageSOPClassUID", "")
+    return getattr(uid, "name", "") or str(uid) or "unknown"
+
+
+def _refuse_non_image_dicom(path: Path) -> None:
+    """A DICOM file that is no image slice (a SEG, a report) gets a message saying what it is."""
+    header = _dicom_header(path)
+    if header is not None and not _is_slice(header):
+        raise ValueError(f"cannot read {path}: it is a DICOM {_sop_class_name(header)} object, not an image; "
+                         "pass the folder of the image series it belongs to (a DICOM SEG is read as a "
+                         "reference or prior mask)")
 
 
 def write_image(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:

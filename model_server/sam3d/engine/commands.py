@@ -1,4 +1,5 @@
-"""`sam3d segment`: clicks and a box in RAS millimetres (as Slicer shows them) -> a Slicer ``.seg.nrrd``.
+"""`sam3d segment`: clicks and a box in RAS millimetres (as Slicer shows them) -> a Slicer ``.seg.nrrd``
+(or a DICOM SEG, ``--out OUT.dcm``, for a DICOM series).
 
 Runs the engine in this process, or on a running ``sam3d serve`` when ``--server`` is given
 (through the Slicer module's own torch-free client, SAM3DPromptLib). The output lies on exactly
@@ -33,7 +34,8 @@ def register(subparsers) -> None:
                         help="Slicer markups file(s); points in lists named '...negative' or ending "
                              "in '-' (or described 'negative') are negative clicks")
     parser.add_argument("--box", default=None, metavar="R1,A1,S1:R2,A2,S2", help=BOX_HELP)
-    parser.add_argument("--out", required=True, help="output .seg.nrrd")
+    parser.add_argument("--out", required=True,
+                        help="output .seg.nrrd, or .dcm: a DICOM SEG (the image must be a DICOM series folder)")
     parser.add_argument("--name", default="Tumor", help="segment name (default Tumor)")
     parser.add_argument("--server", default=None, help="URL of a running `sam3d serve`; default: in-process")
     parser.add_argument("--api-key", default=None, help="the server's API key (with --server)")
@@ -109,11 +111,12 @@ def slicer_client():
 
 
 def segment_remote(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels,
-                   box_kji) -> np.ndarray:
+                   box_kji) -> tuple[np.ndarray, str]:
+    """The mask from a running server, and the server's model name."""
     client_module = slicer_client()
     try:
         client = client_module.SAM3DClient(args.server, api_key=args.api_key, timeout=args.timeout)
-        client.capabilities()
+        model_name = client.capabilities().get("model", {}).get("name") or "sam3d"
         session_id = client.create_session(array, spacing)
         try:
             update = client.interact(session_id, points_kji.tolist(), labels.tolist(),
@@ -122,11 +125,12 @@ def segment_remote(args: argparse.Namespace, array: np.ndarray, spacing, points_
             client.delete_session(session_id)
     except client_module.SAM3DError as error:
         raise CLIError(str(error)) from None
-    return update.apply_to(np.zeros(array.shape, dtype=bool))
+    return update.apply_to(np.zeros(array.shape, dtype=bool)), model_name
 
 
 def segment_local(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels,
-                  box_kji) -> np.ndarray:
+                  box_kji) -> tuple[np.ndarray, str]:
+    """The mask from the model in this process, and the model's name."""
     from ..model.checkpoint import CheckpointError
     from .predictor import Predictor
     from .session import InvalidBox, segment
@@ -136,21 +140,27 @@ def segment_local(args: argparse.Namespace, array: np.ndarray, spacing, points_k
     except (CheckpointError, ValueError) as error:
         raise CLIError(str(error)) from None
     try:
-        return segment(predictor, array, spacing, points_kji, labels, box_kji=box_kji)
+        return segment(predictor, array, spacing, points_kji, labels, box_kji=box_kji), predictor.name
     except InvalidBox as error:
         raise CLIError(f"--box: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.io import read_image
+    from ..data.dicom_seg import DicomSegError, write_dicom_seg
+    from ..data.io import read_dicom_series, read_image
     from ..data.segio import SEG_ENDING, Segment, write_segmentation
 
-    if not args.out.lower().endswith(SEG_ENDING):
-        raise CLIError(f"--out {args.out!r} must end in {SEG_ENDING} (a Slicer segmentation)")
+    dicom_out = args.out.lower().endswith(".dcm")
+    if not (dicom_out or args.out.lower().endswith(SEG_ENDING)):
+        raise CLIError(f"--out {args.out!r} must end in {SEG_ENDING} (a Slicer segmentation) or .dcm (a DICOM SEG)")
+    if dicom_out and not Path(args.image).is_dir():
+        raise CLIError(f"--out {args.out}: a DICOM SEG refers to the slices of a DICOM series; give the series' "
+                       f"folder as the image, or write a {SEG_ENDING}")
     box_ras = None if args.box is None else parse_box(args.box)
     points_ras, labels = collect_points(args)
     try:
-        volume = read_image(args.image)
+        series = read_dicom_series(args.image) if dicom_out else None
+        volume = series.volume if dicom_out else read_image(args.image)
     except ValueError as error:
         raise CLIError(str(error)) from None
     points_kji = volume.ras_to_kji(points_ras).reshape(-1, 3)
@@ -165,8 +175,14 @@ def run(args: argparse.Namespace) -> int:
                            f"{np.round(kji, 1).tolist()}, shape {list(volume.shape)}); check the points "
                            "belong to this image and are RAS (as Slicer shows them)")
     segment_fn = segment_remote if args.server else segment_local
-    mask = segment_fn(args, volume.array, volume.spacing, points_kji, labels, box_kji)
-    write_segmentation(args.out, [Segment(args.name, mask)], volume)
+    mask, model_name = segment_fn(args, volume.array, volume.spacing, points_kji, labels, box_kji)
+    if dicom_out:
+        try:
+            write_dicom_seg(args.out, [Segment(args.name, mask)], series, model_name, automatic=False)
+        except DicomSegError as error:
+            raise CLIError(str(error)) from None
+    else:
+        write_segmentation(args.out, [Segment(args.name, mask)], volume)
     prompts = f"{len(labels)} click(s)" + ("" if box_ras is None else " and a box")
     print(f"sam3d segment: {int(mask.sum())} voxels ({mask.sum() * volume.voxel_volume_ml:.2f} ml) "
           f"from {prompts} -> {args.out}")
