@@ -9,3 +9,18 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/python -m pip install -q -r requirements-test.txt
+
+# The web app (`sam3d web`, docs/WEB.md) runs in its own venv: trame-slicer pins an older
+# slicer-core / vtk than the test suite's. No torch there (segmentation is the server's job).
+[ -x .venv-web/bin/python ] || "$PY" -m venv .venv-web
+.venv-web/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv-web/bin/python -m pip install -q -e web
+# Debian's headless browser and its driver for the browser test (root, apt-get, only if absent).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "setup.sh: chromium / chromedriver missing and apt-get is not usable here: the browser test will skip" >&2
+    fi
+fi

@@ -7,7 +7,7 @@ import ipaddress
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -47,15 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fail(message: str) -> NoReturn:
+    """A user error: one clear line, exit status 2 (as every `sam3d` command)."""
+    print(f"sam3d web: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _read_key(path: Optional[Path], option: str) -> Optional[str]:
     if path is None:
         return None
     try:
         key = path.read_text().strip()
     except OSError as error:
-        raise SystemExit(f"sam3d web: error: {option} {path}: {error.strerror}")
+        fail(f"{option} {path}: {error.strerror}")
     if not key:
-        raise SystemExit(f"sam3d web: error: {option} {path} is empty; write the key into it")
+        fail(f"{option} {path} is empty; write the key into it")
     return key
 
 
@@ -64,14 +70,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     api_key = _read_key(args.api_key_file, "--api-key-file")
     access_key = _read_key(args.access_key_file, "--access-key-file")
     if not is_loopback(args.host) and access_key is None:
-        raise SystemExit(f"sam3d web: error: refusing to listen on {args.host} without an access key: "
+        fail(f"refusing to listen on {args.host} without an access key: "
                          "anyone on the network could read and segment your images. Pass "
                          "--access-key-file FILE, or bind 127.0.0.1")
     if not 0 <= args.port <= 65535:
-        raise SystemExit(f"sam3d web: error: --port {args.port} is not a TCP port (0-65535)")
+        fail(f"--port {args.port} is not a TCP port (0-65535)")
     missing = [image for image in args.images if not os.path.isfile(image)]
     if missing:
-        raise SystemExit(f"sam3d web: error: no such image file: {', '.join(missing)}")
+        fail(f"no such image file: {', '.join(missing)}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     # Headless machines have no X display: render with EGL (Mesa's software renderer will do).
     if not os.environ.get("DISPLAY"):
