@@ -103,7 +103,6 @@ class PromptWebApp(TrameApp):
         self._placing_positive = True
         self._observed: List[Any] = []
         self._batch: Optional[BatchRun] = None
-        self.last_result = None  # the last click's ClickResult (status line, tests, benchmarks)
 
         state = self.state
         state.trame__title = "SAM3DPrompt"
@@ -310,8 +309,10 @@ class PromptWebApp(TrameApp):
             self._status(user_message(error), error=True)
             if not isinstance(error, (SAM3DError, PromptError)):
                 logger.error("SAM3DPrompt %s failed", name, exc_info=error)
+        elif name == "connect":
+            self.state.sam3d_server = result
+            self._status(result)
         elif name == "clicks":
-            self.last_result = result
             spacing = self.volume_node.GetSpacing()
             millilitres = result.voxels * spacing[0] * spacing[1] * spacing[2] / 1000.0
             details = "image encoded, " if result.encoder_ran else ""
