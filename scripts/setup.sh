@@ -15,3 +15,19 @@ if ! command -v Orthanc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &&
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; } \
         >/dev/null 2>&1 || echo "setup: could not install Orthanc with apt-get; the Orthanc tests will skip" >&2
 fi
+
+# The web app (`sam3d web`, docs/WEB.md) runs in its own venv: trame-slicer pins an older
+# slicer-core / vtk than the test suite's. No torch there (segmentation is the server's job).
+[ -x .venv-web/bin/python ] || "$PY" -m venv .venv-web
+.venv-web/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv-web/bin/python -m pip install -q -e web
+# Debian's headless browser and its driver for the browser test (root, apt-get, only if absent).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
+            || echo "setup.sh: could not install chromium with apt-get: the browser test will skip" >&2
+    else
+        echo "setup.sh: chromium / chromedriver missing and apt-get is not usable here: the browser test will skip" >&2
+    fi
+fi

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "serve": "sam3d.serve.commands",
     "segment": "sam3d.engine.commands",
     "batch": "sam3d.batch.commands",
+    "web": "sam3d.web.commands",
 }
 
 
