@@ -2,8 +2,10 @@
 
 On the prompt's slice LiteMedSAM segments from the prompt (a 2D box, or one click); the mask is
 then carried to the neighbouring slices, each prompted with the previous slice's mask box plus
-``BOX_MARGIN_PX``, until a slice comes back empty - the usual way a 2D SAM is stretched to a
-volume (MedSAM's own 3D inference does the same). Each slice goes in as a square window around
+``BOX_MARGIN_PX``, until a slice comes back empty or larger than ``GROWTH_LIMIT`` times the
+previous one - the usual way a 2D SAM is stretched to a volume (MedSAM's own 3D inference does
+the same). The growth rule stands in for "the object ended": from the object's largest slice its
+area shrinks, while LiteMedSAM, given a box, finds *something* in every slice. Each slice goes in as a square window around
 the box, resized to ``WINDOW_PX`` (LiteMedSAM's weights keep their box accuracy from 64 to 192 px
 inputs), intensities scaled by the volume's 0.5 / 99.5 percentiles.
 
@@ -25,6 +27,7 @@ from ..model.lite_encoder import BACKBONE_STRIDE, build_tiny_vit, load_lite_meds
 WINDOW_PX = 128
 BOX_MARGIN_PX = 5
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
+GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
 NAME = "litemedsam_2d"
 
 
@@ -124,7 +127,7 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
             window_box = np.array([box[1] - i0, box[0] - j0, box[3] - i0, box[2] - j0]) * scale
             current = _paste(model.segment(_cut(normalised[k], j0, i0, side, model.window), box=window_box),
                              j0, i0, side, volume.shape[1:])
-            if current.sum() < MIN_AREA_PX:
+            if current.sum() < MIN_AREA_PX or current.sum() > GROWTH_LIMIT * previous.sum():
                 break
             mask[k] = current
             previous, k = current, k + direction
