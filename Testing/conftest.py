@@ -1,12 +1,13 @@
 """Fixtures of the Slicer-side suite: real `sam3d serve` processes on 127.0.0.1 (a free port).
 
 - ``start_server(*args)``: a context manager that runs ``sam3d serve *args`` and yields its base
-  URL. Without ``--model`` in ``args`` it uses the bundled default model when it exists, else a
-  random-weight ``tiny`` checkpoint.
+  URL. Without ``--model`` in ``args`` it uses the bundled ``small-phantoms`` model (fast on a
+  CPU, trained on the phantoms these tests click on) when it exists, else a random-weight
+  ``tiny`` checkpoint.
 - ``server_url``: the base URL of a running server (one per test session and model). The model
-  is the default one unless the test parametrises it indirectly:
-  ``@pytest.mark.parametrize("server_url", ["tiny"], indirect=True)`` ("tiny", "default" or a
-  checkpoint path). "default" skips while the bundled model is not there.
+  is ``small-phantoms`` unless the test parametrises it indirectly:
+  ``@pytest.mark.parametrize("server_url", ["tiny"], indirect=True)`` ("tiny", a bundled model's
+  name or a checkpoint path). A bundled model skips while its file is not there.
 - ``tiny_checkpoint``: path of the random-weight tiny checkpoint.
 """
 
@@ -22,10 +23,13 @@ if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
 
-def _default_model_exists() -> bool:
-    from sam3d.model.checkpoint import DEFAULT_MODEL_PATH
+TEST_MODEL = "small-phantoms"
 
-    return DEFAULT_MODEL_PATH.is_file()
+
+def _bundled_model_exists(name: str = TEST_MODEL) -> bool:
+    from sam3d.model.checkpoint import BUNDLED_MODELS
+
+    return name in BUNDLED_MODELS and BUNDLED_MODELS[name].is_file()
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +50,10 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def _model_spec(name: str, tiny_checkpoint: Path) -> str:
     if name == "tiny":
         return str(tiny_checkpoint)
-    if name == "default" and not _default_model_exists():
-        pytest.skip("the bundled default model (model_server/sam3d/models/default.pt) is not trained yet")
+    from sam3d.model.checkpoint import BUNDLED_MODELS
+
+    if name in BUNDLED_MODELS and not _bundled_model_exists(name):
+        pytest.skip(f"the bundled model {name!r} ({BUNDLED_MODELS[name]}) is not there")
     return name
 
 
@@ -58,7 +64,7 @@ def start_server(tiny_checkpoint):
 
     def start(*args: str, env: dict | None = None):
         if "--model" not in args:
-            model = "default" if _default_model_exists() else str(tiny_checkpoint)
+            model = TEST_MODEL if _bundled_model_exists() else str(tiny_checkpoint)
             args = ("--model", model, *args)
         return running_server(*args, env=env)
 
@@ -68,6 +74,6 @@ def start_server(tiny_checkpoint):
 @pytest.fixture(scope="session")
 def server_url(request, start_server, tiny_checkpoint):
     """Base URL of a running server; the model is request.param when parametrised indirectly."""
-    name = getattr(request, "param", "default" if _default_model_exists() else "tiny")
+    name = getattr(request, "param", TEST_MODEL if _bundled_model_exists() else "tiny")
     with start_server("--model", _model_spec(name, tiny_checkpoint), "--max-sessions", "64") as url:
         yield url

@@ -1,4 +1,4 @@
-"""`--model default`: the bundled model segments phantoms it has never seen."""
+"""The bundled models: small-phantoms segments phantoms it has never seen."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from sam3d.data.phantoms import write_dataset
 from sam3d.model.checkpoint import load_model
 
 
-def test_default_model_segments_unseen_phantoms(tmp_path):
-    loaded = load_model("default", device="cpu")
+def test_small_phantoms_model_segments_unseen_phantoms(tmp_path):
+    loaded = load_model("small-phantoms", device="cpu")
     assert loaded.config.name == "small" and loaded.meta["trained_with"] == "sam3d train"
     # another generator seed than the training set's: phantoms the model has never seen
     assert loaded.meta["dataset"]["seed"] != 2024
     data = write_dataset(tmp_path / "unseen", cases=3, seed=2024)
-    assert main(["evaluate", "--model", "default", "--data", str(data), "--split", "all", "--clicks", "2",
+    assert main(["evaluate", "--model", "small-phantoms", "--data", str(data), "--split", "all", "--clicks", "2",
                  "--seed", "0", "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["model"] == loaded.name and report["cases"] == 3

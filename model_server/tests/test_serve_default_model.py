@@ -1,4 +1,4 @@
-"""Segmentation quality through a real server with the bundled default model: a click inside a
+"""Segmentation quality through a real server with the bundled phantom model (small-phantoms): a click inside a
 phantom tumor returns a mask overlapping it (Dice reported), and a negative click removes a
 wrongly included region."""
 
@@ -13,20 +13,20 @@ from scipy import ndimage
 
 from sam3d.data.clicks import centre_click
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case
-from sam3d.model.checkpoint import DEFAULT_MODEL_PATH
+from sam3d.model.checkpoint import BUNDLED_MODELS
 from sam3d.serve.launch import running_server
 from sam3d.serve.wire import encode_mask_bits
 from wire_helpers import apply_mask_update as apply
 
-pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(),
-                                reason="the bundled default model (sam3d/models/default.pt) is not trained yet")
+pytestmark = pytest.mark.skipif(not BUNDLED_MODELS["small-phantoms"].is_file(),
+                                reason="the bundled small-phantoms model is not there")
 CASES = (101, 102, 103)
 SHAPE = (40, 112, 112)
 
 
 @pytest.fixture(scope="module")
 def url() -> str:
-    with running_server("--model", "default", "--device", "cpu") as base:
+    with running_server("--model", "small-phantoms", "--device", "cpu") as base:
         yield base
 
 

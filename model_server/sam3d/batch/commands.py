@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                         help="URL of a running `sam3d serve`; default: the engine in this process")
     parser.add_argument("--api-key", default=None, help="the server's API key (with --server)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per server request")
-    parser.add_argument("--model", default="default", help="in-process model: 'default' or a checkpoint path")
+    parser.add_argument("--model", default="default", help="in-process model: 'default' (the bundled lite model), 'small-phantoms' (the fast phantom-trained one) or a checkpoint path")
     parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--resume", action="store_true",
@@ -195,10 +195,10 @@ def _ray_runner(args: argparse.Namespace):
 
 
 def _local(args: argparse.Namespace):
-    from ..model.checkpoint import DEFAULT_MODEL_PATH, CheckpointError
+    from ..model.checkpoint import BUNDLED_MODELS, CheckpointError, model_path
 
-    spec = args.model if args.model == "default" else str(Path(args.model).resolve())
-    path = DEFAULT_MODEL_PATH if spec == "default" else Path(spec)
+    spec = args.model if args.model in BUNDLED_MODELS else str(Path(args.model).resolve())
+    path = model_path(spec)
     # The checkpoint file's size and time tell --resume whether the model changed since.
     stat = path.stat() if path.is_file() else None
     identity = f"local:{spec}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"local:{spec}"

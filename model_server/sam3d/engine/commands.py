@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     parser.add_argument("--server", default=None, help="URL of a running `sam3d serve`; default: in-process")
     parser.add_argument("--api-key", default=None, help="the server's API key (with --server)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per server request")
-    parser.add_argument("--model", default="default", help="in-process model: 'default' or a checkpoint path")
+    parser.add_argument("--model", default="default", help="in-process model: 'default' (the bundled lite model), 'small-phantoms' (the fast phantom-trained one) or a checkpoint path")
     parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.set_defaults(func=run)

@@ -33,7 +33,7 @@ class Predictor:
     @classmethod
     def load(cls, spec: str | Path = "default", device: str = "auto",
              sam_checkpoint: str | Path | None = None) -> "Predictor":
-        """``load_model`` (``spec`` is "default" or a checkpoint path) wrapped in a Predictor."""
+        """``load_model`` (``spec`` a bundled model's name or a checkpoint path) wrapped in a Predictor."""
         return cls(load_model(spec, device=device, sam_checkpoint=sam_checkpoint))
 
     @property

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="Dice / NSD of a model with the seeded 1-click protocol and an N-click refinement curve",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default", help="'default' (the bundled model) or a checkpoint path")
+    parser.add_argument("--model", default="default", help="'default' (the bundled lite model), 'small-phantoms' (the fast phantom-trained one) or a checkpoint path")
     parser.add_argument("--sam-checkpoint", metavar="PATH", help="SAM's sam_vit_b_01ec64.pth, for adapter checkpoints")
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder (MSD / nnU-Net or KiTS21 layout)")
     parser.add_argument("--layout", default="auto", choices=("auto", "msd", "kits"), help="dataset layout (default auto)")

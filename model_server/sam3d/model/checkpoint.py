@@ -27,7 +27,17 @@ from .sam3d import Sam3D, is_frozen_pretrained_tensor
 
 FORMAT = "sam3dprompt"
 FORMAT_VERSION = 1
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "default.pt"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# The models shipped inside the package, by the name `--model` takes.
+BUNDLED_MODELS = {
+    "default": MODELS_DIR / "default.pt",  # lite: LiteMedSAM + 3D adapters, trained on synthetic lesions
+    "small-phantoms": MODELS_DIR / "small_phantoms.pt",  # small, from scratch on the CT phantoms: fast
+}
+
+
+def model_path(spec: str | Path) -> Path:
+    """The checkpoint file of a bundled model's name, or ``spec`` itself as a path."""
+    return BUNDLED_MODELS.get(str(spec), Path(spec))
 SAM_PREFIX = "image_encoder."
 SAM_VIT_B = {"embed_dim": 768, "depth": 12, "patch": 16, "pos_grid": 64}
 
@@ -224,10 +234,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def load_model(spec: str | Path = "default", device: str | torch.device = "auto",
                sam_checkpoint: str | Path | None = None) -> LoadedModel:
-    """Load 'default' (the bundled small model) or a checkpoint path, ready for inference."""
-    path = DEFAULT_MODEL_PATH if str(spec) == "default" else Path(spec)
-    if str(spec) == "default" and not path.is_file():
-        raise CheckpointError(f"the bundled default model {path} is missing; reinstall the package "
+    """Load a bundled model by name ('default', 'small-phantoms') or a checkpoint path, ready for inference."""
+    path = model_path(spec)
+    if str(spec) in BUNDLED_MODELS and not path.is_file():
+        raise CheckpointError(f"the bundled model {spec!r} ({path}) is missing; reinstall the package "
                               f"or pass --model PATH")
     model, payload = model_from_checkpoint(path, sam_checkpoint)
     device = resolve_device(device)

@@ -79,7 +79,7 @@ def register(subparsers) -> None:
     lim.add_argument("--max-interactions", type=int, default=d.max_interactions,
                      help=f"interactions per object (default {d.max_interactions})")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="default", help="'default' (the bundled model) or a checkpoint path")
+    model.add_argument("--model", default="default", help="'default' (the bundled lite model), 'small-phantoms' (the fast phantom-trained one) or a checkpoint path")
     model.add_argument("--sam-checkpoint", default=None,
                        help="SAM's sam_vit_b_01ec64.pth, for a vit_b adapter checkpoint")
     model.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
