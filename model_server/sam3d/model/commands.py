@@ -11,7 +11,8 @@ from .config import CONFIGS, ModelConfig, get_config
 from .sam3d import Sam3D
 
 PARTS = {  # report key -> parameter-name prefix
-    "adapter_params": ".adapter.",
+    "adapter_params": ".adapter",  # vit blocks' ".adapter." and the lite encoder's ".adapters."
+    "backbone_params": "image_encoder.backbone.",  # lite: LiteMedSAM's frozen TinyViT
     "neck_params": "image_encoder.necks.",
     "prompt_encoder_params": "prompt_encoder.",
     "decoder_params": "decoder.",
@@ -33,6 +34,8 @@ def describe(model: Sam3D) -> dict:
         "depth": config.depth,
         "window_size": config.window_size,
         "neck_blocks": [b + 1 for b in config.neck_blocks],  # 1-based, as the paper counts blocks
+        "backbone": config.backbone,
+        "box_prompt": config.box_prompt,
     }
     for key, prefix in PARTS.items():
         info[key] = sum(p.numel() for n, p in named if prefix in n or n.startswith(prefix))
