@@ -149,6 +149,25 @@ def test_box_and_clicks_combine_and_undo_restores_segment_and_box(mrml_scene, bo
     np.testing.assert_array_equal(_segment(logic), empty)
     assert logic.box_roi() is None
     assert logic.client.session_info(logic.session_id)["box"] is None
+
+    # Reset takes the box away with the clicks; undo brings both back.
+    box = [[5.0, 6.0, 7.0], [8.0, 11.0, 14.0]]
+    _shape_roi(logic.new_box_roi(), volume, *box)
+    request = logic.prepare_box()
+    request.run()
+    request.finish()
+    drawn = _segment(logic)
+    logic.reset()
+    assert logic.box_roi() is None and not _segment(logic).any()
+    logic.undo()
+    np.testing.assert_array_equal(_segment(logic), drawn)
+    np.testing.assert_allclose(logic.box_kji(), box, atol=1e-6)
+    logic.cancel_box(logic.new_box_roi())  # a Box press given up (Esc): the lesion's box shows again
+    np.testing.assert_allclose(logic.box_kji(), box, atol=1e-6)
+    # The reset emptied the server's object: the next click sends the box again with it. (The
+    # undos emptied the point list, so Slicer gives this point the ID of an undone one: still a click.)
+    logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
+    np.testing.assert_allclose(logic.client.session_info(logic.session_id)["box"], box, atol=1e-6)
     logic.close()
 
 

@@ -345,7 +345,7 @@ class PromptLogic:
         if remove_markups:
             for step in self._steps:
                 for click in step.clicks:
-                    remove_click_markup(self.scene, click)
+                    self.remove_click(click)
         self._reset = None
         self._steps = []
         self._object_needs_reset = self.session_id is not None
@@ -399,6 +399,12 @@ class PromptLogic:
             clicks.append(Click(ras=(position[0], position[1], position[2]), label=label,
                                 markups_node_id=key[0], control_point_id=key[1]))
         return clicks
+
+    def remove_click(self, click: Click) -> None:
+        """Remove a click's point from its list (undo, reset, a failed request). Its ID is
+        forgotten too: Slicer gives the next point of the list the highest ID again."""
+        remove_click_markup(self.scene, click)
+        self._seen.discard((click.markups_node_id, click.control_point_id))
 
     @property
     def click_count(self) -> int:
@@ -509,7 +515,7 @@ class PromptLogic:
                     self._segment_fp = None
                     self._object_needs_reset = self.session_id is not None and not wire.uploaded
                 for click in clicks:
-                    remove_click_markup(self.scene, click)
+                    self.remove_click(click)
                 raise error
             if reset or wire.uploaded:
                 self._object_needs_reset = False
@@ -568,6 +574,13 @@ class PromptLogic:
         if old is not None:
             self.scene.RemoveNode(old)
         return create_box_roi(self.scene, volume_node)
+
+    def cancel_box(self, roi) -> None:
+        """A box ROI whose placing was given up: removed, and the lesion's box shown again."""
+        if roi.GetScene() is self.scene:
+            self.scene.RemoveNode(roi)
+        if self._object_box() is not None:
+            self._show_object_box()
 
     def make_box_2d(self, roi, slice_normal: Sequence[float]) -> None:
         """Make a box drawn in a slice view (normal ``slice_normal``, world) thinner than a voxel
@@ -683,7 +696,7 @@ class PromptLogic:
             if step.box is not None and step.box.roi is not None:
                 self._show_object_box()
             for click in step.clicks:
-                remove_click_markup(self.scene, click)
+                self.remove_click(click)
             if server_undone and self._server_mask is not None:
                 box = tuple(slice(a, a + n) for a, n in zip(step.lo, step.before.shape))
                 self._server_mask[box] = step.before
