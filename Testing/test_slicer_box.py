@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 import vtk
 
 from slicer_fixtures import (add_linear_transform, add_volume, mrml_scene, oblique_ijk_to_ras,  # noqa: F401
                              place_click, rigid_matrix, slicer)
-from SAM3DPromptLib.client import InvalidBox, SAM3DClient, SessionExpired
+from SAM3DPromptLib.client import InvalidBox, SAM3DClient, SessionExpired, SessionLimitReached, TLSError
 from SAM3DPromptLib.logic import PromptLogic, user_message
 from SAM3DPromptLib.mrml_io import numpy_to_matrix, read_segment_mask, volume_spacing_kji
 
@@ -239,3 +241,49 @@ def test_a_session_closed_to_make_room_is_renewed_with_its_box_and_clicks(mrml_s
         reference.client.interact(session, [[6.0, 8.0, 9.0]], [0]).apply_to(expected)
         np.testing.assert_array_equal(_segment(logic), expected)
         reference.client.delete_session(session)
+
+
+def test_an_https_server_is_trusted_through_the_certificate_setting(mrml_scene, tiny_box_checkpoint, tmp_path):
+    """Server > Certificate: the Logic's clients (also the ones for other threads) check the
+    server's self-signed certificate with the given file; without it, the message says where to
+    give it; a file that is not there is named at once."""
+    from sam3d.serve.launch import running_server
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    volume = _volume(mrml_scene, oblique_ijk_to_ras())
+    with running_server("--model", str(tiny_box_checkpoint), "--ssl-certfile", str(cert),
+                        "--ssl-keyfile", str(key), ca_bundle=str(cert)) as url:
+        assert url.startswith("https://")
+        logic = _logic(mrml_scene, url, volume)
+        with pytest.raises(TLSError) as error:
+            logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
+        assert "Server > Certificate" in user_message(error.value)
+        assert logic.prompt_list().GetNumberOfControlPoints() == 0  # the refused click's point is gone
+
+        logic.connect(url, ca_bundle=str(cert))
+        assert logic._own_client().ca_bundle == str(cert)
+        result = logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
+        assert result.uploaded and int(_segment(logic).sum()) == result.voxels
+        logic.close()
+    with pytest.raises(TLSError, match="does not exist"):
+        logic.connect(url, ca_bundle=str(tmp_path / "missing.pem"))
+
+
+def test_the_servers_interaction_limit_says_to_go_on_in_the_next_lesion(mrml_scene, start_server, tiny_checkpoint):
+    with start_server("--model", str(tiny_checkpoint), "--max-interactions", "1") as url:
+        volume = _volume(mrml_scene, oblique_ijk_to_ras())
+        logic = _logic(mrml_scene, url, volume)
+        logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
+        before = _segment(logic)
+        with pytest.raises(SessionLimitReached) as error:
+            logic.click_points([place_click(logic, logic_world(volume, (6.0, 8.0, 9.0)), False)])
+        assert "allows 1 per object" in user_message(error.value) and "'Next lesion'" in user_message(error.value)
+        np.testing.assert_array_equal(_segment(logic), before)
+        assert logic.click_count == 1 and logic.prompt_list().GetNumberOfControlPoints() == 1
+        logic.next_lesion()  # a new object on the same session takes clicks again
+        logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
+        assert logic.client.session_info(logic.session_id)["interactions"] == 1
+        logic.close()
