@@ -440,20 +440,23 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._boxRoi = roi
         self._boxDragging = False
 
+    def onBoxPlaced(self, caller, event) -> None:
+        if caller is self._placingBoxRoi and roi_defined(caller):
+            self._endBoxPlacing()
+
     def _endBoxPlacing(self) -> None:
-        """Box placing ended without a box (Esc, another mode): the lesion's box shows again."""
+        """Placing ended: a placed box is sent (2D when drawn in a slice view); a box given up
+        (Esc, another mode) is removed and the lesion's box shows again."""
         roi, self._placingBoxRoi = self._placingBoxRoi, None
-        if roi is not None and not roi_defined(roi):
+        if roi is None:
+            return
+        if not roi_defined(roi):
             self.logic.cancel_box(roi)
             self._updateButtons()
-
-    def onBoxPlaced(self, caller, event) -> None:
-        if caller is not self._placingBoxRoi or not roi_defined(caller):
             return
-        self._placingBoxRoi = None
         sliceNormal = self._sliceNormalUnderMouse()
         if sliceNormal is not None:  # drawn on a slice: a 2D box there (Slicer pads its depth)
-            self.logic.make_box_2d(caller, sliceNormal)
+            self.logic.make_box_2d(roi, sliceNormal)
         self._queueBox()
 
     @staticmethod
@@ -571,6 +574,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "model trained with boxes.")
         else:
             self.ui.boxButton.toolTip = self._boxToolTip
+
     # -- batch --------------------------------------------------------------------------------
     def onRunBatch(self) -> None:
         folder = self.ui.promptsFolderButton.directory
