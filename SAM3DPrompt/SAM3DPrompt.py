@@ -28,6 +28,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from SAM3DPromptLib.batch import BatchRun, load_cases, prompt_file_path
+from SAM3DPromptLib.box import roi_defined
 from SAM3DPromptLib.client import SAM3DClient, SAM3DError
 from SAM3DPromptLib.logic import PromptLogic, user_message
 from SAM3DPromptLib.prompts import PlaceMode
@@ -37,8 +38,11 @@ LIBRARY = "SAM3DPromptLib"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 SERVER_URL_SETTING = "SAM3DPrompt/ServerURL"  # the API key is never stored
 TIMEOUT_SETTING = "SAM3DPrompt/RequestTimeoutSeconds"
+CA_BUNDLE_SETTING = "SAM3DPrompt/CABundle"  # certificate file for an https server
 PROMPTS_FOLDER_SETTING = "SAM3DPrompt/PromptsFolder"
 BUSY_INDICATOR_DELAY_S = 2.0
+# A box edited outside a drag (e.g. the Markups module's size fields) is sent once it rests.
+BOX_EDIT_DELAY_MS = 500
 POLL_INTERVAL_MS = 50
 # Keyboard shortcuts, active while the module is shown. None of them is a key Slicer's slice,
 # 3D or markups views bind (r resets the field of view, s snaps a point to the slice, ...:
@@ -66,7 +70,8 @@ class SAM3DPrompt(ScriptedLoadableModule):
         self.parent.contributors = ["SAM3DPrompt developers (SAM3DPrompt project)"]
         self.parent.helpText = _(
             "Click on a tumor and a 3D segment appears; add negative clicks to remove leaks and "
-            "positive clicks to add missed parts. The model runs in a SAM3D server "
+            "positive clicks to add missed parts; <b>Box</b> draws a box around the lesion (in a "
+            "slice view: a box on that slice). The model runs in a SAM3D server "
             "(<code>sam3d serve</code>), locally or on a GPU machine.<br>"
             "Shortcuts: <b>A</b> positive point, <b>D</b> negative point, <b>Ctrl+Z</b> undo, "
             "<b>Shift+R</b> reset the lesion (undo brings it back), <b>N</b> next lesion.<br>"
@@ -104,10 +109,13 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._shortcuts = []
         self._target = (None, None, None)
-        self._connection = (None, None, None)
+        self._connection = (None, None, None, None)
         self._batch = None
         self._placeMode = None
         self._placingPositive = True
+        self._boxRoi = None  # the box ROI observed (the input volume's)
+        self._placingBoxRoi = None  # the box ROI being placed by the Box button
+        self._boxDragging = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -122,12 +130,18 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onTimer)
         self.queue = InteractionQueue(self.logic, self.onRequestDone, on_work=self._wake)
+        self.boxEditTimer = qt.QTimer()
+        self.boxEditTimer.setSingleShot(True)
+        self.boxEditTimer.setInterval(BOX_EDIT_DELAY_MS)
+        self.boxEditTimer.connect("timeout()", self._queueBox)
         appLogic = slicer.app.applicationLogic()
         self._placeMode = PlaceMode(appLogic.GetInteractionNode(), appLogic.GetSelectionNode())
 
         settings = qt.QSettings()
         self.ui.serverUrlLineEdit.text = settings.value(SERVER_URL_SETTING, DEFAULT_SERVER_URL)
         self.ui.timeoutSpinBox.value = int(settings.value(TIMEOUT_SETTING, 60))
+        self.ui.caBundlePathLineEdit.currentPath = settings.value(CA_BUNDLE_SETTING, "")
+        self._boxToolTip = self.ui.boxButton.toolTip
         self.ui.promptsFolderButton.directory = settings.value(PROMPTS_FOLDER_SETTING, qt.QDir.homePath())
         self.ui.busyProgressBar.setVisible(False)
         self.ui.batchProgressBar.setVisible(False)
@@ -135,9 +149,11 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.serverUrlLineEdit.connect("editingFinished()", self.onServerUrlEdited)
         self.ui.timeoutSpinBox.connect("valueChanged(int)", self.onTimeoutChanged)
+        self.ui.caBundlePathLineEdit.connect("currentPathChanged(QString)", self.onCABundleChanged)
         self.ui.testConnectionButton.connect("clicked()", self.onTestConnection)
         self.ui.positiveButton.connect("toggled(bool)", lambda on: self.onPlaceToggled(True, on))
         self.ui.negativeButton.connect("toggled(bool)", lambda on: self.onPlaceToggled(False, on))
+        self.ui.boxButton.connect("clicked()", self.onBox)
         self.ui.undoButton.connect("clicked()", self.onUndo)
         self.ui.resetButton.connect("clicked()", self.onReset)
         self.ui.nextLesionButton.connect("clicked()", self.onNextLesion)
@@ -154,6 +170,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.timer.stop()
+        self.boxEditTimer.stop()
         self._removeShortcuts()
         self._stopPlacing()
         self.removeObservers()
@@ -184,6 +201,8 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self._stopPlacing()
+        self.boxEditTimer.stop()
+        self._observeBoxRoi(None)
         self.setParameterNode(None)
         self.queue.discard()  # nothing may write into nodes that are going away
         if self._batch is not None:
@@ -288,15 +307,20 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         url = self.ui.serverUrlLineEdit.text.strip()
         key = self.ui.apiKeyLineEdit.text.strip() or None
         timeout = float(self.ui.timeoutSpinBox.value)
-        if (url, key, timeout) == self._connection:
+        caBundle = self.ui.caBundlePathLineEdit.currentPath.strip() or None
+        if (url, key, timeout, caBundle) == self._connection:
             return True
-        try:
-            SAM3DClient(url, api_key=key)  # checks the address now (e.g. a missing http://)
+        try:  # checks the address (e.g. a missing http://) and the certificate file now
+            SAM3DClient(url, api_key=key, ca_bundle=caBundle)
         except SAM3DError as error:
             self._showServerStatus(user_message(error), error=True)
+            self._showStatus(user_message(error), error=True)
             return False
-        self._connection = (url, key, timeout)
-        self.queue.add("server", lambda: self.logic.connect(url, api_key=key, timeout=timeout) and None)
+        self._connection = (url, key, timeout, caBundle)
+        self.queue.add("server", lambda: self.logic.connect(url, api_key=key, timeout=timeout,
+                                                             ca_bundle=caBundle) and None)
+        # The capabilities tell whether the model takes boxes (the Box button).
+        self.queue.add("connect", self.logic.prepare_server_status)
         return True
 
     def onServerUrlEdited(self) -> None:
@@ -305,11 +329,16 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTimeoutChanged(self, seconds: int) -> None:
         qt.QSettings().setValue(TIMEOUT_SETTING, int(seconds))
 
+    def onCABundleChanged(self, path: str) -> None:
+        qt.QSettings().setValue(CA_BUNDLE_SETTING, path.strip())
+
     def onTestConnection(self) -> None:
         self.onServerUrlEdited()
+        connection = self._connection
         if self._connect():
             self._showServerStatus("Connecting...", error=False)
-            self.queue.add("connect", self.logic.prepare_server_status)
+            if self._connection == connection:  # _connect asked already when the settings changed
+                self.queue.add("connect", self.logic.prepare_server_status)
 
     def _showServerStatus(self, text: str, error: bool) -> None:
         self.ui.serverStatusLabel.text = text
@@ -350,6 +379,8 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 button.checked = False
                 button.blockSignals(wasBlocked)
             self._stopPlacing()
+            if self._placingBoxRoi is not None:  # placed (event still to come) or cancelled
+                qt.QTimer.singleShot(0, self._endBoxPlacing)
 
     def _ensureTarget(self) -> bool:
         """An input volume, a server address, and a segment to write into (created if needed:
@@ -378,6 +409,81 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for click in clicks:
             self.queue.add_click(click)
         self._updateButtons()
+
+    # -- box ----------------------------------------------------------------------------------
+    def onBox(self) -> None:
+        """Place a new box ROI (it replaces the volume's box); it is sent once placed."""
+        if not self._ensureTarget():
+            return
+        for button in (self.ui.positiveButton, self.ui.negativeButton):
+            button.checked = False
+        roi = self.logic.new_box_roi(self._parameterNode.inputVolume)
+        self._observeBoxRoi(roi)
+        self._placingBoxRoi = roi
+        self._placeMode.start(roi, persistent=False)
+        self._showStatus("Box: click two opposite corners in a slice view (a box on that slice), "
+                         "or drag its handles later to change it.")
+
+    def _observeBoxRoi(self, roi) -> None:
+        """Follow the volume's box ROI (one at a time): placed, dragged, edited."""
+        if roi is self._boxRoi:
+            return
+        events = ((slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onBoxPlaced),
+                  (slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent, self.onBoxDragStarted),
+                  (slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onBoxDragEnded),
+                  (vtk.vtkCommand.ModifiedEvent, self.onBoxModified))
+        for event, method in events:
+            if self._boxRoi is not None and self.hasObserver(self._boxRoi, event, method):
+                self.removeObserver(self._boxRoi, event, method)
+            if roi is not None:
+                self.addObserver(roi, event, method)
+        self._boxRoi = roi
+        self._boxDragging = False
+
+    def onBoxPlaced(self, caller, event) -> None:
+        if caller is self._placingBoxRoi and roi_defined(caller):
+            self._endBoxPlacing()
+
+    def _endBoxPlacing(self) -> None:
+        """Placing ended: a placed box is sent (2D when drawn in a slice view); a box given up
+        (Esc, another mode) is removed and the lesion's box shows again."""
+        roi, self._placingBoxRoi = self._placingBoxRoi, None
+        if roi is None:
+            return
+        if not roi_defined(roi):
+            self.logic.cancel_box(roi)
+            self._updateButtons()
+            return
+        sliceNormal = self._sliceNormalUnderMouse()
+        if sliceNormal is not None:  # drawn on a slice: a 2D box there (Slicer pads its depth)
+            self.logic.make_box_2d(roi, sliceNormal)
+        self._queueBox()
+
+    @staticmethod
+    def _sliceNormalUnderMouse():
+        """World normal of the slice view the mouse is in (None: a 3D view or no view)."""
+        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        sliceNode = crosshair.GetCursorPositionXYZ([0.0, 0.0, 0.0]) if crosshair is not None else None
+        if sliceNode is None:
+            return None
+        sliceToRas = sliceNode.GetSliceToRAS()
+        return [sliceToRas.GetElement(row, 2) for row in range(3)]
+
+    def onBoxDragStarted(self, caller, event) -> None:
+        self._boxDragging = True
+
+    def onBoxDragEnded(self, caller, event) -> None:
+        self._boxDragging = False
+        self.boxEditTimer.stop()
+        self._queueBox()
+
+    def onBoxModified(self, caller, event) -> None:
+        if not self._boxDragging and self._placingBoxRoi is None:
+            self.boxEditTimer.start()  # restarts: sent once the edits rest
+
+    def _queueBox(self) -> None:
+        """The Logic sends the box only when it differs from the lesion's box."""
+        self.queue.add("box", lambda: self.logic.prepare_box())
 
     def onUndo(self) -> None:
         self.queue.add("undo", self.logic.prepare_undo)
@@ -430,7 +536,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 logging.error("SAM3DPrompt %s failed", name, exc_info=error)
         elif name == "connect":
             self._showServerStatus(result, error=False)
-        elif name == "clicks":
+        elif name in ("clicks", "box"):
             spacing = self.logic.volume_node.GetSpacing()
             millilitres = result.voxels * spacing[0] * spacing[1] * spacing[2] / 1000.0
             segmentName = self.ui.segmentComboBox.currentText
@@ -452,6 +558,22 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nextLesionButton.enabled = hasVolume
         self.ui.undoButton.enabled = self.logic.can_undo or self.queue.busy
         self.ui.resetButton.enabled = self.logic.can_undo
+        self._updateBoxButton(hasVolume)
+        if self._placingBoxRoi is None:
+            # Undo and reset put back or remove the box ROI: follow the volume's current one.
+            self._observeBoxRoi(self.logic.box_roi(self._parameterNode.inputVolume) if hasVolume else None)
+
+    def _updateBoxButton(self, hasVolume: bool) -> None:
+        supported = self.logic.supports_box
+        self.ui.boxButton.enabled = hasVolume and supported is not False
+        if supported is False:
+            model = (self.logic.capabilities or {}).get("model", {}).get("name", "?")
+            prompts = ", ".join((self.logic.capabilities or {}).get("prompts", [])) or "none"
+            self.ui.boxButton.toolTip = (f"The server's model '{model}' takes no box prompt (its prompts: "
+                                         f"{prompts}). Segment with clicks, or start the server with a "
+                                         "model trained with boxes.")
+        else:
+            self.ui.boxButton.toolTip = self._boxToolTip
 
     # -- batch --------------------------------------------------------------------------------
     def onRunBatch(self) -> None:
@@ -474,9 +596,10 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.batchProgressBar.setValue(0)
         self.ui.batchProgressBar.setVisible(True)
         self.ui.batchStatusLabel.text = f"Segmenting {len(cases)} volume(s)..."
-        url, key, timeout = self._connection
+        url, key, timeout, caBundle = self._connection
         # A queue of its own: clicks never wait behind the batch.
-        self._batch = BatchRun(SAM3DClient(url, api_key=key, timeout=timeout), cases, slicer.mrmlScene,
+        self._batch = BatchRun(SAM3DClient(url, api_key=key, timeout=timeout, ca_bundle=caBundle),
+                               cases, slicer.mrmlScene,
                                on_progress=self._onBatchProgress, on_work=self._wake)
         self._updateBatchButtons()
 

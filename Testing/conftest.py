@@ -8,7 +8,8 @@
   is ``small-phantoms`` unless the test parametrises it indirectly:
   ``@pytest.mark.parametrize("server_url", ["tiny"], indirect=True)`` ("tiny", a bundled model's
   name or a checkpoint path). A bundled model skips while its file is not there.
-- ``tiny_checkpoint``: path of the random-weight tiny checkpoint.
+- ``tiny_checkpoint`` / ``tiny_box_checkpoint``: paths of the random-weight tiny checkpoint,
+  without and with a box prompt.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ def _bundled_model_exists(name: str = TEST_MODEL) -> bool:
     return name in BUNDLED_MODELS and BUNDLED_MODELS[name].is_file()
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny model with random weights (seeded), enough for everything but segmentation quality."""
+def _write_tiny(directory: Path, name: str, **overrides) -> Path:
+    """A tiny model with random weights (seeded), config fields replaced by ``overrides``."""
     import torch
 
     from sam3d.data.intensity import PRESETS
@@ -43,8 +43,20 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from sam3d.model.sam3d import Sam3D
 
     torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
-                           PRESETS["soft_tissue"], "tiny-random")
+    return save_checkpoint(directory / f"{name}.pt", Sam3D(get_config("tiny", **overrides)),
+                           PRESETS["soft_tissue"], name)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model with random weights (seeded), enough for everything but segmentation quality."""
+    return _write_tiny(tmp_path_factory.mktemp("model"), "tiny-random")
+
+
+@pytest.fixture(scope="session")
+def tiny_box_checkpoint(tmp_path_factory) -> Path:
+    """The same tiny random model with a box prompt (capabilities list "box")."""
+    return _write_tiny(tmp_path_factory.mktemp("model"), "tiny-box", box_prompt=True)
 
 
 def _model_spec(name: str, tiny_checkpoint: Path) -> str:

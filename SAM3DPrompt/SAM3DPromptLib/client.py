@@ -7,6 +7,7 @@ Arrays and points are in (k, j, i) order, as ``slicer.util.arrayFromVolume`` ret
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
@@ -50,12 +51,13 @@ class ServerUnreachable(SAM3DError):
 
 class TLSError(SAM3DError):
     default_hint = ("The server's https certificate is not trusted here: give its certificate or CA "
-                    "bundle file in the module settings (a self-signed server certificate works too).")
+                    "bundle file (Server > Certificate in the SAM3D Prompt module; a self-signed server "
+                    "certificate works too), or reach the server through an SSH tunnel.")
 
 
 class RequestTimedOut(SAM3DError):
     default_hint = ("The server is busy or the network is slow; try again, or raise the "
-                    "timeout in the module settings.")
+                    "timeout (Server > Timeout in the SAM3D Prompt module).")
 
 
 class IncompatibleServer(SAM3DError):
@@ -200,6 +202,9 @@ class SAM3DClient:
         self.base_url = base_url.strip().rstrip("/")
         self.api_key = api_key or None
         self.timeout = float(timeout)
+        if ca_bundle and not os.path.isfile(ca_bundle):
+            raise TLSError(f"The certificate file {ca_bundle!r} does not exist.")
+        self.ca_bundle = ca_bundle or None
         self._http = requests.Session()
         # Passed with every request: a Session's own verify loses to $REQUESTS_CA_BUNDLE.
         self._verify: Any = ca_bundle or True

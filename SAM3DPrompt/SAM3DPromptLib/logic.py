@@ -20,8 +20,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .box import (RoiState, create_box_roi, find_box_roi, flatten_roi, release_box_roi, restore_roi,
+                  roi_box_kji, roi_defined, roi_state)
 from .client import (InvalidServerURL, MaskUpdate, NothingToUndo, SAM3DClient, SAM3DError,
-                     SessionExpired, SessionNotFound)
+                     SessionExpired, SessionLimitReached, SessionNotFound)
 from .geometry import outside_volume, ras_to_kji
 from .mrml_io import (GeometryError, SegmentFingerprint, VolumeFingerprint, ras_to_ijk_matrix,
                       read_segment_mask, segment_fingerprint, set_tumor_terminology, use_binary_labelmap,
@@ -53,6 +55,15 @@ class ClickResult:
 
 
 @dataclass
+class BoxPrompt:
+    """A box for the current object: ``[lo, hi]`` kji corners and the ROI that drew it (None:
+    the object's box sent again to a server object that lost it)."""
+
+    kji: np.ndarray
+    roi: Optional[RoiState] = None
+
+
+@dataclass
 class _Step:
     """One applied click request: what was sent and the segment's voxels it replaced."""
 
@@ -61,6 +72,7 @@ class _Step:
     labels: List[int]
     lo: Tuple[int, int, int]
     before: np.ndarray  # segment voxels in [lo, lo + before.shape) before the step
+    box: Optional[BoxPrompt] = None  # the box sent with the step
 
 
 @dataclass
@@ -118,6 +130,9 @@ class Request:
 
 def user_message(error: BaseException) -> str:
     """The text the Widget shows for an error (client errors carry what to do)."""
+    if isinstance(error, SessionLimitReached):
+        return (f"{error.message.rstrip('.')}. Press 'Next lesion' to go on in a new segment, or "
+                "'Reset lesion' to start this one over.")
     if isinstance(error, (SAM3DError, PromptError, GeometryError)):
         return str(error)
     return f"Unexpected error: {error!r}. See the Python console for details."
@@ -148,6 +163,7 @@ class PromptLogic:
         self.segment_id: Optional[str] = None
         self.session_id: Optional[str] = None
         self.uploads = 0  # volumes uploaded by this logic (for status and tests)
+        self.capabilities: Optional[Dict[str, Any]] = None  # of the server, once asked
         self._session_fingerprint: Optional[VolumeFingerprint] = None
         self._steps: List[_Step] = []
         self._object_needs_reset = False
@@ -161,11 +177,14 @@ class PromptLogic:
         self._restoring = False
 
     # -- connection --------------------------------------------------------------------------
-    def connect(self, base_url: str, api_key: Optional[str] = None, timeout: float = 30.0) -> SAM3DClient:
-        """Use the server at ``base_url`` (raises InvalidServerURL for an address without http://)."""
-        client = SAM3DClient(base_url, api_key=api_key, timeout=timeout)
+    def connect(self, base_url: str, api_key: Optional[str] = None, timeout: float = 30.0,
+                ca_bundle: Optional[str] = None) -> SAM3DClient:
+        """Use the server at ``base_url`` (raises InvalidServerURL for an address without http://,
+        TLSError for a missing ``ca_bundle``: the certificate file an https server is checked with)."""
+        client = SAM3DClient(base_url, api_key=api_key, timeout=timeout, ca_bundle=ca_bundle)
         if self.client is not None and self.client.base_url != client.base_url:
             self._forget_session()  # the old server expires it; no network here
+            self.capabilities = None
         self.client = client
         return client
 
@@ -174,7 +193,7 @@ class PromptLogic:
         the worker: a client (its HTTP session) serves one thread at a time."""
         client = self.client
         return None if client is None else SAM3DClient(client.base_url, api_key=client.api_key,
-                                                       timeout=client.timeout)
+                                                       timeout=client.timeout, ca_bundle=client.ca_bundle)
 
     def renew_client(self) -> None:
         """Leave the current client to a request that was abandoned while still running."""
@@ -189,8 +208,13 @@ class PromptLogic:
     def prepare_server_status(self) -> Request:
         """Capabilities handshake; ``finish()`` returns the status line of :func:`describe_server`."""
         client = self._require_client()
-        return Request("connect", client.capabilities,
-                       lambda caps, error: self._raise_or(error, describe_server(caps, client.base_url)))
+
+        def apply(caps: Any, error: Optional[BaseException]) -> str:
+            if error is None and client is self.client:
+                self.capabilities = caps
+            return self._raise_or(error, describe_server(caps, client.base_url))
+
+        return Request("connect", client.capabilities, apply)
 
     # -- target ------------------------------------------------------------------------------
     def set_target(self, volume_node, segmentation_node, segment_id: Optional[str]) -> None:
@@ -200,6 +224,8 @@ class PromptLogic:
                 raise PromptError(f"Segment {segment_id!r} is not in '{segmentation_node.GetName()}'.")
         same_object = (segmentation_node is self.segmentation_node and segment_id == self.segment_id
                        and volume_node is self.volume_node)
+        if not same_object:
+            self._leave_box(remove=False)
         self.volume_node = volume_node
         if segmentation_node is not None:
             use_binary_labelmap(segmentation_node)
@@ -257,6 +283,7 @@ class PromptLogic:
             return self.segment_id
         if self.segmentation_node is None:
             self.segmentation_node = self.create_segmentation(self.volume_node)
+        self._leave_box(remove=False)
         self.segment_id = self.add_lesion_segment(self.segmentation_node)
         self._start_new_object(remove_markups=False)
         return self.segment_id
@@ -277,6 +304,7 @@ class PromptLogic:
                             descriptions=descriptions)
         for step in reversed(self._steps):
             self._write_box(step.lo, step.before)
+        self._leave_box(remove=True)
         self._start_new_object(remove_markups=True)
         self._reset = record
 
@@ -310,17 +338,28 @@ class PromptLogic:
         self._object_needs_reset = self.session_id is not None
         self._server_mask = None
         self._segment_fp = None
+        if self._object_box() is not None:
+            self._show_object_box()
 
     def _start_new_object(self, remove_markups: bool) -> None:
         if remove_markups:
             for step in self._steps:
                 for click in step.clicks:
-                    remove_click_markup(self.scene, click)
+                    self.remove_click(click)
         self._reset = None
         self._steps = []
         self._object_needs_reset = self.session_id is not None
         self._server_mask = None
         self._segment_fp = None
+
+    def _leave_box(self, remove: bool) -> None:
+        """The object ends: the ROI of its box is removed (a reset), or kept, locked, as the
+        earlier lesion's box; the next Box press makes a new one."""
+        roi = self.box_roi() if self.volume_node is not None and self._object_box() is not None else None
+        if roi is not None and remove:
+            self.scene.RemoveNode(roi)
+        elif roi is not None:
+            release_box_roi(roi)
 
     def prompt_list(self, volume_node=None) -> Any:
         """The prompt list of ``volume_node`` (default: the input volume; see ``prompts``): the
@@ -361,6 +400,12 @@ class PromptLogic:
                                 markups_node_id=key[0], control_point_id=key[1]))
         return clicks
 
+    def remove_click(self, click: Click) -> None:
+        """Remove a click's point from its list (undo, reset, a failed request). Its ID is
+        forgotten too: Slicer gives the next point of the list the highest ID again."""
+        remove_click_markup(self.scene, click)
+        self._seen.discard((click.markups_node_id, click.control_point_id))
+
     @property
     def click_count(self) -> int:
         return sum(len(step.clicks) for step in self._steps)
@@ -387,11 +432,12 @@ class PromptLogic:
         return ras_to_kji(ras, ras_to_ijk_matrix(self.volume_node),
                           world_to_local_matrix(self.volume_node))
 
-    def prepare_clicks(self, clicks: Sequence[Click]) -> Request:
-        """Main-thread half of a click request (see the module docstring)."""
+    def prepare_clicks(self, clicks: Sequence[Click], box: Optional[BoxPrompt] = None) -> Request:
+        """Main-thread half of a click request (see the module docstring); ``box``: a new box
+        for the object, sent with the clicks (see ``prepare_box``)."""
         clicks = list(clicks)
         client = self._require_client()
-        if not clicks:
+        if not clicks and box is None:
             raise PromptError("No click to send.")
         if self.segmentation_node is None or self.segment_id is None:
             raise PromptError("Select a target segment (or press 'Next lesion') first.")
@@ -406,6 +452,8 @@ class PromptLogic:
         upload = self._upload_if_changed()
         session_id = None if upload is not None else self.session_id
         reset = self._object_needs_reset and upload is None
+        sent_box = box if box is not None or (upload is None and not reset) else self._resent_box()
+        box_kji = None if sent_box is None else sent_box.kji
         # What the server's object holds before this request, and what the segment holds: when
         # they differ (a hand edit, a new segment with voxels) the segment is sent as the prior.
         server_mask = np.zeros(shape, dtype=bool) if (upload is not None or reset) else self._server_mask
@@ -413,7 +461,8 @@ class PromptLogic:
         segment_fp_prepared = segment_fingerprint(self.segmentation_node, self.segment_id)
         in_sync = server_mask is not None and (current is server_mask or np.array_equal(current, server_mask))
         prior = None if in_sync else current
-        history = [(step.points_kji, step.labels) for step in self._steps]
+        history = [(step.points_kji, step.labels, None if step.box is None else step.box.kji)
+                   for step in self._steps]
         replay_upload = upload or _Upload(volume_array(self.volume_node),
                                           volume_spacing_kji(self.volume_node),
                                           volume_fingerprint(self.volume_node))
@@ -435,7 +484,7 @@ class PromptLogic:
                         client.reset(wire.session_id)
                     if prior is not None:
                         client.set_mask(wire.session_id, prior)
-                    wire.update = client.interact(wire.session_id, points, labels)
+                    wire.update = client.interact(wire.session_id, points, labels, box_kji=box_kji)
                 except (SessionExpired, SessionNotFound):
                     if wire.uploaded:
                         raise
@@ -443,11 +492,12 @@ class PromptLogic:
                     wire.session_id = client.create_session(replay_upload.array, replay_upload.spacing_kji)
                     wire.uploaded = wire.replayed = True
                     rebuilt = np.zeros(shape, dtype=bool)
-                    for step_points, step_labels in history:
-                        client.interact(wire.session_id, step_points, step_labels).apply_to(rebuilt)
+                    for step_points, step_labels, step_box in history:
+                        client.interact(wire.session_id, step_points, step_labels,
+                                        box_kji=step_box).apply_to(rebuilt)
                     if not np.array_equal(rebuilt, current):
                         client.set_mask(wire.session_id, current)
-                    wire.update = client.interact(wire.session_id, points, labels)
+                    wire.update = client.interact(wire.session_id, points, labels, box_kji=box_kji)
             finally:
                 wire.seconds = time.perf_counter() - started
             return wire
@@ -465,7 +515,7 @@ class PromptLogic:
                     self._segment_fp = None
                     self._object_needs_reset = self.session_id is not None and not wire.uploaded
                 for click in clicks:
-                    remove_click_markup(self.scene, click)
+                    self.remove_click(click)
                 raise error
             if reset or wire.uploaded:
                 self._object_needs_reset = False
@@ -481,7 +531,7 @@ class PromptLogic:
             self._segment_fp = (None if edited_meanwhile
                                 else segment_fingerprint(self.segmentation_node, self.segment_id))
             self._steps.append(_Step(clicks=clicks, points_kji=points, labels=labels, lo=lo,
-                                     before=before))
+                                     before=before, box=sent_box))
             return ClickResult(clicks=len(clicks), voxels=int(update.voxels), lo=lo,
                                hi=tuple(int(v) for v in update.hi), encoder_ran=update.encoder_ran,
                                uploaded=wire.uploaded, prior_sent=prior is not None,
@@ -503,6 +553,95 @@ class PromptLogic:
                 if number is None:
                     number = lesion_number(prompt_list, self.segmentation_node, self.segment_id)
                 mark_point(prompt_list, index, number, click.label)
+
+    # -- box ---------------------------------------------------------------------------------
+    @property
+    def supports_box(self) -> Optional[bool]:
+        """Whether the server's model takes a box prompt (None: not asked yet)."""
+        return None if self.capabilities is None else "box" in self.capabilities.get("prompts", [])
+
+    def box_roi(self, volume_node=None) -> Any:
+        """The box ROI of ``volume_node`` (default: the input volume), or None (see ``box``)."""
+        return find_box_roi(self.scene, volume_node or self.volume_node)
+
+    def new_box_roi(self, volume_node=None) -> Any:
+        """A new, empty box ROI for the Box button to place; it replaces the volume's box ROI
+        (undo puts the object's earlier box back)."""
+        volume_node = volume_node or self.volume_node
+        if volume_node is None:
+            raise PromptError("Select an input volume first.")
+        old = find_box_roi(self.scene, volume_node)
+        if old is not None:
+            self.scene.RemoveNode(old)
+        return create_box_roi(self.scene, volume_node)
+
+    def cancel_box(self, roi) -> None:
+        """A box ROI whose placing was given up: removed, and the lesion's box shown again."""
+        if roi.GetScene() is self.scene:
+            self.scene.RemoveNode(roi)
+        if self._object_box() is not None:
+            self._show_object_box()
+
+    def make_box_2d(self, roi, slice_normal: Sequence[float]) -> None:
+        """Make a box drawn in a slice view (normal ``slice_normal``, world) thinner than a voxel
+        along that normal, so it is sent as a 2D box on that slice."""
+        if self.volume_node is None:
+            raise PromptError("Select an input volume first.")
+        flatten_roi(roi, slice_normal, 0.5 * min(self.volume_node.GetSpacing()))
+
+    def box_kji(self, roi=None) -> Optional[np.ndarray]:
+        """The box ROI (default: the input volume's) as ``[lo, hi]`` continuous kji of the
+        uploaded array (see ``box``), or None while it is not placed."""
+        if self.volume_node is None:
+            raise PromptError("Select an input volume first.")
+        roi = roi or self.box_roi()
+        if roi is None or not roi_defined(roi):
+            return None
+        return roi_box_kji(roi, ras_to_ijk_matrix(self.volume_node), world_to_local_matrix(self.volume_node),
+                           volume_shape(self.volume_node))
+
+    def prepare_box(self, roi=None) -> Optional[Request]:
+        """Main-thread half of a box request: the ROI's box replaces the object's box and goes
+        out with no new click (the object's clicks stay). None when the ROI is not placed or
+        still holds the object's box. If the request fails, the ROI goes back to the object's box."""
+        roi = roi or self.box_roi()
+        kji = self.box_kji(roi)
+        current = self._object_box()
+        if kji is None or (current is not None and np.allclose(kji, current.kji, rtol=0.0, atol=1e-6)):
+            return None
+        inner = self.prepare_clicks([], box=BoxPrompt(kji=kji, roi=roi_state(roi)))
+
+        def apply(_: Any, error: Optional[BaseException]) -> ClickResult:
+            try:
+                return inner.finish()
+            except BaseException:
+                self._show_object_box()
+                raise
+
+        return Request("box", inner.run, apply, state=inner.state)
+
+    def _object_box(self) -> Optional[BoxPrompt]:
+        """The box the current object holds (the last one sent), or None."""
+        return next((step.box for step in reversed(self._steps) if step.box is not None), None)
+
+    def _resent_box(self) -> Optional[BoxPrompt]:
+        """The object's box, for a server object that starts empty (new upload or reset)."""
+        box = self._object_box()
+        return None if box is None else BoxPrompt(kji=box.kji)
+
+    def _show_object_box(self) -> None:
+        """Make the volume's box ROI show the object's box (drawn by the last step that drew
+        one), or remove it when the object has no box."""
+        drawn = next((step.box.roi for step in reversed(self._steps)
+                      if step.box is not None and step.box.roi is not None), None)
+        roi = self.box_roi()
+        if drawn is None:
+            if roi is not None:
+                self.scene.RemoveNode(roi)
+            return
+        if roi is None:
+            roi = create_box_roi(self.scene, self.volume_node)
+        restore_roi(roi, drawn)
 
     def _upload_if_changed(self) -> Optional[_Upload]:
         """The volume to upload when the session does not hold this volume's current voxels."""
@@ -554,8 +693,10 @@ class PromptLogic:
                 self.segmentation_node, self.segment_id) == self._segment_fp)
             self._steps.pop()
             self._write_box(step.lo, step.before)
+            if step.box is not None and step.box.roi is not None:
+                self._show_object_box()
             for click in step.clicks:
-                remove_click_markup(self.scene, click)
+                self.remove_click(click)
             if server_undone and self._server_mask is not None:
                 box = tuple(slice(a, a + n) for a, n in zip(step.lo, step.before.shape))
                 self._server_mask[box] = step.before

@@ -242,9 +242,9 @@ def load_prompt_file(scene, path: str) -> List[object]:
 
 
 class PlaceMode:
-    """Slicer's place mode for the module's prompt list, and its undoing: ``start`` remembers
-    the interaction node's "place multiple points" setting and the selection node's active
-    place list the first time, ``stop`` gives both back and leaves Place mode (so the
+    """Slicer's place mode for the module's prompt list (or box ROI), and its undoing: ``start``
+    remembers the interaction node's "place multiple points" setting and the selection node's
+    active place list the first time, ``stop`` gives both back and leaves Place mode (so the
     application is as the user had it once the module stops placing, exits or is cleaned up)."""
 
     def __init__(self, interaction_node, selection_node):
@@ -256,14 +256,15 @@ class PlaceMode:
     def active(self) -> bool:
         return self._saved is not None
 
-    def start(self, markups_node) -> None:
+    def start(self, markups_node, persistent: bool = True) -> None:
+        """Place into ``markups_node``: point after point, or one markup (a box) when not ``persistent``."""
         if self._saved is None:
             self._saved = (self.interaction_node.GetPlaceModePersistence(),
                            self.selection_node.GetActivePlaceNodeClassName() or "",
                            self.selection_node.GetActivePlaceNodeID() or "")
-        self.selection_node.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+        self.selection_node.SetReferenceActivePlaceNodeClassName(markups_node.GetClassName())
         self.selection_node.SetActivePlaceNodeID(markups_node.GetID())
-        self.interaction_node.SetPlaceModePersistence(1)
+        self.interaction_node.SetPlaceModePersistence(1 if persistent else 0)
         self.interaction_node.SetCurrentInteractionMode(self.interaction_node.Place)
 
     def stop(self) -> None:

@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple
 
 from .logic import PromptLogic, Request
-from .prompts import Click, remove_click_markup
+from .prompts import Click
 
 # on_done(name, result, error): called on the main thread after each finished operation.
 DoneCallback = Callable[[str, Any, Optional[BaseException]], None]
@@ -91,7 +91,7 @@ class InteractionQueue:
             except Exception as error:  # a prompt the logic refuses: report, go on
                 if name == "clicks":
                     for click in payload:
-                        remove_click_markup(self.logic.scene, click)
+                        self.logic.remove_click(click)
                 self._on_done(name, None, error)
                 continue
             if request is None:
