@@ -85,10 +85,10 @@ def rigid_matrix(degrees: float, axis, translation) -> np.ndarray:
 
 # -- server and phantom data -------------------------------------------------------------------
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "model_server" / "sam3d" / "models" / "default.pt"
-needs_default_model = pytest.mark.skipif(
-    not DEFAULT_MODEL.is_file(),
-    reason=f"needs the trained default model {DEFAULT_MODEL.relative_to(REPO)} (not trained yet): "
+TEST_MODEL_FILE = REPO / "model_server" / "sam3d" / "models" / "small_phantoms.pt"
+needs_trained_model = pytest.mark.skipif(
+    not TEST_MODEL_FILE.is_file(),
+    reason=f"needs the bundled small-phantoms model {TEST_MODEL_FILE.relative_to(REPO)}: "
            "a random-weight model cannot show a meaningful segmentation")
 
 

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "SAM3DPrompt"
 MODULE_SCRIPT = MODULE / "SAM3DPrompt.py"
 UI_FILE = MODULE / "Resources" / "UI" / "SAM3DPrompt.ui"
-DEFAULT_MODEL = REPO / "model_server" / "sam3d" / "models" / "default.pt"
+TRAINED_MODEL = REPO / "model_server" / "sam3d" / "models" / "small_phantoms.pt"
 # What the Slicer side may import: Slicer's bundled packages, the stdlib, and itself.
 ALLOWED_THIRD_PARTY = {"numpy", "requests", "slicer", "qt", "vtk", "ctk"}
 
@@ -106,9 +106,9 @@ def test_extension_cmake_follows_the_template_and_its_urls_name_repository_files
     assert (REPO / icon).is_file(), f"the extension icon {icon} is not in the repository"
     for shot in re.search(r'EXTENSION_SCREENSHOTURLS "([^"]+)"', text).group(1).split():
         path = REPO / shot.split("/main/", 1)[1]
-        if not path.is_file() and not DEFAULT_MODEL.is_file():
+        if not path.is_file() and not TRAINED_MODEL.is_file():
             pytest.skip(f"{path.relative_to(REPO)} is made by Resources/Screenshots/make_workflow_figure.py "
-                        "once the default model is trained")
+                        "once the small-phantoms model is there")
         assert path.is_file(), f"screenshot {path} missing: run Resources/Screenshots/make_workflow_figure.py"
 
 

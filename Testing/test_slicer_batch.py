@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_fixtures import load_phantom, mrml_scene, needs_default_model, slicer  # noqa: F401
+from slicer_fixtures import load_phantom, mrml_scene, needs_trained_model, slicer  # noqa: F401
 from SAM3DPromptLib.batch import load_cases, run_saved_prompts
 from SAM3DPromptLib.client import SAM3DClient
 from SAM3DPromptLib.logic import PromptLogic
@@ -68,7 +68,7 @@ def test_saved_prompts_run_over_loaded_volumes_with_progress(mrml_scene, server_
     assert SAM3DClient(server_url).metrics()["sessions"] == sessions_before
 
 
-@needs_default_model
+@needs_trained_model
 def test_batch_segments_the_tumors(mrml_scene, server_url, tmp_path):
     """Phantoms at the size the default model was trained on, one saved click each."""
     from sam3d.data.markups import write_markups

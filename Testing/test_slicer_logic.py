@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slicer_fixtures import (add_linear_transform, add_volume, load_phantom, mrml_scene,  # noqa: F401
-                             needs_default_model, oblique_ijk_to_ras, place_click, rigid_matrix,
+                             needs_trained_model, oblique_ijk_to_ras, place_click, rigid_matrix,
                              slicer)
 from SAM3DPromptLib.client import (InvalidServerURL, NothingToUndo, SAM3DClient, ServerUnreachable,
                                    SessionNotFound)
@@ -251,7 +251,7 @@ def test_url_without_scheme_is_refused_with_advice(mrml_scene):
 QUALITY_SEEDS = (101, 102, 103, 104)
 
 
-@needs_default_model
+@needs_trained_model
 def test_segment_appears_around_phantom_tumor_and_negative_click_shrinks(mrml_scene, server_url, tmp_path,
                                                                          record_property):
     from scipy import ndimage

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from slicer_fixtures import needs_default_model
+from slicer_fixtures import needs_trained_model
 from web_fixtures import (axial_image, chrome, click_at, missing_web_parts, ras_of_voxels, read_segment_on,
                           running_web_app, screenshot, show_axial_slice, state, view_xyz, wait_for, wait_for_views)
 
@@ -22,7 +22,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture
 def phantom_files(tmp_path):
-    """The phantom the default model's quality test uses first (the generator's drawn size)."""
+    """The phantom the small-phantoms model's quality test uses first (the generator's drawn size)."""
     from sam3d.data.io import write_image
     from sam3d.data.phantoms import generate_case
     image, label = generate_case(101, shape=None)
@@ -42,7 +42,7 @@ def _save_segmentation(driver, output_dir, label_path) -> np.ndarray:
     return read_segment_on(label_path, output_dir / "phantom.seg.nrrd")
 
 
-@needs_default_model
+@needs_trained_model
 def test_click_negative_click_and_undo_in_browser(server_url, phantom_files, tmp_path, record_property):
     import SimpleITK as sitk
     from selenium.webdriver.common.action_chains import ActionChains

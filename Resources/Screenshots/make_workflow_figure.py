@@ -33,7 +33,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "Resources" / "Screenshots" / "workflow.png")
     parser.add_argument("--seed", type=int, default=101, help="phantom seed")
-    parser.add_argument("--model", default="default", help="'default' or a checkpoint path")
+    parser.add_argument("--model", default="small-phantoms",
+                        help="a bundled model's name (the figure was made with the phantom model) or a checkpoint path")
     args = parser.parse_args()
 
     import matplotlib
@@ -44,15 +45,16 @@ def main() -> int:
     from scipy import ndimage
 
     from sam3d.serve.launch import running_server
-    from slicer_fixtures import DEFAULT_MODEL, load_phantom
+    from sam3d.model.checkpoint import model_path
+    from slicer_fixtures import load_phantom
     from SAM3DPromptLib.client import SAM3DClient
     from SAM3DPromptLib.geometry import kji_to_ras
     from SAM3DPromptLib.logic import PromptLogic
     from SAM3DPromptLib.mrml_io import ijk_to_ras_matrix, read_segment_mask
 
-    if args.model == "default" and not DEFAULT_MODEL.is_file():
-        print(f"{DEFAULT_MODEL} does not exist yet: train the default model first "
-              "(or pass --model PATH).", file=sys.stderr)
+    if not model_path(args.model).is_file():
+        print(f"{model_path(args.model)} does not exist: pass --model with a bundled model's name "
+              "or a checkpoint path.", file=sys.stderr)
         return 2
 
     scene = slicer.vtkMRMLScene()
