@@ -1,14 +1,14 @@
 """Make Resources/Screenshots/workflow.png: the module's click workflow, from a real run.
 
 The module's Logic (slicer-core MRML nodes, no Slicer application) talks to a real
-`sam3d serve` running the bundled default model on a synthetic CT phantom (the first phantom of
+`sam3d serve` running the bundled small-phantoms model on a synthetic CT phantom (the first phantom of
 the quality tests): a positive click on the tumor, then a negative click in the middle of the
 largest leak, each panel showing the segment the server returned and its Dice against the
 phantom's truth.
 
     .venv/bin/python Resources/Screenshots/make_workflow_figure.py [--out PATH] [--seed N] [--model M]
 
-Uses the trained default model (model_server/sam3d/models/default.pt) unless ``--model`` names
+Uses the bundled small-phantoms model (model_server/sam3d/models/small_phantoms.pt) unless ``--model`` names
 another checkpoint.
 """
 
