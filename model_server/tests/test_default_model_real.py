@@ -1,0 +1,49 @@
+"""The bundled default (lite) model on a real scan: the real brain-tumour MRI development cases
+(../shared/data/real-mri-dev, pyradiomics test data) that no model here was trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sam3d.cli import main
+from sam3d.data.io import read_image
+from sam3d.data.segio import read_segmentation
+from sam3d.evaluate.metrics import dice_and_nsd
+from sam3d.evaluate.protocol import largest_slice_box
+from sam3d.model.checkpoint import BUNDLED_MODELS, load_model
+
+REAL_MRI = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-mri-dev"
+pytestmark = [
+    pytest.mark.skipif(not REAL_MRI.is_dir(), reason=f"the real MRI development cases are not at {REAL_MRI}"),
+    pytest.mark.skipif(not BUNDLED_MODELS["default"].is_file(), reason="the bundled default model is not there"),
+]
+
+
+def test_default_is_the_lite_model_with_boxes_and_percentile_intensities():
+    loaded = load_model("default", device="cpu")
+    assert loaded.config.backbone == "lite_medsam" and loaded.config.box_prompt
+    assert loaded.preset.kind == "percentile"
+    assert loaded.meta["trained_with"] == "sam3d train"
+
+
+def test_segment_with_a_2d_box_on_a_real_tumour(tmp_path):
+    """`sam3d segment IMAGE --box R1,A1,S1:R2,A2,S2`: the label's box on its largest slice, in RAS."""
+    image = read_image(REAL_MRI / "brain1_image.nrrd")
+    truth = read_image(REAL_MRI / "brain1_label.nrrd").array > 0
+    corners_ras = image.kji_to_ras(largest_slice_box(truth))
+    box = ":".join(",".join(f"{v:.3f}" for v in corner) for corner in corners_ras)
+    out = tmp_path / "brain1.seg.nrrd"
+    assert main(["segment", str(REAL_MRI / "brain1_image.nrrd"), f"--box={box}", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    segments, grid = read_segmentation(out)
+    mask = segments[0].mask
+    assert mask.shape == truth.shape and np.allclose(grid.spacing, image.spacing)
+    dice, _ = dice_and_nsd(mask, truth, image.spacing)
+    assert dice >= DICE_BOX_BRAIN1, dice
+
+
+# Measured with the bundled model (docs/BENCHMARKS.md), minus a margin for thread-count noise.
+DICE_BOX_BRAIN1 = 0.5
