@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import numpy as np
 import requests
 
-from .protocol import API_VERSION, Index3, decode_mask_bits, encode_mask_bits, mask_bbox, upload_dtype
+from .wire import API_VERSION, Index3, decode_mask_bits, encode_mask_bits, mask_bbox, upload_dtype
 
 
 class SAM3DError(Exception):

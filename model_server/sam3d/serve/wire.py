@@ -1,6 +1,6 @@
 """Wire formats of API v1 (docs/PROTOCOL.md), server side: volume uploads and mask bits.
 
-The Slicer client has its own copy of the mask-bits codec (SAM3DPromptLib/protocol.py; it cannot
+The Slicer client has its own copy of the mask-bits codec (SAM3DPromptLib/wire.py; it cannot
 import this package); the client tests run the two against each other.
 """
 
