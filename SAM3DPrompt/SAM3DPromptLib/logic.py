@@ -22,13 +22,14 @@ import numpy as np
 
 from .client import (InvalidServerURL, MaskUpdate, NothingToUndo, SAM3DClient, SAM3DError,
                      SessionExpired, SessionNotFound)
-from .geometry import outside_volume, ras_to_kji
+from .geometry import ras_to_kji
 from .mrml_io import (GeometryError, SegmentFingerprint, VolumeFingerprint, ras_to_ijk_matrix,
                       read_segment_mask, segment_fingerprint, use_binary_labelmap, volume_array,
                       volume_fingerprint, volume_shape, volume_spacing_kji, world_to_local_matrix,
                       write_segment_box)
 from .prompts import (NEGATIVE, POSITIVE, Click, PromptError, create_prompt_list, find_prompt_list,
                       lesion_number, mark_point, remove_click_markup)
+from .wire import outside_volume
 
 SEGMENT_NAME = "Lesion"
 # Colours given to new lesion segments in turn.

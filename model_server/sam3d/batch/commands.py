@@ -122,7 +122,7 @@ def _ray_runner(args: argparse.Namespace):
 
 
 def _local(args: argparse.Namespace):
-    from ..model.checkpoint import DEFAULT_MODEL_PATH, CheckpointError
+    from ..model.checkpoint import DEFAULT_MODEL_PATH
 
     spec = args.model if args.model == "default" else str(Path(args.model).resolve())
     path = DEFAULT_MODEL_PATH if spec == "default" else Path(spec)
@@ -131,28 +131,23 @@ def _local(args: argparse.Namespace):
     identity = f"local:{spec}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"local:{spec}"
 
     def make_segmenter():
-        from ..engine.predictor import Predictor
-        from .segmenters import LocalSegmenter
+        from .segmenters import LocalSegmenter, SegmenterError
 
         try:
-            return LocalSegmenter(Predictor.load(spec, device=args.device, sam_checkpoint=args.sam_checkpoint))
-        except (CheckpointError, ValueError) as error:
+            return LocalSegmenter.load(spec, device=args.device, sam_checkpoint=args.sam_checkpoint)
+        except SegmenterError as error:
             raise CLIError(str(error)) from None
 
     return make_segmenter, identity
 
 
 def _server(args: argparse.Namespace):
-    from ..engine.commands import slicer_client
-    from .segmenters import ServerSegmenter
+    from .segmenters import SegmenterError, ServerSegmenter
 
-    client_module = slicer_client()
     try:
-        client = client_module.SAM3DClient(args.server, api_key=args.api_key, timeout=args.timeout)
-        capabilities = client.capabilities()
-    except client_module.SAM3DError as error:
+        segmenter = ServerSegmenter.connect(args.server, api_key=args.api_key, timeout=args.timeout)
+    except SegmenterError as error:
         raise CLIError(str(error)) from None
-    segmenter = ServerSegmenter(client, capabilities, client_module.SAM3DError)
     return (lambda: segmenter), segmenter.identity
 
 

@@ -34,7 +34,7 @@ from ..data.resample import resample_to_reference
 from ..data.segio import SEG_ENDING, Segment, lesion_color, read_segmentation, write_segmentation
 from ..evaluate.metrics import NSD_TOLERANCE_MM, dice_and_nsd
 from .manifest import CaseSpec, ManifestError
-from .prompts import Lesion, lesions_from_markups, lesions_from_mask
+from .prompts import Lesion, check_inside, lesions_from_markups, lesions_from_mask
 from .propagate import register
 from .segmenters import Segmenter, SegmenterError
 from .state import DONE, FAILED, CaseRecord, OutputFolder, digest, file_sha256, pending_row
@@ -171,7 +171,7 @@ class CaseWorker:
             record.points = sum(len(lesion.labels) for lesion in lesions)
             record.lesions = len(lesions)
             record.clicks = [lesion.describe() for lesion in lesions]
-            _check_inside(volume, lesions, case)
+            check_inside(volume, lesions, case.image)
             reference = _reference(case, volume) if case.reference is not None else None
             masks = self.segmenter.segment(volume, lesions)
             segments = [Segment(lesion.name, mask, lesion_color(lesion.number)) for lesion, mask in zip(lesions, masks)]
@@ -293,16 +293,6 @@ def _encode(segments: list[Segment], volume: Volume) -> bytes:
     """The bytes of the ``.seg.nrrd`` file of ``segments`` on ``volume``'s grid."""
     with tempfile.TemporaryDirectory(prefix="sam3d_batch_") as temp:
         return write_segmentation(Path(temp) / f"case{SEG_ENDING}", segments, volume).read_bytes()
-
-
-def _check_inside(volume: Volume, lesions: list[Lesion], case: CaseSpec) -> None:
-    upper = np.asarray(volume.shape) - 0.5
-    for lesion in lesions:
-        for ras, kji in zip(lesion.points_ras, volume.ras_to_kji(lesion.points_ras)):
-            if not np.all((kji >= -0.5) & (kji <= upper)):
-                raise ValueError(f"{lesion.name}: click R,A,S = {np.round(ras, 2).tolist()} mm lies outside "
-                                 f"the image {case.image} (voxel kji {np.round(kji, 1).tolist()}, shape "
-                                 f"{list(volume.shape)}); check the clicks belong to this image and are RAS")
 
 
 def _reference(case: CaseSpec, volume: Volume) -> np.ndarray:

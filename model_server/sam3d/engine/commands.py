@@ -1,16 +1,13 @@
 """`sam3d segment`: clicks and a box in RAS millimetres (as Slicer shows them) -> a Slicer ``.seg.nrrd``.
 
 Runs the engine in this process, or on a running ``sam3d serve`` when ``--server`` is given
-(through the Slicer module's own torch-free client, SAM3DPromptLib). The output lies on exactly
-the input image's grid.
+(through the torch-free client), with the segmenters of ``sam3d batch``. The output lies on
+exactly the input image's grid.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +18,6 @@ POINT_HELP = ("a click as R,A,S in mm, optionally followed by :+ (positive, the 
 BOX_HELP = ("a box prompt: two opposite corners R1,A1,S1:R2,A2,S2 in mm (RAS), for models with a box "
             "prompt; corners on one slice make a 2D box on that slice. Write --box=R1,A1,S1:R2,A2,S2 "
             "when R1 is negative")
-SLICER_MODULE_DIR = Path(__file__).resolve().parents[3] / "SAM3DPrompt"
 
 
 def register(subparsers) -> None:
@@ -96,52 +92,9 @@ def collect_points(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     return points, labels
 
 
-def slicer_client():
-    """SAM3DPromptLib.client, from the path or from this checkout's SAM3DPrompt/ folder."""
-    try:
-        return importlib.import_module("SAM3DPromptLib.client")
-    except ImportError:
-        if SLICER_MODULE_DIR.is_dir() and str(SLICER_MODULE_DIR) not in sys.path:
-            sys.path.append(str(SLICER_MODULE_DIR))
-            return importlib.import_module("SAM3DPromptLib.client")
-        raise CLIError("--server needs the SAM3DPromptLib client (SAM3DPrompt/ of this repository) "
-                       "on PYTHONPATH") from None
-
-
-def segment_remote(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels,
-                   box_kji) -> np.ndarray:
-    client_module = slicer_client()
-    try:
-        client = client_module.SAM3DClient(args.server, api_key=args.api_key, timeout=args.timeout)
-        client.capabilities()
-        session_id = client.create_session(array, spacing)
-        try:
-            update = client.interact(session_id, points_kji.tolist(), labels.tolist(),
-                                     None if box_kji is None else box_kji.tolist())
-        finally:
-            client.delete_session(session_id)
-    except client_module.SAM3DError as error:
-        raise CLIError(str(error)) from None
-    return update.apply_to(np.zeros(array.shape, dtype=bool))
-
-
-def segment_local(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels,
-                  box_kji) -> np.ndarray:
-    from ..model.checkpoint import CheckpointError
-    from .predictor import Predictor
-    from .session import InvalidBox, segment
-
-    try:
-        predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
-    except (CheckpointError, ValueError) as error:
-        raise CLIError(str(error)) from None
-    try:
-        return segment(predictor, array, spacing, points_kji, labels, box_kji=box_kji)
-    except InvalidBox as error:
-        raise CLIError(f"--box: {error}") from None
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..batch.prompts import Lesion, check_inside
+    from ..batch.segmenters import LocalSegmenter, SegmenterError, ServerSegmenter
     from ..data.io import read_image
     from ..data.segio import SEG_ENDING, Segment, write_segmentation
 
@@ -149,23 +102,17 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {args.out!r} must end in {SEG_ENDING} (a Slicer segmentation)")
     box_ras = None if args.box is None else parse_box(args.box)
     points_ras, labels = collect_points(args)
+    lesion = Lesion(1, points_ras, labels, box_ras)
     try:
         volume = read_image(args.image)
-    except ValueError as error:
+        check_inside(volume, [lesion], args.image)
+        if args.server:
+            segmenter = ServerSegmenter.connect(args.server, api_key=args.api_key, timeout=args.timeout)
+        else:
+            segmenter = LocalSegmenter.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
+        [mask] = segmenter.segment(volume, [lesion])
+    except (ValueError, SegmenterError) as error:
         raise CLIError(str(error)) from None
-    points_kji = volume.ras_to_kji(points_ras).reshape(-1, 3)
-    box_kji = None if box_ras is None else volume.ras_to_kji(box_ras)
-    upper = np.asarray(volume.shape) - 0.5
-    named = [("click", ras, kji) for ras, kji in zip(points_ras, points_kji)]
-    if box_ras is not None:
-        named += [("box corner", ras, kji) for ras, kji in zip(box_ras, box_kji)]
-    for what, ras, kji in named:
-        if not np.all((kji >= -0.5) & (kji <= upper)):
-            raise CLIError(f"{what} R,A,S = {ras.tolist()} mm lies outside {args.image} (voxel index kji "
-                           f"{np.round(kji, 1).tolist()}, shape {list(volume.shape)}); check the points "
-                           "belong to this image and are RAS (as Slicer shows them)")
-    segment_fn = segment_remote if args.server else segment_local
-    mask = segment_fn(args, volume.array, volume.spacing, points_kji, labels, box_kji)
     write_segmentation(args.out, [Segment(args.name, mask)], volume)
     prompts = f"{len(labels)} click(s)" + ("" if box_ras is None else " and a box")
     print(f"sam3d segment: {int(mask.sum())} voxels ({mask.sum() * volume.voxel_volume_ml:.2f} ml) "

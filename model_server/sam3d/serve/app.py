@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import HTTPBearer
 
 from .. import __version__
+from ..client.wire import encode_mask_bits
 from ..engine.predictor import Predictor
 from ..engine.session import InvalidBox as EngineInvalidBox
 from ..engine.session import MaskChange, Session, SessionLimit
@@ -31,7 +32,7 @@ from .schemas import (ERROR_REPLIES, MAX_POINTS_PER_REQUEST, SESSION_ID, SHAPE_P
                       Metrics, ModelInfo, ResetReply, SessionCreated, SessionInfo, Timing)
 from .sessions import SessionStore
 from .settings import ServerSettings
-from .wire import COMPRESSIONS, DTYPES, decode_mask_bits, decode_volume, encode_mask_bits, parse_upload_shape
+from .wire import COMPRESSIONS, DTYPES, decode_mask_bits, decode_volume, parse_upload_shape
 
 API_VERSION = "1"
 SessionId = Annotated[str, Path(pattern=SESSION_ID, description="the id POST /v1/sessions returned")]
