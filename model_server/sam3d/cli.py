@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import CLIError
+
 # sub-command name -> module that provides `register(subparsers)`; the module's parser sets
 # `func` (called with the parsed args, returns an exit status). Imported lazily so that
 # `sam3d info` does not pay for FastAPI and `sam3d serve` does not pay for matplotlib.
@@ -18,10 +20,6 @@ COMMANDS: dict[str, str] = {
     "segment": "sam3d.engine.commands",
     "batch": "sam3d.batch.commands",
 }
-
-
-class CLIError(Exception):
-    """A user error at the command line: printed as one clear line, exit status 2."""
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

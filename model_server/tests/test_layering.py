@@ -66,6 +66,8 @@ def violations() -> list[str]:
             other = target.split(".")[1] if "." in target else None
             if target.endswith(".commands") and target != name:
                 bad.append(f"{name} imports the command module {target}")
+            elif target == "sam3d.cli" and name != "sam3d.__main__":
+                bad.append(f"{name} imports sam3d.cli (CLIError lives in sam3d.errors)")
             elif (target in TOP_LEVEL or other == own or name.endswith(".commands")
                   or other in ALLOWED.get(own, ()) or (name, target) == ("sam3d.__main__", "sam3d.cli")):
                 continue
@@ -87,6 +89,14 @@ def test_the_layering_check_sees_a_forbidden_import(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "imported",
                         lambda path: original(path) | ({"sam3d.serve.app"} if path == fake else set()))
     assert violations() == ["sam3d.engine.session (engine) imports sam3d.serve.app (serve)"]
+
+
+def test_the_package_uses_relative_imports_only():
+    absolute = [f"{path.relative_to(PACKAGE)}:{node.lineno}" for path in PACKAGE.rglob("*.py")
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("sam3d")
+                or isinstance(node, ast.Import) and any(a.name.startswith("sam3d") for a in node.names)]
+    assert absolute == []
 
 
 def test_the_client_is_torch_free_and_imports_nothing_of_sam3d():

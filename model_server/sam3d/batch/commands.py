@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 from .manifest import ManifestError, read_manifest
 from ..evaluate.metrics import NSD_TOLERANCE_MM
 from .runner import BatchError, BatchOptions, BatchReport, check_prompt_sources, run_batch

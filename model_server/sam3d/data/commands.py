@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sam3d.cli import CLIError
+from ..errors import CLIError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sam3d.data.phantoms import write_dataset
+    from .phantoms import write_dataset
 
     if args.cases < 1:
         raise CLIError(f"--cases must be at least 1, got {args.cases}")

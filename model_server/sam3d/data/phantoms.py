@@ -22,8 +22,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from sam3d.data import synth
-from sam3d.data.io import Volume, write_image
+from . import synth
+from .io import Volume, write_image
 
 LABELS = {"background": 0, "organ": 1, "tumor": 2}
 TUMOR_LABEL = LABELS["tumor"]

@@ -11,7 +11,7 @@ import argparse
 
 import numpy as np
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 POINT_HELP = ("a click as R,A,S in mm, optionally followed by :+ (positive, the default) or :- "
               "(negative); repeat for more clicks. Write --point=R,A,S when R is negative")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 SPLITS = ("train", "val", "test", "all")
 

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 from ..model.checkpoint import CheckpointError
 from .guard import LOOPBACK_HOSTS
 from .settings import ServerSettings
