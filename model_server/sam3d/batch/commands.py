@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per server request")
     parser.add_argument("--model", default="default", help="in-process model: 'default' or a checkpoint path")
     parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the in-process model runs (default auto: cuda when available)")
     parser.add_argument("--resume", action="store_true",
                         help="skip the cases a previous run into DIR finished (same inputs, output intact)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
