@@ -17,7 +17,7 @@ import requests
 from sam3d.cli import main
 from sam3d.serve.launch import running_server
 from sam3d.serve.openapi import DEFAULT_PATH, openapi_text
-from sam3d.serve.wire import encode_mask_bits
+from sam3d.client.wire import encode_mask_bits
 from wire_helpers import apply_mask_update as apply
 
 SHAPE = (20, 64, 64)

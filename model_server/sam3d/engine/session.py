@@ -228,7 +228,7 @@ class Session:
         """Restore the state before the last interaction or mask edit."""
         with self._lock:
             if not self._history:
-                raise NothingToUndo("there is nothing to undo")
+                raise NothingToUndo("there is nothing to undo in this object")
             entry = self._history.pop()
             region = self.mask[_slices(entry.box)]
             previous = np.unpackbits(entry.previous, count=region.size).astype(bool).reshape(region.shape)

@@ -20,9 +20,7 @@ from fastapi.security import HTTPBearer
 from .. import __version__
 from ..client.wire import encode_mask_bits
 from ..engine.predictor import Predictor
-from ..engine.session import InvalidBox as EngineInvalidBox
-from ..engine.session import MaskChange, Session, SessionLimit
-from ..engine.session import NothingToUndo as EngineNothingToUndo
+from ..engine.session import MaskChange, Session
 from . import errors
 from .errors import APIError, BadRequest, install_handlers
 from .guard import Guard, GuardSettings
@@ -60,14 +58,8 @@ def _run_engine(call, *args):
     """Run an engine call, turning its failures into API errors (the session stays unchanged)."""
     try:
         return call(*args)
-    except EngineInvalidBox as error:
-        raise errors.InvalidBox(str(error)) from None
-    except SessionLimit as error:
-        raise errors.SessionLimitReached(str(error)) from None
-    except ValueError as error:
-        raise BadRequest(str(error)) from None
-    except EngineNothingToUndo:
-        raise errors.NothingToUndo("there is nothing to undo in this object") from None
+    except (*errors.ENGINE_ERRORS, ValueError) as error:
+        raise (errors.engine_error(error) or BadRequest(str(error))) from None
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         raise errors.OutOfMemory(f"out of memory while predicting: {type(error).__name__}") from None
     except Exception as error:
