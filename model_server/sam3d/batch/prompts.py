@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from ..client.wire import outside_volume
 from ..data.clicks import centre_click
 from ..data.io import Volume, read_image
 from ..data.markups import MarkupsError, is_negative_name, read_point_lists
 from ..data.segio import SEG_ENDING, read_segmentation
+from ..evaluate.protocol import label_objects
 
 _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
 
@@ -143,7 +143,7 @@ def lesions_from_mask(path: str | Path, label: int | None = None) -> list[Lesion
         masks = [grid.array == label if label is not None else grid.array != 0]
     points = []
     for mask in masks:
-        components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        components, count = label_objects(mask)
         for number in range(1, count + 1):
             points.append(centre_click(components == number, grid.spacing))
     if not points:
