@@ -26,8 +26,9 @@ def sam_vit_b_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def write_tiny_checkpoint(directory: Path, name: str, **overrides) -> Path:
-    """A random-weight (seeded) `tiny` checkpoint named ``name``, config fields replaced by ``overrides``."""
+def write_tiny_checkpoint(directory: Path, name: str, meta: dict | None = None, **overrides) -> Path:
+    """A random-weight (seeded) `tiny` checkpoint named ``name`` (with ``meta``), config fields
+    replaced by ``overrides``."""
     from sam3d.data.intensity import PRESETS
     from sam3d.model.checkpoint import save_checkpoint
     from sam3d.model.config import get_config
@@ -35,7 +36,7 @@ def write_tiny_checkpoint(directory: Path, name: str, **overrides) -> Path:
 
     torch.manual_seed(0)
     return save_checkpoint(directory / f"{name}.pt", Sam3D(get_config("tiny", **overrides)),
-                           PRESETS["soft_tissue"], name)
+                           PRESETS["soft_tissue"], name, meta=meta)
 
 
 @pytest.fixture(scope="session")

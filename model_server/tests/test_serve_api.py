@@ -9,6 +9,7 @@ import threading
 import time
 import zlib
 from contextlib import redirect_stderr
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +17,11 @@ import requests
 
 from sam3d.cli import main
 from sam3d.serve.launch import running_server
-from sam3d.serve.openapi import DEFAULT_PATH, openapi_text
 from sam3d.client.wire import encode_mask_bits
+from sam3d.serve.openapi import openapi_text
 from wire_helpers import apply_mask_update as apply
+
+OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
 SHAPE = (20, 64, 64)
 SPACING = (2.5, 0.8, 0.8)
@@ -250,8 +253,8 @@ def test_parallel_clients_never_see_each_others_sessions(url):
 
 
 def test_the_exported_openapi_schema_is_up_to_date():
-    assert DEFAULT_PATH.read_text(encoding="utf-8") == openapi_text(), \
-        "docs/openapi.json is stale: run `python -m sam3d.serve.openapi`"
+    assert OPENAPI_PATH.read_text(encoding="utf-8") == openapi_text(), \
+        "docs/openapi.json is stale: run `python -m sam3d.serve.openapi docs/openapi.json`"
     schema = json.loads(openapi_text())
     assert {"/v1/health", "/v1/capabilities", "/v1/sessions", "/v1/sessions/{session_id}/interactions",
             "/v1/sessions/{session_id}/mask", "/v1/sessions/{session_id}/undo",
