@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 import time
 import zlib
@@ -326,3 +327,12 @@ def test_capacity_gives_503_and_expiry_gives_410(limited):
     assert requests.get(f"{limited}/v1/metrics").json()["sessions"] == 0
     create(limited, small)  # capacity is free again
     assert_error(requests.get(f"{limited}/v1/sessions/never-existed"), 404, "session_not_found")
+
+
+def test_serve_says_a_taken_port_before_it_loads_the_model(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        err = io.StringIO()
+        with redirect_stderr(err):  # a missing model: the port is checked first
+            status = main(["serve", "--port", str(port), "--model", str(tmp_path / "missing.pt")])
+    assert status == 2 and f"port {port} on 127.0.0.1 is in use" in err.getvalue(), err.getvalue()
