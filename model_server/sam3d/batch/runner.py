@@ -19,6 +19,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import sys
 import tempfile
 import time
 import traceback
@@ -145,6 +146,7 @@ class CaseResult:
     record: CaseRecord
     segmentation: bytes | None = None  # the case's .seg.nrrd file, when it is done
     notes: list[str] = field(default_factory=list)  # lines for batch.log (e.g. the registration)
+    warnings: list[str] = field(default_factory=list)  # for batch.log and the terminal
     trace: str = ""  # the error trace of a failed case
     worker: str = ""  # which worker ran the case ("" in this process)
 
@@ -172,7 +174,7 @@ class CaseWorker:
             record.lesions = len(lesions)
             record.clicks = [lesion.describe() for lesion in lesions]
             check_inside(volume, lesions, case.image)
-            reference = _reference(case, volume) if case.reference is not None else None
+            reference = _reference(case, volume, result.warnings) if case.reference is not None else None
             masks = self.segmenter.segment(volume, lesions)
             segments = [Segment(lesion.name, mask, lesion_color(lesion.number)) for lesion, mask in zip(lesions, masks)]
             segmentation = _encode(segments, volume)
@@ -276,6 +278,9 @@ def _store(result: CaseResult, case: CaseSpec, sources: PromptSources, out: Outp
     by = f" ({result.worker})" if result.worker else ""
     for note in result.notes:
         logger.info("%s", note)
+    for warning in result.warnings:
+        logger.warning("%s", warning)
+        tqdm.write(f"sam3d batch: warning: {warning}", file=sys.stderr)
     path = out.segmentation_path(record.case_id)
     if record.status == DONE:
         atomic_write(path, SEG_ENDING, lambda temp: temp.write_bytes(result.segmentation))
@@ -295,8 +300,9 @@ def _encode(segments: list[Segment], volume: Volume) -> bytes:
         return write_segmentation(Path(temp) / f"case{SEG_ENDING}", segments, volume).read_bytes()
 
 
-def _reference(case: CaseSpec, volume: Volume) -> np.ndarray:
-    """The reference foreground on the image's grid (resampled, nearest, when it lies on another)."""
+def _reference(case: CaseSpec, volume: Volume, warnings: list[str]) -> np.ndarray:
+    """The reference foreground on the image's grid (resampled, nearest, when it lies on another);
+    a label image with several labels and no ``reference_label`` adds a line to ``warnings``."""
     path = case.reference
     if path.name.lower().endswith(SEG_ENDING):
         segments, grid = read_segmentation(path)
@@ -306,6 +312,12 @@ def _reference(case: CaseSpec, volume: Volume) -> np.ndarray:
     else:
         grid = read_image(path)
         mask = grid.array == case.reference_label if case.reference_label is not None else grid.array != 0
+        labels = np.unique(grid.array[mask])
+        if case.reference_label is None and len(labels) > 1:
+            warnings.append(f"{case.case_id}: reference {path} holds the labels "
+                            f"{', '.join(f'{v:g}' for v in labels)} and the manifest gives no reference_label: "
+                            "Dice and NSD score the lesions against all of them; give reference_label (e.g. the "
+                            "tumor's label) to score one")
     labels = grid.with_array(mask.astype(np.uint8))
     if not labels.same_grid(volume):
         labels = resample_to_reference(labels, volume, interpolator="nearest", default_value=0)
