@@ -27,11 +27,10 @@ from typing import Sequence
 import numpy as np
 
 from ..client.wire import outside_volume
-from ..data.clicks import centre_click
+from ..data.clicks import centre_click, label_objects
 from ..data.io import Volume, read_image
 from ..data.markups import MarkupsError, is_negative_name, read_point_lists
 from ..data.segio import SEG_ENDING, read_segmentation
-from ..evaluate.protocol import label_objects
 
 _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
 
