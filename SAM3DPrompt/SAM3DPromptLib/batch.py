@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence
 
 from .client import SAM3DClient
-from .logic import PromptLogic, Request, delete_session_quietly, user_message
+from .logic import Job, PromptLogic, delete_session_quietly, user_message
 from .prompts import Click, PromptError, lesion_clicks, load_prompt_file
 from .scheduler import InteractionQueue
 
@@ -90,10 +90,10 @@ class CaseRun:
         self._result.clicks = sum(len(clicks) for clicks in self._lesions)
         self.steps = max(len(self._lesions), 1)
 
-    def prepare_next(self) -> Request:
+    def prepare_next(self) -> Job:
         """The request of the next lesion (a no-op once the case is over)."""
         if self._done:
-            return Request("batch", lambda: None, lambda result, error: None)
+            return Job("batch", lambda: None, lambda result, error: None)
         if self._result.error is not None:
             return self._report()
         try:
@@ -119,17 +119,17 @@ class CaseRun:
                 return self._finish()
             return self._finish() if last else None
 
-        return Request("batch", work, apply)
+        return Job("batch", work, apply)
 
-    def cancel(self) -> Request:
+    def cancel(self) -> Job:
         """The request that ends the case now: it frees the case's session and returns its
         result, marked cancelled unless the case was already over."""
         if self._done:
-            return Request("batch", lambda: None, lambda result, error: None)
+            return Job("batch", lambda: None, lambda result, error: None)
         self._result.error = CANCELLED
         return self._report()
 
-    def _prepare_lesion(self, index: int) -> Request:
+    def _prepare_lesion(self, index: int) -> Job:
         volume = self._case.volume_node
         if self._result.segmentation_node is None:
             self._result.segmentation_node = self._logic.create_segmentation(volume)
@@ -140,7 +140,7 @@ class CaseRun:
         self._result.segment_ids.append(segment_id)
         return self._logic.prepare_clicks(self._lesions[index])
 
-    def _report(self) -> Request:
+    def _report(self) -> Job:
         """A request that frees the case's session (if any) and returns its result."""
         session_id = self._logic.session_id
 
@@ -148,7 +148,7 @@ class CaseRun:
             if session_id is not None:
                 delete_session_quietly(self._client, session_id)
 
-        return Request("batch", work, lambda result, error: self._finish())
+        return Job("batch", work, lambda result, error: self._finish())
 
     def _finish(self) -> BatchResult:
         self._done = True
