@@ -421,10 +421,6 @@ class PromptLogic:
         return clicks
 
     @property
-    def click_count(self) -> int:
-        return sum(len(step.clicks) for step in self._steps)
-
-    @property
     def can_undo(self) -> bool:
         return bool(self._steps) or self._reset is not None
 

@@ -320,10 +320,6 @@ class SAM3DClient:
         """Shape, interactions, points, encoder / decoder runs and expiry of a session."""
         return self._json("GET", f"/v1/sessions/{session_id}")
 
-    def metrics(self) -> Dict[str, Any]:
-        """Server-wide counters: sessions, encoder_runs, decoder_runs, interactions, errors."""
-        return self._json("GET", "/v1/metrics")
-
     def close(self) -> None:
         self._http.close()
 
