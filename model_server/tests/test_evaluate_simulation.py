@@ -15,7 +15,7 @@ from sam3d.data.phantoms import write_dataset
 from sam3d.engine.crops import CropGeometry
 from sam3d.evaluate.classical import region_grow
 from sam3d.evaluate.metrics import dice_and_nsd
-from sam3d.evaluate.protocol import case_rng, label_objects
+from sam3d.evaluate.simulation import case_rng, label_objects
 from sam3d.model.config import get_config
 
 
