@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_tiny_checkpoint
+from model_helpers import write_tiny_checkpoint
 from sam3d.cli import main
 from sam3d.data.phantoms import write_dataset
 from sam3d.engine.crops import CropGeometry
