@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence
 
 from .client import SAM3DClient
-from .logic import Job, PromptLogic, delete_session_quietly, user_message
+from .logic import PromptLogic, Request, delete_session_quietly, user_message
 from .prompts import Click, PromptError, lesion_clicks, load_prompt_file
 from .scheduler import InteractionQueue
 
@@ -88,10 +88,10 @@ class CaseRun:
         self._result.clicks = sum(len(clicks) for clicks in self._lesions)
         self.steps = max(len(self._lesions), 1)
 
-    def prepare_next(self) -> Job:
+    def prepare_next(self) -> Request:
         """The request of the next lesion (a no-op once the case is over)."""
         if self._done:
-            return Job("batch", lambda: None, lambda result, error: None)
+            return Request("batch", lambda: None, lambda result, error: None)
         if self._result.error is not None:
             return self._report()
         try:
@@ -117,17 +117,17 @@ class CaseRun:
                 return self._finish()
             return self._finish() if last else None
 
-        return Job("batch", work, apply)
+        return Request("batch", work, apply)
 
-    def cancel(self) -> Job:
+    def cancel(self) -> Request:
         """The request that ends the case now: it frees the case's session and returns its
         result, marked cancelled unless the case was already over."""
         if self._done:
-            return Job("batch", lambda: None, lambda result, error: None)
+            return Request("batch", lambda: None, lambda result, error: None)
         self._result.error = CANCELLED
         return self._report()
 
-    def _prepare_lesion(self, index: int) -> Job:
+    def _prepare_lesion(self, index: int) -> Request:
         volume = self._case.volume_node
         if self._result.segmentation_node is None:
             self._result.segmentation_node = self._logic.create_segmentation(volume)
@@ -138,7 +138,7 @@ class CaseRun:
         self._result.segment_ids.append(segment_id)
         return self._logic.prepare_clicks(self._lesions[index])
 
-    def _report(self) -> Job:
+    def _report(self) -> Request:
         """A request that frees the case's session (if any) and returns its result."""
         session_id = self._logic.session_id
 
@@ -146,7 +146,7 @@ class CaseRun:
             if session_id is not None:
                 delete_session_quietly(self._client, session_id)
 
-        return Job("batch", work, lambda result, error: self._finish())
+        return Request("batch", work, lambda result, error: self._finish())
 
     def _finish(self) -> BatchResult:
         self._done = True

@@ -7,7 +7,7 @@ Slicer's Python console, from the module's Widget and from pytest with slicer-co
 
 Each operation that talks to the server is split in three so the Widget can keep Slicer
 responsive: ``prepare_*`` (main thread: reads MRML, converts points) returns a
-:class:`Job`; ``Job.run()`` does only network work (any thread); ``Job.finish()``
+:class:`Request`; ``Request.run()`` does only network work (any thread); ``Request.finish()``
 (main thread) writes the result into the scene or raises the error. The plain methods
 (``click``, ``undo``, ...) do all three in a row.
 """
@@ -153,10 +153,9 @@ def _replay(plan: _ClickPlan, wire: _Wire) -> None:
         client.set_mask(wire.session_id, plan.current)
 
 
-class Job:
-    """One server round trip in two phases: ``run()`` on any thread (network only), ``finish()``
-    on the main thread (applies the result to the scene, or raises the error; the scene is
-    untouched then).
+class Request:
+    """One server round trip: ``run()`` on any thread (network only), ``finish()`` on the main
+    thread (applies the result to the scene, or raises the error; the scene is untouched then).
     ``state`` holds what the network part learnt so far (e.g. the session it created)."""
 
     def __init__(self, name: str, work: Callable[[], Any],
@@ -248,10 +247,10 @@ class PromptLogic:
                                    "'Test connection'.")
         return self.client
 
-    def prepare_server_status(self) -> Job:
+    def prepare_server_status(self) -> Request:
         """Capabilities handshake; ``finish()`` returns the status line of :func:`describe_server`."""
         client = self._require_client()
-        return Job("connect", client.capabilities,
+        return Request("connect", client.capabilities,
                        lambda caps, error: self._raise_or(error, describe_server(caps, client.base_url)))
 
     # -- target ------------------------------------------------------------------------------
@@ -430,9 +429,9 @@ class PromptLogic:
         return self.click_points([Click(ras=tuple(float(v) for v in ras), label=1 if positive else 0)])
 
     def click_points(self, clicks: Sequence[Click]) -> ClickResult:
-        job = self.prepare_clicks(clicks)
-        job.run()
-        return job.finish()
+        request = self.prepare_clicks(clicks)
+        request.run()
+        return request.finish()
 
     def points_kji(self, clicks: Sequence[Click]) -> np.ndarray:
         """Continuous kji indices of world clicks on the input volume (parent transform honoured)."""
@@ -442,13 +441,13 @@ class PromptLogic:
         return ras_to_kji(ras, ras_to_ijk_matrix(self.volume_node),
                           world_to_local_matrix(self.volume_node))
 
-    def prepare_clicks(self, clicks: Sequence[Click]) -> Job:
+    def prepare_clicks(self, clicks: Sequence[Click]) -> Request:
         """Main-thread half of a click request (see the module docstring): check the clicks, plan
-        what to send, and return the job whose work sends it and whose apply writes the
+        what to send, and return the request whose work sends it and whose apply writes the
         reply into the segment."""
         plan = self._plan_clicks(list(clicks))
         wire = _Wire()
-        return Job("clicks", lambda: _send_clicks(plan, wire),
+        return Request("clicks", lambda: _send_clicks(plan, wire),
                        lambda _, error: self._apply_clicks(plan, wire, error), state=wire)
 
     def _plan_clicks(self, clicks: List[Click]) -> _ClickPlan:
@@ -555,13 +554,13 @@ class PromptLogic:
     # -- undo --------------------------------------------------------------------------------
     def undo(self) -> None:
         """Give the segment back its voxels before the last click, bit for bit."""
-        job = self.prepare_undo()
-        job.run()
-        job.finish()
+        request = self.prepare_undo()
+        request.run()
+        request.finish()
 
-    def prepare_undo(self) -> Job:
+    def prepare_undo(self) -> Request:
         if not self._steps and self._reset is not None:
-            return Job("undo", lambda: None, lambda result, error: self._undo_reset())
+            return Request("undo", lambda: None, lambda result, error: self._undo_reset())
         if not self._steps:
             raise NothingToUndo("Nothing to undo for this lesion.")
         client = self.client
@@ -594,15 +593,15 @@ class PromptLogic:
             self._segment_fp = (segment_fingerprint(self.segmentation_node, self.segment_id)
                                 if was_in_sync and self._server_mask is not None else None)
 
-        return Job("undo", work, apply)
+        return Request("undo", work, apply)
 
     # -- session -----------------------------------------------------------------------------
     def close(self) -> None:
         """Free the server session (best effort)."""
         self.prepare_release().run()
 
-    def prepare_release(self) -> Job:
-        """Forget the session now; the Job deletes it on the server (best effort)."""
+    def prepare_release(self) -> Request:
+        """Forget the session now; the Request deletes it on the server (best effort)."""
         client, session_id = self._own_client(), self.session_id
         self._forget_session()
 
@@ -610,7 +609,7 @@ class PromptLogic:
             if client is not None and session_id is not None:
                 delete_session_quietly(client, session_id)
 
-        return Job("release", work, lambda result, error: None)
+        return Request("release", work, lambda result, error: None)
 
     def _forget_session(self) -> None:
         """Drop the session locally (no network). The lesion's clicks and undo stack stay; the

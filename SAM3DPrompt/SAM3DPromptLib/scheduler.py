@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple
 
-from .logic import Job, PromptLogic
+from .logic import PromptLogic, Request
 from .prompts import Click, remove_click_markup
 
 # on_done(name, result, error): called on the main thread after each finished operation.
@@ -30,9 +30,9 @@ class InteractionQueue:
         self.logic = logic  # needed for clicks only
         self._on_done = on_done
         self._on_work = on_work  # called whenever work is queued (the Widget starts its timer)
-        # Entries: ("clicks", [Click]) or (name, prepare) where prepare() -> Job or None.
+        # Entries: ("clicks", [Click]) or (name, prepare) where prepare() -> Request or None.
         self._pending: Deque[Tuple[str, Any]] = deque()
-        self._running: Optional[Job] = None
+        self._running: Optional[Request] = None
         self._thread: Optional[threading.Thread] = None
         self._started_at = 0.0
 
@@ -45,9 +45,9 @@ class InteractionQueue:
             self._pending.append(("clicks", [click]))
         self._woken()
 
-    def add(self, name: str, prepare: Callable[[], Optional[Job]]) -> None:
+    def add(self, name: str, prepare: Callable[[], Optional[Request]]) -> None:
         """Queue an operation: ``prepare()`` runs on the main thread when its turn comes and
-        returns the Job to run on the worker, or None when it needed no network."""
+        returns the Request to run on the worker, or None when it needed no network."""
         self._pending.append((name, prepare))
         self._woken()
 
