@@ -93,66 +93,6 @@ class _Wire:
     seconds: float = 0.0
 
 
-@dataclass
-class _ClickPlan:
-    """What a click request sends, decided on the main thread (the worker reads only this)."""
-
-    client: SAM3DClient
-    clicks: List[Click]
-    points: np.ndarray
-    labels: List[int]
-    shape: Tuple[int, int, int]
-    upload: Optional[_Upload]  # the volume, when the server does not hold it yet
-    session_id: Optional[str]  # the session to use when nothing is uploaded
-    old_session: Optional[str]  # a session to delete (the volume changed)
-    reset: bool  # start a new object on the server first
-    prior: Optional[np.ndarray]  # the segment, when the server's object differs from it
-    current: np.ndarray  # the segment's voxels now
-    history: List[Tuple[np.ndarray, List[int]]]  # earlier steps, to rebuild a forgotten session
-    replay_upload: _Upload
-    segment_fp: SegmentFingerprint
-
-
-def _send_clicks(plan: _ClickPlan, wire: _Wire) -> _Wire:
-    """Worker thread: upload (or reuse) the session, send the prior and the clicks; when the
-    server forgot the session, upload again and replay the history first."""
-    client, started = plan.client, time.perf_counter()
-    try:
-        if plan.old_session is not None:
-            delete_session_quietly(client, plan.old_session)
-        if plan.upload is not None:
-            wire.session_id = client.create_session(plan.upload.array, plan.upload.spacing_kji)
-            wire.uploaded = True
-        else:
-            wire.session_id = plan.session_id
-        try:
-            if plan.reset:
-                client.reset(wire.session_id)
-            if plan.prior is not None:
-                client.set_mask(wire.session_id, plan.prior)
-            wire.update = client.interact(wire.session_id, plan.points, plan.labels)
-        except (SessionExpired, SessionNotFound):
-            if wire.uploaded:
-                raise
-            _replay(plan, wire)
-            wire.update = client.interact(wire.session_id, plan.points, plan.labels)
-    finally:
-        wire.seconds = time.perf_counter() - started
-    return wire
-
-
-def _replay(plan: _ClickPlan, wire: _Wire) -> None:
-    """The server forgot the volume: upload it again and rebuild the object from the history."""
-    client = plan.client
-    wire.session_id = client.create_session(plan.replay_upload.array, plan.replay_upload.spacing_kji)
-    wire.uploaded = wire.replayed = True
-    rebuilt = np.zeros(plan.shape, dtype=bool)
-    for step_points, step_labels in plan.history:
-        client.interact(wire.session_id, step_points, step_labels).apply_to(rebuilt)
-    if not np.array_equal(rebuilt, plan.current):
-        client.set_mask(wire.session_id, plan.current)
-
-
 class Request:
     """One server round trip: ``run()`` on any thread (network only), ``finish()`` on the main
     thread (applies the result to the scene, or raises the error; the scene is untouched then).
@@ -442,16 +382,8 @@ class PromptLogic:
                           world_to_local_matrix(self.volume_node))
 
     def prepare_clicks(self, clicks: Sequence[Click]) -> Request:
-        """Main-thread half of a click request (see the module docstring): check the clicks, plan
-        what to send, and return the request whose work sends it and whose apply writes the
-        reply into the segment."""
-        plan = self._plan_clicks(list(clicks))
-        wire = _Wire()
-        return Request("clicks", lambda: _send_clicks(plan, wire),
-                       lambda _, error: self._apply_clicks(plan, wire, error), state=wire)
-
-    def _plan_clicks(self, clicks: List[Click]) -> _ClickPlan:
-        """Check the clicks against the scene and gather everything the worker thread needs."""
+        """Main-thread half of a click request (see the module docstring)."""
+        clicks = list(clicks)
         client = self._require_client()
         if not clicks:
             raise PromptError("No click to send.")
@@ -463,61 +395,94 @@ class PromptLogic:
         if outside.any():
             raise PromptError(f"{int(outside.sum())} click(s) lie outside the input volume "
                               f"'{self.volume_node.GetName()}'; place points on the volume.")
+        labels = [int(click.label) for click in clicks]
         self._tag_points(clicks)
         upload = self._upload_if_changed()
+        session_id = None if upload is not None else self.session_id
         reset = self._object_needs_reset and upload is None
         # What the server's object holds before this request, and what the segment holds: when
         # they differ (a hand edit, a new segment with voxels) the segment is sent as the prior.
         server_mask = np.zeros(shape, dtype=bool) if (upload is not None or reset) else self._server_mask
         current = self._segment_voxels()
+        segment_fp_prepared = segment_fingerprint(self.segmentation_node, self.segment_id)
         in_sync = server_mask is not None and (current is server_mask or np.array_equal(current, server_mask))
-        return _ClickPlan(
-            client=client, clicks=clicks, points=points, labels=[int(click.label) for click in clicks],
-            shape=shape, upload=upload, session_id=None if upload is not None else self.session_id,
-            old_session=self.session_id if upload is not None else None, reset=reset,
-            prior=None if in_sync else current, current=current,
-            history=[(step.points_kji, step.labels) for step in self._steps],
-            replay_upload=upload or _Upload(volume_array(self.volume_node), volume_spacing_kji(self.volume_node),
-                                            volume_fingerprint(self.volume_node)),
-            segment_fp=segment_fingerprint(self.segmentation_node, self.segment_id))
+        prior = None if in_sync else current
+        history = [(step.points_kji, step.labels) for step in self._steps]
+        replay_upload = upload or _Upload(volume_array(self.volume_node),
+                                          volume_spacing_kji(self.volume_node),
+                                          volume_fingerprint(self.volume_node))
+        old_session = self.session_id if upload is not None else None
+        wire = _Wire()
 
-    def _apply_clicks(self, plan: _ClickPlan, wire: _Wire, error: Optional[BaseException]) -> ClickResult:
-        """Main thread: adopt the session the worker used, then write the reply into the segment
-        and record the step (or, on error, drop the clicks' markups and raise)."""
-        fingerprint = plan.upload.fingerprint if plan.upload is not None else (
-            plan.replay_upload.fingerprint if wire.replayed else self._session_fingerprint)
-        if wire.session_id is not None and wire.session_id != self.session_id:
-            self.session_id = wire.session_id
-            self._session_fingerprint = fingerprint
-            self.uploads += 1
-        if error is not None:
-            if wire.uploaded or plan.reset:
-                self._server_mask = None  # the server object is not what we know any more
-                self._segment_fp = None
-                self._object_needs_reset = self.session_id is not None and not wire.uploaded
-            for click in plan.clicks:
-                remove_click_markup(self.scene, click)
-            raise error
-        if plan.reset or wire.uploaded:
-            self._object_needs_reset = False
-        self._reset = None
-        update, current = wire.update, plan.current
-        lo = tuple(int(v) for v in update.lo)
-        box = tuple(slice(a, b) for a, b in zip(update.lo, update.hi))
-        before = current[box].copy() if not update.is_empty else np.zeros((0, 0, 0), bool)
-        edited_meanwhile = segment_fingerprint(self.segmentation_node, self.segment_id) != plan.segment_fp
-        self._write_box(lo, update.mask if not update.is_empty else None)
-        # `current` is no longer needed as it was: it becomes the server's new mask.
-        self._server_mask = update.apply_to(current)
-        self._segment_fp = (None if edited_meanwhile
-                            else segment_fingerprint(self.segmentation_node, self.segment_id))
-        self._steps.append(_Step(clicks=plan.clicks, points_kji=plan.points, labels=plan.labels, lo=lo,
-                                 before=before))
-        return ClickResult(clicks=len(plan.clicks), voxels=int(update.voxels), lo=lo,
-                           hi=tuple(int(v) for v in update.hi), encoder_ran=update.encoder_ran,
-                           uploaded=wire.uploaded, prior_sent=plan.prior is not None,
-                           replayed=wire.replayed, seconds=wire.seconds,
-                           timing_ms=dict(update.timing_ms))
+        def work() -> _Wire:
+            started = time.perf_counter()
+            try:
+                if old_session is not None:
+                    delete_session_quietly(client, old_session)
+                if upload is not None:
+                    wire.session_id = client.create_session(upload.array, upload.spacing_kji)
+                    wire.uploaded = True
+                else:
+                    wire.session_id = session_id
+                try:
+                    if reset:
+                        client.reset(wire.session_id)
+                    if prior is not None:
+                        client.set_mask(wire.session_id, prior)
+                    wire.update = client.interact(wire.session_id, points, labels)
+                except (SessionExpired, SessionNotFound):
+                    if wire.uploaded:
+                        raise
+                    # The server forgot the volume: upload it again and rebuild the object.
+                    wire.session_id = client.create_session(replay_upload.array, replay_upload.spacing_kji)
+                    wire.uploaded = wire.replayed = True
+                    rebuilt = np.zeros(shape, dtype=bool)
+                    for step_points, step_labels in history:
+                        client.interact(wire.session_id, step_points, step_labels).apply_to(rebuilt)
+                    if not np.array_equal(rebuilt, current):
+                        client.set_mask(wire.session_id, current)
+                    wire.update = client.interact(wire.session_id, points, labels)
+            finally:
+                wire.seconds = time.perf_counter() - started
+            return wire
+
+        def apply(_: Any, error: Optional[BaseException]) -> ClickResult:
+            fingerprint = upload.fingerprint if upload is not None else (
+                replay_upload.fingerprint if wire.replayed else self._session_fingerprint)
+            if wire.session_id is not None and wire.session_id != self.session_id:
+                self.session_id = wire.session_id
+                self._session_fingerprint = fingerprint
+                self.uploads += 1
+            if error is not None:
+                if wire.uploaded or reset:
+                    self._server_mask = None  # the server object is not what we know any more
+                    self._segment_fp = None
+                    self._object_needs_reset = self.session_id is not None and not wire.uploaded
+                for click in clicks:
+                    remove_click_markup(self.scene, click)
+                raise error
+            if reset or wire.uploaded:
+                self._object_needs_reset = False
+            self._reset = None
+            update = wire.update
+            lo = tuple(int(v) for v in update.lo)
+            box = tuple(slice(a, b) for a, b in zip(update.lo, update.hi))
+            before = current[box].copy() if not update.is_empty else np.zeros((0, 0, 0), bool)
+            edited_meanwhile = segment_fingerprint(self.segmentation_node, self.segment_id) != segment_fp_prepared
+            self._write_box(lo, update.mask if not update.is_empty else None)
+            # `current` is no longer needed as it was: it becomes the server's new mask.
+            self._server_mask = update.apply_to(current)
+            self._segment_fp = (None if edited_meanwhile
+                                else segment_fingerprint(self.segmentation_node, self.segment_id))
+            self._steps.append(_Step(clicks=clicks, points_kji=points, labels=labels, lo=lo,
+                                     before=before))
+            return ClickResult(clicks=len(clicks), voxels=int(update.voxels), lo=lo,
+                               hi=tuple(int(v) for v in update.hi), encoder_ran=update.encoder_ran,
+                               uploaded=wire.uploaded, prior_sent=prior is not None,
+                               replayed=wire.replayed, seconds=wire.seconds,
+                               timing_ms=dict(update.timing_ms))
+
+        return Request("clicks", work, apply, state=wire)
 
     def _tag_points(self, clicks: Sequence[Click]) -> None:
         """Write each placed click's lesion and sign into its point (saved with the list)."""
