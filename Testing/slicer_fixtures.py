@@ -112,3 +112,15 @@ def place_click(logic, world, positive: bool = True):
     node.AddControlPointWorld(*world)
     [click] = logic.new_clicks(node, positive)
     return click
+
+
+def clicks_sent(logic) -> int:
+    """The clicks of the logic's applied steps (white-box: what undo would walk back)."""
+    return sum(len(step.clicks) for step in logic._steps)
+
+
+def server_sessions(server_url: str) -> int:
+    """The sessions a server holds now (GET /v1/metrics)."""
+    import requests
+
+    return requests.get(f"{server_url}/v1/metrics", timeout=30).json()["sessions"]

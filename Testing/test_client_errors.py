@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from SAM3DPromptLib import protocol
+from SAM3DPromptLib import wire as client_wire
 from SAM3DPromptLib.client import (AuthenticationError, InvalidServerURL, PayloadTooLarge, RequestTimedOut,
                                    SAM3DClient, ServerAtCapacity, ServerError, ServerOutOfMemory,
                                    ServerUnreachable, SessionExpired)
@@ -32,14 +32,14 @@ def volume(seed: int = 0, shape=SHAPE, dtype=np.int16) -> np.ndarray:
     return array.astype(dtype)
 
 
-def test_mask_bits_codecs_of_client_and_server_agree():
-    from sam3d.serve.wire import decode_mask_bits, encode_mask_bits
+def test_the_servers_mask_decoder_reads_the_clients_codec():
+    from sam3d.serve.wire import decode_mask_bits
 
     rng = np.random.default_rng(0)
     for shape in [(1, 1, 1), (3, 5, 7), (13, 1, 9), (0, 4, 4)]:
         mask = rng.random(shape) > 0.5
-        np.testing.assert_array_equal(decode_mask_bits(protocol.encode_mask_bits(mask), shape), mask)
-        np.testing.assert_array_equal(protocol.decode_mask_bits(encode_mask_bits(mask), shape), mask)
+        np.testing.assert_array_equal(decode_mask_bits(client_wire.encode_mask_bits(mask), shape), mask)
+        np.testing.assert_array_equal(client_wire.decode_mask_bits(client_wire.encode_mask_bits(mask), shape), mask)
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -142,12 +142,12 @@ def test_server_failures_are_typed_and_the_session_survives(faulty_server, monke
 
 # -- runs inside Slicer's Python ----------------------------------------------------------------
 def test_the_client_imports_without_torch():
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import SAM3DPromptLib.client, SAM3DPromptLib.protocol; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import SAM3DPromptLib.client, SAM3DPromptLib.wire; "
             "bad = [m for m in ('torch', 'sam3d', 'fastapi') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code, str(LIB_DIR.parent)], check=True)
 
 
-@pytest.mark.parametrize("name", ["client.py", "protocol.py", "__init__.py"])
+@pytest.mark.parametrize("name", ["client.py", "wire.py", "__init__.py"])
 def test_the_client_is_python_3_9_syntax(name):
     source = (LIB_DIR / name).read_text()
     tree = ast.parse(source, feature_version=(3, 9))

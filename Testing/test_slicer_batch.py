@@ -5,13 +5,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_fixtures import load_phantom, mrml_scene, needs_trained_model, slicer  # noqa: F401
-from SAM3DPromptLib.batch import load_cases, run_saved_prompts
+from slicer_fixtures import load_phantom, mrml_scene, needs_trained_model, server_sessions, slicer  # noqa: F401
+from SAM3DPromptLib.batch import BatchCase, BatchResult, CaseRun, load_cases
 from SAM3DPromptLib.client import SAM3DClient
 from SAM3DPromptLib.logic import PromptLogic
 from SAM3DPromptLib.mrml_io import read_segment_mask
 from SAM3DPromptLib.prompts import PromptError, clicks_from_markups, lesion_clicks, load_prompt_file
 
+
+def run_saved_prompts(client: SAM3DClient, cases: list[BatchCase], scene=None) -> list[BatchResult]:
+    """Segment every case from its saved clicks, one after the other on this thread; one result
+    per case (BatchRun's cases, without its queue)."""
+    results: list[BatchResult] = []
+    for case in cases:
+        run = CaseRun(client, case, scene)
+        for _ in range(run.steps):
+            job = run.prepare_next()
+            job.run()
+            result = job.finish()
+            if result is not None:
+                results.append(result)
+                break
+    return results
 
 
 @pytest.fixture
@@ -50,12 +65,8 @@ def test_saved_prompts_run_over_loaded_volumes_with_progress(mrml_scene, server_
     kji = np.round(logic.points_kji(clicks[:1])[0]).astype(int)
     assert slicer.util.arrayFromVolume(labels[0])[tuple(kji)] == 2
 
-    sessions_before = SAM3DClient(server_url).metrics()["sessions"]
-    progress = []
-    results = run_saved_prompts(SAM3DClient(server_url, timeout=60), cases, scene=mrml_scene,
-                                progress=lambda done, total, text: progress.append((done, total, text)))
-    assert [p[:2] for p in progress] == [(0, 3), (1, 3), (2, 3), (3, 3)]
-    assert progress[-1][2] == "Done: 2 of 3 segmented"
+    sessions_before = server_sessions(server_url)
+    results = run_saved_prompts(SAM3DClient(server_url, timeout=60), cases, scene=mrml_scene)
     assert [r.error is None for r in results] == [True, True, False]
     assert "does not exist" in results[2].error
     for result, volume in zip(results[:2], volumes):
@@ -65,7 +76,7 @@ def test_saved_prompts_run_over_loaded_volumes_with_progress(mrml_scene, server_
         assert result.segmentation_node.GetName() == f"{volume.GetName()} SAM3D"
     # Saved prompts are kept, and no server session is left behind.
     assert sum(len(case.markups_nodes) for case in cases) == 4
-    assert SAM3DClient(server_url).metrics()["sessions"] == sessions_before
+    assert server_sessions(server_url) == sessions_before
 
 
 @needs_trained_model
@@ -148,11 +159,11 @@ def test_multi_lesion_file_gives_one_segment_per_lesion(mrml_scene, server_url, 
     _write_lists(prompts / "multi.mrk.json", [("Lesion 1", [ras[0]], [""]), ("Lesion 2", [ras[1]], [""]),
                                               ("Lesion 2-", [ras[2]], [""])])
     [case] = load_cases(mrml_scene, [image_node], str(prompts))
-    sessions_before = SAM3DClient(server_url).metrics()["sessions"]
+    sessions_before = server_sessions(server_url)
     [result] = run_saved_prompts(SAM3DClient(server_url, timeout=60), [case], scene=mrml_scene)
     assert result.error is None and result.clicks == 3 and len(result.segment_ids) == 2
     names = [result.segmentation_node.GetSegmentation().GetSegment(s).GetName() for s in result.segment_ids]
     assert names == ["Lesion 1", "Lesion 2"]
     for segment_id, voxels in zip(result.segment_ids, result.voxels):
         assert read_segment_mask(result.segmentation_node, segment_id, image_node).sum() == voxels
-    assert SAM3DClient(server_url).metrics()["sessions"] == sessions_before
+    assert server_sessions(server_url) == sessions_before

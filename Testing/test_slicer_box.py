@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import vtk
 
-from slicer_fixtures import (add_linear_transform, add_volume, mrml_scene, oblique_ijk_to_ras,  # noqa: F401
+from slicer_fixtures import (clicks_sent, add_linear_transform, add_volume, mrml_scene, oblique_ijk_to_ras,  # noqa: F401
                              place_click, rigid_matrix, slicer)
 from SAM3DPromptLib.client import InvalidBox, SAM3DClient, SessionExpired, SessionLimitReached, TLSError
 from SAM3DPromptLib.logic import PromptLogic, user_message
@@ -200,7 +200,7 @@ def test_a_server_without_boxes_says_so_and_leaves_segment_and_clicks_alone(mrml
     assert "no box prompt" in message and "tiny-random" in message
     np.testing.assert_array_equal(_segment(logic), before)
     assert logic.box_roi() is None  # the refused box is taken back, as a refused click's point is
-    assert logic.click_count == 1 and logic.prompt_list().GetNumberOfControlPoints() == 1
+    assert clicks_sent(logic) == 1 and logic.prompt_list().GetNumberOfControlPoints() == 1
     logic.undo()  # the click is still the last step
     assert not _segment(logic).any()
     logic.close()
@@ -282,7 +282,7 @@ def test_the_servers_interaction_limit_says_to_go_on_in_the_next_lesion(mrml_sce
             logic.click_points([place_click(logic, logic_world(volume, (6.0, 8.0, 9.0)), False)])
         assert "allows 1 per object" in user_message(error.value) and "'Next lesion'" in user_message(error.value)
         np.testing.assert_array_equal(_segment(logic), before)
-        assert logic.click_count == 1 and logic.prompt_list().GetNumberOfControlPoints() == 1
+        assert clicks_sent(logic) == 1 and logic.prompt_list().GetNumberOfControlPoints() == 1
         logic.next_lesion()  # a new object on the same session takes clicks again
         logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
         assert logic.client.session_info(logic.session_id)["interactions"] == 1

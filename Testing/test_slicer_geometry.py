@@ -8,7 +8,8 @@ import pytest
 
 from slicer_fixtures import (add_linear_transform, add_volume, load_volume_file, mrml_scene,  # noqa: F401
                              oblique_ijk_to_ras, rigid_matrix, slicer)
-from SAM3DPromptLib.geometry import kji_to_ras, outside_volume, ras_to_kji
+from SAM3DPromptLib.geometry import kji_to_ras, ras_to_kji
+from SAM3DPromptLib.wire import outside_volume
 from SAM3DPromptLib.logic import PromptLogic
 from SAM3DPromptLib.mrml_io import GeometryError, ras_to_ijk_matrix, world_to_local_matrix
 from SAM3DPromptLib.prompts import Click, click_from_markup

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from slicer_fixtures import MODULE_DIR, load_phantom, mrml_scene, place_click, slicer  # noqa: F401
+from slicer_fixtures import MODULE_DIR, load_phantom, mrml_scene, place_click, server_sessions, slicer  # noqa: F401
 from SAM3DPromptLib.batch import CANCELLED, BatchRun, load_cases
 from SAM3DPromptLib.client import SAM3DClient
 from SAM3DPromptLib.logic import PromptLogic
@@ -77,11 +77,11 @@ def test_saved_prompt_list_keeps_every_lesion_and_sign_for_sam3d_batch(mrml_scen
         [loaded] = load_prompt_file(scene, str(path))
         fresh = PromptLogic(SAM3DClient(server_url), scene=scene)
         fresh.set_target(volume, *fresh.ensure_target(volume, None, None))
-        sessions = SAM3DClient(server_url).metrics()["sessions"]
+        sessions = server_sessions(server_url)
         own = fresh.prompt_list()
         assert own is not loaded  # a loaded file is never adopted as the volume's list
         assert fresh.new_clicks(loaded, True) == [] and fresh.new_clicks(own, True) == []
-        assert SAM3DClient(server_url).metrics()["sessions"] == sessions and fresh.session_id is None
+        assert server_sessions(server_url) == sessions and fresh.session_id is None
         # The Slicer-side batch reads it alike (two lesions, signs intact).
         [case] = load_cases(scene, [volume], str(path.parent))
         from SAM3DPromptLib.prompts import lesion_clicks
@@ -197,7 +197,7 @@ def test_batch_runs_beside_clicks_and_can_be_cancelled(mrml_scene, server_url, t
         centre = np.argwhere(label.array == 2).mean(axis=0)
         write_markups(prompts / f"b{number}.mrk.json", image.kji_to_ras(centre[None]), np.array([1]))
         volumes.append(image_node)
-    sessions_before = SAM3DClient(server_url).metrics()["sessions"]
+    sessions_before = server_sessions(server_url)
     events = []
     batch = BatchRun(SAM3DClient(server_url, timeout=60), load_cases(mrml_scene, volumes[1:], str(prompts)),
                      mrml_scene, on_progress=lambda run: events.append(("batch", len(run.results))))
@@ -219,7 +219,7 @@ def test_batch_runs_beside_clicks_and_can_be_cancelled(mrml_scene, server_url, t
         volume = next(v for v in volumes if v.GetName() == result.volume_name)
         assert read_segment_mask(result.segmentation_node, result.segment_ids[0], volume).sum() == result.voxels[0]
     logic.close()
-    assert SAM3DClient(server_url).metrics()["sessions"] == sessions_before
+    assert server_sessions(server_url) == sessions_before
 
 
 def test_reload_forgets_the_library_so_its_files_are_read_again():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_fixtures import load_phantom, mrml_scene, place_click, slicer  # noqa: F401
+from slicer_fixtures import clicks_sent, load_phantom, mrml_scene, place_click, slicer  # noqa: F401
 from SAM3DPromptLib.client import SAM3DClient, ServerUnreachable
 from SAM3DPromptLib.logic import PromptLogic
 from SAM3DPromptLib.prompts import PromptError
@@ -48,7 +48,7 @@ def test_clicks_placed_during_a_prediction_are_merged_not_lost(setup):
     assert [result.clicks for _, result, _ in done] == [1, 2]
     info = logic.client.session_info(logic.session_id)
     assert info["labels"] == [1, 0, 1] and len(info["points"]) == 3
-    assert logic.click_count == 3
+    assert clicks_sent(logic) == 3
     assert np.sum(_segment(logic)) == done[-1][1].voxels
 
 
@@ -105,4 +105,4 @@ def test_discarded_work_never_touches_the_scene(setup):
     assert queue.idle and not queue.busy
     running.join(timeout=60)
     queue.pump()
-    assert done == [] and not _segment(logic).any() and logic.click_count == 0
+    assert done == [] and not _segment(logic).any() and clicks_sent(logic) == 0

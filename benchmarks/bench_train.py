@@ -29,7 +29,7 @@ import torch
 
 
 def random_batch(crop: int, batch: int, points: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A batch shaped as `sam3d.train.data.collate` makes it: a blob target and clicks on it."""
+    """A batch shaped as `sam3d.train.samples.collate` makes it: a blob target and clicks on it."""
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(batch, 1, crop, crop, crop, generator=generator)
     axis = torch.arange(crop) - crop / 2

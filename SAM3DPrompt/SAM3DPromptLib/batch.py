@@ -24,8 +24,6 @@ from .scheduler import InteractionQueue
 PROMPT_FILE_SUFFIX = ".mrk.json"
 CANCELLED = "Cancelled before it was segmented."
 
-# progress(done, total, message): called before each case and once at the end.
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -153,27 +151,6 @@ class CaseRun:
     def _finish(self) -> BatchResult:
         self._done = True
         return self._result
-
-
-def run_saved_prompts(client: SAM3DClient, cases: Sequence[BatchCase], scene=None,
-                      progress: Optional[ProgressCallback] = None) -> List[BatchResult]:
-    """Segment every case from its saved clicks, one after the other; one result per case."""
-    results: List[BatchResult] = []
-    total = len(cases)
-    for number, case in enumerate(cases):
-        run = CaseRun(client, case, scene)
-        if progress is not None:
-            progress(number, total, f"Segmenting {run.name} ({number + 1}/{total})")
-        for _ in range(run.steps):
-            request = run.prepare_next()
-            request.run()
-            result = request.finish()
-            if result is not None:
-                results.append(result)
-                break
-    if progress is not None:
-        progress(total, total, f"Done: {sum(r.error is None for r in results)} of {total} segmented")
-    return results
 
 
 class BatchRun:

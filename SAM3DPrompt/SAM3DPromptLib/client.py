@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import numpy as np
 import requests
 
-from .protocol import API_VERSION, Index3, decode_mask_bits, encode_mask_bits, mask_bbox, upload_dtype
+from .wire import API_VERSION, Index3, decode_mask_bits, encode_mask_bits, mask_bbox, upload_dtype
 
 
 class SAM3DError(Exception):
@@ -323,10 +323,6 @@ class SAM3DClient:
     def session_info(self, session_id: str) -> Dict[str, Any]:
         """Shape, interactions, points, encoder / decoder runs and expiry of a session."""
         return self._json("GET", f"/v1/sessions/{session_id}")
-
-    def metrics(self) -> Dict[str, Any]:
-        """Server-wide counters: sessions, encoder_runs, decoder_runs, interactions, errors."""
-        return self._json("GET", "/v1/metrics")
 
     def close(self) -> None:
         self._http.close()

@@ -58,9 +58,3 @@ def kji_to_ras(points_kji: Sequence[Sequence[float]], ijk_to_ras: np.ndarray,
     local = _apply(_as_matrix(ijk_to_ras), ijk)
     return _apply(_as_matrix(local_to_world), local)
 
-
-def outside_volume(points_kji: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Boolean ``[N]``: which points lie outside the voxel grid (beyond half a voxel of the edge)."""
-    points = _as_points(points_kji)
-    upper = np.asarray(shape, dtype=np.float64) - 0.5
-    return np.any((points < -0.5) | (points > upper), axis=1)

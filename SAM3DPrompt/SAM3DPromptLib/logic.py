@@ -24,13 +24,14 @@ from .box import (RoiState, create_box_roi, find_box_roi, flatten_roi, release_b
                   roi_box_kji, roi_defined, roi_state)
 from .client import (InvalidServerURL, MaskUpdate, NothingToUndo, SAM3DClient, SAM3DError,
                      SessionExpired, SessionLimitReached, SessionNotFound)
-from .geometry import outside_volume, ras_to_kji
+from .geometry import ras_to_kji
 from .mrml_io import (GeometryError, SegmentFingerprint, VolumeFingerprint, ras_to_ijk_matrix,
                       read_segment_mask, segment_fingerprint, set_tumor_terminology, use_binary_labelmap,
                       volume_array, volume_fingerprint, volume_shape, volume_spacing_kji,
                       world_to_local_matrix, write_segment_box)
 from .prompts import (NEGATIVE, POSITIVE, Click, PromptError, create_prompt_list, find_prompt_list,
                       lesion_number, mark_point, remove_click_markup)
+from .wire import outside_volume
 
 SEGMENT_NAME = "Lesion"
 # Colours given to new lesion segments in turn.
@@ -405,10 +406,6 @@ class PromptLogic:
         forgotten too: Slicer gives the next point of the list the highest ID again."""
         remove_click_markup(self.scene, click)
         self._seen.discard((click.markups_node_id, click.control_point_id))
-
-    @property
-    def click_count(self) -> int:
-        return sum(len(step.clicks) for step in self._steps)
 
     @property
     def can_undo(self) -> bool:

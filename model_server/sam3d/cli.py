@@ -1,4 +1,6 @@
 """The `sam3d` console script: one sub-command per job, each registered by its own package."""
+# (The help texts come from the command modules' docstrings; backticks, their code markup, are
+# dropped for the terminal.)
 
 from __future__ import annotations
 
@@ -6,35 +8,48 @@ import argparse
 import importlib
 import sys
 
-# sub-command name -> module that provides `register(subparsers)`; the module's parser sets
-# `func` (called with the parsed args, returns an exit status). Imported lazily so that
-# `sam3d info` does not pay for FastAPI and `sam3d serve` does not pay for matplotlib.
-COMMANDS: dict[str, str] = {
-    "info": "sam3d.model.commands",
-    "phantoms": "sam3d.data.commands",
-    "train": "sam3d.train.commands",
-    "evaluate": "sam3d.evaluate.commands",
-    "serve": "sam3d.serve.commands",
-    "segment": "sam3d.engine.commands",
-    "batch": "sam3d.batch.commands",
-    "web": "sam3d.web.commands",
+from . import __version__
+from .errors import CLIError
+
+# sub-command name -> (module that provides `register(subparsers)`, one-line summary); the
+# module's parser sets `func` (called with the parsed args, returns an exit status). Imported
+# lazily so that `sam3d info` does not pay for FastAPI and `sam3d serve` not for matplotlib.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("sam3d.model.commands", "describe a model configuration or checkpoint"),
+    "phantoms": ("sam3d.data.commands", "write synthetic CT phantoms with labels and clicks (MSD layout)"),
+    "train": ("sam3d.train.commands", "train a model from a YAML config"),
+    "evaluate": ("sam3d.evaluate.commands", "score a model with simulated clicks (Dice / NSD per click)"),
+    "serve": ("sam3d.serve.commands", "run the HTTP inference server (API v1) for the Slicer module"),
+    "segment": ("sam3d.engine.commands", "segment one image from clicks (or a box) in RAS mm"),
+    "batch": ("sam3d.batch.commands", "segment many cases from saved clicks (a manifest)"),
+    "web": ("sam3d.web.commands", "click-to-segment in a web browser (trame-slicer app, its own venv)"),
 }
-
-
-class CLIError(Exception):
-    """A user error at the command line: printed as one clear line, exit status 2."""
+DESCRIPTION = ("SAM3DPrompt: click-prompted 3D segmentation with SAM adapted to volumes - the inference "
+               "server of the 3D Slicer module, one image or many cases from saved clicks, training and "
+               "evaluation.")
+EPILOG = "Run 'sam3d COMMAND --help' for a command's options."
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sam3d", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sam3d", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"sam3d {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = next((a for a in argv if a in COMMANDS), None)
-    for name in COMMANDS:
+    for name, (module, summary) in COMMANDS.items():
         if name == wanted:
-            importlib.import_module(COMMANDS[name]).register(subparsers)
+            importlib.import_module(module).register(subparsers)
+            _plain_help(subparsers.choices[name])
         else:  # listed in --help without importing its module
-            subparsers.add_parser(name, help=f"see `sam3d {name} --help`")
+            subparsers.add_parser(name, help=summary)
     return parser
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Drop the code markup (backticks) of docstrings and help strings from a command's help."""
+    parser.description = (parser.description or "").replace("`", "")
+    for action in parser._actions:
+        if action.help:
+            action.help = action.help.replace("`", "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_helpers import write_tiny_checkpoint
+
 # Two cores are shared by everything on the test machine; one intra-op thread keeps the
 # suite's run time predictable.
 torch.set_num_threads(int(os.environ.get("SAM3D_TEST_THREADS", "1")))
@@ -24,18 +26,6 @@ def sam_vit_b_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sam") / "sam_vit_b_01ec64.pth"
     torch.save(sam.state_dict(), path)
     return path
-
-
-def write_tiny_checkpoint(directory: Path, name: str, **overrides) -> Path:
-    """A random-weight (seeded) `tiny` checkpoint named ``name``, config fields replaced by ``overrides``."""
-    from sam3d.data.intensity import PRESETS
-    from sam3d.model.checkpoint import save_checkpoint
-    from sam3d.model.config import get_config
-    from sam3d.model.sam3d import Sam3D
-
-    torch.manual_seed(0)
-    return save_checkpoint(directory / f"{name}.pt", Sam3D(get_config("tiny", **overrides)),
-                           PRESETS["soft_tissue"], name)
 
 
 @pytest.fixture(scope="session")

@@ -121,6 +121,9 @@ def test_a_mixed_manifest_writes_every_output(full_run, phantoms):
     log = (full_run / "batch.log").read_text()
     assert all(f"case{seed}: done" in log for seed in SEEDS)
     assert log.count("segmenter ready") == 1  # one model load for the whole run
+    # the phantoms' label images hold organ (1) and tumor (2), the manifest no reference_label
+    assert all(f"WARNING case{seed}: reference {phantoms / f'case{seed}_label.nii.gz'} holds the labels 1, 2 "
+               "and the manifest gives no reference_label" in log for seed in SEEDS)
     assert sorted(p.name for p in (full_run / ".state").iterdir()) == [f"case{seed}.json" for seed in SEEDS]
 
 
@@ -179,6 +182,21 @@ def test_a_stopped_run_resumed_gives_the_same_outputs(tmp_path, full_run, mixed_
     assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--resume") == 0
     assert (out / "case1.seg.nrrd").read_bytes() != b"damaged"
     assert "5 case(s) in the manifest, 4 finished before (resume on), 1 to run now" in (out / "batch.log").read_text()
+
+
+def test_a_reference_label_scores_one_label_without_a_warning(tmp_path, phantoms, tiny_model, capsys):
+    manifest = tmp_path / "one.json"
+    clicks = [{"lesion": 1, "ras": ras, "label": sign} for lesion, ras, sign in inline_clicks(phantoms, 0) if lesion == 1]
+    entry = {"id": "case0", "image": str(phantoms / "case0.nii.gz"), "prompts": clicks,
+             "reference": str(phantoms / "case0_label.nii.gz")}
+    manifest.write_text(json.dumps([entry]))
+    assert batch(manifest, "--out", tmp_path / "all", "--model", tiny_model) == 0
+    assert "holds the labels 1, 2" in capsys.readouterr().err
+    manifest.write_text(json.dumps([{**entry, "reference_label": TUMOR_LABEL}]))
+    assert batch(manifest, "--out", tmp_path / "tumor", "--model", tiny_model) == 0
+    assert "warning" not in capsys.readouterr().err
+    dice_all, dice_tumor = (float(summary(tmp_path / name)[0]["dice"]) for name in ("all", "tumor"))
+    assert dice_tumor != dice_all
 
 
 def test_an_unreadable_image_is_recorded_and_the_other_cases_finish(tmp_path, phantoms, tiny_model):

@@ -118,3 +118,22 @@ def test_phantoms_command(tmp_path, capsys):
     assert "already holds a dataset" in capsys.readouterr().err
     assert sam3d_main(["phantoms", "--out", str(tmp_path / "x"), "--cases", "0"]) == 2
     assert "--cases must be at least 1" in capsys.readouterr().err
+
+
+def test_phantoms_come_with_one_click_per_tumor_and_a_batch_manifest(tmp_path, tiny_model, capsys):
+    from sam3d.batch.prompts import lesions_from_markups
+    from sam3d.data.clicks import label_objects
+
+    out = write_dataset(tmp_path / "ph", cases=1, seed=3)
+    image = read_image(out / "imagesTr" / "phantom_000_0000.nii.gz")
+    objects, count = label_objects(read_image(out / "labelsTr" / "phantom_000.nii.gz").array == TUMOR_LABEL)
+    lesions = lesions_from_markups(out / "clicksTr" / "phantom_000.mrk.json")
+    assert len(lesions) == count >= 1
+    clicked = [objects[tuple(np.round(image.ras_to_kji(lesion.points_ras)[0]).astype(int))] for lesion in lesions]
+    assert sorted(clicked) == list(range(1, count + 1))  # each tumor clicked once, inside it
+    assert all(lesion.labels.tolist() == [1] for lesion in lesions)
+    capsys.readouterr()
+    assert sam3d_main(["batch", str(out / "manifest.json"), "--out", str(tmp_path / "results"),
+                       "--model", str(tiny_model), "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert "1 done" in printed.out and "warning" not in printed.err

@@ -12,7 +12,7 @@ from sam3d.cli import main
 from sam3d.data.io import read_image
 from sam3d.data.segio import read_segmentation
 from sam3d.evaluate.metrics import dice_and_nsd
-from sam3d.evaluate.protocol import largest_slice_box
+from sam3d.evaluate.simulation import largest_slice_box
 from sam3d.model.checkpoint import BUNDLED_MODELS, load_model
 
 REAL_MRI = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-mri-dev"

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from sam3d.data.intensity import PRESETS
 from sam3d.engine.predictor import Predictor
 from sam3d.engine import session as session_module
 from sam3d.engine.session import InvalidBox, NothingToUndo, Session, segment
+from sam3d.model.checkpoint import save_checkpoint
+from sam3d.model.config import get_config
+from sam3d.model.sam3d import Sam3D
 
 SHAPE = (24, 80, 80)
 SPACING = (2.5, 0.8, 0.8)  # a tiny crop (32 voxels at 2 mm) covers 26 x 80 x 80 native voxels
@@ -87,19 +92,31 @@ def test_the_mask_changes_only_where_crops_were_placed(predictor, volume):
     assert not outside.any()  # the first change of an object holds all of it
 
 
-def test_crops_are_added_across_faces_the_mask_reaches(predictor):
-    # A bright slab filling the volume: a random model marks most of the crop, reaching its faces.
-    shape = (24, 200, 80)
-    session = Session(predictor, np.full(shape, 50, np.int16), SPACING, cache_size=6, max_crops=3)
+@pytest.fixture(scope="module")
+def everywhere_predictor(tmp_path_factory) -> Predictor:
+    """A real tiny model whose output head says foreground everywhere (zero weights, bias 0 / 10),
+    so that every crop's mask reaches all its faces."""
+    torch.manual_seed(0)
+    model = Sam3D(get_config("tiny"))
+    with torch.no_grad():
+        model.decoder.head.weight.zero_()
+        model.decoder.head.bias.copy_(torch.tensor([0.0, 10.0]))
+    path = save_checkpoint(tmp_path_factory.mktemp("model") / "everywhere.pt", model, PRESETS["soft_tissue"],
+                           "tiny-everywhere")
+    return Predictor.load(path, device="cpu")
+
+
+def test_crops_are_added_across_faces_the_mask_reaches(everywhere_predictor):
+    shape = (24, 200, 80)  # longer along j than one crop covers: the mask reaches inner faces
+    session = Session(everywhere_predictor, np.full(shape, 50, np.int16), SPACING, cache_size=6, max_crops=3)
     change = session.interact([[12.0, 100.0, 40.0]], [1])
-    first_crop_faces = session.cache.geometries()[-1].footprint()
-    if change.crops == 1:
-        pytest.skip("the random model's mask did not reach a crop face")
-    assert change.crops <= 3
-    lo, hi = first_crop_faces
+    first_crop = session.cache.geometries()[-1].footprint()  # the least recently used
+    assert change.crops == 3  # the first crop, and one across each of its two inner j faces
+    lo, hi = first_crop
     outside_first = session.mask.copy()
     outside_first[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = False
     assert outside_first.any(), "the further crops added foreground beyond the first crop"
+    assert session.mask[:, :lo[1]].any() and session.mask[:, hi[1]:].any()  # on both sides
 
 
 def test_undo_restores_the_previous_mask_bit_exactly(predictor, volume):

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 import time
 import zlib
 from contextlib import redirect_stderr
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +18,11 @@ import requests
 
 from sam3d.cli import main
 from sam3d.serve.launch import running_server
-from sam3d.serve.openapi import DEFAULT_PATH, openapi_text
-from sam3d.serve.wire import encode_mask_bits
+from sam3d.client.wire import encode_mask_bits
+from sam3d.serve.openapi import openapi_text
 from wire_helpers import apply_mask_update as apply
+
+OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
 SHAPE = (20, 64, 64)
 SPACING = (2.5, 0.8, 0.8)
@@ -250,8 +254,8 @@ def test_parallel_clients_never_see_each_others_sessions(url):
 
 
 def test_the_exported_openapi_schema_is_up_to_date():
-    assert DEFAULT_PATH.read_text(encoding="utf-8") == openapi_text(), \
-        "docs/openapi.json is stale: run `python -m sam3d.serve.openapi`"
+    assert OPENAPI_PATH.read_text(encoding="utf-8") == openapi_text(), \
+        "docs/openapi.json is stale: run `python -m sam3d.serve.openapi docs/openapi.json`"
     schema = json.loads(openapi_text())
     assert {"/v1/health", "/v1/capabilities", "/v1/sessions", "/v1/sessions/{session_id}/interactions",
             "/v1/sessions/{session_id}/mask", "/v1/sessions/{session_id}/undo",
@@ -323,3 +327,12 @@ def test_capacity_gives_503_and_expiry_gives_410(limited):
     assert requests.get(f"{limited}/v1/metrics").json()["sessions"] == 0
     create(limited, small)  # capacity is free again
     assert_error(requests.get(f"{limited}/v1/sessions/never-existed"), 404, "session_not_found")
+
+
+def test_serve_says_a_taken_port_before_it_loads_the_model(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        err = io.StringIO()
+        with redirect_stderr(err):  # a missing model: the port is checked first
+            status = main(["serve", "--port", str(port), "--model", str(tmp_path / "missing.pt")])
+    assert status == 2 and f"port {port} on 127.0.0.1 is in use" in err.getvalue(), err.getvalue()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from sam3d.engine.commands import slicer_client
+from sam3d.client import client as client_module
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
 from sam3d.serve.launch import running_server
@@ -17,7 +17,6 @@ from sam3d.serve.launch import running_server
 SHAPE = (20, 64, 64)
 SPACING = (2.5, 0.8, 0.8)
 BOX = [[13.0, 44.0, 20.0], [7.0, 20.0, 44.0]]  # opposite corners, not in lo / hi order
-client_module = slicer_client()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from sam3d.data.clicks import centre_click
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case
 from sam3d.model.checkpoint import BUNDLED_MODELS
 from sam3d.serve.launch import running_server
-from sam3d.serve.wire import encode_mask_bits
+from sam3d.client.wire import encode_mask_bits
 from wire_helpers import apply_mask_update as apply
 
 pytestmark = pytest.mark.skipif(not BUNDLED_MODELS["small-phantoms"].is_file(),

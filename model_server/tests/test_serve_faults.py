@@ -14,11 +14,7 @@ import requests
 import torch
 import uvicorn
 
-from sam3d.data.intensity import PRESETS
 from sam3d.engine.predictor import Predictor
-from sam3d.model.checkpoint import save_checkpoint
-from sam3d.model.config import get_config
-from sam3d.model.sam3d import Sam3D
 from sam3d.serve.app import ServerSettings, create_app
 from sam3d.serve.launch import free_port
 from sam3d.serve.wire import decode_mask_bits
@@ -27,11 +23,8 @@ SHAPE = (16, 48, 48)
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    torch.manual_seed(0)
-    path = save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
-                           PRESETS["soft_tissue"], "tiny-random")
-    predictor = Predictor.load(path, device="cpu")
+def url(tiny_model):
+    predictor = Predictor.load(tiny_model, device="cpu")
     predictor.warm_up()
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(predictor, ServerSettings()), host="127.0.0.1",

@@ -6,35 +6,30 @@ and undo reach the engine."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import schemathesis
-import torch
 import zlib
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
-from sam3d.data.intensity import PRESETS
-from sam3d.model.checkpoint import save_checkpoint
-from sam3d.model.config import get_config
-from sam3d.model.sam3d import Sam3D
 from sam3d.serve.launch import running_server
-from sam3d.serve.openapi import DEFAULT_PATH
 
-schema = schemathesis.openapi.from_path(DEFAULT_PATH)
+OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+
+schema = schemathesis.openapi.from_path(OPENAPI_PATH)
 SHAPE = (8, 24, 24)
 KEY = "fuzz-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory) -> tuple[str, str]:
+def live(tiny_model) -> tuple[str, str]:
     """(base URL, id of a session holding a small volume)."""
-    torch.manual_seed(0)
-    model = save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", Sam3D(get_config("tiny")),
-                            PRESETS["soft_tissue"], "tiny-random")
+    model = tiny_model
     # the fuzzer probes every path without the key many times a minute: no 401 rate limit here
     with running_server("--model", str(model), "--api-key", KEY, "--max-sessions", "1000",
                         "--max-voxels", "2000000", "--auth-failures-per-minute", "1000000") as url:

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from sam3d.cli import main
-from sam3d.engine.commands import slicer_client
+from sam3d.client import client as client_module
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
 from sam3d.serve.commands import register, warnings_for
@@ -31,7 +31,6 @@ from sam3d.serve.sessions import SessionStore
 SHAPE = (16, 48, 48)
 SPACING = "2.5,0.8,0.8"
 MIB = 1 << 20
-client_module = slicer_client()
 
 
 def volume(shape=SHAPE, dtype=np.int16) -> np.ndarray:

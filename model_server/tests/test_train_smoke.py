@@ -13,7 +13,7 @@ from sam3d.cli import main
 from sam3d.data.phantoms import write_dataset
 from sam3d.model.checkpoint import load_model, read_checkpoint
 from sam3d.train.config import SHIPPED_CONFIGS, load_config
-from sam3d.train.data import CropSampler, cache_cases
+from sam3d.train.samples import CropSampler, cache_cases
 from sam3d.data.datasets import find_cases
 from sam3d.data.intensity import PRESETS
 

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 from .manifest import ManifestError, cases_from_series, read_manifest
 from ..evaluate.metrics import NSD_TOLERANCE_MM
 from .runner import OUTPUT_FORMATS, BatchError, BatchOptions, BatchReport, check_images, check_prompt_sources, run_batch
@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per server request")
     parser.add_argument("--model", default="default", help="in-process model: 'default' (the bundled lite model), 'small-phantoms' (the fast phantom-trained one) or a checkpoint path")
     parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the in-process model runs (default auto: cuda when available)")
     parser.add_argument("--resume", action="store_true",
                         help="skip the cases a previous run into DIR finished (same inputs, output intact)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
@@ -195,7 +196,7 @@ def _ray_runner(args: argparse.Namespace):
 
 
 def _local(args: argparse.Namespace):
-    from ..model.checkpoint import BUNDLED_MODELS, CheckpointError, model_path
+    from ..model.checkpoint import BUNDLED_MODELS, model_path
 
     spec = args.model if args.model in BUNDLED_MODELS else str(Path(args.model).resolve())
     path = model_path(spec)
@@ -204,28 +205,23 @@ def _local(args: argparse.Namespace):
     identity = f"local:{spec}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"local:{spec}"
 
     def make_segmenter():
-        from ..engine.predictor import Predictor
-        from .segmenters import LocalSegmenter
+        from .segmenters import LocalSegmenter, SegmenterError
 
         try:
-            return LocalSegmenter(Predictor.load(spec, device=args.device, sam_checkpoint=args.sam_checkpoint))
-        except (CheckpointError, ValueError) as error:
+            return LocalSegmenter.load(spec, device=args.device, sam_checkpoint=args.sam_checkpoint)
+        except SegmenterError as error:
             raise CLIError(str(error)) from None
 
     return make_segmenter, identity
 
 
 def _server(args: argparse.Namespace):
-    from ..engine.commands import slicer_client
-    from .segmenters import ServerSegmenter
+    from .segmenters import SegmenterError, ServerSegmenter
 
-    client_module = slicer_client()
     try:
-        client = client_module.SAM3DClient(args.server, api_key=args.api_key, timeout=args.timeout)
-        capabilities = client.capabilities()
-    except client_module.SAM3DError as error:
+        segmenter = ServerSegmenter.connect(args.server, api_key=args.api_key, timeout=args.timeout)
+    except SegmenterError as error:
         raise CLIError(str(error)) from None
-    segmenter = ServerSegmenter(client, capabilities, client_module.SAM3DError)
     return (lambda: segmenter), segmenter.identity
 
 

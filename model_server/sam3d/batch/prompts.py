@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
-from ..data.clicks import centre_click
+from ..client.wire import outside_volume
+from ..data.clicks import centre_click, label_objects
 from ..data.io import Volume, read_image
 from ..data.markups import MarkupsError, is_negative_name, read_point_lists
 from ..data.dicom_seg import is_segmentation_file, read_segments
@@ -37,19 +37,42 @@ _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
 
 @dataclass(frozen=True)
 class Lesion:
-    """The clicks of one lesion: RAS points [N, 3] in mm and labels [N] (1 positive, 0 negative)."""
+    """The prompts of one lesion: RAS points [N, 3] in mm, labels [N] (1 positive, 0 negative)
+    and optionally a box (two opposite RAS corners [2, 3])."""
 
     number: int  # 1-based; names the segment "lesion <number>"
     points_ras: np.ndarray
     labels: np.ndarray
+    box_ras: np.ndarray | None = None
 
     @property
     def name(self) -> str:
         return f"lesion {self.number}"
 
     def describe(self) -> dict:
-        return {"lesion": self.number, "ras": np.round(self.points_ras, 6).tolist(),
-                "labels": self.labels.tolist()}
+        described = {"lesion": self.number, "ras": np.round(self.points_ras, 6).tolist(),
+                     "labels": self.labels.tolist()}
+        if self.box_ras is not None:
+            described["box_ras"] = np.round(self.box_ras, 6).tolist()
+        return described
+
+
+def check_inside(volume: Volume, lesions: Sequence[Lesion], image: str | Path) -> None:
+    """ValueError naming the first click or box corner that lies outside ``volume`` (the file
+    ``image``), in RAS mm and voxel kji, with what to check."""
+    for lesion in lesions:
+        named = [("click", lesion.points_ras)]
+        if lesion.box_ras is not None:
+            named.append(("box corner", lesion.box_ras))
+        for what, points_ras in named:
+            points_kji = volume.ras_to_kji(points_ras)
+            outside = outside_volume(points_kji, volume.shape)
+            if outside.any():
+                ras, kji = points_ras[outside][0], points_kji[outside][0]
+                raise ValueError(f"{lesion.name}: {what} R,A,S = {np.round(ras, 2).tolist()} mm lies outside "
+                                 f"the image {image} (voxel kji {np.round(kji, 1).tolist()}, shape "
+                                 f"{list(volume.shape)}); check the prompts belong to this image and are "
+                                 "RAS (as Slicer shows them)")
 
 
 def group_lesions(numbers: Sequence[int], points_ras: np.ndarray, labels: np.ndarray) -> list[Lesion]:
@@ -119,7 +142,7 @@ def lesions_from_mask(path: str | Path, label: int | None = None) -> list[Lesion
         masks = [grid.array == label if label is not None else grid.array != 0]
     points = []
     for mask in masks:
-        components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        components, count = label_objects(mask)
         for number in range(1, count + 1):
             points.append(centre_click(components == number, grid.spacing))
     if not points:

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import sys
 import tempfile
 import time
 import traceback
@@ -38,7 +39,7 @@ from ..data.resample import resample_to_reference
 from ..data.segio import SEG_ENDING, Segment, lesion_color, write_segmentation
 from ..evaluate.metrics import NSD_TOLERANCE_MM, dice_and_nsd
 from .manifest import CaseSpec, ManifestError
-from .prompts import Lesion, lesions_from_markups, lesions_from_mask
+from .prompts import Lesion, check_inside, lesions_from_markups, lesions_from_mask
 from .propagate import register
 from .segmenters import Segmenter, SegmenterError
 from .state import DONE, FAILED, CaseRecord, OutputFolder, digest, file_sha256, pending_row
@@ -189,6 +190,7 @@ class CaseResult:
     record: CaseRecord
     outputs: dict[str, bytes] = field(default_factory=dict)  # file ending -> the file, when it is done
     notes: list[str] = field(default_factory=list)  # lines for batch.log (e.g. the registration)
+    warnings: list[str] = field(default_factory=list)  # for batch.log and the terminal
     trace: str = ""  # the error trace of a failed case
     worker: str = ""  # which worker ran the case ("" in this process)
 
@@ -242,8 +244,8 @@ class CaseWorker:
         record.points = sum(len(lesion.labels) for lesion in lesions)
         record.lesions = len(lesions)
         record.clicks = [lesion.describe() for lesion in lesions]
-        _check_inside(volume, lesions, case)
-        reference = _reference(case, volume) if case.reference is not None else None
+        check_inside(volume, lesions, case.image)
+        reference = _reference(case, volume, result.warnings) if case.reference is not None else None
         return self.segmenter.segment(volume, lesions), lesions, reference
 
 
@@ -335,6 +337,9 @@ def _store(result: CaseResult, case: CaseSpec, sources: PromptSources, out: Outp
     by = f" ({result.worker})" if result.worker else ""
     for note in result.notes:
         logger.info("%s", note)
+    for warning in result.warnings:
+        logger.warning("%s", warning)
+        tqdm.write(f"sam3d batch: warning: {warning}", file=sys.stderr)
     if record.status == DONE:
         for ending, data in result.outputs.items():
             atomic_write(out.output_path(record.case_id, ending), ending, lambda temp: temp.write_bytes(data))
@@ -362,18 +367,9 @@ def _encode(segments: list[Segment], volume: Volume) -> bytes:
         return write_segmentation(Path(temp) / f"case{SEG_ENDING}", segments, volume).read_bytes()
 
 
-def _check_inside(volume: Volume, lesions: list[Lesion], case: CaseSpec) -> None:
-    upper = np.asarray(volume.shape) - 0.5
-    for lesion in lesions:
-        for ras, kji in zip(lesion.points_ras, volume.ras_to_kji(lesion.points_ras)):
-            if not np.all((kji >= -0.5) & (kji <= upper)):
-                raise ValueError(f"{lesion.name}: click R,A,S = {np.round(ras, 2).tolist()} mm lies outside "
-                                 f"the image {case.image} (voxel kji {np.round(kji, 1).tolist()}, shape "
-                                 f"{list(volume.shape)}); check the clicks belong to this image and are RAS")
-
-
-def _reference(case: CaseSpec, volume: Volume) -> np.ndarray:
-    """The reference foreground on the image's grid (resampled, nearest, when it lies on another)."""
+def _reference(case: CaseSpec, volume: Volume, warnings: list[str]) -> np.ndarray:
+    """The reference foreground on the image's grid (resampled, nearest, when it lies on another);
+    a label image with several labels and no ``reference_label`` adds a line to ``warnings``."""
     path = case.reference
     if is_segmentation_file(path):
         segments, grid = read_segments(path)
@@ -384,6 +380,12 @@ def _reference(case: CaseSpec, volume: Volume) -> np.ndarray:
     else:
         grid = read_image(path)
         mask = grid.array == case.reference_label if case.reference_label is not None else grid.array != 0
+        labels = np.unique(grid.array[mask])
+        if case.reference_label is None and len(labels) > 1:
+            warnings.append(f"{case.case_id}: reference {path} holds the labels "
+                            f"{', '.join(f'{v:g}' for v in labels)} and the manifest gives no reference_label: "
+                            "Dice and NSD score the lesions against all of them; give reference_label (e.g. the "
+                            "tumor's label) to score one")
     labels = grid.with_array(mask.astype(np.uint8))
     if not labels.same_grid(volume):
         labels = resample_to_reference(labels, volume, interpolator="nearest", default_value=0)

@@ -1,8 +1,9 @@
-"""Where a batch's clicks become masks: the engine in this process, or a running ``sam3d serve``.
+"""Where clicks become masks: the engine in this process, or a running ``sam3d serve``.
 
-Both segment a case the way the Slicer module does: one session per image, one interaction per
-lesion holding all its clicks, a reset before the next lesion (the encoder cache of the image is
-kept across lesions).
+Used by ``sam3d batch`` (every case) and ``sam3d segment`` (one image). Both segment an image
+the way the Slicer module does: one session per image, one interaction per lesion holding all
+its clicks (and its box, if any), a reset before the next lesion (the encoder cache of the
+image is kept across lesions).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from typing import Protocol
 
 import numpy as np
 
+from ..client.client import SAM3DClient, SAM3DError
 from ..data.io import Volume
 from ..engine.predictor import Predictor
-from ..engine.session import Session
+from ..engine.session import InvalidBox, Session
+from ..model.checkpoint import CheckpointError
 from .prompts import Lesion
 
 
@@ -35,26 +38,48 @@ class LocalSegmenter:
         self.predictor = predictor
         self.name = predictor.name
 
+    @classmethod
+    def load(cls, spec: str, device: str = "auto", sam_checkpoint: str | None = None) -> "LocalSegmenter":
+        """The model ``spec`` ('default' or a checkpoint path) on ``device``; SegmenterError when
+        it cannot be loaded."""
+        try:
+            return cls(Predictor.load(spec, device=device, sam_checkpoint=sam_checkpoint))
+        except (CheckpointError, ValueError) as error:
+            raise SegmenterError(str(error)) from None
+
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         session = Session(self.predictor, volume.array, volume.spacing)
         masks = []
         for lesion in lesions:
-            session.interact(volume.ras_to_kji(lesion.points_ras), lesion.labels)
+            try:
+                session.interact(volume.ras_to_kji(lesion.points_ras), lesion.labels,
+                                 None if lesion.box_ras is None else volume.ras_to_kji(lesion.box_ras))
+            except InvalidBox as error:
+                raise SegmenterError(f"{lesion.name}: box: {error}") from None
             masks.append(session.mask.copy())
             session.reset()
         return masks
 
 
 class ServerSegmenter:
-    """A running ``sam3d serve``, through the Slicer module's torch-free client; ``client_errors``
-    is the client's base exception class (its messages are complete user-facing sentences)."""
+    """A running ``sam3d serve``, through the torch-free client (its errors are complete
+    user-facing sentences)."""
 
-    def __init__(self, client, capabilities: dict, client_errors: type[Exception]) -> None:
+    def __init__(self, client: SAM3DClient, capabilities: dict) -> None:
         self.client = client
-        self.client_errors = client_errors
         model = capabilities.get("model", {})
         self.identity = f"server:{model.get('name')}:{model.get('variant')}"  # recorded for --resume
         self.name = str(model.get("name") or "sam3d")
+
+    @classmethod
+    def connect(cls, url: str, api_key: str | None = None, timeout: float = 300.0) -> "ServerSegmenter":
+        """A segmenter on the server at ``url`` after checking its capabilities; SegmenterError
+        when it cannot be reached or refuses."""
+        try:
+            client = SAM3DClient(url, api_key=api_key, timeout=timeout)
+            return cls(client, client.capabilities())
+        except SAM3DError as error:
+            raise SegmenterError(str(error)) from None
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         try:
@@ -62,12 +87,13 @@ class ServerSegmenter:
             try:
                 masks = []
                 for lesion in lesions:
+                    box = None if lesion.box_ras is None else volume.ras_to_kji(lesion.box_ras).tolist()
                     update = self.client.interact(session_id, volume.ras_to_kji(lesion.points_ras).tolist(),
-                                                  lesion.labels.tolist())
+                                                  lesion.labels.tolist(), box)
                     masks.append(update.apply_to(np.zeros(volume.shape, dtype=bool)))
                     self.client.reset(session_id)
             finally:
                 self.client.delete_session(session_id)
-        except self.client_errors as error:
+        except SAM3DError as error:
             raise SegmenterError(str(error)) from error
         return masks

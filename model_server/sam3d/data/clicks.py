@@ -44,6 +44,13 @@ def first_click(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return tumor[rng.integers(len(tumor))].astype(np.float64)
 
 
+def label_objects(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components (26-connected) of a bool mask: (int32 labels, count). The objects a
+    user clicks one by one: lesions of a reference, of a prior mask, of a phantom."""
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    return components.astype(np.int32, copy=False), int(count)
+
+
 def centre_click(gt: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
     """The deterministic first click: the foreground voxel farthest from the background
     (Euclidean distance in mm when ``spacing`` is given). Returns [3] float (kji)."""

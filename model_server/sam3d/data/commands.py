@@ -1,4 +1,6 @@
-"""`sam3d phantoms`: write a synthetic CT dataset in the MSD / nnU-Net raw layout."""
+"""`sam3d phantoms`: write a synthetic dataset in the MSD / nnU-Net raw layout (imagesTr/,
+labelsTr/, dataset.json), with one positive click per tumor for each case (clicksTr/<case>.mrk.json,
+Slicer markups, one point list per tumor) and manifest.json, a `sam3d batch` manifest of every case."""
 
 from __future__ import annotations
 
@@ -7,13 +9,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sam3d.cli import CLIError
+from ..errors import CLIError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "phantoms",
-        help="write synthetic CT phantoms with small, low-contrast tumors (imagesTr/, labelsTr/, dataset.json)",
         description=__doc__,
     )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="dataset folder to write")
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sam3d.data.phantoms import write_dataset
+    from .phantoms import write_dataset
 
     if args.cases < 1:
         raise CLIError(f"--cases must be at least 1, got {args.cases}")
@@ -42,5 +43,6 @@ def run(args: argparse.Namespace) -> int:
                                 progress=lambda index: bar.update(1), design=args.design)
         except OSError as error:
             raise CLIError(f"cannot write to {args.out}: {error}") from None
-    print(f"wrote {args.cases} cases (seed {args.seed}) to {out}: imagesTr/, labelsTr/, dataset.json")
+    print(f"wrote {args.cases} cases (seed {args.seed}) to {out}: imagesTr/, labelsTr/, clicksTr/, dataset.json, "
+          f"manifest.json (try: sam3d batch {out / 'manifest.json'} --out results)")
     return 0

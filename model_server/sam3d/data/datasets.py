@@ -24,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sam3d.data.io import Volume, read_image
-from sam3d.data.resample import resample_to_reference
+from .io import Volume, read_image
+from .resample import resample_to_reference
 
 LAYOUTS = ("auto", "msd", "kits")
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")

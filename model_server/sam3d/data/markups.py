@@ -159,6 +159,15 @@ def _markup(name: str, points_ras: np.ndarray) -> dict:
     }
 
 
+def write_lesion_markups(path: str | Path, lesions_ras: list[np.ndarray]) -> None:
+    """Write each lesion's positive RAS points [N, 3] as its own point list "Lesion <n>" (the
+    layout `sam3d batch` reads as one lesion per list)."""
+    document = {"@schema": SCHEMA,
+                "markups": [_markup(f"Lesion {n}", np.asarray(points, dtype=np.float64).reshape(-1, 3))
+                            for n, points in enumerate(lesions_ras, start=1)]}
+    Path(path).write_text(json.dumps(document, indent=2), encoding="utf-8")
+
+
 def write_markups(path: str | Path, points_ras: np.ndarray, labels: np.ndarray) -> None:
     """Write labelled RAS points as one markups file with a positive and a negative list."""
     points_ras = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)

@@ -22,13 +22,17 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from sam3d.data import synth
-from sam3d.data.io import Volume, write_image
+from . import synth
+from .clicks import centre_click, label_objects
+from .io import Volume, write_image
+from .markups import write_lesion_markups
 
 LABELS = {"background": 0, "organ": 1, "tumor": 2}
 TUMOR_LABEL = LABELS["tumor"]
 MIN_TUMOR_VOXELS = 30
 FILE_ENDING = ".nii.gz"
+CLICKS_ENDING = ".mrk.json"  # clicksTr/<case>.mrk.json: one positive click per tumor
+MANIFEST_NAME = "manifest.json"  # a `sam3d batch` manifest of every case
 
 AIR_HU = -1000.0
 
@@ -293,7 +297,8 @@ DESIGNS = {
 def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: bool = False, progress=None,
                   design: str = "phantom") -> Path:
     """Write ``cases`` cases of ``design`` ("phantom": these phantoms, "synth": domain-randomised
-    lesions) to ``out_dir`` in the MSD / nnU-Net raw layout; return ``out_dir``.
+    lesions) to ``out_dir`` in the MSD / nnU-Net raw layout, with each case's clicks (clicksTr/)
+    and a `sam3d batch` manifest of them (manifest.json); return ``out_dir``.
     ``progress(index)`` is called after each case."""
     if design not in DESIGNS:
         raise ValueError(f"unknown dataset design {design!r}; choose one of {', '.join(DESIGNS)}")
@@ -303,18 +308,22 @@ def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: 
         raise ValueError(f"the number of cases must be at least 1, got {cases}")
     if (out_dir / "dataset.json").exists() and not overwrite:
         raise ValueError(f"{out_dir} already holds a dataset (dataset.json); choose another folder or overwrite")
-    images, labels = out_dir / "imagesTr", out_dir / "labelsTr"
-    for folder in (images, labels):
+    images, labels, clicks = out_dir / "imagesTr", out_dir / "labelsTr", out_dir / "clicksTr"
+    for folder in (images, labels, clicks):
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob(f"{design}_*{FILE_ENDING}"):  # cases of an earlier, larger run
-            old.unlink()
-    training = []
+        for old in [*folder.glob(f"{design}_*{FILE_ENDING}"), *folder.glob(f"{design}_*{CLICKS_ENDING}")]:
+            old.unlink()  # cases of an earlier, larger run
+    training, manifest = [], []
     for index in range(cases):
         case_id = f"{design}_{index:03d}"
         image, label = generate(case_seed(seed, index))
         write_image(image, images / f"{case_id}_0000{FILE_ENDING}")
         write_image(label, labels / f"{case_id}{FILE_ENDING}")
+        write_lesion_markups(clicks / f"{case_id}{CLICKS_ENDING}", lesion_clicks(image, label, labels_["tumor"]))
         training.append({"image": f"./imagesTr/{case_id}_0000{FILE_ENDING}", "label": f"./labelsTr/{case_id}{FILE_ENDING}"})
+        manifest.append({"id": case_id, "image": f"imagesTr/{case_id}_0000{FILE_ENDING}",
+                         "prompts": f"clicksTr/{case_id}{CLICKS_ENDING}", "reference": f"labelsTr/{case_id}{FILE_ENDING}",
+                         "reference_label": labels_["tumor"]})
         if progress:
             progress(index)
     description = {
@@ -333,7 +342,15 @@ def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: 
         "test": [],
         "seed": seed,
     }
-    temp = out_dir / ".dataset.json.tmp"
-    temp.write_text(json.dumps(description, indent=2) + "\n")
-    os.replace(temp, out_dir / "dataset.json")
+    for name, document in ((MANIFEST_NAME, manifest), ("dataset.json", description)):  # dataset.json last
+        temp = out_dir / f".{name}.tmp"
+        temp.write_text(json.dumps(document, indent=2) + "\n")
+        os.replace(temp, out_dir / name)
     return out_dir
+
+
+def lesion_clicks(image: Volume, label: Volume, tumor_label: int) -> list[np.ndarray]:
+    """One positive click per tumor (26-connected object of ``tumor_label``) at its most interior
+    voxel, in RAS mm: what a user would click, for `sam3d batch`."""
+    objects, count = label_objects(label.array == tumor_label)
+    return [image.kji_to_ras([centre_click(objects == n, image.spacing)]) for n in range(1, count + 1)]

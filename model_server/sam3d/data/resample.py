@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from sam3d.data.io import Volume
+from .io import Volume
 
 INTERPOLATORS = {
     "linear": sitk.sitkLinear,

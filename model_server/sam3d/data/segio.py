@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import slicerio
 
-from sam3d.data.io import Volume, atomic_write
+from .io import Volume, atomic_write
 
 SEG_ENDING = ".seg.nrrd"
 

@@ -2,27 +2,23 @@
 (or a DICOM SEG, ``--out OUT.dcm``, for a DICOM series).
 
 Runs the engine in this process, or on a running ``sam3d serve`` when ``--server`` is given
-(through the Slicer module's own torch-free client, SAM3DPromptLib). The output lies on exactly
-the input image's grid.
+(through the torch-free client), with the segmenters of ``sam3d batch``. The output lies on
+exactly the input image's grid.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
-from pathlib import Path
 
 import numpy as np
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 POINT_HELP = ("a click as R,A,S in mm, optionally followed by :+ (positive, the default) or :- "
               "(negative); repeat for more clicks. Write --point=R,A,S when R is negative")
 BOX_HELP = ("a box prompt: two opposite corners R1,A1,S1:R2,A2,S2 in mm (RAS), for models with a box "
             "prompt; corners on one slice make a 2D box on that slice. Write --box=R1,A1,S1:R2,A2,S2 "
             "when R1 is negative")
-SLICER_MODULE_DIR = Path(__file__).resolve().parents[3] / "SAM3DPrompt"
 
 
 def register(subparsers) -> None:
@@ -42,7 +38,8 @@ def register(subparsers) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per server request")
     parser.add_argument("--model", default="default", help="in-process model: 'default' (the bundled lite model), 'small-phantoms' (the fast phantom-trained one) or a checkpoint path")
     parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the in-process model runs (default auto: cuda when available)")
     parser.set_defaults(func=run)
 
 
@@ -98,54 +95,9 @@ def collect_points(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     return points, labels
 
 
-def slicer_client():
-    """SAM3DPromptLib.client, from the path or from this checkout's SAM3DPrompt/ folder."""
-    try:
-        return importlib.import_module("SAM3DPromptLib.client")
-    except ImportError:
-        if SLICER_MODULE_DIR.is_dir() and str(SLICER_MODULE_DIR) not in sys.path:
-            sys.path.append(str(SLICER_MODULE_DIR))
-            return importlib.import_module("SAM3DPromptLib.client")
-        raise CLIError("--server needs the SAM3DPromptLib client (SAM3DPrompt/ of this repository) "
-                       "on PYTHONPATH") from None
-
-
-def segment_remote(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels,
-                   box_kji) -> tuple[np.ndarray, str]:
-    """The mask from a running server, and the server's model name."""
-    client_module = slicer_client()
-    try:
-        client = client_module.SAM3DClient(args.server, api_key=args.api_key, timeout=args.timeout)
-        model_name = client.capabilities().get("model", {}).get("name") or "sam3d"
-        session_id = client.create_session(array, spacing)
-        try:
-            update = client.interact(session_id, points_kji.tolist(), labels.tolist(),
-                                     None if box_kji is None else box_kji.tolist())
-        finally:
-            client.delete_session(session_id)
-    except client_module.SAM3DError as error:
-        raise CLIError(str(error)) from None
-    return update.apply_to(np.zeros(array.shape, dtype=bool)), model_name
-
-
-def segment_local(args: argparse.Namespace, array: np.ndarray, spacing, points_kji, labels,
-                  box_kji) -> tuple[np.ndarray, str]:
-    """The mask from the model in this process, and the model's name."""
-    from ..model.checkpoint import CheckpointError
-    from .predictor import Predictor
-    from .session import InvalidBox, segment
-
-    try:
-        predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
-    except (CheckpointError, ValueError) as error:
-        raise CLIError(str(error)) from None
-    try:
-        return segment(predictor, array, spacing, points_kji, labels, box_kji=box_kji), predictor.name
-    except InvalidBox as error:
-        raise CLIError(f"--box: {error}") from None
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..batch.prompts import Lesion, check_inside
+    from ..batch.segmenters import LocalSegmenter, SegmenterError, ServerSegmenter
     from ..data.dicom_seg import DicomSegError, write_dicom_seg
     from ..data.io import read_dicom_series, read_image
     from ..data.segio import SEG_ENDING, Segment, write_segmentation
@@ -158,27 +110,21 @@ def run(args: argparse.Namespace) -> int:
                        f"folder as the image, or write a {SEG_ENDING}")
     box_ras = None if args.box is None else parse_box(args.box)
     points_ras, labels = collect_points(args)
+    lesion = Lesion(1, points_ras, labels, box_ras)
     try:
         series = read_dicom_series(args.image) if dicom_out else None
         volume = series.volume if dicom_out else read_image(args.image)
-    except ValueError as error:
+        check_inside(volume, [lesion], args.image)
+        if args.server:
+            segmenter = ServerSegmenter.connect(args.server, api_key=args.api_key, timeout=args.timeout)
+        else:
+            segmenter = LocalSegmenter.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
+        [mask] = segmenter.segment(volume, [lesion])
+    except (ValueError, SegmenterError) as error:
         raise CLIError(str(error)) from None
-    points_kji = volume.ras_to_kji(points_ras).reshape(-1, 3)
-    box_kji = None if box_ras is None else volume.ras_to_kji(box_ras)
-    upper = np.asarray(volume.shape) - 0.5
-    named = [("click", ras, kji) for ras, kji in zip(points_ras, points_kji)]
-    if box_ras is not None:
-        named += [("box corner", ras, kji) for ras, kji in zip(box_ras, box_kji)]
-    for what, ras, kji in named:
-        if not np.all((kji >= -0.5) & (kji <= upper)):
-            raise CLIError(f"{what} R,A,S = {ras.tolist()} mm lies outside {args.image} (voxel index kji "
-                           f"{np.round(kji, 1).tolist()}, shape {list(volume.shape)}); check the points "
-                           "belong to this image and are RAS (as Slicer shows them)")
-    segment_fn = segment_remote if args.server else segment_local
-    mask, model_name = segment_fn(args, volume.array, volume.spacing, points_kji, labels, box_kji)
     if dicom_out:
         try:
-            write_dicom_seg(args.out, [Segment(args.name, mask)], series, model_name, automatic=False)
+            write_dicom_seg(args.out, [Segment(args.name, mask)], series, segmenter.name, automatic=False)
         except DicomSegError as error:
             raise CLIError(str(error)) from None
     else:

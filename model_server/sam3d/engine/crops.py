@@ -69,11 +69,6 @@ class CropGeometry:
         points = np.atleast_2d(np.asarray(points_native, dtype=np.float64))
         return (points - np.asarray(self.center)) / self.scale + (self.size - 1) / 2
 
-    def to_native(self, points_crop: np.ndarray) -> np.ndarray:
-        """Continuous crop kji indices [N, 3] -> continuous native kji indices [N, 3]."""
-        points = np.atleast_2d(np.asarray(points_crop, dtype=np.float64))
-        return (points - (self.size - 1) / 2) * self.scale + np.asarray(self.center)
-
     def contains(self, points_native: np.ndarray, margin: float = 0.0) -> np.ndarray:
         """Which points lie in the crop at least ``margin`` crop voxels from its faces."""
         crop = self.to_crop(points_native)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..client.wire import outside_volume
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
@@ -227,7 +228,7 @@ class Session:
         """Restore the state before the last interaction or mask edit."""
         with self._lock:
             if not self._history:
-                raise NothingToUndo("there is nothing to undo")
+                raise NothingToUndo("there is nothing to undo in this object")
             entry = self._history.pop()
             region = self.mask[_slices(entry.box)]
             previous = np.unpackbits(entry.previous, count=region.size).astype(bool).reshape(region.shape)
@@ -281,11 +282,9 @@ class Session:
             raise InvalidBox("a box is two opposite corners [[k, j, i], [k, j, i]] (voxel indices)")
         if not np.isfinite(corners).all():
             raise InvalidBox("box corners must be finite numbers")
-        upper = np.asarray(self.shape) - 0.5
-        for corner in corners:
-            if not np.all((corner >= -0.5) & (corner <= upper)):
-                raise InvalidBox(f"box corner [k, j, i] = {[round(float(v), 2) for v in corner]} is outside "
-                                 f"the volume of shape {list(self.shape)}")
+        for corner in corners[outside_volume(corners, self.shape)][:1]:
+            raise InvalidBox(f"box corner [k, j, i] = {[round(float(v), 2) for v in corner]} is outside "
+                             f"the volume of shape {list(self.shape)}")
         lo, hi = corners.min(axis=0), corners.max(axis=0)
         if np.count_nonzero(hi - lo >= 1.0) < 2:
             raise InvalidBox(f"the box {np.round(lo, 2).tolist()}..{np.round(hi, 2).tolist()} spans less "
@@ -307,10 +306,7 @@ class Session:
             raise ValueError("labels must be 1 (positive) or 0 (negative)")
         if not np.isfinite(points).all():
             raise ValueError("points must be finite numbers")
-        upper = np.asarray(self.shape) - 0.5
-        outside = ~np.all((points >= -0.5) & (points <= upper), axis=1)
-        if outside.any():
-            bad = points[outside][0]
+        for bad in points[outside_volume(points, self.shape)][:1]:
             raise ValueError(f"point [k, j, i] = {[round(float(v), 2) for v in bad]} is outside the "
                              f"volume of shape {list(self.shape)}; points are voxel indices in kji order")
         return points, labels

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.predictor import Predictor
     from ..model.checkpoint import CheckpointError
     from .classical import METHOD
-    from .protocol import evaluate_case, summarise
+    from .simulation import evaluate_case, summarise
     from .report import build_report, write_report
 
     if args.clicks < 1:

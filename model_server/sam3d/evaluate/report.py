@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from .protocol import CaseResult
+from .simulation import CaseResult
 
 REPORT_JSON, REPORT_CSV, REPORT_PNG = "report.json", "report.csv", "dice_by_click.png"
 

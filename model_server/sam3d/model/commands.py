@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import CLIError
+from ..errors import CLIError
 from .checkpoint import CheckpointError, build_from_sam, model_from_checkpoint
 from .config import CONFIGS, ModelConfig, get_config
 from .sam3d import Sam3D

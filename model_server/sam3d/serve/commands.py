@@ -7,13 +7,15 @@ says whom the server trusts and how to deploy it for a team.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 from ..model.checkpoint import CheckpointError
 from .guard import LOOPBACK_HOSTS
 from .settings import ServerSettings
@@ -166,28 +168,42 @@ def warnings_for(args: argparse.Namespace) -> list[str]:
     return notes
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads: a taken port is said at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise CLIError(f"port {port} on {host} is in use (another sam3d serve?); stop that server or "
+                           "choose another port with --port") from None
+        raise CLIError(f"cannot listen on {host}:{port}: {error.strerror or error}; check --host and --port") from None
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    import uvicorn  # the server's heavy imports only once the arguments are known to be good
+    with listening_socket(args.host, args.port) as sock:
+        import uvicorn  # the server's heavy imports only once the arguments are known to be good
 
-    import torch
+        import torch
 
-    from ..engine.predictor import Predictor
-    from .app import create_app
+        from ..engine.predictor import Predictor
+        from .app import create_app
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    for note in warnings_for(args):
-        print(f"sam3d serve: warning: {note}", file=sys.stderr, flush=True)
-    try:
-        predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
-    except (CheckpointError, ValueError) as error:
-        raise CLIError(str(error)) from error
-    seconds = predictor.warm_up()
-    scheme = "https" if args.ssl_certfile else "http"
-    print(f"sam3d serve: model {predictor.name} ({predictor.config.name}) on {predictor.device}, "
-          f"warm-up {seconds * 1000:.0f} ms; auth {'on' if settings.api_key else 'off'}; memory budget "
-          f"{settings.max_memory_bytes / 2**30:.1f} GiB; {scheme}://{args.host}:{args.port}", flush=True)
-    uvicorn.run(create_app(predictor, settings), host=args.host, port=args.port, log_level=args.log_level,
-                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        for note in warnings_for(args):
+            print(f"sam3d serve: warning: {note}", file=sys.stderr, flush=True)
+        try:
+            predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
+        except (CheckpointError, ValueError) as error:
+            raise CLIError(str(error)) from error
+        seconds = predictor.warm_up()
+        scheme = "https" if args.ssl_certfile else "http"
+        print(f"sam3d serve: model {predictor.name} ({predictor.config.name}) on {predictor.device}, "
+              f"warm-up {seconds * 1000:.0f} ms; auth {'on' if settings.api_key else 'off'}; memory budget "
+              f"{settings.max_memory_bytes / 2**30:.1f} GiB; {scheme}://{args.host}:{args.port}", flush=True)
+        config = uvicorn.Config(create_app(predictor, settings), host=args.host, port=args.port,
+                                log_level=args.log_level, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+        uvicorn.Server(config).run(sockets=[sock])
     return 0

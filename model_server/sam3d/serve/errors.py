@@ -11,6 +11,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from ..engine.session import InvalidBox, NothingToUndo, SessionLimit
+
 log = logging.getLogger("sam3d.serve")
 
 
@@ -73,21 +75,25 @@ class MethodNotAllowed(APIError):
     hint = "See GET /openapi.json for the methods each path accepts."
 
 
-class NothingToUndo(APIError):
-    status, code = 409, "nothing_to_undo"
-    hint = "The object has no earlier interaction to return to."
+# The engine's own errors, answered with these statuses, codes and hints (the engine knows no HTTP).
+ENGINE_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
+    NothingToUndo: (409, "nothing_to_undo", "The object has no earlier interaction to return to."),
+    InvalidBox: (422, "invalid_box", "A box is two opposite corners [[k, j, i], [k, j, i]] inside the volume "
+                 "spanning at least two axes, for a model whose capabilities list the 'box' prompt; see "
+                 "docs/PROTOCOL.md."),
+    SessionLimit: (409, "session_limit", "Start the next object (POST .../reset) or a new session; the "
+                   "server's per-object limits are in GET /v1/capabilities."),
+}
 
 
-class InvalidBox(APIError):
-    status, code = 422, "invalid_box"
-    hint = ("A box is two opposite corners [[k, j, i], [k, j, i]] inside the volume spanning at least "
-            "two axes, for a model whose capabilities list the 'box' prompt; see docs/PROTOCOL.md.")
-
-
-class SessionLimitReached(APIError):
-    status, code = 409, "session_limit"
-    hint = ("Start the next object (POST .../reset) or a new session; the server's per-object limits "
-            "are in GET /v1/capabilities.")
+def engine_error(error: Exception) -> APIError | None:
+    """The API error for one of the engine's ENGINE_ERRORS, or None."""
+    for kind, (status, code, hint) in ENGINE_ERRORS.items():
+        if isinstance(error, kind):
+            answer = APIError(str(error), hint)
+            answer.status, answer.code = status, code
+            return answer
+    return None
 
 
 class SessionExpired(APIError):

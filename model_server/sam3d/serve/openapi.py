@@ -1,4 +1,4 @@
-"""The API's OpenAPI schema, exported to docs/openapi.json: ``python -m sam3d.serve.openapi [PATH]``."""
+"""The API's OpenAPI schema, exported to a file: ``python -m sam3d.serve.openapi docs/openapi.json``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from pathlib import Path
 
 from .app import create_app
 
-DEFAULT_PATH = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
-
 
 def openapi_text() -> str:
     """The schema as the exported file holds it (sorted keys, trailing newline)."""
@@ -18,7 +16,11 @@ def openapi_text() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    path = Path(argv[0]) if argv else DEFAULT_PATH
+    if len(argv) != 1:
+        print("usage: python -m sam3d.serve.openapi PATH (the repository keeps it in docs/openapi.json)",
+              file=sys.stderr)
+        return 2
+    path = Path(argv[0])
     path.write_text(openapi_text(), encoding="utf-8")
     print(f"wrote {path}")
     return 0

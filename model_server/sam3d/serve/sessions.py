@@ -120,8 +120,8 @@ class SessionStore:
                 "used_bytes": sum(e.session.memory_bytes() for e in entries)}
 
     def __len__(self) -> int:
+        """The sessions held (expired ones included until the next purge)."""
         with self._lock:
-            self._purge()
             return len(self._entries)
 
     # -- housekeeping ---------------------------------------------------------------------

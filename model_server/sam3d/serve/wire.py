@@ -1,7 +1,8 @@
 """Wire formats of API v1 (docs/PROTOCOL.md), server side: volume uploads and mask bits.
 
-The Slicer client has its own copy of the mask-bits codec (SAM3DPromptLib/protocol.py; it cannot
-import this package); the client tests run the two against each other.
+Masks are encoded with the client's codec (sam3d.client.wire, the copy of the Slicer module's
+SAM3DPromptLib/wire.py); uploads and masks sent by a client are decoded here, with the checks a
+server needs against hostile input.
 """
 
 from __future__ import annotations
@@ -20,12 +21,6 @@ COMPRESSIONS = ("zlib", "none")
 SPACING_RANGE_MM = (1e-3, 1e4)  # voxel sizes a medical image can have
 CHUNK_BYTES = 4 << 20  # volume bytes inflated / converted per step (bounded memory, frequent GIL release)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def encode_mask_bits(mask: np.ndarray) -> str:
-    """base64(zlib(packbits(mask, C order)))."""
-    packed = np.packbits(np.ascontiguousarray(mask, dtype=bool).ravel(order="C"))
-    return base64.b64encode(zlib.compress(packed.tobytes(), 6)).decode("ascii")
 
 
 def decode_mask_bits(text: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -6,7 +6,7 @@ import argparse
 
 import yaml
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..model.sam3d import Sam3D
 from .config import TrainConfig
-from .data import CropSampler, prompt_sample
+from .samples import CropSampler, prompt_sample
 
 CACHE_VERSION = 1
 

@@ -36,11 +36,11 @@ from ..data.datasets import find_cases, make_splits, read_splits, resolve_target
 from ..data.intensity import PRESETS, IntensityPreset, compute_preset
 from ..engine.crops import probability_to_logit
 from ..engine.predictor import Predictor
-from ..evaluate.protocol import evaluate_volumes
+from ..evaluate.simulation import evaluate_volumes
 from ..model.checkpoint import LoadedModel, build_from_sam, resolve_device, save_checkpoint
 from ..model.sam3d import ImageFeatures, Sam3D, is_frozen_pretrained_tensor
 from .config import TrainConfig
-from .data import CachedCase, CropSampler, cache_cases, collate
+from .samples import CachedCase, CropSampler, cache_cases, collate
 from .feature_cache import CachedFeatureSampler, build_feature_cache
 
 LOG_COLUMNS = ("step", "epoch", "lr", "loss", "train_dice", "val_dice", "val_nsd", "elapsed_s",

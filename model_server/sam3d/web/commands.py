@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 WEB_PYTHON_ENV = "SAM3D_WEB_PYTHON"
 REPO = Path(__file__).resolve().parents[3]

@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from model_helpers import write_tiny_checkpoint
 from sam3d.cli import main
-from sam3d.data.intensity import PRESETS
 from sam3d.data.phantoms import write_dataset
 from sam3d.engine.crops import CropGeometry
 from sam3d.evaluate.classical import region_grow
 from sam3d.evaluate.metrics import dice_and_nsd
-from sam3d.evaluate.protocol import case_rng, label_objects
-from sam3d.model.checkpoint import save_checkpoint
+from sam3d.evaluate.simulation import case_rng, label_objects
 from sam3d.model.config import get_config
-from sam3d.model.sam3d import Sam3D
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +26,9 @@ def phantoms(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    return save_checkpoint(path, Sam3D(get_config("tiny")), PRESETS["soft_tissue"], "tiny-eval-test",
-                           meta={"target_label": 2, "split_seed": 0})
+    """conftest's random tiny model, with the evaluation's metadata."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("model"), "tiny-eval-test",
+                                 meta={"target_label": 2, "split_seed": 0})
 
 
 def test_dice_and_nsd_against_hand_computed_values():

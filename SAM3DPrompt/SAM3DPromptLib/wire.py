@@ -2,8 +2,8 @@
 
 See docs/PROTOCOL.md: arrays travel in C order with axes (k, j, i); a mask travels as
 base64(zlib(numpy.packbits(mask.ravel()))) together with its half-open bounding box.
-The server package has its own copy of these few lines (it must not import the Slicer
-module); the client tests run both against each other.
+The sam3d package carries a generated copy of this file (sam3d/client/wire.py, written by
+scripts/sync_client.py): its server encodes masks and checks points with it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ def decode_mask_bits(text: str, shape: Sequence[int]) -> np.ndarray:
     if packed.size * 8 < count:
         raise ValueError(f"mask bits hold {packed.size * 8} values, the box needs {count}")
     return np.unpackbits(packed, count=count).astype(bool).reshape(tuple(shape))
+
+
+def outside_volume(points_kji: Sequence[Sequence[float]], shape: Sequence[int]) -> np.ndarray:
+    """Boolean ``[N]``: which continuous kji points lie outside the voxel grid, i.e. more than
+    half a voxel beyond its edge voxels' centres (the server refuses those)."""
+    points = np.asarray(points_kji, dtype=np.float64).reshape(-1, 3)
+    upper = np.asarray(shape, dtype=np.float64) - 0.5
+    return np.any((points < -0.5) | (points > upper), axis=1)
 
 
 def upload_dtype(array: np.ndarray) -> np.ndarray:

@@ -28,9 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import ndimage
 
-from ..data.clicks import first_click, next_click
+from ..data.clicks import first_click, label_objects, next_click
 from ..engine.predictor import Predictor
 from ..engine.session import Session
 from .classical import region_grow
@@ -67,12 +66,6 @@ def case_rng(seed: int, case_id: str) -> np.random.Generator:
     """The click generator of one case: depends on the seed and the case id only (not on which
     other cases are evaluated, or in which order)."""
     return np.random.default_rng([int(seed), zlib.crc32(case_id.encode())])
-
-
-def label_objects(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected components (26-connected) of a bool mask: (int32 labels, count)."""
-    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    return components.astype(np.int32, copy=False), int(count)
 
 
 def largest_slice_box(target: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from ..data.clicks import training_clicks
 from ..data.datasets import Case, load_case
 from ..data.intensity import IntensityPreset
 from ..engine.crops import CropGeometry, extract_crop
-from ..evaluate.protocol import label_objects
+from ..evaluate.simulation import label_objects
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER, ModelConfig
 from .config import Augmentation, TrainConfig
 
