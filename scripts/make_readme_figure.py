@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/make_readme_figure.py [--out Resources/Screenshots/segment_phantom.png]
 
-Runs the real command line (`sam3d segment` in a subprocess) on a generated phantom, reads the
-`.seg.nrrd` back and draws the clicked axial slice with the segment and the phantom's label.
+Runs the real command line (`sam3d segment --model small-phantoms` in a subprocess) on a generated
+phantom, reads the `.seg.nrrd` back and draws the clicked axial slice with the segment and the
+phantom's label.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def main() -> None:
         point = ",".join(f"{v:.1f}" for v in ras)
         out_seg = folder / "phantom.seg.nrrd"
         command = [sys.executable, "-m", "sam3d", "segment", str(image_path), f"--point={point}:+",
-                   "--out", str(out_seg)]
-        print("$ sam3d segment", image_path.name, f"--point={point}:+", "--out phantom.seg.nrrd")
+                   "--model", "small-phantoms", "--out", str(out_seg)]
+        print("$ sam3d segment", image_path.name, f"--point={point}:+", "--model small-phantoms --out phantom.seg.nrrd")
         subprocess.run(command, check=True)
         segments, _ = read_segmentation(out_seg)
         mask = segments[0].mask
