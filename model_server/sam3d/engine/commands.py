@@ -9,6 +9,7 @@ exactly the input image's grid.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
