@@ -10,14 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
-import requests
 
 REPO = Path(__file__).resolve().parents[1]
 WEB_PYTHON = Path(os.environ.get("SAM3D_WEB_PYTHON", REPO / ".venv-web" / "bin" / "python"))
@@ -45,36 +42,15 @@ def running_web_app(server_url: str, *images: str, output_dir: Path, startup_tim
                     extra: Tuple[str, ...] = ()) -> Iterator[str]:
     """``sam3d web --server URL --port <free> IMAGE...`` (in the web environment) until the block
     ends; yields its URL once the page is served."""
-    from sam3d.serve.launch import free_port
+    from sam3d.serve.launch import free_port, running_process
     port = free_port()
     command = [str(WEB_PYTHON), "-m", "sam3d_web", "--server", server_url, "--port", str(port),
                "--output-dir", str(output_dir), *extra, *images]
     env = {**os.environ, "PYTHONPATH": str(REPO / "web")}
     env.pop("DISPLAY", None)
     url = f"http://127.0.0.1:{port}/"
-    with tempfile.TemporaryFile(mode="w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while True:
-                if process.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"`{' '.join(command)}` exited with {process.returncode}:\n{log.read()}")
-                with contextlib.suppress(requests.RequestException):
-                    if requests.get(url, timeout=1).ok:
-                        break
-                if time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"the web app did not answer within {startup_timeout} s:\n{log.read()}")
-                time.sleep(0.2)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with running_process(command, url, env=env, startup_timeout=startup_timeout, poll_seconds=0.2):
+        yield url
 
 
 def chrome():

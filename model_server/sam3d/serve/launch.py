@@ -32,9 +32,19 @@ def running_server(*args: str, env: dict[str, str] | None = None, startup_timeou
     command = [python, "-m", "sam3d", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", *args]
     url = f"{'https' if '--ssl-certfile' in args else 'http'}://127.0.0.1:{port}"
+    with running_process(command, url + "/v1/health", env={**os.environ, **(env or {})},
+                         startup_timeout=startup_timeout, verify=ca_bundle or True):
+        yield url
+
+
+@contextlib.contextmanager
+def running_process(command: list[str], probe_url: str, env: dict[str, str], startup_timeout: float = 120.0,
+                    verify: str | bool = True, poll_seconds: float = 0.1) -> Iterator[None]:
+    """Run ``command`` until the block ends, entered once ``probe_url`` answers 2xx; terminated
+    (killed after 10 s) on the way out. Raises RuntimeError with the process's output if it exits
+    or does not answer within ``startup_timeout`` seconds."""
     with tempfile.TemporaryFile(mode="w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + startup_timeout
             while True:
@@ -42,15 +52,15 @@ def running_server(*args: str, env: dict[str, str] | None = None, startup_timeou
                     log.seek(0)
                     raise RuntimeError(f"`{' '.join(command)}` exited with {process.returncode}:\n{log.read()}")
                 try:
-                    if requests.get(url + "/v1/health", timeout=1, verify=ca_bundle or True).ok:
+                    if requests.get(probe_url, timeout=1, verify=verify).ok:
                         break
                 except requests.RequestException:
                     pass
                 if time.monotonic() > deadline:
                     log.seek(0)
                     raise RuntimeError(f"`{' '.join(command)}` did not answer within {startup_timeout} s:\n{log.read()}")
-                time.sleep(0.1)
-            yield url
+                time.sleep(poll_seconds)
+            yield
         finally:
             process.terminate()
             try:
