@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from pathlib import Path
 from typing import List, NoReturn, Optional
 
+from . import MODULE_DIR  # noqa: F401  (puts SAM3DPromptLib on sys.path)
+from SAM3DPromptLib.wire import is_loopback
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-
-
-def is_loopback(host: str) -> bool:
-    """The same rule as ``sam3d serve``: only a loopback address may go without a key."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def build_parser() -> argparse.ArgumentParser:

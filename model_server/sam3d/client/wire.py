@@ -10,6 +10,7 @@ scripts/sync_client.py): its server encodes masks and checks points with it.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import zlib
 from typing import Sequence, Tuple
 
@@ -68,3 +69,14 @@ def mask_bbox(mask: np.ndarray) -> Tuple[Index3, Index3]:
         lo.append(int(hits[0]))
         hi.append(int(hits[-1]) + 1)
     return (lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine only (localhost, 127.0.0.0/8, ::1): the
+    rule by which the server and the web app may run without a key."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import os
 import re
 import socket
 import sys
 from pathlib import Path
 
+from ..client.wire import is_loopback
 from ..errors import CLIError
 from ..model.checkpoint import CheckpointError
 from .guard import LOOPBACK_HOSTS
@@ -89,15 +89,6 @@ def register(subparsers) -> None:
                        help="CPU threads for the model (default: PyTorch's choice)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(func=run)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def api_key_from(args: argparse.Namespace) -> str | None:
