@@ -11,6 +11,21 @@ import torch
 
 from ..model.checkpoint import LoadedModel, load_model
 from ..model.sam3d import ImageFeatures
+from .slice_pathway import LiteMedSAM2D, segment_slice_by_slice
+
+# How a box prompt is answered: "3d" by the 3D model (box corners as prompt points), "2d" by
+# LiteMedSAM's trained 2D box pathway slice by slice (slice_pathway.py); "auto" = "2d" for models
+# built on LiteMedSAM (its weights are then installed), else "3d".
+BOX_PATHWAYS = ("auto", "2d", "3d")
+
+
+def resolve_box_pathway(choice: str, backbone: str) -> str:
+    """``choice`` (one of BOX_PATHWAYS) -> "2d" or "3d" for a model with ``backbone``."""
+    if choice not in BOX_PATHWAYS:
+        raise ValueError(f"unknown box pathway {choice!r}; choose one of {', '.join(BOX_PATHWAYS)}")
+    if choice == "auto":
+        return "2d" if backbone == "lite_medsam" else "3d"
+    return choice
 
 
 class Predictor:
@@ -18,13 +33,15 @@ class Predictor:
     time in each: a click's small prompt-encoder + decoder pass never waits behind another
     session's encoder run, and the device holds at most one encoder's activations at once."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, box_pathway: str = "auto") -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.config
         self.preset = loaded.preset
         self.name = loaded.name
         self.device = loaded.device
+        self.box_pathway = resolve_box_pathway(box_pathway, loaded.config.backbone)
+        self._slice_model: LiteMedSAM2D | None = None
         self.encoder_runs = 0
         self.decoder_runs = 0
         self._encode_lock = threading.Lock()
@@ -32,9 +49,14 @@ class Predictor:
 
     @classmethod
     def load(cls, spec: str | Path = "default", device: str = "auto",
-             sam_checkpoint: str | Path | None = None) -> "Predictor":
+             sam_checkpoint: str | Path | None = None, box_pathway: str = "auto") -> "Predictor":
         """``load_model`` (``spec`` a bundled model's name or a checkpoint path) wrapped in a Predictor."""
-        return cls(load_model(spec, device=device, sam_checkpoint=sam_checkpoint))
+        return cls(load_model(spec, device=device, sam_checkpoint=sam_checkpoint), box_pathway)
+
+    @property
+    def answers_boxes(self) -> bool:
+        """Whether box prompts can be given: the 3D model knows boxes, or the 2D pathway answers them."""
+        return self.config.box_prompt or self.box_pathway == "2d"
 
     @property
     def crop_size(self) -> int:
@@ -65,6 +87,16 @@ class Predictor:
             probability = torch.softmax(logits.float(), dim=1)[0, 1].cpu()
             self.decoder_runs += 1
         return probability
+
+    def segment_box_2d(self, volume: np.ndarray, box_kji: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+        """A box prompt through LiteMedSAM's 2D pathway -> bool mask of ``volume``'s shape (the
+        2D model is built on first use; it runs in the encoder lane, on the CPU)."""
+        with self._encode_lock, torch.inference_mode():
+            if self._slice_model is None:
+                self._slice_model = LiteMedSAM2D()
+            mask = segment_slice_by_slice(self._slice_model, volume, box_kji=box_kji, bounds=bounds)
+            self.encoder_runs += 1
+        return mask
 
     def warm_up(self) -> float:
         """One encode and one predict on a blank crop (allocations, kernels); returns seconds."""

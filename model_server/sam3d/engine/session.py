@@ -5,6 +5,10 @@ adds labelled points (continuous kji indices of the native array) and optionally
 opposite corners; it replaces the object's previous box and stays for later clicks) and updates
 the object's mask:
 
+0. A new box, where the predictor answers boxes with the 2D pathway (``slice_pathway.py``,
+   the default for LiteMedSAM-based models), is segmented slice by slice by LiteMedSAM's box
+   pathway at native resolution; that mask is the first patch of the interaction and the mask
+   prompt of the crops that follow. Otherwise the box goes to the 3D model as in 1 and 3.
 1. Crop placement: a new box gets a crop centred on the box's centre; every new point that
    does not lie inside a crop already chosen for this interaction gets one: a cached (already
    encoded) crop that contains it at least ``size / 8`` crop voxels from the faces, else a new
@@ -33,12 +37,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..client.wire import outside_volume
+from ..data.clicks import label_objects
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
 from .predictor import Predictor
+from .slice_pathway import volume_bounds
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
+CORRECTIONS = ("auto", "local", "global")
 UNDO_DEPTH = 64  # interactions an object remembers for undo (and at most max_undo_bytes of them)
 
 
@@ -121,9 +128,15 @@ class Session:
 
     def __init__(self, predictor: Predictor, volume: np.ndarray, spacing, cache_size: int = 8,
                  max_crops: int = 6, max_undo_bytes: int | None = None, max_points: int | None = None,
-                 max_interactions: int | None = None) -> None:
+                 max_interactions: int | None = None, corrections: str = "auto") -> None:
         """``max_undo_bytes``: undo history kept per object (oldest dropped first);
-        ``max_points`` / ``max_interactions``: per object, SessionLimit beyond them."""
+        ``max_points`` / ``max_interactions``: per object, SessionLimit beyond them;
+        ``corrections``: "local" (a click on an existing mask changes only the connected region
+        around it, see ``_local_update``), "global" (the crops' prediction replaces the mask) or
+        "auto" (local while the object's box was answered by the 2D pathway, whose mask is the
+        better one there; global otherwise - measured in docs/BENCHMARKS.md)."""
+        if corrections not in CORRECTIONS:
+            raise ValueError(f"corrections must be one of {', '.join(CORRECTIONS)}, got {corrections!r}")
         volume = np.asarray(volume)
         if volume.ndim != 3 or min(volume.shape) < 1:
             raise ValueError(f"the volume must be a non-empty 3D array, got shape {volume.shape}")
@@ -138,6 +151,7 @@ class Session:
         self.max_undo_bytes = max_undo_bytes
         self.max_points = max_points
         self.max_interactions = max_interactions
+        self.corrections = corrections
         self.cache = FeatureCache(cache_size)
         self.encoder_runs = 0
         self.decoder_runs = 0
@@ -149,6 +163,7 @@ class Session:
         self.interactions = 0
         self._history: list[_HistoryEntry] = []
         self._extent: Box = EMPTY_BOX  # box that holds every foreground voxel of the mask
+        self._intensity_bounds: tuple[float, float] | None = None  # the 2D box pathway's, once per volume
         self._lock = threading.Lock()
 
     # -- public API -----------------------------------------------------------------------
@@ -167,7 +182,12 @@ class Session:
             encoder_before, encode_s = self.encoder_runs, 0.0
             patches: list[tuple[Box, np.ndarray]] = []
             done: list[CropGeometry] = []
-            queue = self._place_crops(points, labels, new_box)
+            box_2d = new_box is not None and self.predictor.box_pathway == "2d"
+            if box_2d:
+                patch, seconds = self._box_patch_2d(new_box)
+                patches.append(patch)
+                encode_s += seconds
+            queue = self._place_crops(points, labels, None if box_2d else new_box)
             while queue and len(done) < self.max_crops:
                 geometry = queue.pop(0)
                 if any(g.key == geometry.key for g in done):
@@ -189,7 +209,12 @@ class Session:
                                    for g in done + queue):
                             queue.append(neighbour)
             box = _union([patch_box for patch_box, _ in patches])
-            change = self._commit(box, self._proposal(box, patches), points=all_points,
+            proposal = self._proposal(box, patches)
+            local = self.corrections == "local" or (self.corrections == "auto" and self.box is not None
+                                                     and self.predictor.box_pathway == "2d")
+            if local and new_box is None and self.voxels > 0:
+                proposal = _local_update(self.mask[_slices(box)], proposal, points - np.asarray(box[0]), labels)
+            change = self._commit(box, proposal, points=all_points,
                                   labels=all_labels, prompt_box=prompt_box,
                                   interactions=self.interactions + 1)
             total_ms = (time.perf_counter() - start) * 1000
@@ -271,7 +296,7 @@ class Session:
                                f"{self.max_interactions} per object")
     def _check_box(self, box_kji) -> np.ndarray:
         """Two opposite corners -> [lo, hi] (continuous kji), or InvalidBox saying why not."""
-        if not self.predictor.config.box_prompt:
+        if not self.predictor.answers_boxes:
             raise InvalidBox(f"the model {self.predictor.name!r} ({self.predictor.config.name}) has no box "
                              "prompt; segment with clicks, or load a model trained with boxes")
         try:
@@ -343,6 +368,18 @@ class Session:
         self.cache.put(geometry, features)
         return features, time.perf_counter() - start
 
+    def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
+        """A box answered by the 2D pathway -> (patch over the box and the mask, seconds)."""
+        start = time.perf_counter()
+        if self._intensity_bounds is None:
+            self._intensity_bounds = volume_bounds(self.volume)
+        mask = self.predictor.segment_box_2d(self.volume, box, self._intensity_bounds)
+        lo = np.clip(np.floor(box[0]).astype(int), 0, None)
+        hi = np.minimum(np.ceil(box[1]).astype(int) + 1, self.shape)
+        region = _union([(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), _tight_box(mask) or EMPTY_BOX])
+        patch = mask[_slices(region)].astype(np.float32)
+        return (region, patch), time.perf_counter() - start
+
     def _proposal(self, box: Box, patches: list[tuple[Box, np.ndarray]]) -> np.ndarray:
         """The object's mask inside ``box`` with the patches predicted so far fused in: where
         any patch covers a voxel, the maximum probability > 0.5 decides, elsewhere the mask."""
@@ -404,6 +441,21 @@ def _crop_prompts(geometry: CropGeometry, points: np.ndarray, labels: np.ndarray
             crop_points = np.concatenate([crop_points, np.clip(corners, 0, last)])
             crop_labels = np.concatenate([crop_labels, [BOX_FIRST_CORNER, BOX_SECOND_CORNER]])
     return crop_points, crop_labels
+
+
+def _local_update(old: np.ndarray, new: np.ndarray, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A correction that stays where the user clicked: of the model's new mask, only the
+    connected region it added around a positive click (removed around a negative one) is taken;
+    the rest of the object keeps its previous mask. ``points``: kji relative to the arrays."""
+    result = old.copy()
+    added, _ = label_objects(new & ~old)
+    removed, _ = label_objects(old & ~new)
+    for point, label in zip(points, labels):
+        index = tuple(int(np.clip(round(float(c)), 0, n - 1)) for c, n in zip(point, old.shape))
+        components = added if label == 1 else removed
+        if components[index]:
+            result[components == components[index]] = label == 1
+    return result
 
 
 # -- boxes ------------------------------------------------------------------------------------

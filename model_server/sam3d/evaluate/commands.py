@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", default="click", choices=("click", "box"),
                         help="first prompt: click = a seeded random target voxel (the paper's protocol); box = "
                              "the object's 2D box on its largest slice (box-capable models); later clicks correct")
+    parser.add_argument("--box-pathway", default="auto", choices=("auto", "2d", "3d"),
+                        help="who answers the box: 2d = LiteMedSAM's box pathway slice by slice, 3d = the 3D "
+                             "model; auto (default) = 2d for LiteMedSAM-based models, else 3d")
+    parser.add_argument("--corrections", default="auto", choices=("auto", "local", "global"),
+                        help="how a correction click changes the mask: local = only the connected region around "
+                             "the click; global = the model's whole new prediction; auto (default) = local "
+                             "after a box answered by the 2D pathway, else global")
     parser.add_argument("--baseline-2d", action="store_true",
                         help="add the 2D row: LiteMedSAM slice by slice from the same first prompt")
     parser.add_argument("--no-classical", action="store_true", help="skip the region-growing baseline row")
@@ -57,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if args.clicks < 1:
         raise CLIError(f"--clicks must be at least 1, got {args.clicks}")
     try:
-        predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
+        predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
+                                   box_pathway=args.box_pathway)
     except (CheckpointError, ValueError) as error:
         raise CLIError(str(error)) from error
     meta = predictor.loaded.meta
@@ -85,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     baseline_2d = None
     if args.baseline_2d:
-        from .slice_baseline import LiteMedSAM2D
+        from ..engine.slice_pathway import LiteMedSAM2D
 
         baseline_2d = LiteMedSAM2D()
     start = time.perf_counter()
@@ -99,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 result = evaluate_case(predictor, case.case_id, image.array, image.spacing, mask, args.clicks,
                                        args.seed, args.scope, classical=not args.no_classical,
-                                       prompt=args.prompt, baseline_2d=baseline_2d)
+                                       prompt=args.prompt, baseline_2d=baseline_2d,
+                                       corrections=args.corrections)
             except ValueError as error:
                 raise CLIError(f"case {case.case_id}: {error}") from error
             results.append(result)
@@ -121,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         "target_label": target_label,
         "scope": args.scope,
         "prompt": args.prompt,
+        "box_pathway": predictor.box_pathway,
+        "corrections": args.corrections,
         "seed": args.seed,
         "protocol": "click 1: a random target voxel (seeded per case); clicks 2..N: centre of the largest "
                     "error region; engine crop + paste-back on the native grid, threshold 0.5",

@@ -16,7 +16,7 @@ Per case (everything through the engine, on the native grid):
 
 With ``prompt="box"`` the first interaction is the object's 2D box on its largest slice (the
 object being the component that holds the seeded first click) instead of the click; the
-correction clicks follow as above. The 2D row (optional, ``slice_baseline.py``): LiteMedSAM
+correction clicks follow as above. The 2D row (optional, ``engine/slice_pathway.py``): LiteMedSAM
 slice by slice from the same first prompt.
 """
 
@@ -32,6 +32,7 @@ import numpy as np
 from ..data.clicks import first_click, label_objects, next_click
 from ..engine.predictor import Predictor
 from ..engine.session import Session
+from ..engine.slice_pathway import segment_slice_by_slice
 from .classical import region_grow
 from .metrics import NSD_TOLERANCE_MM, dice_and_nsd
 
@@ -77,9 +78,10 @@ def largest_slice_box(target: np.ndarray) -> np.ndarray:
 
 def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacing: Sequence[float],
                   target: np.ndarray, clicks: int, seed: int, scope: str = "object",
-                  classical: bool = True, prompt: str = "click", baseline_2d=None) -> CaseResult:
+                  classical: bool = True, prompt: str = "click", baseline_2d=None,
+                  corrections: str = "auto") -> CaseResult:
     """Run the protocol on one case (``volume`` in HU, ``target`` bool, both native kji).
-    ``baseline_2d``: a ``slice_baseline.LiteMedSAM2D`` to score the 2D row, or None."""
+    ``baseline_2d``: a ``slice_pathway.LiteMedSAM2D`` to score the 2D row, or None."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
     if prompt not in PROMPTS:
@@ -95,7 +97,7 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
     if scope == "object":
         components, _ = label_objects(target)
         target = components == components[tuple(int(c) for c in point)]
-    session = Session(predictor, volume, spacing)
+    session = Session(predictor, volume, spacing, corrections=corrections)
     result = CaseResult(case_id, [], [], [], int(target.sum()), prompt=prompt)
     box = largest_slice_box(target) if prompt == "box" else None
     first_point = point
@@ -122,8 +124,6 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
         grown = region_grow(volume, spacing, first_point, predictor.config)
         result.classical_dice, result.classical_nsd = dice_and_nsd(grown, target, spacing)
     if baseline_2d is not None:
-        from .slice_baseline import segment_slice_by_slice
-
         flat = segment_slice_by_slice(baseline_2d, np.asarray(volume, dtype=np.float32),
                                       box_kji=largest_slice_box(target) if prompt == "box" else None,
                                       click_kji=None if prompt == "box" else first_point)

@@ -116,7 +116,7 @@ def capabilities(server: Server) -> Capabilities:
                       max_undo_bytes=settings.max_undo_bytes, max_points=settings.max_points,
                       max_interactions=settings.max_interactions,
                       max_points_per_request=MAX_POINTS_PER_REQUEST),
-        prompts=["point", "box", "mask"] if config.box_prompt else ["point", "mask"],
+        prompts=["point", "box", "mask"] if server.predictor.answers_boxes else ["point", "mask"],
         axis_order="kji", compression=list(COMPRESSIONS),
         dtypes=list(DTYPES), auth_required=settings.api_key is not None)
 
