@@ -129,7 +129,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onTimer)
-        self.queue = InteractionQueue(self.logic, self.onRequestDone, on_work=self._wake)
+        self.queue = InteractionQueue(self.logic, self.onJobDone, on_work=self._wake)
         self.boxEditTimer = qt.QTimer()
         self.boxEditTimer.setSingleShot(True)
         self.boxEditTimer.setInterval(BOX_EDIT_DELAY_MS)
@@ -525,7 +525,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showStatus(f"Waiting for the server ({waited:.0f} s)"
                              + (f", {queued} click(s) queued" if queued else "") + "...")
 
-    def onRequestDone(self, name: str, result, error: Optional[BaseException]) -> None:
+    def onJobDone(self, name: str, result, error: Optional[BaseException]) -> None:
         if error is not None:
             message = user_message(error)
             if name == "connect":
