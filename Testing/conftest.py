@@ -19,9 +19,13 @@ from pathlib import Path
 
 import pytest
 
-MODULE_DIR = Path(__file__).resolve().parents[1] / "SAM3DPrompt"
-if str(MODULE_DIR) not in sys.path:
-    sys.path.insert(0, str(MODULE_DIR))
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "SAM3DPrompt"
+# The package tests' helpers (server_helpers, model_helpers, dicom_helpers) serve this suite too.
+PACKAGE_TESTS = REPO / "model_server" / "tests"
+for folder in (MODULE_DIR, PACKAGE_TESTS):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 
 TEST_MODEL = "small-phantoms"
@@ -33,30 +37,20 @@ def _bundled_model_exists(name: str = TEST_MODEL) -> bool:
     return name in BUNDLED_MODELS and BUNDLED_MODELS[name].is_file()
 
 
-def _write_tiny(directory: Path, name: str, **overrides) -> Path:
-    """A tiny model with random weights (seeded), config fields replaced by ``overrides``."""
-    import torch
-
-    from sam3d.data.intensity import PRESETS
-    from sam3d.model.checkpoint import save_checkpoint
-    from sam3d.model.config import get_config
-    from sam3d.model.sam3d import Sam3D
-
-    torch.manual_seed(0)
-    return save_checkpoint(directory / f"{name}.pt", Sam3D(get_config("tiny", **overrides)),
-                           PRESETS["soft_tissue"], name)
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny model with random weights (seeded), enough for everything but segmentation quality."""
-    return _write_tiny(tmp_path_factory.mktemp("model"), "tiny-random")
+    from model_helpers import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("model"), "tiny-random")
 
 
 @pytest.fixture(scope="session")
 def tiny_box_checkpoint(tmp_path_factory) -> Path:
     """The same tiny random model with a box prompt (capabilities list "box")."""
-    return _write_tiny(tmp_path_factory.mktemp("model"), "tiny-box", box_prompt=True)
+    from model_helpers import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("model"), "tiny-box", box_prompt=True)
 
 
 def _model_spec(name: str, tiny_checkpoint: Path) -> str:
@@ -72,7 +66,7 @@ def _model_spec(name: str, tiny_checkpoint: Path) -> str:
 @pytest.fixture(scope="session")
 def start_server(tiny_checkpoint):
     """``start_server(*args)`` -> context manager yielding the base URL of `sam3d serve *args`."""
-    from sam3d.serve.launch import running_server
+    from server_helpers import running_server
 
     def start(*args: str, env: dict | None = None):
         if "--model" not in args:

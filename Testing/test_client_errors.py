@@ -50,7 +50,7 @@ def test_a_url_without_http_is_refused_with_an_example(url):
 
 
 def test_a_server_that_is_not_running():
-    from sam3d.serve.launch import free_port
+    from server_helpers import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ServerUnreachable) as error:
@@ -104,7 +104,7 @@ def faulty_server(tiny_checkpoint):
 
     from sam3d.engine.predictor import Predictor
     from sam3d.serve.app import ServerSettings, create_app
-    from sam3d.serve.launch import free_port
+    from server_helpers import free_port
 
     predictor = Predictor.load(tiny_checkpoint, device="cpu")
     port = free_port()

@@ -247,7 +247,7 @@ def test_an_https_server_is_trusted_through_the_certificate_setting(mrml_scene, 
     """Server > Certificate: the Logic's clients (also the ones for other threads) check the
     server's self-signed certificate with the given file; without it, the message says where to
     give it; a file that is not there is named at once."""
-    from sam3d.serve.launch import running_server
+    from server_helpers import running_server
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
