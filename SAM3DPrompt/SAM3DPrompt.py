@@ -33,6 +33,7 @@ from SAM3DPromptLib.client import SAM3DClient, SAM3DError
 from SAM3DPromptLib.logic import PromptLogic, user_message
 from SAM3DPromptLib.prompts import PlaceMode
 from SAM3DPromptLib.scheduler import InteractionQueue
+from SAM3DPromptLib.shortcuts import SHORTCUTS  # active while the module is shown
 
 LIBRARY = "SAM3DPromptLib"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
@@ -44,16 +45,6 @@ BUSY_INDICATOR_DELAY_S = 2.0
 # A box edited outside a drag (e.g. the Markups module's size fields) is sent once it rests.
 BOX_EDIT_DELAY_MS = 500
 POLL_INTERVAL_MS = 50
-# Keyboard shortcuts, active while the module is shown. None of them is a key Slicer's slice,
-# 3D or markups views bind (r resets the field of view, s snaps a point to the slice, ...:
-# Testing/test_module_static.py holds the list), so they never take a key from the views.
-SHORTCUTS = {
-    "positive": "A",
-    "negative": "D",
-    "undo": "Ctrl+Z",
-    "reset": "Shift+R",
-    "nextLesion": "N",
-}
 ERROR_STYLE = "color: #c62828"
 OK_STYLE = ""
 
@@ -129,7 +120,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onTimer)
-        self.queue = InteractionQueue(self.logic, self.onRequestDone, on_work=self._wake)
+        self.queue = InteractionQueue(self.logic, self.onJobDone, on_work=self._wake)
         self.boxEditTimer = qt.QTimer()
         self.boxEditTimer.setSingleShot(True)
         self.boxEditTimer.setInterval(BOX_EDIT_DELAY_MS)
@@ -525,7 +516,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showStatus(f"Waiting for the server ({waited:.0f} s)"
                              + (f", {queued} click(s) queued" if queued else "") + "...")
 
-    def onRequestDone(self, name: str, result, error: Optional[BaseException]) -> None:
+    def onJobDone(self, name: str, result, error: Optional[BaseException]) -> None:
         if error is not None:
             message = user_message(error)
             if name == "connect":

@@ -8,7 +8,7 @@
   is ``small-phantoms`` unless the test parametrises it indirectly:
   ``@pytest.mark.parametrize("server_url", ["tiny"], indirect=True)`` ("tiny", a bundled model's
   name or a checkpoint path). A bundled model skips while its file is not there.
-- ``tiny_checkpoint`` / ``tiny_box_checkpoint``: paths of the random-weight tiny checkpoint,
+- ``tiny_model`` / ``tiny_box_model``: paths of the random-weight tiny checkpoint,
   without and with a box prompt.
 """
 
@@ -19,9 +19,15 @@ from pathlib import Path
 
 import pytest
 
-MODULE_DIR = Path(__file__).resolve().parents[1] / "SAM3DPrompt"
-if str(MODULE_DIR) not in sys.path:
-    sys.path.insert(0, str(MODULE_DIR))
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "SAM3DPrompt"
+# The package tests' helpers (server_helpers, model_helpers, dicom_helpers) serve this suite too.
+PACKAGE_TESTS = REPO / "model_server" / "tests"
+for folder in (MODULE_DIR, PACKAGE_TESTS):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from model_helpers import tiny_box_model, tiny_model  # noqa: E402,F401  (fixtures, shared with the package tests)
 
 
 TEST_MODEL = "small-phantoms"
@@ -33,35 +39,9 @@ def _bundled_model_exists(name: str = TEST_MODEL) -> bool:
     return name in BUNDLED_MODELS and BUNDLED_MODELS[name].is_file()
 
 
-def _write_tiny(directory: Path, name: str, **overrides) -> Path:
-    """A tiny model with random weights (seeded), config fields replaced by ``overrides``."""
-    import torch
-
-    from sam3d.data.intensity import PRESETS
-    from sam3d.model.checkpoint import save_checkpoint
-    from sam3d.model.config import get_config
-    from sam3d.model.sam3d import Sam3D
-
-    torch.manual_seed(0)
-    return save_checkpoint(directory / f"{name}.pt", Sam3D(get_config("tiny", **overrides)),
-                           PRESETS["soft_tissue"], name)
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny model with random weights (seeded), enough for everything but segmentation quality."""
-    return _write_tiny(tmp_path_factory.mktemp("model"), "tiny-random")
-
-
-@pytest.fixture(scope="session")
-def tiny_box_checkpoint(tmp_path_factory) -> Path:
-    """The same tiny random model with a box prompt (capabilities list "box")."""
-    return _write_tiny(tmp_path_factory.mktemp("model"), "tiny-box", box_prompt=True)
-
-
-def _model_spec(name: str, tiny_checkpoint: Path) -> str:
+def _model_spec(name: str, tiny_model: Path) -> str:
     if name == "tiny":
-        return str(tiny_checkpoint)
+        return str(tiny_model)
     from sam3d.model.checkpoint import BUNDLED_MODELS
 
     if name in BUNDLED_MODELS and not _bundled_model_exists(name):
@@ -70,13 +50,13 @@ def _model_spec(name: str, tiny_checkpoint: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def start_server(tiny_checkpoint):
+def start_server(tiny_model):
     """``start_server(*args)`` -> context manager yielding the base URL of `sam3d serve *args`."""
-    from sam3d.serve.launch import running_server
+    from server_helpers import running_server
 
     def start(*args: str, env: dict | None = None):
         if "--model" not in args:
-            model = TEST_MODEL if _bundled_model_exists() else str(tiny_checkpoint)
+            model = TEST_MODEL if _bundled_model_exists() else str(tiny_model)
             args = ("--model", model, *args)
         return running_server(*args, env=env)
 
@@ -84,8 +64,8 @@ def start_server(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def server_url(request, start_server, tiny_checkpoint):
+def server_url(request, start_server, tiny_model):
     """Base URL of a running server; the model is request.param when parametrised indirectly."""
     name = getattr(request, "param", TEST_MODEL if _bundled_model_exists() else "tiny")
-    with start_server("--model", _model_spec(name, tiny_checkpoint), "--max-sessions", "64") as url:
+    with start_server("--model", _model_spec(name, tiny_model), "--max-sessions", "64") as url:
         yield url

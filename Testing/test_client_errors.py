@@ -50,7 +50,7 @@ def test_a_url_without_http_is_refused_with_an_example(url):
 
 
 def test_a_server_that_is_not_running():
-    from sam3d.serve.launch import free_port
+    from server_helpers import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ServerUnreachable) as error:
@@ -66,8 +66,8 @@ def test_a_server_that_never_answers_times_out():
             SAM3DClient(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5).health()
 
 
-def test_authentication(start_server, tiny_checkpoint):
-    with start_server("--model", str(tiny_checkpoint), "--api-key", "right") as url:
+def test_authentication(start_server, tiny_model):
+    with start_server("--model", str(tiny_model), "--api-key", "right") as url:
         assert SAM3DClient(url).health()["status"] == "ok"
         for key in (None, "wrong"):
             with pytest.raises(AuthenticationError) as error:
@@ -79,8 +79,8 @@ def test_authentication(start_server, tiny_checkpoint):
         assert not good.interact(session, [CENTRE], [1]).is_empty
 
 
-def test_limits_capacity_and_expiry(start_server, tiny_checkpoint):
-    with start_server("--model", str(tiny_checkpoint), "--max-voxels", "40000", "--max-sessions", "1",
+def test_limits_capacity_and_expiry(start_server, tiny_model):
+    with start_server("--model", str(tiny_model), "--max-voxels", "40000", "--max-sessions", "1",
                       "--session-ttl", "1.5") as url:
         client = SAM3DClient(url)
         with pytest.raises(PayloadTooLarge, match="voxels") as error:
@@ -98,15 +98,15 @@ def test_limits_capacity_and_expiry(start_server, tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def faulty_server(tiny_checkpoint):
+def faulty_server(tiny_model):
     """A real server on uvicorn in a thread of this process, whose predictor the test can break."""
     import uvicorn
 
     from sam3d.engine.predictor import Predictor
     from sam3d.serve.app import ServerSettings, create_app
-    from sam3d.serve.launch import free_port
+    from server_helpers import free_port
 
-    predictor = Predictor.load(tiny_checkpoint, device="cpu")
+    predictor = Predictor.load(tiny_model, device="cpu")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(predictor, ServerSettings()), host="127.0.0.1",
                                            port=port, log_level="critical"))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from SAM3DPromptLib.shortcuts import SHORTCUTS  # the module's and the web app's
+
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "SAM3DPrompt"
 MODULE_SCRIPT = MODULE / "SAM3DPrompt.py"
@@ -129,9 +131,7 @@ def test_module_has_slicers_four_classes_and_a_registered_test():
 
 
 def test_documented_shortcuts_match_the_code():
-    tree = _module_tree()
-    shortcuts = next(ast.literal_eval(node.value) for node in tree.body
-                     if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SHORTCUTS")
+    shortcuts = SHORTCUTS
     assert set(shortcuts) == {"positive", "negative", "undo", "reset", "nextLesion"}
     guide = (REPO / "docs" / "SLICER_MODULE.md").read_text(encoding="utf-8")
     for key in shortcuts.values():
@@ -150,9 +150,7 @@ VIEW_KEYS_ANY_MODIFIER = {"v", "[", "]", "{", "}"}
 
 
 def test_no_shortcut_takes_a_key_slicers_views_bind():
-    tree = _module_tree()
-    shortcuts = next(ast.literal_eval(node.value) for node in tree.body
-                     if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SHORTCUTS")
+    shortcuts = SHORTCUTS
     for action, sequence in shortcuts.items():
         *modifiers, key = sequence.lower().split("+") if sequence != "+" else ["+"]
         assert key not in VIEW_KEYS_ANY_MODIFIER, f"{action}: {sequence} is bound by Slicer's views"

@@ -19,8 +19,8 @@ SHAPE = (14, 18, 22)  # k, j, i
 
 
 @pytest.fixture(scope="module")
-def box_url(start_server, tiny_box_checkpoint):
-    with start_server("--model", str(tiny_box_checkpoint)) as url:
+def box_url(start_server, tiny_box_model):
+    with start_server("--model", str(tiny_box_model)) as url:
         yield url
 
 
@@ -207,10 +207,10 @@ def test_a_server_without_boxes_says_so_and_leaves_segment_and_clicks_alone(mrml
 
 
 def test_a_session_closed_to_make_room_is_renewed_with_its_box_and_clicks(mrml_scene, start_server,
-                                                                          tiny_box_checkpoint):
+                                                                          tiny_box_model):
     """410 (evicted while idle for another user): the next click uploads the volume again,
     replays the object's box and clicks, and lands where it would have without the eviction."""
-    with start_server("--model", str(tiny_box_checkpoint), "--max-sessions", "1",
+    with start_server("--model", str(tiny_box_model), "--max-sessions", "1",
                       "--evict-idle-after", "0") as url:
         volume = _volume(mrml_scene, oblique_ijk_to_ras(), rigid_matrix(15.0, (0, 1, 1), (2, 2, 2)))
         logic = _logic(mrml_scene, url, volume)
@@ -243,18 +243,18 @@ def test_a_session_closed_to_make_room_is_renewed_with_its_box_and_clicks(mrml_s
         reference.client.delete_session(session)
 
 
-def test_an_https_server_is_trusted_through_the_certificate_setting(mrml_scene, tiny_box_checkpoint, tmp_path):
+def test_an_https_server_is_trusted_through_the_certificate_setting(mrml_scene, tiny_box_model, tmp_path):
     """Server > Certificate: the Logic's clients (also the ones for other threads) check the
     server's self-signed certificate with the given file; without it, the message says where to
     give it; a file that is not there is named at once."""
-    from sam3d.serve.launch import running_server
+    from server_helpers import running_server
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     volume = _volume(mrml_scene, oblique_ijk_to_ras())
-    with running_server("--model", str(tiny_box_checkpoint), "--ssl-certfile", str(cert),
+    with running_server("--model", str(tiny_box_model), "--ssl-certfile", str(cert),
                         "--ssl-keyfile", str(key), ca_bundle=str(cert)) as url:
         assert url.startswith("https://")
         logic = _logic(mrml_scene, url, volume)
@@ -272,8 +272,8 @@ def test_an_https_server_is_trusted_through_the_certificate_setting(mrml_scene, 
         logic.connect(url, ca_bundle=str(tmp_path / "missing.pem"))
 
 
-def test_the_servers_interaction_limit_says_to_go_on_in_the_next_lesion(mrml_scene, start_server, tiny_checkpoint):
-    with start_server("--model", str(tiny_checkpoint), "--max-interactions", "1") as url:
+def test_the_servers_interaction_limit_says_to_go_on_in_the_next_lesion(mrml_scene, start_server, tiny_model):
+    with start_server("--model", str(tiny_model), "--max-interactions", "1") as url:
         volume = _volume(mrml_scene, oblique_ijk_to_ras())
         logic = _logic(mrml_scene, url, volume)
         logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])

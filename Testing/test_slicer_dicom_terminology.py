@@ -16,7 +16,8 @@ hd = pytest.importorskip("highdicom", reason="the dicom extra is not installed (
 
 from SAM3DPromptLib.logic import PromptLogic  # noqa: E402
 from SAM3DPromptLib.mrml_io import read_segment_mask, write_segment_box  # noqa: E402
-from sam3d.data.io import Volume, read_dicom_series, write_dicom_series  # noqa: E402
+from dicom_helpers import write_dicom_series  # noqa: E402
+from sam3d.data.io import Volume, read_dicom_series  # noqa: E402
 from sam3d.data.resample import resample_to_reference  # noqa: E402
 from sam3d.data.segio import read_segmentation  # noqa: E402
 

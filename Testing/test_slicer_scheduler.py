@@ -81,7 +81,7 @@ def test_refused_click_is_reported_and_the_queue_goes_on(setup):
 
 
 def test_server_down_is_reported_through_the_queue(mrml_scene, tmp_path):
-    from sam3d.serve.launch import free_port
+    from server_helpers import free_port
     image_node = load_phantom(mrml_scene, tmp_path, seed=5)[0]
     logic = PromptLogic(SAM3DClient(f"http://127.0.0.1:{free_port()}", timeout=5), scene=mrml_scene)
     segmentation = logic.create_segmentation(image_node)

@@ -42,7 +42,7 @@ def running_web_app(server_url: str, *images: str, output_dir: Path, startup_tim
                     extra: Tuple[str, ...] = ()) -> Iterator[str]:
     """``sam3d web --server URL --port <free> IMAGE...`` (in the web environment) until the block
     ends; yields its URL once the page is served."""
-    from sam3d.serve.launch import free_port, running_process
+    from server_helpers import free_port, running_process
     port = free_port()
     command = [str(WEB_PYTHON), "-m", "sam3d_web", "--server", server_url, "--port", str(port),
                "--output-dir", str(output_dir), *extra, *images]

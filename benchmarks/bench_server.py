@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAM3DPrompt"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "SAM3DPrompt"), str(REPO / "model_server" / "tests")]  # server_helpers
 
 from SAM3DPromptLib.client import SAM3DClient  # noqa: E402
+from server_helpers import running_server  # noqa: E402
 
 from sam3d.data.clicks import centre_click  # noqa: E402
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case  # noqa: E402
-from sam3d.serve.launch import running_server  # noqa: E402
 
 GOAL_NEXT_CLICK_MS = 150.0
 GOAL_REPLY_FRACTION = 0.01

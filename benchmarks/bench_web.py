@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "Testing"))
+sys.path[:0] = [str(REPO / "Testing"), str(REPO / "model_server" / "tests")]  # web_fixtures, server_helpers
 
 from web_fixtures import (chrome, click_at, missing_web_parts, ras_of_voxels, running_web_app,  # noqa: E402
                           show_axial_slice, state, view_xyz, wait_for, wait_for_views)
+from server_helpers import running_server  # noqa: E402
 
 from sam3d.data.io import write_image  # noqa: E402
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case  # noqa: E402
-from sam3d.serve.launch import running_server  # noqa: E402
 
 
 def _axial_src(driver) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO / "Testing"), str(REPO / "SAM3DPrompt")]
+sys.path[:0] = [str(REPO / "Testing"), str(REPO / "SAM3DPrompt"), str(REPO / "model_server" / "tests")]
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,8 +44,8 @@ def main() -> int:
     from matplotlib.colors import ListedColormap
     from scipy import ndimage
 
-    from sam3d.serve.launch import running_server
     from sam3d.model.checkpoint import model_path
+    from server_helpers import running_server
     from slicer_fixtures import load_phantom
     from SAM3DPromptLib.client import SAM3DClient
     from SAM3DPromptLib.geometry import kji_to_ras

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence
 
 from .client import SAM3DClient
-from .logic import PromptLogic, Request, delete_session_quietly, user_message
+from .logic import Job, PromptLogic, delete_session_quietly, user_message
 from .prompts import Click, PromptError, lesion_clicks, load_prompt_file
 from .scheduler import InteractionQueue
 
@@ -65,9 +65,9 @@ def load_cases(scene, volume_nodes: Sequence[Any], prompts_folder: str) -> List[
 
 
 class CaseRun:
-    """One case as a series of requests, one per lesion, for the Widget's queue or a loop.
+    """One case as a series of jobs, one per lesion, for the Widget's queue or a loop.
 
-    ``steps`` requests come from ``prepare_next()`` in turn; each one's ``finish()`` returns
+    ``steps`` jobs come from ``prepare_next()`` in turn; each one's ``finish()`` returns
     None, except the last one (or the first that fails), which returns the case's BatchResult.
     """
 
@@ -88,14 +88,14 @@ class CaseRun:
         self._result.clicks = sum(len(clicks) for clicks in self._lesions)
         self.steps = max(len(self._lesions), 1)
 
-    def prepare_next(self) -> Request:
-        """The request of the next lesion (a no-op once the case is over)."""
+    def prepare_next(self) -> Job:
+        """The job of the next lesion (a no-op once the case is over)."""
         if self._done:
-            return Request("batch", lambda: None, lambda result, error: None)
+            return Job("batch", lambda: None, lambda result, error: None)
         if self._result.error is not None:
             return self._report()
         try:
-            request = self._prepare_lesion(len(self._result.segment_ids))
+            job = self._prepare_lesion(len(self._result.segment_ids))
         except Exception as error:  # reported as this case's result; the batch goes on
             self._result.error = user_message(error)
             return self._report()
@@ -103,31 +103,31 @@ class CaseRun:
 
         def work() -> None:
             try:
-                request.run()
+                job.run()
             finally:
-                if (last or request.state.update is None) and request.state.session_id is not None:
-                    delete_session_quietly(self._client, request.state.session_id)
+                if (last or job.state.update is None) and job.state.session_id is not None:
+                    delete_session_quietly(self._client, job.state.session_id)
 
         def apply(_: Any, error: Optional[BaseException]) -> Optional[BatchResult]:
-            self._result.seconds += request.state.seconds
+            self._result.seconds += job.state.seconds
             try:
-                self._result.voxels.append(request.finish().voxels)
+                self._result.voxels.append(job.finish().voxels)
             except Exception as failure:
                 self._result.error = user_message(failure)
                 return self._finish()
             return self._finish() if last else None
 
-        return Request("batch", work, apply)
+        return Job("batch", work, apply)
 
-    def cancel(self) -> Request:
-        """The request that ends the case now: it frees the case's session and returns its
+    def cancel(self) -> Job:
+        """The job that ends the case now: it frees the case's session and returns its
         result, marked cancelled unless the case was already over."""
         if self._done:
-            return Request("batch", lambda: None, lambda result, error: None)
+            return Job("batch", lambda: None, lambda result, error: None)
         self._result.error = CANCELLED
         return self._report()
 
-    def _prepare_lesion(self, index: int) -> Request:
+    def _prepare_lesion(self, index: int) -> Job:
         volume = self._case.volume_node
         if self._result.segmentation_node is None:
             self._result.segmentation_node = self._logic.create_segmentation(volume)
@@ -138,15 +138,15 @@ class CaseRun:
         self._result.segment_ids.append(segment_id)
         return self._logic.prepare_clicks(self._lesions[index])
 
-    def _report(self) -> Request:
-        """A request that frees the case's session (if any) and returns its result."""
+    def _report(self) -> Job:
+        """A job that frees the case's session (if any) and returns its result."""
         session_id = self._logic.session_id
 
         def work() -> None:
             if session_id is not None:
                 delete_session_quietly(self._client, session_id)
 
-        return Request("batch", work, lambda result, error: self._finish())
+        return Job("batch", work, lambda result, error: self._finish())
 
     def _finish(self) -> BatchResult:
         self._done = True

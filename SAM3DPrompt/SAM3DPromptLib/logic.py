@@ -7,7 +7,7 @@ Slicer's Python console, from the module's Widget and from pytest with slicer-co
 
 Each operation that talks to the server is split in three so the Widget can keep Slicer
 responsive: ``prepare_*`` (main thread: reads MRML, converts points) returns a
-:class:`Request`; ``Request.run()`` does only network work (any thread); ``Request.finish()``
+:class:`Job`; ``Job.run()`` does only network work (any thread); ``Job.finish()``
 (main thread) writes the result into the scene or raises the error. The plain methods
 (``click``, ``undo``, ...) do all three in a row.
 """
@@ -105,8 +105,33 @@ class _Wire:
     seconds: float = 0.0
 
 
-class Request:
-    """One server round trip: ``run()`` on any thread (network only), ``finish()`` on the main
+@dataclass
+class _ClickPlan:
+    """A click request as read from the scene on the main thread: what is sent, and what the
+    answer is applied against."""
+
+    clicks: List[Click]
+    points: np.ndarray  # kji of the clicks
+    labels: List[int]
+    shape: Tuple[int, int, int]
+    upload: Optional[_Upload]  # the volume to upload first (None: the session holds it)
+    old_session: Optional[str]  # the session of the volume's earlier voxels, deleted first
+    session_id: Optional[str]  # the session to use when nothing is uploaded
+    reset: bool  # the server object is reset first (the target changed)
+    box: Optional[BoxPrompt]  # the box sent with the clicks
+    current: np.ndarray  # the segment's voxels now
+    prior: Optional[np.ndarray]  # sent first when the server's object differs from the segment
+    segment_fp: SegmentFingerprint  # of the segment now (to see edits made meanwhile)
+    history: List[Tuple[np.ndarray, List[int], Optional[np.ndarray]]]  # the object's steps, to replay
+    replay_upload: _Upload  # the volume, for a session the server forgot
+
+    @property
+    def box_kji(self) -> Optional[np.ndarray]:
+        return None if self.box is None else self.box.kji
+
+
+class Job:
+    """One two-phase server round trip: ``run()`` on any thread (network only), ``finish()`` on the main
     thread (applies the result to the scene, or raises the error; the scene is untouched then).
     ``state`` holds what the network part learnt so far (e.g. the session it created)."""
 
@@ -206,7 +231,7 @@ class PromptLogic:
                                    "'Test connection'.")
         return self.client
 
-    def prepare_server_status(self) -> Request:
+    def prepare_server_status(self) -> Job:
         """Capabilities handshake; ``finish()`` returns the status line of :func:`describe_server`."""
         client = self._require_client()
 
@@ -215,7 +240,7 @@ class PromptLogic:
                 self.capabilities = caps
             return self._raise_or(error, describe_server(caps, client.base_url))
 
-        return Request("connect", client.capabilities, apply)
+        return Job("connect", client.capabilities, apply)
 
     # -- target ------------------------------------------------------------------------------
     def set_target(self, volume_node, segmentation_node, segment_id: Optional[str]) -> None:
@@ -417,9 +442,9 @@ class PromptLogic:
         return self.click_points([Click(ras=tuple(float(v) for v in ras), label=1 if positive else 0)])
 
     def click_points(self, clicks: Sequence[Click]) -> ClickResult:
-        request = self.prepare_clicks(clicks)
-        request.run()
-        return request.finish()
+        job = self.prepare_clicks(clicks)
+        job.run()
+        return job.finish()
 
     def points_kji(self, clicks: Sequence[Click]) -> np.ndarray:
         """Continuous kji indices of world clicks on the input volume (parent transform honoured)."""
@@ -429,113 +454,99 @@ class PromptLogic:
         return ras_to_kji(ras, ras_to_ijk_matrix(self.volume_node),
                           world_to_local_matrix(self.volume_node))
 
-    def prepare_clicks(self, clicks: Sequence[Click], box: Optional[BoxPrompt] = None) -> Request:
+    def prepare_clicks(self, clicks: Sequence[Click], box: Optional[BoxPrompt] = None) -> Job:
         """Main-thread half of a click request (see the module docstring); ``box``: a new box
         for the object, sent with the clicks (see ``prepare_box``)."""
-        clicks = list(clicks)
         client = self._require_client()
+        plan = self._plan_clicks(list(clicks), box)
+        wire = _Wire()
+        return Job("clicks", lambda: _send_clicks(client, plan, wire),
+                   lambda _, error: self._apply_clicks(plan, wire, error), state=wire)
+
+    def _checked_points(self, clicks: List[Click], box: Optional[BoxPrompt]) -> np.ndarray:
+        """The clicks' kji points, once the request is known to make sense (else PromptError)."""
         if not clicks and box is None:
             raise PromptError("No click to send.")
         if self.segmentation_node is None or self.segment_id is None:
             raise PromptError("Select a target segment (or press 'Next lesion') first.")
         points = self.points_kji(clicks)
-        shape = volume_shape(self.volume_node)
-        outside = outside_volume(points, shape)
+        outside = outside_volume(points, volume_shape(self.volume_node))
         if outside.any():
             raise PromptError(f"{int(outside.sum())} click(s) lie outside the input volume "
                               f"'{self.volume_node.GetName()}'; place points on the volume.")
-        labels = [int(click.label) for click in clicks]
+        return points
+
+    def _plan_clicks(self, clicks: List[Click], box: Optional[BoxPrompt]) -> _ClickPlan:
+        """Read from the scene all that the network part of a click request needs."""
+        points = self._checked_points(clicks, box)
+        shape = volume_shape(self.volume_node)
         self._tag_points(clicks)
         upload = self._upload_if_changed()
-        session_id = None if upload is not None else self.session_id
         reset = self._object_needs_reset and upload is None
         sent_box = box if box is not None or (upload is None and not reset) else self._resent_box()
-        box_kji = None if sent_box is None else sent_box.kji
         # What the server's object holds before this request, and what the segment holds: when
         # they differ (a hand edit, a new segment with voxels) the segment is sent as the prior.
         server_mask = np.zeros(shape, dtype=bool) if (upload is not None or reset) else self._server_mask
         current = self._segment_voxels()
-        segment_fp_prepared = segment_fingerprint(self.segmentation_node, self.segment_id)
+        segment_fp = segment_fingerprint(self.segmentation_node, self.segment_id)
         in_sync = server_mask is not None and (current is server_mask or np.array_equal(current, server_mask))
-        prior = None if in_sync else current
         history = [(step.points_kji, step.labels, None if step.box is None else step.box.kji)
                    for step in self._steps]
         replay_upload = upload or _Upload(volume_array(self.volume_node),
                                           volume_spacing_kji(self.volume_node),
                                           volume_fingerprint(self.volume_node))
-        old_session = self.session_id if upload is not None else None
-        wire = _Wire()
+        return _ClickPlan(clicks=clicks, points=points, labels=[int(click.label) for click in clicks],
+                          shape=shape, upload=upload,
+                          old_session=self.session_id if upload is not None else None,
+                          session_id=None if upload is not None else self.session_id, reset=reset,
+                          box=sent_box, current=current, prior=None if in_sync else current,
+                          segment_fp=segment_fp, history=history, replay_upload=replay_upload)
 
-        def work() -> _Wire:
-            started = time.perf_counter()
-            try:
-                if old_session is not None:
-                    delete_session_quietly(client, old_session)
-                if upload is not None:
-                    wire.session_id = client.create_session(upload.array, upload.spacing_kji)
-                    wire.uploaded = True
-                else:
-                    wire.session_id = session_id
-                try:
-                    if reset:
-                        client.reset(wire.session_id)
-                    if prior is not None:
-                        client.set_mask(wire.session_id, prior)
-                    wire.update = client.interact(wire.session_id, points, labels, box_kji=box_kji)
-                except (SessionExpired, SessionNotFound):
-                    if wire.uploaded:
-                        raise
-                    # The server forgot the volume: upload it again and rebuild the object.
-                    wire.session_id = client.create_session(replay_upload.array, replay_upload.spacing_kji)
-                    wire.uploaded = wire.replayed = True
-                    rebuilt = np.zeros(shape, dtype=bool)
-                    for step_points, step_labels, step_box in history:
-                        client.interact(wire.session_id, step_points, step_labels,
-                                        box_kji=step_box).apply_to(rebuilt)
-                    if not np.array_equal(rebuilt, current):
-                        client.set_mask(wire.session_id, current)
-                    wire.update = client.interact(wire.session_id, points, labels, box_kji=box_kji)
-            finally:
-                wire.seconds = time.perf_counter() - started
-            return wire
+    def _apply_clicks(self, plan: _ClickPlan, wire: _Wire, error: Optional[BaseException]) -> ClickResult:
+        """Main-thread end of a click request: the server's answer written into the segment."""
+        self._adopt_session(plan, wire)
+        if error is not None:
+            self._forget_failed_clicks(plan, wire)
+            raise error
+        if plan.reset or wire.uploaded:
+            self._object_needs_reset = False
+        self._reset = None
+        update = wire.update
+        current = plan.current
+        lo = tuple(int(v) for v in update.lo)
+        box = tuple(slice(a, b) for a, b in zip(update.lo, update.hi))
+        before = current[box].copy() if not update.is_empty else np.zeros((0, 0, 0), bool)
+        edited_meanwhile = segment_fingerprint(self.segmentation_node, self.segment_id) != plan.segment_fp
+        self._write_box(lo, update.mask if not update.is_empty else None)
+        # `current` is no longer needed as it was: it becomes the server's new mask.
+        self._server_mask = update.apply_to(current)
+        self._segment_fp = (None if edited_meanwhile
+                            else segment_fingerprint(self.segmentation_node, self.segment_id))
+        self._steps.append(_Step(clicks=plan.clicks, points_kji=plan.points, labels=plan.labels, lo=lo,
+                                 before=before, box=plan.box))
+        return ClickResult(clicks=len(plan.clicks), voxels=int(update.voxels), lo=lo,
+                           hi=tuple(int(v) for v in update.hi), encoder_ran=update.encoder_ran,
+                           uploaded=wire.uploaded, prior_sent=plan.prior is not None,
+                           replayed=wire.replayed, seconds=wire.seconds, timing_ms=dict(update.timing_ms))
 
-        def apply(_: Any, error: Optional[BaseException]) -> ClickResult:
-            fingerprint = upload.fingerprint if upload is not None else (
-                replay_upload.fingerprint if wire.replayed else self._session_fingerprint)
-            if wire.session_id is not None and wire.session_id != self.session_id:
-                self.session_id = wire.session_id
-                self._session_fingerprint = fingerprint
-                self.uploads += 1
-            if error is not None:
-                if wire.uploaded or reset:
-                    self._server_mask = None  # the server object is not what we know any more
-                    self._segment_fp = None
-                    self._object_needs_reset = self.session_id is not None and not wire.uploaded
-                for click in clicks:
-                    self.remove_click(click)
-                raise error
-            if reset or wire.uploaded:
-                self._object_needs_reset = False
-            self._reset = None
-            update = wire.update
-            lo = tuple(int(v) for v in update.lo)
-            box = tuple(slice(a, b) for a, b in zip(update.lo, update.hi))
-            before = current[box].copy() if not update.is_empty else np.zeros((0, 0, 0), bool)
-            edited_meanwhile = segment_fingerprint(self.segmentation_node, self.segment_id) != segment_fp_prepared
-            self._write_box(lo, update.mask if not update.is_empty else None)
-            # `current` is no longer needed as it was: it becomes the server's new mask.
-            self._server_mask = update.apply_to(current)
-            self._segment_fp = (None if edited_meanwhile
-                                else segment_fingerprint(self.segmentation_node, self.segment_id))
-            self._steps.append(_Step(clicks=clicks, points_kji=points, labels=labels, lo=lo,
-                                     before=before, box=sent_box))
-            return ClickResult(clicks=len(clicks), voxels=int(update.voxels), lo=lo,
-                               hi=tuple(int(v) for v in update.hi), encoder_ran=update.encoder_ran,
-                               uploaded=wire.uploaded, prior_sent=prior is not None,
-                               replayed=wire.replayed, seconds=wire.seconds,
-                               timing_ms=dict(update.timing_ms))
+    def _adopt_session(self, plan: _ClickPlan, wire: _Wire) -> None:
+        """Take the session the request created (upload or replay), even when it failed later."""
+        fingerprint = plan.upload.fingerprint if plan.upload is not None else (
+            plan.replay_upload.fingerprint if wire.replayed else self._session_fingerprint)
+        if wire.session_id is not None and wire.session_id != self.session_id:
+            self.session_id = wire.session_id
+            self._session_fingerprint = fingerprint
+            self.uploads += 1
 
-        return Request("clicks", work, apply, state=wire)
+    def _forget_failed_clicks(self, plan: _ClickPlan, wire: _Wire) -> None:
+        """A failed request: its points are removed, and a server object it may have changed
+        half way is no longer taken to be known."""
+        if wire.uploaded or plan.reset:
+            self._server_mask = None
+            self._segment_fp = None
+            self._object_needs_reset = self.session_id is not None and not wire.uploaded
+        for click in plan.clicks:
+            self.remove_click(click)
 
     def _tag_points(self, clicks: Sequence[Click]) -> None:
         """Write each placed click's lesion and sign into its point (saved with the list)."""
@@ -597,7 +608,7 @@ class PromptLogic:
         return roi_box_kji(roi, ras_to_ijk_matrix(self.volume_node), world_to_local_matrix(self.volume_node),
                            volume_shape(self.volume_node))
 
-    def prepare_box(self, roi=None) -> Optional[Request]:
+    def prepare_box(self, roi=None) -> Optional[Job]:
         """Main-thread half of a box request: the ROI's box replaces the object's box and goes
         out with no new click (the object's clicks stay). None when the ROI is not placed or
         still holds the object's box. If the request fails, the ROI goes back to the object's box."""
@@ -615,7 +626,7 @@ class PromptLogic:
                 self._show_object_box()
                 raise
 
-        return Request("box", inner.run, apply, state=inner.state)
+        return Job("box", inner.run, apply, state=inner.state)
 
     def _object_box(self) -> Optional[BoxPrompt]:
         """The box the current object holds (the last one sent), or None."""
@@ -661,13 +672,13 @@ class PromptLogic:
     # -- undo --------------------------------------------------------------------------------
     def undo(self) -> None:
         """Give the segment back its voxels before the last click, bit for bit."""
-        request = self.prepare_undo()
-        request.run()
-        request.finish()
+        job = self.prepare_undo()
+        job.run()
+        job.finish()
 
-    def prepare_undo(self) -> Request:
+    def prepare_undo(self) -> Job:
         if not self._steps and self._reset is not None:
-            return Request("undo", lambda: None, lambda result, error: self._undo_reset())
+            return Job("undo", lambda: None, lambda result, error: self._undo_reset())
         if not self._steps:
             raise NothingToUndo("Nothing to undo for this lesion.")
         client = self.client
@@ -702,15 +713,15 @@ class PromptLogic:
             self._segment_fp = (segment_fingerprint(self.segmentation_node, self.segment_id)
                                 if was_in_sync and self._server_mask is not None else None)
 
-        return Request("undo", work, apply)
+        return Job("undo", work, apply)
 
     # -- session -----------------------------------------------------------------------------
     def close(self) -> None:
         """Free the server session (best effort)."""
         self.prepare_release().run()
 
-    def prepare_release(self) -> Request:
-        """Forget the session now; the Request deletes it on the server (best effort)."""
+    def prepare_release(self) -> Job:
+        """Forget the session now; the job deletes it on the server (best effort)."""
         client, session_id = self._own_client(), self.session_id
         self._forget_session()
 
@@ -718,7 +729,7 @@ class PromptLogic:
             if client is not None and session_id is not None:
                 delete_session_quietly(client, session_id)
 
-        return Request("release", work, lambda result, error: None)
+        return Job("release", work, lambda result, error: None)
 
     def _forget_session(self) -> None:
         """Drop the session locally (no network). The lesion's clicks and undo stack stay; the
@@ -734,6 +745,47 @@ class PromptLogic:
         if error is not None:
             raise error
         return value
+
+
+def _send_clicks(client: SAM3DClient, plan: _ClickPlan, wire: _Wire) -> _Wire:
+    """Network part of a click request (any thread): new session if the volume changed, the
+    object reset or primed with the segment's voxels as needed, then the clicks. ``wire``
+    records what happened, also when it fails half way."""
+    started = time.perf_counter()
+    try:
+        if plan.old_session is not None:
+            delete_session_quietly(client, plan.old_session)
+        if plan.upload is not None:
+            wire.session_id = client.create_session(plan.upload.array, plan.upload.spacing_kji)
+            wire.uploaded = True
+        else:
+            wire.session_id = plan.session_id
+        try:
+            if plan.reset:
+                client.reset(wire.session_id)
+            if plan.prior is not None:
+                client.set_mask(wire.session_id, plan.prior)
+            wire.update = client.interact(wire.session_id, plan.points, plan.labels, box_kji=plan.box_kji)
+        except (SessionExpired, SessionNotFound):
+            if wire.uploaded:
+                raise
+            _rebuild_object(client, plan, wire)
+            wire.update = client.interact(wire.session_id, plan.points, plan.labels, box_kji=plan.box_kji)
+    finally:
+        wire.seconds = time.perf_counter() - started
+    return wire
+
+
+def _rebuild_object(client: SAM3DClient, plan: _ClickPlan, wire: _Wire) -> None:
+    """The server forgot the volume: upload it again and replay the object's earlier steps
+    (then send the segment's voxels if the replay does not give them back)."""
+    wire.session_id = client.create_session(plan.replay_upload.array, plan.replay_upload.spacing_kji)
+    wire.uploaded = wire.replayed = True
+    rebuilt = np.zeros(plan.shape, dtype=bool)
+    for step_points, step_labels, step_box in plan.history:
+        client.interact(wire.session_id, step_points, step_labels, box_kji=step_box).apply_to(rebuilt)
+    if not np.array_equal(rebuilt, plan.current):
+        client.set_mask(wire.session_id, plan.current)
 
 
 def delete_session_quietly(client: SAM3DClient, session_id: str) -> None:

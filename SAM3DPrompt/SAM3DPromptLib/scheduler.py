@@ -1,7 +1,7 @@
-"""Runs the Logic's server requests on a worker thread, one at a time, in the order asked.
+"""Runs the Logic's jobs on a worker thread, one at a time, in the order asked.
 
 The Widget calls :meth:`InteractionQueue.pump` from a timer on the main thread: it finishes a
-completed request there (MRML is only touched on the main thread) and starts the next one.
+completed job there (MRML is only touched on the main thread) and starts the next one.
 Clicks placed while a prediction runs wait in the queue and go out together in the next
 request, so none is lost and the segment catches up in one step. Qt-free, so pytest can
 drive it exactly as the Widget does. Batch work runs on a queue of its own (``batch.BatchRun``),
@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple
 
-from .logic import PromptLogic, Request
+from .logic import Job, PromptLogic
 from .prompts import Click
 
 # on_done(name, result, error): called on the main thread after each finished operation.
@@ -30,9 +30,9 @@ class InteractionQueue:
         self.logic = logic  # needed for clicks only
         self._on_done = on_done
         self._on_work = on_work  # called whenever work is queued (the Widget starts its timer)
-        # Entries: ("clicks", [Click]) or (name, prepare) where prepare() -> Request or None.
+        # Entries: ("clicks", [Click]) or (name, prepare) where prepare() -> Job or None.
         self._pending: Deque[Tuple[str, Any]] = deque()
-        self._running: Optional[Request] = None
+        self._running: Optional[Job] = None
         self._thread: Optional[threading.Thread] = None
         self._started_at = 0.0
 
@@ -45,9 +45,9 @@ class InteractionQueue:
             self._pending.append(("clicks", [click]))
         self._woken()
 
-    def add(self, name: str, prepare: Callable[[], Optional[Request]]) -> None:
+    def add(self, name: str, prepare: Callable[[], Optional[Job]]) -> None:
         """Queue an operation: ``prepare()`` runs on the main thread when its turn comes and
-        returns the Request to run on the worker, or None when it needed no network."""
+        returns the Job to run on the worker, or None when it needed no network."""
         self._pending.append((name, prepare))
         self._woken()
 
@@ -62,7 +62,7 @@ class InteractionQueue:
 
     @property
     def busy_seconds(self) -> float:
-        """How long the running request has been running (0 when idle)."""
+        """How long the running job has been running (0 when idle)."""
         return time.monotonic() - self._started_at if self._running is not None else 0.0
 
     @property
@@ -75,31 +75,31 @@ class InteractionQueue:
 
     # -- main-thread pump --------------------------------------------------------------------
     def pump(self) -> None:
-        """Finish a completed request and start the next one; never blocks."""
+        """Finish a completed job and start the next one; never blocks."""
         if self._running is not None:
             if self._thread is not None and self._thread.is_alive():
                 return
-            request, self._running, self._thread = self._running, None, None
-            self._finish(request.name, request.finish)
+            job, self._running, self._thread = self._running, None, None
+            self._finish(job.name, job.finish)
         while self._running is None and self._pending:
             name, payload = self._pending.popleft()
             try:
                 if name == "clicks":
-                    request = self.logic.prepare_clicks(payload)
+                    job = self.logic.prepare_clicks(payload)
                 else:
-                    request = payload()
+                    job = payload()
             except Exception as error:  # a prompt the logic refuses: report, go on
                 if name == "clicks":
                     for click in payload:
                         self.logic.remove_click(click)
                 self._on_done(name, None, error)
                 continue
-            if request is None:
+            if job is None:
                 self._on_done(name, None, None)
                 continue
-            self._running = request
+            self._running = job
             self._started_at = time.monotonic()
-            self._thread = threading.Thread(target=request.run, name=f"SAM3D {name}", daemon=True)
+            self._thread = threading.Thread(target=job.run, name=f"SAM3D {name}", daemon=True)
             self._thread.start()
 
     def _finish(self, name: str, finish: Callable[[], Any]) -> None:
@@ -111,7 +111,7 @@ class InteractionQueue:
             self._on_done(name, result, None)
 
     def discard(self) -> None:
-        """Forget the queued work and the result of the running request (e.g. the scene is
+        """Forget the queued work and the result of the running job (e.g. the scene is
         closing); the running network call ends on its own and its result is dropped. The
         abandoned call keeps the Logic's client: the Logic gets a new one."""
         self._pending.clear()
@@ -121,7 +121,7 @@ class InteractionQueue:
         self._thread = None
 
     def drop_pending(self) -> None:
-        """Forget the queued work; the running request still finishes (e.g. a cancelled batch)."""
+        """Forget the queued work; the running job still finishes (e.g. a cancelled batch)."""
         self._pending.clear()
 
     def wait_until_idle(self, timeout: float = 60.0, poll_s: float = 0.01) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_helpers import write_tiny_checkpoint
+from model_helpers import tiny_box_model, tiny_model  # noqa: F401  (fixtures, shared with Testing/)
 
 # Two cores are shared by everything on the test machine; one intra-op thread keeps the
 # suite's run time predictable.
@@ -26,15 +26,3 @@ def sam_vit_b_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sam") / "sam_vit_b_01ec64.pth"
     torch.save(sam.state_dict(), path)
     return path
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random-weight `tiny` checkpoint: for everything that does not need a trained model."""
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("model"), "tiny-random")
-
-
-@pytest.fixture(scope="session")
-def tiny_box_model(tmp_path_factory) -> Path:
-    """The same random `tiny` model with a box prompt (point labels 2 / 3 for box corners)."""
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("model"), "tiny-box", box_prompt=True)

@@ -1,14 +1,17 @@
-"""DICOM series as a CT scanner writes them, for the DICOM tests: one CT Image Storage file per
-slice with the patient / study / series / equipment modules, stored as unsigned values with a
-rescale intercept of -1024, instance numbers running head to feet, files named by their SOP
-instance UID (so the folder's name order says nothing about the slice order)."""
+"""DICOM series for the tests. ``write_ct_series``: as a CT scanner writes them, one CT Image
+Storage file per slice with the patient / study / series / equipment modules, stored as unsigned
+values with a rescale intercept of -1024, instance numbers running head to feet, files named by
+their SOP instance UID (so the folder's name order says nothing about the slice order).
+``write_dicom_series``: a plain series from SimpleITK's writer, of any grid (IO round trips)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -86,6 +89,51 @@ def write_ct_series(volume: Volume, folder: Path, description: str = "CT phantom
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     return files
+
+
+def write_dicom_series(volume: Volume, folder: Path, series_description: str = "") -> list[Path]:
+    """Write ``volume`` as a CT DICOM series (one file per k slice) into ``folder``.
+
+    DICOM stores the slice normal as row x column, so a volume whose direction matrix is
+    left-handed reads back with its k axis reversed: same voxels at the same LPS positions.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    array = volume.array
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError("write_dicom_series needs an integer array (e.g. int16 HU)")
+    image = volume.with_array(array.astype(np.int16)).to_sitk()
+    uid_root = "1.2.826.0.1.3680043.2.1125." + time.strftime("%Y%m%d%H%M%S")
+    direction = volume.direction
+    orientation = "\\".join(f"{v:.10g}" for v in (*direction[:, 0], *direction[:, 1]))
+    shared_tags = {
+        "0008|0060": "CT",
+        "0008|0008": "DERIVED\\SECONDARY",
+        "0020|000d": uid_root + ".1",
+        "0020|000e": uid_root + ".2",
+        "0020|0052": uid_root + ".3",
+        "0020|0037": orientation,
+        "0008|103e": series_description,
+        "0018|0050": f"{volume.spacing[0]:.10g}",
+        "0028|1052": "0",  # rescale intercept
+        "0028|1053": "1",  # rescale slope
+    }
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    written = []
+    for k in range(volume.shape[0]):
+        slice_image = image[:, :, k]
+        for tag, value in shared_tags.items():
+            slice_image.SetMetaData(tag, value)
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
+        slice_image.SetMetaData("0020|0013", str(k + 1))
+        slice_image.SetMetaData("0008|0018", f"{uid_root}.4.{k + 1}")
+        target = folder / f"slice_{k:04d}.dcm"
+        writer.SetFileName(str(target))
+        writer.Execute(slice_image)
+        written.append(target)
+    return written
 
 
 def on_grid(masks_grid: Volume, mask: np.ndarray, image: Volume) -> np.ndarray:

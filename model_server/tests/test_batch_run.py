@@ -278,7 +278,7 @@ def test_prompts_from_a_prior_mask_give_one_lesion_per_component(tmp_path, phant
 
 def test_the_server_backend_gives_the_in_process_results(tmp_path, phantoms, full_run, tiny_model):
     """Same masks as in-process; a case the server refuses is recorded with the server's message."""
-    from sam3d.serve.launch import running_server
+    from server_helpers import running_server
 
     image, _ = generate_case(0, shape=(40, 96, 96))  # more voxels than this server takes
     write_image(image, tmp_path / "big.nii.gz")

@@ -12,7 +12,6 @@ from sam3d.data.datasets import (
     find_cases,
     label_names,
     load_case,
-    load_label,
     make_splits,
     read_splits,
     resolve_target_label,
@@ -65,10 +64,8 @@ def test_nnunet_layout_with_channel_suffix(tmp_path):
     assert image.same_grid(expected_image)
     assert mask.dtype == bool
     np.testing.assert_array_equal(mask, expected_label.array == 2)
-    np.testing.assert_array_equal(load_label(cases[1], 1), expected_label.array == 1)
+    np.testing.assert_array_equal(load_case(cases[1], target_label=1)[1], expected_label.array == 1)
     assert load_case(cases[2], 2)[1] is None
-    with pytest.raises(ValueError, match="c_003 has no label file"):
-        load_label(cases[2], 2)
 
 
 def test_msd_layout_with_plain_names_and_macos_junk(tmp_path):

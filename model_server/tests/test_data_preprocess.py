@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from sam3d.data.intensity import PRESETS, IntensityPreset, compute_preset, get_preset
+from sam3d.data.intensity import PRESETS, IntensityPreset, compute_preset
 from sam3d.data.io import Volume
 from sam3d.data.resample import resample_to_reference, resample_volume
 
@@ -69,12 +69,10 @@ def test_resample_rejects_unknown_interpolator():
 
 
 def test_presets_hold_the_papers_numbers_a_soft_tissue_and_a_percentile_one():
-    assert get_preset("kits21") == IntensityPreset("kits21", -54.0, 247.0, 59.54, 55.46)
+    assert PRESETS["kits21"] == IntensityPreset("kits21", -54.0, 247.0, 59.54, 55.46)
     assert set(PRESETS) == {"kits21", "msd_pancreas", "lits", "msd_colon", "soft_tissue", "percentile"}
-    assert get_preset("percentile").kind == "percentile" and get_preset("lits").kind == "window"
-    with pytest.raises(ValueError, match="unknown intensity preset 'ct'; choose one of kits21, msd_pancreas"):
-        get_preset("ct")
-    preset = get_preset("lits")
+    assert PRESETS["percentile"].kind == "percentile" and PRESETS["lits"].kind == "window"
+    preset = PRESETS["lits"]
     assert IntensityPreset.from_dict(preset.to_dict()) == preset
 
 

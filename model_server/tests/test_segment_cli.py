@@ -19,7 +19,7 @@ from sam3d.data.markups import read_markups, write_markups
 from sam3d.data.segio import read_segmentation
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import segment
-from sam3d.serve.launch import running_server
+from server_helpers import running_server
 
 SHAPE = (30, 72, 64)
 CLICK_KJI = (9.0, 20.0, 44.0)  # off-centre: a mirrored axis would put it elsewhere
@@ -119,7 +119,7 @@ def test_segment_refuses_negative_only_clicks_and_a_wrong_output_name(oblique_im
 
 
 def test_segment_tells_when_the_server_is_not_running(oblique_image, tmp_path):
-    from sam3d.serve.launch import free_port
+    from server_helpers import free_port
 
     ras = click_ras(oblique_image)
     status, text = run_cli(str(oblique_image), "--point=" + ",".join(map(str, ras)), "--out",

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from sam3d.cli import main
-from sam3d.serve.launch import running_server
+from server_helpers import running_server
 from sam3d.client.wire import encode_mask_bits
 from sam3d.serve.openapi import openapi_text
 from wire_helpers import apply_mask_update as apply

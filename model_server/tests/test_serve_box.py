@@ -12,7 +12,7 @@ import requests
 from sam3d.client import client as client_module
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
-from sam3d.serve.launch import running_server
+from server_helpers import running_server
 
 SHAPE = (20, 64, 64)
 SPACING = (2.5, 0.8, 0.8)

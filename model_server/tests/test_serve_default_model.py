@@ -14,7 +14,7 @@ from scipy import ndimage
 from sam3d.data.clicks import centre_click
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case
 from sam3d.model.checkpoint import BUNDLED_MODELS
-from sam3d.serve.launch import running_server
+from server_helpers import running_server
 from sam3d.client.wire import encode_mask_bits
 from wire_helpers import apply_mask_update as apply
 

@@ -16,7 +16,7 @@ import uvicorn
 
 from sam3d.engine.predictor import Predictor
 from sam3d.serve.app import ServerSettings, create_app
-from sam3d.serve.launch import free_port
+from server_helpers import free_port
 from sam3d.serve.wire import decode_mask_bits
 
 SHAPE = (16, 48, 48)

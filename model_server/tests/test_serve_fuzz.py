@@ -16,7 +16,7 @@ import zlib
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
-from sam3d.serve.launch import running_server
+from server_helpers import running_server
 
 OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 

@@ -25,7 +25,7 @@ from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
 from sam3d.serve.commands import register, warnings_for
 from sam3d.serve.errors import SessionExpired
-from sam3d.serve.launch import running_server
+from server_helpers import running_server
 from sam3d.serve.sessions import SessionStore
 
 SHAPE = (16, 48, 48)

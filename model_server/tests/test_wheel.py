@@ -25,7 +25,7 @@ import pytest
 from sam3d.data.io import Volume, write_image
 from sam3d.data.markups import write_markups
 from sam3d.data.segio import read_segmentation
-from sam3d.serve.launch import running_server
+from server_helpers import running_server
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = PACKAGE_ROOT.parent

@@ -32,15 +32,8 @@ from SAM3DPromptLib.client import SAM3DError
 from SAM3DPromptLib.logic import PromptLogic, user_message
 from SAM3DPromptLib.prompts import PlaceMode, PromptError, find_prompt_list, load_prompt_file
 from SAM3DPromptLib.scheduler import InteractionQueue
+from SAM3DPromptLib.shortcuts import SHORTCUTS
 
-# The Slicer module's keyboard shortcuts (SAM3DPrompt.py SHORTCUTS; a test keeps them equal).
-SHORTCUTS = {
-    "positive": "A",
-    "negative": "D",
-    "undo": "Ctrl+Z",
-    "reset": "Shift+R",
-    "nextLesion": "N",
-}
 # Window / level presets (Slicer's CT presets; "Auto" is Slicer's automatic window).
 WINDOW_PRESETS: Dict[str, Optional[tuple]] = {
     "Auto": None,

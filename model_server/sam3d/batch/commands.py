@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import CLIError
 from .manifest import ManifestError, cases_from_series, read_manifest
+from .options import add_segmenter_options
 from ..evaluate.metrics import NSD_TOLERANCE_MM
 from .runner import OUTPUT_FORMATS, BatchError, BatchOptions, BatchReport, check_images, check_prompt_sources, run_batch
 from .state import DONE, FAILED, PENDING, OutputFolder
@@ -33,14 +34,7 @@ def register(subparsers) -> None:
                         help="JSON or CSV file listing the cases (id, image, prompts, reference); "
                              "leave it out with --query")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--server", default=None, metavar="URL",
-                        help="URL of a running `sam3d serve`; default: the engine in this process")
-    parser.add_argument("--api-key", default=None, help="the server's API key (with --server)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per server request")
-    parser.add_argument("--model", default="default", help="in-process model: 'default' (the bundled lite model), 'small-phantoms' (the fast phantom-trained one) or a checkpoint path")
-    parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="where the in-process model runs (default auto: cuda when available)")
+    add_segmenter_options(parser, timeout=300.0)
     parser.add_argument("--resume", action="store_true",
                         help="skip the cases a previous run into DIR finished (same inputs, output intact)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",

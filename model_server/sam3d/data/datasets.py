@@ -142,13 +142,6 @@ def resolve_target_label(root: str | os.PathLike, target: str | int) -> int:
     return names[target]
 
 
-def load_label(case: Case, target_label: int) -> np.ndarray:
-    """The case's binary mask (bool, kji) of ``target_label``."""
-    if case.label_path is None:
-        raise ValueError(f"case {case.case_id} has no label file")
-    return read_image(case.label_path).array == target_label
-
-
 def load_case(case: Case, target_label: int) -> tuple[Volume, np.ndarray | None]:
     """The case's image and its binary ``target_label`` mask on the image's grid (None when
     unlabelled). A label stored on a slightly different grid is resampled onto the image's

@@ -93,10 +93,3 @@ def compute_preset(
         mean=float(clipped.mean()),
         std=std if std > 0 else 1.0,
     )
-
-
-def get_preset(name: str) -> IntensityPreset:
-    """The built-in preset called ``name``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown intensity preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]

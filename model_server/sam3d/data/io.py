@@ -9,7 +9,6 @@ LPS, as ITK stores them.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,61 +285,6 @@ def write_image(volume: Volume, path: str | os.PathLike, compress: bool = True) 
     image = volume.to_sitk()
     atomic_write(path, ending, lambda tmp: sitk.WriteImage(image, str(tmp), compress))
     return path
-
-
-def write_mask(mask: np.ndarray, reference: Volume, path: str | os.PathLike) -> Path:
-    """Write a binary or label mask as uint8 on exactly the grid of ``reference``."""
-    mask = np.asarray(mask)
-    if mask.shape != reference.shape:
-        raise ValueError(f"mask shape {mask.shape} does not match the reference grid {reference.shape}")
-    if mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise ValueError("mask values must lie in 0..255 to be written as uint8")
-    return write_image(reference.with_array(mask.astype(np.uint8)), path)
-
-
-def write_dicom_series(volume: Volume, folder: str | os.PathLike, series_description: str = "") -> list[Path]:
-    """Write ``volume`` as a CT DICOM series (one file per k slice) into ``folder``.
-
-    DICOM stores the slice normal as row x column, so a volume whose direction matrix is
-    left-handed reads back with its k axis reversed: same voxels at the same LPS positions.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    array = volume.array
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError("write_dicom_series needs an integer array (e.g. int16 HU)")
-    image = volume.with_array(array.astype(np.int16)).to_sitk()
-    uid_root = "1.2.826.0.1.3680043.2.1125." + time.strftime("%Y%m%d%H%M%S")
-    direction = volume.direction
-    orientation = "\\".join(f"{v:.10g}" for v in (*direction[:, 0], *direction[:, 1]))
-    shared_tags = {
-        "0008|0060": "CT",
-        "0008|0008": "DERIVED\\SECONDARY",
-        "0020|000d": uid_root + ".1",
-        "0020|000e": uid_root + ".2",
-        "0020|0052": uid_root + ".3",
-        "0020|0037": orientation,
-        "0008|103e": series_description,
-        "0018|0050": f"{volume.spacing[0]:.10g}",
-        "0028|1052": "0",  # rescale intercept
-        "0028|1053": "1",  # rescale slope
-    }
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    written = []
-    for k in range(volume.shape[0]):
-        slice_image = image[:, :, k]
-        for tag, value in shared_tags.items():
-            slice_image.SetMetaData(tag, value)
-        position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
-        slice_image.SetMetaData("0020|0013", str(k + 1))
-        slice_image.SetMetaData("0008|0018", f"{uid_root}.4.{k + 1}")
-        target = folder / f"slice_{k:04d}.dcm"
-        writer.SetFileName(str(target))
-        writer.Execute(slice_image)
-        written.append(target)
-    return written
 
 
 def _writable_ending(path: Path) -> str:

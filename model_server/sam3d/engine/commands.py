@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..batch.options import add_segmenter_options
 from ..errors import CLIError
 
 POINT_HELP = ("a click as R,A,S in mm, optionally followed by :+ (positive, the default) or :- "
@@ -34,13 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True,
                         help="output .seg.nrrd, or .dcm: a DICOM SEG (the image must be a DICOM series folder)")
     parser.add_argument("--name", default="Tumor", help="segment name (default Tumor)")
-    parser.add_argument("--server", default=None, help="URL of a running `sam3d serve`; default: in-process")
-    parser.add_argument("--api-key", default=None, help="the server's API key (with --server)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per server request")
-    parser.add_argument("--model", default="default", help="in-process model: 'default' (the bundled lite model), 'small-phantoms' (the fast phantom-trained one) or a checkpoint path")
-    parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="where the in-process model runs (default auto: cuda when available)")
+    add_segmenter_options(parser, timeout=120.0)
     parser.set_defaults(func=run)
 
 

@@ -52,23 +52,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ..data.datasets import find_cases, load_case, make_splits, read_splits, resolve_target_label
-    from ..engine.predictor import Predictor
-    from ..model.checkpoint import CheckpointError
-    from .classical import METHOD
-    from .simulation import evaluate_case, summarise
     from .report import build_report, write_report
+    from .simulation import summarise
 
     if args.clicks < 1:
         raise CLIError(f"--clicks must be at least 1, got {args.clicks}")
+    predictor = _load_predictor(args)
+    chosen, target_label, split_seed = _choose_cases(args, predictor.loaded.meta)
+    baseline_2d = _slice_baseline() if args.baseline_2d else None
+    start = time.perf_counter()
+    results = _evaluate_cases(args, predictor, chosen, target_label, baseline_2d)
+    summary = summarise(results, args.clicks)
+    if "classical" in summary:
+        from .classical import METHOD
+
+        summary["classical"]["method"] = METHOD
+    info = _report_info(args, predictor, target_label, split_seed, time.perf_counter() - start)
+    paths = write_report(build_report(results, summary, info), args.out)
+    _print_summary(summary, len(results), args.clicks)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _load_predictor(args: argparse.Namespace):
+    """The model of --model (CLIError naming the problem when it cannot be loaded)."""
+    from ..engine.predictor import Predictor
+    from ..model.checkpoint import CheckpointError
+
     try:
-        predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
-                                   box_pathway=args.box_pathway)
+        return Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
+                              box_pathway=args.box_pathway)
     except (CheckpointError, ValueError) as error:
         raise CLIError(str(error)) from error
-    meta = predictor.loaded.meta
+
+
+def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int | None]:
+    """The labelled cases of --split (at most --max-cases), the target label value and the
+    split's seed. The split is remade as the model's training made it unless --splits is given."""
+    from ..data.datasets import find_cases, make_splits, read_splits, resolve_target_label
+
     try:
         cases = find_cases(args.data, args.layout)
         target = args.target_label if args.target_label is not None else meta.get("target_label", "tumor")
@@ -79,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
             if args.splits:
                 splits = read_splits(args.splits)
             else:
-                split_seed = args.split_seed if args.split_seed is not None else meta.get("split_seed", 0)
+                seed = args.split_seed if args.split_seed is not None else meta.get("split_seed", 0)
                 fractions = meta.get("train_config", {}).get("split_fractions", (0.7, 0.1, 0.2))
-                splits = make_splits(cases, split_seed, fractions)
+                splits = make_splits(cases, seed, fractions)
             split_seed = splits.get("seed")
             wanted = set(splits[args.split])
             chosen = [c for c in cases if c.case_id in wanted]
@@ -90,13 +112,23 @@ def run(args: argparse.Namespace) -> int:
     chosen = [c for c in chosen if c.label_path is not None][: args.max_cases]
     if not chosen:
         raise CLIError(f"the {args.split} split of {args.data} holds no labelled cases")
+    return chosen, target_label, split_seed
 
-    baseline_2d = None
-    if args.baseline_2d:
-        from ..engine.slice_pathway import LiteMedSAM2D
 
-        baseline_2d = LiteMedSAM2D()
-    start = time.perf_counter()
+def _slice_baseline():
+    """The 2D row's model: LiteMedSAM slice by slice (--baseline-2d)."""
+    from ..engine.slice_pathway import LiteMedSAM2D
+
+    return LiteMedSAM2D()
+
+
+def _evaluate_cases(args: argparse.Namespace, predictor, chosen: list, target_label: int, baseline_2d) -> list:
+    """Each case's result under the click protocol; cases without the target label are skipped."""
+    from tqdm import tqdm
+
+    from ..data.datasets import load_case
+    from .simulation import evaluate_case
+
     results = []
     with tqdm(chosen, desc=f"evaluate {args.split}", unit="case") as bar:
         for case in bar:
@@ -115,10 +147,13 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(dice=f"{result.dice_by_click[0]:.3f}")
     if not results:
         raise CLIError(f"no case of the {args.split} split holds label {target_label}")
-    summary = summarise(results, args.clicks)
-    if "classical" in summary:
-        summary["classical"]["method"] = METHOD
-    info = {
+    return results
+
+
+def _report_info(args: argparse.Namespace, predictor, target_label: int, split_seed: int | None,
+                 seconds: float) -> dict:
+    """The report's "info": what was evaluated, how, and on what."""
+    return {
         "model": predictor.name,
         "model_spec": str(args.model),
         "model_config": predictor.config.name,
@@ -136,13 +171,14 @@ def run(args: argparse.Namespace) -> int:
         "protocol": "click 1: a random target voxel (seeded per case); clicks 2..N: centre of the largest "
                     "error region; engine crop + paste-back on the native grid, threshold 0.5",
         "device": str(predictor.device),
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(seconds, 2),
     }
-    report = build_report(results, summary, info)
-    paths = write_report(report, args.out)
-    print(f"{len(results)} cases, {args.clicks} click(s): mean Dice {summary['mean_dice']:.4f}, "
+
+
+def _print_summary(summary: dict, cases: int, clicks: int) -> None:
+    print(f"{cases} cases, {clicks} click(s): mean Dice {summary['mean_dice']:.4f}, "
           f"mean NSD {summary['mean_nsd']:.4f} (1 click)")
-    if args.clicks > 1:
+    if clicks > 1:
         print("Dice by click: " + ", ".join(f"{d:.4f}" for d in summary["dice_by_click"]))
     if "classical" in summary:
         print(f"classical (region growing, 1 click): Dice {summary['classical']['mean_dice']:.4f}, "
@@ -150,5 +186,3 @@ def run(args: argparse.Namespace) -> int:
     if "baseline_2d" in summary:
         print(f"2D baseline (LiteMedSAM slice by slice, same first prompt): Dice "
               f"{summary['baseline_2d']['mean_dice']:.4f}, NSD {summary['baseline_2d']['mean_nsd']:.4f}")
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0

@@ -1,4 +1,7 @@
-"""Start `sam3d serve` as a child process on a free loopback port (tests, benchmarks, scripts)."""
+"""Start `sam3d serve` (or another server process) as a child on a free loopback port: the
+harness of both test trees (model_server/tests, Testing), the benchmarks and the figure scripts.
+It lives beside the tests, not in the package: nothing the package runs needs it
+(docs/DEVELOPING.md, "Test helpers")."""
 
 from __future__ import annotations
 
