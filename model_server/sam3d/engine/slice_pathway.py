@@ -6,7 +6,8 @@ until a slice comes back empty or larger than ``GROWTH_LIMIT`` times the previou
 own 3D inference works the same way). The growth rule stands in for "the object ended": from
 the object's largest slice its area shrinks, while LiteMedSAM, given a box, finds *something* in
 every slice. A 3D box (corners on different slices) also bounds the propagation: it starts on
-the box's middle slice, stays within the box's slices and never leaves the box's rectangle.
+the box's slice whose mask fills the box's rectangle best (``_fullest_slice``), stays within
+the box's slices and never leaves the box's rectangle.
 
 Why a 2D pathway beside the 3D model: on boxes it is the better of the two on every data set
 measured (docs/BENCHMARKS.md, generalisation table) - it was trained on ~1.5 M real medical
@@ -128,6 +129,23 @@ def _segment_slice(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, 
     return _paste(model.segment(image, **prompt), j0, i0, side, plane.shape)
 
 
+def _fullest_slice(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], slices: range,
+                   rectangle: np.ndarray) -> tuple[int, np.ndarray]:
+    """The slice of a 3D box where the object fills the box's rectangle best (its mask's box
+    overlaps the rectangle most): the object's widest slice, where propagation starts."""
+    best = (-1.0, slices[0], np.zeros(volume.shape[1:], dtype=bool))
+    for k in slices:
+        plane_mask = _segment_slice(model, volume[k], bounds, box=rectangle)
+        if plane_mask.any():
+            js, is_ = np.nonzero(plane_mask)
+            found = np.array([js.min(), is_.min(), js.max(), is_.max()], dtype=float)
+            overlap = np.prod(np.clip(np.minimum(found[2:], rectangle[2:]) - np.maximum(found[:2], rectangle[:2]) + 1, 0, None))
+            union = np.prod(found[2:] - found[:2] + 1) + np.prod(rectangle[2:] - rectangle[:2] + 1) - overlap
+            if overlap / union > best[0]:
+                best = (overlap / union, k, plane_mask)
+    return best[1], best[2]
+
+
 def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.ndarray | None = None,
                            click_kji: Sequence[float] | None = None,
                            bounds: tuple[float, float] | None = None) -> np.ndarray:
@@ -145,7 +163,9 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
         if hi[0] - lo[0] >= 1.0:  # a 3D box: its slices and its rectangle bound the propagation
             slices = range(min(int(np.ceil(lo[0] - 1e-6)), start), max(int(np.floor(hi[0] + 1e-6)), start) + 1)
             limit = rectangle
-        mask[start] = _segment_slice(model, volume[start], bounds, box=rectangle)
+            start, mask[start] = _fullest_slice(model, volume, bounds, slices, rectangle)
+        else:
+            mask[start] = _segment_slice(model, volume[start], bounds, box=rectangle)
     else:
         start = int(round(click_kji[0]))
         mask[start] = _segment_slice(model, volume[start], bounds, point=click_kji[1:])
