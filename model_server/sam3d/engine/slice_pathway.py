@@ -38,7 +38,6 @@ BOX_MARGIN_PX = 5
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
 BOUNDS_STRIDE = 2  # volume_bounds reads every 2nd voxel along each axis (1/8 of the volume)
-NAME = "litemedsam_2d"
 
 
 class LiteMedSAM2D:
@@ -129,6 +128,12 @@ def _segment_slice(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, 
     return _paste(model.segment(image, **prompt), j0, i0, side, plane.shape)
 
 
+def _mask_box(plane_mask: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """The (j0, i0, j1, i1) box of a non-empty slice mask, grown by ``margin`` pixels."""
+    js, is_ = np.nonzero(plane_mask)
+    return np.array([js.min() - margin, is_.min() - margin, js.max() + margin, is_.max() + margin], dtype=float)
+
+
 def _fullest_slice(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], slices: range,
                    rectangle: np.ndarray) -> tuple[int, np.ndarray]:
     """The slice of a 3D box where the object fills the box's rectangle best (its mask's box
@@ -137,8 +142,7 @@ def _fullest_slice(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float,
     for k in slices:
         plane_mask = _segment_slice(model, volume[k], bounds, box=rectangle)
         if plane_mask.any():
-            js, is_ = np.nonzero(plane_mask)
-            found = np.array([js.min(), is_.min(), js.max(), is_.max()], dtype=float)
+            found = _mask_box(plane_mask)
             overlap = np.prod(np.clip(np.minimum(found[2:], rectangle[2:]) - np.maximum(found[:2], rectangle[:2]) + 1, 0, None))
             union = np.prod(found[2:] - found[:2] + 1) + np.prod(rectangle[2:] - rectangle[:2] + 1) - overlap
             if overlap / union > best[0]:
@@ -173,9 +177,7 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
         previous = mask[start]
         k = start + direction
         while k in slices and previous.sum() >= MIN_AREA_PX:
-            js, is_ = np.nonzero(previous)
-            box = np.array([js.min() - BOX_MARGIN_PX, is_.min() - BOX_MARGIN_PX,
-                            js.max() + BOX_MARGIN_PX, is_.max() + BOX_MARGIN_PX], dtype=float)
+            box = _mask_box(previous, BOX_MARGIN_PX)
             if limit is not None:
                 box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
             current = _segment_slice(model, volume[k], bounds, box=box)
