@@ -374,6 +374,7 @@ class Session:
         if self._intensity_bounds is None:
             self._intensity_bounds = volume_bounds(self.volume)
         mask = self.predictor.segment_box_2d(self.volume, box, self._intensity_bounds)
+        self.encoder_runs += 1
         lo = np.clip(np.floor(box[0]).astype(int), 0, None)
         hi = np.minimum(np.ceil(box[1]).astype(int) + 1, self.shape)
         region = _union([(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), _tight_box(mask) or EMPTY_BOX])

