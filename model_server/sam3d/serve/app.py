@@ -10,6 +10,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -17,6 +18,7 @@ from .. import __version__
 from ..engine.predictor import Predictor
 from .errors import install_handlers
 from .guard import Guard, GuardSettings
+from .lanes import EngineLanes
 from .memory import feature_bytes
 from .routes import ServerState, public, router
 from .sessions import SessionStore
@@ -31,14 +33,17 @@ def _low_priority_thread() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-def create_app(predictor: Predictor | None, settings: ServerSettings = ServerSettings()) -> FastAPI:
-    """The API over ``predictor`` (None only to export the OpenAPI schema)."""
+def create_app(predictor: Predictor | None, settings: ServerSettings = ServerSettings(),
+               lanes: EngineLanes | None = None) -> FastAPI:
+    """The API over ``predictor`` (None only to export the OpenAPI schema); engine calls run on
+    ``lanes`` (new ones with torch's current thread count when not given; see lanes.py)."""
     state = ServerState(
         predictor, settings,
         SessionStore(settings.max_sessions, settings.session_ttl_s, settings.max_memory_bytes, settings.evict_idle_s),
         crop_bytes=feature_bytes(predictor) if predictor is not None else 0,
         # Uploads are inflated one at a time, off the event loop, at low priority.
-        upload_pool=ThreadPoolExecutor(1, thread_name_prefix="sam3d-upload", initializer=_low_priority_thread))
+        upload_pool=ThreadPoolExecutor(1, thread_name_prefix="sam3d-upload", initializer=_low_priority_thread),
+        lanes=lanes or EngineLanes(torch.get_num_threads()))
     app = FastAPI(title="SAM3DPrompt server", version=__version__, lifespan=_housekeeping,
                   description="Click-prompted 3D segmentation, API v1. See docs/PROTOCOL.md and docs/SECURITY.md.")
     app.state.server = state
@@ -59,7 +64,7 @@ def create_app(predictor: Predictor | None, settings: ServerSettings = ServerSet
 @contextlib.asynccontextmanager
 async def _housekeeping(app: FastAPI):
     """While the app runs, purge expired sessions regularly (frees their memory without waiting
-    for a request); on shutdown stop the upload worker."""
+    for a request); on shutdown stop the upload worker and the engine lanes."""
     state: ServerState = app.state.server
 
     async def purge_expired() -> None:
@@ -71,3 +76,4 @@ async def _housekeeping(app: FastAPI):
     yield
     task.cancel()
     state.upload_pool.shutdown(wait=False, cancel_futures=True)
+    state.lanes.shutdown()

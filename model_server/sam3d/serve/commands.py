@@ -163,12 +163,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
     """The server's socket, bound before the model loads: a taken port is said at once."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family)
+        sock = socket.create_server((host, port), family=family)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise CLIError(f"port {port} on {host} is in use (another sam3d serve?); stop that server or "
                            "choose another port with --port") from None
         raise CLIError(f"cannot listen on {host}:{port}: {error.strerror or error}; check --host and --port") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it
+    return sock
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,21 +182,21 @@ def run(args: argparse.Namespace) -> int:
 
         from ..engine.predictor import Predictor
         from .app import create_app
+        from .lanes import EngineLanes
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        lanes = EngineLanes(args.threads or torch.get_num_threads())
         for note in warnings_for(args):
             print(f"sam3d serve: warning: {note}", file=sys.stderr, flush=True)
-        try:
-            predictor = Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
+        try:  # on the main lane: the only thread that runs parallel torch work (lanes.py)
+            predictor = lanes.run_on_main(Predictor.load, args.model, args.device, args.sam_checkpoint)
         except (CheckpointError, ValueError) as error:
             raise CLIError(str(error)) from error
-        seconds = predictor.warm_up()
+        seconds = lanes.run_on_main(predictor.warm_up)
         scheme = "https" if args.ssl_certfile else "http"
         print(f"sam3d serve: model {predictor.name} ({predictor.config.name}) on {predictor.device}, "
               f"warm-up {seconds * 1000:.0f} ms; auth {'on' if settings.api_key else 'off'}; memory budget "
               f"{settings.max_memory_bytes / 2**30:.1f} GiB; {scheme}://{args.host}:{args.port}", flush=True)
-        config = uvicorn.Config(create_app(predictor, settings), host=args.host, port=args.port,
+        config = uvicorn.Config(create_app(predictor, settings, lanes), host=args.host, port=args.port,
                                 log_level=args.log_level, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
         uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -25,6 +25,7 @@ from .memory import resident_bytes, session_ceiling
 from .schemas import (ERROR_REPLIES, MAX_POINTS_PER_REQUEST, SESSION_ID, SHAPE_PATTERN, SPACING_PATTERN,
                       Capabilities, Health, InteractionRequest, Limits, MaskRequest, MaskUpdate, Memory,
                       Metrics, ModelInfo, ResetReply, SessionCreated, SessionInfo, Timing)
+from .lanes import EngineLanes
 from .sessions import SessionStore
 from .settings import ServerSettings
 from .wire import COMPRESSIONS, DTYPES, decode_mask_bits, decode_volume, parse_upload_shape
@@ -48,13 +49,15 @@ class Counters:
 
 @dataclass
 class ServerState:
-    """What the routes share: the model, the settings, the sessions and the upload worker."""
+    """What the routes share: the model, the settings, the sessions, the upload worker and the
+    engine lanes."""
 
     predictor: Predictor
     settings: ServerSettings
     store: SessionStore
     crop_bytes: int
     upload_pool: ThreadPoolExecutor
+    lanes: EngineLanes
     counters: Counters = field(default_factory=Counters)
 
 
@@ -77,10 +80,11 @@ def _mask_update(change: MaskChange) -> MaskUpdate:
                       timing_ms=Timing(**change.timing_ms))
 
 
-def _run_engine(call, *args):
-    """Run an engine call, turning its failures into API errors (the session stays unchanged)."""
+def _run_engine(server: ServerState, call, *args):
+    """Run an engine call on the engine lanes, turning its failures into API errors (the session
+    stays unchanged)."""
     try:
-        return call(*args)
+        return server.lanes.run(call, *args)
     except (*errors.ENGINE_ERRORS, ValueError) as error:
         raise (errors.engine_error(error) or BadRequest(str(error))) from None
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
@@ -199,7 +203,7 @@ def interact(session_id: SessionId, body: InteractionRequest, server: Server) ->
     if len(body.labels) != len(body.points):
         raise BadRequest(f"{len(body.points)} points but {len(body.labels)} labels; give one label per point")
     with server.store.use(session_id) as session:
-        change = _run_engine(session.interact, body.points, body.labels, body.box)
+        change = _run_engine(server, session.interact, body.points, body.labels, body.box)
     server.counters.add("interactions")
     return _mask_update(change)
 
@@ -216,7 +220,7 @@ def set_mask(session_id: SessionId, body: MaskRequest, server: Server) -> MaskUp
         if math.prod(shape) > session.mask.size:
             raise BadRequest("bbox is larger than the volume")
         mask = decode_mask_bits(body.mask, shape)
-        return _mask_update(_run_engine(session.set_mask, lo, hi, mask))
+        return _mask_update(_run_engine(server, session.set_mask, lo, hi, mask))
 
 
 @router.post("/v1/sessions/{session_id}/undo", response_model=MaskUpdate,
@@ -224,7 +228,7 @@ def set_mask(session_id: SessionId, body: MaskRequest, server: Server) -> MaskUp
 def undo(session_id: SessionId, server: Server) -> MaskUpdate:
     """Return to the state before the last interaction or mask edit."""
     with server.store.use(session_id) as session:
-        return _mask_update(_run_engine(session.undo))
+        return _mask_update(_run_engine(server, session.undo))
 
 
 @router.post("/v1/sessions/{session_id}/reset", response_model=ResetReply,

@@ -1,0 +1,68 @@
+"""The server's engine lanes (serve/lanes.py) and its listening socket: engine calls run on two
+fixed threads - the main lane with torch's thread count while it is free, the side lane with one
+torch thread while it is busy - and replies are not held back by Nagle's algorithm."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+import torch
+
+from sam3d.serve.commands import listening_socket
+from sam3d.serve.lanes import EngineLanes
+
+
+def where() -> tuple[str, int]:
+    return threading.current_thread().name, torch.get_num_threads()
+
+
+@pytest.fixture
+def lanes():
+    engine = EngineLanes(2)
+    yield engine
+    engine.shutdown()
+
+
+def test_a_call_runs_on_the_main_lane_with_all_threads_while_it_is_free(lanes):
+    first, second = lanes.run(where), lanes.run(where)
+    assert first == second  # always the same thread: one OpenMP team
+    assert first[0].startswith("sam3d-engine_") and first[1] == 2
+    assert lanes.run_on_main(where) == first
+
+
+def test_a_call_arriving_while_the_main_lane_is_busy_takes_the_side_lane(lanes):
+    started, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        started.set()
+        release.wait(30)
+
+    blocker = threading.Thread(target=lanes.run, args=(busy,))
+    blocker.start()
+    assert started.wait(30)
+    try:
+        name, threads = lanes.run(where)
+    finally:
+        release.set()
+        blocker.join(30)
+    assert name.startswith("sam3d-engine-side") and threads == 1
+    assert lanes.run(where)[0].startswith("sam3d-engine_")  # free again: back on the main lane
+
+
+def test_a_failing_call_raises_in_the_caller_and_frees_its_lane(lanes):
+    def fail() -> None:
+        raise ValueError("bad click")
+
+    with pytest.raises(ValueError, match="bad click"):
+        lanes.run(fail)
+    assert lanes.run(where)[0].startswith("sam3d-engine_")
+
+
+def test_the_listening_socket_hands_out_connections_without_nagle_delay():
+    with listening_socket("127.0.0.1", 0) as server:
+        with socket.create_connection(server.getsockname()[:2]) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
