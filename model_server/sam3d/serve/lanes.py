@@ -8,9 +8,10 @@ each request on any thread of its pool), and the first thread slows down too (13
 
 - the **main lane** - one thread with torch's full thread count - runs the model's loading and
   warm-up and every engine call while it is free;
-- the **side lane** - one thread with one torch thread - takes a call that arrives while the
-  main lane is busy (another user's encoder run), so a click does not wait seconds behind it.
-  A single-threaded team adds no OpenMP threads, so the main lane keeps its speed.
+- the **side lane** - ``SIDE_THREADS`` threads with one torch thread each - takes the calls that
+  arrive while the main lane is busy (another user's encoder run), so a click does not wait
+  seconds behind it. Single-threaded torch starts no OpenMP team, so the main lane keeps its
+  speed.
 
 The predictor's own locks still decide what may run at once (one encoder run at a time).
 """
@@ -24,20 +25,21 @@ from typing import Callable, TypeVar
 import torch
 
 Result = TypeVar("Result")
+SIDE_THREADS = 8  # calls served at once while the main lane is busy (each may wait on a model lock)
 
 
 class EngineLanes:
     """Run blocking engine calls on the main lane (``threads`` torch threads) when it is free,
-    else on the side lane (one torch thread), whichever has fewer calls waiting."""
+    else on the side lane (one torch thread per call)."""
 
     def __init__(self, threads: int) -> None:
         self.threads = max(1, int(threads))
         self._main = ThreadPoolExecutor(1, thread_name_prefix="sam3d-engine",
                                         initializer=torch.set_num_threads, initargs=(self.threads,))
-        self._side = ThreadPoolExecutor(1, thread_name_prefix="sam3d-engine-side",
+        self._side = ThreadPoolExecutor(SIDE_THREADS, thread_name_prefix="sam3d-engine-side",
                                         initializer=torch.set_num_threads, initargs=(1,))
         self._lock = threading.Lock()
-        self._waiting = {"main": 0, "side": 0}
+        self._main_calls = 0  # running or queued on the main lane
 
     def run(self, call: Callable[..., Result], *args) -> Result:
         """``call(*args)`` on a lane; blocks until it returns (or raises what it raised)."""
@@ -49,14 +51,14 @@ class EngineLanes:
 
     def _on(self, lane: str | None, call: Callable[..., Result], args: tuple) -> Result:
         with self._lock:
-            if lane is None:
-                lane = "main" if self._waiting["main"] <= self._waiting["side"] else "side"
-            self._waiting[lane] += 1
+            on_main = lane == "main" or self._main_calls == 0
+            self._main_calls += on_main
         try:
-            return (self._main if lane == "main" else self._side).submit(call, *args).result()
+            return (self._main if on_main else self._side).submit(call, *args).result()
         finally:
-            with self._lock:
-                self._waiting[lane] -= 1
+            if on_main:
+                with self._lock:
+                    self._main_calls -= 1
 
     def shutdown(self) -> None:
         self._main.shutdown(wait=False, cancel_futures=True)
