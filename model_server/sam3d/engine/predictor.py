@@ -11,7 +11,7 @@ import torch
 
 from ..model.checkpoint import LoadedModel, load_model
 from ..model.sam3d import ImageFeatures
-from .slice_pathway import LiteMedSAM2D, segment_slice_by_slice
+from .slice_pathway import LiteMedSAM2D, correct_slice_by_slice, segment_slice_by_slice
 
 # How a box prompt is answered: "3d" by the 3D model (box corners as prompt points), "2d" by
 # LiteMedSAM's trained 2D box pathway slice by slice (slice_pathway.py); "auto" = "2d" for models
@@ -92,11 +92,24 @@ class Predictor:
         """A box prompt through LiteMedSAM's 2D pathway -> bool mask of ``volume``'s shape (the
         2D model is built on first use; it runs in the encoder lane, on the CPU)."""
         with self._encode_lock, torch.inference_mode():
-            if self._slice_model is None:
-                self._slice_model = LiteMedSAM2D()
-            mask = segment_slice_by_slice(self._slice_model, volume, box_kji=box_kji, bounds=bounds)
+            mask = segment_slice_by_slice(self._slice_pathway(), volume, box_kji=box_kji, bounds=bounds)
             self.encoder_runs += 1
         return mask
+
+    def correct_box_2d(self, volume: np.ndarray, mask: np.ndarray, point_kji: np.ndarray, label: int,
+                       bounds: tuple[float, float]) -> np.ndarray | None:
+        """A correction click on a 2D-pathway mask through the 2D pathway: the new mask, or None
+        when the click is not one it answers (``slice_pathway.correct_slice_by_slice``)."""
+        with self._encode_lock, torch.inference_mode():
+            corrected = correct_slice_by_slice(self._slice_pathway(), volume, mask, point_kji, label, bounds)
+            self.encoder_runs += corrected is not None
+        return corrected
+
+    def _slice_pathway(self) -> LiteMedSAM2D:
+        """LiteMedSAM's 2D model, built on first use (call with the encoder lane held)."""
+        if self._slice_model is None:
+            self._slice_model = LiteMedSAM2D()
+        return self._slice_model
 
     def warm_up(self) -> float:
         """One encode and one predict on a blank crop (allocations, kernels); returns seconds."""

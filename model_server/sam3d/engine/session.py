@@ -45,7 +45,7 @@ from .predictor import Predictor
 from .slice_pathway import volume_bounds
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
-CORRECTIONS = ("auto", "local", "global")
+CORRECTIONS = ("auto", "local", "global", "2d")
 UNDO_DEPTH = 64  # interactions an object remembers for undo (and at most max_undo_bytes of them)
 
 
@@ -132,8 +132,10 @@ class Session:
         """``max_undo_bytes``: undo history kept per object (oldest dropped first);
         ``max_points`` / ``max_interactions``: per object, SessionLimit beyond them;
         ``corrections``: "local" (a click on an existing mask changes only the connected region
-        around it, see ``_local_update``), "global" (the crops' prediction replaces the mask) or
-        "auto" (local while the object's box was answered by the 2D pathway, whose mask is the
+        around it, see ``_local_update``), "global" (the crops' prediction replaces the mask),
+        "2d" (on an object whose box the 2D pathway answered, the 2D pathway answers the clicks it
+        can - ``slice_pathway.correct_slice_by_slice`` - and the 3D model the others, locally) or
+        "auto" ("2d" while the object's box was answered by the 2D pathway, whose mask is the
         better one there; global otherwise - measured in docs/BENCHMARKS.md)."""
         if corrections not in CORRECTIONS:
             raise ValueError(f"corrections must be one of {', '.join(CORRECTIONS)}, got {corrections!r}")
@@ -187,14 +189,20 @@ class Session:
                 patch, seconds = self._box_patch_2d(new_box)
                 patches.append(patch)
                 encode_s += seconds
-            queue = self._place_crops(points, labels, None if box_2d else new_box)
+            corrected = self._correct_2d(points, labels) if new_box is None and self._corrects_in_2d else None
+            if corrected is not None:
+                patch, seconds = corrected
+                patches.append(patch)
+                encode_s += seconds
+            queue = [] if corrected is not None else self._place_crops(points, labels, None if box_2d else new_box)
             while queue and len(done) < self.max_crops:
                 geometry = queue.pop(0)
                 if any(g.key == geometry.key for g in done):
                     continue
                 features, seconds = self._features(geometry)
                 encode_s += seconds
-                crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels, prompt_box)
+                crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels,
+                                                         prompt_box if self.predictor.config.box_prompt else None)
                 region = self._proposal(geometry.source_box(), patches)
                 probability = self.predictor.predict(
                     features, crop_points, crop_labels,
@@ -210,9 +218,9 @@ class Session:
                             queue.append(neighbour)
             box = _union([patch_box for patch_box, _ in patches])
             proposal = self._proposal(box, patches)
-            local = self.corrections == "local" or (self.corrections == "auto" and self.box is not None
+            local = self.corrections == "local" or (self.corrections in ("auto", "2d") and self.box is not None
                                                      and self.predictor.box_pathway == "2d")
-            if local and new_box is None and self.voxels > 0:
+            if local and corrected is None and new_box is None and self.voxels > 0:
                 proposal = _local_update(self.mask[_slices(box)], proposal, points - np.asarray(box[0]), labels)
             change = self._commit(box, proposal, points=all_points,
                                   labels=all_labels, prompt_box=prompt_box,
@@ -380,6 +388,26 @@ class Session:
         region = _union([(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), _tight_box(mask) or EMPTY_BOX])
         patch = mask[_slices(region)].astype(np.float32)
         return (region, patch), time.perf_counter() - start
+
+    @property
+    def _corrects_in_2d(self) -> bool:
+        """Whether clicks go to the 2D pathway first: corrections "2d" or "auto" on an object whose
+        box the 2D pathway answered."""
+        return (self.corrections in ("2d", "auto") and self.box is not None and self.voxels > 0
+                and self.predictor.box_pathway == "2d")
+
+    def _correct_2d(self, points: np.ndarray, labels: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
+        """The clicks answered one after the other by the 2D pathway -> (patch over what changed,
+        seconds), or None as soon as one is not a click it answers (the 3D model then takes them)."""
+        start = time.perf_counter()
+        mask = self.mask
+        for point, label in zip(points, labels):
+            mask = self.predictor.correct_box_2d(self.volume, mask, point, int(label), self._intensity_bounds)
+            if mask is None:
+                return None
+        self.encoder_runs += 1  # LiteMedSAM's encoder ran on the slices it changed
+        region = _tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
+        return (region, mask[_slices(region)].astype(np.float32)), time.perf_counter() - start
 
     def _proposal(self, box: Box, patches: list[tuple[Box, np.ndarray]]) -> np.ndarray:
         """The object's mask inside ``box`` with the patches predicted so far fused in: where

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ..data.intensity import PRESETS
 from ..model.lite_encoder import BACKBONE_STRIDE, build_tiny_vit, load_lite_medsam_state, tiny_vit_features
@@ -174,15 +175,60 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
         start = int(round(click_kji[0]))
         mask[start] = _segment_slice(model, volume[start], bounds, point=click_kji[1:])
     for direction in (-1, 1):
-        previous = mask[start]
-        k = start + direction
-        while k in slices and previous.sum() >= MIN_AREA_PX:
-            box = _mask_box(previous, BOX_MARGIN_PX)
-            if limit is not None:
-                box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
-            current = _segment_slice(model, volume[k], bounds, box=box)
-            if current.sum() < MIN_AREA_PX or current.sum() > GROWTH_LIMIT * previous.sum():
-                break
-            mask[k] = current
-            previous, k = current, k + direction
+        _propagate(model, volume, bounds, mask, start, direction, slices, limit)
     return mask
+
+
+def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.ndarray, click_kji: Sequence[float],
+                           label: int, bounds: tuple[float, float]) -> np.ndarray | None:
+    """A correction click on a mask the 2D pathway made, answered by the 2D pathway: the new
+    mask, or None when this click is not one it can answer (the caller then asks the 3D model).
+
+    - Positive click on a slice the mask covers: that slice again, from the box of its mask and
+      the click; the result is added when it holds the click.
+    - Positive click on a slice past the mask's end: the slices up to it from the box of the
+      nearest covered slice widened to the click, then propagation onwards (growth rule).
+    - Negative click inside the mask: the slice's connected region under the click is removed.
+    """
+    k, j, i = (int(round(float(v))) for v in click_kji)
+    result = mask.copy()
+    if label != 1:
+        if not mask[k, j, i]:
+            return None
+        regions, _ = ndimage.label(mask[k])
+        result[k] &= regions != regions[j, i]
+        return result
+    covered = np.flatnonzero(mask.any(axis=(1, 2)))
+    if mask[k, j, i] or not len(covered):
+        return None
+    source = k if mask[k].any() else int(covered[np.argmin(np.abs(covered - k))])
+    found = _mask_box(mask[source])
+    box = np.array([min(found[0], j), min(found[1], i), max(found[2], j), max(found[3], i)], dtype=float)
+    box += np.array([-BOX_MARGIN_PX, -BOX_MARGIN_PX, BOX_MARGIN_PX, BOX_MARGIN_PX])
+    direction = int(np.sign(k - source))
+    for slice_index in range(source + direction, k + direction, direction) if direction else [k]:
+        if direction == 0 or not mask[slice_index].any():
+            result[slice_index] |= _segment_slice(model, volume[slice_index], bounds, box=box)
+    if not result[k, j, i]:
+        return None
+    if direction:
+        _propagate(model, volume, bounds, result, k, direction)
+    return result
+
+
+def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], mask: np.ndarray,
+               start: int, direction: int, slices: range | None = None, limit: np.ndarray | None = None) -> None:
+    """Carry ``mask[start]`` into the empty slices beyond it along ``direction``, each prompted
+    with the previous slice's mask box plus ``BOX_MARGIN_PX`` (kept inside ``limit``, a 3D box's
+    rectangle), until a slice comes back empty or grows past ``GROWTH_LIMIT``."""
+    slices = range(volume.shape[0]) if slices is None else slices
+    previous, k = mask[start], start + direction
+    while k in slices and previous.sum() >= MIN_AREA_PX and not mask[k].any():
+        box = _mask_box(previous, BOX_MARGIN_PX)
+        if limit is not None:
+            box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
+        current = _segment_slice(model, volume[k], bounds, box=box)
+        if current.sum() < MIN_AREA_PX or current.sum() > GROWTH_LIMIT * previous.sum():
+            break
+        mask[k] = current
+        previous, k = current, k + direction

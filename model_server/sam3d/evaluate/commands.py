@@ -39,10 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--box-pathway", default="auto", choices=("auto", "2d", "3d"),
                         help="who answers the box: 2d = LiteMedSAM's box pathway slice by slice, 3d = the 3D "
                              "model; auto (default) = 2d for LiteMedSAM-based models, else 3d")
-    parser.add_argument("--corrections", default="auto", choices=("auto", "local", "global"),
+    parser.add_argument("--corrections", default="auto", choices=("auto", "local", "global", "2d"),
                         help="how a correction click changes the mask: local = only the connected region around "
-                             "the click; global = the model's whole new prediction; auto (default) = local "
-                             "after a box answered by the 2D pathway, else global")
+                             "the click; global = the model's whole new prediction; 2d = after a box answered by "
+                             "the 2D pathway, the 2D pathway answers the clicks it can, the 3D model the others; "
+                             "auto (default) = 2d after a box answered by the 2D pathway, else global")
     parser.add_argument("--baseline-2d", action="store_true",
                         help="add the 2D row: LiteMedSAM slice by slice from the same first prompt")
     parser.add_argument("--no-classical", action="store_true", help="skip the region-growing baseline row")
