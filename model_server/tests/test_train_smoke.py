@@ -79,6 +79,28 @@ def test_resume_continues_exactly(phantoms, tmp_path):
     assert [r["step"] for r in read_log(tmp_path / "halves" / "train_log.csv")] == ["3", "6"]
 
 
+def test_fine_tuning_starts_from_the_given_model(phantoms, tmp_path, capsys):
+    recipe = {**TINY_RECIPE, "steps_per_epoch": 2, "val_every": 2, "log_every": 1, "val_cases": 1,
+              "data_dir": str(phantoms)}
+    base = write_config(tmp_path / "base.yaml", **recipe, out_dir=str(tmp_path / "base"))
+    assert main(["train", str(base), "--no-progress"]) == 0
+    trained = read_checkpoint(tmp_path / "base" / "last.pt")["state_dict"]
+    # a learning rate of ~0: the fine-tuned weights stay those it started from, not a fresh init
+    tuned = write_config(tmp_path / "tuned.yaml", **{**recipe, "lr": 1e-12, "seed": 5},
+                         init_from=str(tmp_path / "base" / "last.pt"), out_dir=str(tmp_path / "tuned"))
+    assert main(["train", str(tuned), "--no-progress"]) == 0
+    after = read_checkpoint(tmp_path / "tuned" / "last.pt")["state_dict"]
+    assert all(torch.allclose(trained[name], after[name], atol=1e-6) for name in trained)
+    fresh = write_config(tmp_path / "fresh.yaml", **{**recipe, "lr": 1e-12, "seed": 5}, out_dir=str(tmp_path / "fresh"))
+    assert main(["train", str(fresh), "--no-progress"]) == 0
+    scratch = read_checkpoint(tmp_path / "fresh" / "last.pt")["state_dict"]
+    assert not all(torch.allclose(trained[name], scratch[name], atol=1e-6) for name in trained)
+    other = write_config(tmp_path / "other.yaml", **{**recipe, "model_overrides": {"decoder_dim": 8}},
+                         init_from=str(tmp_path / "base" / "last.pt"), out_dir=str(tmp_path / "other"))
+    assert main(["train", str(other), "--no-progress"]) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
 def test_training_crops_match_their_prompts(phantoms, tmp_path):
     config = load_config(write_config(tmp_path / "c.yaml", **TINY_RECIPE, data_dir=str(phantoms),
                                       out_dir=str(tmp_path / "x")))

@@ -46,6 +46,9 @@ class TrainConfig:
     model: str = "small"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {crop_size: 32}
     sam_checkpoint: str | None = None  # SAM's sam_vit_b_01ec64.pth; required for vit_b
+    # Fine-tuning: start from a trained model of the same configuration (a bundled model's name
+    # or a checkpoint path) instead of a fresh initialisation. Ignored on --resume.
+    init_from: str | None = None
     # -- data
     data_dir: str = ""
     layout: str = "auto"

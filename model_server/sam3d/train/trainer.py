@@ -37,7 +37,8 @@ from ..data.intensity import PRESETS, IntensityPreset, compute_preset
 from ..engine.crops import probability_to_logit
 from ..engine.predictor import Predictor
 from ..evaluate.simulation import evaluate_volumes
-from ..model.checkpoint import LoadedModel, build_from_sam, resolve_device, save_checkpoint
+from ..model.checkpoint import (LoadedModel, build_from_sam, model_from_checkpoint, model_path, resolve_device,
+                                save_checkpoint)
 from ..model.sam3d import ImageFeatures, Sam3D, is_frozen_pretrained_tensor
 from .config import TrainConfig
 from .samples import CachedCase, CropSampler, cache_cases, collate
@@ -245,6 +246,15 @@ class Trainer:
         torch.save(payload, temporary)
         temporary.replace(self.state_path)
 
+    def _initialise_from(self, spec: str) -> None:
+        """Start from a trained model's weights (fine-tuning); its configuration must be the run's."""
+        source, payload = model_from_checkpoint(model_path(spec), self.config.sam_checkpoint)
+        if source.config.to_dict() != self.model_config.to_dict():
+            raise ValueError(f"init_from {spec!r} is a {payload['config'].get('name')!r} model with another "
+                             f"configuration than this run's {self.config.model!r}: fine-tune with its own model "
+                             f"and model_overrides")
+        self.model.load_state_dict(source.state_dict())
+
     def _restore(self) -> tuple[int, float | None]:
         payload = torch.load(self.state_path, map_location=self.device, weights_only=True)
         if payload["model_config"] != self.model_config.to_dict():
@@ -267,7 +277,12 @@ class Trainer:
         self._prepare_data()
         self.build_model(self._total_steps())
         self.elapsed = 0.0
-        start_step, best = self._restore() if self.resume else (0, None)
+        if self.resume:
+            start_step, best = self._restore()
+        else:
+            start_step, best = 0, None
+            if config.init_from:
+                self._initialise_from(config.init_from)
         last_step = self.total_steps if config.max_steps is None else min(self.total_steps, config.max_steps)
         log_path = self.out_dir / "train_log.csv"
         sampler = self._sampler(length=last_step * config.batch_size)
