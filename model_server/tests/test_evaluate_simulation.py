@@ -11,6 +11,7 @@ import torch
 
 from model_helpers import write_tiny_checkpoint
 from sam3d.cli import main
+from sam3d.data.datasets import dataset_identity
 from sam3d.data.phantoms import write_dataset
 from sam3d.engine.crops import CropGeometry
 from sam3d.evaluate.classical import region_grow
@@ -123,3 +124,17 @@ def test_evaluate_rejects_bad_input(phantoms, tiny_model, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--target-label", "liver",
                  "--out", str(tmp_path / "x")]) == 2
     assert "liver" in capsys.readouterr().err
+
+
+def test_the_models_own_split_applies_only_to_its_training_dataset(phantoms, tmp_path, capsys):
+    """A model trained with no test split (fractions 0.9 / 0.1 / 0) still has a test split on
+    another dataset (the default 70 / 10 / 20); on its own dataset its split is remade."""
+    no_test = {"target_label": 2, "split_seed": 0, "train_config": {"split_fractions": [0.9, 0.1, 0.0]}}
+    elsewhere = write_tiny_checkpoint(tmp_path / "a", "trained-elsewhere",
+                                      meta={**no_test, "dataset": {"name": "another", "seed": 21}})
+    here = write_tiny_checkpoint(tmp_path / "b", "trained-here", meta={**no_test, "dataset": dataset_identity(phantoms)})
+    common = ["--data", str(phantoms), "--split", "test", "--clicks", "1", "--device", "cpu"]
+    assert main(["evaluate", "--model", str(elsewhere), *common, "--out", str(tmp_path / "x")]) == 0
+    assert json.loads((tmp_path / "x" / "report.json").read_text())["cases"] == 1  # 20 % of 4
+    assert main(["evaluate", "--model", str(here), *common, "--out", str(tmp_path / "y")]) == 2
+    assert "the test split" in capsys.readouterr().err

@@ -32,6 +32,8 @@ IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 KITS_IMAGE = "imaging.nii.gz"
 KITS_LABELS = ("aggregated_MAJ_seg.nii.gz", "segmentation.nii.gz")
 SPLIT_NAMES = ("train", "val", "test")
+DEFAULT_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+DATASET_IDENTITY = ("name", "description", "seed", "numTraining")  # dataset.json keys that tell datasets apart
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -159,8 +161,16 @@ def load_case(case: Case, target_label: int) -> tuple[Volume, np.ndarray | None]
     return image, label.array == target_label
 
 
+def dataset_identity(root: str | os.PathLike) -> dict:
+    """What tells this dataset apart from others: the ``DATASET_IDENTITY`` keys of its
+    dataset.json (empty without one); training records it in a model's metadata."""
+    path = Path(root) / "dataset.json"
+    values = _read_json(path) if path.is_file() else {}
+    return {key: values[key] for key in DATASET_IDENTITY if key in values}
+
+
 def make_splits(
-    cases: Sequence[Case | str], seed: int, fractions: Sequence[float] = (0.7, 0.1, 0.2)
+    cases: Sequence[Case | str], seed: int, fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS
 ) -> dict:
     """Seeded random train / val / test split of case ids.
 

@@ -87,10 +87,19 @@ def _load_predictor(args: argparse.Namespace):
         raise CLIError(str(error)) from error
 
 
+def _trained_on(meta: dict, data_dir: str) -> bool:
+    """Whether DATA is the dataset the model was trained on (its dataset.json identity, as
+    `sam3d train` records it); only then is the model's own train / val / test split remade."""
+    from ..data.datasets import dataset_identity
+
+    return meta.get("dataset", {}) == dataset_identity(data_dir)
+
+
 def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int | None]:
     """The labelled cases of --split (at most --max-cases), the target label value and the
-    split's seed. The split is remade as the model's training made it unless --splits is given."""
-    from ..data.datasets import find_cases, make_splits, read_splits, resolve_target_label
+    split's seed. On the model's own training dataset the split is remade as its training made it
+    (unless --splits is given); on any other dataset it is the default split (seed 0, 70/10/20)."""
+    from ..data.datasets import DEFAULT_SPLIT_FRACTIONS, find_cases, make_splits, read_splits, resolve_target_label
 
     try:
         cases = find_cases(args.data, args.layout)
@@ -102,8 +111,9 @@ def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int 
             if args.splits:
                 splits = read_splits(args.splits)
             else:
-                seed = args.split_seed if args.split_seed is not None else meta.get("split_seed", 0)
-                fractions = meta.get("train_config", {}).get("split_fractions", (0.7, 0.1, 0.2))
+                own = meta if _trained_on(meta, args.data) else {}  # another dataset: the default split
+                seed = args.split_seed if args.split_seed is not None else own.get("split_seed", 0)
+                fractions = own.get("train_config", {}).get("split_fractions", DEFAULT_SPLIT_FRACTIONS)
                 splits = make_splits(cases, seed, fractions)
             split_seed = splits.get("seed")
             wanted = set(splits[args.split])

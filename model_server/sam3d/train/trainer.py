@@ -16,7 +16,6 @@ Files in ``out_dir``::
 from __future__ import annotations
 
 import csv
-import json
 import math
 import resource
 import time
@@ -32,7 +31,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.clicks import next_click
-from ..data.datasets import find_cases, make_splits, read_splits, resolve_target_label, write_splits
+from ..data.datasets import (dataset_identity, find_cases, make_splits, read_splits, resolve_target_label,
+                             write_splits)
 from ..data.intensity import PRESETS, IntensityPreset, compute_preset
 from ..engine.crops import probability_to_logit
 from ..engine.predictor import Predictor
@@ -215,15 +215,10 @@ class Trainer:
         return summary["dice_by_click"][-1], summary["nsd_by_click"][-1]
 
     def _meta(self, step: int, val_dice: float | None) -> dict:
-        description = {}
-        dataset_json = Path(self.config.data_dir) / "dataset.json"
-        if dataset_json.is_file():
-            values = json.loads(dataset_json.read_text())
-            description = {k: values[k] for k in ("name", "description", "seed", "numTraining") if k in values}
         return {
             "trained_with": "sam3d train",
             "train_config": self.config.to_dict(),
-            "dataset": description,
+            "dataset": dataset_identity(self.config.data_dir),
             "target_label": self.target_label,
             "splits": {"seed": self.splits.get("seed"), **{n: len(self.splits[n]) for n in ("train", "val", "test")}},
             "split_seed": self.splits.get("seed"),
