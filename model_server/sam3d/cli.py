@@ -17,6 +17,7 @@ from .errors import CLIError
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("sam3d.model.commands", "describe a model configuration or checkpoint"),
     "phantoms": ("sam3d.data.commands", "write synthetic CT phantoms with labels and clicks (MSD layout)"),
+    "average": ("sam3d.model.averaging", "average trained checkpoints of one configuration (a model soup)"),
     "train": ("sam3d.train.commands", "train a model from a YAML config"),
     "evaluate": ("sam3d.evaluate.commands", "score a model with simulated clicks (Dice / NSD per click)"),
     "serve": ("sam3d.serve.commands", "run the HTTP inference server (API v1) for the Slicer module"),

@@ -169,6 +169,11 @@ def save_checkpoint(path: str | Path, model: Sam3D, preset: IntensityPreset, nam
         "state_dict": {n: t.detach().cpu().contiguous() for n, t in state.items()},
         "meta": dict(meta or {}),
     }
+    return write_payload(payload, path)
+
+
+def write_payload(payload: dict, path: str | Path) -> Path:
+    """Write a checkpoint dict atomically (a temporary file in the same folder, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
