@@ -31,15 +31,18 @@ def _slice_dice(found: np.ndarray, truth: np.ndarray) -> float:
     return 2 * np.count_nonzero(found & truth) / (np.count_nonzero(found) + np.count_nonzero(truth))
 
 
-def test_a_2d_box_segments_its_slice_and_the_growth_rule_stops_on_a_ball(ball, slice_model):
-    """The box's slice is segmented; its neighbours, prompted with the mask's box plus
-    BOX_MARGIN_PX, come back more than GROWTH_LIMIT times larger on a ball whose slices barely
-    shrink, so the growth rule ends the propagation there (a known limit, docs/BENCHMARKS.md)."""
+def test_a_2d_box_on_the_middle_slice_is_carried_through_the_ball_and_stops_at_its_ends(ball, slice_model):
+    """The box's slice is segmented and the mask carried to its neighbours, each from the previous
+    mask's box: where LiteMedSAM's single mask overgrows the widened box, a multimask output that
+    keeps to the previous slice goes on (with the single mask alone the growth rule stopped on
+    slice 12 here: 3D Dice about 0.16), and the propagation never passes the ball's ends."""
     volume, mask = ball
     box = np.array([[12, 23, 21], [12, 41, 39]], dtype=float)
     found = segment_slice_by_slice(slice_model, volume, box_kji=box)
     assert _slice_dice(found[12], mask[12]) >= 0.9
-    assert np.flatnonzero(found.any(axis=(1, 2))).tolist() == [12]
+    slices = np.flatnonzero(found.any(axis=(1, 2)))
+    assert len(slices) >= 9 and slices.min() >= 3 and slices.max() <= 21  # never past the ball
+    assert _slice_dice(found, mask) >= 0.7
 
 
 def test_a_3d_box_bounds_the_propagation_to_its_slices_and_rectangle(ball, slice_model):
@@ -91,9 +94,12 @@ def test_a_local_correction_changes_only_the_region_around_the_click():
 
 @pytest.fixture(scope="module")
 def ball_slice_12(ball, slice_model) -> np.ndarray:
-    """The 2D pathway's mask of the ball from a box on slice 12 (the growth rule keeps it there)."""
+    """The 2D pathway's mask of the ball from a box on slice 12, kept on that slice only: a mask
+    that ends short of the object, as corrections meet it."""
     volume, _ = ball
-    return segment_slice_by_slice(slice_model, volume, box_kji=np.array([[12, 23, 21], [12, 41, 39]], dtype=float))
+    found = segment_slice_by_slice(slice_model, volume, box_kji=np.array([[12, 23, 21], [12, 41, 39]], dtype=float))
+    found[np.arange(found.shape[0]) != 12] = False
+    return found
 
 
 def test_a_positive_click_past_the_masks_end_fills_the_slices_up_to_it(ball, slice_model, ball_slice_12):
@@ -122,7 +128,9 @@ def test_a_session_with_2d_corrections_answers_a_click_without_the_3d_model(ball
     volume, mask = ball
     predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
     session = Session(predictor, volume, (1.0, 1.0, 1.0), corrections="2d")
-    session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=[[12, 23, 21], [12, 41, 39]])
+    # a 3D box over slices 11..13 keeps the first mask there; the click below it is past its end
+    session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=[[11, 23, 21], [13, 41, 39]])
+    assert not session.mask[9].any()
     change = session.interact([[9, 32, 30]], [1])
     assert change.crops == 0 and change.encoder_ran and session.mask[9, 32, 30]
     assert _slice_dice(session.mask[9], mask[9]) >= 0.8

@@ -3,7 +3,9 @@
 On the box's slice LiteMedSAM segments from the box; the mask is then carried to the
 neighbouring slices, each prompted with the previous slice's mask box plus ``BOX_MARGIN_PX``,
 until a slice comes back empty or larger than ``GROWTH_LIMIT`` times the previous one (MedSAM's
-own 3D inference works the same way). The growth rule stands in for "the object ended": from
+own 3D inference works the same way). Where LiteMedSAM's single mask overgrows, one of SAM's
+multimask outputs that keeps to the growth rule and agrees with the previous slice goes on
+instead (``_segment_slice``). The growth rule stands in for "the object ended": from
 the object's largest slice its area shrinks, while LiteMedSAM, given a box, finds *something* in
 every slice. A 3D box (corners on different slices) also bounds the propagation: it starts on
 the box's slice whose mask fills the box's rectangle best (``_fullest_slice``), stays within
@@ -62,19 +64,22 @@ class LiteMedSAM2D:
             module.eval()  # after loading (TinyViT caches its attention biases in eval mode)
 
     @torch.inference_mode()
-    def segment(self, image: np.ndarray, box: np.ndarray | None = None, point: np.ndarray | None = None) -> np.ndarray:
+    def segment(self, image: np.ndarray, box: np.ndarray | None = None, point: np.ndarray | None = None,
+                all_masks: bool = False) -> np.ndarray:
         """[window, window] image in [0, 1], a box (x0, y0, x1, y1) or a point (x, y) in window
-        pixels -> bool mask of the window."""
+        pixels -> bool mask of the window; ``all_masks``: [4, window, window], SAM's single-object
+        mask first, then its three multimask outputs (one decoder pass)."""
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].expand(1, 3, -1, -1)
         embedding = tiny_vit_features(self.encoder, tensor)
         boxes = None if box is None else torch.as_tensor(box, dtype=torch.float32).view(1, 1, 4)
         points = None if point is None else (torch.as_tensor(point, dtype=torch.float32).view(1, 1, 2),
                                              torch.ones(1, 1, dtype=torch.int64))
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
-        logits, _ = self.decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
-                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                 multimask_output=False)
-        return (F.interpolate(logits, size=(self.window, self.window), mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
+        # predict_masks: all four of SAM's mask tokens at once (forward() keeps one or three of them)
+        logits, _ = self.decoder.predict_masks(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
+                                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+        masks = F.interpolate(logits, size=(self.window, self.window), mode="bilinear", align_corners=False)[0] > 0
+        return masks.numpy() if all_masks else masks[0].numpy()
 
 
 def volume_bounds(volume: np.ndarray) -> tuple[float, float]:
@@ -117,8 +122,15 @@ def _paste(mask: np.ndarray, j0: int, i0: int, side: int, shape: Sequence[int]) 
 
 
 def _segment_slice(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float],
-                   box: np.ndarray | None = None, point: Sequence[float] | None = None) -> np.ndarray:
-    """One slice from a (j0, i0, j1, i1) box or a (j, i) point -> bool mask of the slice."""
+                   box: np.ndarray | None = None, point: Sequence[float] | None = None,
+                   previous: np.ndarray | None = None) -> np.ndarray:
+    """One slice from a (j0, i0, j1, i1) box or a (j, i) point -> bool mask of the slice.
+
+    With ``previous`` (the neighbouring slice's mask, during propagation): LiteMedSAM's single mask
+    while it keeps to the growth rule (at least ``MIN_AREA_PX``, at most ``GROWTH_LIMIT`` times
+    ``previous``); where it overgrows - given the previous slice's widened box it tends to fill the
+    box - the one of SAM's three multimask outputs that keeps to the rule and agrees best with
+    ``previous`` (Dice); the overgrown single mask when none does, which ends the propagation."""
     j0, i0, side = _window(box if box is not None else np.array([point[0] - 8, point[1] - 8, point[0] + 8, point[1] + 8]))
     scale = model.window / side
     image = _cut(plane, j0, i0, side, model.window, bounds)
@@ -126,7 +138,15 @@ def _segment_slice(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, 
         prompt = dict(box=np.array([box[1] - i0, box[0] - j0, box[3] - i0, box[2] - j0]) * scale)
     else:
         prompt = dict(point=np.array([point[1] - i0, point[0] - j0]) * scale)
-    return _paste(model.segment(image, **prompt), j0, i0, side, plane.shape)
+    if previous is None:
+        return _paste(model.segment(image, **prompt), j0, i0, side, plane.shape)
+    candidates = [_paste(window_mask, j0, i0, side, plane.shape)
+                  for window_mask in model.segment(image, all_masks=True, **prompt)]
+    area = previous.sum()
+    fitting = [c for c in candidates if MIN_AREA_PX <= c.sum() <= GROWTH_LIMIT * area]
+    if not fitting or fitting[0] is candidates[0]:
+        return candidates[0]  # the single mask when it fits; else the growth rule ends the propagation
+    return max(fitting, key=lambda c: 2 * (c & previous).sum() / (c.sum() + area))
 
 
 def _mask_box(plane_mask: np.ndarray, margin: float = 0.0) -> np.ndarray:
@@ -227,7 +247,7 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
         box = _mask_box(previous, BOX_MARGIN_PX)
         if limit is not None:
             box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
-        current = _segment_slice(model, volume[k], bounds, box=box)
+        current = _segment_slice(model, volume[k], bounds, box=box, previous=previous)
         if current.sum() < MIN_AREA_PX or current.sum() > GROWTH_LIMIT * previous.sum():
             break
         mask[k] = current
