@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,12 @@ def test_default_is_the_lite_model_with_boxes_and_percentile_intensities():
     assert loaded.config.backbone == "lite_medsam" and loaded.config.box_prompt
     assert loaded.preset.kind == "percentile"
     assert loaded.meta["trained_with"] == "sam3d train"
+
+
+def test_info_describes_a_bundled_model_by_name(capsys):
+    assert main(["info", "--model", "default", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"] == "lite" and info["model"] == load_model("default", device="cpu").name
 
 
 def test_segment_with_a_2d_box_on_a_real_tumour(tmp_path):

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..errors import CLIError
-from .checkpoint import CheckpointError, build_from_sam, model_from_checkpoint
+from .checkpoint import CheckpointError, build_from_sam, model_from_checkpoint, model_path
 from .config import CONFIGS, ModelConfig, get_config
 from .sam3d import Sam3D
 
@@ -45,7 +45,7 @@ def describe(model: Sam3D) -> dict:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.model:
-            model, payload = model_from_checkpoint(args.model, args.sam_checkpoint)
+            model, payload = model_from_checkpoint(model_path(args.model), args.sam_checkpoint)
             if payload["trainable_only"]:
                 model.freeze_as_method()
             info = describe(model) | {"model": payload["name"], "preset": payload["preset"]}
@@ -74,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", default="vit_b", choices=sorted(CONFIGS), help="model variant")
     parser.add_argument("--sam-checkpoint", help="SAM's sam_vit_b_01ec64.pth: build vit_b from it "
                                                  "and report loaded / resized / initialised tensors")
-    parser.add_argument("--model", help="a SAM3DPrompt checkpoint to describe instead of --config")
+    parser.add_argument("--model", help="a SAM3DPrompt checkpoint or bundled model name (default, "
+                                        "small-phantoms) to describe instead of --config")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
