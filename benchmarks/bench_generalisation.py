@@ -61,11 +61,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-cases", type=int)
     parser.add_argument("--baseline-2d", action="store_true", help="add LiteMedSAM slice by slice")
+    parser.add_argument("--box-prompts", default="box",
+                        help="the box prompts of box-capable models, comma-separated: box (2D box on the "
+                             "largest slice), box3d (3D bounding box); default box")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rows = []
     for model_name, spec in _pairs(args.model, "model"):
-        prompts = ["click", "box"] if _takes_boxes(spec) else ["click"]
+        prompts = ["click", *args.box_prompts.split(",")] if _takes_boxes(spec) else ["click"]
         for data_name, where in _pairs(args.data, "data"):
             data, _, split = where.rpartition(":")
             for prompt in prompts:

@@ -138,3 +138,27 @@ def test_the_models_own_split_applies_only_to_its_training_dataset(phantoms, tmp
     assert json.loads((tmp_path / "x" / "report.json").read_text())["cases"] == 1  # 20 % of 4
     assert main(["evaluate", "--model", str(here), *common, "--out", str(tmp_path / "y")]) == 2
     assert "the test split" in capsys.readouterr().err
+
+
+def test_box_prompts_start_from_the_objects_2d_or_3d_box(phantoms, tmp_path):
+    """--prompt box: the clicked object's box on its largest slice; --prompt box3d: its 3D
+    bounding box; both answered by the model's box prompt, then correction clicks."""
+    boxed = write_tiny_checkpoint(tmp_path, "tiny-eval-box", meta={"target_label": 2, "split_seed": 0},
+                                  box_prompt=True)
+    reports = {}
+    for prompt in ("box", "box3d"):
+        assert main(["evaluate", "--model", str(boxed), "--data", str(phantoms), "--split", "all", "--clicks", "2",
+                     "--prompt", prompt, "--max-cases", "2", "--out", str(tmp_path / prompt), "--device", "cpu"]) == 0
+        reports[prompt] = json.loads((tmp_path / prompt / "report.json").read_text())
+    for prompt, report in reports.items():
+        assert report["prompt"] == prompt and len(report["dice_by_click"]) == 2
+        for case in report["per_case"]:
+            assert case["classical_dice"] is None  # region growing is a click's baseline only
+            assert "point_kji" not in case["clicks"][0]
+    for flat, solid in zip(reports["box"]["per_case"], reports["box3d"]["per_case"]):
+        (k0, *_), (k1, *_) = flat["clicks"][0]["box_kji"]
+        assert k0 == k1  # one slice
+        corners = np.array(solid["clicks"][0]["box_kji"])
+        assert corners[1, 0] > corners[0, 0]  # the phantoms' tumours span several slices
+        assert (corners[0] <= np.array(flat["clicks"][0]["box_kji"]).min(axis=0)).all()
+        assert (corners[1] >= np.array(flat["clicks"][0]["box_kji"]).max(axis=0)).all()

@@ -33,9 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scope", default="object", choices=("object", "label"),
                         help="score the clicked object (default) or the whole target label")
     parser.add_argument("--max-cases", type=int, metavar="N", help="evaluate only the first N cases of the split")
-    parser.add_argument("--prompt", default="click", choices=("click", "box"),
+    parser.add_argument("--prompt", default="click", choices=("click", "box", "box3d"),
                         help="first prompt: click = a seeded random target voxel (the paper's protocol); box = "
-                             "the object's 2D box on its largest slice (box-capable models); later clicks correct")
+                             "the object's 2D box on its largest slice; box3d = the object's 3D bounding box "
+                             "(box-capable models); later clicks correct")
     parser.add_argument("--box-pathway", default="auto", choices=("auto", "2d", "3d"),
                         help="who answers the box: 2d = LiteMedSAM's box pathway slice by slice, 3d = the 3D "
                              "model; auto (default) = 2d for LiteMedSAM-based models, else 3d")

@@ -15,8 +15,9 @@ Per case (everything through the engine, on the native grid):
 5. The classical row: region growing seeded at click 1 inside the same crop (``classical.py``).
 
 With ``prompt="box"`` the first interaction is the object's 2D box on its largest slice (the
-object being the component that holds the seeded first click) instead of the click; the
-correction clicks follow as above. The 2D row (optional, ``engine/slice_pathway.py``): LiteMedSAM
+object being the component that holds the seeded first click) instead of the click; with
+``prompt="box3d"`` the object's 3D bounding box (as ``sam3d segment --box`` takes two opposite
+corners); the correction clicks follow as above. The 2D row (optional, ``engine/slice_pathway.py``): LiteMedSAM
 slice by slice from the same first prompt.
 """
 
@@ -37,7 +38,7 @@ from .classical import region_grow
 from .metrics import NSD_TOLERANCE_MM, dice_and_nsd
 
 SCOPES = ("object", "label")
-PROMPTS = ("click", "box")
+PROMPTS = ("click", "box", "box3d")
 
 
 @dataclass
@@ -76,6 +77,17 @@ def largest_slice_box(target: np.ndarray) -> np.ndarray:
     return np.array([[k, js.min(), is_.min()], [k, js.max(), is_.max()]], dtype=float)
 
 
+def bounding_box(target: np.ndarray) -> np.ndarray:
+    """The object's 3D bounding box: corners [[k0, j0, i0], [k1, j1, i1]] (voxel centres)."""
+    voxels = np.argwhere(target)
+    return np.array([voxels.min(axis=0), voxels.max(axis=0)], dtype=float)
+
+
+def first_box(target: np.ndarray, prompt: str) -> np.ndarray | None:
+    """The box a ``prompt`` starts with (None for a click)."""
+    return {"box": largest_slice_box, "box3d": bounding_box}.get(prompt, lambda _: None)(target)
+
+
 def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacing: Sequence[float],
                   target: np.ndarray, clicks: int, seed: int, scope: str = "object",
                   classical: bool = True, prompt: str = "click", baseline_2d=None,
@@ -99,7 +111,7 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
         target = components == components[tuple(int(c) for c in point)]
     session = Session(predictor, volume, spacing, corrections=corrections)
     result = CaseResult(case_id, [], [], [], int(target.sum()), prompt=prompt)
-    box = largest_slice_box(target) if prompt == "box" else None
+    box = first_box(target, prompt)
     first_point = point
     label = 1
     for _ in range(clicks):
@@ -125,8 +137,8 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
         result.classical_dice, result.classical_nsd = dice_and_nsd(grown, target, spacing)
     if baseline_2d is not None:
         flat = segment_slice_by_slice(baseline_2d, np.asarray(volume, dtype=np.float32),
-                                      box_kji=largest_slice_box(target) if prompt == "box" else None,
-                                      click_kji=None if prompt == "box" else first_point)
+                                      box_kji=first_box(target, prompt),
+                                      click_kji=first_point if prompt == "click" else None)
         result.baseline_2d_dice, result.baseline_2d_nsd = dice_and_nsd(flat, target, spacing)
     result.seconds = time.perf_counter() - start
     return result
