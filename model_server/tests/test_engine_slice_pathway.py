@@ -139,3 +139,46 @@ def test_a_session_with_2d_corrections_answers_a_click_without_the_3d_model(ball
     session.undo()
     session.undo()
     assert not session.mask[9].any()  # undo goes back through the 2D correction too
+
+
+@pytest.fixture(scope="module")
+def default_predictor() -> Predictor:
+    return Predictor.load("default", device="cpu")
+
+
+def test_a_first_click_cascades_to_the_2d_pathway_when_its_answer_holds_the_click(ball, default_predictor):
+    """click_pathway "cascade": the 3D model's mask of the first click, boxed in 3D, answered by
+    the 2D pathway; "3d" (the default) keeps the 3D model's mask."""
+    volume, mask = ball
+    masks = {}
+    for pathway in ("3d", "cascade", None):
+        session = Session(default_predictor, volume, (1.0, 1.0, 1.0),
+                          **({} if pathway is None else {"click_pathway": pathway}))
+        session.interact([[12, 32, 30]], [1])
+        masks[pathway] = session.mask.copy()
+    assert not np.array_equal(masks["3d"], masks["cascade"])
+    assert np.array_equal(masks["3d"], masks[None])
+    assert masks["cascade"][12, 32, 30] and _slice_dice(masks["cascade"], mask) >= 0.8
+    # the cascade's answer is the 2D pathway's from the 3D mask's bounding box and largest slice
+    voxels = np.argwhere(masks["3d"])
+    box = np.array([voxels.min(axis=0), voxels.max(axis=0)], dtype=float)
+    widest = int(np.argmax(masks["3d"].sum(axis=(1, 2))))
+    js, is_ = np.nonzero(masks["3d"][widest])
+    expected = segment_slice_by_slice(default_predictor._slice_pathway(), volume, box,
+                                      start_slice=(widest, np.array([js.min(), is_.min(), js.max(), is_.max()])))
+    assert np.array_equal(masks["cascade"], expected)
+
+
+def test_only_a_new_objects_single_positive_click_cascades(ball, default_predictor):
+    volume, _ = ball
+    session = Session(default_predictor, volume, (1.0, 1.0, 1.0), click_pathway="cascade")
+    session.interact([[12, 32, 30], [12, 31, 30]], [1, 1])  # two clicks at once: the 3D model's mask
+    plain = Session(default_predictor, volume, (1.0, 1.0, 1.0), click_pathway="3d")
+    plain.interact([[12, 32, 30], [12, 31, 30]], [1, 1])
+    assert np.array_equal(session.mask, plain.mask)
+    session.reset()
+    session.interact([[12, 32, 30]], [1])
+    second = session.interact([[12, 20, 30]], [0])  # a correction: the 3D model, globally
+    assert second.crops >= 1
+    with pytest.raises(ValueError, match="click_pathway"):
+        Session(default_predictor, volume, (1.0, 1.0, 1.0), click_pathway="2d")

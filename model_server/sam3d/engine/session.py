@@ -46,6 +46,7 @@ from .slice_pathway import volume_bounds
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
 CORRECTIONS = ("auto", "local", "global", "2d")
+CLICK_PATHWAYS = ("3d", "cascade")
 UNDO_DEPTH = 64  # interactions an object remembers for undo (and at most max_undo_bytes of them)
 
 
@@ -128,7 +129,8 @@ class Session:
 
     def __init__(self, predictor: Predictor, volume: np.ndarray, spacing, cache_size: int = 8,
                  max_crops: int = 6, max_undo_bytes: int | None = None, max_points: int | None = None,
-                 max_interactions: int | None = None, corrections: str = "auto") -> None:
+                 max_interactions: int | None = None, corrections: str = "auto",
+                 click_pathway: str = "3d") -> None:
         """``max_undo_bytes``: undo history kept per object (oldest dropped first);
         ``max_points`` / ``max_interactions``: per object, SessionLimit beyond them;
         ``corrections``: "local" (a click on an existing mask changes only the connected region
@@ -136,9 +138,16 @@ class Session:
         "2d" (on an object whose box the 2D pathway answered, the 2D pathway answers the clicks it
         can - ``slice_pathway.correct_slice_by_slice`` - and the 3D model the others, locally) or
         "auto" ("2d" while the object's box was answered by the 2D pathway, whose mask is the
-        better one there; global otherwise - measured in docs/BENCHMARKS.md)."""
+        better one there; global otherwise - measured in docs/BENCHMARKS.md);
+        ``click_pathway``: "3d" (the 3D model answers clicks) or "cascade" (an object's first
+        click: the 3D model's mask, its part that holds the click boxed in 3D, that box answered by
+        the 2D pathway when the result holds the click - ``_cascade_2d``; later clicks correct as
+        after a click; needs a predictor whose boxes go to the 2D pathway). The default stays "3d":
+        on a CPU the cascade's slices cost the first click seconds (docs/BENCHMARKS.md)."""
         if corrections not in CORRECTIONS:
             raise ValueError(f"corrections must be one of {', '.join(CORRECTIONS)}, got {corrections!r}")
+        if click_pathway not in CLICK_PATHWAYS:
+            raise ValueError(f"click_pathway must be one of {', '.join(CLICK_PATHWAYS)}, got {click_pathway!r}")
         volume = np.asarray(volume)
         if volume.ndim != 3 or min(volume.shape) < 1:
             raise ValueError(f"the volume must be a non-empty 3D array, got shape {volume.shape}")
@@ -154,6 +163,7 @@ class Session:
         self.max_points = max_points
         self.max_interactions = max_interactions
         self.corrections = corrections
+        self.cascades = click_pathway == "cascade" and predictor.box_pathway == "2d"
         self.cache = FeatureCache(cache_size)
         self.encoder_runs = 0
         self.decoder_runs = 0
@@ -218,6 +228,12 @@ class Session:
                             queue.append(neighbour)
             box = _union([patch_box for patch_box, _ in patches])
             proposal = self._proposal(box, patches)
+            if (self.cascades and new_box is None and self.box is None and self.voxels == 0
+                    and len(points) == 1 and labels[0] == 1):  # a new object's first click
+                cascaded = self._cascade_2d(box, proposal, points[0])
+                if cascaded is not None:
+                    (box, proposal), seconds = cascaded
+                    encode_s += seconds
             local = self.corrections == "local" or (self.corrections in ("auto", "2d") and self.box is not None
                                                      and self.predictor.box_pathway == "2d")
             if local and corrected is None and new_box is None and self.voxels > 0:
@@ -376,18 +392,44 @@ class Session:
         self.cache.put(geometry, features)
         return features, time.perf_counter() - start
 
-    def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
+    def _box_patch_2d(self, box: np.ndarray, start_slice: tuple[int, np.ndarray] | None = None
+                      ) -> tuple[tuple[Box, np.ndarray], float]:
         """A box answered by the 2D pathway -> (patch over the box and the mask, seconds)."""
         start = time.perf_counter()
         if self._intensity_bounds is None:
             self._intensity_bounds = volume_bounds(self.volume)
-        mask = self.predictor.segment_box_2d(self.volume, box, self._intensity_bounds)
+        mask = self.predictor.segment_box_2d(self.volume, box, self._intensity_bounds, start_slice=start_slice)
         self.encoder_runs += 1
         lo = np.clip(np.floor(box[0]).astype(int), 0, None)
         hi = np.minimum(np.ceil(box[1]).astype(int) + 1, self.shape)
         region = _union([(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), _tight_box(mask) or EMPTY_BOX])
         patch = mask[_slices(region)].astype(np.float32)
         return (region, patch), time.perf_counter() - start
+
+    def _cascade_2d(self, box: Box, proposal: np.ndarray, click: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
+        """A first click's 3D mask (``proposal`` inside ``box``) handed to the 2D pathway: the 3D
+        bounding box of its connected part that holds the click, answered slice by slice from the
+        part's largest slice and its box there ->
+        ((box, mask inside it), seconds), or None when that part is empty or the 2D answer misses
+        the click (the 3D mask stands). Measured in docs/BENCHMARKS.md ("click cascade")."""
+        inside = tuple(int(round(float(c))) - o for c, o in zip(click, box[0]))
+        if not all(0 <= c < n for c, n in zip(inside, proposal.shape)) or not proposal[inside]:
+            return None
+        parts, _ = label_objects(proposal)
+        part = parts == parts[inside]
+        voxels = np.argwhere(part) + np.asarray(box[0])
+        widest = int(np.argmax(part.sum(axis=(1, 2))))  # the part's largest slice starts the propagation
+        js, is_ = np.nonzero(part[widest])
+        start_slice = (widest + box[0][0], np.array([js.min(), is_.min(), js.max(), is_.max()]) + np.tile(box[0][1:], 2))
+        (region, patch), seconds = self._box_patch_2d(np.array([voxels.min(axis=0), voxels.max(axis=0)], dtype=float),
+                                                      start_slice)
+        click_in_region = tuple(int(round(float(c))) - o for c, o in zip(click, region[0]))
+        if not all(0 <= c < n for c, n in zip(click_in_region, patch.shape)) or patch[click_in_region] < 0.5:
+            return None
+        merged = _union([box, region])
+        mask = np.zeros(_size(merged), dtype=bool)  # the 3D mask is replaced, not fused
+        mask[_slices(region, origin=merged[0])] = patch > 0.5
+        return (merged, mask), seconds
 
     @property
     def _corrects_in_2d(self) -> bool:

@@ -40,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--box-pathway", default="auto", choices=("auto", "2d", "3d"),
                         help="who answers the box: 2d = LiteMedSAM's box pathway slice by slice, 3d = the 3D "
                              "model; auto (default) = 2d for LiteMedSAM-based models, else 3d")
+    parser.add_argument("--click-pathway", default="3d", choices=("3d", "cascade"),
+                        help="who answers a first click: 3d (default, as the server does) = the 3D model; "
+                             "cascade = the 3D model's mask, boxed in 3D, answered by the 2D box pathway "
+                             "when that holds the click (models whose boxes go to the 2D pathway)")
     parser.add_argument("--corrections", default="auto", choices=("auto", "local", "global", "2d"),
                         help="how a correction click changes the mask: local = only the connected region around "
                              "the click; global = the model's whole new prediction; 2d = after a box answered by "
@@ -152,7 +156,7 @@ def _evaluate_cases(args: argparse.Namespace, predictor, chosen: list, target_la
                 result = evaluate_case(predictor, case.case_id, image.array, image.spacing, mask, args.clicks,
                                        args.seed, args.scope, classical=not args.no_classical,
                                        prompt=args.prompt, baseline_2d=baseline_2d,
-                                       corrections=args.corrections)
+                                       corrections=args.corrections, click_pathway=args.click_pathway)
             except ValueError as error:
                 raise CLIError(f"case {case.case_id}: {error}") from error
             results.append(result)
@@ -179,6 +183,7 @@ def _report_info(args: argparse.Namespace, predictor, target_label: int, split_s
         "prompt": args.prompt,
         "box_pathway": predictor.box_pathway,
         "corrections": args.corrections,
+        "click_pathway": args.click_pathway,
         "seed": args.seed,
         "protocol": "click 1: a random target voxel (seeded per case); clicks 2..N: centre of the largest "
                     "error region; engine crop + paste-back on the native grid, threshold 0.5",

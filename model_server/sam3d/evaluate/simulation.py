@@ -91,7 +91,7 @@ def first_box(target: np.ndarray, prompt: str) -> np.ndarray | None:
 def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacing: Sequence[float],
                   target: np.ndarray, clicks: int, seed: int, scope: str = "object",
                   classical: bool = True, prompt: str = "click", baseline_2d=None,
-                  corrections: str = "auto") -> CaseResult:
+                  corrections: str = "auto", click_pathway: str = "3d") -> CaseResult:
     """Run the protocol on one case (``volume`` in HU, ``target`` bool, both native kji).
     ``baseline_2d``: a ``slice_pathway.LiteMedSAM2D`` to score the 2D row, or None."""
     if scope not in SCOPES:
@@ -109,7 +109,7 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
     if scope == "object":
         components, _ = label_objects(target)
         target = components == components[tuple(int(c) for c in point)]
-    session = Session(predictor, volume, spacing, corrections=corrections)
+    session = Session(predictor, volume, spacing, corrections=corrections, click_pathway=click_pathway)
     result = CaseResult(case_id, [], [], [], int(target.sum()), prompt=prompt)
     box = first_box(target, prompt)
     first_point = point
