@@ -88,13 +88,11 @@ class Predictor:
             self.decoder_runs += 1
         return probability
 
-    def segment_box_2d(self, volume: np.ndarray, box_kji: np.ndarray, bounds: tuple[float, float],
-                       start_slice: tuple[int, np.ndarray] | None = None) -> np.ndarray:
+    def segment_box_2d(self, volume: np.ndarray, box_kji: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
         """A box prompt through LiteMedSAM's 2D pathway -> bool mask of ``volume``'s shape (the
-        2D model is built on first use; it runs in the encoder lane, on the CPU); ``start_slice``: see
-        ``segment_slice_by_slice``."""
+        2D model is built on first use; it runs in the encoder lane, on the CPU)."""
         with self._encode_lock, torch.inference_mode():
-            mask = segment_slice_by_slice(self._slice_pathway(), volume, box_kji=box_kji, bounds=bounds, start_slice=start_slice)
+            mask = segment_slice_by_slice(self._slice_pathway(), volume, box_kji=box_kji, bounds=bounds)
             self.encoder_runs += 1
         return mask
 

@@ -392,13 +392,12 @@ class Session:
         self.cache.put(geometry, features)
         return features, time.perf_counter() - start
 
-    def _box_patch_2d(self, box: np.ndarray, start_slice: tuple[int, np.ndarray] | None = None
-                      ) -> tuple[tuple[Box, np.ndarray], float]:
+    def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
         """A box answered by the 2D pathway -> (patch over the box and the mask, seconds)."""
         start = time.perf_counter()
         if self._intensity_bounds is None:
             self._intensity_bounds = volume_bounds(self.volume)
-        mask = self.predictor.segment_box_2d(self.volume, box, self._intensity_bounds, start_slice=start_slice)
+        mask = self.predictor.segment_box_2d(self.volume, box, self._intensity_bounds)
         self.encoder_runs += 1
         lo = np.clip(np.floor(box[0]).astype(int), 0, None)
         hi = np.minimum(np.ceil(box[1]).astype(int) + 1, self.shape)
@@ -408,21 +407,16 @@ class Session:
 
     def _cascade_2d(self, box: Box, proposal: np.ndarray, click: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
         """A first click's 3D mask (``proposal`` inside ``box``) handed to the 2D pathway: the 3D
-        bounding box of its connected part that holds the click, answered slice by slice from the
-        part's largest slice and its box there ->
+        bounding box of its connected part that holds the click, answered slice by slice (as a
+        user's 3D box) ->
         ((box, mask inside it), seconds), or None when that part is empty or the 2D answer misses
         the click (the 3D mask stands). Measured in docs/BENCHMARKS.md ("click cascade")."""
         inside = tuple(int(round(float(c))) - o for c, o in zip(click, box[0]))
         if not all(0 <= c < n for c, n in zip(inside, proposal.shape)) or not proposal[inside]:
             return None
         parts, _ = label_objects(proposal)
-        part = parts == parts[inside]
-        voxels = np.argwhere(part) + np.asarray(box[0])
-        widest = int(np.argmax(part.sum(axis=(1, 2))))  # the part's largest slice starts the propagation
-        js, is_ = np.nonzero(part[widest])
-        start_slice = (widest + box[0][0], np.array([js.min(), is_.min(), js.max(), is_.max()]) + np.tile(box[0][1:], 2))
-        (region, patch), seconds = self._box_patch_2d(np.array([voxels.min(axis=0), voxels.max(axis=0)], dtype=float),
-                                                      start_slice)
+        voxels = np.argwhere(parts == parts[inside]) + np.asarray(box[0])
+        (region, patch), seconds = self._box_patch_2d(np.array([voxels.min(axis=0), voxels.max(axis=0)], dtype=float))
         click_in_region = tuple(int(round(float(c))) - o for c, o in zip(click, region[0]))
         if not all(0 <= c < n for c, n in zip(click_in_region, patch.shape)) or patch[click_in_region] < 0.5:
             return None

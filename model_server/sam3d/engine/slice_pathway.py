@@ -173,12 +173,9 @@ def _fullest_slice(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float,
 
 def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.ndarray | None = None,
                            click_kji: Sequence[float] | None = None,
-                           bounds: tuple[float, float] | None = None,
-                           start_slice: tuple[int, np.ndarray] | None = None) -> np.ndarray:
+                           bounds: tuple[float, float] | None = None) -> np.ndarray:
     """3D bool mask from a box [[k0, j0, i0], [k1, j1, i1]] (a 2D box when k0 == k1) or one click,
-    propagated along k. ``bounds``: ``volume_bounds(volume)``, computed when not given. ``start_slice``:
-    for a 3D box, the slice to start on and its (j0, i0, j1, i1) box, instead of searching the
-    box's slices for the fullest one (half the slice encodings)."""
+    propagated along k. ``bounds``: ``volume_bounds(volume)``, computed when not given."""
     bounds = volume_bounds(volume) if bounds is None else bounds
     mask = np.zeros(volume.shape, dtype=bool)
     slices = range(volume.shape[0])
@@ -191,11 +188,7 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
         if hi[0] - lo[0] >= 1.0:  # a 3D box: its slices and its rectangle bound the propagation
             slices = range(min(int(np.ceil(lo[0] - 1e-6)), start), max(int(np.floor(hi[0] + 1e-6)), start) + 1)
             limit = rectangle
-            if start_slice is not None:
-                start, start_box = start_slice
-                mask[start] = _segment_slice(model, volume[start], bounds, box=np.asarray(start_box, dtype=float))
-            else:
-                start, mask[start] = _fullest_slice(model, volume, bounds, slices, rectangle)
+            start, mask[start] = _fullest_slice(model, volume, bounds, slices, rectangle)
         else:
             mask[start] = _segment_slice(model, volume[start], bounds, box=rectangle)
     else:
