@@ -411,14 +411,14 @@ class Session:
         user's 3D box) ->
         ((box, mask inside it), seconds), or None when that part is empty or the 2D answer misses
         the click (the 3D mask stands). Measured in docs/BENCHMARKS.md ("click cascade")."""
-        inside = tuple(int(round(float(c))) - o for c, o in zip(click, box[0]))
-        if not all(0 <= c < n for c, n in zip(inside, proposal.shape)) or not proposal[inside]:
+        inside = _voxel_in(box, click)
+        if inside is None or not proposal[inside]:
             return None
         parts, _ = label_objects(proposal)
         voxels = np.argwhere(parts == parts[inside]) + np.asarray(box[0])
         (region, patch), seconds = self._box_patch_2d(np.array([voxels.min(axis=0), voxels.max(axis=0)], dtype=float))
-        click_in_region = tuple(int(round(float(c))) - o for c, o in zip(click, region[0]))
-        if not all(0 <= c < n for c, n in zip(click_in_region, patch.shape)) or patch[click_in_region] < 0.5:
+        held = _voxel_in(region, click)
+        if held is None or patch[held] < 0.5:
             return None
         merged = _union([box, region])
         mask = np.zeros(_size(merged), dtype=bool)  # the 3D mask is replaced, not fused
@@ -548,6 +548,13 @@ def _intersection(a: Box, b: Box) -> Box | None:
     lo = tuple(max(x, y) for x, y in zip(a[0], b[0]))
     hi = tuple(min(x, y) for x, y in zip(a[1], b[1]))
     return None if any(h <= l for l, h in zip(lo, hi)) else (lo, hi)
+
+
+def _voxel_in(box: Box, point) -> tuple[int, int, int] | None:
+    """The index of the voxel holding continuous kji ``point`` in an array covering ``box``, or
+    None when the point is outside the box."""
+    index = tuple(int(round(float(c))) - lo for c, lo in zip(point, box[0]))
+    return index if all(0 <= i < n for i, n in zip(index, _size(box))) else None
 
 
 def _tight_box(mask: np.ndarray) -> Box | None:

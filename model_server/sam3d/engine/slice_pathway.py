@@ -142,11 +142,16 @@ def _segment_slice(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, 
         return _paste(model.segment(image, **prompt), j0, i0, side, plane.shape)
     candidates = [_paste(window_mask, j0, i0, side, plane.shape)
                   for window_mask in model.segment(image, all_masks=True, **prompt)]
-    area = previous.sum()
-    fitting = [c for c in candidates if MIN_AREA_PX <= c.sum() <= GROWTH_LIMIT * area]
+    fitting = [c for c in candidates if _keeps_growth_rule(c, previous)]
     if not fitting or fitting[0] is candidates[0]:
         return candidates[0]  # the single mask when it fits; else the growth rule ends the propagation
-    return max(fitting, key=lambda c: 2 * (c & previous).sum() / (c.sum() + area))
+    return max(fitting, key=lambda c: 2 * (c & previous).sum() / (c.sum() + previous.sum()))
+
+
+def _keeps_growth_rule(current: np.ndarray, previous: np.ndarray) -> bool:
+    """Whether a propagated slice mask carries the object on: at least ``MIN_AREA_PX``, at most
+    ``GROWTH_LIMIT`` times the previous slice's mask."""
+    return MIN_AREA_PX <= current.sum() <= GROWTH_LIMIT * previous.sum()
 
 
 def _mask_box(plane_mask: np.ndarray, margin: float = 0.0) -> np.ndarray:
@@ -248,7 +253,7 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
         if limit is not None:
             box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
         current = _segment_slice(model, volume[k], bounds, box=box, previous=previous)
-        if current.sum() < MIN_AREA_PX or current.sum() > GROWTH_LIMIT * previous.sum():
+        if not _keeps_growth_rule(current, previous):
             break
         mask[k] = current
         previous, k = current, k + direction
