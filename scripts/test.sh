@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_if_changed.sh
-exec .venv/bin/python -m pytest -q -p no:cacheprovider model_server/tests Testing "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 model_server/tests Testing "$@"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sam3d.engine.predictor import Predictor, resolve_box_pathway
-from sam3d.engine.session import Session, _local_update
+from sam3d.engine.session import Session, _local_update, _within_box
 from sam3d.engine.slice_pathway import (LiteMedSAM2D, correct_slice_by_slice, segment_slice_by_slice,
                                         volume_bounds)
 
@@ -92,6 +92,17 @@ def test_a_local_correction_changes_only_the_region_around_the_click():
     assert np.array_equal(untouched, old)
 
 
+def test_after_a_3d_box_the_3d_models_correction_stays_in_the_box_widened_to_the_click():
+    old = np.zeros((8, 8, 8), dtype=bool)
+    old[0, 0, 0] = True  # outside the box: kept as it was
+    new = np.ones_like(old)  # the 3D model's answer floods the whole region
+    box = np.array([[2.0, 2.0, 2.0], [4.0, 4.0, 4.0]])
+    found = _within_box(old, new, ((1, 0, 0), (9, 8, 8)), box, np.array([[6.0, 3.0, 3.0]]))
+    expected = old.copy()
+    expected[1:6, 2:5, 2:5] = True  # slices 2..6 of the volume = 1..5 of the region
+    assert np.array_equal(found, expected)
+
+
 @pytest.fixture(scope="module")
 def ball_slice_12(ball, slice_model) -> np.ndarray:
     """The 2D pathway's mask of the ball from a box on slice 12, kept on that slice only: a mask
@@ -110,10 +121,27 @@ def test_a_positive_click_past_the_masks_end_fills_the_slices_up_to_it(ball, sli
     assert np.array_equal(found[12], ball_slice_12[12])  # the slice it came from is kept
 
 
-def test_a_negative_click_removes_the_slices_region_under_it(ball, slice_model, ball_slice_12):
-    volume, _ = ball
-    found = correct_slice_by_slice(slice_model, volume, ball_slice_12, [12, 32, 30], 0, volume_bounds(volume))
-    assert found is not None and not found.any()
+def test_a_positive_click_beside_a_slices_mask_adds_the_part_it_missed(ball, slice_model, ball_slice_12):
+    volume, mask = ball
+    bitten = ball_slice_12.copy()
+    bitten[12, :, 34:] = False  # the mask misses the ball's right side on slice 12
+    found = correct_slice_by_slice(slice_model, volume, bitten, [12, 32, 37], 1, volume_bounds(volume))
+    assert found is not None and found[12, 32, 37] and (found >= bitten).all()  # only adds
+    assert _slice_dice(found[12], mask[12]) >= 0.9
+
+
+def test_a_negative_click_on_a_leak_removes_the_leak_and_keeps_the_object(ball, slice_model, ball_slice_12):
+    """A mask that leaked past the ball's edge on slice 12: a negative click in the leak takes the
+    leak away and keeps the ball's slice (removing the whole region under the click, the rule
+    before, left the slice empty)."""
+    volume, mask = ball
+    leaked = ball_slice_12.copy()
+    leaked[12, 28:37, 38:50] = True  # a strip attached to the ball's right edge (i <= 39)
+    found = correct_slice_by_slice(slice_model, volume, leaked, [12, 32, 46], 0, volume_bounds(volume))
+    assert found is not None and not found[12, 32, 46]
+    assert not found[12, 28:37, 42:50].any()
+    assert _slice_dice(found[12], mask[12]) >= 0.9
+    assert np.array_equal(found[11], leaked[11])  # other slices untouched
 
 
 def test_clicks_the_2d_pathway_cannot_answer_are_left_to_the_3d_model(ball, slice_model, ball_slice_12):
@@ -134,6 +162,7 @@ def test_a_session_with_2d_corrections_answers_a_click_without_the_3d_model(ball
     change = session.interact([[9, 32, 30]], [1])
     assert change.crops == 0 and change.encoder_ran and session.mask[9, 32, 30]
     assert _slice_dice(session.mask[9], mask[9]) >= 0.8
+    assert not session.mask[:9].any()  # the 3D box, widened to the click, still bounds the propagation
     inside = session.interact([[12, 32, 30]], [1])  # already inside: the 3D model takes it
     assert inside.crops >= 1
     session.undo()

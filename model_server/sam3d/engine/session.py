@@ -136,7 +136,8 @@ class Session:
         ``corrections``: "local" (a click on an existing mask changes only the connected region
         around it, see ``_local_update``), "global" (the crops' prediction replaces the mask),
         "2d" (on an object whose box the 2D pathway answered, the 2D pathway answers the clicks it
-        can - ``slice_pathway.correct_slice_by_slice`` - and the 3D model the others, locally) or
+        can - ``slice_pathway.correct_slice_by_slice`` - and the 3D model the others, locally and,
+        after a 3D box, inside that box widened to the clicks - ``_within_box``) or
         "auto" ("2d" while the object's box was answered by the 2D pathway, whose mask is the
         better one there; global otherwise - measured in docs/BENCHMARKS.md);
         ``click_pathway``: "3d" (the 3D model answers clicks) or "cascade" (an object's first
@@ -238,6 +239,8 @@ class Session:
                                                      and self.predictor.box_pathway == "2d")
             if local and corrected is None and new_box is None and self.voxels > 0:
                 proposal = _local_update(self.mask[_slices(box)], proposal, points - np.asarray(box[0]), labels)
+                if self.box is not None and np.ptp(self.box[:, 0]) >= 1.0:
+                    proposal = _within_box(self.mask[_slices(box)], proposal, box, self.box, points)
             change = self._commit(box, proposal, points=all_points,
                                   labels=all_labels, prompt_box=prompt_box,
                                   interactions=self.interactions + 1)
@@ -438,7 +441,8 @@ class Session:
         start = time.perf_counter()
         mask = self.mask
         for point, label in zip(points, labels):
-            mask = self.predictor.correct_box_2d(self.volume, mask, point, int(label), self._intensity_bounds)
+            mask = self.predictor.correct_box_2d(self.volume, mask, point, int(label), self._intensity_bounds,
+                                                self.box)
             if mask is None:
                 return None
         self.encoder_runs += 1  # LiteMedSAM's encoder ran on the slices it changed
@@ -521,6 +525,17 @@ def _local_update(old: np.ndarray, new: np.ndarray, points: np.ndarray, labels: 
         if components[index]:
             result[components == components[index]] = label == 1
     return result
+
+
+def _within_box(old: np.ndarray, new: np.ndarray, region: Box, prompt_box: np.ndarray,
+                points: np.ndarray) -> np.ndarray:
+    """``new`` (the mask inside ``region``) where it lies in the object's 3D box prompt widened
+    to hold ``points``, ``old`` elsewhere: the user's 3D box says where the object is."""
+    lo = np.floor(np.minimum(prompt_box[0], points.min(axis=0))).astype(int) - np.asarray(region[0])
+    hi = np.ceil(np.maximum(prompt_box[1], points.max(axis=0))).astype(int) + 1 - np.asarray(region[0])
+    inside = np.zeros(old.shape, dtype=bool)
+    inside[tuple(slice(max(l, 0), max(h, 0)) for l, h in zip(lo, hi))] = True
+    return np.where(inside, new, old)
 
 
 # -- boxes ------------------------------------------------------------------------------------

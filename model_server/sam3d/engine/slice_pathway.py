@@ -38,6 +38,7 @@ from ..model.lite_encoder import BACKBONE_STRIDE, build_tiny_vit, load_lite_meds
 
 WINDOW_PX = 128
 BOX_MARGIN_PX = 5
+CORRECTION_MARGIN_PX = 2  # a positive click beside a slice's mask: that mask's box widened to the click, plus this
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
 BOUNDS_STRIDE = 2  # volume_bounds reads every 2nd voxel along each axis (1/8 of the volume)
@@ -187,12 +188,10 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
     limit = None  # the 3D box's (j0, i0, j1, i1), which propagated boxes never leave
     if box_kji is not None:
         corners = np.asarray(box_kji, dtype=float)
-        lo, hi = corners.min(axis=0), corners.max(axis=0)
-        start = int(round((lo[0] + hi[0]) / 2))
-        rectangle = np.array([lo[1], lo[2], hi[1], hi[2]])
-        if hi[0] - lo[0] >= 1.0:  # a 3D box: its slices and its rectangle bound the propagation
-            slices = range(min(int(np.ceil(lo[0] - 1e-6)), start), max(int(np.floor(hi[0] + 1e-6)), start) + 1)
-            limit = rectangle
+        box_slices, rectangle = _box_limits(corners)
+        start = int(round(corners[:, 0].mean()))
+        if np.ptp(corners[:, 0]) >= 1.0:  # a 3D box: its slices and its rectangle bound the propagation
+            slices, limit = box_slices, rectangle
             start, mask[start] = _fullest_slice(model, volume, bounds, slices, rectangle)
         else:
             mask[start] = _segment_slice(model, volume[start], bounds, box=rectangle)
@@ -205,23 +204,28 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
 
 
 def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.ndarray, click_kji: Sequence[float],
-                           label: int, bounds: tuple[float, float]) -> np.ndarray | None:
+                           label: int, bounds: tuple[float, float],
+                           box_kji: np.ndarray | None = None) -> np.ndarray | None:
     """A correction click on a mask the 2D pathway made, answered by the 2D pathway: the new
     mask, or None when this click is not one it can answer (the caller then asks the 3D model).
 
-    - Positive click on a slice the mask covers: that slice again, from the box of its mask and
-      the click; the result is added when it holds the click.
+    - Positive click on a slice the mask covers: that slice again, from the box of its mask
+      widened to the click (plus ``CORRECTION_MARGIN_PX``); the part of the answer that holds the
+      click is added.
     - Positive click on a slice past the mask's end: the slices up to it from the box of the
-      nearest covered slice widened to the click, then propagation onwards (growth rule).
-    - Negative click inside the mask: the slice's connected region under the click is removed.
+      nearest covered slice widened to the click, then propagation onwards (growth rule), within
+      the object's 3D box prompt ``box_kji`` widened to the click, when it has one.
+    - Negative click inside the mask: the slice's region under the click is cut back to what
+      LiteMedSAM finds in that region's box with its side nearest the click moved past the
+      click (``_remove_at``): a leak goes, the object stays.
+    Measured in docs/BENCHMARKS.md ("Corrections after a box").
     """
     k, j, i = (int(round(float(v))) for v in click_kji)
     result = mask.copy()
     if label != 1:
         if not mask[k, j, i]:
             return None
-        regions, _ = ndimage.label(mask[k])
-        result[k] &= regions != regions[j, i]
+        result[k] = _remove_at(model, volume[k], bounds, mask[k], j, i)
         return result
     covered = np.flatnonzero(mask.any(axis=(1, 2)))
     if mask[k, j, i] or not len(covered):
@@ -229,16 +233,51 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     source = k if mask[k].any() else int(covered[np.argmin(np.abs(covered - k))])
     found = _mask_box(mask[source])
     box = np.array([min(found[0], j), min(found[1], i), max(found[2], j), max(found[3], i)], dtype=float)
-    box += np.array([-BOX_MARGIN_PX, -BOX_MARGIN_PX, BOX_MARGIN_PX, BOX_MARGIN_PX])
+    margin = CORRECTION_MARGIN_PX if mask[k].any() else BOX_MARGIN_PX
+    box += np.array([-margin, -margin, margin, margin])
     direction = int(np.sign(k - source))
     for slice_index in range(source + direction, k + direction, direction) if direction else [k]:
         if direction == 0 or not mask[slice_index].any():
             result[slice_index] |= _segment_slice(model, volume[slice_index], bounds, box=box)
     if not result[k, j, i]:
         return None
+    if direction == 0:  # only the part the click added
+        regions, _ = ndimage.label(result[k] & ~mask[k])
+        result[k] = mask[k] | (regions == regions[j, i])
     if direction:
-        _propagate(model, volume, bounds, result, k, direction)
+        slices, limit = None, None
+        if box_kji is not None and np.ptp(np.asarray(box_kji, dtype=float)[:, 0]) >= 1.0:
+            slices, limit = _box_limits(np.concatenate([box_kji, [[k, j, i]]]))
+        _propagate(model, volume, bounds, result, k, direction, slices, limit)
     return result
+
+
+def _box_limits(corners: np.ndarray) -> tuple[range, np.ndarray]:
+    """The slices and the (j0, i0, j1, i1) rectangle of the box around kji ``corners``: what a
+    3D box lets the propagation reach."""
+    lo, hi = np.asarray(corners, dtype=float).min(axis=0), np.asarray(corners, dtype=float).max(axis=0)
+    return range(int(np.ceil(lo[0] - 1e-6)), int(np.floor(hi[0] + 1e-6)) + 1), np.array([lo[1], lo[2], hi[1], hi[2]])
+
+
+def _remove_at(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float], plane_mask: np.ndarray,
+               j: int, i: int) -> np.ndarray:
+    """A negative click at (j, i) inside a slice mask -> the slice mask without what the click
+    marks: the connected region under the click is segmented again from its box with the side
+    nearest the click moved just past the click; the region keeps what that answer keeps
+    inside the moved box (the whole region goes when nothing is kept)."""
+    regions, _ = ndimage.label(plane_mask)
+    region = regions == regions[j, i]
+    box = _mask_box(region)
+    side = int(np.argmin([j - box[0], i - box[1], box[2] - j, box[3] - i]))
+    box[side] = (j + 1, i + 1, j - 1, i - 1)[side]
+    if box[2] < box[0] or box[3] < box[1]:
+        return plane_mask & ~region
+    inside = np.zeros_like(region)
+    inside[int(box[0]):int(box[2]) + 1, int(box[1]):int(box[3]) + 1] = True
+    prompt = box + np.array([-BOX_MARGIN_PX, -BOX_MARGIN_PX, BOX_MARGIN_PX, BOX_MARGIN_PX])
+    prompt[side] = box[side]  # no margin on the side the click moved
+    kept = region & inside & _segment_slice(model, plane, bounds, box=prompt)
+    return (plane_mask & ~region) | kept
 
 
 def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], mask: np.ndarray,
