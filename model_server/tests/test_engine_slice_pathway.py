@@ -175,16 +175,17 @@ def default_predictor() -> Predictor:
     return Predictor.load("default", device="cpu")
 
 
-def test_a_first_click_cascades_to_the_2d_pathway_when_its_answer_holds_the_click(ball, default_predictor):
+def test_a_first_click_cascades_to_the_2d_pathway_and_later_clicks_go_to_the_3d_model(ball, default_predictor):
     """click_pathway "cascade": the 3D model's mask of the first click, boxed in 3D, answered by
-    the 2D pathway; "3d" (the default) keeps the 3D model's mask."""
+    the 2D pathway; "3d" (the default) keeps the 3D model's mask. A correction after a cascade
+    goes to the 3D model."""
     volume, mask = ball
     assert not Session(default_predictor, volume, (1.0, 1.0, 1.0)).cascades  # "3d" unless asked
-    masks = {}
+    sessions = {}
     for pathway in ("3d", "cascade"):
-        session = Session(default_predictor, volume, (1.0, 1.0, 1.0), click_pathway=pathway)
-        session.interact([[12, 32, 30]], [1])
-        masks[pathway] = session.mask.copy()
+        sessions[pathway] = Session(default_predictor, volume, (1.0, 1.0, 1.0), click_pathway=pathway)
+        sessions[pathway].interact([[12, 32, 30]], [1])
+    masks = {pathway: session.mask.copy() for pathway, session in sessions.items()}
     assert not np.array_equal(masks["3d"], masks["cascade"])
     assert masks["cascade"][12, 32, 30] and _slice_dice(masks["cascade"], mask) >= 0.8
     # the cascade's answer is the 2D pathway's inside the 3D mask's bounding box (a 3D box bounds it)
@@ -192,13 +193,7 @@ def test_a_first_click_cascades_to_the_2d_pathway_when_its_answer_holds_the_clic
     inside = np.zeros_like(mask)
     inside[lo[0]:hi[0] + 1, lo[1] - 1:hi[1] + 2, lo[2] - 1:hi[2] + 2] = True
     assert not (masks["cascade"] & ~inside).any()
-
-
-def test_clicks_after_a_cascade_go_to_the_3d_model(ball, default_predictor):
-    volume, _ = ball
-    session = Session(default_predictor, volume, (1.0, 1.0, 1.0), click_pathway="cascade")
-    session.interact([[12, 32, 30]], [1])
-    second = session.interact([[12, 20, 30]], [0])  # a correction: the 3D model, globally
+    second = sessions["cascade"].interact([[12, 20, 30]], [0])  # a correction: the 3D model, globally
     assert second.crops >= 1
     with pytest.raises(ValueError, match="click_pathway"):
         Session(default_predictor, volume, (1.0, 1.0, 1.0), click_pathway="2d")
