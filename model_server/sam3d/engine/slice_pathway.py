@@ -38,7 +38,7 @@ from ..model.lite_encoder import BACKBONE_STRIDE, build_tiny_vit, load_lite_meds
 
 WINDOW_PX = 128
 BOX_MARGIN_PX = 5
-CORRECTION_MARGIN_PX = 2  # a positive click beside a slice's mask: that mask's box widened to the click, plus this
+CORRECTION_MARGIN_PX = 2  # a positive click's box: the nearest slice mask's box widened to the click, plus this
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
 BOUNDS_STRIDE = 2  # volume_bounds reads every 2nd voxel along each axis (1/8 of the volume)
@@ -213,8 +213,10 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
       widened to the click (plus ``CORRECTION_MARGIN_PX``); the part of the answer that holds the
       click is added.
     - Positive click on a slice past the mask's end: the slices up to it from the box of the
-      nearest covered slice widened to the click, then propagation onwards (growth rule), within
-      the object's 3D box prompt ``box_kji`` widened to the click, when it has one.
+      nearest covered slice widened to the click (plus ``CORRECTION_MARGIN_PX``; SAM's multimask
+      choice of the growth rule as in propagation), on the clicked slice only the part that holds
+      the click, then propagation onwards, within the object's 3D box prompt ``box_kji`` widened to
+      the click, when it has one.
     - Negative click inside the mask: the slice's region under the click is cut back to what
       LiteMedSAM finds in that region's box with its side nearest the click moved past the
       click (``_remove_at``): a leak goes, the object stays.
@@ -233,17 +235,19 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     source = k if mask[k].any() else int(covered[np.argmin(np.abs(covered - k))])
     found = _mask_box(mask[source])
     box = np.array([min(found[0], j), min(found[1], i), max(found[2], j), max(found[3], i)], dtype=float)
-    margin = CORRECTION_MARGIN_PX if mask[k].any() else BOX_MARGIN_PX
-    box += np.array([-margin, -margin, margin, margin])
+    box += np.array([-CORRECTION_MARGIN_PX, -CORRECTION_MARGIN_PX, CORRECTION_MARGIN_PX, CORRECTION_MARGIN_PX])
     direction = int(np.sign(k - source))
+    previous = mask[source]
     for slice_index in range(source + direction, k + direction, direction) if direction else [k]:
         if direction == 0 or not mask[slice_index].any():
-            result[slice_index] |= _segment_slice(model, volume[slice_index], bounds, box=box)
+            plane_mask = _segment_slice(model, volume[slice_index], bounds, box=box,
+                                        previous=previous if direction else None)  # the growth rule's choice
+            result[slice_index] |= plane_mask
+            previous = plane_mask if plane_mask.any() else previous
     if not result[k, j, i]:
         return None
-    if direction == 0:  # only the part the click added
-        regions, _ = ndimage.label(result[k] & ~mask[k])
-        result[k] = mask[k] | (regions == regions[j, i])
+    regions, _ = ndimage.label(result[k] & ~mask[k])  # on the clicked slice, only the part that holds the click
+    result[k] = mask[k] | (regions == regions[j, i])
     if direction:
         slices, limit = None, None
         if box_kji is not None and np.ptp(np.asarray(box_kji, dtype=float)[:, 0]) >= 1.0:
