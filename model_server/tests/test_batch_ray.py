@@ -30,14 +30,14 @@ from sam3d.data.phantoms import TUMOR_LABEL, generate_case
 pytest.importorskip("ray", reason="Ray is in the test extra (pip install -e './model_server[test]')")
 
 SHAPE = (32, 64, 64)
-IMAGES = 4
+IMAGES = 6
 RAY = ("--ray", "local", "--workers", "2")
 COMPARED = ("id", "points", "lesions", "voxels", "volume_ml", "dice", "nsd", "status", "error")
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    """9 cases: 4 phantoms twice (inline clicks, or a markups file) and one with a click outside
+    """13 cases: 6 phantoms twice (inline clicks, or a markups file) and one with a click outside
     its image (it fails for its own reasons)."""
     folder = tmp_path_factory.mktemp("ray_cases")
     entries = []
