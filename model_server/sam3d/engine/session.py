@@ -42,7 +42,7 @@ from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
 from .predictor import Predictor
-from .slice_pathway import volume_bounds
+from .slice_pathway import is_3d_box, volume_bounds
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
 CORRECTIONS = ("auto", "local", "global", "2d")
@@ -239,7 +239,7 @@ class Session:
                                                      and self.predictor.box_pathway == "2d")
             if local and corrected is None and new_box is None and self.voxels > 0:
                 proposal = _local_update(self.mask[_slices(box)], proposal, points - np.asarray(box[0]), labels)
-                if self.box is not None and np.ptp(self.box[:, 0]) >= 1.0:
+                if self.box is not None and is_3d_box(self.box):
                     proposal = _within_box(self.mask[_slices(box)], proposal, box, self.box, points)
             change = self._commit(box, proposal, points=all_points,
                                   labels=all_labels, prompt_box=prompt_box,

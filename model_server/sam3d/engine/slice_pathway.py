@@ -190,7 +190,7 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
         corners = np.asarray(box_kji, dtype=float)
         box_slices, rectangle = _box_limits(corners)
         start = int(round(corners[:, 0].mean()))
-        if np.ptp(corners[:, 0]) >= 1.0:  # a 3D box: its slices and its rectangle bound the propagation
+        if is_3d_box(corners):  # its slices and its rectangle bound the propagation
             slices, limit = box_slices, rectangle
             start, mask[start] = _fullest_slice(model, volume, bounds, slices, rectangle)
         else:
@@ -220,7 +220,7 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     - Negative click inside the mask: the slice's region under the click is cut back to what
       LiteMedSAM finds in that region's box with its side nearest the click moved past the
       click (``_remove_at``): a leak goes, the object stays.
-    Measured in docs/BENCHMARKS.md ("Corrections after a box").
+    Measured in docs/BENCHMARKS.md ("Corrections after a box, second round").
     """
     k, j, i = (int(round(float(v))) for v in click_kji)
     result = mask.copy()
@@ -250,16 +250,22 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     result[k] = mask[k] | (regions == regions[j, i])
     if direction:
         slices, limit = None, None
-        if box_kji is not None and np.ptp(np.asarray(box_kji, dtype=float)[:, 0]) >= 1.0:
+        if box_kji is not None and is_3d_box(box_kji):
             slices, limit = _box_limits(np.concatenate([box_kji, [[k, j, i]]]))
         _propagate(model, volume, bounds, result, k, direction, slices, limit)
     return result
 
 
+def is_3d_box(corners) -> bool:
+    """Whether a box's kji corners lie on different slices (a 3D box), not on one (a 2D box)."""
+    return bool(np.ptp(np.asarray(corners, dtype=float)[:, 0]) >= 1.0)
+
+
 def _box_limits(corners: np.ndarray) -> tuple[range, np.ndarray]:
     """The slices and the (j0, i0, j1, i1) rectangle of the box around kji ``corners``: what a
     3D box lets the propagation reach."""
-    lo, hi = np.asarray(corners, dtype=float).min(axis=0), np.asarray(corners, dtype=float).max(axis=0)
+    corners = np.asarray(corners, dtype=float)
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
     return range(int(np.ceil(lo[0] - 1e-6)), int(np.floor(hi[0] + 1e-6)) + 1), np.array([lo[1], lo[2], hi[1], hi[2]])
 
 
