@@ -8,8 +8,8 @@ import pytest
 
 from sam3d.engine.predictor import Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _within_box
-from sam3d.engine.slice_pathway import (LiteMedSAM2D, correct_slice_by_slice, segment_slice_by_slice,
-                                        volume_bounds)
+from sam3d.engine.slice_pathway import (LiteMedSAM2D, _contrast, _left_the_object, correct_slice_by_slice,
+                                        segment_slice_by_slice, volume_bounds)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,30 @@ def test_a_3d_box_bounds_the_propagation_to_its_slices_and_rectangle(ball, slice
     assert len(slices) >= 1 and slices.min() >= 9 and slices.max() <= 15
     js, is_ = np.nonzero(found.any(axis=0))
     assert js.min() >= 25 - 1 and js.max() <= 39 + 1 and is_.min() >= 23 - 1 and is_.max() <= 37 + 1
+
+
+def test_propagation_ends_where_the_mask_leaves_the_object_for_what_lies_beyond_its_surroundings():
+    """The end rule measures the object against a ring around it on the slice propagation starts
+    from: a later slice's mask whose mean lies well beyond that ring, seen from the object (a
+    bright lesion's mask now on fat, darker than the organ around the lesion), has left the
+    object; one as dark as the ring has not; a lesion that barely stands out from its ring
+    switches the rule off."""
+    j, i = np.mgrid[:64, :64]
+    lesion = (j - 32) ** 2 + (i - 32) ** 2 <= 64
+    organ = (j - 32) ** 2 + (i - 32) ** 2 <= 400
+    noise = np.random.default_rng(0).normal(0, 5, lesion.shape)
+    plane = np.where(lesion, 200.0, np.where(organ, 110.0, 20.0)) + noise
+    contrast = _contrast(plane, lesion)
+    assert contrast is not None and abs(contrast[0] - 200) < 5 and abs(contrast[1] - 110) < 5
+    assert not _left_the_object(plane, lesion, contrast)
+    smaller_lesion = (j - 32) ** 2 + (i - 32) ** 2 <= 16  # the lesion's next slice: still the object
+    assert not _left_the_object(plane, smaller_lesion, contrast)
+    organ_only = ((j - 32) ** 2 + (i - 32) ** 2 >= 144) & organ  # as dark as the ring: within the margin
+    assert not _left_the_object(plane, organ_only, contrast)
+    fat = (j - 4) ** 2 + (i - 4) ** 2 <= 9
+    assert _left_the_object(plane, fat, contrast)
+    faint = np.where(lesion, 112.0, np.where(organ, 110.0, 20.0)) + noise
+    assert _contrast(faint, lesion) is None and not _left_the_object(faint, fat, None)
 
 
 def test_the_box_pathway_is_chosen_by_the_backbone_unless_named():

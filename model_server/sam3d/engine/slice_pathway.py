@@ -7,9 +7,11 @@ own 3D inference works the same way). Where LiteMedSAM's single mask overgrows, 
 multimask outputs that keeps to the growth rule and agrees with the previous slice goes on
 instead (``_segment_slice``). The growth rule stands in for "the object ended": from
 the object's largest slice its area shrinks, while LiteMedSAM, given a box, finds *something* in
-every slice. A 3D box (corners on different slices) also bounds the propagation: it starts on
-the box's slice whose mask fills the box's rectangle best (``_fullest_slice``), stays within
-the box's slices and never leaves the box's rectangle.
+every slice. An intensity rule ends it too: a slice mask whose mean lies well beyond the start
+slice's surroundings, seen from the object, has left it (``_left_the_object``). A 3D box
+(corners on different slices) also bounds the propagation: it starts on the box's slice whose
+mask fills the box's rectangle best (``_fullest_slice``), stays within the box's slices and
+never leaves the box's rectangle.
 
 Why a 2D pathway beside the 3D model: on boxes it is the better of the two on every data set
 measured (docs/BENCHMARKS.md, generalisation table) - it was trained on ~1.5 M real medical
@@ -41,6 +43,9 @@ BOX_MARGIN_PX = 5
 CORRECTION_MARGIN_PX = 2  # a positive click's box: the nearest slice mask's box widened to the click, plus this
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
+RING_PX = 3  # the surroundings a slice mask's contrast is measured against
+END_CONTRAST = -0.25  # a slice mask this far beyond the surroundings (in units of the object's contrast) left it
+MIN_CONTRAST_STD = 0.5  # an object standing out from its ring by less than this times its std: no end rule
 BOUNDS_STRIDE = 2  # volume_bounds reads every 2nd voxel along each axis (1/8 of the volume)
 
 
@@ -294,15 +299,41 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
                start: int, direction: int, slices: range | None = None, limit: np.ndarray | None = None) -> None:
     """Carry ``mask[start]`` into the empty slices beyond it along ``direction``, each prompted
     with the previous slice's mask box plus ``BOX_MARGIN_PX`` (kept inside ``limit``, a 3D box's
-    rectangle), until a slice comes back empty or grows past ``GROWTH_LIMIT``."""
+    rectangle), until a slice comes back empty, grows past ``GROWTH_LIMIT`` or leaves the object
+    (``_left_the_object``, against the contrast of ``mask[start]``)."""
     slices = range(volume.shape[0]) if slices is None else slices
     previous, k = mask[start], start + direction
+    contrast = _contrast(volume[start], mask[start]) if mask[start].sum() >= MIN_AREA_PX else None
     while k in slices and previous.sum() >= MIN_AREA_PX and not mask[k].any():
         box = _mask_box(previous, BOX_MARGIN_PX)
         if limit is not None:
             box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
         current = _segment_slice(model, volume[k], bounds, box=box, previous=previous)
-        if not _keeps_growth_rule(current, previous):
+        if not _keeps_growth_rule(current, previous) or _left_the_object(volume[k], current, contrast):
             break
         mask[k] = current
         previous, k = current, k + direction
+
+
+def _contrast(plane: np.ndarray, plane_mask: np.ndarray) -> tuple[float, float] | None:
+    """(mean inside, mean of a ``RING_PX`` ring around) a slice mask: how the object stands out
+    from its surroundings on the slice propagation starts from; None where it does not (the two
+    means closer than ``MIN_CONTRAST_STD`` times the inside's standard deviation), and the end
+    rule is then off."""
+    ring = ndimage.binary_dilation(plane_mask, iterations=RING_PX) & ~plane_mask
+    inside, around = plane[plane_mask].astype(float), plane[ring].astype(float)
+    if not around.size or abs(inside.mean() - around.mean()) < MIN_CONTRAST_STD * inside.std():
+        return None
+    return float(inside.mean()), float(around.mean())
+
+
+def _left_the_object(plane: np.ndarray, plane_mask: np.ndarray, contrast: tuple[float, float] | None) -> bool:
+    """Whether a propagated slice mask has left the object: its mean intensity lies beyond the
+    start slice's surroundings, seen from the object, by more than ``-END_CONTRAST`` of the
+    object's contrast (LiteMedSAM, given a box, segments whatever the box holds once the object
+    has ended). Not at 0: a real tumour's slice can be as dark as its start slice's ring
+    (docs/BENCHMARKS.md, "Where the 2D pathway's propagation ends")."""
+    if contrast is None:
+        return False
+    inside, around = contrast
+    return (float(plane[plane_mask].mean()) - around) / (inside - around) < END_CONTRAST
