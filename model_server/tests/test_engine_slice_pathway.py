@@ -77,6 +77,7 @@ def test_propagation_ends_where_the_mask_leaves_the_object_for_what_lies_beyond_
     assert _left_the_object(plane, fat, contrast)
     faint = np.where(lesion, 112.0, np.where(organ, 110.0, 20.0)) + noise
     assert _contrast(faint, lesion) is None and not _left_the_object(faint, fat, None)
+    assert _contrast(np.full(lesion.shape, 7.0), lesion) is None  # a box on air or padding: no contrast, no crash
 
 
 def test_the_box_pathway_is_chosen_by_the_backbone_unless_named():

@@ -318,11 +318,11 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
 def _contrast(plane: np.ndarray, plane_mask: np.ndarray) -> tuple[float, float] | None:
     """(mean inside, mean of a ``RING_PX`` ring around) a slice mask: how the object stands out
     from its surroundings on the slice propagation starts from; None where it does not (the two
-    means closer than ``MIN_CONTRAST_STD`` times the inside's standard deviation), and the end
-    rule is then off."""
+    means no further apart than ``MIN_CONTRAST_STD`` times the inside's standard deviation, a
+    uniform plane included), and the end rule is then off."""
     ring = ndimage.binary_dilation(plane_mask, iterations=RING_PX) & ~plane_mask
     inside, around = plane[plane_mask].astype(float), plane[ring].astype(float)
-    if not around.size or abs(inside.mean() - around.mean()) < MIN_CONTRAST_STD * inside.std():
+    if not around.size or abs(inside.mean() - around.mean()) <= MIN_CONTRAST_STD * inside.std():  # <=: uniform too
         return None
     return float(inside.mean()), float(around.mean())
 
