@@ -132,6 +132,8 @@ def main() -> int:
     parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth, for a vit_b adapter checkpoint")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="the started server's --threads")
+    parser.add_argument("--click-pathway", default="3d", choices=("3d", "search"),
+                        help="the started server's --click-pathway (default 3d)")
     parser.add_argument("--server", default=None, help="benchmark a running server instead of starting one")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--shape", default="200,512,512", help="phantom shape K,J,I (default 200,512,512)")
@@ -140,6 +142,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     extra = ["--threads", str(args.threads)] if args.threads else []
+    extra += ["--click-pathway", args.click_pathway]
     if args.sam_checkpoint:
         extra += ["--sam-checkpoint", args.sam_checkpoint]
     server = (contextlib.nullcontext(args.server) if args.server else

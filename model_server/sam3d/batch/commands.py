@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import CLIError
 from .manifest import ManifestError, cases_from_series, read_manifest
-from .options import add_segmenter_options
+from .options import add_segmenter_options, check_segmenter_options
 from ..evaluate.metrics import NSD_TOLERANCE_MM
 from .runner import OUTPUT_FORMATS, BatchError, BatchOptions, BatchReport, check_images, check_prompt_sources, run_batch
 from .state import DONE, FAILED, PENDING, OutputFolder
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         check_prompt_sources(cases, options)
     except ManifestError as error:
         raise CLIError(f"{source}: {error}") from None
+    check_segmenter_options(args)
     runner = _ray_runner(args)
     if args.server:
         make_segmenter, identity = _server(args)
@@ -197,12 +198,15 @@ def _local(args: argparse.Namespace):
     # The checkpoint file's size and time tell --resume whether the model changed since.
     stat = path.stat() if path.is_file() else None
     identity = f"local:{spec}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"local:{spec}"
+    if args.click_pathway != "3d":  # another answer to first clicks: not the same results
+        identity += f":{args.click_pathway}"
 
     def make_segmenter():
         from .segmenters import LocalSegmenter, SegmenterError
 
         try:
-            return LocalSegmenter.load(spec, device=args.device, sam_checkpoint=args.sam_checkpoint)
+            return LocalSegmenter.load(spec, device=args.device, sam_checkpoint=args.sam_checkpoint,
+                                       click_pathway=args.click_pathway)
         except SegmenterError as error:
             raise CLIError(str(error)) from None
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import CLIError
+
 
 def add_segmenter_options(parser: argparse.ArgumentParser, timeout: float) -> None:
-    """--server, --api-key, --timeout (default ``timeout`` seconds), --model, --sam-checkpoint, --device."""
+    """--server, --api-key, --timeout (default ``timeout`` seconds), --model, --sam-checkpoint, --device,
+    --click-pathway."""
     parser.add_argument("--server", default=None, metavar="URL",
                         help="URL of a running `sam3d serve`; default: the engine in this process")
     parser.add_argument("--api-key", default=None, help="the server's API key (with --server)")
@@ -20,3 +23,15 @@ def add_segmenter_options(parser: argparse.ArgumentParser, timeout: float) -> No
     parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where the in-process model runs (default auto: cuda when available)")
+    parser.add_argument("--click-pathway", default="3d", choices=("3d", "search"),
+                        help="who answers a lone first click in-process (a server uses its own): 3d (default) = "
+                             "the 3D model; search = LiteMedSAM's 2D pathway from the box that fits the click's "
+                             "slice best (better on real images, seconds slower on a CPU)")
+
+
+def check_segmenter_options(args: argparse.Namespace) -> None:
+    """CLIError for options that do not go together: --click-pathway chooses for the in-process
+    model, a server answers clicks as it was started."""
+    if args.server and args.click_pathway != "3d":
+        raise CLIError(f"--click-pathway {args.click_pathway} goes with the in-process model; a server answers "
+                       f"first clicks as it was started (sam3d serve --click-pathway {args.click_pathway})")

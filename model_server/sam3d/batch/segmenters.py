@@ -34,21 +34,23 @@ class Segmenter(Protocol):
 class LocalSegmenter:
     """The engine in this process on one loaded model (loaded once per run)."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, click_pathway: str = "3d") -> None:
         self.predictor = predictor
         self.name = predictor.name
+        self.click_pathway = click_pathway  # who answers a lesion's lone first click (Session)
 
     @classmethod
-    def load(cls, spec: str, device: str = "auto", sam_checkpoint: str | None = None) -> "LocalSegmenter":
+    def load(cls, spec: str, device: str = "auto", sam_checkpoint: str | None = None,
+             click_pathway: str = "3d") -> "LocalSegmenter":
         """The model ``spec`` ('default' or a checkpoint path) on ``device``; SegmenterError when
         it cannot be loaded."""
         try:
-            return cls(Predictor.load(spec, device=device, sam_checkpoint=sam_checkpoint))
+            return cls(Predictor.load(spec, device=device, sam_checkpoint=sam_checkpoint), click_pathway)
         except (CheckpointError, ValueError) as error:
             raise SegmenterError(str(error)) from None
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
-        session = Session(self.predictor, volume.array, volume.spacing)
+        session = Session(self.predictor, volume.array, volume.spacing, click_pathway=self.click_pathway)
         masks = []
         for lesion in lesions:
             try:

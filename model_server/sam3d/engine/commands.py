@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..batch.options import add_segmenter_options
+from ..batch.options import add_segmenter_options, check_segmenter_options
 from ..errors import CLIError
 
 POINT_HELP = ("a click as R,A,S in mm, optionally followed by :+ (positive, the default) or :- "
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.io import read_dicom_series, read_image
     from ..data.segio import SEG_ENDING, Segment, write_segmentation
 
+    check_segmenter_options(args)
     dicom_out = args.out.lower().endswith(".dcm")
     if not (dicom_out or args.out.lower().endswith(SEG_ENDING)):
         raise CLIError(f"--out {args.out!r} must end in {SEG_ENDING} (a Slicer segmentation) or .dcm (a DICOM SEG)")
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         if args.server:
             segmenter = ServerSegmenter.connect(args.server, api_key=args.api_key, timeout=args.timeout)
         else:
-            segmenter = LocalSegmenter.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint)
+            segmenter = LocalSegmenter.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
+                                            click_pathway=args.click_pathway)
         [mask] = segmenter.segment(volume, [lesion])
     except (ValueError, SegmenterError) as error:
         raise CLIError(str(error)) from None

@@ -11,7 +11,7 @@ import torch
 
 from ..model.checkpoint import LoadedModel, load_model
 from ..model.sam3d import ImageFeatures
-from .slice_pathway import LiteMedSAM2D, correct_slice_by_slice, segment_slice_by_slice
+from .slice_pathway import LiteMedSAM2D, correct_slice_by_slice, segment_from_click, segment_slice_by_slice
 
 # How a box prompt is answered: "3d" by the 3D model (box corners as prompt points), "2d" by
 # LiteMedSAM's trained 2D box pathway slice by slice (slice_pathway.py); "auto" = "2d" for models
@@ -96,12 +96,23 @@ class Predictor:
             self.encoder_runs += 1
         return mask
 
+    def segment_click_2d(self, volume: np.ndarray, point_kji: np.ndarray, spacing, bounds: tuple[float, float],
+                         proposal: np.ndarray | None = None) -> np.ndarray:
+        """A first click through LiteMedSAM's 2D pathway by a box search on its slice
+        (``slice_pathway.segment_from_click``; ``proposal``: the 3D model's mask on that slice)."""
+        with self._encode_lock, torch.inference_mode():
+            mask = segment_from_click(self._slice_pathway(), volume, point_kji, spacing, bounds, proposal)
+            self.encoder_runs += 1
+        return mask
+
     def correct_box_2d(self, volume: np.ndarray, mask: np.ndarray, point_kji: np.ndarray, label: int,
-                       bounds: tuple[float, float], box_kji: np.ndarray | None = None) -> np.ndarray | None:
+                       bounds: tuple[float, float], box_kji: np.ndarray | None = None,
+                       spacing=None) -> np.ndarray | None:
         """A correction click on a 2D-pathway mask through the 2D pathway: the new mask, or None
         when the click is not one it answers (``slice_pathway.correct_slice_by_slice``)."""
         with self._encode_lock, torch.inference_mode():
-            corrected = correct_slice_by_slice(self._slice_pathway(), volume, mask, point_kji, label, bounds, box_kji)
+            corrected = correct_slice_by_slice(self._slice_pathway(), volume, mask, point_kji, label, bounds, box_kji,
+                                                spacing)
             self.encoder_runs += corrected is not None
         return corrected
 

@@ -46,7 +46,7 @@ from .slice_pathway import is_3d_box, volume_bounds
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
 CORRECTIONS = ("auto", "local", "global", "2d")
-CLICK_PATHWAYS = ("3d", "cascade")
+CLICK_PATHWAYS = ("3d", "search")
 UNDO_DEPTH = 64  # interactions an object remembers for undo (and at most max_undo_bytes of them)
 
 
@@ -140,11 +140,12 @@ class Session:
         after a 3D box, inside that box widened to the clicks - ``_within_box``) or
         "auto" ("2d" while the object's box was answered by the 2D pathway, whose mask is the
         better one there; global otherwise - measured in docs/BENCHMARKS.md);
-        ``click_pathway``: "3d" (the 3D model answers clicks) or "cascade" (an object's first
-        click: the 3D model's mask, its part that holds the click boxed in 3D, that box answered by
-        the 2D pathway when the result holds the click - ``_cascade_2d``; later clicks correct as
-        after a click; needs a predictor whose boxes go to the 2D pathway). The default stays "3d":
-        on a CPU the cascade's slices cost the first click seconds (docs/BENCHMARKS.md)."""
+        ``click_pathway``: "3d" (the 3D model answers clicks) or "search" (an object's lone first
+        click: the 3D model's mask, then LiteMedSAM's 2D pathway from the box that fits the click's
+        slice best, found by a box search that starts from squares around the click and the 3D
+        mask's box there - ``_search_2d``; the object is then corrected as after a box; needs a
+        predictor whose boxes go to the 2D pathway). The default stays "3d": on a CPU the 2D
+        pathway's slices cost the first click seconds (docs/BENCHMARKS.md)."""
         if corrections not in CORRECTIONS:
             raise ValueError(f"corrections must be one of {', '.join(CORRECTIONS)}, got {corrections!r}")
         if click_pathway not in CLICK_PATHWAYS:
@@ -164,7 +165,7 @@ class Session:
         self.max_points = max_points
         self.max_interactions = max_interactions
         self.corrections = corrections
-        self.cascades = click_pathway == "cascade" and predictor.box_pathway == "2d"
+        self.click_pathway = click_pathway if predictor.box_pathway == "2d" else "3d"
         self.cache = FeatureCache(cache_size)
         self.encoder_runs = 0
         self.decoder_runs = 0
@@ -177,6 +178,7 @@ class Session:
         self._history: list[_HistoryEntry] = []
         self._extent: Box = EMPTY_BOX  # box that holds every foreground voxel of the mask
         self._intensity_bounds: tuple[float, float] | None = None  # the 2D box pathway's, once per volume
+        self._searched = False  # the object's first click was answered by the 2D pathway's box search
         self._lock = threading.Lock()
 
     # -- public API -----------------------------------------------------------------------
@@ -229,14 +231,14 @@ class Session:
                             queue.append(neighbour)
             box = _union([patch_box for patch_box, _ in patches])
             proposal = self._proposal(box, patches)
-            if (self.cascades and new_box is None and self.box is None and self.voxels == 0
+            if (self.click_pathway == "search" and new_box is None and self.box is None and self.voxels == 0
                     and len(points) == 1 and labels[0] == 1):  # a new object's first click
-                cascaded = self._cascade_2d(box, proposal, points[0])
-                if cascaded is not None:
-                    (box, proposal), seconds = cascaded
+                searched = self._search_2d(box, proposal, points[0])
+                if searched is not None:
+                    (box, proposal), seconds = searched
                     encode_s += seconds
-            local = self.corrections == "local" or (self.corrections in ("auto", "2d") and self.box is not None
-                                                     and self.predictor.box_pathway == "2d")
+                    self._searched = True
+            local = self.corrections == "local" or (self.corrections in ("auto", "2d") and self._made_in_2d)
             if local and corrected is None and new_box is None and self.voxels > 0:
                 proposal = _local_update(self.mask[_slices(box)], proposal, points - np.asarray(box[0]), labels)
                 if self.box is not None and is_3d_box(self.box):
@@ -300,6 +302,7 @@ class Session:
             self.voxels = 0
             self.points, self.labels = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
             self.box = None
+            self._searched = False
             self.interactions = 0
             self._history.clear()
             self._extent = EMPTY_BOX
@@ -408,32 +411,37 @@ class Session:
         patch = mask[_slices(region)].astype(np.float32)
         return (region, patch), time.perf_counter() - start
 
-    def _cascade_2d(self, box: Box, proposal: np.ndarray, click: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
-        """A first click's 3D mask (``proposal`` inside ``box``) handed to the 2D pathway: the 3D
-        bounding box of its connected part that holds the click, answered slice by slice (as a
-        user's 3D box) ->
-        ((box, mask inside it), seconds), or None when that part is empty or the 2D answer misses
-        the click (the 3D mask stands). Measured in docs/BENCHMARKS.md ("click cascade")."""
-        inside = _voxel_in(box, click)
-        if inside is None or not proposal[inside]:
-            return None
-        parts, _ = label_objects(proposal)
-        voxels = np.argwhere(parts == parts[inside]) + np.asarray(box[0])
-        (region, patch), seconds = self._box_patch_2d(np.array([voxels.min(axis=0), voxels.max(axis=0)], dtype=float))
-        held = _voxel_in(region, click)
-        if held is None or patch[held] < 0.5:
+    def _search_2d(self, box: Box, proposal: np.ndarray, click: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
+        """A first click answered by the 2D pathway's box search (``Predictor.segment_click_2d``),
+        the 3D model's mask (``proposal`` inside ``box``) on the click's slice one of its starts ->
+        ((box, mask inside it), seconds), or None when the search found nothing that holds the
+        click (the 3D mask stands). Measured in docs/BENCHMARKS.md ("box search")."""
+        start = time.perf_counter()
+        if self._intensity_bounds is None:
+            self._intensity_bounds = volume_bounds(self.volume)
+        k = int(round(float(click[0])))
+        on_slice = np.zeros(self.shape[1:], dtype=bool)
+        if box[0][0] <= k < box[1][0]:
+            on_slice[_slices(box)[1:]] = proposal[k - box[0][0]]
+        mask = self.predictor.segment_click_2d(self.volume, click, self.spacing, self._intensity_bounds, on_slice)
+        self.encoder_runs += 1
+        region = _tight_box(mask)
+        if region is None:
             return None
         merged = _union([box, region])
-        mask = np.zeros(_size(merged), dtype=bool)  # the 3D mask is replaced, not fused
-        mask[_slices(region, origin=merged[0])] = patch > 0.5
-        return (merged, mask), seconds
+        return (merged, mask[_slices(merged)]), time.perf_counter() - start
 
     @property
     def _corrects_in_2d(self) -> bool:
         """Whether clicks go to the 2D pathway first: corrections "2d" or "auto" on an object whose
         box the 2D pathway answered."""
-        return (self.corrections in ("2d", "auto") and self.box is not None and self.voxels > 0
-                and self.predictor.box_pathway == "2d")
+        return self.corrections in ("2d", "auto") and self._made_in_2d and self.voxels > 0
+
+    @property
+    def _made_in_2d(self) -> bool:
+        """Whether the object's mask is the 2D pathway's: its box, or its first click's box
+        search, went there."""
+        return self.predictor.box_pathway == "2d" and (self.box is not None or self._searched)
 
     def _correct_2d(self, points: np.ndarray, labels: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
         """The clicks answered one after the other by the 2D pathway -> (patch over what changed,
@@ -442,7 +450,7 @@ class Session:
         mask = self.mask
         for point, label in zip(points, labels):
             mask = self.predictor.correct_box_2d(self.volume, mask, point, int(label), self._intensity_bounds,
-                                                self.box)
+                                                self.box, self.spacing)
             if mask is None:
                 return None
         self.encoder_runs += 1  # LiteMedSAM's encoder ran on the slices it changed
@@ -563,13 +571,6 @@ def _intersection(a: Box, b: Box) -> Box | None:
     lo = tuple(max(x, y) for x, y in zip(a[0], b[0]))
     hi = tuple(min(x, y) for x, y in zip(a[1], b[1]))
     return None if any(h <= l for l, h in zip(lo, hi)) else (lo, hi)
-
-
-def _voxel_in(box: Box, point) -> tuple[int, int, int] | None:
-    """The index of the voxel holding continuous kji ``point`` in an array covering ``box``, or
-    None when the point is outside the box."""
-    index = tuple(int(round(float(c))) - lo for c, lo in zip(point, box[0]))
-    return index if all(0 <= i < n for i, n in zip(index, _size(box))) else None
 
 
 def _tight_box(mask: np.ndarray) -> Box | None:

@@ -47,6 +47,9 @@ RING_PX = 3  # the surroundings a slice mask's contrast is measured against
 END_CONTRAST = -0.25  # a slice mask this far beyond the surroundings (in units of the object's contrast) left it
 MIN_CONTRAST_STD = 0.5  # an object standing out from its ring by less than this times its std: no end rule
 BOUNDS_STRIDE = 2  # volume_bounds reads every 2nd voxel along each axis (1/8 of the volume)
+CLICK_BOX_HALF_MM = (4.0, 8.0, 16.0, 32.0)  # a click's candidate boxes: squares this far around it, in mm
+CLICK_BOX_REFINEMENTS = 3  # each candidate is re-boxed around its own mask up to this many times
+CLICK_BOX_SETTLED = 0.05  # a re-boxed mask whose area changed by less than this fraction has settled
 
 
 class LiteMedSAM2D:
@@ -71,10 +74,11 @@ class LiteMedSAM2D:
 
     @torch.inference_mode()
     def segment(self, image: np.ndarray, box: np.ndarray | None = None, point: np.ndarray | None = None,
-                all_masks: bool = False) -> np.ndarray:
+                all_masks: bool = False, with_score: bool = False) -> np.ndarray | tuple[np.ndarray, float]:
         """[window, window] image in [0, 1], a box (x0, y0, x1, y1) or a point (x, y) in window
         pixels -> bool mask of the window; ``all_masks``: [4, window, window], SAM's single-object
-        mask first, then its three multimask outputs (one decoder pass)."""
+        mask first, then its three multimask outputs (one decoder pass); ``with_score``: (mask,
+        SAM's predicted IoU of the single-object mask)."""
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].expand(1, 3, -1, -1)
         embedding = tiny_vit_features(self.encoder, tensor)
         boxes = None if box is None else torch.as_tensor(box, dtype=torch.float32).view(1, 1, 4)
@@ -82,10 +86,12 @@ class LiteMedSAM2D:
                                              torch.ones(1, 1, dtype=torch.int64))
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
         # predict_masks: all four of SAM's mask tokens at once (forward() keeps one or three of them)
-        logits, _ = self.decoder.predict_masks(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
-                                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+        logits, scores = self.decoder.predict_masks(image_embeddings=embedding,
+                                                    image_pe=self.prompt_encoder.get_dense_pe(),
+                                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
         masks = F.interpolate(logits, size=(self.window, self.window), mode="bilinear", align_corners=False)[0] > 0
-        return masks.numpy() if all_masks else masks[0].numpy()
+        chosen = masks.numpy() if all_masks else masks[0].numpy()
+        return (chosen, float(scores[0, 0])) if with_score else chosen
 
 
 def volume_bounds(volume: np.ndarray) -> tuple[float, float]:
@@ -137,13 +143,8 @@ def _segment_slice(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, 
     ``previous``); where it overgrows - given the previous slice's widened box it tends to fill the
     box - the one of SAM's three multimask outputs that keeps to the rule and agrees best with
     ``previous`` (Dice); the overgrown single mask when none does, which ends the propagation."""
-    j0, i0, side = _window(box if box is not None else np.array([point[0] - 8, point[1] - 8, point[0] + 8, point[1] + 8]))
-    scale = model.window / side
+    j0, i0, side, prompt = _window_prompt(model, box, point)
     image = _cut(plane, j0, i0, side, model.window, bounds)
-    if box is not None:
-        prompt = dict(box=np.array([box[1] - i0, box[0] - j0, box[3] - i0, box[2] - j0]) * scale)
-    else:
-        prompt = dict(point=np.array([point[1] - i0, point[0] - j0]) * scale)
     if previous is None:
         return _paste(model.segment(image, **prompt), j0, i0, side, plane.shape)
     candidates = [_paste(window_mask, j0, i0, side, plane.shape)
@@ -152,6 +153,66 @@ def _segment_slice(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, 
     if not fitting or fitting[0] is candidates[0]:
         return candidates[0]  # the single mask when it fits; else the growth rule ends the propagation
     return max(fitting, key=lambda c: 2 * (c & previous).sum() / (c.sum() + previous.sum()))
+
+
+def _window_prompt(model: LiteMedSAM2D, box: np.ndarray | None,
+                   point: Sequence[float] | None) -> tuple[int, int, int, dict[str, np.ndarray]]:
+    """The window (j0, i0, side) for a (j0, i0, j1, i1) box or a (j, i) point on a slice and the
+    prompt in that window's resized pixels (x, y order), as ``LiteMedSAM2D.segment`` takes it."""
+    j0, i0, side = _window(box if box is not None else np.array([point[0] - 8, point[1] - 8, point[0] + 8, point[1] + 8]))
+    scale = model.window / side
+    if box is not None:
+        return j0, i0, side, dict(box=np.array([box[1] - i0, box[0] - j0, box[3] - i0, box[2] - j0]) * scale)
+    return j0, i0, side, dict(point=np.array([point[1] - i0, point[0] - j0]) * scale)
+
+
+def _scored_box_mask(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float],
+                     box: np.ndarray) -> tuple[np.ndarray, float]:
+    """One slice from a (j0, i0, j1, i1) box -> (bool mask of the slice, SAM's predicted IoU)."""
+    j0, i0, side, prompt = _window_prompt(model, box, None)
+    mask, score = model.segment(_cut(plane, j0, i0, side, model.window, bounds), with_score=True, **prompt)
+    return _paste(mask, j0, i0, side, plane.shape), score
+
+
+def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float], j: int, i: int,
+                    pixel_mm: Sequence[float], proposal: np.ndarray | None = None) -> np.ndarray:
+    """A click's slice mask from LiteMedSAM's trained box prompt, whose point prompt is untrained:
+    squares ``CLICK_BOX_HALF_MM`` around the click (and the box of ``proposal``, the 3D model's
+    mask on this slice, when given) each re-boxed around its own mask (plus ``BOX_MARGIN_PX``)
+    up to ``CLICK_BOX_REFINEMENTS`` times or until it settles; of all masks that hold the click,
+    the one SAM's IoU head scores highest (empty when none does). On development data it chose
+    better than the object's contrast with its ring did (docs/BENCHMARKS.md, "A first click
+    answered by a box search")."""
+    starts = [np.array([j - half / pixel_mm[0], i - half / pixel_mm[1], j + half / pixel_mm[0], i + half / pixel_mm[1]])
+              for half in CLICK_BOX_HALF_MM]
+    if proposal is not None and proposal.any():
+        starts.append(_mask_box(proposal, BOX_MARGIN_PX))
+    best, best_score = np.zeros(plane.shape, dtype=bool), -np.inf
+    for box in starts:
+        area = 0
+        for _ in range(1 + CLICK_BOX_REFINEMENTS):
+            mask, score = _scored_box_mask(model, plane, bounds, box)
+            if mask[j, i] and score > best_score:
+                best, best_score = mask, score
+            if mask.sum() < MIN_AREA_PX or abs(int(mask.sum()) - area) < CLICK_BOX_SETTLED * area:
+                break
+            area, box = int(mask.sum()), _mask_box(mask, BOX_MARGIN_PX)
+    return best
+
+
+def segment_from_click(model: LiteMedSAM2D, volume: np.ndarray, click_kji: Sequence[float], spacing: Sequence[float],
+                       bounds: tuple[float, float] | None = None, proposal: np.ndarray | None = None) -> np.ndarray:
+    """3D bool mask from a first click: its slice answered by a box search (``_box_from_click``;
+    ``proposal``: the 3D model's mask on that slice, one more start), then propagated along k as
+    a box's mask is. Empty when no box's mask holds the click."""
+    bounds = volume_bounds(volume) if bounds is None else bounds
+    k, j, i = (int(round(float(v))) for v in click_kji)
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[k] = _box_from_click(model, volume[k], bounds, j, i, spacing[1:], proposal)
+    if mask[k].any():
+        for direction in (-1, 1):
+            _propagate(model, volume, bounds, mask, k, direction)
+    return mask
 
 
 def _keeps_growth_rule(current: np.ndarray, previous: np.ndarray) -> bool:
@@ -209,8 +270,8 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
 
 
 def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.ndarray, click_kji: Sequence[float],
-                           label: int, bounds: tuple[float, float],
-                           box_kji: np.ndarray | None = None) -> np.ndarray | None:
+                           label: int, bounds: tuple[float, float], box_kji: np.ndarray | None = None,
+                           spacing: Sequence[float] | None = None) -> np.ndarray | None:
     """A correction click on a mask the 2D pathway made, answered by the 2D pathway: the new
     mask, or None when this click is not one it can answer (the caller then asks the 3D model).
 
@@ -221,7 +282,9 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
       nearest covered slice widened to the click (plus ``CORRECTION_MARGIN_PX``; SAM's multimask
       choice of the growth rule as in propagation), on the clicked slice only the part that holds
       the click, then propagation onwards, within the object's 3D box prompt ``box_kji`` widened to
-      the click, when it has one.
+      the click, when it has one. On an object without a box (a first click's box search) whose
+      nearest slice's box does not reach the click, the clicked slice is answered by a box search
+      around the click (``_box_from_click``; needs ``spacing``) instead.
     - Negative click inside the mask: the slice's region under the click is cut back to what
       LiteMedSAM finds in that region's box with its side nearest the click moved past the
       click (``_remove_at``): a leak goes, the object stays.
@@ -249,6 +312,8 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
                                         previous=previous if direction else None)  # the growth rule's choice
             result[slice_index] |= plane_mask
             previous = plane_mask if plane_mask.any() else previous
+    if not result[k, j, i] and box_kji is None and spacing is not None:
+        result[k] |= _box_from_click(model, volume[k], bounds, j, i, spacing[1:])
     if not result[k, j, i]:
         return None
     regions, _ = ndimage.label(result[k] & ~mask[k])  # on the clicked slice, only the part that holds the click

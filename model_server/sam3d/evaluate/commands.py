@@ -40,10 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--box-pathway", default="auto", choices=("auto", "2d", "3d"),
                         help="who answers the box: 2d = LiteMedSAM's box pathway slice by slice, 3d = the 3D "
                              "model; auto (default) = 2d for LiteMedSAM-based models, else 3d")
-    parser.add_argument("--click-pathway", default="3d", choices=("3d", "cascade"),
+    parser.add_argument("--click-pathway", default="3d", choices=("3d", "search"),
                         help="who answers a first click: 3d (default, as the server does) = the 3D model; "
-                             "cascade = the 3D model's mask, boxed in 3D, answered by the 2D box pathway "
-                             "when that holds the click (models whose boxes go to the 2D pathway)")
+                             "search = the 2D box pathway from the box that fits the click's slice best, found "
+                             "by a box search, then corrections as after a box (models whose boxes go to the "
+                             "2D pathway)")
     parser.add_argument("--corrections", default="auto", choices=("auto", "local", "global", "2d"),
                         help="how a correction click changes the mask: local = only the connected region around "
                              "the click; global = the model's whole new prediction; 2d = after a box answered by "

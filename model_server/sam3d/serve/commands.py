@@ -85,6 +85,12 @@ def register(subparsers) -> None:
     model.add_argument("--sam-checkpoint", default=None,
                        help="SAM's sam_vit_b_01ec64.pth, for a vit_b adapter checkpoint")
     model.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    model.add_argument("--click-pathway", default=d.click_pathway, choices=("3d", "search"),
+                       help="who answers an object's first click: 3d (default) = the 3D model, the fastest on a "
+                            "CPU; search = LiteMedSAM's 2D pathway from the box that fits the click's slice best, "
+                            "then corrections as after a box: the better masks on real images, but seconds of 2D "
+                            "slices on a CPU (docs/BENCHMARKS.md). Models whose boxes go to the 2D pathway; "
+                            "others answer with the 3D model")
     model.add_argument("--threads", type=int, default=None,
                        help="CPU threads for the model (default: PyTorch's choice)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -144,7 +150,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_memory_bytes=args.max_memory or default_budget(),
         max_session_memory_bytes=args.max_session_memory, max_undo_bytes=args.max_undo_bytes,
         max_points=args.max_points, max_interactions=args.max_interactions, allowed_hosts=hosts,
-        cors_origins=tuple(args.cors_origin), auth_failures_per_minute=args.auth_failures_per_minute)
+        cors_origins=tuple(args.cors_origin), auth_failures_per_minute=args.auth_failures_per_minute,
+        click_pathway=args.click_pathway)
 
 
 def warnings_for(args: argparse.Namespace) -> list[str]:

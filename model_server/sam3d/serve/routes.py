@@ -167,7 +167,8 @@ async def create_session(
         del body
         session = Session(server.predictor, array, sizes, cache_size=settings.cache_crops,
                           max_crops=settings.max_crops, max_undo_bytes=settings.max_undo_bytes,
-                          max_points=settings.max_points, max_interactions=settings.max_interactions)
+                          max_points=settings.max_points, max_interactions=settings.max_interactions,
+                          click_pathway=settings.click_pathway)
     except BaseException:
         server.store.release(reserved)
         raise
