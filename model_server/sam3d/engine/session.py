@@ -234,10 +234,10 @@ class Session:
             if (self.click_pathway == "search" and new_box is None and self.box is None and self.voxels == 0
                     and len(points) == 1 and labels[0] == 1):  # a new object's first click
                 searched = self._search_2d(box, proposal, points[0])
+                self._searched = searched is not None  # else the 3D mask stands, corrected as one
                 if searched is not None:
                     (box, proposal), seconds = searched
                     encode_s += seconds
-                    self._searched = True
             local = self.corrections == "local" or (self.corrections in ("auto", "2d") and self._made_in_2d)
             if local and corrected is None and new_box is None and self.voxels > 0:
                 proposal = _local_update(self.mask[_slices(box)], proposal, points - np.asarray(box[0]), labels)
@@ -434,7 +434,7 @@ class Session:
     @property
     def _corrects_in_2d(self) -> bool:
         """Whether clicks go to the 2D pathway first: corrections "2d" or "auto" on an object whose
-        box the 2D pathway answered."""
+        mask the 2D pathway made (``_made_in_2d``)."""
         return self.corrections in ("2d", "auto") and self._made_in_2d and self.voxels > 0
 
     @property

@@ -16,7 +16,9 @@ never leaves the box's rectangle.
 Why a 2D pathway beside the 3D model: on boxes it is the better of the two on every data set
 measured (docs/BENCHMARKS.md, generalisation table) - it was trained on ~1.5 M real medical
 image-mask pairs, the 3D model's adapters on a few hundred synthetic crops. Clicks stay with the
-3D model: LiteMedSAM's point prompt is untrained (Dice 0.00 from one click).
+3D model: LiteMedSAM's point prompt is untrained (Dice 0.00 from one click) - or, opt-in
+(``Session(click_pathway="search")``), a first click gets the box that fits its slice best by a
+box search (``segment_from_click``), at seconds of CPU time (docs/BENCHMARKS.md).
 
 Each slice goes in as a square window around the box, resized to ``WINDOW_PX`` (LiteMedSAM's
 weights keep their box accuracy from 64 to 192 px inputs) at native in-plane resolution, with
