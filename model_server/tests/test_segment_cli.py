@@ -18,7 +18,7 @@ from sam3d.data.io import Volume, read_image, write_image
 from sam3d.data.markups import read_markups, write_markups
 from sam3d.data.segio import read_segmentation
 from sam3d.engine.predictor import Predictor
-from sam3d.engine.session import Session, segment
+from sam3d.engine.session import segment
 from server_helpers import running_server
 
 SHAPE = (30, 72, 64)
@@ -127,20 +127,9 @@ def test_segment_tells_when_the_server_is_not_running(oblique_image, tmp_path):
     assert status == 2 and "is `sam3d serve` running" in text
 
 
-def test_segment_answers_a_first_click_by_the_click_pathway_asked_for(oblique_image, tmp_path):
-    """--click-pathway search: the in-process engine's box-search answer; with --server, refused
-    (a server answers as it was started)."""
+def test_segment_refuses_a_click_pathway_with_a_server(oblique_image, tmp_path):
+    """--click-pathway chooses for the in-process engine; a server answers as it was started."""
     point = "--point=" + ",".join(f"{v:.6f}" for v in click_ras(oblique_image))
-    out = tmp_path / "search.seg.nrrd"
-    status, text = run_cli(str(oblique_image), point, "--model", "default", "--device", "cpu",
-                           "--click-pathway", "search", "--out", str(out))
-    assert status == 0, text
-    (found,), _ = read_segmentation(out)
-    volume = read_image(oblique_image)
-    session = Session(Predictor.load("default", device="cpu"), volume.array, volume.spacing, click_pathway="search")
-    session.interact([CLICK_KJI], [1])
-    assert session.mask.any()
-    np.testing.assert_array_equal(found.mask, session.mask)
     status, text = run_cli(str(oblique_image), point, "--click-pathway", "search", "--server", "http://127.0.0.1:9",
                            "--out", str(tmp_path / "x.seg.nrrd"))
     assert status == 2 and "goes with the in-process model" in text

