@@ -8,8 +8,8 @@ import pytest
 
 from sam3d.engine.predictor import Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _within_box
-from sam3d.engine.slice_pathway import (LiteMedSAM2D, _contrast, _left_the_object,
-                                        correct_slice_by_slice, segment_from_click, segment_slice_by_slice,
+from sam3d.engine.slice_pathway import (LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
+                                        correct_slice_by_slice, segment_slice_by_slice,
                                         volume_bounds)
 
 
@@ -60,22 +60,6 @@ def test_a_3d_box_bounds_the_propagation_to_its_slices_and_rectangle(ball, slice
     assert len(slices) >= 1 and slices.min() >= 9 and slices.max() <= 15
     js, is_ = np.nonzero(found.any(axis=0))
     assert js.min() >= 25 - 1 and js.max() <= 39 + 1 and is_.min() >= 23 - 1 and is_.max() <= 37 + 1
-
-
-def test_a_click_off_the_balls_centre_finds_it_by_a_box_search_and_propagates(ball, slice_model):
-    """LiteMedSAM's point prompt is untrained; a click is answered by the box that fits best of
-    squares around it re-boxed around their masks. Off the centre the ball is found on the click's
-    slice and carried through it; a proposal far off the click (a start whose mask does not hold
-    the click) is not chosen. (A click 2 px inside the ball's edge is a known miss at 1 mm: the
-    smallest square's mask, all inside, scores highest.)"""
-    volume, mask = ball
-    far = np.zeros(mask.shape[1:], dtype=bool)
-    far[2:8, 2:8] = True
-    found = segment_from_click(slice_model, volume, (12, 30, 34), spacing=(1.0, 1.0, 1.0), proposal=far)
-    assert found[12, 30, 34] and _slice_dice(found[12], mask[12]) >= 0.9 and not found[12, 2:8, 2:8].any()
-    assert _slice_dice(found, mask) >= 0.7
-    slices = np.flatnonzero(found.any(axis=(1, 2)))
-    assert slices.min() >= 2 and slices.max() <= 22  # never past the ball
 
 
 def test_propagation_ends_where_the_mask_leaves_the_object_for_what_lies_beyond_its_surroundings():
@@ -231,6 +215,10 @@ def test_a_positive_click_the_nearest_slices_box_cannot_reach_is_answered_by_a_b
                                    spacing=(1.0, 1.0, 1.0))
     assert found[12, 30, 34] and found[12, 2:8, 52:60].all()
     assert _slice_dice(found[12] & ~elsewhere[12], mask[12]) >= 0.85  # 64-px windows
+    # the search itself: a proposal far off the click (a start whose mask misses it) is not chosen
+    # (the search on the engine's 128-px windows, propagated: the server test of test_serve_box.py)
+    chosen = _box_from_click(small_window_model, volume[12], bounds, 30, 34, (1.0, 1.0), elsewhere[12])
+    assert chosen[30, 34] and not chosen[2:8, 52:60].any()
 
 
 def test_the_click_pathway_is_3d_unless_search_is_asked_for(ball, tiny_model):
