@@ -398,12 +398,16 @@ class Session:
         self.cache.put(geometry, features)
         return features, time.perf_counter() - start
 
+    def _bounds_2d(self) -> tuple[float, float]:
+        """The 2D pathway's intensity bounds of the volume, computed on first use."""
+        if self._intensity_bounds is None:
+            self._intensity_bounds = volume_bounds(self.volume)
+        return self._intensity_bounds
+
     def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
         """A box answered by the 2D pathway -> (patch over the box and the mask, seconds)."""
         start = time.perf_counter()
-        if self._intensity_bounds is None:
-            self._intensity_bounds = volume_bounds(self.volume)
-        mask = self.predictor.segment_box_2d(self.volume, box, self._intensity_bounds)
+        mask = self.predictor.segment_box_2d(self.volume, box, self._bounds_2d())
         self.encoder_runs += 1
         lo = np.clip(np.floor(box[0]).astype(int), 0, None)
         hi = np.minimum(np.ceil(box[1]).astype(int) + 1, self.shape)
@@ -417,13 +421,11 @@ class Session:
         ((box, mask inside it), seconds), or None when the search found nothing that holds the
         click (the 3D mask stands). Measured in docs/BENCHMARKS.md ("box search")."""
         start = time.perf_counter()
-        if self._intensity_bounds is None:
-            self._intensity_bounds = volume_bounds(self.volume)
         k = int(round(float(click[0])))
         on_slice = np.zeros(self.shape[1:], dtype=bool)
         if box[0][0] <= k < box[1][0]:
             on_slice[_slices(box)[1:]] = proposal[k - box[0][0]]
-        mask = self.predictor.segment_click_2d(self.volume, click, self.spacing, self._intensity_bounds, on_slice)
+        mask = self.predictor.segment_click_2d(self.volume, click, self.spacing, self._bounds_2d(), on_slice)
         self.encoder_runs += 1
         region = _tight_box(mask)
         if region is None:
@@ -449,7 +451,7 @@ class Session:
         start = time.perf_counter()
         mask = self.mask
         for point, label in zip(points, labels):
-            mask = self.predictor.correct_box_2d(self.volume, mask, point, int(label), self._intensity_bounds,
+            mask = self.predictor.correct_box_2d(self.volume, mask, point, int(label), self._bounds_2d(),
                                                 self.box, self.spacing)
             if mask is None:
                 return None
