@@ -8,9 +8,8 @@ import pytest
 
 from sam3d.engine.predictor import Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _within_box
-from sam3d.engine.slice_pathway import (LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
-                                        correct_slice_by_slice, segment_slice_by_slice,
-                                        volume_bounds)
+from sam3d.engine.slice_pathway import (LiteMedSAM2D, _box_from_click, _contrast, _left_the_object, _SliceWindows,
+                                        correct_slice_by_slice, segment_slice_by_slice, volume_bounds)
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +175,22 @@ def test_a_negative_click_on_a_leak_removes_the_leak_and_keeps_the_object(ball, 
     assert np.array_equal(found[11], leaked[11])  # other slices untouched
 
 
+def test_a_negative_click_never_removes_a_positive_click_of_the_object(ball, slice_model):
+    """A small slice mask holding a positive click and, two pixels away, a negative one: without
+    the positive click the whole region goes; with it only the pixels nearer the negative click
+    than the positive one go, and on another slice a positive click does not count."""
+    volume, _ = ball
+    bounds = volume_bounds(volume)
+    blob = np.zeros_like(volume, dtype=bool)
+    blob[12, 31:34, 28:33] = True
+    alone = correct_slice_by_slice(slice_model, volume, blob, [12, 32, 31], 0, bounds)
+    assert alone is not None and not alone[12, 32, 29]
+    kept = correct_slice_by_slice(slice_model, volume, blob, [12, 32, 31], 0, bounds, spacing=(1.0, 1.0, 1.0),
+                                  positives_kji=np.array([[12, 32, 29], [5, 32, 31]]))
+    assert kept[12, 31:34, 28:31].all() and not kept[12, 32, 31]
+    assert np.array_equal(kept[12, :, 31:], alone[12, :, 31:])  # nearer the negative click: removed as before
+
+
 def test_clicks_the_2d_pathway_cannot_answer_are_left_to_the_3d_model(ball, slice_model, ball_slice_12):
     volume, _ = ball
     bounds = volume_bounds(volume)
@@ -219,6 +234,20 @@ def test_a_positive_click_the_nearest_slices_box_cannot_reach_is_answered_by_a_b
     # (the search on the engine's 128-px windows, propagated: the server test of test_serve_box.py)
     chosen = _box_from_click(small_window_model, volume[12], bounds, 30, 34, (1.0, 1.0), elsewhere[12])
     assert chosen[30, 34] and not chosen[2:8, 52:60].any()
+
+
+def test_a_box_search_decodes_boxes_of_one_size_and_place_on_one_embedded_window(ball, small_window_model):
+    """A re-boxed box a pixel off is decoded on the window already embedded (and still finds the
+    ball); a box a quarter the size, or elsewhere on the slice, gets a window of its own."""
+    volume, mask = ball
+    windows = _SliceWindows(small_window_model, volume[12], volume_bounds(volume))
+    windows.scored_mask(np.array([22.0, 20.0, 42.0, 40.0]))
+    shifted, _ = windows.scored_mask(np.array([23.0, 21.0, 43.0, 41.0]))
+    assert len(windows.embedded) == 1
+    assert _slice_dice(shifted, mask[12]) >= 0.85
+    windows.scored_mask(np.array([28.0, 26.0, 36.0, 34.0]))
+    windows.scored_mask(np.array([2.0, 2.0, 22.0, 22.0]))
+    assert len(windows.embedded) == 3
 
 
 def test_the_click_pathway_is_3d_unless_search_is_asked_for(ball, tiny_model):

@@ -107,12 +107,12 @@ class Predictor:
 
     def correct_box_2d(self, volume: np.ndarray, mask: np.ndarray, point_kji: np.ndarray, label: int,
                        bounds: tuple[float, float], box_kji: np.ndarray | None = None,
-                       spacing=None) -> np.ndarray | None:
+                       spacing=None, positives_kji: np.ndarray | None = None) -> np.ndarray | None:
         """A correction click on a 2D-pathway mask through the 2D pathway: the new mask, or None
         when the click is not one it answers (``slice_pathway.correct_slice_by_slice``)."""
         with self._encode_lock, torch.inference_mode():
             corrected = correct_slice_by_slice(self._slice_pathway(), volume, mask, point_kji, label, bounds, box_kji,
-                                                spacing)
+                                                spacing, positives_kji)
             self.encoder_runs += corrected is not None
         return corrected
 

@@ -447,14 +447,18 @@ class Session:
 
     def _correct_2d(self, points: np.ndarray, labels: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
         """The clicks answered one after the other by the 2D pathway -> (patch over what changed,
-        seconds), or None as soon as one is not a click it answers (the 3D model then takes them)."""
+        seconds), or None as soon as one is not a click it answers (the 3D model then takes them).
+        A negative click never removes the object's positive clicks (``correct_slice_by_slice``)."""
         start = time.perf_counter()
         mask = self.mask
+        positives = list(self.points[self.labels == 1])
         for point, label in zip(points, labels):
             mask = self.predictor.correct_box_2d(self.volume, mask, point, int(label), self._bounds_2d(),
-                                                self.box, self.spacing)
+                                                self.box, self.spacing, np.array(positives).reshape(-1, 3))
             if mask is None:
                 return None
+            if label == 1:
+                positives.append(point)
         self.encoder_runs += 1  # LiteMedSAM's encoder ran on the slices it changed
         region = _tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
         return (region, mask[_slices(region)].astype(np.float32)), time.perf_counter() - start

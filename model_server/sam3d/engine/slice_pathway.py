@@ -52,6 +52,8 @@ BOUNDS_STRIDE = 2  # volume_bounds reads every 2nd voxel along each axis (1/8 of
 CLICK_BOX_HALF_MM = (4.0, 8.0, 16.0, 32.0)  # a click's candidate boxes: squares this far around it, in mm
 CLICK_BOX_REFINEMENTS = 3  # each candidate is re-boxed around its own mask up to this many times
 CLICK_BOX_SETTLED = 0.05  # a re-boxed mask whose area changed by less than this fraction has settled
+WINDOW_REUSE_SCALE = 1.25  # a search's box is decoded on an embedded window this close in size to its own ...
+WINDOW_REUSE_MARGIN = 1 / 5  # ... that holds it at least this fraction of the window's side from every edge
 
 
 class LiteMedSAM2D:
@@ -75,14 +77,19 @@ class LiteMedSAM2D:
             module.eval()  # after loading (TinyViT caches its attention biases in eval mode)
 
     @torch.inference_mode()
-    def segment(self, image: np.ndarray, box: np.ndarray | None = None, point: np.ndarray | None = None,
-                all_masks: bool = False, with_score: bool = False) -> np.ndarray | tuple[np.ndarray, float]:
-        """[window, window] image in [0, 1], a box (x0, y0, x1, y1) or a point (x, y) in window
-        pixels -> bool mask of the window; ``all_masks``: [4, window, window], SAM's single-object
-        mask first, then its three multimask outputs (one decoder pass); ``with_score``: (mask,
-        SAM's predicted IoU of the single-object mask)."""
+    def embed(self, image: np.ndarray) -> torch.Tensor:
+        """[window, window] image in [0, 1] -> TinyViT's embedding [1, 256, window/4, window/4]
+        (the expensive half: ~20x the decoder's time on a CPU)."""
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].expand(1, 3, -1, -1)
-        embedding = tiny_vit_features(self.encoder, tensor)
+        return tiny_vit_features(self.encoder, tensor)
+
+    @torch.inference_mode()
+    def decode(self, embedding: torch.Tensor, box: np.ndarray | None = None, point: np.ndarray | None = None,
+               all_masks: bool = False, with_score: bool = False) -> np.ndarray | tuple[np.ndarray, float]:
+        """A box (x0, y0, x1, y1) or a point (x, y) in window pixels on an ``embed``-ded window ->
+        bool mask of the window; ``all_masks``: [4, window, window], SAM's single-object mask
+        first, then its three multimask outputs (one decoder pass); ``with_score``: (mask, SAM's
+        predicted IoU of the single-object mask)."""
         boxes = None if box is None else torch.as_tensor(box, dtype=torch.float32).view(1, 1, 4)
         points = None if point is None else (torch.as_tensor(point, dtype=torch.float32).view(1, 1, 2),
                                              torch.ones(1, 1, dtype=torch.int64))
@@ -94,6 +101,11 @@ class LiteMedSAM2D:
         masks = F.interpolate(logits, size=(self.window, self.window), mode="bilinear", align_corners=False)[0] > 0
         chosen = masks.numpy() if all_masks else masks[0].numpy()
         return (chosen, float(scores[0, 0])) if with_score else chosen
+
+    def segment(self, image: np.ndarray, box: np.ndarray | None = None, point: np.ndarray | None = None,
+                all_masks: bool = False, with_score: bool = False) -> np.ndarray | tuple[np.ndarray, float]:
+        """``decode`` on the ``embed``-ding of ``image``: one window, one prompt."""
+        return self.decode(self.embed(image), box, point, all_masks, with_score)
 
 
 def volume_bounds(volume: np.ndarray) -> tuple[float, float]:
@@ -162,18 +174,51 @@ def _window_prompt(model: LiteMedSAM2D, box: np.ndarray | None,
     """The window (j0, i0, side) for a (j0, i0, j1, i1) box or a (j, i) point on a slice and the
     prompt in that window's resized pixels (x, y order), as ``LiteMedSAM2D.segment`` takes it."""
     j0, i0, side = _window(box if box is not None else np.array([point[0] - 8, point[1] - 8, point[0] + 8, point[1] + 8]))
-    scale = model.window / side
     if box is not None:
-        return j0, i0, side, dict(box=np.array([box[1] - i0, box[0] - j0, box[3] - i0, box[2] - j0]) * scale)
-    return j0, i0, side, dict(point=np.array([point[1] - i0, point[0] - j0]) * scale)
+        return j0, i0, side, dict(box=_box_in_window(box, j0, i0, side, model.window))
+    return j0, i0, side, dict(point=np.array([point[1] - i0, point[0] - j0]) * model.window / side)
 
 
-def _scored_box_mask(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float],
-                     box: np.ndarray) -> tuple[np.ndarray, float]:
-    """One slice from a (j0, i0, j1, i1) box -> (bool mask of the slice, SAM's predicted IoU)."""
-    j0, i0, side, prompt = _window_prompt(model, box, None)
-    mask, score = model.segment(_cut(plane, j0, i0, side, model.window, bounds), with_score=True, **prompt)
-    return _paste(mask, j0, i0, side, plane.shape), score
+def _box_in_window(box: np.ndarray, j0: int, i0: int, side: int, size: int) -> np.ndarray:
+    """A slice's (j0, i0, j1, i1) box in the pixels of window (j0, i0, side) resized to ``size``,
+    (x0, y0, x1, y1) as SAM's prompt encoder takes it."""
+    return np.array([box[1] - i0, box[0] - j0, box[3] - i0, box[2] - j0]) * size / side
+
+
+class _SliceWindows:
+    """LiteMedSAM's embeddings of one slice's windows, kept while a box search runs on it.
+
+    A box is decoded on an embedded window when that window is about the size of the box's own
+    (``_window``; sides within ``WINDOW_REUSE_SCALE``) and holds the box at least
+    ``WINDOW_REUSE_MARGIN`` of its side from every edge; otherwise its own window is embedded.
+    A search re-boxes each start around its mask several times, and the boxes of one chain
+    mostly differ by a few pixels: decoding one on an embedding costs about a twentieth of
+    embedding its window (docs/BENCHMARKS.md, "A cheaper box search")."""
+
+    def __init__(self, model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float]) -> None:
+        self.model, self.plane, self.bounds = model, plane, bounds
+        self.embedded: list[tuple[int, int, int, torch.Tensor]] = []  # (j0, i0, side, embedding)
+
+    def scored_mask(self, box: np.ndarray) -> tuple[np.ndarray, float]:
+        """A (j0, i0, j1, i1) box -> (bool mask of the slice, SAM's predicted IoU)."""
+        j0, i0, side, embedding = self._window_for(box)
+        mask, score = self.model.decode(embedding, box=_box_in_window(box, j0, i0, side, self.model.window),
+                                        with_score=True)
+        return _paste(mask, j0, i0, side, self.plane.shape), score
+
+    def _window_for(self, box: np.ndarray) -> tuple[int, int, int, torch.Tensor]:
+        """An embedded window that serves ``box`` (see the class), else its own, embedded now."""
+        own = _window(box)
+        for j0, i0, side, embedding in self.embedded:
+            margin = WINDOW_REUSE_MARGIN * side
+            if (1 / WINDOW_REUSE_SCALE <= side / own[2] <= WINDOW_REUSE_SCALE
+                    and box[0] >= j0 + margin and box[1] >= i0 + margin
+                    and box[2] <= j0 + side - margin and box[3] <= i0 + side - margin):
+                return j0, i0, side, embedding
+        j0, i0, side = own
+        embedding = self.model.embed(_cut(self.plane, j0, i0, side, self.model.window, self.bounds))
+        self.embedded.append((j0, i0, side, embedding))
+        return j0, i0, side, embedding
 
 
 def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float], j: int, i: int,
@@ -189,11 +234,12 @@ def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float,
               for half in CLICK_BOX_HALF_MM]
     if proposal is not None and proposal.any():
         starts.append(_mask_box(proposal, BOX_MARGIN_PX))
+    windows = _SliceWindows(model, plane, bounds)
     best, best_score = np.zeros(plane.shape, dtype=bool), -np.inf
     for box in starts:
         area = 0
         for _ in range(1 + CLICK_BOX_REFINEMENTS):
-            mask, score = _scored_box_mask(model, plane, bounds, box)
+            mask, score = windows.scored_mask(box)
             if mask[j, i] and score > best_score:
                 best, best_score = mask, score
             if mask.sum() < MIN_AREA_PX or abs(int(mask.sum()) - area) < CLICK_BOX_SETTLED * area:
@@ -273,7 +319,8 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
 
 def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.ndarray, click_kji: Sequence[float],
                            label: int, bounds: tuple[float, float], box_kji: np.ndarray | None = None,
-                           spacing: Sequence[float] | None = None) -> np.ndarray | None:
+                           spacing: Sequence[float] | None = None,
+                           positives_kji: np.ndarray | None = None) -> np.ndarray | None:
     """A correction click on a mask the 2D pathway made, answered by the 2D pathway: the new
     mask, or None when this click is not one it can answer (the caller then asks the 3D model).
 
@@ -289,7 +336,10 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
       around the click (``_box_from_click``; needs ``spacing``) instead.
     - Negative click inside the mask: the slice's region under the click is cut back to what
       LiteMedSAM finds in that region's box with its side nearest the click moved past the
-      click (``_remove_at``): a leak goes, the object stays.
+      click (``_remove_at``): a leak goes, the object stays. Of what that would remove, only
+      the part nearer the click than any of the object's positive clicks on the slice
+      (``positives_kji``, in-plane distance in ``spacing``) goes: a negative click never takes
+      a positive one out of the mask (``_nearer_than_positives``).
     Measured in docs/BENCHMARKS.md ("Corrections after a box, second round").
     """
     k, j, i = (int(round(float(v))) for v in click_kji)
@@ -297,7 +347,8 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     if label != 1:
         if not mask[k, j, i]:
             return None
-        result[k] = _remove_at(model, volume[k], bounds, mask[k], j, i)
+        kept = _remove_at(model, volume[k], bounds, mask[k], j, i)
+        result[k] = mask[k] & ~(~kept & _nearer_than_positives(mask.shape[1:], (j, i), k, positives_kji, spacing))
         return result
     covered = np.flatnonzero(mask.any(axis=(1, 2)))
     if mask[k, j, i] or not len(covered):
@@ -326,6 +377,22 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
             slices, limit = _box_limits(np.concatenate([box_kji, [[k, j, i]]]))
         _propagate(model, volume, bounds, result, k, direction, slices, limit)
     return result
+
+
+def _nearer_than_positives(shape: Sequence[int], negative_ji: tuple[int, int], k: int,
+                           positives_kji: np.ndarray | None, spacing: Sequence[float] | None) -> np.ndarray:
+    """The pixels of slice ``k`` nearer the negative click than every positive click on that
+    slice (all of them when there is none): what a negative click may remove."""
+    nearer = np.ones(shape, dtype=bool)
+    if positives_kji is None or not len(positives_kji):
+        return nearer
+    scale = np.ones(2) if spacing is None else np.asarray(spacing, dtype=float)[1:]
+    jj, ii = np.ogrid[:shape[0], :shape[1]]
+    to_negative = ((jj - negative_ji[0]) * scale[0]) ** 2 + ((ii - negative_ji[1]) * scale[1]) ** 2
+    for pk, pj, pi in np.asarray(positives_kji, dtype=float).reshape(-1, 3):
+        if int(round(pk)) == k:
+            nearer &= to_negative < ((jj - pj) * scale[0]) ** 2 + ((ii - pi) * scale[1]) ** 2
+    return nearer
 
 
 def is_3d_box(corners) -> bool:
