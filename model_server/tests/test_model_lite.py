@@ -13,7 +13,7 @@ from sam3d.data.intensity import PRESETS
 from sam3d.model import lite_encoder
 from sam3d.model.checkpoint import load_model, save_checkpoint
 from sam3d.model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER, get_config
-from sam3d.model.lite_encoder import (LITE_MEDSAM_SHA256, LiteMedSAMUnavailable, build_tiny_vit,
+from sam3d.model.lite_encoder import (LITE_MEDSAM_SHA256, LiteMedSAMUnavailable, build_tiny_vit, fold_batch_norms,
                                       load_lite_medsam_encoder_state, tiny_vit_features)
 from sam3d.model.sam3d import Sam3D
 
@@ -70,6 +70,10 @@ def test_our_tiny_vit_equals_the_packages_litemedsam_at_its_own_input_size(tmp_p
         got = tiny_vit_features(ours, image)
     assert got.shape == expected.shape == (1, 256, 64, 64)
     assert torch.equal(got, expected)
+    with torch.no_grad():  # BatchNorms folded into their convolutions (as the engine runs it): the same features
+        folded = tiny_vit_features(fold_batch_norms(ours), image)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ours.modules())
+    assert (folded - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
 def test_zero_initialised_adapters_reproduce_litemedsams_2d_slice_features(lite_model):

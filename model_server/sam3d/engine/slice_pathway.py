@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..data.intensity import PRESETS
-from ..model.lite_encoder import BACKBONE_STRIDE, build_tiny_vit, load_lite_medsam_state, tiny_vit_features
+from ..model.lite_encoder import (BACKBONE_STRIDE, build_tiny_vit, fold_batch_norms, load_lite_medsam_state,
+                                  tiny_vit_features)
 
 WINDOW_PX = 128
 BOX_MARGIN_PX = 5
@@ -75,6 +76,7 @@ class LiteMedSAM2D:
                                ("mask_decoder.", self.decoder)):
             module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             module.eval()  # after loading (TinyViT caches its attention biases in eval mode)
+        fold_batch_norms(self.encoder)
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> torch.Tensor:
