@@ -350,7 +350,7 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
         if not mask[k, j, i]:
             return None
         kept = _remove_at(model, volume[k], bounds, mask[k], j, i)
-        result[k] = mask[k] & ~(~kept & _nearer_than_positives(mask.shape[1:], (j, i), k, positives_kji, spacing))
+        result[k] = kept | (mask[k] & ~_nearer_than_positives(mask.shape[1:], (j, i), k, positives_kji, spacing))
         return result
     covered = np.flatnonzero(mask.any(axis=(1, 2)))
     if mask[k, j, i] or not len(covered):

