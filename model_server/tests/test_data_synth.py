@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sam3d.data.synth import LESION_DIAMETER_MM, PIXEL_MM, SETTINGS, SLICE_THICKNESS_MM, generate_synth_case
+from sam3d.data.synth import (LESION_DIAMETER_MM, PIXEL_MM, SETTINGS, SLICE_THICKNESS_MM, _smooth_noise,
+                              generate_synth_case)
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +67,13 @@ def test_the_draws_cover_both_polarities_modalities_and_every_setting():
     assert {s["ct_like"] for s in stats} == {True, False}
     assert {s["brighter"] for s in stats} == {True, False}
     assert len({s["setting"] for s in stats}) >= 3
+
+
+@pytest.mark.parametrize("cells", [3, 6])
+def test_smooth_noise_is_the_cubic_spline_zoom_of_its_coarse_grid(cells):
+    shape = (20, 27, 33)
+    field_ = _smooth_noise(np.random.default_rng(5), shape, cells)
+    coarse = np.random.default_rng(5).standard_normal((cells,) * 3)
+    zoomed = ndimage.zoom(coarse, [n / cells for n in shape], order=3, mode="reflect")
+    assert field_.shape == shape
+    np.testing.assert_allclose(field_, zoomed / (np.abs(zoomed).max() + 1e-6), atol=1e-12)

@@ -42,11 +42,21 @@ class SynthCase:
     stats: dict = field(default_factory=dict)
 
 
+def _spline_upsampling_matrix(cells: int, size: int) -> np.ndarray:
+    """(size, cells) matrix of ``ndimage.zoom(..., order=3, mode="reflect")`` along one axis,
+    column i being the zoom of the i-th unit vector."""
+    unit_vectors = np.eye(cells)
+    return np.stack([ndimage.zoom(unit_vectors[i], size / cells, order=3, mode="reflect")[:size]
+                     for i in range(cells)], axis=1)
+
+
 def _smooth_noise(rng: np.random.Generator, shape, cells: int) -> np.ndarray:
-    """Smooth random field in [-1, 1]-ish: Gaussian noise on a coarse grid, upsampled linearly."""
+    """Smooth random field in [-1, 1]-ish: Gaussian noise on a coarse grid, upsampled by a cubic
+    spline. The 3D ``ndimage.zoom`` is separable, so it is applied as one 1D matrix per axis:
+    the same field to 1e-14, ~50x faster than zooming the volume (1 s per field here)."""
     coarse = rng.standard_normal((cells,) * 3)
-    zoom = [n / cells for n in shape]
-    field_ = ndimage.zoom(coarse, zoom, order=3, mode="reflect")[: shape[0], : shape[1], : shape[2]]
+    rows, cols, slices = (_spline_upsampling_matrix(cells, n) for n in shape)
+    field_ = np.einsum("ai,bj,ck,ijk->abc", rows, cols, slices, coarse, optimize=True)
     return field_ / (np.abs(field_).max() + 1e-6)
 
 
