@@ -5,6 +5,7 @@ Prints a Markdown table.
     python benchmarks/bench_server.py                        # default model, 200 x 512 x 512
     python benchmarks/bench_server.py --model PATH --shape 100,256,256 --repeats 10
     python benchmarks/bench_server.py --server http://host:8000 --api-key KEY
+    python benchmarks/bench_server.py --busy-cores 1          # beside another busy process
 
 Without --server it starts `sam3d serve` on a free loopback port with --model / --device.
 A first click lands in a part of the volume no crop has covered yet, so the server runs the
@@ -20,6 +21,7 @@ import argparse
 import contextlib
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -126,6 +128,18 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
     ]
 
 
+@contextlib.contextmanager
+def busy_cores(count: int):
+    """``count`` processes that each keep a core busy until the block ends."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="'default' or a checkpoint path (ignored with --server)")
@@ -140,6 +154,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20, help="clicks per median (default 20)")
     parser.add_argument("--uploads", type=int, default=3, help="uploads per median (default 3)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--busy-cores", type=int, default=0,
+                        help="processes spinning on a core each while the clicks are timed: the machine's other "
+                             "work, such as Slicer itself (default 0)")
     args = parser.parse_args()
     extra = ["--threads", str(args.threads)] if args.threads else []
     extra += ["--click-pathway", args.click_pathway]
@@ -147,7 +164,7 @@ def main() -> int:
         extra += ["--sam-checkpoint", args.sam_checkpoint]
     server = (contextlib.nullcontext(args.server) if args.server else
               running_server("--model", args.model, "--device", args.device, "--max-voxels", str(1 << 30), *extra))
-    with server as url:
+    with server as url, busy_cores(args.busy_cores):
         rows = run(args, url)
     print("| measurement | value |\n|---|---|")
     for name, value in rows:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sam3d.data.intensity import IntensityPreset
-from sam3d.engine.crops import (MASK_PROMPT_LOGIT, CropGeometry, extract_crop, mask_prompt, paste_back,
+from sam3d.engine.crops import (MASK_PROMPT_LOGIT, CropGeometry, _grid_sample, extract_crop, mask_prompt, paste_back,
                                 touched_faces)
 
 
@@ -115,3 +116,20 @@ def test_contains_honours_the_margin():
     near_face = to_native(g, [[15, 7.5, 7.5]])
     assert g.contains(near_face).all()
     assert not g.contains(near_face, margin=2).any()
+
+
+@pytest.mark.parametrize("outside", ["border", "zeros"])
+def test_resampling_gives_torchs_grid_sample_on_a_separable_grid(outside):
+    """The matrix-product resampling equals F.grid_sample at the same points: inside, across
+    the edges and beyond them, on a one-voxel-thick axis too."""
+    source = torch.from_numpy(np.random.default_rng(2).random((1, 1, 5, 9, 7), dtype=np.float32))
+    axes = [torch.linspace(-1.3, 1.2, 11), torch.linspace(-1.0, 1.0, 4), torch.linspace(-0.9, 1.4, 13)]
+    k, j, i = torch.meshgrid(*axes, indexing="ij")
+    expected = F.grid_sample(source, torch.stack([i, j, k], dim=-1)[None], mode="bilinear",
+                             padding_mode=outside, align_corners=True)[0, 0]
+    np.testing.assert_allclose(_grid_sample(source, axes, outside), expected, atol=1e-6)
+    flat = source[:, :, :1]
+    k, j, i = torch.meshgrid(torch.zeros(3), axes[1], axes[2], indexing="ij")
+    expected = F.grid_sample(flat, torch.stack([i, j, k], dim=-1)[None], mode="bilinear",
+                             padding_mode=outside, align_corners=True)[0, 0]
+    np.testing.assert_allclose(_grid_sample(flat, [torch.zeros(3), axes[1], axes[2]], outside), expected, atol=1e-6)

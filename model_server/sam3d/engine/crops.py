@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.intensity import IntensityPreset
 
@@ -179,7 +178,31 @@ def _normalised(index: np.ndarray, length: int) -> torch.Tensor:
 
 
 def _grid_sample(source: torch.Tensor, axes: list[torch.Tensor], outside: str) -> torch.Tensor:
-    """Sample [1, 1, D, H, W] on the separable grid k x j x i given as normalised 1D axes."""
-    k, j, i = torch.meshgrid(*axes, indexing="ij")
-    grid = torch.stack([i, j, k], dim=-1)[None]  # grid_sample wants (x, y, z) = (i, j, k)
-    return F.grid_sample(source, grid, mode="bilinear", padding_mode=outside, align_corners=True)[0, 0]
+    """Trilinear samples of [1, 1, D, H, W] on the separable grid k x j x i given as normalised 1D
+    axes, as ``F.grid_sample(..., align_corners=True)`` with ``padding_mode=outside`` computes them.
+    Trilinear weights factor by axis, so on a separable grid the same sum is three small matrix
+    products: equal to grid_sample's to 1e-5, a third to a fifth of its time on the crops here
+    (docs/BENCHMARKS.md, "Resampling as matrix products")."""
+    values = source[0, 0]
+    rows_k, rows_j, rows_i = (_linear_weights(axis, length, outside).to(values.dtype)
+                              for axis, length in zip(axes, values.shape))
+    values = rows_j @ (values @ rows_i.T)  # [D, j, i]
+    return (rows_k @ values.reshape(values.shape[0], -1)).reshape(rows_k.shape[0], *values.shape[1:])
+
+
+def _linear_weights(normalised: torch.Tensor, length: int, outside: str) -> torch.Tensor:
+    """[len(normalised), length] linear-interpolation weights along one axis: positions in
+    grid_sample's [-1, 1] (align_corners=True); "border" clamps them into the axis, "zeros"
+    gives taps outside it no weight."""
+    position = (normalised.double() + 1) / 2 * (length - 1)
+    if outside == "border":
+        position = position.clamp(0, length - 1)
+    below = torch.floor(position)
+    fraction = position - below
+    below = below.long()
+    weights = torch.zeros(len(position), length, dtype=torch.float64)
+    rows = torch.arange(len(position))
+    for tap, weight in ((below, 1 - fraction), (below + 1, fraction)):
+        inside = (tap >= 0) & (tap < length)
+        weights[rows[inside], tap[inside]] += weight[inside]
+    return weights
