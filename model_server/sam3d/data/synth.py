@@ -53,7 +53,7 @@ def _spline_upsampling_matrix(cells: int, size: int) -> np.ndarray:
 def _smooth_noise(rng: np.random.Generator, shape, cells: int) -> np.ndarray:
     """Smooth random field in [-1, 1]-ish: Gaussian noise on a coarse grid, upsampled by a cubic
     spline. The 3D ``ndimage.zoom`` is separable, so it is applied as one 1D matrix per axis:
-    the same field to 1e-14, ~50x faster than zooming the volume (1 s per field here)."""
+    the same field to 1e-14, 10-20x faster than zooming the volume (about 1 s per field here)."""
     coarse = rng.standard_normal((cells,) * 3)
     rows, cols, slices = (_spline_upsampling_matrix(cells, n) for n in shape)
     field_ = np.einsum("ai,bj,ck,ijk->abc", rows, cols, slices, coarse, optimize=True)
