@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sam3d.data.intensity import IntensityPreset
-from sam3d.engine.crops import (MASK_PROMPT_LOGIT, CropGeometry, _grid_sample, extract_crop, mask_prompt, paste_back,
+from sam3d.engine.crops import (MASK_PROMPT_LOGIT, CropGeometry, _resample, extract_crop, mask_prompt, paste_back,
                                 touched_faces)
 
 
@@ -124,12 +124,17 @@ def test_resampling_gives_torchs_grid_sample_on_a_separable_grid(outside):
     the edges and beyond them, on a one-voxel-thick axis too."""
     source = torch.from_numpy(np.random.default_rng(2).random((1, 1, 5, 9, 7), dtype=np.float32))
     axes = [torch.linspace(-1.3, 1.2, 11), torch.linspace(-1.0, 1.0, 4), torch.linspace(-0.9, 1.4, 13)]
-    k, j, i = torch.meshgrid(*axes, indexing="ij")
-    expected = F.grid_sample(source, torch.stack([i, j, k], dim=-1)[None], mode="bilinear",
+
+    def grid_sample(values, normalised):
+        k, j, i = torch.meshgrid(*normalised, indexing="ij")
+        return F.grid_sample(values, torch.stack([i, j, k], dim=-1)[None], mode="bilinear",
                              padding_mode=outside, align_corners=True)[0, 0]
-    np.testing.assert_allclose(_grid_sample(source, axes, outside), expected, atol=1e-6)
-    flat = source[:, :, :1]
-    k, j, i = torch.meshgrid(torch.zeros(3), axes[1], axes[2], indexing="ij")
-    expected = F.grid_sample(flat, torch.stack([i, j, k], dim=-1)[None], mode="bilinear",
-                             padding_mode=outside, align_corners=True)[0, 0]
-    np.testing.assert_allclose(_grid_sample(flat, [torch.zeros(3), axes[1], axes[2]], outside), expected, atol=1e-6)
+
+    def positions(normalised, shape):  # grid_sample's [-1, 1] -> voxel positions
+        return [(a.double().numpy() + 1) / 2 * (n - 1) for a, n in zip(normalised, shape)]
+
+    np.testing.assert_allclose(_resample(source[0, 0], positions(axes, source.shape[2:]), outside),
+                               grid_sample(source, axes), atol=1e-6)
+    flat, flat_axes = source[:, :, :1], [torch.zeros(3), axes[1], axes[2]]
+    flat_positions = [np.array([0.4, -0.7, 1.6])] + positions(axes[1:], flat.shape[3:])  # any position: its voxel
+    np.testing.assert_allclose(_resample(flat[0, 0], flat_positions, outside), grid_sample(flat, flat_axes), atol=1e-6)

@@ -106,25 +106,19 @@ class CropGeometry:
         lo, hi = self.source_box()
         if region.shape != tuple(h - l for l, h in zip(lo, hi)):
             raise ValueError(f"region shape {region.shape} is not the source box {lo}..{hi}")
-        axes = []
-        for axis in range(3):
-            crop_voxels = np.arange(self.size)
-            native = self.center[axis] + (crop_voxels - (self.size - 1) / 2) * self.scale[axis]
-            axes.append(_normalised(native - lo[axis], region.shape[axis]))
-        source = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32))[None, None]
-        return _grid_sample(source, axes, outside)
+        crop_voxels = np.arange(self.size)
+        positions = [self.center[axis] + (crop_voxels - (self.size - 1) / 2) * self.scale[axis] - lo[axis]
+                     for axis in range(3)]
+        return _resample(torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32)), positions, outside)
 
     def paste(self, crop_values: torch.Tensor) -> tuple[Box, np.ndarray]:
         """Trilinear samples of crop values [size]^3 (e.g. foreground probability) at the native
         voxels of the footprint -> (footprint box, float32 array of the box's shape)."""
         lo, hi = self.footprint()
-        axes = []
-        for axis in range(3):
-            native = np.arange(lo[axis], hi[axis])
-            crop = (native - self.center[axis]) / self.scale[axis] + (self.size - 1) / 2
-            axes.append(_normalised(crop, self.size))
-        values = crop_values.detach().to("cpu", torch.float32).reshape((1, 1) + (self.size,) * 3)
-        return (lo, hi), _grid_sample(values, axes, "border").numpy()
+        positions = [(np.arange(lo[axis], hi[axis]) - self.center[axis]) / self.scale[axis] + (self.size - 1) / 2
+                     for axis in range(3)]
+        values = crop_values.detach().to("cpu", torch.float32).reshape((self.size,) * 3)
+        return (lo, hi), _resample(values, positions, "border").numpy()
 
 
 def extract_crop(volume: np.ndarray, geometry: CropGeometry, preset: IntensityPreset) -> torch.Tensor:
@@ -170,39 +164,31 @@ def _clamp_box(lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int]) -> B
     return tuple(int(v) for v in lo), tuple(int(v) for v in hi)
 
 
-def _normalised(index: np.ndarray, length: int) -> torch.Tensor:
-    """Voxel index along an axis of ``length`` -> grid_sample's [-1, 1] (align_corners=True)."""
-    if length == 1:
-        return torch.zeros(len(index), dtype=torch.float32)
-    return torch.from_numpy((2.0 * np.asarray(index, dtype=np.float64) / (length - 1) - 1.0).astype(np.float32))
-
-
-def _grid_sample(source: torch.Tensor, axes: list[torch.Tensor], outside: str) -> torch.Tensor:
-    """Trilinear samples of [1, 1, D, H, W] on the separable grid k x j x i given as normalised 1D
-    axes, as ``F.grid_sample(..., align_corners=True)`` with ``padding_mode=outside`` computes them.
-    Trilinear weights factor by axis, so on a separable grid the same sum is three small matrix
-    products: equal to grid_sample's to 1e-5, a third to a fifth of its time on the crops here
+def _resample(source: torch.Tensor, positions: list[np.ndarray], outside: str) -> torch.Tensor:
+    """Trilinear samples of [D, H, W] on the separable grid k x j x i given as voxel positions
+    per axis -> [len(k), len(j), len(i)]. ``outside``: "border" replicates the edge, "zeros" reads
+    zero beyond it; a one-voxel axis is read at its voxel. What ``F.grid_sample`` computes on
+    such a grid (align_corners=True), but trilinear weights factor by axis, so the same sum is
+    three small matrix products: a third to a fifth of grid_sample's time on the crops here
     (docs/BENCHMARKS.md, "Resampling as matrix products")."""
-    values = source[0, 0]
-    rows_k, rows_j, rows_i = (_linear_weights(axis, length, outside).to(values.dtype)
-                              for axis, length in zip(axes, values.shape))
-    values = rows_j @ (values @ rows_i.T)  # [D, j, i]
+    rows_k, rows_j, rows_i = (_linear_weights(position, length, outside).to(source.dtype)
+                              for position, length in zip(positions, source.shape))
+    values = rows_j @ (source @ rows_i.T)  # [D, j, i]
     return (rows_k @ values.reshape(values.shape[0], -1)).reshape(rows_k.shape[0], *values.shape[1:])
 
 
-def _linear_weights(normalised: torch.Tensor, length: int, outside: str) -> torch.Tensor:
-    """[len(normalised), length] linear-interpolation weights along one axis: positions in
-    grid_sample's [-1, 1] (align_corners=True); "border" clamps them into the axis, "zeros"
-    gives taps outside it no weight."""
-    position = (normalised.double() + 1) / 2 * (length - 1)
+def _linear_weights(position: np.ndarray, length: int, outside: str) -> torch.Tensor:
+    """[len(position), length] linear-interpolation weights along one axis of ``length`` voxels
+    (see ``_resample`` for ``outside``)."""
+    position = np.zeros(len(position)) if length == 1 else np.asarray(position, dtype=np.float64)
     if outside == "border":
-        position = position.clamp(0, length - 1)
-    below = torch.floor(position)
+        position = np.clip(position, 0, length - 1)
+    below = np.floor(position)
     fraction = position - below
-    below = below.long()
-    weights = torch.zeros(len(position), length, dtype=torch.float64)
-    rows = torch.arange(len(position))
+    below = below.astype(np.int64)
+    weights = np.zeros((len(position), length))
+    rows = np.arange(len(position))
     for tap, weight in ((below, 1 - fraction), (below + 1, fraction)):
         inside = (tap >= 0) & (tap < length)
         weights[rows[inside], tap[inside]] += weight[inside]
-    return weights
+    return torch.from_numpy(weights)
