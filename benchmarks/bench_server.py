@@ -148,6 +148,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="the started server's --threads")
     parser.add_argument("--click-pathway", default="3d", choices=("3d", "search"),
                         help="the started server's --click-pathway (default 3d)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="the started server's --compile / --no-compile (default: compile, as sam3d serve does)")
     parser.add_argument("--server", default=None, help="benchmark a running server instead of starting one")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--shape", default="200,512,512", help="phantom shape K,J,I (default 200,512,512)")
@@ -159,7 +161,7 @@ def main() -> int:
                              "work, such as Slicer itself (default 0)")
     args = parser.parse_args()
     extra = ["--threads", str(args.threads)] if args.threads else []
-    extra += ["--click-pathway", args.click_pathway]
+    extra += ["--click-pathway", args.click_pathway, "--compile" if args.compile else "--no-compile"]
     if args.sam_checkpoint:
         extra += ["--sam-checkpoint", args.sam_checkpoint]
     server = (contextlib.nullcontext(args.server) if args.server else

@@ -31,3 +31,8 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
         echo "setup.sh: chromium / chromedriver missing and apt-get is not usable here: the browser test will skip" >&2
     fi
 fi
+# torch.compile's build of the default model's encoder: what `sam3d serve` compiles at its first start
+# on a machine (1-2 minutes on 2 cores; torch caches it in $TORCHINDUCTOR_CACHE_DIR, by default under
+# /tmp). Built once here, as a deployment's install step would, so that servers start in seconds.
+.venv/bin/python -c 'from sam3d.engine.predictor import Predictor; Predictor.load("default", device="cpu").compile_encoder()' \
+    >/dev/null 2>&1 || echo "setup.sh: could not build the compiled encoder; sam3d serve compiles it at its first start" >&2

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import requests
 
@@ -26,27 +27,30 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(*args: str, env: dict[str, str] | None = None, startup_timeout: float = 120.0,
-                   python: str = sys.executable, ca_bundle: str | None = None) -> Iterator[str]:
+                   python: str = sys.executable, ca_bundle: str | None = None,
+                   output: Path | None = None) -> Iterator[str]:
     """Run ``sam3d serve --host 127.0.0.1 --port <free> *args`` until the block ends; yields
     its base URL (https when ``args`` hold --ssl-certfile; ``ca_bundle`` then verifies it) once
-    ``/v1/health`` answers. Raises RuntimeError with the server's output if it exits or does not
-    come up in time."""
+    ``/v1/health`` answers; its output goes to ``output`` when given. Raises RuntimeError with
+    the server's output if it exits or does not come up in time."""
     port = free_port()
     command = [python, "-m", "sam3d", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", *args]
     url = f"{'https' if '--ssl-certfile' in args else 'http'}://127.0.0.1:{port}"
     with running_process(command, url + "/v1/health", env={**os.environ, **(env or {})},
-                         startup_timeout=startup_timeout, verify=ca_bundle or True):
+                         startup_timeout=startup_timeout, verify=ca_bundle or True, output=output):
         yield url
 
 
 @contextlib.contextmanager
 def running_process(command: list[str], probe_url: str, env: dict[str, str], startup_timeout: float = 120.0,
-                    verify: str | bool = True, poll_seconds: float = 0.1) -> Iterator[None]:
+                    verify: str | bool = True, poll_seconds: float = 0.1,
+                    output: Path | None = None) -> Iterator[None]:
     """Run ``command`` until the block ends, entered once ``probe_url`` answers 2xx; terminated
-    (killed after 10 s) on the way out. Raises RuntimeError with the process's output if it exits
-    or does not answer within ``startup_timeout`` seconds."""
-    with tempfile.TemporaryFile(mode="w+") as log:
+    (killed after 10 s) on the way out; its output goes to ``output`` when given. Raises
+    RuntimeError with the process's output if it exits or does not answer within
+    ``startup_timeout`` seconds."""
+    with (open(output, "w+") if output else tempfile.TemporaryFile(mode="w+")) as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + startup_timeout

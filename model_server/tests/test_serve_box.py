@@ -103,12 +103,15 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
     """`sam3d serve --click-pathway search`: a first click comes back as the box search's answer
     (the ball), and a correction on it is answered by the 2D pathway (no 3D crop). `sam3d
     segment` and `sam3d batch` with `--click-pathway search` in process give the server's mask
-    (the 3D model answers the same click with another mask: Dice 0.65 against the search's)."""
+    (the 3D model answers the same click with another mask: Dice 0.65 against the search's).
+    The server compiled its TinyViT (`--compile`, the default) and the in-process runs did not:
+    the masks are the same all the same."""
     k, j, i = np.mgrid[:24, :64, :64]
     ball = (k - 12) ** 2 + (j - 32) ** 2 + (i - 30) ** 2 <= 81
     array = (np.where(ball, 200.0, 20.0) + np.random.default_rng(0).normal(0, 5, ball.shape)).astype(np.float32)
     click, spacing = [[12.0, 30.0, 34.0]], (1.0, 1.0, 1.0)
-    with running_server("--model", "default", "--device", "cpu", "--click-pathway", "search") as base:
+    log = tmp_path / "serve.log"
+    with running_server("--model", "default", "--device", "cpu", "--click-pathway", "search", output=log) as base:
         with client_module.SAM3DClient(base, timeout=300) as c:
             session = c.create_session(array, spacing)
             first = c.interact(session, click, [1])
@@ -119,6 +122,7 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
     # the 3D model ran first; the correction went to the 2D pathway, as only on an object the
     # search made (after a 3D-model click corrections are the 3D model's: at least one crop)
     assert first.crops >= 1 and correction.crops == 0
+    assert "encoder compiled: yes" in log.read_text(), log.read_text()
 
     image = write_image(Volume(array, spacing=spacing), tmp_path / "ball.nii.gz")
     ras = "-34.0,-30.0,12.0"  # identity direction, origin 0: LPS = (i, j, k) mm

@@ -1,6 +1,7 @@
 """The server's engine lanes (serve/lanes.py) and its listening socket: engine calls run on two
 fixed threads - the main lane with torch's thread count while it is free, the side lane with one
-torch thread while it is busy - and replies are not held back by Nagle's algorithm."""
+torch thread while it is busy - and replies are not held back by Nagle's algorithm; a failed
+encoder compile at start is said and served through."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import threading
 import pytest
 import torch
 
-from sam3d.serve.commands import listening_socket
+from sam3d.engine.predictor import Predictor
+from sam3d.serve.commands import compile_encoder, listening_socket
 from sam3d.serve.lanes import EngineLanes
 
 
@@ -66,3 +68,17 @@ def test_the_listening_socket_hands_out_connections_without_nagle_delay():
             accepted, _ = server.accept()
             with accepted:
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_a_compile_that_fails_is_said_and_the_server_goes_on_uncompiled(tiny_model, capsys):
+    """`sam3d serve --compile` (the default) on an encoder that cannot be compiled: a warning that
+    names the error and the way out, and "no" for the start-up line - never a server that does
+    not start. (A real missing compiler, CXX=/nonexistent/g++ with an empty torch cache, fails
+    the same way after about 30 s of tracing: InductorError, InvalidCxxCompiler.)"""
+    predictor = Predictor.load(str(tiny_model), device="cpu")
+    assert not predictor.compilable  # the tiny model has no TinyViT: compile_encoder raises
+    assert compile_encoder(predictor) == "no"
+    warning = capsys.readouterr().err
+    assert "could not compile the encoder (ValueError: only a lite model's encoder" in warning
+    assert "running it uncompiled" in warning and "--no-compile" in warning
+    assert predictor.warm_up() > 0  # and the model still runs

@@ -122,6 +122,23 @@ class Predictor:
             self._slice_model = LiteMedSAM2D()
         return self._slice_model
 
+    @property
+    def compilable(self) -> bool:
+        """Whether ``compile_encoder`` applies: a lite model (frozen TinyViT) on the CPU (on a GPU
+        the compiled encoder was never measured)."""
+        return self.model.has_frozen_backbone and self.device.type == "cpu"
+
+    def compile_encoder(self) -> float:
+        """Compile the frozen TinyViT (``LiteImageEncoder3D.compile_backbone``; call on the thread
+        that runs encodes, with its thread count set); seconds taken. Raises ValueError where
+        not ``compilable``, else what the compile raises."""
+        if not self.compilable:
+            raise ValueError(f"only a lite model's encoder on the CPU is compiled, not {self.name} on {self.device}")
+        start = time.perf_counter()
+        with self._encode_lock:
+            self.model.image_encoder.compile_backbone()
+        return time.perf_counter() - start
+
     def warm_up(self) -> float:
         """One encode and one predict on a blank crop (allocations, kernels); returns seconds."""
         start = time.perf_counter()

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ BACKBONE_PREFIX = "image_encoder.backbone."
 ENCODER_KEY_PREFIX = "image_encoder."  # LiteMedSAM's state-dict prefix of its TinyViT
 BACKBONE_CHANNELS = 256
 BACKBONE_STRIDE = 4
+SLICES_PER_RUN = 8  # slices TinyViT takes per call (larger batches are slower on a 2-core CPU)
 
 
 class LiteMedSAMUnavailable(RuntimeError):
@@ -165,6 +167,28 @@ class LiteImageEncoder3D(nn.Module):
         self.adapters = nn.ModuleList(SliceAdapter3D(BACKBONE_CHANNELS, config.adapter_dim)
                                       for _ in range(config.depth))
         self.activation_checkpointing = False  # nothing to recompute: the backbone has no gradient
+        self._compiled: tuple[Callable[[torch.Tensor], torch.Tensor], int] | None = None  # (TinyViT, threads)
+
+    def compile_backbone(self) -> None:
+        """Compile the frozen TinyViT with ``torch.compile`` (inductor: generated C++ that fuses
+        its GELUs, softmaxes, adds and reshapes; about 1.5x faster on a 2-core CPU,
+        docs/BENCHMARKS.md) and run it once, so that the compile happens now, not on a user's
+        click. Raises what the compile raises (no C++ compiler, say); the backbone then stays
+        as it was. Used for inference only: the compiled code takes full ``SLICES_PER_RUN``
+        chunks of the crop's size on as many torch threads as now (inductor fixes both), and
+        every other call - a one-thread side lane, training - runs TinyViT as built."""
+        size = self.config.crop_size
+        compiled = torch.compile(partial(tiny_vit_features, self.backbone), dynamic=False)
+        with torch.inference_mode():
+            compiled(torch.zeros(SLICES_PER_RUN, 1, size, size).expand(-1, 3, -1, -1))  # as backbone_features gives them
+        self._compiled = (compiled, torch.get_num_threads())
+
+    def _slice_features(self, chunk: torch.Tensor) -> torch.Tensor:
+        """TinyViT's features of [N, 3, S, S] slices: compiled code where it was built for the call."""
+        if (self._compiled is not None and self._compiled[1] == torch.get_num_threads()
+                and chunk.shape[0] == SLICES_PER_RUN and torch.is_inference_mode_enabled()):
+            return self._compiled[0](chunk)
+        return tiny_vit_features(self.backbone, chunk)
 
     def train(self, mode: bool = True) -> "LiteImageEncoder3D":
         super().train(mode)
@@ -178,7 +202,7 @@ class LiteImageEncoder3D(nn.Module):
         depth = slabs.shape[2]
         slices = slabs.permute(0, 2, 1, 3, 4).reshape(batch * depth, 1, size, size).expand(-1, 3, -1, -1)
         with torch.no_grad():
-            features = torch.cat([tiny_vit_features(self.backbone, chunk) for chunk in slices.split(8)])
+            features = torch.cat([self._slice_features(chunk) for chunk in slices.split(SLICES_PER_RUN)])
         grid = features.shape[-1]
         return features.view(batch, depth, BACKBONE_CHANNELS, grid, grid).permute(0, 2, 1, 3, 4).contiguous()
 
