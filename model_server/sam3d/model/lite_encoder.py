@@ -171,7 +171,7 @@ class LiteImageEncoder3D(nn.Module):
 
     def compile_backbone(self) -> None:
         """Compile the frozen TinyViT with ``torch.compile`` (inductor: generated C++ that fuses
-        its GELUs, softmaxes, adds and reshapes; about 1.5x faster on a 2-core CPU,
+        its GELUs, softmaxes, adds and reshapes; first clicks 1.4x faster on a 2-core CPU,
         docs/BENCHMARKS.md) and run it once, so that the compile happens now, not on a user's
         click. Raises what the compile raises (no C++ compiler, say); the backbone then stays
         as it was. Used for inference only: the compiled code takes full ``SLICES_PER_RUN``

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import os
 import re
 import socket
@@ -93,8 +94,8 @@ def register(subparsers) -> None:
                             "others answer with the 3D model")
     model.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                        help="compile the lite model's frozen TinyViT for this CPU at start (torch.compile; needs a "
-                            "C++ compiler): first clicks about 1.5x faster. The first start on a machine takes about "
-                            "a minute, later ones seconds (torch caches what it built in $TORCHINDUCTOR_CACHE_DIR, by "
+                            "C++ compiler): first clicks about 1.4x faster. The first start on a machine takes one to "
+                            "two minutes, later ones seconds (torch caches what it built in $TORCHINDUCTOR_CACHE_DIR, by "
                             "default a folder in /tmp); if it fails the server says why and runs uncompiled. "
                             "No effect on other models or on a GPU (default: on; --no-compile skips it)")
     model.add_argument("--threads", type=int, default=None,
@@ -226,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             compiled = lanes.run_on_main(compile_encoder, predictor) if args.compile else "off (--no-compile)"
         seconds = lanes.run_on_main(predictor.warm_up)
+        gc.freeze()  # what start-up built (model, compiled code: ~0.5 M objects) is never garbage-collected
         scheme = "https" if args.ssl_certfile else "http"
         print(f"sam3d serve: model {predictor.name} ({predictor.config.name}) on {predictor.device}, encoder "
               f"compiled: {compiled}, warm-up {seconds * 1000:.0f} ms; auth {'on' if settings.api_key else 'off'}; memory budget "
