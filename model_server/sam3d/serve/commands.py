@@ -14,12 +14,16 @@ import re
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..client.wire import is_loopback
 from ..errors import CLIError
 from ..model.checkpoint import CheckpointError
 from .guard import LOOPBACK_HOSTS
 from .settings import ServerSettings
+
+if TYPE_CHECKING:  # the engine (torch) is imported only once the arguments are known to be good
+    from ..engine.predictor import Predictor
 
 API_KEY_ENV = "SAM3D_API_KEY"
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -187,7 +191,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def compile_encoder(predictor) -> str:
+def compile_encoder(predictor: Predictor) -> str:
     """``Predictor.compile_encoder`` said in words for the start-up line: "yes (N s)", or "no"
     after a warning that names the failure (the server then runs the encoder as built:
     compiling is a speed-up, never a reason not to serve)."""
