@@ -57,8 +57,9 @@ class TLSError(SAM3DError):
 
 
 class RequestTimedOut(SAM3DError):
-    default_hint = ("The server is busy or the network is slow; try again, or raise the "
-                    "timeout (Server > Timeout in the SAM3D Prompt module).")
+    default_hint = ("The server is busy, still starting (at its first start on a machine it compiles its "
+                    "encoder for up to two minutes; it prints 'encoder compiled' when ready), or the network "
+                    "is slow; try again, or raise the timeout (Server > Timeout in the SAM3D Prompt module).")
 
 
 class IncompatibleServer(SAM3DError):
