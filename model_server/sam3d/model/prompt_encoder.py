@@ -105,9 +105,12 @@ class PromptEncoder3D(nn.Module):
         image = feature_map + dense
         tokens = torch.cat([self.queries.expand(batch, -1, -1),
                             self.point_tokens(feature_map, points, labels)], dim=1)
-        image_pe = self.position.grid(t).to(image.dtype).expand(batch, -1, -1, -1, -1)
-        # SAM's transformer takes a 4D [B, C, H, W] map and flattens it; [B, C, D*H, W]
-        # flattens to the same token order as [B, C, D, H, W].
-        _, keys = self.transformer(image.reshape(batch, channels, t * t, t),
-                                   image_pe.reshape(batch, channels, t * t, t), tokens)
+        image_tokens = image.reshape(batch, channels, -1).transpose(1, 2)  # [B, T^3, C]
+        image_pe = self.position.grid(t).to(image.dtype).reshape(1, channels, -1).transpose(1, 2)
+        # SAM's TwoWayTransformer.forward without its last step: that final attention from the
+        # point tokens to the image updates only the point tokens, and this encoder returns the
+        # image tokens - the same numbers, a tenth of a click's time less (docs/BENCHMARKS.md).
+        queries, keys = tokens, image_tokens
+        for layer in self.transformer.layers:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=image_pe)
         return keys.transpose(1, 2).reshape(batch, channels, t, t, t)
