@@ -4,7 +4,8 @@ The reference samples the last feature map at each click and lets the image toke
 learnable global queries plus those point tokens. Here each point token also carries a learned
 positive / negative label embedding and a 3D Fourier encoding of its position (both used), and
 the previous prediction enters as a dense mask prompt added to the feature map, as SAM does in 2D.
-The two-way attention itself is SAM's ``TwoWayTransformer``.
+The two-way attention itself is the blocks of SAM's ``TwoWayTransformer`` (its final point-to-image
+attention, which updates only the point tokens, is not run).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class PromptEncoder3D(nn.Module):
         image_pe = self.position.grid(t).to(image.dtype).reshape(1, channels, -1).transpose(1, 2)
         # SAM's TwoWayTransformer.forward without its last step: that final attention from the
         # point tokens to the image updates only the point tokens, and this encoder returns the
-        # image tokens - the same numbers, a tenth of a click's time less (docs/BENCHMARKS.md).
+        # image tokens - the same numbers, about a tenth less time per click (docs/BENCHMARKS.md).
         queries, keys = tokens, image_tokens
         for layer in self.transformer.layers:
             queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=image_pe)
