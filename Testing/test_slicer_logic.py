@@ -267,7 +267,7 @@ def test_segment_appears_around_phantom_tumor_and_negative_click_shrinks(mrml_sc
         dices.append(_dice(segment, truth))
         cases.append((image_node, segmentation, logic.segment_id, truth, segment))
     print("Dice after one click:", ", ".join(f"{d:.3f}" for d in dices), f"(mean {np.mean(dices):.3f})")
-    record_property("dice_one_click", [round(d, 3) for d in dices])
+    record_property("dice_one_click", [round(float(d), 3) for d in dices])
     assert np.mean(dices) > 0.5
 
     # A negative click in the middle of the largest leak (segment outside the tumor) shrinks it.

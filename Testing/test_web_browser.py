@@ -74,7 +74,7 @@ def test_click_negative_click_and_undo_in_browser(server_url, phantom_files, tmp
             screenshot(driver, "02_positive_click")
             first = _save_segmentation(driver, output_dir, label_path)
             dice = _dice(first, truth)
-            record_property("web_dice_one_click", round(dice, 3))
+            record_property("web_dice_one_click", round(float(dice), 3))
             assert dice > 0.5, f"Dice {dice:.3f} after one click in the browser"
 
             # A negative click on a segmented voxel outside the tumor (else just outside it).

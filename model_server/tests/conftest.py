@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,12 @@ def sam_vit_b_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sam") / "sam_vit_b_01ec64.pth"
     torch.save(sam.state_dict(), path)
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a collection in which two tests share a node id: pytest-xdist (scripts/test.sh runs
+    the suite on two workers) schedules by node id and would run only one of them, silently."""
+    repeated = sorted(nodeid for nodeid, count in Counter(item.nodeid for item in items).items() if count > 1)
+    if repeated:
+        raise pytest.UsageError(f"{len(repeated)} node id(s) name more than one test, e.g. {repeated[0]!r}: "
+                                "give each test its own id (pytest-xdist would run one of them)")
