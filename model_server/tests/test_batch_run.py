@@ -303,3 +303,21 @@ def test_the_server_backend_gives_the_in_process_results(tmp_path, phantoms, ful
         for a, b in zip(remote, local):
             np.testing.assert_array_equal(a.mask, b.mask)
     assert batch(manifest, "--out", out, "--server", "http://127.0.0.1:9") == 2  # nothing listens there
+
+
+def test_the_encoder_is_compiled_by_default_from_twenty_cases_in_process_and_on_ray_when_asked(tmp_path, full_run):
+    """`--compile` / `--no-compile`; by default on from COMPILE_MIN_CASES cases in this process
+    (Ray workers only when asked). The log says what happened: a model without a TinyViT has
+    nothing to compile. (The compiled default model: test_serve_box.py's search test.)"""
+    from sam3d.batch.commands import COMPILE_MIN_CASES, compile_wanted
+
+    assert not compile_wanted(None, COMPILE_MIN_CASES - 1, on_ray=False)
+    assert compile_wanted(None, COMPILE_MIN_CASES, on_ray=False)
+    assert not compile_wanted(None, 10 * COMPILE_MIN_CASES, on_ray=True)
+    assert compile_wanted(True, 1, on_ray=True) and not compile_wanted(False, 10 * COMPILE_MIN_CASES, on_ray=False)
+    assert re.search(r"segmenter ready in [\d.]+ s; encoder compiled: not applicable", (full_run / "batch.log").read_text())
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([{"id": "a", "image": "a.nii.gz", "prompts": [{"lesion": 1, "ras": [0, 0, 0], "label": "+"}]}]))
+    write_image(generate_case(0, shape=SHAPE)[0], tmp_path / "a.nii.gz")
+    assert batch(manifest, "--out", tmp_path / "out", "--server", "http://127.0.0.1:9", "--compile") == 2
+    assert not (tmp_path / "out").exists()

@@ -106,8 +106,8 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
     (the ball), and a correction on it is answered by the 2D pathway (no 3D crop). `sam3d
     segment` and `sam3d batch` with `--click-pathway search` in process give the server's mask
     (the 3D model answers the same click with another mask: Dice 0.65 against the search's).
-    The server compiles its TinyViT (`--compile`, the default; where a C++ compiler is) and the
-    in-process runs do not: the masks are the same all the same."""
+    The server and the batch compile their TinyViT (`--compile`; where a C++ compiler is) and
+    `segment` does not: the masks are the same all the same."""
     k, j, i = np.mgrid[:24, :64, :64]
     ball = (k - 12) ** 2 + (j - 32) ** 2 + (i - 30) ** 2 <= 81
     array = (np.where(ball, 200.0, 20.0) + np.random.default_rng(0).normal(0, 5, ball.shape)).astype(np.float32)
@@ -134,7 +134,10 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
     search = ("--model", "default", "--device", "cpu", "--click-pathway", "search")
     assert main(["segment", str(image), "--point=" + ras, "--out", str(tmp_path / "ball.seg.nrrd"), *search]) == 0
     (tmp_path / "cases.csv").write_text(f'id,image,prompts\nball,{image},"1:{ras}:+"\n')
-    assert main(["batch", str(tmp_path / "cases.csv"), "--out", str(tmp_path / "batch"), "--quiet", *search]) == 0
+    assert main(["batch", str(tmp_path / "cases.csv"), "--out", str(tmp_path / "batch"), "--quiet", "--compile",
+                 *search]) == 0
+    compiled = "yes" if compiler else "no"
+    assert f"encoder compiled: {compiled}" in (tmp_path / "batch" / "batch.log").read_text()
     for written in (tmp_path / "ball.seg.nrrd", tmp_path / "batch" / "ball.seg.nrrd"):
         [segment], _ = read_segmentation(written)
         np.testing.assert_array_equal(segment.mask, served)

@@ -79,7 +79,7 @@ class _Worker:
     def describe(self) -> dict:
         """Where the worker runs (the test kills it by its pid) and whether its model loaded."""
         return {"pid": os.getpid(), "host": socket.gethostname(), "gpus": [str(g) for g in ray.get_gpu_ids()],
-                "error": self.error}
+                "error": self.error, "note": "" if self.error else self.worker.segmenter.startup_note}
 
     def run(self, case: CaseSpec, inputs: str) -> CaseResult:
         return self.worker.run(case, inputs)
@@ -203,8 +203,8 @@ class RayRunner:
                     raise RayError(f"{name} on {value['host']} cannot segment: {value['error']}")
                 if not self.startup_seconds:
                     self.startup_seconds = time.perf_counter() - start
-                logger.info("%s ready: pid %d on %s, GPU(s) %s", name, value["pid"], value["host"],
-                            ", ".join(value["gpus"]) or "none")
+                logger.info("%s ready: pid %d on %s, GPU(s) %s%s", name, value["pid"], value["host"],
+                            ", ".join(value["gpus"]) or "none", f"; {value['note']}" if value["note"] else "")
                 give_work(n)
                 continue
             give_work(n)  # the worker goes on while the driver writes this result

@@ -24,6 +24,7 @@ from .runner import OUTPUT_FORMATS, BatchError, BatchOptions, BatchReport, check
 from .state import DONE, FAILED, PENDING, OutputFolder
 
 TABLE_ROWS = 20
+COMPILE_MIN_CASES = 20  # --compile's default: on from this many cases in this process (compile_wanted)
 TABLE_COLUMNS = ("id", "status", "lesions", "points", "voxels", "volume_ml", "dice", "nsd", "seconds")
 
 
@@ -48,6 +49,12 @@ def register(subparsers) -> None:
     parser.add_argument("--nsd-tolerance", type=float, default=NSD_TOLERANCE_MM, metavar="MM",
                         help=f"surface distance tolerance of NSD (default {NSD_TOLERANCE_MM:g} mm)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="compile the in-process lite model's frozen TinyViT for this CPU first (torch.compile; "
+                             "needs a C++ compiler): each crop encodes about 1.4x faster, for 10-15 s once (1-2 "
+                             "minutes on a machine's first compile). Default: on when the manifest holds at least "
+                             f"{COMPILE_MIN_CASES} cases (with --ray: only when given, for each worker). No effect on "
+                             "other models or on a GPU; not with --server (a server compiles as it was started)")
     parser.add_argument("--output-format", default="seg.nrrd", choices=tuple(OUTPUT_FORMATS),
                         help="seg.nrrd (Slicer segmentation), dicom-seg (DICOM SEG, <id>.seg.dcm; needs DICOM "
                              "images) or both (default seg.nrrd)")
@@ -100,11 +107,14 @@ def run(args: argparse.Namespace) -> int:
     except ManifestError as error:
         raise CLIError(f"{source}: {error}") from None
     check_segmenter_options(args)
+    if args.server and args.compile:
+        raise CLIError("--compile goes with the in-process model; a server compiles its encoder as it was started "
+                       "(sam3d serve --compile, the default)")
     runner = _ray_runner(args)
     if args.server:
         make_segmenter, identity = _server(args)
     else:
-        make_segmenter, identity = _local(args)
+        make_segmenter, identity = _local(args, compile_wanted(args.compile, len(cases), args.ray is not None))
     try:
         report = run_batch(cases, out, make_segmenter, identity, options, runner)
     except BatchError as error:
@@ -190,7 +200,18 @@ def _ray_runner(args: argparse.Namespace):
         raise CLIError(str(error)) from None
 
 
-def _local(args: argparse.Namespace):
+def compile_wanted(option: bool | None, cases: int, on_ray: bool) -> bool:
+    """--compile / --no-compile, or by default: compile when this process runs at least
+    COMPILE_MIN_CASES cases. A compile costs 10-15 s with torch's cache warm (90 s cold) and is
+    paid back after about five phantom cases on the 2-core test machine (docs/BENCHMARKS.md).
+    The manifest's size stands for the cases to run, so a run and its --resume decide alike.
+    Ray workers compile only when asked: how many cases each gets is not known here."""
+    if option is not None:
+        return option
+    return not on_ray and cases >= COMPILE_MIN_CASES
+
+
+def _local(args: argparse.Namespace, compile_encoder: bool):
     from ..model.checkpoint import BUNDLED_MODELS, model_path
 
     spec = args.model if args.model in BUNDLED_MODELS else str(Path(args.model).resolve())
@@ -206,7 +227,7 @@ def _local(args: argparse.Namespace):
 
         try:
             return LocalSegmenter.load(spec, device=args.device, sam_checkpoint=args.sam_checkpoint,
-                                       click_pathway=args.click_pathway)
+                                       click_pathway=args.click_pathway, compile_encoder=compile_encoder)
         except SegmenterError as error:
             raise CLIError(str(error)) from None
 

@@ -270,7 +270,8 @@ class InProcess:
         ready = time.perf_counter()
         worker = make_worker()
         self.startup_seconds = time.perf_counter() - ready
-        logger.info("segmenter ready in %.2f s", self.startup_seconds)
+        note = worker.segmenter.startup_note
+        logger.info("segmenter ready in %.2f s%s", self.startup_seconds, f"; {note}" if note else "")
         for case, inputs in jobs:
             yield worker.run(case, inputs)
         self.work_seconds = time.perf_counter() - ready - self.startup_seconds

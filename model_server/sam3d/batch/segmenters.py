@@ -26,6 +26,7 @@ class SegmenterError(Exception):
 
 class Segmenter(Protocol):
     name: str  # the model's name (a DICOM SEG's algorithm name)
+    startup_note: str  # what the run's log says about it once it is ready ("" when nothing)
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         """One boolean kji mask of ``volume``'s shape per lesion."""
@@ -38,16 +39,24 @@ class LocalSegmenter:
         self.predictor = predictor
         self.name = predictor.name
         self.click_pathway = click_pathway  # who answers a lesion's lone first click (Session)
+        self.startup_note = "encoder compiled: " + ("off" if predictor.compilable else "not applicable")
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", sam_checkpoint: str | None = None,
-             click_pathway: str = "3d") -> "LocalSegmenter":
-        """The model ``spec`` ('default' or a checkpoint path) on ``device``; SegmenterError when
-        it cannot be loaded."""
+             click_pathway: str = "3d", compile_encoder: bool = False) -> "LocalSegmenter":
+        """The model ``spec`` ('default' or a checkpoint path) on ``device``, its encoder compiled
+        for this thread's CPU threads when asked and it applies (``Predictor.compilable``; if the
+        compile fails, the encoder runs as built and ``startup_note`` says why); SegmenterError
+        when the model cannot be loaded."""
         try:
-            return cls(Predictor.load(spec, device=device, sam_checkpoint=sam_checkpoint), click_pathway)
+            segmenter = cls(Predictor.load(spec, device=device, sam_checkpoint=sam_checkpoint), click_pathway)
         except (CheckpointError, ValueError) as error:
             raise SegmenterError(str(error)) from None
+        if compile_encoder and segmenter.predictor.compilable:
+            seconds, failure = segmenter.predictor.try_compile_encoder()
+            segmenter.startup_note = ("encoder compiled: " + (f"yes ({seconds:.0f} s)" if seconds is not None else
+                                      f"no ({failure}; a C++ compiler such as g++ is needed); running it uncompiled"))
+        return segmenter
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         session = Session(self.predictor, volume.array, volume.spacing, click_pathway=self.click_pathway)
@@ -72,6 +81,7 @@ class ServerSegmenter:
         model = capabilities.get("model", {})
         self.identity = f"server:{model.get('name')}:{model.get('variant')}"  # recorded for --resume
         self.name = str(model.get("name") or "sam3d")
+        self.startup_note = ""
 
     @classmethod
     def connect(cls, url: str, api_key: str | None = None, timeout: float = 300.0) -> "ServerSegmenter":

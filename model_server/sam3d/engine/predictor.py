@@ -139,6 +139,15 @@ class Predictor:
             self.model.image_encoder.compile_backbone()
         return time.perf_counter() - start
 
+    def try_compile_encoder(self) -> tuple[float | None, str]:
+        """``compile_encoder`` that never raises: (seconds, "") or (None, the failure in one line).
+        Compiling is a speed-up: a caller that gets None runs the encoder as built."""
+        try:
+            return self.compile_encoder(), ""
+        except Exception as error:  # noqa: BLE001 - any failure (not compilable, no compiler, inductor error)
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            return None, f"{type(error).__name__}: {first_line[:300]}"
+
     def warm_up(self) -> float:
         """One encode and one predict on a blank crop (allocations, kernels); returns seconds."""
         start = time.perf_counter()

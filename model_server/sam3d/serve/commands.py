@@ -197,13 +197,10 @@ def compile_encoder(predictor: Predictor) -> str:
     compiling is a speed-up, never a reason not to serve)."""
     print("sam3d serve: compiling the encoder for this CPU (one to two minutes on a machine's first start, "
           "seconds later; --no-compile skips it) ...", flush=True)
-    try:
-        seconds = predictor.compile_encoder()
-    except Exception as error:  # noqa: BLE001 - any compile failure (compiler missing, inductor error) falls back
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"sam3d serve: warning: could not compile the encoder ({type(error).__name__}: {first_line[:300]}); "
-              "running it uncompiled. A C++ compiler (g++) must be installed; --no-compile skips trying",
-              file=sys.stderr, flush=True)
+    seconds, failure = predictor.try_compile_encoder()
+    if seconds is None:
+        print(f"sam3d serve: warning: could not compile the encoder ({failure}); running it uncompiled. A C++ "
+              "compiler (g++) must be installed; --no-compile skips trying", file=sys.stderr, flush=True)
         return "no"
     return f"yes ({seconds:.0f} s)"
 
