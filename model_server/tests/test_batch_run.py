@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+import sam3d
 from sam3d.batch.state import OutputFolder
 from sam3d.cli import main
 from sam3d.data.clicks import centre_click
@@ -321,3 +325,30 @@ def test_the_encoder_is_compiled_by_default_from_twenty_cases_in_process_and_on_
     write_image(generate_case(0, shape=SHAPE)[0], tmp_path / "a.nii.gz")
     assert batch(manifest, "--out", tmp_path / "out", "--server", "http://127.0.0.1:9", "--compile") == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_without_a_cxx_compiler_the_compile_fails_and_the_batch_runs_uncompiled(tmp_path):
+    """The real failure, not a stand-in: `sam3d batch --compile` with the default model, no C++
+    compiler ($CXX names none) and an empty torch compile cache. The log names the failure, and
+    the case is segmented as without --compile (the encoder as built)."""
+    k, j, i = np.mgrid[:24, :48, :48]
+    ball = (k - 12) ** 2 + (j - 24) ** 2 + (i - 24) ** 2 <= 49
+    array = np.where(ball, 200.0, 20.0).astype(np.float32)
+    image = write_image(Volume(array, spacing=(1.0, 1.0, 1.0)), tmp_path / "ball.nii.gz")
+    (tmp_path / "cases.csv").write_text(f'id,image,prompts\nball,{image},"1:-24,-24,12:+"\n')
+    env = {name: value for name, value in os.environ.items() if name != "SAM3D_TEST_THREADS"}
+    env |= {"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+            "PYTHONPATH": str(Path(sam3d.__file__).parents[1])}
+    outputs = {}
+    for flag in ("--compile", "--no-compile"):
+        out = tmp_path / flag.strip("-")
+        run = subprocess.run([sys.executable, "-m", "sam3d", "batch", str(tmp_path / "cases.csv"), "--out", str(out),
+                              "--model", "default", "--device", "cpu", "--quiet", flag],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+        outputs[flag] = read_segmentation(out / "ball.seg.nrrd")[0][0].mask
+    log = (tmp_path / "compile" / "batch.log").read_text()
+    assert re.search(r"encoder compiled: no \(\w*Error: .+\); running it uncompiled", log), log
+    assert "encoder compiled: off" in (tmp_path / "no-compile" / "batch.log").read_text()
+    np.testing.assert_array_equal(outputs["--compile"], outputs["--no-compile"])
+    assert outputs["--compile"][12, 24, 24]
