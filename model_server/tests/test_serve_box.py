@@ -142,8 +142,7 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
     # compile cache (this process runs one thread: a compile for it would start cold, about 60 s)
     batch = subprocess.run([sys.executable, "-m", "sam3d", "batch", str(tmp_path / "cases.csv"), "--out",
                             str(tmp_path / "batch"), "--quiet", "--compile", *search],
-                           env={k: v for k, v in os.environ.items() if k != "SAM3D_TEST_THREADS"}
-                           | {"PYTHONPATH": str(Path(sam3d.__file__).parents[1])},
+                           env=os.environ | {"PYTHONPATH": str(Path(sam3d.__file__).parents[1])},
                            capture_output=True, text=True, timeout=600)
     assert batch.returncode == 0, batch.stdout + batch.stderr
     log = (tmp_path / "batch" / "batch.log").read_text()
