@@ -140,6 +140,25 @@ def test_the_models_own_split_applies_only_to_its_training_dataset(phantoms, tmp
     assert "the test split" in capsys.readouterr().err
 
 
+def test_without_target_label_the_model_s_label_is_found_by_name_on_other_datasets(phantoms, tmp_path):
+    """A model trained on "tumor" stored as value 1 of its own dataset: on the phantoms, where 1
+    is "organ" and 2 "tumor", a run without --target-label scores the tumours; on its own
+    dataset the stored value stands."""
+    trained_as = {"target_label": 1, "split_seed": 0, "train_config": {"target_label": "tumor"}}
+    elsewhere = write_tiny_checkpoint(tmp_path / "a", "tumour-elsewhere",
+                                      meta={**trained_as, "dataset": {"name": "another", "seed": 21}})
+    here = write_tiny_checkpoint(tmp_path / "b", "value-here", meta={**trained_as, "dataset": dataset_identity(phantoms)})
+    common = ["--data", str(phantoms), "--split", "all", "--clicks", "1", "--max-cases", "1", "--no-classical",
+              "--device", "cpu"]
+    scored = {}
+    for name, model in (("elsewhere", elsewhere), ("here", here)):
+        assert main(["evaluate", "--model", str(model), *common, "--out", str(tmp_path / name)]) == 0
+        scored[name] = json.loads((tmp_path / name / "report.json").read_text())
+    assert scored["elsewhere"]["target_label"] == 2 and scored["here"]["target_label"] == 1
+    # the organ is far larger than the tumour the same case's first click lands on
+    assert scored["here"]["per_case"][0]["target_voxels"] > 5 * scored["elsewhere"]["per_case"][0]["target_voxels"]
+
+
 def test_box_prompts_start_from_the_objects_2d_or_3d_box(phantoms, tmp_path):
     """--prompt box: the clicked object's box on its largest slice; --prompt box3d: its 3D
     bounding box; both answered by the model's box prompt, then correction clicks."""

@@ -101,6 +101,16 @@ def _trained_on(meta: dict, data_dir: str) -> bool:
     return meta.get("dataset", {}) == dataset_identity(data_dir)
 
 
+def _model_target(meta: dict, data_dir: str) -> str | int:
+    """The label the model was trained to segment, for a run without --target-label: its value
+    on its own dataset; elsewhere its name (as training was given it), since one value means
+    different labels in different datasets (the synthetic set's 1 is "tumor", the phantoms' 1 is
+    "organ")."""
+    if _trained_on(meta, data_dir) and "target_label" in meta:
+        return meta["target_label"]
+    return meta.get("train_config", {}).get("target_label", "tumor")
+
+
 def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int | None]:
     """The labelled cases of --split (at most --max-cases), the target label value and the
     split's seed. On the model's own training dataset the split is remade as its training made it
@@ -109,7 +119,7 @@ def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int 
 
     try:
         cases = find_cases(args.data, args.layout)
-        target = args.target_label if args.target_label is not None else meta.get("target_label", "tumor")
+        target = args.target_label if args.target_label is not None else _model_target(meta, args.data)
         target_label = resolve_target_label(args.data, target)
         if args.split == "all":
             chosen, split_seed = cases, None
