@@ -1,9 +1,11 @@
 """LiteMedSAM's trained 2D box pathway, slice by slice: how the engine answers a box prompt.
 
 On the box's slice LiteMedSAM segments from the box; the mask is then carried to the
-neighbouring slices, each prompted with the previous slice's mask box plus ``BOX_MARGIN_PX``,
-until a slice comes back empty or larger than ``GROWTH_LIMIT`` times the previous one (MedSAM's
-own 3D inference works the same way). Where LiteMedSAM's single mask overgrows, one of SAM's
+neighbouring slices, each prompted with the previous slice's mask box plus ``BOX_MARGIN_PX``
+(where that ends it on an object that stands out from its surroundings, once more with a box
+``RETRY_MARGIN_FRACTION`` of the mask's side wider: ``_propagation_margins``), until a slice comes
+back empty or larger than ``GROWTH_LIMIT`` times the previous one (MedSAM's own 3D inference
+works the same way). Where LiteMedSAM's single mask overgrows, one of SAM's
 multimask outputs that keeps to the growth rule and agrees with the previous slice goes on
 instead (``_segment_slice``). The growth rule stands in for "the object ended": from
 the object's largest slice its area shrinks, while LiteMedSAM, given a box, finds *something* in
@@ -43,6 +45,7 @@ from ..model.lite_encoder import (BACKBONE_STRIDE, build_tiny_vit, fold_batch_no
 
 WINDOW_PX = 128
 BOX_MARGIN_PX = 5
+RETRY_MARGIN_FRACTION = 0.1  # where the BOX_MARGIN_PX box ends propagation, a box this much of the mask's side wider is tried
 CORRECTION_MARGIN_PX = 2  # a positive click's box: the nearest slice mask's box widened to the click, plus this
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
@@ -434,21 +437,37 @@ def _remove_at(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, floa
 def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], mask: np.ndarray,
                start: int, direction: int, slices: range | None = None, limit: np.ndarray | None = None) -> None:
     """Carry ``mask[start]`` into the empty slices beyond it along ``direction``, each prompted
-    with the previous slice's mask box plus ``BOX_MARGIN_PX`` (kept inside ``limit``, a 3D box's
-    rectangle), until a slice comes back empty, grows past ``GROWTH_LIMIT`` or leaves the object
+    with the previous slice's mask box plus a margin (``_propagation_margins``: the first that keeps
+    to the rules below; kept inside ``limit``, a 3D box's rectangle), until a slice comes back empty, grows past ``GROWTH_LIMIT`` or leaves the object
     (``_left_the_object``, against the contrast of ``mask[start]``)."""
     slices = range(volume.shape[0]) if slices is None else slices
     previous, k = mask[start], start + direction
     contrast = _contrast(volume[start], mask[start]) if mask[start].sum() >= MIN_AREA_PX else None
     while k in slices and previous.sum() >= MIN_AREA_PX and not mask[k].any():
-        box = _mask_box(previous, BOX_MARGIN_PX)
-        if limit is not None:
-            box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
-        current = _segment_slice(model, volume[k], bounds, box=box, previous=previous)
-        if not _keeps_growth_rule(current, previous) or _left_the_object(volume[k], current, contrast):
+        for margin in _propagation_margins(previous, contrast):
+            box = _mask_box(previous, margin)
+            if limit is not None:
+                box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
+            current = _segment_slice(model, volume[k], bounds, box=box, previous=previous)
+            if _keeps_growth_rule(current, previous) and not _left_the_object(volume[k], current, contrast):
+                break
+        else:
             break
         mask[k] = current
         previous, k = current, k + direction
+
+
+def _propagation_margins(previous: np.ndarray, contrast: tuple[float, float] | None) -> tuple[int, ...]:
+    """The margins (px) a propagated box is tried with, in order: ``BOX_MARGIN_PX``; then, on an
+    object that stands out from its ring (``contrast`` not None), ``RETRY_MARGIN_FRACTION`` of the
+    previous mask's longer side (at least 1 px). A low-contrast lesion inside an organ of like
+    intensity, given the wide box, fills it with the organ and ends at once; the tighter box carries
+    it on. An object that barely stands out keeps the wide box alone: there its overgrowing is what
+    ends the propagation (brain2; docs/BENCHMARKS.md, "The phantom figures re-measured on the tumour")."""
+    rows, columns = np.nonzero(previous)
+    side = max(np.ptp(rows), np.ptp(columns)) + 1
+    retry = max(1, int(round(RETRY_MARGIN_FRACTION * side)))
+    return (BOX_MARGIN_PX, retry) if contrast is not None and retry < BOX_MARGIN_PX else (BOX_MARGIN_PX,)
 
 
 def _contrast(plane: np.ndarray, plane_mask: np.ndarray) -> tuple[float, float] | None:
