@@ -52,12 +52,14 @@ def test_a_2d_box_on_the_middle_slice_is_carried_through_the_ball_and_stops_at_i
     assert _slice_dice(found, mask) >= 0.7
 
 
-def test_a_low_contrast_lesion_inside_an_organ_is_carried_to_its_ends():
-    """A CT-like lesion 30 HU brighter than the organ around it, with air and bone in the volume
+def test_a_low_contrast_lesion_inside_an_organ_is_carried_to_its_ends_and_no_further():
+    """A CT-like lesion 30 HU darker than the organ around it, with air and bone in the volume
     (so the volume's intensity window makes it a 2 % step): given the previous mask's box plus
     BOX_MARGIN_PX, LiteMedSAM fills the box with the organ and the growth rule ends the
-    propagation on the box's own slice (3D Dice 0.26 that way); the tighter retried box carries it
-    through the lesion's slices, and no further."""
+    propagation on the box's own slice (checked: the mask then holds that slice alone). The
+    tighter retried box carries it on; its masks are kept only while they look like the lesion,
+    so the propagation stops at the lesion's ends instead of running on through the organ
+    (checked: without that condition the mask covers all 14 slices)."""
     k, j, i = np.mgrid[:14, :96, :96]
     in_plane = ((j - 48) / 44.0) ** 2 + ((i - 48) / 44.0) ** 2
     organ = ((k - 7) / 12.0) ** 2 + ((j - 48) / 30.0) ** 2 + ((i - 48) / 34.0) ** 2 <= 1
@@ -65,12 +67,13 @@ def test_a_low_contrast_lesion_inside_an_organ_is_carried_to_its_ends():
     volume = np.where(in_plane <= 1, -100.0, -1000.0)
     volume = np.where((in_plane <= 1) & (in_plane > (40 / 44) ** 2), 700.0, volume)  # a ring of bone
     volume = np.where(organ, 60.0, volume)
-    volume = np.where(lesion, 90.0, volume) + np.random.default_rng(0).normal(0, 6, lesion.shape)
+    volume = np.where(lesion, 30.0, volume) + np.random.default_rng(0).normal(0, 6, lesion.shape)
     largest = int(np.argmax(lesion.sum(axis=(1, 2))))
     js, is_ = np.nonzero(lesion[largest])
     box = np.array([[largest, js.min(), is_.min()], [largest, js.max(), is_.max()]], dtype=float)
     found = segment_slice_by_slice(LiteMedSAM2D(), volume.astype(np.float32), box_kji=box)
-    assert np.array_equal(np.flatnonzero(found.any(axis=(1, 2))), np.flatnonzero(lesion.any(axis=(1, 2))))
+    slices, lesion_slices = np.flatnonzero(found.any(axis=(1, 2))), np.flatnonzero(lesion.any(axis=(1, 2)))
+    assert len(slices) >= 5 and slices.min() >= lesion_slices.min() and slices.max() <= lesion_slices.max()
     assert _slice_dice(found, lesion) >= 0.75
 
 

@@ -45,6 +45,7 @@ from ..model.lite_encoder import (BACKBONE_STRIDE, build_tiny_vit, fold_batch_no
 
 WINDOW_PX = 128
 BOX_MARGIN_PX = 5
+RETRY_MIN_LIKENESS = 0.5  # ... and its mask is kept only this far from the surroundings towards the object
 RETRY_MARGIN_FRACTION = 0.1  # where the BOX_MARGIN_PX box ends propagation, a box this much of the mask's side wider is tried
 CORRECTION_MARGIN_PX = 2  # a positive click's box: the nearest slice mask's box widened to the click, plus this
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
@@ -444,12 +445,13 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
     previous, k = mask[start], start + direction
     contrast = _contrast(volume[start], mask[start]) if mask[start].sum() >= MIN_AREA_PX else None
     while k in slices and previous.sum() >= MIN_AREA_PX and not mask[k].any():
-        for margin in _propagation_margins(previous, contrast):
+        for attempt, margin in enumerate(_propagation_margins(previous, contrast)):
             box = _mask_box(previous, margin)
             if limit is not None:
                 box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
             current = _segment_slice(model, volume[k], bounds, box=box, previous=previous)
-            if _keeps_growth_rule(current, previous) and not _left_the_object(volume[k], current, contrast):
+            likeness = END_CONTRAST if attempt == 0 else RETRY_MIN_LIKENESS
+            if _keeps_growth_rule(current, previous) and not _left_the_object(volume[k], current, contrast, likeness):
                 break
         else:
             break
@@ -482,7 +484,8 @@ def _contrast(plane: np.ndarray, plane_mask: np.ndarray) -> tuple[float, float] 
     return float(inside.mean()), float(around.mean())
 
 
-def _left_the_object(plane: np.ndarray, plane_mask: np.ndarray, contrast: tuple[float, float] | None) -> bool:
+def _left_the_object(plane: np.ndarray, plane_mask: np.ndarray, contrast: tuple[float, float] | None,
+                     likeness: float = END_CONTRAST) -> bool:
     """Whether a propagated slice mask has left the object: its mean intensity lies beyond the
     start slice's surroundings, seen from the object, by more than ``-END_CONTRAST`` of the
     object's contrast (LiteMedSAM, given a box, segments whatever the box holds once the object
@@ -491,4 +494,4 @@ def _left_the_object(plane: np.ndarray, plane_mask: np.ndarray, contrast: tuple[
     if contrast is None:
         return False
     inside, around = contrast
-    return (float(plane[plane_mask].mean()) - around) / (inside - around) < END_CONTRAST
+    return (float(plane[plane_mask].mean()) - around) / (inside - around) < likeness

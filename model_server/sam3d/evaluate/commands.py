@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split-seed", type=int, metavar="S",
                         help="seed of the train / val / test split (default: the one the model was trained with, else 0)")
     parser.add_argument("--target-label", metavar="LABEL",
-                        help="label name or value to segment (default: the model's, else 'tumor')")
+                        help="label name or value to segment (default: the label the model was trained on: "
+                             "its value on its own training dataset, its name elsewhere; else 'tumor')")
     parser.add_argument("--clicks", type=int, default=1, metavar="N", help="clicks per case: 1 = the paper's protocol")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the first clicks (default 0)")
     parser.add_argument("--scope", default="object", choices=("object", "label"),
