@@ -3,7 +3,8 @@
 On the box's slice LiteMedSAM segments from the box; the mask is then carried to the
 neighbouring slices, each prompted with the previous slice's mask box plus ``BOX_MARGIN_PX``
 (where that ends it on an object that stands out from its surroundings, once more with a box
-``RETRY_MARGIN_FRACTION`` of the mask's side wider: ``_propagation_margins``), until a slice comes
+``RETRY_MARGIN_FRACTION`` of the mask's side wider, kept while its mask looks like the object:
+``_propagation_margins``), until a slice comes
 back empty or larger than ``GROWTH_LIMIT`` times the previous one (MedSAM's own 3D inference
 works the same way). Where LiteMedSAM's single mask overgrows, one of SAM's
 multimask outputs that keeps to the growth rule and agrees with the previous slice goes on
@@ -444,14 +445,16 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
     slices = range(volume.shape[0]) if slices is None else slices
     previous, k = mask[start], start + direction
     contrast = _contrast(volume[start], mask[start]) if mask[start].sum() >= MIN_AREA_PX else None
+    retried = False  # once the tighter box was needed, the object is tapering off: every later mask must look like it
     while k in slices and previous.sum() >= MIN_AREA_PX and not mask[k].any():
         for attempt, margin in enumerate(_propagation_margins(previous, contrast)):
             box = _mask_box(previous, margin)
             if limit is not None:
                 box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
             current = _segment_slice(model, volume[k], bounds, box=box, previous=previous)
-            likeness = END_CONTRAST if attempt == 0 else RETRY_MIN_LIKENESS
+            likeness = RETRY_MIN_LIKENESS if retried or attempt > 0 else END_CONTRAST
             if _keeps_growth_rule(current, previous) and not _left_the_object(volume[k], current, contrast, likeness):
+                retried = retried or attempt > 0
                 break
         else:
             break
@@ -464,7 +467,9 @@ def _propagation_margins(previous: np.ndarray, contrast: tuple[float, float] | N
     object that stands out from its ring (``contrast`` not None), ``RETRY_MARGIN_FRACTION`` of the
     previous mask's longer side (at least 1 px). A low-contrast lesion inside an organ of like
     intensity, given the wide box, fills it with the organ and ends at once; the tighter box carries
-    it on. An object that barely stands out keeps the wide box alone: there its overgrowing is what
+    it on, and ``_propagate`` keeps its mask, and every later one in that direction, only while it
+    looks like the object (``_left_the_object`` at ``RETRY_MIN_LIKENESS``), so that it stops at the
+    lesion's end. An object that barely stands out keeps the wide box alone: there its overgrowing is what
     ends the propagation (brain2; docs/BENCHMARKS.md, "The phantom figures re-measured on the tumour")."""
     rows, columns = np.nonzero(previous)
     side = max(np.ptp(rows), np.ptp(columns)) + 1
@@ -486,11 +491,12 @@ def _contrast(plane: np.ndarray, plane_mask: np.ndarray) -> tuple[float, float] 
 
 def _left_the_object(plane: np.ndarray, plane_mask: np.ndarray, contrast: tuple[float, float] | None,
                      likeness: float = END_CONTRAST) -> bool:
-    """Whether a propagated slice mask has left the object: its mean intensity lies beyond the
-    start slice's surroundings, seen from the object, by more than ``-END_CONTRAST`` of the
-    object's contrast (LiteMedSAM, given a box, segments whatever the box holds once the object
-    has ended). Not at 0: a real tumour's slice can be as dark as its start slice's ring
-    (docs/BENCHMARKS.md, "Where the 2D pathway's propagation ends")."""
+    """Whether a propagated slice mask has left the object: with ``t`` its mean intensity's place
+    between the start slice's surroundings (0) and the object (1), ``t`` below ``likeness``. The
+    default, ``END_CONTRAST``, is beyond the surroundings by a quarter of the object's contrast
+    (LiteMedSAM, given a box, segments whatever the box holds once the object has ended). Not at
+    0: a real tumour's slice can be as dark as its start slice's ring (docs/BENCHMARKS.md, "Where
+    the 2D pathway's propagation ends")."""
     if contrast is None:
         return False
     inside, around = contrast
