@@ -4,12 +4,11 @@ On the box's slice LiteMedSAM segments from the box; the mask is then carried to
 neighbouring slices, each prompted with the previous slice's mask box plus ``BOX_MARGIN_PX``
 (where that ends it on an object that stands out from its surroundings, once more with a box
 ``RETRY_MARGIN_FRACTION`` of the mask's side wider, kept while its mask looks like the object:
-``_propagation_margins``), until a slice comes
-back empty or larger than ``GROWTH_LIMIT`` times the previous one (MedSAM's own 3D inference
-works the same way). Where LiteMedSAM's single mask overgrows, one of SAM's
-multimask outputs that keeps to the growth rule and agrees with the previous slice goes on
-instead (``_segment_slice``). The growth rule stands in for "the object ended": from
-the object's largest slice its area shrinks, while LiteMedSAM, given a box, finds *something* in
+``_propagation_margins``), until a slice comes back empty or larger than ``GROWTH_LIMIT`` times
+the previous one (MedSAM's own 3D inference works the same way). Where LiteMedSAM's single mask
+overgrows, one of SAM's multimask outputs that keeps to the growth rule and agrees with the
+previous slice goes on instead (``_segment_slice``). The growth rule stands in for "the object
+ended": from the object's largest slice its area shrinks, while LiteMedSAM, given a box, finds *something* in
 every slice. An intensity rule ends it too: a slice mask whose mean lies well beyond the start
 slice's surroundings, seen from the object, has left it (``_left_the_object``). A 3D box
 (corners on different slices) also bounds the propagation: it starts on the box's slice whose
@@ -46,8 +45,8 @@ from ..model.lite_encoder import (BACKBONE_STRIDE, build_tiny_vit, fold_batch_no
 
 WINDOW_PX = 128
 BOX_MARGIN_PX = 5
-RETRY_MIN_LIKENESS = 0.5  # ... and its mask is kept only this far from the surroundings towards the object
-RETRY_MARGIN_FRACTION = 0.1  # where the BOX_MARGIN_PX box ends propagation, a box this much of the mask's side wider is tried
+RETRY_MARGIN_FRACTION = 0.1  # where the BOX_MARGIN_PX box ends propagation: a box this much of the mask's side wider
+RETRY_MIN_LIKENESS = 0.5  # ... whose mask is kept only this far from the surroundings towards the object
 CORRECTION_MARGIN_PX = 2  # a positive click's box: the nearest slice mask's box widened to the click, plus this
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
@@ -440,12 +439,13 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
                start: int, direction: int, slices: range | None = None, limit: np.ndarray | None = None) -> None:
     """Carry ``mask[start]`` into the empty slices beyond it along ``direction``, each prompted
     with the previous slice's mask box plus a margin (``_propagation_margins``: the first that keeps
-    to the rules below; kept inside ``limit``, a 3D box's rectangle), until a slice comes back empty, grows past ``GROWTH_LIMIT`` or leaves the object
-    (``_left_the_object``, against the contrast of ``mask[start]``)."""
+    to the rules below; kept inside ``limit``, a 3D box's rectangle), until a slice comes back
+    empty, grows past ``GROWTH_LIMIT`` or leaves the object (``_left_the_object``, against the
+    contrast of ``mask[start]``)."""
     slices = range(volume.shape[0]) if slices is None else slices
     previous, k = mask[start], start + direction
     contrast = _contrast(volume[start], mask[start]) if mask[start].sum() >= MIN_AREA_PX else None
-    retried = False  # once the tighter box was needed, the object is tapering off: every later mask must look like it
+    retried = False  # once the tighter box was needed the object tapers off: later masks must look like it
     while k in slices and previous.sum() >= MIN_AREA_PX and not mask[k].any():
         for attempt, margin in enumerate(_propagation_margins(previous, contrast)):
             box = _mask_box(previous, margin)
@@ -469,8 +469,9 @@ def _propagation_margins(previous: np.ndarray, contrast: tuple[float, float] | N
     intensity, given the wide box, fills it with the organ and ends at once; the tighter box carries
     it on, and ``_propagate`` keeps its mask, and every later one in that direction, only while it
     looks like the object (``_left_the_object`` at ``RETRY_MIN_LIKENESS``), so that it stops at the
-    lesion's end. An object that barely stands out keeps the wide box alone: there its overgrowing is what
-    ends the propagation (brain2; docs/BENCHMARKS.md, "The phantom figures re-measured on the tumour")."""
+    lesion's end. An object that barely stands out keeps the wide box alone: there its overgrowing
+    is what ends the propagation (brain2; docs/BENCHMARKS.md, "The phantom figures re-measured on
+    the tumour")."""
     rows, columns = np.nonzero(previous)
     side = max(np.ptp(rows), np.ptp(columns)) + 1
     retry = max(1, int(round(RETRY_MARGIN_FRACTION * side)))
