@@ -25,6 +25,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def run_sam3d(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m sam3d *args`` to its end in a child process, as a user runs the command
+    (this environment plus ``env``; torch at its default threads, not the test process's one);
+    its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "sam3d", *args], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
 @contextlib.contextmanager
 def running_server(*args: str, env: dict[str, str] | None = None, startup_timeout: float = 120.0,
                    python: str = sys.executable, ca_bundle: str | None = None,

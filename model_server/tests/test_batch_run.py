@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,6 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-import sam3d
 from sam3d.batch.state import OutputFolder
 from sam3d.cli import main
 from sam3d.data.clicks import centre_click
@@ -25,6 +21,7 @@ from sam3d.data.io import Volume, read_image, write_image
 from sam3d.data.markups import write_markups
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case
 from sam3d.data.segio import lesion_color, read_segmentation
+from server_helpers import run_sam3d
 
 SHAPE = (32, 64, 64)
 SEEDS = (0, 1, 2, 3, 4)
@@ -336,14 +333,12 @@ def test_without_a_cxx_compiler_the_compile_fails_and_the_batch_runs_uncompiled(
     array = np.where(ball, 200.0, 20.0).astype(np.float32)
     image = write_image(Volume(array, spacing=(1.0, 1.0, 1.0)), tmp_path / "ball.nii.gz")
     (tmp_path / "cases.csv").write_text(f'id,image,prompts\nball,{image},"1:-24,-24,12:+"\n')
-    env = os.environ | {"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
-                        "PYTHONPATH": str(Path(sam3d.__file__).parents[1])}
+    env = {"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     outputs = {}
     for flag in ("--compile", "--no-compile"):
         out = tmp_path / flag.strip("-")
-        run = subprocess.run([sys.executable, "-m", "sam3d", "batch", str(tmp_path / "cases.csv"), "--out", str(out),
-                              "--model", "default", "--device", "cpu", "--quiet", flag],
-                             env=env, capture_output=True, text=True, timeout=600)
+        run = run_sam3d("batch", str(tmp_path / "cases.csv"), "--out", str(out), "--model", "default",
+                        "--device", "cpu", "--quiet", flag, env=env)
         assert run.returncode == 0, run.stdout + run.stderr
         outputs[flag] = read_segmentation(out / "ball.seg.nrrd")[0][0].mask
     log = (tmp_path / "compile" / "batch.log").read_text()

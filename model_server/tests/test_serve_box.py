@@ -6,22 +6,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-import sam3d
 from sam3d.cli import main
 from sam3d.client import client as client_module
 from sam3d.data.io import Volume, write_image
 from sam3d.data.segio import read_segmentation
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
-from server_helpers import running_server
+from server_helpers import run_sam3d, running_server
 
 SHAPE = (20, 64, 64)
 SPACING = (2.5, 0.8, 0.8)
@@ -140,10 +136,8 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
     (tmp_path / "cases.csv").write_text(f'id,image,prompts\nball,{image},"1:{ras}:+"\n')
     # as a user runs it, in its own process: torch's default threads, for which setup.sh built the
     # compile cache (this process runs one thread: a compile for it would start cold, about 60 s)
-    batch = subprocess.run([sys.executable, "-m", "sam3d", "batch", str(tmp_path / "cases.csv"), "--out",
-                            str(tmp_path / "batch"), "--quiet", "--compile", *search],
-                           env=os.environ | {"PYTHONPATH": str(Path(sam3d.__file__).parents[1])},
-                           capture_output=True, text=True, timeout=600)
+    batch = run_sam3d("batch", str(tmp_path / "cases.csv"), "--out", str(tmp_path / "batch"), "--quiet", "--compile",
+                      *search)
     assert batch.returncode == 0, batch.stdout + batch.stderr
     log = (tmp_path / "batch" / "batch.log").read_text()
     assert f"encoder compiled: {'yes' if compiler else 'no'}" in log, log
