@@ -42,7 +42,7 @@ from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
 from .predictor import Predictor
-from .slice_pathway import is_3d_box, volume_bounds
+from .slice_pathway import correction_box, is_3d_box, volume_bounds
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
 CORRECTIONS = ("auto", "local", "global", "2d")
@@ -136,8 +136,9 @@ class Session:
         ``corrections``: "local" (a click on an existing mask changes only the connected region
         around it, see ``_local_update``), "global" (the crops' prediction replaces the mask),
         "2d" (on an object whose box the 2D pathway answered, the 2D pathway answers the clicks it
-        can - ``slice_pathway.correct_slice_by_slice`` - and the 3D model the others, locally and,
-        after a 3D box, inside that box widened to the clicks - ``_within_box``) or
+        can - ``slice_pathway.correct_slice_by_slice`` - and the 3D model the others, locally, on
+        the clicked slices only - ``_on_clicked_slices`` - and, after a 3D box, inside that box
+        widened to the clicks - ``_within_box``) or
         "auto" ("2d" while the object's box was answered by the 2D pathway, whose mask is the
         better one there; global otherwise - measured in docs/BENCHMARKS.md);
         ``click_pathway``: "3d" (the 3D model answers clicks) or "search" (an object's lone first
@@ -241,6 +242,8 @@ class Session:
             local = self.corrections == "local" or (self.corrections in ("auto", "2d") and self._made_in_2d)
             if local and corrected is None and new_box is None and self.voxels > 0:
                 proposal = _local_update(self.mask[_slices(box)], proposal, points - np.asarray(box[0]), labels)
+                if self._made_in_2d:
+                    proposal = _on_clicked_slices(self.mask, proposal, box, points, labels)
                 if self.box is not None and is_3d_box(self.box):
                     proposal = _within_box(self.mask[_slices(box)], proposal, box, self.box, points)
             change = self._commit(box, proposal, points=all_points,
@@ -539,6 +542,32 @@ def _local_update(old: np.ndarray, new: np.ndarray, points: np.ndarray, labels: 
         if components[index]:
             result[components == components[index]] = label == 1
     return result
+
+
+def _on_clicked_slices(mask: np.ndarray, new: np.ndarray, region: Box, points: np.ndarray,
+                       labels: np.ndarray) -> np.ndarray:
+    """``new`` (the object's next mask inside ``region``) on the slices that hold one of
+    ``points``, the object's ``mask`` (whole volume) elsewhere; around a positive click only inside
+    the box the 2D pathway answered it from (``slice_pathway.correction_box``): a mask the 2D
+    pathway made is corrected slice by slice, also where the 3D model answers the click (on a
+    lesion inside an organ of like intensity its answer spreads into the organ across many
+    slices; docs/BENCHMARKS.md, "Corrections after a box, third round")."""
+    old = mask[_slices(region)]
+    allowed = np.zeros(old.shape, dtype=bool)
+    origin = np.asarray(region[0])
+    for point, label in zip(points, labels):
+        click = tuple(int(round(float(v))) for v in point)
+        k = click[0] - origin[0]
+        if not 0 <= k < old.shape[0]:
+            continue
+        if label != 1:
+            allowed[k] = True
+            continue
+        _, box = correction_box(mask, click)
+        lo = np.maximum(np.floor(box[:2]).astype(int) - origin[1:], 0)
+        hi = np.maximum(np.ceil(box[2:]).astype(int) + 1 - origin[1:], 0)
+        allowed[k, lo[0]:hi[0], lo[1]:hi[1]] = True
+    return np.where(allowed, new, old)
 
 
 def _within_box(old: np.ndarray, new: np.ndarray, region: Box, prompt_box: np.ndarray,

@@ -10,7 +10,8 @@ overgrows, one of SAM's multimask outputs that keeps to the growth rule and agre
 previous slice goes on instead (``_segment_slice``). The growth rule stands in for "the object
 ended": from the object's largest slice its area shrinks, while LiteMedSAM, given a box, finds *something* in
 every slice. An intensity rule ends it too: a slice mask whose mean lies well beyond the start
-slice's surroundings, seen from the object, has left it (``_left_the_object``). A 3D box
+slice's surroundings, seen from the object, or (without a 3D box) as far past the object on its
+other side, has left it (``_left_the_object``). A 3D box
 (corners on different slices) also bounds the propagation: it starts on the box's slice whose
 mask fills the box's rectangle best (``_fullest_slice``), stays within the box's slices and
 never leaves the box's rectangle.
@@ -359,10 +360,7 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     covered = np.flatnonzero(mask.any(axis=(1, 2)))
     if mask[k, j, i] or not len(covered):
         return None
-    source = k if mask[k].any() else int(covered[np.argmin(np.abs(covered - k))])
-    found = _mask_box(mask[source])
-    box = np.array([min(found[0], j), min(found[1], i), max(found[2], j), max(found[3], i)], dtype=float)
-    box += np.array([-CORRECTION_MARGIN_PX, -CORRECTION_MARGIN_PX, CORRECTION_MARGIN_PX, CORRECTION_MARGIN_PX])
+    source, box = correction_box(mask, (k, j, i))
     direction = int(np.sign(k - source))
     previous = mask[source]
     for slice_index in range(source + direction, k + direction, direction) if direction else [k]:
@@ -381,8 +379,21 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
         slices, limit = None, None
         if box_kji is not None and is_3d_box(box_kji):
             slices, limit = _box_limits(np.concatenate([box_kji, [[k, j, i]]]))
-        _propagate(model, volume, bounds, result, k, direction, slices, limit)
+        _propagate(model, volume, bounds, result, k, direction, slices, limit, reference=source)
     return result
+
+
+def correction_box(mask: np.ndarray, click_kji: Sequence[int]) -> tuple[int, np.ndarray]:
+    """(source slice, (j0, i0, j1, i1) box) of a positive click on a mask with at least one
+    covered slice: the clicked slice when the mask covers it, else the nearest covered slice;
+    its mask's box widened to hold the click, plus ``CORRECTION_MARGIN_PX``."""
+    k, j, i = (int(v) for v in click_kji)
+    covered = np.flatnonzero(mask.any(axis=(1, 2)))
+    source = k if mask[k].any() else int(covered[np.argmin(np.abs(covered - k))])
+    found = _mask_box(mask[source])
+    box = np.array([min(found[0], j), min(found[1], i), max(found[2], j), max(found[3], i)], dtype=float)
+    return source, box + np.array([-CORRECTION_MARGIN_PX, -CORRECTION_MARGIN_PX, CORRECTION_MARGIN_PX,
+                                   CORRECTION_MARGIN_PX])
 
 
 def _nearer_than_positives(shape: Sequence[int], negative_ji: tuple[int, int], k: int,
@@ -436,15 +447,20 @@ def _remove_at(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, floa
 
 
 def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], mask: np.ndarray,
-               start: int, direction: int, slices: range | None = None, limit: np.ndarray | None = None) -> None:
+               start: int, direction: int, slices: range | None = None, limit: np.ndarray | None = None,
+               reference: int | None = None) -> None:
     """Carry ``mask[start]`` into the empty slices beyond it along ``direction``, each prompted
     with the previous slice's mask box plus a margin (``_propagation_margins``: the first that keeps
     to the rules below; kept inside ``limit``, a 3D box's rectangle), until a slice comes back
     empty, grows past ``GROWTH_LIMIT`` or leaves the object (``_left_the_object``, against the
-    contrast of ``mask[start]``)."""
+    contrast of ``mask[start]`` and, where given, also of ``mask[reference]``: after a correction's
+    fill, the slice it came from; without a 3D box on the far side of the object too, since no
+    box says where it ends: a 3D box's first slice can be a faint partial-volume end, against
+    whose contrast the lesion's core lies far past it)."""
     slices = range(volume.shape[0]) if slices is None else slices
     previous, k = mask[start], start + direction
-    contrast = _contrast(volume[start], mask[start]) if mask[start].sum() >= MIN_AREA_PX else None
+    contrast, *others = (_contrast(volume[index], mask[index]) if mask[index].sum() >= MIN_AREA_PX else None
+                         for index in ([start] if reference is None else [start, reference]))
     retried = False  # once the tighter box was needed the object tapers off: later masks must look like it
     while k in slices and previous.sum() >= MIN_AREA_PX and not mask[k].any():
         for attempt, margin in enumerate(_propagation_margins(previous, contrast)):
@@ -453,7 +469,9 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
                 box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
             current = _segment_slice(model, volume[k], bounds, box=box, previous=previous)
             likeness = RETRY_MIN_LIKENESS if retried or attempt > 0 else END_CONTRAST
-            if _keeps_growth_rule(current, previous) and not _left_the_object(volume[k], current, contrast, likeness):
+            if _keeps_growth_rule(current, previous) and not any(
+                    _left_the_object(volume[k], current, c, likeness, beyond=limit is None)
+                    for c in [contrast, *others]):
                 retried = retried or attempt > 0
                 break
         else:
@@ -491,9 +509,11 @@ def _contrast(plane: np.ndarray, plane_mask: np.ndarray) -> tuple[float, float] 
 
 
 def _left_the_object(plane: np.ndarray, plane_mask: np.ndarray, contrast: tuple[float, float] | None,
-                     likeness: float = END_CONTRAST) -> bool:
+                     likeness: float = END_CONTRAST, beyond: bool = False) -> bool:
     """Whether a propagated slice mask has left the object: with ``t`` its mean intensity's place
-    between the start slice's surroundings (0) and the object (1), ``t`` below ``likeness``. The
+    between the start slice's surroundings (0) and the object (1), ``t`` below ``likeness``, or,
+    with ``beyond``, above ``2 - likeness`` (as far past the object, away from its surroundings:
+    a brighter structure beyond a bright lesion's end, such as bone or another organ). The
     default, ``END_CONTRAST``, is beyond the surroundings by a quarter of the object's contrast
     (LiteMedSAM, given a box, segments whatever the box holds once the object has ended). Not at
     0: a real tumour's slice can be as dark as its start slice's ring (docs/BENCHMARKS.md, "Where
@@ -501,4 +521,5 @@ def _left_the_object(plane: np.ndarray, plane_mask: np.ndarray, contrast: tuple[
     if contrast is None:
         return False
     inside, around = contrast
-    return (float(plane[plane_mask].mean()) - around) / (inside - around) < likeness
+    t = (float(plane[plane_mask].mean()) - around) / (inside - around)
+    return t < likeness or (beyond and t > 2 - likeness)
