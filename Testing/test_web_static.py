@@ -47,3 +47,40 @@ def test_refuses_network_address_without_access_key(tmp_path):
 def test_missing_image_is_named(tmp_path):
     result = _sam3d("web", str(tmp_path / "absent.nrrd"))
     assert result.returncode == 2 and "absent.nrrd" in result.stderr
+
+
+_ATOMIC_SAVE = """
+import json, sys
+from pathlib import Path
+import slicer
+from sam3d_web.app import _write_atomically
+from SAM3DPromptLib.prompts import PromptError
+out = Path(sys.argv[1])
+scene = slicer.vtkMRMLScene()
+points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+points.AddControlPoint(1.0, 2.0, 3.0)
+path = out / "case.mrk.json"
+_write_atomically(slicer.vtkMRMLMarkupsJsonStorageNode(), points, path, ".mrk.json")
+saved = path.read_text()
+assert len(json.loads(saved)["markups"][0]["controlPoints"]) == 1
+assert sorted(p.name for p in out.iterdir()) == ["case.mrk.json"]
+try:  # a node this writer cannot write: the error, and the earlier file as it was
+    _write_atomically(slicer.vtkMRMLMarkupsJsonStorageNode(), scene.AddNewNodeByClass("vtkMRMLSegmentationNode"),
+                      path, ".mrk.json")
+except PromptError as error:
+    assert "could not write" in str(error)
+else:
+    raise AssertionError("no error for a failed write")
+assert path.read_text() == saved and sorted(p.name for p in out.iterdir()) == ["case.mrk.json"]
+print("ok")
+"""
+
+
+@needs_web_env
+def test_saved_files_appear_whole_or_not_at_all(tmp_path):
+    """The web app writes a point list (and a segmentation) into a hidden sibling and renames it:
+    the browser's download and `sam3d batch` never read a half-written file (a reader that waited
+    for the file to exist once read it empty), and a failed write keeps the earlier file."""
+    result = subprocess.run([str(WEB_PYTHON), "-c", _ATOMIC_SAVE, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr

@@ -66,6 +66,20 @@ def volume_name(path: str) -> str:
     return next((name[:-len(s)] for s in IMAGE_SUFFIXES if name.lower().endswith(s)), Path(name).stem)
 
 
+
+def _write_atomically(storage: Any, node: Any, path: Path, suffix: str) -> None:
+    """Slicer's ``storage`` writer for ``node`` into a hidden sibling of ``path`` (same ``suffix``,
+    which the writer goes by), renamed onto ``path`` once complete: a reader - the browser's
+    download, ``sam3d batch`` - never sees a half-written file, and a failed write leaves the
+    previous file as it was."""
+    partial = path.with_name(f".{path.name[:-len(suffix)]}.partial{suffix}")
+    storage.SetFileName(str(partial))
+    if not storage.WriteData(node):
+        partial.unlink(missing_ok=True)
+        raise PromptError(f"Slicer could not write {path}; is the output folder writable?")
+    partial.replace(path)
+
+
 class PromptWebApp(TrameApp):
     """One browser page, one scene, one :class:`PromptLogic` (clicks go to the volume shown)."""
 
@@ -229,10 +243,7 @@ class PromptWebApp(TrameApp):
         if self.segmentation_node is None:
             raise PromptError("Nothing to save yet: click on a lesion first.")
         path = self.output_dir / f"{self.volume_node.GetName()}.seg.nrrd"
-        storage = slicer.vtkMRMLSegmentationStorageNode()
-        storage.SetFileName(str(path))
-        if not storage.WriteData(self.segmentation_node):
-            raise PromptError(f"Slicer could not write {path}; is the output folder writable?")
+        _write_atomically(slicer.vtkMRMLSegmentationStorageNode(), self.segmentation_node, path, ".seg.nrrd")
         return path
 
     def save_prompts(self) -> Path:
@@ -242,10 +253,7 @@ class PromptWebApp(TrameApp):
         if node is None or node.GetNumberOfControlPoints() == 0:
             raise PromptError("No points to save yet: click on a lesion first.")
         path = self.output_dir / f"{self.volume_node.GetName()}.mrk.json"
-        storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-        storage.SetFileName(str(path))
-        if not storage.WriteData(node):
-            raise PromptError(f"Slicer could not write {path}; is the output folder writable?")
+        _write_atomically(slicer.vtkMRMLMarkupsJsonStorageNode(), node, path, ".mrk.json")
         return path
 
     def run_prompt_file(self, path: str) -> None:
