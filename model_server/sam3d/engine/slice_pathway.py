@@ -337,10 +337,13 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     - Positive click on a slice past the mask's end: the slices up to it from the box of the
       nearest covered slice widened to the click (plus ``CORRECTION_MARGIN_PX``; SAM's multimask
       choice of the growth rule as in propagation), on the clicked slice only the part that holds
-      the click, then propagation onwards, within the object's 3D box prompt ``box_kji`` widened to
-      the click, when it has one. On an object without a box (a first click's box search) whose
-      nearest slice's box does not reach the click, the clicked slice is answered by a box search
-      around the click (``_box_from_click``; needs ``spacing``) instead.
+      the click; on past the click only where the object has a 3D box prompt ``box_kji``,
+      propagated within it widened to the click (without one nothing says where the object
+      ends, and carrying on ran into the organ around a lesion or past a small lesion's end:
+      docs/BENCHMARKS.md, "Corrections after a box, third round"). On an object without a box
+      (a first click's box search) whose nearest slice's box does not reach the click, the
+      clicked slice is answered by a box search around the click (``_box_from_click``; needs
+      ``spacing``) instead.
     - Negative click inside the mask: the slice's region under the click is cut back to what
       LiteMedSAM finds in that region's box with its side nearest the click moved past the
       click (``_remove_at``): a leak goes, the object stays. Of what that would remove, only
@@ -375,10 +378,8 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
         return None
     regions, _ = ndimage.label(result[k] & ~mask[k])  # on the clicked slice, only the part that holds the click
     result[k] = mask[k] | (regions == regions[j, i])
-    if direction:
-        slices, limit = None, None
-        if box_kji is not None and is_3d_box(box_kji):
-            slices, limit = _box_limits(np.concatenate([box_kji, [[k, j, i]]]))
+    if direction and box_kji is not None and is_3d_box(box_kji):  # on past the click only inside a 3D box
+        slices, limit = _box_limits(np.concatenate([box_kji, [[k, j, i]]]))
         _propagate(model, volume, bounds, result, k, direction, slices, limit, reference=source)
     return result
 
