@@ -66,7 +66,6 @@ def volume_name(path: str) -> str:
     return next((name[:-len(s)] for s in IMAGE_SUFFIXES if name.lower().endswith(s)), Path(name).stem)
 
 
-
 def _write_atomically(storage: Any, node: Any, path: Path, suffix: str) -> None:
     """Slicer's ``storage`` writer for ``node`` into a hidden sibling of ``path`` (same ``suffix``,
     which the writer goes by), renamed onto ``path`` once complete: a reader - the browser's

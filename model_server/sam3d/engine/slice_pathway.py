@@ -460,11 +460,11 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
     whose contrast the lesion's core lies far past it)."""
     slices = range(volume.shape[0]) if slices is None else slices
     previous, k = mask[start], start + direction
-    contrast, *others = (_contrast(volume[index], mask[index]) if mask[index].sum() >= MIN_AREA_PX else None
-                         for index in ([start] if reference is None else [start, reference]))
+    contrasts = [_contrast(volume[index], mask[index]) if mask[index].sum() >= MIN_AREA_PX else None
+                 for index in ([start] if reference is None else [start, reference])]
     retried = False  # once the tighter box was needed the object tapers off: later masks must look like it
     while k in slices and previous.sum() >= MIN_AREA_PX and not mask[k].any():
-        for attempt, margin in enumerate(_propagation_margins(previous, contrast)):
+        for attempt, margin in enumerate(_propagation_margins(previous, contrasts[0])):
             box = _mask_box(previous, margin)
             if limit is not None:
                 box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
@@ -472,7 +472,7 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
             likeness = RETRY_MIN_LIKENESS if retried or attempt > 0 else END_CONTRAST
             if _keeps_growth_rule(current, previous) and not any(
                     _left_the_object(volume[k], current, c, likeness, beyond=limit is None)
-                    for c in [contrast, *others]):
+                    for c in contrasts):
                 retried = retried or attempt > 0
                 break
         else:
