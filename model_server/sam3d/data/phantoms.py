@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from . import synth
+from . import chest, synth
 from .clicks import centre_click, label_objects
 from .io import Volume, write_image
 from .markups import write_lesion_markups
@@ -285,12 +285,19 @@ def _synth_case(seed: int) -> tuple[Volume, Volume]:
     return case.image, case.label
 
 
+def _chest_case(seed: int) -> tuple[Volume, Volume]:
+    image, label, _ = chest.generate_chest_case(seed)
+    return image, label
+
+
 # Dataset designs: (case generator, labels, modality, description)
 DESIGNS = {
     "phantom": (generate_case, LABELS, "CT",
                 "Synthetic CT-like phantoms with small, irregular, low-contrast tumors"),
     "synth": (_synth_case, synth.LABELS, "CT or MR",
               "Domain-randomised lesions in varied surroundings, CT-like and MRI-like (sam3d.data.synth)"),
+    "chest": (_chest_case, chest.LABELS, "CT",
+              "Chest CT phantoms with one lung tumour, a nodule or a mass against the wall (sam3d.data.chest)"),
 }
 
 
@@ -327,9 +334,9 @@ def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: 
         if progress:
             progress(index)
     description = {
-        "name": "SAM3DPhantoms" if design == "phantom" else "SAM3DSynth",
+        "name": {"phantom": "SAM3DPhantoms", "synth": "SAM3DSynth", "chest": "SAM3DChest"}[design],
         "description": f"{summary} (sam3d phantoms --design {design}, seed {seed}).",
-        "reference": f"sam3d.data.{'phantoms' if design == 'phantom' else 'synth'}",
+        "reference": f"sam3d.data.{'phantoms' if design == 'phantom' else design}",
         "licence": "CC0",
         "tensorImageSize": "3D",
         "channel_names": {"0": modality},

@@ -245,10 +245,8 @@ def _acquire(image: np.ndarray, lesion: np.ndarray, thickness: float, pixel: flo
     profile = max(1, int(round(thickness)))
     averaged = ndimage.uniform_filter1d(image, profile, axis=0) if profile > 1 else image
     fraction = ndimage.uniform_filter1d(lesion.astype(np.float32), profile, axis=0) if profile > 1 else lesion.astype(np.float32)
-    n = image.shape[0]
-    k = np.arange(0, n - 1, thickness)
-    ij = np.arange(0, n - 1, pixel)
-    grid = np.meshgrid(k, ij, ij, indexing="ij")
+    k, j, i = (np.arange(0, n - 1, step) for n, step in zip(image.shape, (thickness, pixel, pixel)))
+    grid = np.meshgrid(k, j, i, indexing="ij")
     sampled = ndimage.map_coordinates(averaged, grid, order=1, mode="nearest")
     covered = ndimage.map_coordinates(fraction, grid, order=1, mode="nearest")
     return sampled.astype(np.float32), (covered > 0.5).astype(np.uint8)

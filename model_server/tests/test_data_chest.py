@@ -1,0 +1,62 @@
+"""The chest CT phantom generator produces what its docstring claims."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from sam3d.data.chest import AIR_HU, LUNG_HU, MASS_MM, NODULE_MM, PIXEL_MM, SLICE_MM, generate_chest_case
+
+NODULE_SEED, MASS_SEED = 2, 0  # seeds whose tumour is of that kind
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return {seed: generate_chest_case(seed, matrix=256) for seed in (NODULE_SEED, MASS_SEED)}
+
+
+def _ring(label: np.ndarray) -> np.ndarray:
+    """In-plane ring 2-4 pixels around the tumour (the slices are thick: plane by plane)."""
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = True
+    outer = ndimage.binary_dilation(label, structure, iterations=4)
+    return outer & ~ndimage.binary_dilation(label, structure, iterations=2)
+
+
+def test_grid_sizes_and_kinds_are_within_the_stated_ranges(cases):
+    for seed, (image, label, stats) in cases.items():
+        assert image.array.shape == label.array.shape and image.array.shape[1:] in ((256, 256), (255, 255))
+        thickness, pixel, _ = image.spacing
+        assert SLICE_MM[0] <= thickness <= SLICE_MM[1]
+        assert 2 * PIXEL_MM[0] <= pixel <= 2 * PIXEL_MM[1]  # matrix 256: twice the 512 pixel
+        low, high = NODULE_MM if stats["kind"] == "nodule" else MASS_MM
+        assert low <= stats["diameter_mm"] <= high
+        assert ndimage.label(label.array)[1] >= 1 and label.array.sum() > 0
+    assert cases[NODULE_SEED][2]["kind"] == "nodule" and cases[MASS_SEED][2]["kind"] == "mass"
+
+
+def test_hounsfield_units_of_air_lung_and_tumour(cases):
+    for image, label, stats in cases.values():
+        volume, tumour = image.array, label.array > 0
+        assert abs(np.median(volume[:, :5, :5]) - AIR_HU) < 60  # outside the body
+        lungish = volume[(volume < -500) & (volume > -950)]
+        assert abs(np.median(lungish) - LUNG_HU) < 60
+        assert -40 < np.median(volume[tumour]) < 110, stats  # soft tissue (10-60 HU drawn, then partial volume)
+
+
+def test_a_nodule_lies_in_lung_and_a_mass_touches_soft_tissue(cases):
+    image, label, _ = cases[NODULE_SEED]
+    ring = image.array[_ring(label.array > 0)]
+    assert np.mean(ring < -500) > 0.8  # all round it: lung
+    image, label, _ = cases[MASS_SEED]
+    ring = image.array[_ring(label.array > 0)]
+    assert np.mean(ring < -500) > 0.3  # mostly lung ...
+    assert np.mean(ring > -200) > 0.05  # ... and it abuts the wall or the mediastinum
+
+
+def test_cases_are_a_pure_function_of_the_seed(cases):
+    image, label, stats = generate_chest_case(NODULE_SEED, matrix=256)
+    first = cases[NODULE_SEED]
+    assert np.array_equal(image.array, first[0].array) and np.array_equal(label.array, first[1].array)
+    assert stats == first[2]
