@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth, for a vit_b adapter checkpoint")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="the started server's --threads")
-    parser.add_argument("--click-pathway", default="3d", choices=("3d", "search"),
+    parser.add_argument("--click-pathway", default="3d", choices=("3d", "search", "gated"),
                         help="the started server's --click-pathway (default 3d)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="the started server's --compile / --no-compile (default: compile, as sam3d serve does)")

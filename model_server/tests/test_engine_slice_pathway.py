@@ -9,8 +9,8 @@ import pytest
 from sam3d.engine.predictor import Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _on_clicked_slices, _within_box
 from sam3d.engine.slice_pathway import (BOX_MARGIN_PX, LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
-                                        _propagation_margins, _SliceWindows,
-                                        correct_slice_by_slice, segment_slice_by_slice, volume_bounds)
+                                        _propagate, _propagation_margins, _SliceWindows, correct_slice_by_slice,
+                                        segment_from_click, segment_slice_by_slice, volume_bounds)
 
 
 @pytest.fixture(scope="module")
@@ -334,11 +334,31 @@ def test_a_box_search_decodes_boxes_of_one_size_and_place_on_one_embedded_window
     assert len(windows.embedded) == 3
 
 
+def test_a_box_search_larger_than_its_limit_is_refused_and_stops_early(ball, small_window_model):
+    """``max_voxels``: a search's mask that stays within it is the unlimited one; one that grows
+    past it comes back empty, and its propagation stopped as soon as it passed the limit."""
+    volume, mask = ball
+    bounds = volume_bounds(volume)
+    found = segment_from_click(small_window_model, volume, [12, 32, 30], (1.0, 1.0, 1.0), bounds)
+    assert found.sum() > 0.8 * mask.sum() and found[8:17].any(axis=(1, 2)).all()
+    within = segment_from_click(small_window_model, volume, [12, 32, 30], (1.0, 1.0, 1.0), bounds,
+                                max_voxels=int(found.sum()))
+    assert np.array_equal(within, found)
+    refused = segment_from_click(small_window_model, volume, [12, 32, 30], (1.0, 1.0, 1.0), bounds,
+                                 max_voxels=int(found.sum()) // 2)
+    assert not refused.any()
+    start = np.zeros_like(mask)
+    start[12] = found[12]
+    _propagate(small_window_model, volume, bounds, start, 12, 1, max_voxels=int(found[12].sum()) + 1)
+    assert start[13].any() and not start[14:].any()  # past the limit after one slice: stopped there
+
+
 def test_the_click_pathway_is_3d_unless_search_is_asked_for(ball, tiny_model):
     predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
     volume, _ = ball
     assert Session(predictor, volume, (1.0, 1.0, 1.0)).click_pathway == "3d"
     assert Session(predictor, volume, (1.0, 1.0, 1.0), click_pathway="search").click_pathway == "search"
+    assert Session(predictor, volume, (1.0, 1.0, 1.0), click_pathway="gated").click_pathway == "gated"
     assert Session(Predictor.load(tiny_model, device="cpu", box_pathway="3d"), volume, (1.0, 1.0, 1.0),
                    click_pathway="search").click_pathway == "3d"  # boxes not on the 2D pathway: no search
     with pytest.raises(ValueError, match="click_pathway"):

@@ -97,11 +97,12 @@ class Predictor:
         return mask
 
     def segment_click_2d(self, volume: np.ndarray, point_kji: np.ndarray, spacing, bounds: tuple[float, float],
-                         proposal: np.ndarray | None = None) -> np.ndarray:
+                         proposal: np.ndarray | None = None, max_voxels: int | None = None) -> np.ndarray:
         """A first click through LiteMedSAM's 2D pathway by a box search on its slice
-        (``slice_pathway.segment_from_click``; ``proposal``: the 3D model's mask on that slice)."""
+        (``slice_pathway.segment_from_click``; ``proposal``: the 3D model's mask on that slice;
+        empty past ``max_voxels``)."""
         with self._encode_lock, torch.inference_mode():
-            mask = segment_from_click(self._slice_pathway(), volume, point_kji, spacing, bounds, proposal)
+            mask = segment_from_click(self._slice_pathway(), volume, point_kji, spacing, bounds, proposal, max_voxels)
             self.encoder_runs += 1
         return mask
 

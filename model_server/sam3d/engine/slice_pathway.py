@@ -256,17 +256,21 @@ def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float,
 
 
 def segment_from_click(model: LiteMedSAM2D, volume: np.ndarray, click_kji: Sequence[float], spacing: Sequence[float],
-                       bounds: tuple[float, float] | None = None, proposal: np.ndarray | None = None) -> np.ndarray:
+                       bounds: tuple[float, float] | None = None, proposal: np.ndarray | None = None,
+                       max_voxels: int | None = None) -> np.ndarray:
     """3D bool mask from a first click: its slice answered by a box search (``_box_from_click``;
     ``proposal``: the 3D model's mask on that slice, one more start), then propagated along k as
-    a box's mask is. Empty when no box's mask holds the click."""
+    a box's mask is. Empty when no box's mask holds the click, or when the mask grows past
+    ``max_voxels`` (the propagation stops there: no time is spent on an answer that is refused)."""
     bounds = volume_bounds(volume) if bounds is None else bounds
     k, j, i = (int(round(float(v))) for v in click_kji)
     mask = np.zeros(volume.shape, dtype=bool)
     mask[k] = _box_from_click(model, volume[k], bounds, j, i, spacing[1:], proposal)
     if mask[k].any():
         for direction in (-1, 1):
-            _propagate(model, volume, bounds, mask, k, direction)
+            _propagate(model, volume, bounds, mask, k, direction, max_voxels=max_voxels)
+    if max_voxels is not None and mask.sum() > max_voxels:
+        mask[:] = False
     return mask
 
 
@@ -449,7 +453,7 @@ def _remove_at(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, floa
 
 def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], mask: np.ndarray,
                start: int, direction: int, slices: range | None = None, limit: np.ndarray | None = None,
-               reference: int | None = None) -> None:
+               reference: int | None = None, max_voxels: int | None = None) -> None:
     """Carry ``mask[start]`` into the empty slices beyond it along ``direction``, each prompted
     with the previous slice's mask box plus a margin (``_propagation_margins``: the first that keeps
     to the rules below; kept inside ``limit``, a 3D box's rectangle), until a slice comes back
@@ -457,13 +461,16 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
     contrast of ``mask[start]`` and, where given, also of ``mask[reference]``: after a correction's
     fill, the slice it came from; without a 3D box on the far side of the object too, since no
     box says where it ends: a 3D box's first slice can be a faint partial-volume end, against
-    whose contrast the lesion's core lies far past it)."""
+    whose contrast the lesion's core lies far past it). Stops once the mask holds more than
+    ``max_voxels``."""
     slices = range(volume.shape[0]) if slices is None else slices
+    filled = int(mask.sum()) if max_voxels is not None else 0
     previous, k = mask[start], start + direction
     contrasts = [_contrast(volume[index], mask[index]) if mask[index].sum() >= MIN_AREA_PX else None
                  for index in ([start] if reference is None else [start, reference])]
     retried = False  # once the tighter box was needed the object tapers off: later masks must look like it
-    while k in slices and previous.sum() >= MIN_AREA_PX and not mask[k].any():
+    while (k in slices and previous.sum() >= MIN_AREA_PX and not mask[k].any()
+           and (max_voxels is None or filled <= max_voxels)):
         for attempt, margin in enumerate(_propagation_margins(previous, contrasts[0])):
             box = _mask_box(previous, margin)
             if limit is not None:
@@ -478,6 +485,7 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
         else:
             break
         mask[k] = current
+        filled += int(current.sum())
         previous, k = current, k + direction
 
 

@@ -90,12 +90,13 @@ def register(subparsers) -> None:
     model.add_argument("--sam-checkpoint", default=None,
                        help="SAM's sam_vit_b_01ec64.pth, for a vit_b adapter checkpoint")
     model.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    model.add_argument("--click-pathway", default=d.click_pathway, choices=("3d", "search"),
+    model.add_argument("--click-pathway", default=d.click_pathway, choices=("3d", "search", "gated"),
                        help="who answers an object's first click: 3d (default) = the 3D model, the fastest on a "
                             "CPU; search = LiteMedSAM's 2D pathway from the box that fits the click's slice best, "
                             "then corrections as after a box: the better masks on real images, but seconds of 2D "
-                            "slices on a CPU (docs/BENCHMARKS.md). Models whose boxes go to the 2D pathway; "
-                            "others answer with the 3D model")
+                            "slices on a CPU (docs/BENCHMARKS.md); gated = the 3D model, replaced by the "
+                            "search's mask where that holds the 3D mask whole or lies inside it. Models whose "
+                            "boxes go to the 2D pathway; others answer with the 3D model")
     model.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                        help="compile the lite model's frozen TinyViT for this CPU at start (torch.compile; needs a "
                             "C++ compiler): first clicks about 1.4x faster. The first start on a machine takes one to "

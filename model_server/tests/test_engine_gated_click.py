@@ -1,0 +1,77 @@
+"""The gated first click (``Session(click_pathway="gated")``) with the bundled default model on
+chest CT phantoms: the box search's mask replaces the 3D model's where it found the same object
+whole, and is refused where it found the lung around a small nodule."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from sam3d.data.chest import generate_chest_case
+from sam3d.data.clicks import centre_click
+from sam3d.data.phantoms import case_seed
+from sam3d.engine.predictor import Predictor
+from sam3d.engine.session import GATE_RATIO, Session, _search_agrees
+from sam3d.model.checkpoint import BUNDLED_MODELS
+
+pytestmark = pytest.mark.skipif(not BUNDLED_MODELS["default"].is_file(), reason="the bundled default model is not there")
+
+CHEST_DEV_SEED = 5  # `sam3d phantoms --design chest --seed 5`: the development set of docs/BENCHMARKS.md
+MASS, SMALL_NODULE = 1, 6  # its cases 1 (a 64 ml mass) and 6 (a 0.2 ml nodule)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.load("default", device="cpu")
+
+
+@functools.lru_cache(maxsize=2)
+def _chest_case(case: int):
+    return generate_chest_case(case_seed(CHEST_DEV_SEED, case))
+
+
+def _first_click(predictor: Predictor, case: int, pathway: str) -> tuple[np.ndarray, np.ndarray, Session]:
+    image, label, _ = _chest_case(case)
+    target = label.array > 0
+    session = Session(predictor, image.array, image.spacing, click_pathway=pathway)
+    session.interact([centre_click(target, image.spacing)], [1])
+    return session.mask.copy(), target, session
+
+
+def _dice(found: np.ndarray, truth: np.ndarray) -> float:
+    return 2 * np.count_nonzero(found & truth) / (np.count_nonzero(found) + np.count_nonzero(truth))
+
+
+def test_a_search_agrees_when_it_holds_the_3d_mask_whole_or_lies_inside_it():
+    """The rule on masks drawn by hand: the 3D mask is a 4 x 4 x 4 cube at (4, 4, 4) of a 12^3 box."""
+    box = ((4, 4, 4), (8, 8, 8))
+    three_d = np.ones((4, 4, 4), dtype=bool)
+    search_box = ((0, 0, 0), (12, 12, 12))
+    grown = np.zeros((12, 12, 12), dtype=bool)
+    grown[3:9, 3:9, 3:9] = True  # holds the cube, 3.4x its voxels
+    assert _search_agrees(box, three_d, search_box, grown)
+    organ = np.ones((12, 12, 12), dtype=bool)  # holds it too, but 27x its voxels
+    assert GATE_RATIO < 27 and not _search_agrees(box, three_d, search_box, organ)
+    trimmed = np.zeros((12, 12, 12), dtype=bool)
+    trimmed[5:7, 5:7, 5:7] = True  # inside it
+    assert _search_agrees(box, three_d, search_box, trimmed)
+    beside = np.zeros((12, 12, 12), dtype=bool)
+    beside[0:4, 0:4, 0:4] = True  # as large, elsewhere
+    beside[4, 4, 4] = True
+    assert not _search_agrees(box, three_d, search_box, beside)
+
+
+def test_the_search_replaces_a_3d_mask_that_holds_only_part_of_a_mass(predictor):
+    three_d, target, _ = _first_click(predictor, MASS, "3d")
+    gated, _, session = _first_click(predictor, MASS, "gated")
+    assert session._made_in_2d  # corrections go to the 2D pathway, as after a box
+    assert _dice(gated, target) >= 0.9 and _dice(gated, target) > _dice(three_d, target) + 0.2
+
+
+def test_the_search_is_refused_where_it_finds_the_lung_around_a_small_nodule(predictor):
+    three_d, _, _ = _first_click(predictor, SMALL_NODULE, "3d")
+    gated, _, session = _first_click(predictor, SMALL_NODULE, "gated")
+    assert not session._made_in_2d
+    assert np.array_equal(gated, three_d)
