@@ -53,6 +53,7 @@ MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
 RING_PX = 3  # the surroundings a slice mask's contrast is measured against
 END_CONTRAST = -0.25  # a slice mask this far beyond the surroundings (in units of the object's contrast) left it
+END_CONTRAST_UNBOXED = 0.0  # ... and this far where no 3D box says where the object ends (2D boxes, clicks)
 MIN_CONTRAST_STD = 0.5  # an object standing out from its ring by less than this times its std: no end rule
 BOUNDS_STRIDE = 2  # volume_bounds reads every 2nd voxel along each axis (1/8 of the volume)
 CLICK_BOX_HALF_MM = (4.0, 8.0, 16.0, 32.0)  # a click's candidate boxes: squares this far around it, in mm
@@ -476,7 +477,8 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
             if limit is not None:
                 box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
             current = _segment_slice(model, volume[k], bounds, box=box, previous=previous)
-            likeness = RETRY_MIN_LIKENESS if retried or attempt > 0 else END_CONTRAST
+            likeness = (RETRY_MIN_LIKENESS if retried or attempt > 0
+                        else END_CONTRAST if limit is not None else END_CONTRAST_UNBOXED)
             if _keeps_growth_rule(current, previous) and not any(
                     _left_the_object(volume[k], current, c, likeness, beyond=limit is None)
                     for c in contrasts):
@@ -524,9 +526,11 @@ def _left_the_object(plane: np.ndarray, plane_mask: np.ndarray, contrast: tuple[
     with ``beyond``, above ``2 - likeness`` (as far past the object, away from its surroundings:
     a brighter structure beyond a bright lesion's end, such as bone or another organ). The
     default, ``END_CONTRAST``, is beyond the surroundings by a quarter of the object's contrast
-    (LiteMedSAM, given a box, segments whatever the box holds once the object has ended). Not at
-    0: a real tumour's slice can be as dark as its start slice's ring (docs/BENCHMARKS.md, "Where
-    the 2D pathway's propagation ends")."""
+    (LiteMedSAM, given a box, segments whatever the box holds once the object has ended): inside
+    a 3D box, not at 0, since a real tumour's slice can be as dark as its start slice's ring
+    (docs/BENCHMARKS.md, "Where the 2D pathway's propagation ends"). Without a 3D box
+    ``_propagate`` asks for ``END_CONTRAST_UNBOXED`` (no darker than the surroundings), which
+    stopped masses against the chest wall (docs/BENCHMARKS.md, "The end rule re-made")."""
     if contrast is None:
         return False
     inside, around = contrast
