@@ -242,10 +242,7 @@ class Session:
             proposal = self._proposal(box, patches)
             if (self.click_pathway != "3d" and new_box is None and self.box is None and self.voxels == 0
                     and len(points) == 1 and labels[0] == 1):  # a new object's first click
-                limit = GATE_RATIO * int(np.count_nonzero(proposal)) if self.click_pathway == "gated" else None
-                searched = self._search_2d(box, proposal, points[0], limit) if limit != 0 else None
-                if searched is not None and limit is not None and not _search_agrees(box, proposal, *searched[0]):
-                    searched = None
+                searched = self._first_click_search(box, proposal, points[0])
                 self._searched = searched is not None  # else the 3D mask stands, corrected as one
                 if searched is not None:
                     (box, proposal), seconds = searched
@@ -428,6 +425,18 @@ class Session:
         region = _union([(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), _tight_box(mask) or EMPTY_BOX])
         patch = mask[_slices(region)].astype(np.float32)
         return (region, patch), time.perf_counter() - start
+
+    def _first_click_search(self, box: Box, proposal: np.ndarray,
+                            click: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
+        """The box search's answer to a new object's first click (``_search_2d``), or None where
+        the 3D mask (``proposal`` inside ``box``) stands: "search" takes any answer; "gated" asks
+        no more than ``GATE_RATIO`` times the 3D mask's voxels of it (none of an empty 3D mask)
+        and keeps it only where the two agree (``_search_agrees``)."""
+        if self.click_pathway == "search":
+            return self._search_2d(box, proposal, click)
+        limit = GATE_RATIO * int(np.count_nonzero(proposal))
+        searched = self._search_2d(box, proposal, click, limit) if limit > 0 else None
+        return searched if searched is not None and _search_agrees(box, proposal, *searched[0]) else None
 
     def _search_2d(self, box: Box, proposal: np.ndarray, click: np.ndarray,
                    max_voxels: int | None = None) -> tuple[tuple[Box, np.ndarray], float] | None:
