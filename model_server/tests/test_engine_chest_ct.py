@@ -1,4 +1,5 @@
-"""The engine on chest CT phantoms (`sam3d phantoms --design chest`): the gated first click
+"""The engine on chest CT phantoms (`sam3d phantoms --design chest`): a first click's threshold
+chosen by the image's edges (a mass taken whole), the gated first click
 (``Session(click_pathway="gated")``) with the bundled default model - the box search's mask
 replaces the 3D model's where it found the same object whole, and is refused where it found the
 lung around a small nodule - and a 2D box's propagation, which stops at a mass's end."""
@@ -13,6 +14,7 @@ import pytest
 from sam3d.data.chest import generate_chest_case
 from sam3d.data.clicks import centre_click
 from sam3d.data.phantoms import case_seed
+from sam3d.engine import edge_threshold
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import GATE_RATIO, Session, _search_agrees
 from sam3d.engine.slice_pathway import LiteMedSAM2D, segment_slice_by_slice, volume_bounds
@@ -66,7 +68,19 @@ def test_a_search_agrees_when_it_holds_the_3d_mask_whole_or_lies_inside_it():
     assert not _search_agrees(box, three_d, search_box, beside)
 
 
-def test_the_search_replaces_a_3d_mask_that_holds_only_part_of_a_mass(predictor):
+def test_a_first_click_on_a_mass_is_thresholded_where_the_mass_ends(predictor, monkeypatch):
+    """At 0.5 the 3D model's mask holds a core of the mass; the edge-chosen threshold takes it
+    whole, and the 2D pathway corrects it from then on."""
+    found, target, session = _first_click(predictor, MASS, "3d")
+    assert session._made_in_2d
+    monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)  # no threshold but 0.5
+    at_half, _, fixed = _first_click(predictor, MASS, "3d")
+    assert not fixed._made_in_2d
+    assert _dice(found, target) >= 0.9 and _dice(found, target) > _dice(at_half, target) + 0.2
+
+
+def test_the_search_replaces_a_3d_mask_that_holds_only_part_of_a_mass(predictor, monkeypatch):
+    monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)  # the 3D model's mask at 0.5: a core
     three_d, target, _ = _first_click(predictor, MASS, "3d")
     gated, _, session = _first_click(predictor, MASS, "gated")
     assert session._made_in_2d  # corrections go to the 2D pathway, as after a box
@@ -74,7 +88,8 @@ def test_the_search_replaces_a_3d_mask_that_holds_only_part_of_a_mass(predictor)
 
 
 def test_the_search_is_refused_where_it_finds_the_lung_around_a_small_nodule(predictor):
-    three_d, _, _ = _first_click(predictor, SMALL_NODULE, "3d")
+    three_d, _, first = _first_click(predictor, SMALL_NODULE, "3d")
+    assert not first._made_in_2d  # its threshold stays 0.5: the nodule's edge is the 0.5 mask's
     gated, _, session = _first_click(predictor, SMALL_NODULE, "gated")
     assert not session._made_in_2d
     assert np.array_equal(gated, three_d)

@@ -22,7 +22,10 @@ the object's mask:
    shifted half a crop across that face is predicted as well (at most ``max_crops`` crops per
    interaction) and the crops are fused by the maximum foreground probability.
 5. The fused probability is pasted back on the native voxels the crops cover and thresholded
-   at 0.5; voxels outside every crop keep their previous value.
+   at 0.5; voxels outside every crop keep their previous value. A new object's first click (with
+   a model whose boxes go to the 2D pathway) is thresholded where the first crop's mask boundary
+   meets the image's edge (``edge_threshold.py``; 0.5 or lower, then only the clicked part is
+   kept), and a mask thresholded lower is corrected as the 2D pathway's.
 
 A request either completes or leaves the session as it was (state is changed only at the end).
 """
@@ -41,6 +44,7 @@ from ..data.clicks import label_objects
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
+from .edge_threshold import DEFAULT_THRESHOLD, clicked_parts, edge_threshold
 from .predictor import Predictor
 from .slice_pathway import correction_box, is_3d_box, volume_bounds
 
@@ -187,7 +191,10 @@ class Session:
         self._history: list[_HistoryEntry] = []
         self._extent: Box = EMPTY_BOX  # box that holds every foreground voxel of the mask
         self._intensity_bounds: tuple[float, float] | None = None  # the 2D box pathway's, once per volume
-        self._searched = False  # the object's first click was answered by the 2D pathway's box search
+        # the object's first click was answered by the 2D pathway's box search, or by the 3D model at
+        # a threshold below 0.5 that the 3D model's later answers (at 0.5) would undo: its
+        # corrections go to the 2D pathway, as after a box
+        self._click_mask_corrected_in_2d = False
         self._lock = threading.Lock()
 
     # -- public API -----------------------------------------------------------------------
@@ -217,6 +224,8 @@ class Session:
                 patches.append(patch)
                 encode_s += seconds
             queue = [] if corrected is not None else self._place_crops(points, labels, None if box_2d else new_box)
+            chooses_threshold = self._chooses_threshold(new_box, corrected, labels)
+            threshold = DEFAULT_THRESHOLD
             while queue and len(done) < self.max_crops:
                 geometry = queue.pop(0)
                 if any(g.key == geometry.key for g in done):
@@ -225,25 +234,32 @@ class Session:
                 encode_s += seconds
                 crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels,
                                                          prompt_box if self.predictor.config.box_prompt else None)
-                region = self._proposal(geometry.source_box(), patches)
+                region = self._proposal(geometry.source_box(), patches, threshold)
                 probability = self.predictor.predict(
                     features, crop_points, crop_labels,
                     mask_prompt(geometry, region) if region.any() else None)
                 self.decoder_runs += 1
+                if chooses_threshold and not done:
+                    threshold = self._first_click_threshold(geometry, probability, points[labels == 1][0])
                 patches.append(paste_back(geometry, probability))
                 done.append(geometry)
-                for axis, direction in touched_faces(probability > 0.5):
+                for axis, direction in touched_faces(probability > threshold):
                     if not geometry.at_volume_edge(axis, direction):
                         neighbour = geometry.shifted(axis, direction)
                         if not any(g.contains([neighbour.center], margin=geometry.size / 8)
                                    for g in done + queue):
                             queue.append(neighbour)
             box = _union([patch_box for patch_box, _ in patches])
-            proposal = self._proposal(box, patches)
+            proposal = self._proposal(box, patches, threshold)
+            if threshold != DEFAULT_THRESHOLD:  # a lower threshold keeps only the clicked object
+                proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]),
+                                          self.mask[_slices(box)])
+            # for a new object's first click: whether the 2D pathway will correct its mask
+            corrected_in_2d = threshold != DEFAULT_THRESHOLD if chooses_threshold else None
             if (self.click_pathway != "3d" and new_box is None and self.box is None and self.voxels == 0
                     and len(points) == 1 and labels[0] == 1):  # a new object's first click
                 searched = self._first_click_search(box, proposal, points[0])
-                self._searched = searched is not None  # else the 3D mask stands, corrected as one
+                corrected_in_2d = bool(corrected_in_2d) or searched is not None  # else the 3D mask stands
                 if searched is not None:
                     (box, proposal), seconds = searched
                     encode_s += seconds
@@ -257,6 +273,8 @@ class Session:
             change = self._commit(box, proposal, points=all_points,
                                   labels=all_labels, prompt_box=prompt_box,
                                   interactions=self.interactions + 1)
+            if corrected_in_2d is not None:
+                self._click_mask_corrected_in_2d = corrected_in_2d
             total_ms = (time.perf_counter() - start) * 1000
             change.encoder_ran = self.encoder_runs > encoder_before
             change.crops = len(done)
@@ -313,7 +331,7 @@ class Session:
             self.voxels = 0
             self.points, self.labels = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
             self.box = None
-            self._searched = False
+            self._click_mask_corrected_in_2d = False
             self.interactions = 0
             self._history.clear()
             self._extent = EMPTY_BOX
@@ -466,9 +484,9 @@ class Session:
 
     @property
     def _made_in_2d(self) -> bool:
-        """Whether the object's mask is the 2D pathway's: its box, or its first click's box
-        search, went there."""
-        return self.predictor.box_pathway == "2d" and (self.box is not None or self._searched)
+        """Whether the object's mask is corrected as the 2D pathway's: its box, or its first click's
+        box search, went there, or its first click's answer was thresholded below 0.5."""
+        return self.predictor.box_pathway == "2d" and (self.box is not None or self._click_mask_corrected_in_2d)
 
     def _correct_2d(self, points: np.ndarray, labels: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
         """The clicks answered one after the other by the 2D pathway -> (patch over what changed,
@@ -488,9 +506,25 @@ class Session:
         region = _tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
         return (region, mask[_slices(region)].astype(np.float32)), time.perf_counter() - start
 
-    def _proposal(self, box: Box, patches: list[tuple[Box, np.ndarray]]) -> np.ndarray:
+    def _chooses_threshold(self, new_box: np.ndarray | None, corrected, labels: np.ndarray) -> bool:
+        """Whether this interaction is a new object's first clicks, answered by the 3D model alone
+        (no box, no mask yet, a positive click): its threshold is then chosen by the image's edges.
+        Only for a model whose crops are scaled by their own percentiles (``edge_threshold``'s
+        floor is in those units) and whose boxes go to the 2D pathway (which then corrects the
+        mask: at 0.5 the 3D model's next answer would undo a lower threshold's extent)."""
+        return (self.predictor.box_pathway == "2d" and self.predictor.preset.kind == "percentile"
+                and new_box is None and self.box is None and corrected is None and self.voxels == 0
+                and bool((labels == 1).any()))
+
+    def _first_click_threshold(self, geometry: CropGeometry, probability, click: np.ndarray) -> float:
+        """The threshold of a first click's answer in its crop (``edge_threshold``)."""
+        image = extract_crop(self.volume, geometry, self.predictor.preset)[0, 0].numpy()
+        return edge_threshold(image, probability.numpy(), geometry.to_crop(click)[0])
+
+    def _proposal(self, box: Box, patches: list[tuple[Box, np.ndarray]],
+                  threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
         """The object's mask inside ``box`` with the patches predicted so far fused in: where
-        any patch covers a voxel, the maximum probability > 0.5 decides, elsewhere the mask."""
+        any patch covers a voxel, the maximum probability > ``threshold`` decides, elsewhere the mask."""
         fused = np.full(_size(box), -1.0, dtype=np.float32)
         for patch_box, probability in patches:
             overlap = _intersection(box, patch_box)
@@ -499,7 +533,7 @@ class Session:
             target = fused[_slices(overlap, origin=box[0])]
             np.maximum(target, probability[_slices(overlap, origin=patch_box[0])], out=target)
         current = self.mask[_slices(box)]
-        return np.where(fused >= 0, fused > 0.5, current)
+        return np.where(fused >= 0, fused > threshold, current)
 
     def _commit(self, box: Box, new: np.ndarray, points: np.ndarray, labels: np.ndarray,
                 prompt_box: np.ndarray | None, interactions: int) -> MaskChange:

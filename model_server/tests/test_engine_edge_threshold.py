@@ -1,0 +1,57 @@
+"""A first click's threshold chosen by the image's edges (``engine/edge_threshold.py``), on crops
+drawn by hand: a lower threshold is taken where its mask's boundary is the object's edge, and not
+where the image has no edge there."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sam3d.engine.edge_threshold import DEFAULT_THRESHOLD, MIN_EDGE, boundary_edge, click_component, edge_threshold
+
+SIZE = 48
+CENTRE = np.array([24.0, 24.0, 24.0])
+
+
+def _radius() -> np.ndarray:
+    grid = np.indices((SIZE,) * 3).astype(np.float32)
+    return np.sqrt(sum((axis - c) ** 2 for axis, c in zip(grid, CENTRE)))
+
+
+def _timid_probability(radius: np.ndarray) -> np.ndarray:
+    """A model's answer that is sure of a core (radius 5) and only 0.2 sure of the rest of a
+    ball of radius 12."""
+    return np.where(radius <= 5, 0.9, np.where(radius <= 12, 0.2, 0.01)).astype(np.float32)
+
+
+def test_a_lower_threshold_is_taken_where_its_boundary_is_the_objects_edge():
+    radius = _radius()
+    image = np.where(radius <= 12, 0.6, 0.05).astype(np.float32)  # a mass in lung: a strong step at 12
+    threshold = edge_threshold(image, _timid_probability(radius), CENTRE)
+    assert threshold < 0.2  # the whole ball (radius 12), not its core
+    mask = click_component(_timid_probability(radius) > threshold, CENTRE)
+    assert abs(int(mask.sum()) - int((radius <= 12).sum())) < 0.05 * (radius <= 12).sum()
+
+
+def test_the_default_threshold_stands_where_the_image_has_no_edge_there():
+    radius = _radius()
+    flat = np.full((SIZE,) * 3, 0.4, dtype=np.float32)
+    assert edge_threshold(flat, _timid_probability(radius), CENTRE) == DEFAULT_THRESHOLD
+    faint = np.where(radius <= 12, 0.42, 0.4).astype(np.float32)  # a lesion of like intensity in an organ
+    edge = boundary_edge(np.sqrt(sum(g ** 2 for g in np.gradient(faint))), radius <= 12)
+    assert edge < MIN_EDGE
+    assert edge_threshold(faint, _timid_probability(radius), CENTRE) == DEFAULT_THRESHOLD
+
+
+def test_the_default_threshold_stands_where_the_core_already_ends_on_the_edge():
+    radius = _radius()
+    image = np.where(radius <= 5, 0.6, 0.05).astype(np.float32)  # a nodule: the step is at the core
+    assert edge_threshold(image, _timid_probability(radius), CENTRE) == DEFAULT_THRESHOLD
+
+
+def test_the_clicked_part_is_kept_or_the_nearest_one():
+    mask = np.zeros((10, 10, 10), dtype=bool)
+    mask[1:3, 1:3, 1:3] = True
+    mask[6:9, 6:9, 6:9] = True
+    assert click_component(mask, np.array([7.2, 7.0, 6.8])).sum() == 27
+    assert click_component(mask, np.array([3.4, 3.0, 3.0])).sum() == 8  # nearest part: the small one
+    assert not click_component(np.zeros((4, 4, 4), dtype=bool), np.array([1.0, 1.0, 1.0])).any()
