@@ -1,6 +1,6 @@
 """A first click's threshold chosen by the image's edges (``engine/edge_threshold.py``), on crops
-drawn by hand: a lower threshold is taken where its mask's boundary is the object's edge, and not
-where the image has no edge there."""
+drawn by hand: a lower or higher threshold is taken where its mask's boundary is the object's
+edge, and not where the image has no edge there."""
 
 from __future__ import annotations
 
@@ -46,6 +46,15 @@ def test_the_default_threshold_stands_where_the_core_already_ends_on_the_edge():
     radius = _radius()
     image = np.where(radius <= 5, 0.6, 0.05).astype(np.float32)  # a nodule: the step is at the core
     assert edge_threshold(image, _timid_probability(radius), CENTRE) == DEFAULT_THRESHOLD
+
+
+def test_a_higher_threshold_is_taken_where_the_half_mask_reaches_past_a_nodule():
+    radius = _radius()
+    overreaching = np.where(radius <= 5, 0.95, np.where(radius <= 9, 0.55, 0.01)).astype(np.float32)
+    image = np.where(radius <= 5, 0.6, 0.05).astype(np.float32)  # the nodule ends at 5
+    threshold = edge_threshold(image, overreaching, CENTRE)
+    assert threshold > 0.55
+    assert click_component(overreaching > threshold, CENTRE).sum() == (radius <= 5).sum()
 
 
 def test_the_clicked_part_is_kept_or_the_nearest_one():

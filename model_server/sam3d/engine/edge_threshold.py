@@ -1,14 +1,16 @@
 """The threshold of a first click's answer, chosen where the mask's boundary meets the image's edge.
 
-The 3D model's foreground probability after one click is often right in shape but too timid in
-extent: on a large mass it holds a core of the mass at 0.5 and the rest of it at 0.02-0.3
-(docs/BENCHMARKS.md, "A first click's threshold chosen by the image's edges"). Which extent is the
-object's is a question the image answers: the object's own boundary is where the intensity steps.
+The 3D model's foreground probability after one click is often right in shape but wrong in
+extent: on a large mass it holds a core of the mass at 0.5 and the rest of it at 0.02-0.3, and on
+a small nodule its 0.5 mask reaches past the nodule (docs/BENCHMARKS.md, "A first click's
+threshold chosen by the image's edges"). Which extent is the object's is a question the image
+answers: the object's own boundary is where the intensity steps.
 So, on the first crop of an object's first click, masks are taken at ``CANDIDATES`` (the connected
 part of ``probability > t`` that holds the click) and each scored by the mean gradient magnitude of
 the crop's normalised image (smoothed, sigma one crop voxel) on its boundary (the voxels either side
-of it). A lower threshold is taken only where its boundary is clearly on an edge: its score is the
-highest, at least ``MIN_GAIN`` times the 0.5 mask's and at least ``MIN_EDGE`` (crop intensities run
+of it). Another threshold than 0.5 is taken only where its boundary is clearly on an edge: its
+score is the highest (the candidate nearest 0.5 wins a tie), at least ``MIN_GAIN`` times the 0.5
+mask's and at least ``MIN_EDGE`` (crop intensities run
 0..1 between their 0.5 / 99.5 percentiles, the ``percentile`` preset) - a lesion of like intensity
 inside an organ has no such edge, and there the 0.5 mask stands. Chosen on the development sets only
 (chest CT phantoms, real MRI, phantoms dev, synthetic validation).
@@ -20,7 +22,7 @@ import numpy as np
 from scipy import ndimage  # connected parts, distance and smoothing on a 64^3 crop: a few ms each
 
 DEFAULT_THRESHOLD = 0.5
-CANDIDATES = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.025)
+CANDIDATES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.025)
 MIN_GAIN = 1.1
 MIN_EDGE = 0.06
 
@@ -64,7 +66,7 @@ def edge_threshold(image: np.ndarray, probability: np.ndarray, point: np.ndarray
     smoothed = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), 1.0)
     gradient = np.sqrt(sum(axis ** 2 for axis in np.gradient(smoothed)))
     scores = {t: boundary_edge(gradient, click_component(probability > t, point)) for t in CANDIDATES}
-    best = max(CANDIDATES, key=lambda t: scores[t])
+    best = max(sorted(CANDIDATES, key=lambda t: abs(t - DEFAULT_THRESHOLD)), key=lambda t: scores[t])
     if best != DEFAULT_THRESHOLD and scores[best] >= max(MIN_EDGE, MIN_GAIN * scores[DEFAULT_THRESHOLD]):
         return best
     return DEFAULT_THRESHOLD

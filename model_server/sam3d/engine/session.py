@@ -24,8 +24,8 @@ the object's mask:
 5. The fused probability is pasted back on the native voxels the crops cover and thresholded
    at 0.5; voxels outside every crop keep their previous value. A new object's first click (with
    a model whose boxes go to the 2D pathway) is thresholded where the first crop's mask boundary
-   meets the image's edge (``edge_threshold.py``; 0.5 or lower, then only the clicked part is
-   kept), and a mask thresholded lower is corrected as the 2D pathway's.
+   meets the image's edge (``edge_threshold.py``; 0.025-0.9, where not 0.5 only the clicked part
+   is kept), and a mask thresholded otherwise than at 0.5 is corrected as the 2D pathway's.
 
 A request either completes or leaves the session as it was (state is changed only at the end).
 """
@@ -192,7 +192,7 @@ class Session:
         self._extent: Box = EMPTY_BOX  # box that holds every foreground voxel of the mask
         self._intensity_bounds: tuple[float, float] | None = None  # the 2D box pathway's, once per volume
         # the object's first click was answered by the 2D pathway's box search, or by the 3D model at
-        # a threshold below 0.5 that the 3D model's later answers (at 0.5) would undo: its
+        # a threshold other than 0.5 that the 3D model's later answers (at 0.5) would undo: its
         # corrections go to the 2D pathway, as after a box
         self._click_mask_corrected_in_2d = False
         self._lock = threading.Lock()
@@ -251,7 +251,7 @@ class Session:
                             queue.append(neighbour)
             box = _union([patch_box for patch_box, _ in patches])
             proposal = self._proposal(box, patches, threshold)
-            if threshold != DEFAULT_THRESHOLD:  # a lower threshold keeps only the clicked object
+            if threshold != DEFAULT_THRESHOLD:  # keep only the clicked object
                 proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]),
                                           self.mask[_slices(box)])
             # for a new object's first click: whether the 2D pathway will correct its mask
@@ -485,7 +485,7 @@ class Session:
     @property
     def _made_in_2d(self) -> bool:
         """Whether the object's mask is corrected as the 2D pathway's: its box, or its first click's
-        box search, went there, or its first click's answer was thresholded below 0.5."""
+        box search, went there, or its first click's answer was thresholded otherwise than at 0.5."""
         return self.predictor.box_pathway == "2d" and (self.box is not None or self._click_mask_corrected_in_2d)
 
     def _correct_2d(self, points: np.ndarray, labels: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
@@ -511,7 +511,7 @@ class Session:
         (no box, no mask yet, a positive click): its threshold is then chosen by the image's edges.
         Only for a model whose crops are scaled by their own percentiles (``edge_threshold``'s
         floor is in those units) and whose boxes go to the 2D pathway (which then corrects the
-        mask: at 0.5 the 3D model's next answer would undo a lower threshold's extent)."""
+        mask: at 0.5 the 3D model's next answer would undo the chosen threshold's extent)."""
         return (self.predictor.box_pathway == "2d" and self.predictor.preset.kind == "percentile"
                 and new_box is None and self.box is None and corrected is None and self.voxels == 0
                 and bool((labels == 1).any()))
