@@ -1,5 +1,5 @@
 """The engine on chest CT phantoms (`sam3d phantoms --design chest`): a first click's threshold
-chosen by the image's edges (a mass taken whole), the gated first click
+chosen by the image's edges (a mass taken whole, a nodule cut back to its edge), the gated first click
 (``Session(click_pathway="gated")``) with the bundled default model - the box search's mask
 replaces the 3D model's where it found the same object whole, and is refused where it found the
 lung around a small nodule - and a 2D box's propagation, which stops at a mass's end."""
@@ -87,9 +87,20 @@ def test_the_search_replaces_a_3d_mask_that_holds_only_part_of_a_mass(predictor,
     assert _dice(gated, target) >= 0.9 and _dice(gated, target) > _dice(three_d, target) + 0.2
 
 
-def test_the_search_is_refused_where_it_finds_the_lung_around_a_small_nodule(predictor):
-    three_d, _, first = _first_click(predictor, SMALL_NODULE, "3d")
-    assert not first._made_in_2d  # its threshold stays 0.5: the nodule's edge is the 0.5 mask's
+def test_a_first_click_on_a_small_nodule_is_cut_back_to_its_edge(predictor, monkeypatch):
+    """At 0.5 the 3D model's mask reaches past a 0.2 ml nodule (687 voxels for 106); a higher
+    threshold's boundary lies on the nodule's edge."""
+    found, target, session = _first_click(predictor, SMALL_NODULE, "3d")
+    assert session._made_in_2d
+    monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)
+    at_half, _, _ = _first_click(predictor, SMALL_NODULE, "3d")
+    assert np.count_nonzero(found) < np.count_nonzero(at_half) / 2
+    assert _dice(found, target) > _dice(at_half, target) + 0.1
+
+
+def test_the_search_is_refused_where_it_finds_the_lung_around_a_small_nodule(predictor, monkeypatch):
+    monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)  # the gate against the 3D mask at 0.5
+    three_d, _, _ = _first_click(predictor, SMALL_NODULE, "3d")
     gated, _, session = _first_click(predictor, SMALL_NODULE, "gated")
     assert not session._made_in_2d
     assert np.array_equal(gated, three_d)
