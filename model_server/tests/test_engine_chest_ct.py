@@ -73,6 +73,8 @@ def test_a_first_click_on_a_mass_is_thresholded_where_the_mass_ends(predictor, m
     whole, and the 2D pathway corrects it from then on."""
     found, target, session = _first_click(predictor, MASS, "3d")
     assert session._made_in_2d
+    session.undo()  # back to a new object: no longer corrected as the 2D pathway's
+    assert session.voxels == 0 and not session._made_in_2d
     monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)  # no threshold but 0.5
     at_half, _, fixed = _first_click(predictor, MASS, "3d")
     assert not fixed._made_in_2d

@@ -320,6 +320,8 @@ class Session:
             self.points, self.labels = self.points[:entry.points], self.labels[:entry.points]
             self.box = entry.prompt_box
             self.interactions = entry.interactions
+            if self.interactions == 0:  # back to a new object: its next first click decides again
+                self._click_mask_corrected_in_2d = False
             self._extent = entry.extent
             return MaskChange(entry.box[0], entry.box[1], previous, self.voxels,
                               self.interactions, timing_ms={"encode": 0.0, "decode": 0.0, "total": 0.0})
