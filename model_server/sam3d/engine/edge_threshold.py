@@ -30,25 +30,28 @@ MIN_EDGE = 0.06
 def click_component(foreground: np.ndarray, point: np.ndarray) -> np.ndarray:
     """The connected part of ``foreground`` that holds ``point`` (continuous indices), or the
     part nearest to it where the point's voxel is background; all False where there is none."""
-    parts, count = ndimage.label(foreground)
-    if count == 0:
-        return foreground.copy()
-    voxel = tuple(int(min(max(round(float(c)), 0), n - 1)) for c, n in zip(point, foreground.shape))
+    return _part_at(ndimage.label(foreground)[0], point)
+
+
+def clicked_parts(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The connected parts of ``mask`` that hold (or lie nearest to) one of ``points``: what a
+    threshold other than 0.5 keeps of the crops' answer, so that it adds no blob elsewhere."""
+    parts = ndimage.label(mask)[0]
+    kept = np.zeros(mask.shape, dtype=bool)
+    for point in points:
+        kept |= _part_at(parts, point)
+    return kept
+
+
+def _part_at(parts: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """The labelled part of ``parts`` (``ndimage.label``) at ``point``, or the nearest one."""
+    if not parts.any():
+        return np.zeros(parts.shape, dtype=bool)
+    voxel = tuple(int(min(max(round(float(c)), 0), n - 1)) for c, n in zip(point, parts.shape))
     if not parts[voxel]:
         _, nearest = ndimage.distance_transform_edt(parts == 0, return_indices=True)
         voxel = tuple(int(axis[voxel]) for axis in nearest)
     return parts == parts[voxel]
-
-
-def clicked_parts(mask: np.ndarray, points: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """The connected parts of ``mask`` that hold (or lie nearest to) one of ``points`` or overlap
-    the object's ``previous`` mask: what a lower threshold keeps of a crop's answer, so that it
-    adds no blob elsewhere in the crop."""
-    parts, _ = ndimage.label(mask)
-    kept = np.isin(parts, np.unique(parts[mask & previous])[1:] if (mask & previous).any() else [])
-    for point in points:
-        kept |= click_component(mask, point)
-    return kept
 
 
 def boundary_edge(gradient: np.ndarray, mask: np.ndarray) -> float:

@@ -224,7 +224,7 @@ class Session:
                 patches.append(patch)
                 encode_s += seconds
             queue = [] if corrected is not None else self._place_crops(points, labels, None if box_2d else new_box)
-            chooses_threshold = self._chooses_threshold(new_box, corrected, labels)
+            chooses_threshold = self._chooses_threshold(new_box, labels)
             threshold = DEFAULT_THRESHOLD
             while queue and len(done) < self.max_crops:
                 geometry = queue.pop(0)
@@ -251,9 +251,8 @@ class Session:
                             queue.append(neighbour)
             box = _union([patch_box for patch_box, _ in patches])
             proposal = self._proposal(box, patches, threshold)
-            if threshold != DEFAULT_THRESHOLD:  # keep only the clicked object
-                proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]),
-                                          self.mask[_slices(box)])
+            if threshold != DEFAULT_THRESHOLD:  # a new object's first click: keep only the clicked object
+                proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]))
             # for a new object's first click: whether the 2D pathway will correct its mask
             corrected_in_2d = threshold != DEFAULT_THRESHOLD if chooses_threshold else None
             if (self.click_pathway != "3d" and new_box is None and self.box is None and self.voxels == 0
@@ -508,14 +507,14 @@ class Session:
         region = _tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
         return (region, mask[_slices(region)].astype(np.float32)), time.perf_counter() - start
 
-    def _chooses_threshold(self, new_box: np.ndarray | None, corrected, labels: np.ndarray) -> bool:
+    def _chooses_threshold(self, new_box: np.ndarray | None, labels: np.ndarray) -> bool:
         """Whether this interaction is a new object's first clicks, answered by the 3D model alone
         (no box, no mask yet, a positive click): its threshold is then chosen by the image's edges.
         Only for a model whose crops are scaled by their own percentiles (``edge_threshold``'s
         floor is in those units) and whose boxes go to the 2D pathway (which then corrects the
         mask: at 0.5 the 3D model's next answer would undo the chosen threshold's extent)."""
         return (self.predictor.box_pathway == "2d" and self.predictor.preset.kind == "percentile"
-                and new_box is None and self.box is None and corrected is None and self.voxels == 0
+                and new_box is None and self.box is None and self.voxels == 0
                 and bool((labels == 1).any()))
 
     def _first_click_threshold(self, geometry: CropGeometry, probability, click: np.ndarray) -> float:
