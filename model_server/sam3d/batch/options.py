@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine.choices import CLICK_PATHWAYS
 from ..errors import CLIError
 
 
@@ -23,7 +24,7 @@ def add_segmenter_options(parser: argparse.ArgumentParser, timeout: float) -> No
     parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth (vit_b models)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where the in-process model runs (default auto: cuda when available)")
-    parser.add_argument("--click-pathway", default="3d", choices=("3d", "search", "gated"),
+    parser.add_argument("--click-pathway", default="3d", choices=CLICK_PATHWAYS,
                         help="who answers a lone first click in-process (a server uses its own): 3d (default) = "
                              "the 3D model; search = LiteMedSAM's 2D pathway from the box that fits the click's "
                              "slice best (better on real images, seconds slower on a CPU); gated = the 3D "

@@ -5,5 +5,6 @@
 - ``predictor``: ``Predictor`` (a loaded model on its device, one call at a time, counters).
 - ``session``: ``Session`` (interactive: interact / set_mask / undo / reset, encoder cache,
   multi-crop fusion) and ``segment`` (one shot).
+- ``choices``: the named options (corrections, click and box pathways), importable without torch.
 - ``commands``: ``sam3d segment``.
 """

@@ -43,14 +43,13 @@ from ..client.wire import outside_volume
 from ..data.clicks import label_objects
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
+from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
 from .edge_threshold import DEFAULT_THRESHOLD, clicked_parts, edge_threshold
 from .predictor import Predictor
 from .slice_pathway import correction_box, is_3d_box, volume_bounds
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
-CORRECTIONS = ("auto", "local", "global", "2d")
-CLICK_PATHWAYS = ("3d", "search", "gated")
 # "gated": the box search's mask is kept where it found the 3D model's object whole (it holds at
 # least GATE_COVERAGE of the 3D mask and at most GATE_RATIO times its voxels) or trimmed it (at
 # least GATE_INSIDE of the search's mask lies in the 3D mask); chosen on development data

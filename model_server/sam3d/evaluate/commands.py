@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..engine.choices import BOX_PATHWAYS, CLICK_PATHWAYS, CORRECTIONS
 from ..errors import CLIError
 
 SPLITS = ("train", "val", "test", "all")
@@ -38,16 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="first prompt: click = a seeded random target voxel (the paper's protocol); box = "
                              "the object's 2D box on its largest slice; box3d = the object's 3D bounding box "
                              "(box-capable models); later clicks correct")
-    parser.add_argument("--box-pathway", default="auto", choices=("auto", "2d", "3d"),
+    parser.add_argument("--box-pathway", default="auto", choices=BOX_PATHWAYS,
                         help="who answers the box: 2d = LiteMedSAM's box pathway slice by slice, 3d = the 3D "
                              "model; auto (default) = 2d for LiteMedSAM-based models, else 3d")
-    parser.add_argument("--click-pathway", default="3d", choices=("3d", "search", "gated"),
+    parser.add_argument("--click-pathway", default="3d", choices=CLICK_PATHWAYS,
                         help="who answers a first click: 3d (default, as the server does) = the 3D model; "
                              "search = the 2D box pathway from the box that fits the click's slice best, found "
                              "by a box search, then corrections as after a box (models whose boxes go to the "
                              "2D pathway); gated = the 3D model, replaced by the search's mask where that "
                              "holds the 3D mask whole or lies inside it")
-    parser.add_argument("--corrections", default="auto", choices=("auto", "local", "global", "2d"),
+    parser.add_argument("--corrections", default="auto", choices=CORRECTIONS,
                         help="how a correction click changes the mask: local = only the connected region around "
                              "the click; global = the model's whole new prediction; 2d = after a box answered by "
                              "the 2D pathway, the 2D pathway answers the clicks it can, the 3D model the others; "

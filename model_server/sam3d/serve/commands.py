@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..client.wire import is_loopback
+from ..engine.choices import CLICK_PATHWAYS
 from ..errors import CLIError
 from ..model.checkpoint import CheckpointError
 from .guard import LOOPBACK_HOSTS
@@ -90,7 +91,7 @@ def register(subparsers) -> None:
     model.add_argument("--sam-checkpoint", default=None,
                        help="SAM's sam_vit_b_01ec64.pth, for a vit_b adapter checkpoint")
     model.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    model.add_argument("--click-pathway", default=d.click_pathway, choices=("3d", "search", "gated"),
+    model.add_argument("--click-pathway", default=d.click_pathway, choices=CLICK_PATHWAYS,
                        help="who answers an object's first click: 3d (default) = the 3D model, the fastest on a "
                             "CPU; search = LiteMedSAM's 2D pathway from the box that fits the click's slice best, "
                             "then corrections as after a box: the better masks on real images, but seconds of 2D "

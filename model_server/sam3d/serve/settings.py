@@ -25,7 +25,7 @@ class ServerSettings:
     max_interactions: int = 1000  # interactions per object
     cache_crops: int = 8  # encoded crops kept per session (at least max_crops)
     max_crops: int = 6  # crops predicted per interaction
-    click_pathway: str = "3d"  # who answers an object's first click (engine.session.CLICK_PATHWAYS)
+    click_pathway: str = "3d"  # who answers an object's first click (engine.choices.CLICK_PATHWAYS)
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names served ("*": any)
     cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API
     auth_failures_per_minute: int = 10  # 401s per client address before 429
