@@ -1,5 +1,6 @@
 """The engine on chest CT phantoms (`sam3d phantoms --design chest`): a first click's threshold
-chosen by the image's edges (a mass taken whole, a nodule cut back to its edge), the gated first click
+chosen by the image's edges (a mass taken whole, a nodule cut back to its edge; a mask on the
+lesion's edge corrected by the 2D pathway), the gated first click
 (``Session(click_pathway="gated")``) with the bundled default model - the box search's mask
 replaces the 3D model's where it found the same object whole, and is refused where it found the
 lung around a small nodule - and a 2D box's propagation, which stops at a mass's end."""
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.skipif(not BUNDLED_MODELS["default"].is_file(), reason=
 
 CHEST_DEV_SEED = 5  # `sam3d phantoms --design chest --seed 5`: the development set of docs/BENCHMARKS.md
 MASS, SMALL_NODULE, WALL_MASS = 1, 6, 4  # its cases 1 (a 64 ml mass), 6 (a 0.2 ml nodule), 4 (5 ml, at the wall)
+EDGE_AT_HALF = 7  # case 7: the first click's mask stays at 0.5, on the lesion's edge
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,12 @@ def _first_click(predictor: Predictor, case: int, pathway: str) -> tuple[np.ndar
     session = Session(predictor, image.array, image.spacing, click_pathway=pathway)
     session.interact([centre_click(target, image.spacing)], [1])
     return session.mask.copy(), target, session
+
+
+def _without_edge_rule(monkeypatch) -> None:
+    """A first click's mask at 0.5, corrected by the 3D model (as before ``edge_threshold``)."""
+    monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)
+    monkeypatch.setattr(edge_threshold, "MIN_CORRECTION_EDGE", np.inf)
 
 
 def _dice(found: np.ndarray, truth: np.ndarray) -> float:
@@ -75,14 +83,25 @@ def test_a_first_click_on_a_mass_is_thresholded_where_the_mass_ends(predictor, m
     assert session._made_in_2d
     session.undo()  # back to a new object: no longer corrected as the 2D pathway's
     assert session.voxels == 0 and not session._made_in_2d
-    monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)  # no threshold but 0.5
+    _without_edge_rule(monkeypatch)  # no threshold but 0.5, corrected by the 3D model
     at_half, _, fixed = _first_click(predictor, MASS, "3d")
     assert not fixed._made_in_2d
     assert _dice(found, target) >= 0.9 and _dice(found, target) > _dice(at_half, target) + 0.2
 
 
+def test_a_first_click_left_at_half_on_the_lesions_edge_is_corrected_by_the_2d_pathway(predictor, monkeypatch):
+    """chest_007 of the development set: no other threshold's boundary scores clearly better, so
+    0.5 stands; its boundary lies on the lung's edge all the same, and the 2D pathway, which
+    follows that edge, answers the object's later clicks."""
+    found, _, session = _first_click(predictor, EDGE_AT_HALF, "3d")
+    assert session._made_in_2d
+    _without_edge_rule(monkeypatch)
+    at_half, _, fixed = _first_click(predictor, EDGE_AT_HALF, "3d")
+    assert np.array_equal(found, at_half) and not fixed._made_in_2d
+
+
 def test_the_search_replaces_a_3d_mask_that_holds_only_part_of_a_mass(predictor, monkeypatch):
-    monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)  # the 3D model's mask at 0.5: a core
+    _without_edge_rule(monkeypatch)  # the 3D model's mask at 0.5: a core
     three_d, target, _ = _first_click(predictor, MASS, "3d")
     gated, _, session = _first_click(predictor, MASS, "gated")
     assert session._made_in_2d  # corrections go to the 2D pathway, as after a box
@@ -94,14 +113,14 @@ def test_a_first_click_on_a_small_nodule_is_cut_back_to_its_edge(predictor, monk
     threshold's boundary lies on the nodule's edge."""
     found, target, session = _first_click(predictor, SMALL_NODULE, "3d")
     assert session._made_in_2d
-    monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)
+    _without_edge_rule(monkeypatch)
     at_half, _, _ = _first_click(predictor, SMALL_NODULE, "3d")
     assert np.count_nonzero(found) < np.count_nonzero(at_half) / 2
     assert _dice(found, target) > _dice(at_half, target) + 0.1
 
 
 def test_the_search_is_refused_where_it_finds_the_lung_around_a_small_nodule(predictor, monkeypatch):
-    monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)  # the gate against the 3D mask at 0.5
+    _without_edge_rule(monkeypatch)  # the gate against the 3D mask at 0.5
     three_d, _, _ = _first_click(predictor, SMALL_NODULE, "3d")
     gated, _, session = _first_click(predictor, SMALL_NODULE, "gated")
     assert not session._made_in_2d

@@ -1,12 +1,14 @@
 """A first click's threshold chosen by the image's edges (``engine/edge_threshold.py``), on crops
 drawn by hand: a lower or higher threshold is taken where its mask's boundary is the object's
-edge, and not where the image has no edge there."""
+edge, and not where the image has no edge there; a mask on an edge is marked for the 2D
+pathway's corrections, one without an edge is not."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from sam3d.engine.edge_threshold import DEFAULT_THRESHOLD, MIN_EDGE, boundary_edge, click_component, edge_threshold
+from sam3d.engine.edge_threshold import (DEFAULT_THRESHOLD, MIN_CORRECTION_EDGE, MIN_EDGE, boundary_edge, click_component,
+                                        edge_threshold)
 
 SIZE = 48
 CENTRE = np.array([24.0, 24.0, 24.0])
@@ -26,8 +28,8 @@ def _timid_probability(radius: np.ndarray) -> np.ndarray:
 def test_a_lower_threshold_is_taken_where_its_boundary_is_the_objects_edge():
     radius = _radius()
     image = np.where(radius <= 12, 0.6, 0.05).astype(np.float32)  # a mass in lung: a strong step at 12
-    threshold = edge_threshold(image, _timid_probability(radius), CENTRE)
-    assert threshold < 0.2  # the whole ball (radius 12), not its core
+    threshold, on_edge = edge_threshold(image, _timid_probability(radius), CENTRE)
+    assert threshold < 0.2 and on_edge  # the whole ball (radius 12), not its core
     mask = click_component(_timid_probability(radius) > threshold, CENTRE)
     assert abs(int(mask.sum()) - int((radius <= 12).sum())) < 0.05 * (radius <= 12).sum()
 
@@ -35,25 +37,25 @@ def test_a_lower_threshold_is_taken_where_its_boundary_is_the_objects_edge():
 def test_the_default_threshold_stands_where_the_image_has_no_edge_there():
     radius = _radius()
     flat = np.full((SIZE,) * 3, 0.4, dtype=np.float32)
-    assert edge_threshold(flat, _timid_probability(radius), CENTRE) == DEFAULT_THRESHOLD
+    assert edge_threshold(flat, _timid_probability(radius), CENTRE) == (DEFAULT_THRESHOLD, False)
     faint = np.where(radius <= 12, 0.42, 0.4).astype(np.float32)  # a lesion of like intensity in an organ
     edge = boundary_edge(np.sqrt(sum(g ** 2 for g in np.gradient(faint))), radius <= 12)
-    assert edge < MIN_EDGE
-    assert edge_threshold(faint, _timid_probability(radius), CENTRE) == DEFAULT_THRESHOLD
+    assert edge < MIN_CORRECTION_EDGE < MIN_EDGE
+    assert edge_threshold(faint, _timid_probability(radius), CENTRE) == (DEFAULT_THRESHOLD, False)  # 3D corrects
 
 
 def test_the_default_threshold_stands_where_the_core_already_ends_on_the_edge():
     radius = _radius()
     image = np.where(radius <= 5, 0.6, 0.05).astype(np.float32)  # a nodule: the step is at the core
-    assert edge_threshold(image, _timid_probability(radius), CENTRE) == DEFAULT_THRESHOLD
+    assert edge_threshold(image, _timid_probability(radius), CENTRE) == (DEFAULT_THRESHOLD, True)  # 2D corrects
 
 
 def test_a_higher_threshold_is_taken_where_the_half_mask_reaches_past_a_nodule():
     radius = _radius()
     overreaching = np.where(radius <= 5, 0.95, np.where(radius <= 9, 0.55, 0.01)).astype(np.float32)
     image = np.where(radius <= 5, 0.6, 0.05).astype(np.float32)  # the nodule ends at 5
-    threshold = edge_threshold(image, overreaching, CENTRE)
-    assert threshold > 0.55
+    threshold, on_edge = edge_threshold(image, overreaching, CENTRE)
+    assert threshold > 0.55 and on_edge
     assert click_component(overreaching > threshold, CENTRE).sum() == (radius <= 5).sum()
 
 

@@ -14,9 +14,17 @@ mask's and at least ``MIN_EDGE`` (crop intensities run
 0..1 between their 0.5 / 99.5 percentiles, the ``percentile`` preset) - a lesion of like intensity
 inside an organ has no such edge, and there the 0.5 mask stands. Chosen on the development sets only
 (chest CT phantoms, real MRI, phantoms dev, synthetic validation).
+
+The chosen mask's score also says who corrects the object: where its boundary lies on an edge
+(at least ``MIN_CORRECTION_EDGE``; every threshold other than 0.5 does) the lesion stands out
+and LiteMedSAM's 2D pathway, which follows image edges, answers its later clicks; where it does
+not (a lesion of like intensity inside an organ) the 3D model does (docs/BENCHMARKS.md, "Who
+corrects a first click's mask").
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage  # connected parts, distance and smoothing on a 64^3 crop: a few ms each
@@ -25,6 +33,14 @@ DEFAULT_THRESHOLD = 0.5
 CANDIDATES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.025)
 MIN_GAIN = 1.1
 MIN_EDGE = 0.06
+MIN_CORRECTION_EDGE = 0.04  # a first mask whose boundary scores at least this is corrected by the 2D pathway
+
+
+class EdgeChoice(NamedTuple):
+    """A first click's threshold and whether its mask's boundary lies on an image edge."""
+
+    threshold: float
+    on_edge: bool
 
 
 def click_component(foreground: np.ndarray, point: np.ndarray) -> np.ndarray:
@@ -62,14 +78,15 @@ def boundary_edge(gradient: np.ndarray, mask: np.ndarray) -> float:
     return float(gradient[ring].mean())
 
 
-def edge_threshold(image: np.ndarray, probability: np.ndarray, point: np.ndarray) -> float:
+def edge_threshold(image: np.ndarray, probability: np.ndarray, point: np.ndarray) -> EdgeChoice:
     """The threshold for one crop's ``probability`` [S, S, S] after a click at ``point`` (crop kji):
     ``DEFAULT_THRESHOLD`` unless a candidate's boundary lies clearly on the edge of ``image`` (the
-    crop's normalised intensities, same shape) - see the module's docstring."""
+    crop's normalised intensities, same shape), and whether the chosen mask's boundary lies on an
+    edge (``MIN_CORRECTION_EDGE``) - see the module's docstring."""
     smoothed = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), 1.0)
     gradient = np.sqrt(sum(axis ** 2 for axis in np.gradient(smoothed)))
     scores = {t: boundary_edge(gradient, click_component(probability > t, point)) for t in CANDIDATES}
     best = max(sorted(CANDIDATES, key=lambda t: abs(t - DEFAULT_THRESHOLD)), key=lambda t: scores[t])
-    if best != DEFAULT_THRESHOLD and scores[best] >= max(MIN_EDGE, MIN_GAIN * scores[DEFAULT_THRESHOLD]):
-        return best
-    return DEFAULT_THRESHOLD
+    if best == DEFAULT_THRESHOLD or scores[best] < max(MIN_EDGE, MIN_GAIN * scores[DEFAULT_THRESHOLD]):
+        best = DEFAULT_THRESHOLD
+    return EdgeChoice(best, scores[best] >= MIN_CORRECTION_EDGE)

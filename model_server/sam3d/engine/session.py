@@ -25,7 +25,9 @@ the object's mask:
    at 0.5; voxels outside every crop keep their previous value. A new object's first click (with
    a model whose boxes go to the 2D pathway) is thresholded where the first crop's mask boundary
    meets the image's edge (``edge_threshold.py``; 0.025-0.9, where not 0.5 only the clicked part
-   is kept), and a mask thresholded otherwise than at 0.5 is corrected as the 2D pathway's.
+   is kept); a mask whose boundary lies on an image edge (every threshold other than 0.5 and a
+   0.5 mask on an edge) is corrected as the 2D pathway's, one inside an organ of like intensity by
+   the 3D model.
 
 A request either completes or leaves the session as it was (state is changed only at the end).
 """
@@ -45,7 +47,7 @@ from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
-from .edge_threshold import DEFAULT_THRESHOLD, clicked_parts, edge_threshold
+from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
 from .predictor import Predictor
 from .slice_pathway import correction_box, is_3d_box, volume_bounds
 
@@ -190,9 +192,10 @@ class Session:
         self._history: list[_HistoryEntry] = []
         self._extent: Box = EMPTY_BOX  # box that holds every foreground voxel of the mask
         self._intensity_bounds: tuple[float, float] | None = None  # the 2D box pathway's, once per volume
-        # the object's first click was answered by the 2D pathway's box search, or by the 3D model at
-        # a threshold other than 0.5 that the 3D model's later answers (at 0.5) would undo: its
-        # corrections go to the 2D pathway, as after a box
+        # the object's first click was answered by the 2D pathway's box search, or by the 3D model
+        # with a mask whose boundary lies on an image edge (at a threshold other than 0.5, which the
+        # 3D model's later answers at 0.5 would undo, or at 0.5): its corrections go to the 2D
+        # pathway, as after a box
         self._click_mask_corrected_in_2d = False
         self._lock = threading.Lock()
 
@@ -224,7 +227,7 @@ class Session:
                 encode_s += seconds
             queue = [] if corrected is not None else self._place_crops(points, labels, None if box_2d else new_box)
             chooses_threshold = self._chooses_threshold(new_box, labels)
-            threshold = DEFAULT_THRESHOLD
+            threshold, on_edge = DEFAULT_THRESHOLD, False
             while queue and len(done) < self.max_crops:
                 geometry = queue.pop(0)
                 if any(g.key == geometry.key for g in done):
@@ -239,7 +242,7 @@ class Session:
                     mask_prompt(geometry, region) if region.any() else None)
                 self.decoder_runs += 1
                 if chooses_threshold and not done:
-                    threshold = self._first_click_threshold(geometry, probability, points[labels == 1][0])
+                    threshold, on_edge = self._first_click_threshold(geometry, probability, points[labels == 1][0])
                 patches.append(paste_back(geometry, probability))
                 done.append(geometry)
                 for axis, direction in touched_faces(probability > threshold):
@@ -253,7 +256,7 @@ class Session:
             if threshold != DEFAULT_THRESHOLD:  # a new object's first click: keep only the clicked object
                 proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]))
             # for a new object's first click: whether the 2D pathway will correct its mask
-            corrected_in_2d = threshold != DEFAULT_THRESHOLD if chooses_threshold else None
+            corrected_in_2d = on_edge if chooses_threshold else None
             if (self.click_pathway != "3d" and new_box is None and self.box is None and self.voxels == 0
                     and len(points) == 1 and labels[0] == 1):  # a new object's first click
                 searched = self._first_click_search(box, proposal, points[0])
@@ -485,7 +488,7 @@ class Session:
     @property
     def _made_in_2d(self) -> bool:
         """Whether the object's mask is corrected as the 2D pathway's: its box, or its first click's
-        box search, went there, or its first click's answer was thresholded otherwise than at 0.5."""
+        box search, went there, or its first click's answer lay on an image edge (``edge_threshold``)."""
         return self.predictor.box_pathway == "2d" and (self.box is not None or self._click_mask_corrected_in_2d)
 
     def _correct_2d(self, points: np.ndarray, labels: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
@@ -516,8 +519,9 @@ class Session:
                 and new_box is None and self.box is None and self.voxels == 0
                 and bool((labels == 1).any()))
 
-    def _first_click_threshold(self, geometry: CropGeometry, probability, click: np.ndarray) -> float:
-        """The threshold of a first click's answer in its crop (``edge_threshold``)."""
+    def _first_click_threshold(self, geometry: CropGeometry, probability, click: np.ndarray) -> EdgeChoice:
+        """The threshold of a first click's answer in its crop, and whether its mask lies on an
+        image edge (``edge_threshold``)."""
         image = extract_crop(self.volume, geometry, self.predictor.preset)[0, 0].numpy()
         return edge_threshold(image, probability.numpy(), geometry.to_crop(click)[0])
 
