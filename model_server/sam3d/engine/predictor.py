@@ -14,10 +14,6 @@ from ..model.sam3d import ImageFeatures
 from .choices import BOX_PATHWAYS
 from .slice_pathway import LiteMedSAM2D, correct_slice_by_slice, segment_from_click, segment_slice_by_slice
 
-# How a box prompt is answered: "3d" by the 3D model (box corners as prompt points), "2d" by
-# LiteMedSAM's trained 2D box pathway slice by slice (slice_pathway.py); "auto" = "2d" for models
-# built on LiteMedSAM (its weights are then installed), else "3d".
-
 
 def resolve_box_pathway(choice: str, backbone: str) -> str:
     """``choice`` (one of BOX_PATHWAYS) -> "2d" or "3d" for a model with ``backbone``."""

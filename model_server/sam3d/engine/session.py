@@ -149,8 +149,9 @@ class Session:
         can - ``slice_pathway.correct_slice_by_slice`` - and the 3D model the others, locally, on
         the clicked slices only - ``_on_clicked_slices`` - and, after a 3D box, inside that box
         widened to the clicks - ``_within_box``) or
-        "auto" ("2d" while the object's box was answered by the 2D pathway, whose mask is the
-        better one there; global otherwise - measured in docs/BENCHMARKS.md);
+        "auto" ("2d" while the object's mask is one the 2D pathway corrects - its box or its first
+        click's search went there, or its first click's mask lies on an image edge
+        (``_made_in_2d``); global otherwise - measured in docs/BENCHMARKS.md);
         ``click_pathway``: "3d" (the 3D model answers clicks) or "search" (an object's lone first
         click: the 3D model's mask, then LiteMedSAM's 2D pathway from the box that fits the click's
         slice best, found by a box search that starts from squares around the click and the 3D
