@@ -120,6 +120,9 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
          f"median {statistics.median(next_crops):g}; goal <= "
          f"{GOAL_NEXT_CLICK_MS:.0f} ms: {'met' if median_next <= GOAL_NEXT_CLICK_MS else 'NOT met'})"),
         ("next click, min / max", f"{min(next_ms):.0f} / {max(next_ms):.0f} ms"),
+        ("next click by label, median", ", ".join(
+            f"{name} {statistics.median(next_ms[first::2]):.0f} ms" for first, name in ((1, "positive"), (0, "negative"))
+            if next_ms[first::2])),
         ("bytes per click reply, median / max", f"{median_size:.0f} / {max(sizes)} B"),
         ("full-volume mask as packed bits", f"{full_mask_bytes} B"),
         ("click reply / full mask", f"{100 * median_size / full_mask_bytes:.3f} % (goal <= "
@@ -148,6 +151,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="the started server's --threads")
     parser.add_argument("--click-pathway", default="3d", choices=("3d", "search", "gated"),
                         help="the started server's --click-pathway (default 3d)")
+    parser.add_argument("--slice-precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="the started server's --slice-precision (default auto)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="the started server's --compile / --no-compile (default: compile, as sam3d serve does)")
     parser.add_argument("--server", default=None, help="benchmark a running server instead of starting one")
@@ -161,7 +166,8 @@ def main() -> int:
                              "work, such as Slicer itself (default 0)")
     args = parser.parse_args()
     extra = ["--threads", str(args.threads)] if args.threads else []
-    extra += ["--click-pathway", args.click_pathway, "--compile" if args.compile else "--no-compile"]
+    extra += ["--click-pathway", args.click_pathway, "--slice-precision", args.slice_precision,
+              "--compile" if args.compile else "--no-compile"]
     if args.sam_checkpoint:
         extra += ["--sam-checkpoint", args.sam_checkpoint]
     server = (contextlib.nullcontext(args.server) if args.server else

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from sam3d.engine.predictor import Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _on_clicked_slices, _within_box
 from sam3d.engine.slice_pathway import (BOX_MARGIN_PX, LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
                                         _propagate, _propagation_margins, _SliceWindows, correct_slice_by_slice,
-                                        segment_from_click, segment_slice_by_slice, volume_bounds)
+                                        _cut, native_bf16_cpu, resolve_slice_precision, segment_from_click,
+                                        segment_slice_by_slice, volume_bounds)
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +148,27 @@ def test_the_box_pathway_is_chosen_by_the_backbone_unless_named():
     assert resolve_box_pathway("2d", "vit") == "2d"
     with pytest.raises(ValueError, match="box pathway"):
         resolve_box_pathway("both", "vit")
+
+
+def test_the_2d_pathway_runs_in_bf16_only_where_the_cpu_has_bf16_instructions():
+    assert resolve_slice_precision("auto") == ("bf16" if native_bf16_cpu() else "fp32")
+    assert resolve_slice_precision("fp32") == "fp32" and resolve_slice_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="fp32"):
+        resolve_slice_precision("fp16")
+
+
+def test_bf16_runs_tinyvit_in_bfloat16_and_keeps_the_masks_of_fp32(ball):
+    """Under bf16 TinyViT's features differ from fp32's by rounding (so autocast is on), by a few
+    per cent, and the box's mask on the ball's slice is the same."""
+    volume, mask = ball
+    fp32, bf16 = LiteMedSAM2D(precision="fp32"), LiteMedSAM2D(precision="bf16")
+    window = _cut(volume[12], 0, 0, 64, fp32.window, volume_bounds(volume))
+    reference, rounded = fp32.embed(window), bf16.embed(window)
+    assert rounded.dtype == torch.float32 and rounded.shape == reference.shape
+    relative = float((rounded - reference).norm() / reference.norm())
+    assert 0 < relative < 0.1
+    box = np.array([21, 23, 39, 41], dtype=float) * fp32.window / 64  # x0, y0, x1, y1 of the ball's slice
+    assert _slice_dice(fp32.decode(rounded, box=box), fp32.decode(reference, box=box)) >= 0.97
 
 
 def test_a_session_answers_a_box_through_the_2d_pathway(ball, tiny_model):

@@ -127,12 +127,14 @@ def test_segment_tells_when_the_server_is_not_running(oblique_image, tmp_path):
     assert status == 2 and "is `sam3d serve` running" in text
 
 
-def test_segment_refuses_a_click_pathway_with_a_server(oblique_image, tmp_path):
-    """--click-pathway chooses for the in-process engine; a server answers as it was started."""
+@pytest.mark.parametrize("option", [("--click-pathway", "search"), ("--slice-precision", "fp32")])
+def test_segment_refuses_an_engine_option_with_a_server(oblique_image, tmp_path, option):
+    """--click-pathway and --slice-precision choose for the in-process engine; a server answers
+    as it was started."""
     point = "--point=" + ",".join(f"{v:.6f}" for v in click_ras(oblique_image))
-    status, text = run_cli(str(oblique_image), point, "--click-pathway", "search", "--server", "http://127.0.0.1:9",
+    status, text = run_cli(str(oblique_image), point, *option, "--server", "http://127.0.0.1:9",
                            "--out", str(tmp_path / "x.seg.nrrd"))
-    assert status == 2 and "goes with the in-process model" in text
+    assert status == 2 and f"{option[0]} {option[1]} goes with the in-process model" in text
 
 
 # -- box prompts --------------------------------------------------------------------------------

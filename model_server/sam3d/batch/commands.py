@@ -221,13 +221,16 @@ def _local(args: argparse.Namespace, compile_encoder: bool):
     identity = f"local:{spec}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"local:{spec}"
     if args.click_pathway != "3d":  # another answer to first clicks: not the same results
         identity += f":{args.click_pathway}"
+    if args.slice_precision != "auto":  # a fixed precision: not the same results as the machine's own
+        identity += f":{args.slice_precision}"
 
     def make_segmenter():
         from .segmenters import LocalSegmenter, SegmenterError
 
         try:
             return LocalSegmenter.load(spec, device=args.device, sam_checkpoint=args.sam_checkpoint,
-                                       click_pathway=args.click_pathway, compile_encoder=compile_encoder)
+                                       click_pathway=args.click_pathway, compile_encoder=compile_encoder,
+                                       slice_precision=args.slice_precision)
         except SegmenterError as error:
             raise CLIError(str(error)) from None
 

@@ -43,13 +43,15 @@ class LocalSegmenter:
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", sam_checkpoint: str | None = None,
-             click_pathway: str = "3d", compile_encoder: bool = False) -> "LocalSegmenter":
+             click_pathway: str = "3d", compile_encoder: bool = False,
+             slice_precision: str = "auto") -> "LocalSegmenter":
         """The model ``spec`` ('default' or a checkpoint path) on ``device``, its encoder compiled
         for this thread's CPU threads when asked and it applies (``Predictor.compilable``; if the
         compile fails, the encoder runs as built and ``startup_note`` says why); SegmenterError
         when the model cannot be loaded."""
         try:
-            segmenter = cls(Predictor.load(spec, device=device, sam_checkpoint=sam_checkpoint), click_pathway)
+            segmenter = cls(Predictor.load(spec, device=device, sam_checkpoint=sam_checkpoint,
+                                           slice_precision=slice_precision), click_pathway)
         except (CheckpointError, ValueError) as error:
             raise SegmenterError(str(error)) from None
         if compile_encoder and segmenter.predictor.compilable:

@@ -7,3 +7,12 @@ CLICK_PATHWAYS = ("3d", "search", "gated")  # who answers an object's first clic
 # LiteMedSAM's trained 2D box pathway slice by slice (slice_pathway.py); "auto" = "2d" for models
 # built on LiteMedSAM (its weights are then installed), else "3d".
 BOX_PATHWAYS = ("auto", "2d", "3d")
+# The 2D pathway's TinyViT (Predictor): "bf16" under bfloat16 autocast (about 2x faster on a CPU
+# with bf16 instructions, as accurate in distribution: docs/BENCHMARKS.md, "The 2D pathway in
+# bfloat16"), "fp32"; "auto" = bf16 where the CPU has bf16 instructions (elsewhere oneDNN emulates
+# them, slower), else fp32.
+SLICE_PRECISIONS = ("auto", "fp32", "bf16")
+SLICE_PRECISION_HELP = ("the 2D pathway's image encoder (boxes, corrections after them, first-click searches): "
+                        "bf16 = bfloat16, about 2x faster on a CPU with bf16 instructions and as accurate on the "
+                        "data measured (not bit-identical to fp32); fp32; auto (default) = bf16 where the CPU has "
+                        "bf16 instructions, else fp32")

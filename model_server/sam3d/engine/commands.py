@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
             segmenter = ServerSegmenter.connect(args.server, api_key=args.api_key, timeout=args.timeout)
         else:
             segmenter = LocalSegmenter.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
-                                            click_pathway=args.click_pathway)
+                                            click_pathway=args.click_pathway,
+                                            slice_precision=args.slice_precision)
         [mask] = segmenter.segment(volume, [lesion])
     except (ValueError, SegmenterError) as error:
         raise CLIError(str(error)) from None

@@ -12,7 +12,8 @@ import torch
 from ..model.checkpoint import LoadedModel, load_model
 from ..model.sam3d import ImageFeatures
 from .choices import BOX_PATHWAYS
-from .slice_pathway import LiteMedSAM2D, correct_slice_by_slice, segment_from_click, segment_slice_by_slice
+from .slice_pathway import (LiteMedSAM2D, correct_slice_by_slice, resolve_slice_precision, segment_from_click,
+                            segment_slice_by_slice)
 
 
 def resolve_box_pathway(choice: str, backbone: str) -> str:
@@ -29,7 +30,7 @@ class Predictor:
     time in each: a click's small prompt-encoder + decoder pass never waits behind another
     session's encoder run, and the device holds at most one encoder's activations at once."""
 
-    def __init__(self, loaded: LoadedModel, box_pathway: str = "auto") -> None:
+    def __init__(self, loaded: LoadedModel, box_pathway: str = "auto", slice_precision: str = "auto") -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.config
@@ -37,6 +38,7 @@ class Predictor:
         self.name = loaded.name
         self.device = loaded.device
         self.box_pathway = resolve_box_pathway(box_pathway, loaded.config.backbone)
+        self.slice_precision = resolve_slice_precision(slice_precision)  # the 2D pathway's TinyViT
         self._slice_model: LiteMedSAM2D | None = None
         self.encoder_runs = 0
         self.decoder_runs = 0
@@ -45,9 +47,10 @@ class Predictor:
 
     @classmethod
     def load(cls, spec: str | Path = "default", device: str = "auto",
-             sam_checkpoint: str | Path | None = None, box_pathway: str = "auto") -> "Predictor":
+             sam_checkpoint: str | Path | None = None, box_pathway: str = "auto",
+             slice_precision: str = "auto") -> "Predictor":
         """``load_model`` (``spec`` a bundled model's name or a checkpoint path) wrapped in a Predictor."""
-        return cls(load_model(spec, device=device, sam_checkpoint=sam_checkpoint), box_pathway)
+        return cls(load_model(spec, device=device, sam_checkpoint=sam_checkpoint), box_pathway, slice_precision)
 
     @property
     def answers_boxes(self) -> bool:
@@ -116,7 +119,7 @@ class Predictor:
     def _slice_pathway(self) -> LiteMedSAM2D:
         """LiteMedSAM's 2D model, built on first use (call with the encoder lane held)."""
         if self._slice_model is None:
-            self._slice_model = LiteMedSAM2D()
+            self._slice_model = LiteMedSAM2D(precision=self.slice_precision)
         return self._slice_model
 
     @property

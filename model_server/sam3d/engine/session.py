@@ -258,8 +258,8 @@ class Session:
                 proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]))
             # for a new object's first click: whether the 2D pathway will correct its mask
             corrected_in_2d = on_edge if chooses_threshold else None
-            if (self.click_pathway != "3d" and new_box is None and self.box is None and self.voxels == 0
-                    and len(points) == 1 and labels[0] == 1):  # a new object's first click
+            if (self.click_pathway != "3d" and self._is_new_object(new_box)
+                    and len(points) == 1 and labels[0] == 1):  # a new object's lone first click
                 searched = self._first_click_search(box, proposal, points[0])
                 corrected_in_2d = bool(corrected_in_2d) or searched is not None  # else the 3D mask stands
                 if searched is not None:
@@ -517,12 +517,16 @@ class Session:
         floor is in those units) and whose boxes go to the 2D pathway (which then corrects the
         mask: at 0.5 the 3D model's next answer would undo the chosen threshold's extent)."""
         return (self.predictor.box_pathway == "2d" and self.predictor.preset.kind == "percentile"
-                and new_box is None and self.box is None and self.voxels == 0
-                and bool((labels == 1).any()))
+                and self._is_new_object(new_box) and bool((labels == 1).any()))
+
+    def _is_new_object(self, new_box: np.ndarray | None) -> bool:
+        """Whether this interaction starts the object: no box given now or before, no mask yet."""
+        return new_box is None and self.box is None and self.voxels == 0
 
     def _first_click_threshold(self, geometry: CropGeometry, probability, click: np.ndarray) -> EdgeChoice:
         """The threshold of a first click's answer in its crop, and whether its mask lies on an
-        image edge (``edge_threshold``)."""
+        image edge (``edge_threshold``). The crop's image is extracted again (a few ms of a
+        first click's seconds) rather than kept beside every cached crop's features."""
         image = extract_crop(self.volume, geometry, self.predictor.preset)[0, 0].numpy()
         return edge_threshold(image, probability.numpy(), geometry.to_crop(click)[0])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..engine.choices import BOX_PATHWAYS, CLICK_PATHWAYS, CORRECTIONS
+from ..engine.choices import BOX_PATHWAYS, CLICK_PATHWAYS, CORRECTIONS, SLICE_PRECISION_HELP, SLICE_PRECISIONS
 from ..errors import CLIError
 
 SPLITS = ("train", "val", "test", "all")
@@ -53,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "the click; global = the model's whole new prediction; 2d = after a box answered by "
                              "the 2D pathway, the 2D pathway answers the clicks it can, the 3D model the others; "
                              "auto (default) = 2d after a box answered by the 2D pathway, else global")
+    parser.add_argument("--slice-precision", default="auto", choices=SLICE_PRECISIONS, help=SLICE_PRECISION_HELP)
     parser.add_argument("--baseline-2d", action="store_true",
                         help="add the 2D row: LiteMedSAM slice by slice from the same first prompt")
     parser.add_argument("--no-classical", action="store_true", help="skip the region-growing baseline row")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--clicks must be at least 1, got {args.clicks}")
     predictor = _load_predictor(args)
     chosen, target_label, split_seed = _choose_cases(args, predictor.loaded.meta)
-    baseline_2d = _slice_baseline() if args.baseline_2d else None
+    baseline_2d = _slice_baseline(predictor.slice_precision) if args.baseline_2d else None
     start = time.perf_counter()
     results = _evaluate_cases(args, predictor, chosen, target_label, baseline_2d)
     summary = summarise(results, args.clicks)
@@ -91,7 +92,7 @@ def _load_predictor(args: argparse.Namespace):
 
     try:
         return Predictor.load(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
-                              box_pathway=args.box_pathway)
+                              box_pathway=args.box_pathway, slice_precision=args.slice_precision)
     except (CheckpointError, ValueError) as error:
         raise CLIError(str(error)) from error
 
@@ -145,11 +146,11 @@ def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int 
     return chosen, target_label, split_seed
 
 
-def _slice_baseline():
-    """The 2D row's model: LiteMedSAM slice by slice (--baseline-2d)."""
+def _slice_baseline(precision: str):
+    """The 2D row's model: LiteMedSAM slice by slice (--baseline-2d), in the engine's precision."""
     from ..engine.slice_pathway import LiteMedSAM2D
 
-    return LiteMedSAM2D()
+    return LiteMedSAM2D(precision=precision)
 
 
 def _evaluate_cases(args: argparse.Namespace, predictor, chosen: list, target_label: int, baseline_2d) -> list:
@@ -196,6 +197,7 @@ def _report_info(args: argparse.Namespace, predictor, target_label: int, split_s
         "scope": args.scope,
         "prompt": args.prompt,
         "box_pathway": predictor.box_pathway,
+        "slice_precision": predictor.slice_precision,
         "corrections": args.corrections,
         "click_pathway": args.click_pathway,
         "seed": args.seed,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..client.wire import is_loopback
-from ..engine.choices import CLICK_PATHWAYS
+from ..engine.choices import CLICK_PATHWAYS, SLICE_PRECISION_HELP, SLICE_PRECISIONS
 from ..errors import CLIError
 from ..model.checkpoint import CheckpointError
 from .guard import LOOPBACK_HOSTS
@@ -98,6 +98,7 @@ def register(subparsers) -> None:
                             "slices on a CPU (docs/BENCHMARKS.md); gated = the 3D model, replaced by the "
                             "search's mask where that holds the 3D mask whole or lies inside it. Models whose "
                             "boxes go to the 2D pathway; others answer with the 3D model")
+    model.add_argument("--slice-precision", default="auto", choices=SLICE_PRECISIONS, help=SLICE_PRECISION_HELP)
     model.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                        help="compile the lite model's frozen TinyViT for this CPU at start (torch.compile; needs a "
                             "C++ compiler): first clicks about 1.4x faster. The first start on a machine takes one to "
@@ -222,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         for note in warnings_for(args):
             print(f"sam3d serve: warning: {note}", file=sys.stderr, flush=True)
         try:  # on the main lane: the only thread that runs parallel torch work (lanes.py)
-            predictor = lanes.run_on_main(Predictor.load, args.model, args.device, args.sam_checkpoint)
+            predictor = lanes.run_on_main(Predictor.load, args.model, args.device, args.sam_checkpoint, "auto",
+                                          args.slice_precision)
         except (CheckpointError, ValueError) as error:
             raise CLIError(str(error)) from error
         if not predictor.compilable:
@@ -233,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         gc.freeze()  # what start-up built (model, compiled code: ~0.5 M objects) is never garbage-collected
         scheme = "https" if args.ssl_certfile else "http"
         print(f"sam3d serve: model {predictor.name} ({predictor.config.name}) on {predictor.device}, encoder "
-              f"compiled: {compiled}, warm-up {seconds * 1000:.0f} ms; auth {'on' if settings.api_key else 'off'}; memory budget "
+              f"compiled: {compiled}, 2D pathway in {predictor.slice_precision}, warm-up {seconds * 1000:.0f} ms; auth {'on' if settings.api_key else 'off'}; memory budget "
               f"{settings.max_memory_bytes / 2**30:.1f} GiB; {scheme}://{args.host}:{args.port}", flush=True)
         config = uvicorn.Config(create_app(predictor, settings, lanes), host=args.host, port=args.port,
                                 log_level=args.log_level, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)

@@ -41,7 +41,7 @@ from ..model.checkpoint import (LoadedModel, build_from_sam, model_from_checkpoi
                                 save_checkpoint)
 from ..model.sam3d import ImageFeatures, Sam3D, is_frozen_pretrained_tensor
 from .config import TrainConfig
-from .samples import CachedCase, CropSampler, cache_cases, collate
+from .samples import CropSampler, cache_cases, collate
 from .feature_cache import CachedFeatureSampler, build_feature_cache
 
 LOG_COLUMNS = ("step", "epoch", "lr", "loss", "train_dice", "val_dice", "val_nsd", "elapsed_s",
