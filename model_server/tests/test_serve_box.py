@@ -144,7 +144,7 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
                       *search)
     assert batch.returncode == 0, batch.stdout + batch.stderr
     log = (tmp_path / "batch" / "batch.log").read_text()
-    assert f"encoder compiled: {'yes' if compiler else 'no'}" in log, log
+    assert f"encoder compiled: {'yes' if compiler else 'no'}" in log and "2D pathway in fp32" in log, log
     for written in (tmp_path / "ball.seg.nrrd", tmp_path / "batch" / "ball.seg.nrrd"):
         [segment], _ = read_segmentation(written)
         np.testing.assert_array_equal(segment.mask, served)

@@ -39,7 +39,7 @@ class LocalSegmenter:
         self.predictor = predictor
         self.name = predictor.name
         self.click_pathway = click_pathway  # who answers a lesion's lone first click (Session)
-        self.startup_note = "encoder compiled: " + ("off" if predictor.compilable else "not applicable")
+        self.startup_note = self._note("off" if predictor.compilable else "not applicable")
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", sam_checkpoint: str | None = None,
@@ -56,9 +56,16 @@ class LocalSegmenter:
             raise SegmenterError(str(error)) from None
         if compile_encoder and segmenter.predictor.compilable:
             seconds, failure = segmenter.predictor.try_compile_encoder()
-            segmenter.startup_note = ("encoder compiled: " + (f"yes ({seconds:.0f} s)" if seconds is not None else
-                                      f"no ({failure}; a C++ compiler such as g++ is needed); running it uncompiled"))
+            segmenter.startup_note = segmenter._note(f"yes ({seconds:.0f} s)" if seconds is not None else
+                                                     f"no ({failure}; a C++ compiler such as g++ is needed); "
+                                                     "running it uncompiled")
         return segmenter
+
+    def _note(self, compiled: str) -> str:
+        """The log's line about this segmenter: whether its encoder is compiled (``compiled``) and,
+        where boxes go to the 2D pathway, that pathway's precision."""
+        precision = f"; 2D pathway in {self.predictor.slice_precision}" if self.predictor.box_pathway == "2d" else ""
+        return f"encoder compiled: {compiled}{precision}"
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
         session = Session(self.predictor, volume.array, volume.spacing, click_pathway=self.click_pathway)
