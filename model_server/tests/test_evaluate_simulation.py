@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from model_helpers import write_tiny_checkpoint
 from sam3d.cli import main
@@ -16,7 +15,7 @@ from sam3d.data.phantoms import write_dataset
 from sam3d.engine.crops import CropGeometry
 from sam3d.evaluate.classical import region_grow
 from sam3d.evaluate.metrics import dice_and_nsd
-from sam3d.evaluate.simulation import case_rng, label_objects
+from sam3d.evaluate.simulation import case_rng, label_objects, perturbed
 from sam3d.model.config import get_config
 
 
@@ -124,6 +123,36 @@ def test_evaluate_rejects_bad_input(phantoms, tiny_model, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--target-label", "liver",
                  "--out", str(tmp_path / "x")]) == 2
     assert "liver" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--perturb-noise", "-0.01",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--perturb-noise" in capsys.readouterr().err
+
+
+def test_a_perturbation_is_seeded_noise_of_a_fraction_of_the_intensity_range():
+    volume = np.zeros((20, 40, 40), dtype=np.int16)
+    volume[:, :, 20:] = 1000  # range 0..1000
+    assert perturbed(volume, 0.0, 1, "a") is volume
+    once, again = perturbed(volume, 0.002, 1, "a"), perturbed(volume, 0.002, 1, "a")
+    assert once.dtype == np.float32 and np.array_equal(once, again)
+    assert not np.array_equal(once, perturbed(volume, 0.002, 2, "a"))
+    assert not np.array_equal(once, perturbed(volume, 0.002, 1, "b"))
+    assert np.std(once - volume) == pytest.approx(2.0, rel=0.05)  # 0.002 x 1000
+    with pytest.raises(ValueError, match="0 or more|>= 0"):
+        perturbed(volume, -0.1, 1, "a")
+
+
+def test_a_perturbed_evaluation_keeps_the_clicks_and_says_so(phantoms, tiny_model, tmp_path):
+    reports = {}
+    for name, extra in (("plain", []), ("noisy", ["--perturb-noise", "0.05", "--perturb-seed", "3"])):
+        assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--split", "all", "--clicks", "1",
+                     "--no-classical", "--device", "cpu", "--out", str(tmp_path / name), *extra]) == 0
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    plain, noisy = reports["plain"], reports["noisy"]
+    assert (plain["perturb_noise"], plain["perturb_seed"]) == (0.0, None)
+    assert (noisy["perturb_noise"], noisy["perturb_seed"]) == (0.05, 3)
+    clicks = lambda report: [case["clicks"][0]["point_kji"] for case in report["per_case"]]
+    assert clicks(plain) == clicks(noisy)
+    assert [c["dice"] for c in plain["per_case"]] != [c["dice"] for c in noisy["per_case"]]
 
 
 def test_the_models_own_split_applies_only_to_its_training_dataset(phantoms, tmp_path, capsys):

@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "the 2D pathway, the 2D pathway answers the clicks it can, the 3D model the others; "
                              "auto (default) = 2d after a box answered by the 2D pathway, else global")
     parser.add_argument("--slice-precision", default="auto", choices=SLICE_PRECISIONS, help=SLICE_PRECISION_HELP)
+    parser.add_argument("--perturb-noise", type=float, default=0.0, metavar="FRACTION",
+                        help="add seeded Gaussian noise of FRACTION times each volume's intensity range (its 0.5 / "
+                             "99.5 percentiles) before segmenting, e.g. 0.002, to see how far the figures move under a "
+                             "change no reader would see (default 0: none)")
+    parser.add_argument("--perturb-seed", type=int, default=0, metavar="S",
+                        help="seed of that noise (default 0); the clicks stay those of --seed")
     parser.add_argument("--baseline-2d", action="store_true",
                         help="add the 2D row: LiteMedSAM slice by slice from the same first prompt")
     parser.add_argument("--no-classical", action="store_true", help="skip the region-growing baseline row")
@@ -68,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.clicks < 1:
         raise CLIError(f"--clicks must be at least 1, got {args.clicks}")
+    if not args.perturb_noise >= 0:
+        raise CLIError(f"--perturb-noise is a fraction of the intensity range, 0 or more; got {args.perturb_noise}")
     predictor = _load_predictor(args)
     chosen, target_label, split_seed = _choose_cases(args, predictor.loaded.meta)
     baseline_2d = _slice_baseline(predictor.slice_precision) if args.baseline_2d else None
@@ -158,7 +166,7 @@ def _evaluate_cases(args: argparse.Namespace, predictor, chosen: list, target_la
     from tqdm import tqdm
 
     from ..data.datasets import load_case
-    from .simulation import evaluate_case
+    from .simulation import evaluate_case, perturbed
 
     results = []
     with tqdm(chosen, desc=f"evaluate {args.split}", unit="case") as bar:
@@ -168,7 +176,8 @@ def _evaluate_cases(args: argparse.Namespace, predictor, chosen: list, target_la
                 if not mask.any():
                     bar.write(f"skipping {case.case_id}: no voxel with label {target_label}")
                     continue
-                result = evaluate_case(predictor, case.case_id, image.array, image.spacing, mask, args.clicks,
+                volume = perturbed(image.array, args.perturb_noise, args.perturb_seed, case.case_id)
+                result = evaluate_case(predictor, case.case_id, volume, image.spacing, mask, args.clicks,
                                        args.seed, args.scope, classical=not args.no_classical,
                                        prompt=args.prompt, baseline_2d=baseline_2d,
                                        corrections=args.corrections, click_pathway=args.click_pathway)
@@ -201,6 +210,8 @@ def _report_info(args: argparse.Namespace, predictor, target_label: int, split_s
         "corrections": args.corrections,
         "click_pathway": args.click_pathway,
         "seed": args.seed,
+        "perturb_noise": args.perturb_noise,
+        "perturb_seed": args.perturb_seed if args.perturb_noise else None,
         "protocol": "click 1: a random target voxel (seeded per case); clicks 2..N: centre of the largest "
                     "error region; engine crop + paste-back on the native grid, threshold 0.5",
         "device": str(predictor.device),

@@ -19,6 +19,9 @@ object being the component that holds the seeded first click) instead of the cli
 ``prompt="box3d"`` the object's 3D bounding box (as ``sam3d segment --box`` takes two opposite
 corners); the correction clicks follow as above. The 2D row (optional, ``engine/slice_pathway.py``): LiteMedSAM
 slice by slice from the same first prompt.
+
+Optionally (``perturbed``) each volume first gets seeded Gaussian noise far below what a reader
+would see, to show how far a figure moves under such a change.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import numpy as np
 from ..data.clicks import first_click, label_objects, next_click
 from ..engine.predictor import Predictor
 from ..engine.session import Session
-from ..engine.slice_pathway import segment_slice_by_slice
+from ..engine.slice_pathway import segment_slice_by_slice, volume_bounds
 from .classical import region_grow
 from .metrics import NSD_TOLERANCE_MM, dice_and_nsd
 
 SCOPES = ("object", "label")
+PERTURBATION_STREAM = 1  # a third seed word: the noise's generator never repeats a case's clicks
 PROMPTS = ("click", "box", "box3d")
 
 
@@ -68,6 +72,21 @@ def case_rng(seed: int, case_id: str) -> np.random.Generator:
     """The click generator of one case: depends on the seed and the case id only (not on which
     other cases are evaluated, or in which order)."""
     return np.random.default_rng([int(seed), zlib.crc32(case_id.encode())])
+
+
+def perturbed(volume: np.ndarray, noise: float, seed: int, case_id: str) -> np.ndarray:
+    """``volume`` plus Gaussian noise of standard deviation ``noise`` times its intensity range
+    (the 0.5 / 99.5 percentiles the 2D pathway scales by, ``volume_bounds``), float32, drawn from a
+    generator seeded by (``seed``, case id) apart from the clicks' (``case_rng``); ``volume``
+    itself when ``noise`` is 0. At 0.002 the real MRI box figure moved by up to 0.13
+    (docs/BENCHMARKS.md, "The 2D pathway in bfloat16")."""
+    if noise == 0:
+        return volume
+    if noise < 0:
+        raise ValueError(f"the noise must be a fraction of the intensity range >= 0, got {noise}")
+    low, high = volume_bounds(volume)
+    rng = np.random.default_rng([int(seed), zlib.crc32(case_id.encode()), PERTURBATION_STREAM])
+    return np.asarray(volume, dtype=np.float32) + rng.normal(0.0, noise * (high - low), volume.shape).astype(np.float32)
 
 
 def largest_slice_box(target: np.ndarray) -> np.ndarray:
