@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..data.intensity import PRESETS
-from .choices import SLICE_PRECISIONS
 from ..model.lite_encoder import (BACKBONE_STRIDE, build_tiny_vit, fold_batch_norms, load_lite_medsam_state,
                                   tiny_vit_features)
+from .choices import SLICE_PRECISIONS
 
 WINDOW_PX = 128
 BOX_MARGIN_PX = 5
