@@ -35,6 +35,7 @@ from SAM3DPromptLib.client import SAM3DClient  # noqa: E402
 from server_helpers import running_server  # noqa: E402
 
 from sam3d.data.clicks import centre_click  # noqa: E402
+from sam3d.engine.choices import CLICK_PATHWAYS, SLICE_PRECISIONS  # noqa: E402
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case  # noqa: E402
 
 GOAL_NEXT_CLICK_MS = 150.0
@@ -149,9 +150,9 @@ def main() -> int:
     parser.add_argument("--sam-checkpoint", default=None, help="SAM's sam_vit_b_01ec64.pth, for a vit_b adapter checkpoint")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="the started server's --threads")
-    parser.add_argument("--click-pathway", default="3d", choices=("3d", "search", "gated"),
+    parser.add_argument("--click-pathway", default="3d", choices=CLICK_PATHWAYS,
                         help="the started server's --click-pathway (default 3d)")
-    parser.add_argument("--slice-precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--slice-precision", default="auto", choices=SLICE_PRECISIONS,
                         help="the started server's --slice-precision (default auto)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="the started server's --compile / --no-compile (default: compile, as sam3d serve does)")
