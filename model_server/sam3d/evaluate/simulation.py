@@ -68,16 +68,17 @@ class CaseResult:
         return values
 
 
-def case_rng(seed: int, case_id: str) -> np.random.Generator:
+def case_rng(seed: int, case_id: str, stream: int | None = None) -> np.random.Generator:
     """The click generator of one case: depends on the seed and the case id only (not on which
-    other cases are evaluated, or in which order)."""
-    return np.random.default_rng([int(seed), zlib.crc32(case_id.encode())])
+    other cases are evaluated, or in which order); ``stream``: another generator of the case,
+    independent of its clicks (``PERTURBATION_STREAM``)."""
+    return np.random.default_rng([int(seed), zlib.crc32(case_id.encode()), *([] if stream is None else [stream])])
 
 
 def perturbed(volume: np.ndarray, noise: float, seed: int, case_id: str) -> np.ndarray:
     """``volume`` plus Gaussian noise of standard deviation ``noise`` times its intensity range
     (the 0.5 / 99.5 percentiles the 2D pathway scales by, ``volume_bounds``), float32, drawn from a
-    generator seeded by (``seed``, case id) apart from the clicks' (``case_rng``); ``volume``
+    case's generator for ``seed`` apart from its clicks' (``case_rng``); ``volume``
     itself when ``noise`` is 0. At 0.002 the real MRI box figure moved by up to 0.13
     (docs/BENCHMARKS.md, "The 2D pathway in bfloat16")."""
     if noise == 0:
@@ -85,7 +86,7 @@ def perturbed(volume: np.ndarray, noise: float, seed: int, case_id: str) -> np.n
     if noise < 0:
         raise ValueError(f"the noise must be a fraction of the intensity range >= 0, got {noise}")
     low, high = volume_bounds(volume)
-    rng = np.random.default_rng([int(seed), zlib.crc32(case_id.encode()), PERTURBATION_STREAM])
+    rng = case_rng(seed, case_id, PERTURBATION_STREAM)
     return np.asarray(volume, dtype=np.float32) + rng.normal(0.0, noise * (high - low), volume.shape).astype(np.float32)
 
 
