@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import gc
 import os
 import re
@@ -223,8 +224,9 @@ def run(args: argparse.Namespace) -> int:
         for note in warnings_for(args):
             print(f"sam3d serve: warning: {note}", file=sys.stderr, flush=True)
         try:  # on the main lane: the only thread that runs parallel torch work (lanes.py)
-            predictor = lanes.run_on_main(Predictor.load, args.model, args.device, args.sam_checkpoint, "auto",
-                                          args.slice_precision)
+            predictor = lanes.run_on_main(functools.partial(
+                Predictor.load, args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
+                slice_precision=args.slice_precision))
         except (CheckpointError, ValueError) as error:
             raise CLIError(str(error)) from error
         if not predictor.compilable:
