@@ -1,6 +1,7 @@
 """The engine on chest CT phantoms (`sam3d phantoms --design chest`): a first click's threshold
 chosen by the image's edges (a mass taken whole, a nodule cut back to its edge; a mask on the
-lesion's edge corrected by the 2D pathway), the gated first click
+lesion's edge corrected by the 2D pathway), a negative click the 3D model does not honour
+(``negative_clicks``), the gated first click
 (``Session(click_pathway="gated")``) with the bundled default model - the box search's mask
 replaces the 3D model's where it found the same object whole, and is refused where it found the
 lung around a small nodule - and a 2D box's propagation, which stops at a mass's end."""
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 
 from sam3d.data.chest import generate_chest_case
-from sam3d.data.clicks import centre_click
+from sam3d.data.clicks import centre_click, next_click
 from sam3d.data.phantoms import case_seed
 from sam3d.engine import edge_threshold
+from sam3d.engine import session as session_module
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import GATE_RATIO, Session, _search_agrees
 from sam3d.engine.slice_pathway import LiteMedSAM2D, segment_slice_by_slice, volume_bounds
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.skipif(not BUNDLED_MODELS["default"].is_file(), reason=
 CHEST_DEV_SEED = 5  # `sam3d phantoms --design chest --seed 5`: the development set of docs/BENCHMARKS.md
 MASS, SMALL_NODULE, WALL_MASS = 1, 6, 4  # its cases 1 (a 64 ml mass), 6 (a 0.2 ml nodule), 4 (5 ml, at the wall)
 EDGE_AT_HALF = 7  # case 7: the first click's mask stays at 0.5, on the lesion's edge
+CHEST_DEV2_SEED, ONE_SLICE_NODULE = 8, 7  # `--seed 8` (chest dev2), case 7: a 95-voxel nodule on one slice
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +143,28 @@ def test_a_2d_box_on_a_mass_against_the_wall_stops_where_the_mass_ends():
     covered = np.flatnonzero(mask.any(axis=(1, 2)))
     labelled = np.flatnonzero(target.any(axis=(1, 2)))
     assert covered.min() >= labelled.min() - 1 and covered.max() <= labelled.max() + 1
+
+
+def test_a_negative_click_the_3d_model_ignores_is_honoured(predictor, monkeypatch):
+    """The nodule's first mask (the 3D model's, at 0.5, corrected by the 3D model: no image edge)
+    runs onto the slices beside it; the 3D model's answer to a negative click there still holds
+    the clicked voxel, the session's does not, and it is the better mask."""
+    image, label, _ = generate_chest_case(case_seed(CHEST_DEV2_SEED, ONE_SLICE_NODULE))
+    target = label.array > 0
+    session = Session(predictor, image.array, image.spacing)
+    first = centre_click(target, image.spacing)
+    session.interact([first], [1])
+    point, kind = next_click(session.mask, target, image.spacing)
+    assert kind == 0 and not target[tuple(np.round(point).astype(int))]
+    session.interact([point], [0])
+    honoured = session.mask.copy()
+    session.undo()
+    monkeypatch.setattr(session_module, "honour_negative_clicks", lambda probability, mask, *rest: mask)
+    session.interact([point], [0])
+    ignored = session.mask.copy()
+    clicked = tuple(np.round(point).astype(int))
+    assert ignored[clicked] and not honoured[clicked]
+    assert honoured[tuple(np.round(first).astype(int))]
+    removed = ignored & ~honoured
+    assert np.count_nonzero(removed) > 0.15 * np.count_nonzero(ignored) and not (removed & target).any()
+    assert _dice(honoured, target) > _dice(ignored, target) + 0.03

@@ -28,6 +28,9 @@ the object's mask:
    is kept); a mask whose boundary lies on an image edge (every threshold other than 0.5 and a
    0.5 mask on an edge) is corrected as the 2D pathway's, one inside an organ of like intensity by
    the 3D model.
+6. Where the 3D model answered and its mask still holds one of the object's negative clicks, the
+   part of the mask it is no surer of than of that click, connected to it and nearer it than
+   every positive click, is removed (``negative_clicks.py``).
 
 A request either completes or leaves the session as it was (state is changed only at the end).
 """
@@ -48,6 +51,7 @@ from ..model.sam3d import ImageFeatures
 from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
+from .negative_clicks import honour_negative_clicks
 from .predictor import Predictor
 from .slice_pathway import correction_box, is_3d_box, volume_bounds
 
@@ -254,6 +258,9 @@ class Session:
                             queue.append(neighbour)
             box = _union([patch_box for patch_box, _ in patches])
             proposal = self._proposal(box, patches, threshold)
+            if done and corrected is None and not box_2d and (all_labels == 0).any():  # the 3D model answered
+                proposal = honour_negative_clicks(self._fused(box, patches), proposal,
+                                                  all_points - np.asarray(box[0]), all_labels, self.spacing)
             if threshold != DEFAULT_THRESHOLD:  # a new object's first click: keep only the clicked object
                 proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]))
             # for a new object's first click: whether the 2D pathway will correct its mask
@@ -534,6 +541,12 @@ class Session:
                   threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
         """The object's mask inside ``box`` with the patches predicted so far fused in: where
         any patch covers a voxel, the maximum probability > ``threshold`` decides, elsewhere the mask."""
+        fused = self._fused(box, patches)
+        return np.where(fused >= 0, fused > threshold, self.mask[_slices(box)])
+
+    @staticmethod
+    def _fused(box: Box, patches: list[tuple[Box, np.ndarray]]) -> np.ndarray:
+        """The patches' maximum probability inside ``box``; -1 where no patch covers a voxel."""
         fused = np.full(_size(box), -1.0, dtype=np.float32)
         for patch_box, probability in patches:
             overlap = _intersection(box, patch_box)
@@ -541,8 +554,7 @@ class Session:
                 continue
             target = fused[_slices(overlap, origin=box[0])]
             np.maximum(target, probability[_slices(overlap, origin=patch_box[0])], out=target)
-        current = self.mask[_slices(box)]
-        return np.where(fused >= 0, fused > threshold, current)
+        return fused
 
     def _commit(self, box: Box, new: np.ndarray, points: np.ndarray, labels: np.ndarray,
                 prompt_box: np.ndarray | None, interactions: int) -> MaskChange:

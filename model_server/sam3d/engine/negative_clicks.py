@@ -1,0 +1,70 @@
+"""Negative clicks the 3D model does not honour.
+
+The 3D model's answer to a negative click often still holds the clicked voxel: on a small nodule
+whose mask runs onto the slices beside it, four negative clicks each took 5-10 % of the mask
+(docs/BENCHMARKS.md, "Negative clicks the 3D model does not honour"). Where its mask still holds
+a negative click, ``honour_negative_clicks`` removes the part of the mask the model is no surer
+of than of the clicked voxel, connected to the click, and only where it lies nearer that click
+than every positive click - the rule the 2D pathway's negative clicks keep on their slice
+(``slice_pathway.correct_slice_by_slice``): a negative click never takes the region around a
+positive one, even when the model is less sure there.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..data.clicks import label_objects
+
+
+def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np.ndarray, labels: np.ndarray,
+                           spacing: Sequence[float]) -> np.ndarray:
+    """``mask`` (the 3D model's answer, bool) without what each negative click in it marks.
+
+    ``probability``: the model's foreground probability on the mask's grid, negative where no
+    crop covers a voxel (there the mask is the object's previous one and nothing is removed);
+    ``points``: kji of all the object's clicks relative to the arrays, ``labels`` 1 / 0;
+    ``spacing``: mm per axis, for "nearer". Clicks outside the arrays are ignored."""
+    result = mask.copy()
+    positives = np.asarray(points, dtype=float)[np.asarray(labels) == 1]
+    for point, label in zip(points, labels):
+        index = tuple(int(round(float(c))) for c in point)
+        if label != 0 or not all(0 <= c < n for c, n in zip(index, mask.shape)):
+            continue
+        if not result[index] or probability[index] < 0:
+            continue
+        doubtful = result & (probability >= 0) & (probability <= probability[index])
+        lo, hi = _tight_bounds(doubtful)
+        window = tuple(slice(a, b) for a, b in zip(lo, hi))
+        part = doubtful[window] & _nearer_than_all(doubtful[window].shape, np.asarray(point, dtype=float) - lo,
+                                                   positives - lo, spacing)
+        components, _ = label_objects(part)
+        clicked = components[tuple(c - a for c, a in zip(index, lo))]
+        if clicked:
+            result[window][components == clicked] = False
+    return result
+
+
+def _tight_bounds(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) index bounds of a non-empty bool array's True voxels (hi exclusive)."""
+    voxels = np.argwhere(region)
+    return voxels.min(axis=0), voxels.max(axis=0) + 1
+
+
+def _nearer_than_all(shape: Sequence[int], negative: np.ndarray, positives: np.ndarray,
+                     spacing: Sequence[float]) -> np.ndarray:
+    """The voxels of an array of ``shape`` nearer (in mm) the ``negative`` click than every one of
+    ``positives`` (all of them when there is none); clicks in the array's kji coordinates."""
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    scale = np.asarray(spacing, dtype=float)
+
+    def squared_distance(point: np.ndarray) -> np.ndarray:
+        return sum(((axis - c) * s) ** 2 for axis, c, s in zip(grid, point, scale))
+
+    to_negative = squared_distance(negative)
+    nearer = np.ones(tuple(shape), dtype=bool)
+    for positive in positives:
+        nearer &= to_negative < squared_distance(positive)
+    return nearer
