@@ -158,6 +158,18 @@ def touched_faces(foreground: torch.Tensor) -> list[tuple[int, int]]:
     return faces
 
 
+def tight_box(mask: np.ndarray) -> Box | None:
+    """Half-open box of the true voxels, None when there are none."""
+    if not mask.any():
+        return None
+    lo, hi = [], []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo.append(int(hits[0]))
+        hi.append(int(hits[-1]) + 1)
+    return tuple(lo), tuple(hi)
+
+
 def _clamp_box(lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int]) -> Box:
     lo = np.clip(lo, 0, np.asarray(shape) - 1)
     hi = np.maximum(np.minimum(hi, shape), lo + 1)

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.clicks import label_objects
+from .crops import tight_box
 
 
 def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np.ndarray, labels: np.ndarray,
@@ -36,7 +37,7 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
         if not result[index] or probability[index] < 0:
             continue
         doubtful = result & (probability >= 0) & (probability <= probability[index])
-        lo, hi = _tight_bounds(doubtful)
+        lo, hi = tight_box(doubtful)  # the click is in it: never None
         window = tuple(slice(a, b) for a, b in zip(lo, hi))
         part = doubtful[window] & _nearer_than_all(doubtful[window].shape, np.asarray(point, dtype=float) - lo,
                                                    positives - lo, spacing)
@@ -45,12 +46,6 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
         if clicked:
             result[window][components == clicked] = False
     return result
-
-
-def _tight_bounds(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) index bounds of a non-empty bool array's True voxels (hi exclusive)."""
-    voxels = np.argwhere(region)
-    return voxels.min(axis=0), voxels.max(axis=0) + 1
 
 
 def _nearer_than_all(shape: Sequence[int], negative: np.ndarray, positives: np.ndarray,

@@ -49,7 +49,7 @@ from ..data.clicks import label_objects
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from .choices import CLICK_PATHWAYS, CORRECTIONS
-from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, touched_faces
+from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tight_box, touched_faces
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
 from .negative_clicks import honour_negative_clicks
 from .predictor import Predictor
@@ -451,7 +451,7 @@ class Session:
         self.encoder_runs += 1
         lo = np.clip(np.floor(box[0]).astype(int), 0, None)
         hi = np.minimum(np.ceil(box[1]).astype(int) + 1, self.shape)
-        region = _union([(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), _tight_box(mask) or EMPTY_BOX])
+        region = _union([(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), tight_box(mask) or EMPTY_BOX])
         patch = mask[_slices(region)].astype(np.float32)
         return (region, patch), time.perf_counter() - start
 
@@ -481,7 +481,7 @@ class Session:
             on_slice[_slices(box)[1:]] = proposal[k - box[0][0]]
         mask = self.predictor.segment_click_2d(self.volume, click, self.spacing, self._bounds_2d(), on_slice, max_voxels)
         self.encoder_runs += 1
-        region = _tight_box(mask)
+        region = tight_box(mask)
         if region is None:
             return None
         merged = _union([box, region])
@@ -514,7 +514,7 @@ class Session:
             if label == 1:
                 positives.append(point)
         self.encoder_runs += 1  # LiteMedSAM's encoder ran on the slices it changed
-        region = _tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
+        region = tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
         return (region, mask[_slices(region)].astype(np.float32)), time.perf_counter() - start
 
     def _chooses_threshold(self, new_box: np.ndarray | None, labels: np.ndarray) -> bool:
@@ -560,7 +560,7 @@ class Session:
                 prompt_box: np.ndarray | None, interactions: int) -> MaskChange:
         """Write ``new`` (the mask inside ``box``), record undo, return the tight changed box."""
         old = self.mask[_slices(box)]
-        changed = _tight_box(new != old)
+        changed = tight_box(new != old)
         if changed is None:
             change_box, previous = EMPTY_BOX, np.zeros((0, 0, 0), dtype=bool)
         else:
@@ -695,15 +695,3 @@ def _intersection(a: Box, b: Box) -> Box | None:
     lo = tuple(max(x, y) for x, y in zip(a[0], b[0]))
     hi = tuple(min(x, y) for x, y in zip(a[1], b[1]))
     return None if any(h <= l for l, h in zip(lo, hi)) else (lo, hi)
-
-
-def _tight_box(mask: np.ndarray) -> Box | None:
-    """Half-open box of the true voxels, None when there are none."""
-    if not mask.any():
-        return None
-    lo, hi = [], []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        lo.append(int(hits[0]))
-        hi.append(int(hits[-1]) + 1)
-    return tuple(lo), tuple(hi)
