@@ -15,7 +15,7 @@ from sam3d.data.phantoms import write_dataset
 from sam3d.engine.crops import CropGeometry
 from sam3d.evaluate.classical import region_grow
 from sam3d.evaluate.metrics import dice_and_nsd
-from sam3d.evaluate.simulation import case_rng, label_objects, perturbed
+from sam3d.evaluate.simulation import PERTURBATION_STREAM, case_rng, label_objects, perturbed
 from sam3d.model.config import get_config
 
 
@@ -137,6 +137,9 @@ def test_a_perturbation_is_seeded_noise_of_a_fraction_of_the_intensity_range():
     assert not np.array_equal(once, perturbed(volume, 0.002, 2, "a"))
     assert not np.array_equal(once, perturbed(volume, 0.002, 1, "b"))
     assert np.std(once - volume) == pytest.approx(2.0, rel=0.05)  # 0.002 x 1000
+    # drawn slice by slice, the noise is the one whole-volume draw the recorded figures used
+    whole = case_rng(1, "a", PERTURBATION_STREAM).normal(0.0, 2.0, volume.shape).astype(np.float32)
+    assert np.array_equal(once, volume.astype(np.float32) + whole)
     with pytest.raises(ValueError, match="0 or more|>= 0"):
         perturbed(volume, -0.1, 1, "a")
 
