@@ -12,7 +12,10 @@ A first click lands in a part of the volume no crop has covered yet, so the serv
 image encoder; a next click lands in the crop of the object being segmented, so it runs only
 the prompt encoder and decoder. Each next click is undone (untimed) before the next one so
 that all N measure the same situation. Reply bytes are compared with the full-volume mask as
-packed bits (what a reply without a bounding box would carry before compression).
+packed bits (what a reply without a bounding box would carry before compression). Where the
+model takes boxes, a 2D box on the tumour's largest slice follows, then up to N corrections
+where its mask errs most (the evaluation protocol's clicks, not undone): what an annotator
+correcting a box waits for.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ sys.path[:0] = [str(REPO / "SAM3DPrompt"), str(REPO / "model_server" / "tests")]
 from SAM3DPromptLib.client import SAM3DClient  # noqa: E402
 from server_helpers import running_server  # noqa: E402
 
-from sam3d.data.clicks import centre_click  # noqa: E402
+from sam3d.data.clicks import centre_click, next_click  # noqa: E402
 from sam3d.engine.choices import CLICK_PATHWAYS, SLICE_PRECISIONS  # noqa: E402
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case  # noqa: E402
+from sam3d.evaluate.simulation import largest_slice_box  # noqa: E402
 
 GOAL_NEXT_CLICK_MS = 150.0
 GOAL_REPLY_FRACTION = 0.01
@@ -57,6 +61,26 @@ def timed(call, *args):
     start = time.perf_counter()
     result = call(*args)
     return result, (time.perf_counter() - start) * 1000
+
+
+def box_corrections(client: SAM3DClient, session: str, target: np.ndarray, spacing,
+                    count: int) -> tuple[float, list[float], list[int]]:
+    """A 2D box on ``target``'s largest slice, then up to ``count`` corrections at the protocol's
+    next click (``next_click``) -> (box ms, correction ms, model crops per correction: 0 where the
+    2D pathway answered)."""
+    client.reset(session)
+    update, box_ms = timed(client.interact, session, [], [], largest_slice_box(target))
+    mask = update.apply_to(np.zeros(target.shape, dtype=bool))
+    times, crops = [], []
+    for _ in range(count):
+        click = next_click(mask, target, spacing)
+        if click is None:
+            break
+        update, ms = timed(client.interact, session, [click[0]], [click[1]])
+        mask = update.apply_to(mask)
+        times.append(ms)
+        crops.append(update.crops)
+    return box_ms, times, crops
 
 
 def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
@@ -99,6 +123,9 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         next_encoder.append(update.encoder_ran)
         next_crops.append(update.crops)
         client.undo(session)
+    boxes = "box" in caps["prompts"]
+    if boxes:
+        box_ms, correction_ms, correction_crops = box_corrections(client, session, tumor, image.spacing, args.repeats)
     info = client.session_info(session)
     client.delete_session(session)
 
@@ -124,6 +151,11 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         ("next click by label, median", ", ".join(
             f"{name} {statistics.median(next_ms[first::2]):.0f} ms" for first, name in ((1, "positive"), (0, "negative"))
             if next_ms[first::2])),
+        *([("2D box on the tumour's largest slice", f"{box_ms:.0f} ms"),
+           (f"correction after the box, median of {len(correction_ms)}",
+            f"{statistics.median(correction_ms):.0f} ms (min / max {min(correction_ms):.0f} / "
+            f"{max(correction_ms):.0f}; the 2D pathway answered {correction_crops.count(0)}/{len(correction_crops)})")]
+          if boxes and correction_ms else []),
         ("bytes per click reply, median / max", f"{median_size:.0f} / {max(sizes)} B"),
         ("full-volume mask as packed bits", f"{full_mask_bytes} B"),
         ("click reply / full mask", f"{100 * median_size / full_mask_bytes:.3f} % (goal <= "

@@ -10,7 +10,8 @@ import torch
 from sam3d.engine.predictor import Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _on_clicked_slices, _within_box
 from sam3d.engine.slice_pathway import (BOX_MARGIN_PX, LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
-                                        _propagate, _propagation_margins, _SliceWindows, correct_slice_by_slice,
+                                        _propagate, _propagation_margins, _SliceWindows, SliceEmbeddings,
+                                        correct_slice_by_slice,
                                         _cut, native_bf16_cpu, resolve_slice_precision, segment_from_click,
                                         segment_slice_by_slice, volume_bounds)
 
@@ -355,6 +356,44 @@ def test_a_box_search_decodes_boxes_of_one_size_and_place_on_one_embedded_window
     windows.scored_mask(np.array([28.0, 26.0, 36.0, 34.0]))
     windows.scored_mask(np.array([2.0, 2.0, 22.0, 22.0]))
     assert len(windows.embedded) == 3
+
+
+def test_slice_embeddings_keep_each_slices_windows_and_drop_the_least_recently_used(ball, small_window_model):
+    """Windows embedded on a slice serve later boxes there (another call, the same window); beyond
+    the capacity the least recently used slice's windows go first, and are embedded again on use."""
+    volume, mask = ball
+    bounds = volume_bounds(volume)
+    embeddings = SliceEmbeddings(capacity=2)
+    box = np.array([22.0, 20.0, 42.0, 40.0])
+    for k in (11, 12):
+        embeddings.windows(small_window_model, volume, k, bounds).scored_mask(box)
+    again, _ = embeddings.windows(small_window_model, volume, 11, bounds).scored_mask(box + 1)  # 11 used last
+    assert len(embeddings) == 2 and _slice_dice(again, mask[11]) >= 0.85
+    assert embeddings.nbytes == 2 * 256 * (small_window_model.window // 4) ** 2 * 4
+    embeddings.windows(small_window_model, volume, 13, bounds).scored_mask(box)  # over capacity: 12 goes
+    assert len(embeddings) == 2
+    assert len(embeddings.windows(small_window_model, volume, 11, bounds).embedded) == 1
+    assert len(embeddings.windows(small_window_model, volume, 12, bounds).embedded) == 0
+
+
+def test_a_session_corrects_a_box_on_the_windows_its_propagation_embedded(ball, tiny_model):
+    """After a 2D box, a negative click on a leak of a slice the propagation answered is decoded on
+    the window embedded then (no new embedding; the session counts the embeddings as its memory),
+    and still removes the leak and keeps the ball."""
+    volume, mask = ball
+    predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
+    session = Session(predictor, volume, (1.0, 1.0, 1.0))
+    without = session.memory_bytes()
+    session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=[[12, 23, 21], [12, 41, 39]])
+    embedded = len(session._slice_embeddings)
+    assert embedded >= 3 and session.memory_bytes() == without + session._slice_embeddings.nbytes + session.history_bytes
+    leaked = session.mask[11].copy()
+    leaked[28:37, 38:50] = True  # a strip attached to the ball's right edge
+    session.set_mask((11, 0, 0), (12, 64, 64), leaked[None])
+    session.interact([[11, 32, 46]], [0])
+    assert len(session._slice_embeddings) == embedded
+    assert session.mask[11, 28:37, 42:50].sum() <= 10  # of the strip's 72 pixels clear of the ball
+    assert _slice_dice(session.mask[11], mask[11]) >= 0.85
 
 
 def test_a_box_search_larger_than_its_limit_is_refused_and_stops_early(ball, small_window_model):

@@ -12,8 +12,8 @@ import torch
 from ..model.checkpoint import LoadedModel, load_model
 from ..model.sam3d import ImageFeatures
 from .choices import BOX_PATHWAYS
-from .slice_pathway import (LiteMedSAM2D, correct_slice_by_slice, resolve_slice_precision, segment_from_click,
-                            segment_slice_by_slice)
+from .slice_pathway import (LiteMedSAM2D, SliceEmbeddings, correct_slice_by_slice, resolve_slice_precision,
+                            segment_from_click, segment_slice_by_slice)
 
 
 def resolve_box_pathway(choice: str, backbone: str) -> str:
@@ -87,32 +87,38 @@ class Predictor:
             self.decoder_runs += 1
         return probability
 
-    def segment_box_2d(self, volume: np.ndarray, box_kji: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    def segment_box_2d(self, volume: np.ndarray, box_kji: np.ndarray, bounds: tuple[float, float],
+                       embeddings: SliceEmbeddings | None = None) -> np.ndarray:
         """A box prompt through LiteMedSAM's 2D pathway -> bool mask of ``volume``'s shape (the
-        2D model is built on first use; it runs in the encoder lane, on the CPU)."""
+        2D model is built on first use; it runs in the encoder lane, on the CPU). ``embeddings``
+        (all three 2D calls): the session's slice windows, kept across its interactions."""
         with self._encode_lock, torch.inference_mode():
-            mask = segment_slice_by_slice(self._slice_pathway(), volume, box_kji=box_kji, bounds=bounds)
+            mask = segment_slice_by_slice(self._slice_pathway(), volume, box_kji=box_kji, bounds=bounds,
+                                          embeddings=embeddings)
             self.encoder_runs += 1
         return mask
 
     def segment_click_2d(self, volume: np.ndarray, point_kji: np.ndarray, spacing, bounds: tuple[float, float],
-                         proposal: np.ndarray | None = None, max_voxels: int | None = None) -> np.ndarray:
+                         proposal: np.ndarray | None = None, max_voxels: int | None = None,
+                         embeddings: SliceEmbeddings | None = None) -> np.ndarray:
         """A first click through LiteMedSAM's 2D pathway by a box search on its slice
         (``slice_pathway.segment_from_click``; ``proposal``: the 3D model's mask on that slice;
         empty past ``max_voxels``)."""
         with self._encode_lock, torch.inference_mode():
-            mask = segment_from_click(self._slice_pathway(), volume, point_kji, spacing, bounds, proposal, max_voxels)
+            mask = segment_from_click(self._slice_pathway(), volume, point_kji, spacing, bounds, proposal, max_voxels,
+                                      embeddings)
             self.encoder_runs += 1
         return mask
 
     def correct_box_2d(self, volume: np.ndarray, mask: np.ndarray, point_kji: np.ndarray, label: int,
                        bounds: tuple[float, float], box_kji: np.ndarray | None = None,
-                       spacing=None, positives_kji: np.ndarray | None = None) -> np.ndarray | None:
+                       spacing=None, positives_kji: np.ndarray | None = None,
+                       embeddings: SliceEmbeddings | None = None) -> np.ndarray | None:
         """A correction click on a 2D-pathway mask through the 2D pathway: the new mask, or None
         when the click is not one it answers (``slice_pathway.correct_slice_by_slice``)."""
         with self._encode_lock, torch.inference_mode():
             corrected = correct_slice_by_slice(self._slice_pathway(), volume, mask, point_kji, label, bounds, box_kji,
-                                                spacing, positives_kji)
+                                                spacing, positives_kji, embeddings)
             self.encoder_runs += corrected is not None
         return corrected
 

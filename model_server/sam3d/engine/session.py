@@ -53,7 +53,7 @@ from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tig
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
 from .negative_clicks import honour_negative_clicks
 from .predictor import Predictor
-from .slice_pathway import correction_box, is_3d_box, volume_bounds
+from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, volume_bounds
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
 # "gated": the box search's mask is kept where it found the 3D model's object whole (it holds at
@@ -197,6 +197,7 @@ class Session:
         self._history: list[_HistoryEntry] = []
         self._extent: Box = EMPTY_BOX  # box that holds every foreground voxel of the mask
         self._intensity_bounds: tuple[float, float] | None = None  # the 2D box pathway's, once per volume
+        self._slice_embeddings = SliceEmbeddings()  # the 2D pathway's embedded slice windows, kept
         # the object's first click was answered by the 2D pathway's box search, or by the 3D model
         # with a mask whose boundary lies on an image edge (at a threshold other than 0.5, which the
         # 3D model's later answers at 0.5 would undo, or at 0.5): its corrections go to the 2D
@@ -257,10 +258,11 @@ class Session:
                                    for g in done + queue):
                             queue.append(neighbour)
             box = _union([patch_box for patch_box, _ in patches])
-            proposal = self._proposal(box, patches, threshold)
+            fused = self._fused(box, patches)
+            proposal = self._thresholded(box, fused, threshold)
             if done and corrected is None and not box_2d and (all_labels == 0).any():  # the 3D model answered
-                proposal = honour_negative_clicks(self._fused(box, patches), proposal,
-                                                  all_points - np.asarray(box[0]), all_labels, self.spacing)
+                proposal = honour_negative_clicks(fused, proposal, all_points - np.asarray(box[0]), all_labels,
+                                                  self.spacing)
             if threshold != DEFAULT_THRESHOLD:  # a new object's first click: keep only the clicked object
                 proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]))
             # for a new object's first click: whether the 2D pathway will correct its mask
@@ -353,8 +355,10 @@ class Session:
         return sum(entry.previous.nbytes for entry in self._history)
 
     def memory_bytes(self) -> int:
-        """Bytes the session holds: volume, mask, undo history, cached encoder features."""
-        return self.volume.nbytes + self.mask.nbytes + self.history_bytes + self.cache.nbytes
+        """Bytes the session holds: volume, mask, undo history, cached encoder features and 2D
+        pathway embeddings."""
+        return (self.volume.nbytes + self.mask.nbytes + self.history_bytes + self.cache.nbytes
+                + self._slice_embeddings.nbytes)
 
     # -- steps ----------------------------------------------------------------------------
     def _check_limits(self, new_points: int) -> None:
@@ -447,7 +451,7 @@ class Session:
     def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
         """A box answered by the 2D pathway -> (patch over the box and the mask, seconds)."""
         start = time.perf_counter()
-        mask = self.predictor.segment_box_2d(self.volume, box, self._bounds_2d())
+        mask = self.predictor.segment_box_2d(self.volume, box, self._bounds_2d(), self._slice_embeddings)
         self.encoder_runs += 1
         lo = np.clip(np.floor(box[0]).astype(int), 0, None)
         hi = np.minimum(np.ceil(box[1]).astype(int) + 1, self.shape)
@@ -479,7 +483,8 @@ class Session:
         on_slice = np.zeros(self.shape[1:], dtype=bool)
         if box[0][0] <= k < box[1][0]:
             on_slice[_slices(box)[1:]] = proposal[k - box[0][0]]
-        mask = self.predictor.segment_click_2d(self.volume, click, self.spacing, self._bounds_2d(), on_slice, max_voxels)
+        mask = self.predictor.segment_click_2d(self.volume, click, self.spacing, self._bounds_2d(), on_slice, max_voxels,
+                                               self._slice_embeddings)
         self.encoder_runs += 1
         region = tight_box(mask)
         if region is None:
@@ -508,7 +513,8 @@ class Session:
         positives = list(self.points[self.labels == 1])
         for point, label in zip(points, labels):
             mask = self.predictor.correct_box_2d(self.volume, mask, point, int(label), self._bounds_2d(),
-                                                self.box, self.spacing, np.array(positives).reshape(-1, 3))
+                                                self.box, self.spacing, np.array(positives).reshape(-1, 3),
+                                                self._slice_embeddings)
             if mask is None:
                 return None
             if label == 1:
@@ -541,7 +547,11 @@ class Session:
                   threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
         """The object's mask inside ``box`` with the patches predicted so far fused in: where
         any patch covers a voxel, the maximum probability > ``threshold`` decides, elsewhere the mask."""
-        fused = self._fused(box, patches)
+        return self._thresholded(box, self._fused(box, patches), threshold)
+
+    def _thresholded(self, box: Box, fused: np.ndarray, threshold: float) -> np.ndarray:
+        """``_fused`` probabilities inside ``box`` > ``threshold`` where a patch covers a voxel,
+        the object's mask elsewhere."""
         return np.where(fused >= 0, fused > threshold, self.mask[_slices(box)])
 
     @staticmethod

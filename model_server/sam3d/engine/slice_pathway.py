@@ -34,7 +34,8 @@ bf16 instructions (about 2x faster; ``resolve_slice_precision``), else in fp32.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections import OrderedDict
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ CLICK_BOX_REFINEMENTS = 3  # each candidate is re-boxed around its own mask up t
 CLICK_BOX_SETTLED = 0.05  # a re-boxed mask whose area changed by less than this fraction has settled
 WINDOW_REUSE_SCALE = 1.25  # a search's box is decoded on an embedded window this close in size to its own ...
 WINDOW_REUSE_MARGIN = 1 / 5  # ... that holds it at least this fraction of the window's side from every edge
+WINDOWS_KEPT = 64  # a session's embedded slice windows kept across its interactions (1 MiB each at WINDOW_PX)
 
 
 class LiteMedSAM2D:
@@ -114,11 +116,6 @@ class LiteMedSAM2D:
         masks = F.interpolate(logits, size=(self.window, self.window), mode="bilinear", align_corners=False)[0] > 0
         chosen = masks.numpy() if all_masks else masks[0].numpy()
         return (chosen, float(scores[0, 0])) if with_score else chosen
-
-    def segment(self, image: np.ndarray, box: np.ndarray | None = None, point: np.ndarray | None = None,
-                all_masks: bool = False, with_score: bool = False) -> np.ndarray | tuple[np.ndarray, float]:
-        """``decode`` on the ``embed``-ding of ``image``: one window, one prompt."""
-        return self.decode(self.embed(image), box, point, all_masks, with_score)
 
 
 def resolve_slice_precision(choice: str) -> str:
@@ -180,20 +177,25 @@ def _paste(mask: np.ndarray, j0: int, i0: int, side: int, shape: Sequence[int]) 
 
 def _segment_slice(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float],
                    box: np.ndarray | None = None, point: Sequence[float] | None = None,
-                   previous: np.ndarray | None = None) -> np.ndarray:
+                   previous: np.ndarray | None = None, windows: "_SliceWindows | None" = None) -> np.ndarray:
     """One slice from a (j0, i0, j1, i1) box or a (j, i) point -> bool mask of the slice.
 
     With ``previous`` (the neighbouring slice's mask, during propagation): LiteMedSAM's single mask
     while it keeps to the growth rule (at least ``MIN_AREA_PX``, at most ``GROWTH_LIMIT`` times
     ``previous``); where it overgrows - given the previous slice's widened box it tends to fill the
     box - the one of SAM's three multimask outputs that keeps to the rule and agrees best with
-    ``previous`` (Dice); the overgrown single mask when none does, which ends the propagation."""
-    j0, i0, side, prompt = _window_prompt(model, box, point)
-    image = _cut(plane, j0, i0, side, model.window, bounds)
+    ``previous`` (Dice); the overgrown single mask when none does, which ends the propagation.
+    With ``windows`` (the slice's embedded windows), a box is decoded on one of them that serves it."""
+    if windows is not None and box is not None:
+        j0, i0, side, embedding = windows.window_for(box)
+        prompt = dict(box=_box_in_window(box, j0, i0, side, model.window))
+    else:
+        j0, i0, side, prompt = _window_prompt(model, box, point)
+        embedding = model.embed(_cut(plane, j0, i0, side, model.window, bounds))
     if previous is None:
-        return _paste(model.segment(image, **prompt), j0, i0, side, plane.shape)
+        return _paste(model.decode(embedding, **prompt), j0, i0, side, plane.shape)
     candidates = [_paste(window_mask, j0, i0, side, plane.shape)
-                  for window_mask in model.segment(image, all_masks=True, **prompt)]
+                  for window_mask in model.decode(embedding, all_masks=True, **prompt)]
     fitting = [c for c in candidates if _keeps_growth_rule(c, previous)]
     if not fitting or fitting[0] is candidates[0]:
         return candidates[0]  # the single mask when it fits; else the growth rule ends the propagation
@@ -216,28 +218,36 @@ def _box_in_window(box: np.ndarray, j0: int, i0: int, side: int, size: int) -> n
     return np.array([box[1] - i0, box[0] - j0, box[3] - i0, box[2] - j0]) * size / side
 
 
+Window = tuple[int, int, int, torch.Tensor]  # (j0, i0, side, LiteMedSAM's embedding of that window)
+
+
 class _SliceWindows:
-    """LiteMedSAM's embeddings of one slice's windows, kept while a box search runs on it.
+    """LiteMedSAM's embeddings of one slice's windows.
 
     A box is decoded on an embedded window when that window is about the size of the box's own
     (``_window``; sides within ``WINDOW_REUSE_SCALE``) and holds the box at least
     ``WINDOW_REUSE_MARGIN`` of its side from every edge; otherwise its own window is embedded.
     A search re-boxes each start around its mask several times, and the boxes of one chain
-    mostly differ by a few pixels: decoding one on an embedding costs about a twentieth of
-    embedding its window (docs/BENCHMARKS.md, "A cheaper box search")."""
+    mostly differ by a few pixels; a correction's box on a slice the pathway has answered
+    before mostly differs little from that answer's (``SliceEmbeddings``). Decoding one on an
+    embedding costs about a twentieth of embedding its window (docs/BENCHMARKS.md, "A cheaper
+    box search"). ``embedded``: the slice's windows so far (shared with a ``SliceEmbeddings``);
+    ``on_embed``: called after each new one."""
 
-    def __init__(self, model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float]) -> None:
+    def __init__(self, model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float],
+                 embedded: list[Window] | None = None, on_embed: Callable[[], None] | None = None) -> None:
         self.model, self.plane, self.bounds = model, plane, bounds
-        self.embedded: list[tuple[int, int, int, torch.Tensor]] = []  # (j0, i0, side, embedding)
+        self.embedded = [] if embedded is None else embedded
+        self.on_embed = on_embed
 
     def scored_mask(self, box: np.ndarray) -> tuple[np.ndarray, float]:
         """A (j0, i0, j1, i1) box -> (bool mask of the slice, SAM's predicted IoU)."""
-        j0, i0, side, embedding = self._window_for(box)
+        j0, i0, side, embedding = self.window_for(box)
         mask, score = self.model.decode(embedding, box=_box_in_window(box, j0, i0, side, self.model.window),
                                         with_score=True)
         return _paste(mask, j0, i0, side, self.plane.shape), score
 
-    def _window_for(self, box: np.ndarray) -> tuple[int, int, int, torch.Tensor]:
+    def window_for(self, box: np.ndarray) -> Window:
         """An embedded window that serves ``box`` (see the class), else its own, embedded now."""
         own = _window(box)
         for j0, i0, side, embedding in self.embedded:
@@ -249,7 +259,48 @@ class _SliceWindows:
         j0, i0, side = own
         embedding = self.model.embed(_cut(self.plane, j0, i0, side, self.model.window, self.bounds))
         self.embedded.append((j0, i0, side, embedding))
+        if self.on_embed is not None:
+            self.on_embed()
         return j0, i0, side, embedding
+
+
+class SliceEmbeddings:
+    """The embedded windows of one volume's slices (``_SliceWindows``), kept across a session's
+    interactions: the volume and its intensity bounds never change there, so a correction on a
+    slice the pathway has answered before (the box's propagation, an earlier correction)
+    decodes on a window embedded then when one serves its box. At most ``capacity`` windows;
+    those of the least recently used slices go first. Measured in docs/BENCHMARKS.md ("Slice
+    embeddings kept across interactions")."""
+
+    def __init__(self, capacity: int = WINDOWS_KEPT) -> None:
+        self.capacity = capacity
+        self._slices: OrderedDict[int, list[Window]] = OrderedDict()
+
+    def windows(self, model: LiteMedSAM2D, volume: np.ndarray, k: int, bounds: tuple[float, float]) -> _SliceWindows:
+        """Slice ``k``'s windows, the most recently used from now."""
+        embedded = self._slices.pop(k, [])
+        self._slices[k] = embedded
+        return _SliceWindows(model, volume[k], bounds, embedded, self._trim)
+
+    def __len__(self) -> int:
+        return sum(len(embedded) for embedded in self._slices.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(window[3].nbytes for embedded in self._slices.values() for window in embedded)
+
+    def _trim(self) -> None:
+        while len(self) > self.capacity:
+            k, oldest = next(iter(self._slices.items()))
+            oldest.pop(0)
+            if not oldest:
+                del self._slices[k]
+
+
+def _windows(embeddings: SliceEmbeddings | None, model: LiteMedSAM2D, volume: np.ndarray, k: int,
+             bounds: tuple[float, float]) -> _SliceWindows | None:
+    """Slice ``k``'s kept windows where ``embeddings`` keeps them, else None (each box embeds its own)."""
+    return None if embeddings is None else embeddings.windows(model, volume, k, bounds)
 
 
 def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float], j: int, i: int,
@@ -260,7 +311,9 @@ def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float,
     up to ``CLICK_BOX_REFINEMENTS`` times or until it settles; of all masks that hold the click,
     the one SAM's IoU head scores highest (empty when none does). On development data it chose
     better than the object's contrast with its ring did (docs/BENCHMARKS.md, "A first click
-    answered by a box search")."""
+    answered by a box search"). The search embeds its own windows: decoded on windows kept from
+    other answers on the slice, its chains found other masks (docs/BENCHMARKS.md, "Slice
+    embeddings kept across interactions")."""
     starts = [np.array([j - half / pixel_mm[0], i - half / pixel_mm[1], j + half / pixel_mm[0], i + half / pixel_mm[1]])
               for half in CLICK_BOX_HALF_MM]
     if proposal is not None and proposal.any():
@@ -281,18 +334,19 @@ def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float,
 
 def segment_from_click(model: LiteMedSAM2D, volume: np.ndarray, click_kji: Sequence[float], spacing: Sequence[float],
                        bounds: tuple[float, float] | None = None, proposal: np.ndarray | None = None,
-                       max_voxels: int | None = None) -> np.ndarray:
+                       max_voxels: int | None = None, embeddings: SliceEmbeddings | None = None) -> np.ndarray:
     """3D bool mask from a first click: its slice answered by a box search (``_box_from_click``;
     ``proposal``: the 3D model's mask on that slice, one more start), then propagated along k as
     a box's mask is. Empty when no box's mask holds the click, or when the mask grows past
-    ``max_voxels`` (the propagation stops there: no time is spent on an answer that is refused)."""
+    ``max_voxels`` (the propagation stops there: no time is spent on an answer that is refused).
+    ``embeddings``: the session's kept slice windows (``SliceEmbeddings``), if any."""
     bounds = volume_bounds(volume) if bounds is None else bounds
     k, j, i = (int(round(float(v))) for v in click_kji)
     mask = np.zeros(volume.shape, dtype=bool)
     mask[k] = _box_from_click(model, volume[k], bounds, j, i, spacing[1:], proposal)
     if mask[k].any():
         for direction in (-1, 1):
-            _propagate(model, volume, bounds, mask, k, direction, max_voxels=max_voxels)
+            _propagate(model, volume, bounds, mask, k, direction, max_voxels=max_voxels, embeddings=embeddings)
     if max_voxels is not None and mask.sum() > max_voxels:
         mask[:] = False
     return mask
@@ -311,12 +365,13 @@ def _mask_box(plane_mask: np.ndarray, margin: float = 0.0) -> np.ndarray:
 
 
 def _fullest_slice(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], slices: range,
-                   rectangle: np.ndarray) -> tuple[int, np.ndarray]:
+                   rectangle: np.ndarray, embeddings: SliceEmbeddings | None = None) -> tuple[int, np.ndarray]:
     """The slice of a 3D box where the object fills the box's rectangle best (its mask's box
     overlaps the rectangle most): the object's widest slice, where propagation starts."""
     best = (-1.0, slices[0], np.zeros(volume.shape[1:], dtype=bool))
     for k in slices:
-        plane_mask = _segment_slice(model, volume[k], bounds, box=rectangle)
+        plane_mask = _segment_slice(model, volume[k], bounds, box=rectangle,
+                                    windows=_windows(embeddings, model, volume, k, bounds))
         if plane_mask.any():
             found = _mask_box(plane_mask)
             overlap = np.prod(np.clip(np.minimum(found[2:], rectangle[2:]) - np.maximum(found[:2], rectangle[:2]) + 1, 0, None))
@@ -328,9 +383,11 @@ def _fullest_slice(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float,
 
 def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.ndarray | None = None,
                            click_kji: Sequence[float] | None = None,
-                           bounds: tuple[float, float] | None = None) -> np.ndarray:
+                           bounds: tuple[float, float] | None = None,
+                           embeddings: SliceEmbeddings | None = None) -> np.ndarray:
     """3D bool mask from a box [[k0, j0, i0], [k1, j1, i1]] (a 2D box when k0 == k1) or one click,
-    propagated along k. ``bounds``: ``volume_bounds(volume)``, computed when not given."""
+    propagated along k. ``bounds``: ``volume_bounds(volume)``, computed when not given;
+    ``embeddings``: the session's kept slice windows (``SliceEmbeddings``), if any."""
     bounds = volume_bounds(volume) if bounds is None else bounds
     mask = np.zeros(volume.shape, dtype=bool)
     slices = range(volume.shape[0])
@@ -341,21 +398,22 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
         start = int(round(corners[:, 0].mean()))
         if is_3d_box(corners):  # its slices and its rectangle bound the propagation
             slices, limit = box_slices, rectangle
-            start, mask[start] = _fullest_slice(model, volume, bounds, slices, rectangle)
+            start, mask[start] = _fullest_slice(model, volume, bounds, slices, rectangle, embeddings)
         else:
-            mask[start] = _segment_slice(model, volume[start], bounds, box=rectangle)
+            mask[start] = _segment_slice(model, volume[start], bounds, box=rectangle,
+                                         windows=_windows(embeddings, model, volume, start, bounds))
     else:
         start = int(round(click_kji[0]))
         mask[start] = _segment_slice(model, volume[start], bounds, point=click_kji[1:])
     for direction in (-1, 1):
-        _propagate(model, volume, bounds, mask, start, direction, slices, limit)
+        _propagate(model, volume, bounds, mask, start, direction, slices, limit, embeddings=embeddings)
     return mask
 
 
 def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.ndarray, click_kji: Sequence[float],
                            label: int, bounds: tuple[float, float], box_kji: np.ndarray | None = None,
-                           spacing: Sequence[float] | None = None,
-                           positives_kji: np.ndarray | None = None) -> np.ndarray | None:
+                           spacing: Sequence[float] | None = None, positives_kji: np.ndarray | None = None,
+                           embeddings: SliceEmbeddings | None = None) -> np.ndarray | None:
     """A correction click on a mask the 2D pathway made, answered by the 2D pathway: the new
     mask, or None when this click is not one it can answer (the caller then asks the 3D model).
 
@@ -378,6 +436,7 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
       the part nearer the click than any of the object's positive clicks on the slice
       (``positives_kji``, in-plane distance in ``spacing``) goes: a negative click never takes
       a positive one out of the mask (``_nearer_than_positives``).
+    ``embeddings``: the session's kept slice windows (``SliceEmbeddings``), if any.
     Measured in docs/BENCHMARKS.md ("Corrections after a box, second round").
     """
     k, j, i = (int(round(float(v))) for v in click_kji)
@@ -385,7 +444,7 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     if label != 1:
         if not mask[k, j, i]:
             return None
-        kept = _remove_at(model, volume[k], bounds, mask[k], j, i)
+        kept = _remove_at(model, volume[k], bounds, mask[k], j, i, _windows(embeddings, model, volume, k, bounds))
         result[k] = kept | (mask[k] & ~_nearer_than_positives(mask.shape[1:], (j, i), k, positives_kji, spacing))
         return result
     covered = np.flatnonzero(mask.any(axis=(1, 2)))
@@ -397,7 +456,8 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     for slice_index in range(source + direction, k + direction, direction) if direction else [k]:
         if direction == 0 or not mask[slice_index].any():
             plane_mask = _segment_slice(model, volume[slice_index], bounds, box=box,
-                                        previous=previous if direction else None)  # the growth rule's choice
+                                        previous=previous if direction else None,  # the growth rule's choice
+                                        windows=_windows(embeddings, model, volume, slice_index, bounds))
             result[slice_index] |= plane_mask
             previous = plane_mask if plane_mask.any() else previous
     if not result[k, j, i] and box_kji is None and spacing is not None:
@@ -408,7 +468,7 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     result[k] = mask[k] | (regions == regions[j, i])
     if direction and box_kji is not None and is_3d_box(box_kji):  # on past the click only inside a 3D box
         slices, limit = _box_limits(np.concatenate([box_kji, [[k, j, i]]]))
-        _propagate(model, volume, bounds, result, k, direction, slices, limit, reference=source)
+        _propagate(model, volume, bounds, result, k, direction, slices, limit, reference=source, embeddings=embeddings)
     return result
 
 
@@ -455,7 +515,7 @@ def _box_limits(corners: np.ndarray) -> tuple[range, np.ndarray]:
 
 
 def _remove_at(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float], plane_mask: np.ndarray,
-               j: int, i: int) -> np.ndarray:
+               j: int, i: int, windows: _SliceWindows | None = None) -> np.ndarray:
     """A negative click at (j, i) inside a slice mask -> the slice mask without what the click
     marks: the connected region under the click is segmented again from its box with the side
     nearest the click moved just past the click; the region keeps what that answer keeps
@@ -471,13 +531,14 @@ def _remove_at(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, floa
     inside[int(box[0]):int(box[2]) + 1, int(box[1]):int(box[3]) + 1] = True
     prompt = box + np.array([-BOX_MARGIN_PX, -BOX_MARGIN_PX, BOX_MARGIN_PX, BOX_MARGIN_PX])
     prompt[side] = box[side]  # no margin on the side the click moved
-    kept = region & inside & _segment_slice(model, plane, bounds, box=prompt)
+    kept = region & inside & _segment_slice(model, plane, bounds, box=prompt, windows=windows)
     return (plane_mask & ~region) | kept
 
 
 def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], mask: np.ndarray,
                start: int, direction: int, slices: range | None = None, limit: np.ndarray | None = None,
-               reference: int | None = None, max_voxels: int | None = None) -> None:
+               reference: int | None = None, max_voxels: int | None = None,
+               embeddings: SliceEmbeddings | None = None) -> None:
     """Carry ``mask[start]`` into the empty slices beyond it along ``direction``, each prompted
     with the previous slice's mask box plus a margin (``_propagation_margins``: the first that keeps
     to the rules below; kept inside ``limit``, a 3D box's rectangle), until a slice comes back
@@ -486,7 +547,7 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
     fill, the slice it came from; without a 3D box on the far side of the object too, since no
     box says where it ends: a 3D box's first slice can be a faint partial-volume end, against
     whose contrast the lesion's core lies far past it). Stops once the mask holds more than
-    ``max_voxels``."""
+    ``max_voxels``. ``embeddings``: the session's kept slice windows, if any."""
     slices = range(volume.shape[0]) if slices is None else slices
     filled = int(mask.sum()) if max_voxels is not None else 0
     previous, k = mask[start], start + direction
@@ -499,7 +560,8 @@ def _propagate(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, flo
             box = _mask_box(previous, margin)
             if limit is not None:
                 box = np.concatenate([np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])])
-            current = _segment_slice(model, volume[k], bounds, box=box, previous=previous)
+            current = _segment_slice(model, volume[k], bounds, box=box, previous=previous,
+                                     windows=_windows(embeddings, model, volume, k, bounds))
             likeness = (RETRY_MIN_LIKENESS if retried or attempt > 0
                         else END_CONTRAST if limit is not None else END_CONTRAST_UNBOXED)
             if _keeps_growth_rule(current, previous) and not any(

@@ -19,7 +19,7 @@ from ..engine.predictor import Predictor
 from .errors import install_handlers
 from .guard import Guard, GuardSettings
 from .lanes import EngineLanes
-from .memory import feature_bytes
+from .memory import feature_bytes, slice_window_bytes
 from .routes import ServerState, public, router
 from .sessions import SessionStore
 from .settings import ServerSettings
@@ -41,6 +41,7 @@ def create_app(predictor: Predictor | None, settings: ServerSettings = ServerSet
         predictor, settings,
         SessionStore(settings.max_sessions, settings.session_ttl_s, settings.max_memory_bytes, settings.evict_idle_s),
         crop_bytes=feature_bytes(predictor) if predictor is not None else 0,
+        window_bytes=slice_window_bytes(predictor) if predictor is not None else 0,
         # Uploads are inflated one at a time, off the event loop, at low priority.
         upload_pool=ThreadPoolExecutor(1, thread_name_prefix="sam3d-upload", initializer=_low_priority_thread),
         lanes=lanes or EngineLanes(torch.get_num_threads()))

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from ..engine.predictor import Predictor
+from ..engine.slice_pathway import WINDOW_PX, WINDOWS_KEPT
+from ..model.lite_encoder import BACKBONE_CHANNELS, BACKBONE_STRIDE
 
 FALLBACK_BUDGET = 4 << 30  # when the machine does not say how much memory is free
 
@@ -46,12 +48,22 @@ def feature_bytes(predictor: Predictor) -> int:
     return features.last_level.nbytes + features.static_fusion.nbytes
 
 
+def slice_window_bytes(predictor: Predictor) -> int:
+    """Bytes a session's kept 2D pathway windows (``SliceEmbeddings``) take at most: none where
+    boxes go to the 3D model."""
+    if predictor.box_pathway != "2d":
+        return 0
+    return WINDOWS_KEPT * BACKBONE_CHANNELS * (WINDOW_PX // BACKBONE_STRIDE) ** 2 * 4  # float32 embeddings
+
+
 def stored_itemsize(dtype: str) -> int:
     """Bytes per voxel of a volume as the server stores it (float64 is kept as float32)."""
     return 4 if dtype == "float64" else np.dtype(dtype).itemsize
 
 
-def session_ceiling(shape, dtype: str, max_undo_bytes: int, cache_crops: int, crop_bytes: int) -> int:
-    """The most a session of this volume can hold: volume, mask, undo history, feature cache."""
+def session_ceiling(shape, dtype: str, max_undo_bytes: int, cache_crops: int, crop_bytes: int,
+                    window_bytes: int = 0) -> int:
+    """The most a session of this volume can hold: volume, mask, undo history, feature cache and
+    the 2D pathway's kept windows (``window_bytes``, ``slice_window_bytes``)."""
     voxels = math.prod(shape)
-    return voxels * stored_itemsize(dtype) + voxels + max_undo_bytes + cache_crops * crop_bytes
+    return voxels * stored_itemsize(dtype) + voxels + max_undo_bytes + cache_crops * crop_bytes + window_bytes

@@ -56,6 +56,7 @@ class ServerState:
     settings: ServerSettings
     store: SessionStore
     crop_bytes: int
+    window_bytes: int  # a session's kept 2D pathway windows at most (memory.slice_window_bytes)
     upload_pool: ThreadPoolExecutor
     lanes: EngineLanes
     counters: Counters = field(default_factory=Counters)
@@ -150,11 +151,12 @@ async def create_session(
     """Upload a volume (C-order kji array bytes, zlib-compressed unless compression=none)."""
     settings = server.settings
     dims, sizes = parse_upload_shape(shape, spacing, settings.max_voxels)
-    keep = session_ceiling(dims, dtype, settings.max_undo_bytes, settings.cache_crops, server.crop_bytes)
+    keep = session_ceiling(dims, dtype, settings.max_undo_bytes, settings.cache_crops, server.crop_bytes,
+                           server.window_bytes)
     if keep > settings.max_session_memory_bytes:
         raise errors.MemoryBudgetExceeded(
             f"a session of this volume needs up to {keep / 2**20:.1f} MiB (volume, mask, undo history, "
-            f"encoder cache); this server allows {settings.max_session_memory_bytes / 2**20:.1f} MiB per session")
+            f"encoder cache, 2D pathway windows); this server allows {settings.max_session_memory_bytes / 2**20:.1f} MiB per session")
     declared = request.headers.get("content-length", "")
     reserved = keep + (int(declared) if declared.isdigit() else settings.max_upload_bytes)
     server.store.reserve(reserved)  # the body is read only once the budget holds it
