@@ -148,3 +148,17 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
     for written in (tmp_path / "ball.seg.nrrd", tmp_path / "batch" / "ball.seg.nrrd"):
         [segment], _ = read_segmentation(written)
         np.testing.assert_array_equal(segment.mask, served)
+
+
+def test_a_sessions_ceiling_holds_its_kept_2d_windows_where_boxes_go_to_the_2d_pathway(tiny_model):
+    """The per-session memory ceiling counts the 2D pathway's kept windows at their real size
+    (WINDOWS_KEPT embeddings as LiteMedSAM makes them), and nothing where boxes go to the 3D model."""
+    from sam3d.engine.slice_pathway import WINDOW_PX, WINDOWS_KEPT, LiteMedSAM2D
+    from sam3d.serve.memory import session_ceiling, slice_window_bytes
+
+    two_d = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
+    embedding = LiteMedSAM2D().embed(np.zeros((WINDOW_PX, WINDOW_PX), dtype=np.float32))
+    assert slice_window_bytes(two_d) == WINDOWS_KEPT * embedding.nbytes
+    assert slice_window_bytes(Predictor.load(tiny_model, device="cpu", box_pathway="3d")) == 0
+    without = session_ceiling(SHAPE, "int16", 0, 2, 1000)
+    assert session_ceiling(SHAPE, "int16", 0, 2, 1000, slice_window_bytes(two_d)) == without + WINDOWS_KEPT * embedding.nbytes
