@@ -338,7 +338,8 @@ class Session:
                               self.interactions, timing_ms={"encode": 0.0, "decode": 0.0, "total": 0.0})
 
     def reset(self) -> None:
-        """Start the next object: clear points, mask and history; keep the volume and the cache."""
+        """Start the next object: clear points, mask and history; keep the volume and the caches
+        (encoder features, the 2D pathway's slice windows)."""
         with self._lock:
             self.mask[_slices(self._extent)] = False
             self.voxels = 0
