@@ -123,10 +123,10 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         next_encoder.append(update.encoder_ran)
         next_crops.append(update.crops)
         client.undo(session)
+    info = client.session_info(session)  # the counters of the clicks above
     boxes = "box" in caps["prompts"]
     if boxes:
         box_ms, correction_ms, correction_crops = box_corrections(client, session, tumor, image.spacing, args.repeats)
-    info = client.session_info(session)
     client.delete_session(session)
 
     full_mask_bytes = int(np.prod(shape) + 7) // 8

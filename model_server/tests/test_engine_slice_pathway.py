@@ -360,11 +360,15 @@ def test_a_box_search_decodes_boxes_of_one_size_and_place_on_one_embedded_window
 
 def test_slice_embeddings_keep_each_slices_windows_and_drop_the_least_recently_used(ball, small_window_model):
     """Windows embedded on a slice serve later boxes there (another call, the same window); beyond
-    the capacity the least recently used slice's windows go first, and are embedded again on use."""
+    the capacity the least recently used slice's windows go first, and are embedded again on use;
+    a slice asked for but never embedded on holds nothing and is dropped too."""
     volume, mask = ball
     bounds = volume_bounds(volume)
+    with pytest.raises(ValueError, match="at least one"):
+        SliceEmbeddings(capacity=0)
     embeddings = SliceEmbeddings(capacity=2)
     box = np.array([22.0, 20.0, 42.0, 40.0])
+    embeddings.windows(small_window_model, volume, 5, bounds)  # asked for, nothing embedded (a cut that ends early)
     for k in (11, 12):
         embeddings.windows(small_window_model, volume, k, bounds).scored_mask(box)
     again, _ = embeddings.windows(small_window_model, volume, 11, bounds).scored_mask(box + 1)  # 11 used last
@@ -382,16 +386,20 @@ def test_a_session_corrects_a_box_on_the_windows_its_propagation_embedded(ball, 
     and still removes the leak and keeps the ball."""
     volume, mask = ball
     predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
+    slice_model = predictor._slice_pathway()
+    embed, embeds = slice_model.embed, []
+    slice_model.embed = lambda image: embeds.append(1) or embed(image)  # counts LiteMedSAM's real embeddings
     session = Session(predictor, volume, (1.0, 1.0, 1.0))
     without = session.memory_bytes()
     session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=[[12, 23, 21], [12, 41, 39]])
     embedded = len(session._slice_embeddings)
-    assert embedded >= 3 and session.memory_bytes() == without + session._slice_embeddings.nbytes + session.history_bytes
+    assert embedded == len(embeds) >= 3 and session.memory_bytes() == without + session._slice_embeddings.nbytes + session.history_bytes
     leaked = session.mask[11].copy()
     leaked[28:37, 38:50] = True  # a strip attached to the ball's right edge
     session.set_mask((11, 0, 0), (12, 64, 64), leaked[None])
+    before = len(embeds)
     session.interact([[11, 32, 46]], [0])
-    assert len(session._slice_embeddings) == embedded
+    assert len(embeds) == before and len(session._slice_embeddings) == embedded  # the 2D pathway embedded nothing
     assert session.mask[11, 28:37, 42:50].sum() <= 10  # of the strip's 72 pixels clear of the ball
     assert _slice_dice(session.mask[11], mask[11]) >= 0.85
 

@@ -205,7 +205,7 @@ def _segment_slice(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, 
 def _window_prompt(model: LiteMedSAM2D, box: np.ndarray | None,
                    point: Sequence[float] | None) -> tuple[int, int, int, dict[str, np.ndarray]]:
     """The window (j0, i0, side) for a (j0, i0, j1, i1) box or a (j, i) point on a slice and the
-    prompt in that window's resized pixels (x, y order), as ``LiteMedSAM2D.segment`` takes it."""
+    prompt in that window's resized pixels (x, y order), as ``LiteMedSAM2D.decode`` takes it."""
     j0, i0, side = _window(box if box is not None else np.array([point[0] - 8, point[1] - 8, point[0] + 8, point[1] + 8]))
     if box is not None:
         return j0, i0, side, dict(box=_box_in_window(box, j0, i0, side, model.window))
@@ -232,10 +232,10 @@ class _SliceWindows:
     before mostly differs little from that answer's (``SliceEmbeddings``). Decoding one on an
     embedding costs about a twentieth of embedding its window (docs/BENCHMARKS.md, "A cheaper
     box search"). ``embedded``: the slice's windows so far (shared with a ``SliceEmbeddings``);
-    ``on_embed``: called after each new one."""
+    ``on_embed``: called with each new one."""
 
     def __init__(self, model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float],
-                 embedded: list[Window] | None = None, on_embed: Callable[[], None] | None = None) -> None:
+                 embedded: list[Window] | None = None, on_embed: Callable[[Window], None] | None = None) -> None:
         self.model, self.plane, self.bounds = model, plane, bounds
         self.embedded = [] if embedded is None else embedded
         self.on_embed = on_embed
@@ -258,10 +258,11 @@ class _SliceWindows:
                 return j0, i0, side, embedding
         j0, i0, side = own
         embedding = self.model.embed(_cut(self.plane, j0, i0, side, self.model.window, self.bounds))
-        self.embedded.append((j0, i0, side, embedding))
+        window = (j0, i0, side, embedding)
+        self.embedded.append(window)
         if self.on_embed is not None:
-            self.on_embed()
-        return j0, i0, side, embedding
+            self.on_embed(window)
+        return window
 
 
 class SliceEmbeddings:
@@ -273,26 +274,39 @@ class SliceEmbeddings:
     embeddings kept across interactions")."""
 
     def __init__(self, capacity: int = WINDOWS_KEPT) -> None:
+        if capacity < 1:
+            raise ValueError(f"a session keeps at least one 2D window, got capacity {capacity}")
         self.capacity = capacity
         self._slices: OrderedDict[int, list[Window]] = OrderedDict()
+        # running totals: the session's memory is read without its lock (metrics, session info)
+        # while an interaction changes the slices
+        self._count = 0
+        self._nbytes = 0
 
     def windows(self, model: LiteMedSAM2D, volume: np.ndarray, k: int, bounds: tuple[float, float]) -> _SliceWindows:
         """Slice ``k``'s windows, the most recently used from now."""
-        embedded = self._slices.pop(k, [])
-        self._slices[k] = embedded
-        return _SliceWindows(model, volume[k], bounds, embedded, self._trim)
+        embedded = self._slices.setdefault(k, [])
+        self._slices.move_to_end(k)
+        return _SliceWindows(model, volume[k], bounds, embedded, self._added)
 
     def __len__(self) -> int:
-        return sum(len(embedded) for embedded in self._slices.values())
+        return self._count
 
     @property
     def nbytes(self) -> int:
-        return sum(window[3].nbytes for embedded in self._slices.values() for window in embedded)
+        return self._nbytes
 
-    def _trim(self) -> None:
-        while len(self) > self.capacity:
+    def _added(self, window: Window) -> None:
+        """Count a window just embedded; beyond ``capacity`` drop the least recently used
+        slices' windows (and slices left with none, such as a slice no window was embedded on)."""
+        self._count += 1
+        self._nbytes += window[3].nbytes
+        while self._count > self.capacity and self._slices:
             k, oldest = next(iter(self._slices.items()))
-            oldest.pop(0)
+            if oldest:
+                dropped = oldest.pop(0)
+                self._count -= 1
+                self._nbytes -= dropped[3].nbytes
             if not oldest:
                 del self._slices[k]
 
