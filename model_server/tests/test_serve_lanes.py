@@ -82,3 +82,16 @@ def test_a_compile_that_fails_is_said_and_the_server_goes_on_uncompiled(tiny_mod
     assert "could not compile the encoder (ValueError: only a lite model's encoder" in warning
     assert "running it uncompiled" in warning and "--no-compile" in warning
     assert predictor.warm_up() > 0  # and the model still runs
+
+
+def test_creating_the_app_runs_the_encoder_only_on_the_main_lane(tiny_model, lanes):
+    """The app measures a crop's cached features with one encoder run; on any other thread that
+    run would start a second OpenMP team and slow every later click (through the server the 3D
+    model's next clicks took 96-132 ms against 71-79 ms; docs/BENCHMARKS.md)."""
+    from sam3d.serve.app import create_app
+
+    predictor = Predictor.load(tiny_model, device="cpu")
+    encode, threads = predictor.encode, []
+    predictor.encode = lambda image: threads.append(where()[0]) or encode(image)  # records, then runs it
+    create_app(predictor, lanes=lanes)
+    assert threads and all(name.startswith("sam3d-engine_") for name in threads)

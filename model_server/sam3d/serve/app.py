@@ -37,14 +37,17 @@ def create_app(predictor: Predictor | None, settings: ServerSettings = ServerSet
                lanes: EngineLanes | None = None) -> FastAPI:
     """The API over ``predictor`` (None only to export the OpenAPI schema); engine calls run on
     ``lanes`` (new ones with torch's current thread count when not given; see lanes.py)."""
+    lanes = lanes or EngineLanes(torch.get_num_threads())
     state = ServerState(
         predictor, settings,
         SessionStore(settings.max_sessions, settings.session_ttl_s, settings.max_memory_bytes, settings.evict_idle_s),
-        crop_bytes=feature_bytes(predictor) if predictor is not None else 0,
+        # measured with one encoder run on the main lane: torch work on any other thread starts a
+        # second OpenMP team, which slows every later engine call (lanes.py)
+        crop_bytes=lanes.run_on_main(feature_bytes, predictor) if predictor is not None else 0,
         window_bytes=slice_window_bytes(predictor) if predictor is not None else 0,
         # Uploads are inflated one at a time, off the event loop, at low priority.
         upload_pool=ThreadPoolExecutor(1, thread_name_prefix="sam3d-upload", initializer=_low_priority_thread),
-        lanes=lanes or EngineLanes(torch.get_num_threads()))
+        lanes=lanes)
     app = FastAPI(title="SAM3DPrompt server", version=__version__, lifespan=_housekeeping,
                   description="Click-prompted 3D segmentation, API v1. See docs/PROTOCOL.md and docs/SECURITY.md.")
     app.state.server = state
