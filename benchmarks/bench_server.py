@@ -113,12 +113,13 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
     client.reset(session)
     target = centre_click(tumor, image.spacing)
     client.interact(session, [target], [1])
-    next_ms, sizes, next_encoder, next_crops = [], [], [], []
+    next_ms, next_engine_ms, sizes, next_encoder, next_crops = [], [], [], [], []
     for n in range(args.repeats):
         point = target + rng.uniform(-2, 2, 3)
         point = np.clip(point, 0, np.asarray(shape) - 1)
         update, ms = timed(client.interact, session, [point], [n % 2])
         next_ms.append(ms)
+        next_engine_ms.append(update.timing_ms.get("total", float("nan")))  # the server's own engine time
         sizes.append(update.wire_bytes)
         next_encoder.append(update.encoder_ran)
         next_crops.append(update.crops)
@@ -151,6 +152,9 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         ("next click by label, median", ", ".join(
             f"{name} {statistics.median(next_ms[first::2]):.0f} ms" for first, name in ((1, "positive"), (0, "negative"))
             if next_ms[first::2])),
+        ("next click by label, the server's engine time, median", ", ".join(
+            f"{name} {statistics.median(next_engine_ms[first::2]):.0f} ms" for first, name in ((1, "positive"), (0, "negative"))
+            if next_engine_ms[first::2])),
         *([("2D box on the tumour's largest slice", f"{box_ms:.0f} ms"),
            (f"correction after the box, median of {len(correction_ms)}",
             f"{statistics.median(correction_ms):.0f} ms (min / max {min(correction_ms):.0f} / "

@@ -86,8 +86,8 @@ def test_a_compile_that_fails_is_said_and_the_server_goes_on_uncompiled(tiny_mod
 
 def test_creating_the_app_runs_the_encoder_only_on_the_main_lane(tiny_model, lanes):
     """The app measures a crop's cached features with one encoder run; on any other thread that
-    run would start a second OpenMP team and slow every later click (through the server the 3D
-    model's next clicks took 96-132 ms against 71-79 ms; docs/BENCHMARKS.md)."""
+    run would start a second OpenMP team beside the main lane's (docs/BENCHMARKS.md, "Torch work
+    at the server's start off the main lane")."""
     from sam3d.serve.app import create_app
 
     predictor = Predictor.load(tiny_model, device="cpu")
