@@ -10,6 +10,7 @@ import torch
 from sam3d.engine.predictor import Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _on_clicked_slices, _within_box
 from sam3d.engine.slice_pathway import (BOX_MARGIN_PX, LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
+                                        FALLBACK_GROWTH_LIMIT,
                                         _propagate, _propagation_margins, _SliceWindows, SliceEmbeddings,
                                         correct_slice_by_slice,
                                         _cut, native_bf16_cpu, resolve_slice_precision, segment_from_click,
@@ -342,6 +343,19 @@ def test_a_positive_click_the_nearest_slices_box_cannot_reach_is_answered_by_a_b
     # (the search on the engine's 128-px windows, propagated: the server test of test_serve_box.py)
     chosen = _box_from_click(small_window_model, volume[12], bounds, 30, 34, (1.0, 1.0), elsewhere[12])
     assert chosen[30, 34] and not chosen[2:8, 52:60].any()
+
+
+def test_a_box_search_answer_far_larger_than_the_object_is_left_to_the_3d_model(ball, small_window_model):
+    """The box search answering a correction finds the whole ball around the click; on an object
+    whose largest slice mask is a 2-px speck that is more than FALLBACK_GROWTH_LIMIT times it: not a
+    correction of that object, so the click is left to the 3D model (None). The test above takes
+    the same answer for an object of 48 px."""
+    volume, _ = ball
+    speck = np.zeros(volume.shape, dtype=bool)
+    speck[12, 2:4, 55] = True
+    assert 2 * FALLBACK_GROWTH_LIMIT < 250  # the ball's slice 12: about 250 px
+    assert correct_slice_by_slice(small_window_model, volume, speck, [12, 30, 34], 1, volume_bounds(volume),
+                                  spacing=(1.0, 1.0, 1.0)) is None
 
 
 def test_a_box_search_decodes_boxes_of_one_size_and_place_on_one_embedded_window(ball, small_window_model):

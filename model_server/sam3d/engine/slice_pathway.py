@@ -52,6 +52,10 @@ BOX_MARGIN_PX = 5
 RETRY_MARGIN_FRACTION = 0.1  # where the BOX_MARGIN_PX box ends propagation: a box this much of the mask's side wider
 RETRY_MIN_LIKENESS = 0.5  # ... whose mask is kept only this far from the surroundings towards the object
 CORRECTION_MARGIN_PX = 2  # a positive click's box: the nearest slice mask's box widened to the click, plus this
+# A correction's box search answer larger than this times the object's largest slice mask is not a
+# correction of it; the 3D model answers the click (docs/BENCHMARKS.md, "Stage 4: ... a cap on a
+# correction's box search")
+FALLBACK_GROWTH_LIMIT = 30.0
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
 RING_PX = 3  # the surroundings a slice mask's contrast is measured against
@@ -443,7 +447,8 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
       docs/BENCHMARKS.md, "Corrections after a box, third round"). On an object without a box
       (a first click's box search) whose nearest slice's box does not reach the click, the
       clicked slice is answered by a box search around the click (``_box_from_click``; needs
-      ``spacing``) instead.
+      ``spacing``) instead, unless its answer is more than ``FALLBACK_GROWTH_LIMIT`` times the
+      object's largest slice mask (None: the click goes to the 3D model).
     - Negative click inside the mask: the slice's region under the click is cut back to what
       LiteMedSAM finds in that region's box with its side nearest the click moved past the
       click (``_remove_at``): a leak goes, the object stays. Of what that would remove, only
@@ -475,7 +480,9 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
             result[slice_index] |= plane_mask
             previous = plane_mask if plane_mask.any() else previous
     if not result[k, j, i] and box_kji is None and spacing is not None:
-        result[k] |= _box_from_click(model, volume[k], bounds, j, i, spacing[1:])
+        searched = _box_from_click(model, volume[k], bounds, j, i, spacing[1:])
+        if searched.sum() <= FALLBACK_GROWTH_LIMIT * mask.sum(axis=(1, 2)).max():
+            result[k] |= searched
     if not result[k, j, i]:
         return None
     regions, _ = ndimage.label(result[k] & ~mask[k])  # on the clicked slice, only the part that holds the click
