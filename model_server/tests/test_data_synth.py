@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sam3d.data.synth import (LESION_DIAMETER_MM, PIXEL_MM, SETTINGS, SLICE_THICKNESS_MM, _smooth_noise,
-                              generate_synth_case)
+from sam3d.data.synth import (AIR_HU, LESION_DIAMETER_MM, PIXEL_MM, SETTINGS, SLICE_THICKNESS_MM,
+                              SUBTLE_CONTRAST_HU, SUBTLE_SETTINGS, _smooth_noise, generate_synth_case)
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,29 @@ def test_smooth_noise_is_the_cubic_spline_zoom_of_its_coarse_grid(cells):
     zoomed = ndimage.zoom(coarse, [n / cells for n in shape], order=3, mode="reflect")
     assert field_.shape == shape
     np.testing.assert_allclose(field_, zoomed / (np.abs(zoomed).max() + 1e-6), atol=1e-12)
+
+
+def test_subtle_cases_are_ct_like_low_contrast_lesions_beside_air_as_the_preset_sees_them():
+    """``subtle=True``: CT-like, not in lung, the lesion 8-40 HU off its surroundings as drawn,
+    air outside a body wall beyond the lesion; scaled by the percentile preset the lesion stands
+    under 0.05 of the range from its ring (the ordinary cases: 0.14 and more)."""
+    for seed in (7, 8, 9):
+        case = generate_synth_case(seed, subtle=True)
+        stats, image, lesion = case.stats, case.image.array, case.label.array > 0
+        assert stats["subtle"] and stats["ct_like"] and stats["setting"] in SUBTLE_SETTINGS
+        assert SUBTLE_CONTRAST_HU[0] <= abs(stats["contrast"]) <= SUBTLE_CONTRAST_HU[1]
+        assert stats["air_fraction"] > 0.01 and image.min() < AIR_HU + 200
+        ring = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1)
+        inside, around = np.median(image[lesion]), np.median(image[ring])
+        assert (inside > around) == stats["brighter"]
+        assert abs(inside - around) < SUBTLE_CONTRAST_HU[1] + 10
+        low, high = np.percentile(image, [0.5, 99.5])
+        assert abs(inside - around) / (high - low) < 0.05
+
+
+def test_ordinary_cases_have_no_air_wall_and_keep_their_contrast_range():
+    """Without ``subtle`` no air wall is drawn and CT-like lesions keep 22-150 HU of contrast."""
+    for seed in range(6):
+        stats = generate_synth_case(seed, ct_like=True, setting="liver").stats
+        assert not stats["subtle"] and stats["air_fraction"] == 0.0
+        assert 0.15 * 150 <= abs(stats["contrast"]) <= 150

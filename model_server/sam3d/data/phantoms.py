@@ -285,6 +285,11 @@ def _synth_case(seed: int) -> tuple[Volume, Volume]:
     return case.image, case.label
 
 
+def _subtle_case(seed: int) -> tuple[Volume, Volume]:
+    case = synth.generate_synth_case(seed, subtle=True)
+    return case.image, case.label
+
+
 def _chest_case(seed: int) -> tuple[Volume, Volume]:
     image, label, _ = chest.generate_chest_case(seed)
     return image, label
@@ -296,6 +301,8 @@ DESIGNS = {
                 "Synthetic CT-like phantoms with small, irregular, low-contrast tumors"),
     "synth": (_synth_case, synth.LABELS, "CT or MR",
               "Domain-randomised lesions in varied surroundings, CT-like and MRI-like (sam3d.data.synth)"),
+    "subtle": (_subtle_case, synth.LABELS, "CT",
+               "Domain-randomised CT-like lesions 8-40 HU off their surroundings, beside air (sam3d.data.synth)"),
     "chest": (_chest_case, chest.LABELS, "CT",
               "Chest CT phantoms with one lung tumour, a nodule or a mass against the wall (sam3d.data.chest)"),
 }
@@ -334,9 +341,10 @@ def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: 
         if progress:
             progress(index)
     description = {
-        "name": {"phantom": "SAM3DPhantoms", "synth": "SAM3DSynth", "chest": "SAM3DChest"}[design],
+        "name": {"phantom": "SAM3DPhantoms", "synth": "SAM3DSynth", "subtle": "SAM3DSynthSubtle",
+                 "chest": "SAM3DChest"}[design],
         "description": f"{summary} (sam3d phantoms --design {design}, seed {seed}).",
-        "reference": f"sam3d.data.{'phantoms' if design == 'phantom' else design}",
+        "reference": f"sam3d.data.{ {'phantom': 'phantoms', 'subtle': 'synth'}.get(design, design)}",
         "licence": "CC0",
         "tensorImageSize": "3D",
         "channel_names": {"0": modality},

@@ -14,6 +14,13 @@ A case is a block of tissue around one lesion, drawn at 1 mm and then acquired o
 - **Acquisition**: in-plane pixels 0.5-1.2 mm, slices 0.5-7 mm thick (partial volume: the slice
   profile averages along k), random flips of the in-plane axes and their order.
 
+**Subtle cases** (``subtle=True``; `sam3d phantoms --design subtle`): CT-like, never in lung,
+the lesion only 8-40 HU (log-uniform) off its surroundings, with air outside a body wall
+crossing the block beyond the lesion. Scaled by its own percentiles, as the ``percentile``
+preset does, such a lesion stands about 0.01-0.03 of the range from its surroundings, where the
+other cases' lesions stand 0.14 and more (docs/BENCHMARKS.md, "Why the unseen-design
+phantoms' first click stays low").
+
 ``generate_synth_case(seed)`` is a pure function of its seed; ``SynthCase.stats`` reports what
 was drawn, so tests can check the generator does what this docstring says.
 """
@@ -33,6 +40,10 @@ LESION_DIAMETER_MM = (5.0, 80.0)
 SLICE_THICKNESS_MM = (0.5, 7.0)
 PIXEL_MM = (0.5, 1.2)
 FIELD_MM = 110.0  # side of the simulated block at 1 mm (the model's 96 mm crop fits inside)
+SUBTLE_SETTINGS = ("liver", "kidney", "brain", "bone", "fat")
+SUBTLE_CONTRAST_HU = (8.0, 40.0)
+AIR_HU = -1000.0
+BODY_WALL_MM = (8.0, 25.0)  # a subtle case's air begins this far beyond the lesion's edge
 
 
 @dataclass
@@ -153,11 +164,15 @@ def _structures(rng, setting: str, coords) -> np.ndarray:
     return sheets
 
 
-def generate_synth_case(seed: int, setting: str | None = None, ct_like: bool | None = None) -> SynthCase:
+def generate_synth_case(seed: int, setting: str | None = None, ct_like: bool | None = None,
+                        subtle: bool = False) -> SynthCase:
     """One domain-randomised case: image (float32) and label (uint8, 1 = lesion) on a random grid.
-    ``setting`` and ``ct_like`` fix those draws (tests, datasets of one kind)."""
+    ``setting`` and ``ct_like`` fix those draws (tests, datasets of one kind); ``subtle``: a
+    low-contrast CT-like case beside air (module docstring)."""
     rng = np.random.default_rng(seed)
     drawn_setting, drawn_ct = str(rng.choice(SETTINGS)), bool(rng.random() < 0.5)
+    if subtle:  # draws of its own after the common ones: the other cases stay as they were
+        drawn_setting, drawn_ct = str(rng.choice(SUBTLE_SETTINGS)), True
     setting = drawn_setting if setting is None else setting
     ct_like = drawn_ct if ct_like is None else bool(ct_like)
     if setting not in SETTINGS:
@@ -180,6 +195,8 @@ def generate_synth_case(seed: int, setting: str | None = None, ct_like: bool | N
         base, structure_value = _CT_HU[setting]
         class_values = np.array(base) + rng.normal(0, 8, 3)
         texture_sd = rng.uniform(5, 25)
+        if subtle:  # texture below the lesion's contrast: the lesion stays as dark or bright as drawn
+            texture_sd = rng.uniform(2, 6)
     else:
         class_values = rng.uniform(0, 1, 3)
         structure_value = rng.uniform(0, 1)
@@ -192,10 +209,17 @@ def generate_synth_case(seed: int, setting: str | None = None, ct_like: bool | N
     scale = 150.0 if ct_like else max(spread, 0.2)
     brighter = bool(rng.random() < 0.5)
     contrast = rng.uniform(0.15, 1.0) * scale * (1 if brighter else -1)
+    if subtle:
+        contrast = float(np.exp(rng.uniform(*np.log(SUBTLE_CONTRAST_HU)))) * (1 if brighter else -1)
     lesion_value = surround + contrast
     if ct_like and setting == "lung":  # a lung tumour is soft tissue in air-filled lung
         lesion_value, brighter = rng.uniform(-20, 80), True
     image[lesion] = lesion_value + texture_sd * _smooth_noise(rng, shape, 12)[lesion]
+    air_fraction = 0.0
+    if subtle:
+        outside = _beyond_body_wall(rng, coords, centre, diameter) & ~lesion
+        image[outside] = AIR_HU
+        air_fraction = float(outside.mean())
     core = ""
     if diameter > 20 and rng.random() < 0.3:  # necrotic core
         inner = ndimage.binary_erosion(lesion, iterations=max(2, int(diameter / 6)))
@@ -233,9 +257,19 @@ def generate_synth_case(seed: int, setting: str | None = None, ct_like: bool | N
     origin = tuple(float(v) for v in rng.uniform(-200, 200, 3))
     stats = {"setting": setting, "ct_like": ct_like, "diameter_mm": diameter, "brighter": brighter,
              "contrast": float(contrast), "slice_thickness_mm": thickness, "pixel_mm": pixel,
-             "noise_sd": float(noise), "core": core, **shape_stats}
+             "noise_sd": float(noise), "core": core, "subtle": subtle, "air_fraction": air_fraction,
+             **shape_stats}
     return SynthCase(Volume(np.ascontiguousarray(image, dtype=np.float32), spacing, origin),
                      Volume(np.ascontiguousarray(label, dtype=np.uint8), spacing, origin), stats)
+
+
+def _beyond_body_wall(rng, coords: np.ndarray, centre: np.ndarray, diameter: float) -> np.ndarray:
+    """The half of the block beyond a plane of random orientation ``BODY_WALL_MM`` past the
+    lesion's edge: outside the body."""
+    normal = rng.normal(size=3)
+    normal /= np.linalg.norm(normal)
+    distance = diameter / 2 + rng.uniform(*BODY_WALL_MM)
+    return np.tensordot(normal, coords - np.asarray(centre)[:, None, None, None], axes=1) > distance
 
 
 def _acquire(image: np.ndarray, lesion: np.ndarray, thickness: float, pixel: float) -> tuple[np.ndarray, np.ndarray]:
