@@ -146,9 +146,12 @@ def test_a_2d_box_on_a_mass_against_the_wall_stops_where_the_mass_ends():
 
 
 def test_a_negative_click_the_3d_model_ignores_is_honoured(predictor, monkeypatch):
-    """The nodule's first mask (the 3D model's, at 0.5, corrected by the 3D model: no image edge)
-    runs onto the slices beside it; the 3D model's answer to a negative click there still holds
-    the clicked voxel, the session's does not, and it is the better mask."""
+    """The nodule's first mask (the 3D model's at 0.5, corrected by the 3D model: the edge rule
+    off, as on a lesion without a clear image edge) runs onto the slices beside it; the 3D
+    model's answer to a negative click there still holds the clicked voxel, the session's does
+    not, and it is the better mask. (With the edge rule the default model's mask here now lies on
+    an edge, and the 2D pathway answers the negative click.)"""
+    _without_edge_rule(monkeypatch)
     image, label, _ = generate_chest_case(case_seed(CHEST_DEV2_SEED, ONE_SLICE_NODULE))
     target = label.array > 0
     session = Session(predictor, image.array, image.spacing)
