@@ -17,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -280,14 +281,13 @@ def case_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _synth_case(seed: int) -> tuple[Volume, Volume]:
-    case = synth.generate_synth_case(seed)
+def _synth_case(seed: int, subtle: bool = False) -> tuple[Volume, Volume]:
+    case = synth.generate_synth_case(seed, subtle=subtle)
     return case.image, case.label
 
 
 def _subtle_case(seed: int) -> tuple[Volume, Volume]:
-    case = synth.generate_synth_case(seed, subtle=True)
-    return case.image, case.label
+    return _synth_case(seed, subtle=True)
 
 
 def _chest_case(seed: int) -> tuple[Volume, Volume]:
@@ -295,16 +295,32 @@ def _chest_case(seed: int) -> tuple[Volume, Volume]:
     return image, label
 
 
-# Dataset designs: (case generator, labels, modality, description)
+@dataclass(frozen=True)
+class Design:
+    """A dataset design of `sam3d phantoms --design`: its case generator (seed -> image, label),
+    labels, modality, description, dataset name and the module that generates it."""
+
+    generate: Callable[[int], tuple[Volume, Volume]]
+    labels: dict
+    modality: str
+    summary: str
+    name: str
+    module: str
+
+
 DESIGNS = {
-    "phantom": (generate_case, LABELS, "CT",
-                "Synthetic CT-like phantoms with small, irregular, low-contrast tumors"),
-    "synth": (_synth_case, synth.LABELS, "CT or MR",
-              "Domain-randomised lesions in varied surroundings, CT-like and MRI-like (sam3d.data.synth)"),
-    "subtle": (_subtle_case, synth.LABELS, "CT",
-               "Domain-randomised CT-like lesions 8-40 HU off their surroundings, beside air (sam3d.data.synth)"),
-    "chest": (_chest_case, chest.LABELS, "CT",
-              "Chest CT phantoms with one lung tumour, a nodule or a mass against the wall (sam3d.data.chest)"),
+    "phantom": Design(generate_case, LABELS, "CT",
+                      "Synthetic CT-like phantoms with small, irregular, low-contrast tumors",
+                      "SAM3DPhantoms", "sam3d.data.phantoms"),
+    "synth": Design(_synth_case, synth.LABELS, "CT or MR",
+                    "Domain-randomised lesions in varied surroundings, CT-like and MRI-like (sam3d.data.synth)",
+                    "SAM3DSynth", "sam3d.data.synth"),
+    "subtle": Design(_subtle_case, synth.LABELS, "CT",
+                     "Domain-randomised CT-like lesions 8-40 HU off their surroundings, beside air (sam3d.data.synth)",
+                     "SAM3DSynthSubtle", "sam3d.data.synth"),
+    "chest": Design(_chest_case, chest.LABELS, "CT",
+                    "Chest CT phantoms with one lung tumour, a nodule or a mass against the wall (sam3d.data.chest)",
+                    "SAM3DChest", "sam3d.data.chest"),
 }
 
 
@@ -316,7 +332,8 @@ def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: 
     ``progress(index)`` is called after each case."""
     if design not in DESIGNS:
         raise ValueError(f"unknown dataset design {design!r}; choose one of {', '.join(DESIGNS)}")
-    generate, labels_, modality, summary = DESIGNS[design]
+    chosen = DESIGNS[design]
+    generate, labels_, modality = chosen.generate, chosen.labels, chosen.modality
     out_dir = Path(out_dir)
     if cases < 1:
         raise ValueError(f"the number of cases must be at least 1, got {cases}")
@@ -341,10 +358,9 @@ def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: 
         if progress:
             progress(index)
     description = {
-        "name": {"phantom": "SAM3DPhantoms", "synth": "SAM3DSynth", "subtle": "SAM3DSynthSubtle",
-                 "chest": "SAM3DChest"}[design],
-        "description": f"{summary} (sam3d phantoms --design {design}, seed {seed}).",
-        "reference": f"sam3d.data.{ {'phantom': 'phantoms', 'subtle': 'synth'}.get(design, design)}",
+        "name": chosen.name,
+        "description": f"{chosen.summary} (sam3d phantoms --design {design}, seed {seed}).",
+        "reference": chosen.module,
         "licence": "CC0",
         "tensorImageSize": "3D",
         "channel_names": {"0": modality},
