@@ -139,3 +139,55 @@ def test_percentile_preset_is_modality_free():
         out = PRESETS["percentile"].apply(array)
         assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
     assert np.allclose(PRESETS["percentile"].apply(ct), PRESETS["percentile"].apply(ct * 3 + 7), atol=1e-5)
+
+
+def test_inside_adapters_start_as_the_top_placement_and_give_tinyvit_3d_context(tmp_path):
+    """adapter_placement 'inside' (the paper's placement): at zero init TinyViT's features are the
+    top placement's exactly; once trained, a slice's features depend on its neighbours; the
+    gradient reaches the inside adapters through the frozen TinyViT; checkpoints keep them."""
+    torch.manual_seed(0)
+    top = Sam3D(get_config("lite", **LITE_SMALL_CROP)).eval()
+    inside = Sam3D(get_config("lite", adapter_placement="inside", **LITE_SMALL_CROP)).eval()
+    assert not inside.has_frozen_backbone and top.has_frozen_backbone  # nothing to cache inside
+    crop = top.config.crop_size
+    image = torch.rand(1, 1, crop, crop, crop, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        start = inside.image_encoder.backbone_features(image)  # TinyViT on 16 slices per call, not 8: rounding
+        assert torch.allclose(start, top.backbone_features(image), atol=1e-5)
+        for adapter in inside.image_encoder.inside_adapters:  # "trained" inside adapters
+            adapter.up.weight.normal_(std=0.02)
+        changed = image.clone()
+        changed[0, 0, 10:12] += 0.5  # slab 5 only
+        for model, neighbour_moves in ((top, False), (inside, True)):
+            before, after = (model.image_encoder.backbone_features(x) for x in (image, changed))
+            assert (before[:, :, 5] - after[:, :, 5]).abs().max() > 1e-2
+            assert ((before[:, :, 6] - after[:, :, 6]).abs().max() > 1e-3) == neighbour_moves
+
+    inside.train()
+    points, labels = torch.tensor([[[16.0, 16.0, 16.0]]]), torch.tensor([[1]])
+    inside(image, points, labels).square().mean().backward()
+    assert inside.image_encoder.inside_adapters[0].down.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in inside.image_encoder.backbone.parameters())
+    inside.eval()
+
+    path = save_checkpoint(tmp_path / "inside.pt", inside, PRESETS["percentile"], "inside-test", trainable_only=True)
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    assert any(n.startswith("image_encoder.inside_adapters.") for n in stored)
+    assert not any(n.startswith("image_encoder.backbone.") for n in stored)
+    loaded = load_model(path, device="cpu")
+    with torch.no_grad():
+        assert torch.equal(loaded.model.image_encoder.backbone_features(image),
+                           inside.image_encoder.backbone_features(image))
+
+
+def test_inside_adapters_are_refused_where_they_cannot_work():
+    from sam3d.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="adapter_placement applies to the lite_medsam backbone only"):
+        get_config("tiny", adapter_placement="inside")
+    with pytest.raises(ValueError, match="adapter_placement must be one of top, inside"):
+        get_config("lite", adapter_placement="middle")
+    config = TrainConfig(name="x", model="lite", data_dir="data", model_overrides={"adapter_placement": "inside"},
+                         feature_cache_crops=10)
+    with pytest.raises(ValueError, match="feature_cache_crops must be 0 with adapter_placement 'inside'"):
+        config.validate()

@@ -101,6 +101,37 @@ def test_fine_tuning_starts_from_the_given_model(phantoms, tmp_path, capsys):
     assert "another configuration" in capsys.readouterr().err
 
 
+
+def test_a_lite_model_with_adapters_on_top_starts_one_with_adapters_inside(phantoms, tmp_path, capsys):
+    """init_from a top-placement lite model into adapter_placement 'inside': its weights carry
+    over, the inside adapters start at zero and train (TinyViT runs every step; no cache)."""
+    from sam3d.data.intensity import PRESETS as presets
+    from sam3d.model.checkpoint import save_checkpoint
+    from sam3d.model.config import get_config
+    from sam3d.model.sam3d import Sam3D
+
+    torch.manual_seed(0)
+    source = Sam3D(get_config("lite", crop_size=32))
+    with torch.no_grad():
+        source.image_encoder.adapters[0].up.weight.normal_(std=0.01)  # a "trained" adapter
+    save_checkpoint(tmp_path / "top.pt", source, presets["percentile"], "lite-top", trainable_only=True)
+    recipe = {**TINY_RECIPE, "model": "lite", "preset": "percentile", "steps_per_epoch": 1, "log_every": 1,
+              "split_fractions": [1.0, 0.0, 0.0], "lr": 1e-3, "warmup_steps": 0, "data_dir": str(phantoms),
+              "init_from": str(tmp_path / "top.pt")}
+    inside = write_config(tmp_path / "inside.yaml", **recipe, out_dir=str(tmp_path / "inside"),
+                          model_overrides={"crop_size": 32, "adapter_placement": "inside"})
+    assert main(["train", str(inside), "--no-progress"]) == 0
+    tuned = read_checkpoint(tmp_path / "inside" / "last.pt")["state_dict"]
+    started = source.state_dict()["image_encoder.adapters.0.up.weight"]
+    assert (tuned["image_encoder.adapters.0.up.weight"] - started).abs().max() < 0.01  # one step of 1e-3 from it
+    inside_up = [t for n, t in tuned.items() if n.startswith("image_encoder.inside_adapters.") and n.endswith("up.weight")]
+    assert len(inside_up) == 10 and 0 < max(t.abs().max() for t in inside_up) < 0.01  # from zero, one step
+    assert not any(n.startswith("image_encoder.backbone.") for n in tuned)
+    back = write_config(tmp_path / "back.yaml", **{**recipe, "init_from": str(tmp_path / "inside" / "last.pt")},
+                        out_dir=str(tmp_path / "back"), model_overrides={"crop_size": 32})
+    assert main(["train", str(back), "--no-progress"]) == 2  # inside -> top would drop trained adapters
+    assert "only adapter_placement may go from 'top' to 'inside'" in capsys.readouterr().err
+
 def test_training_crops_match_their_prompts(phantoms, tmp_path):
     config = load_config(write_config(tmp_path / "c.yaml", **TINY_RECIPE, data_dir=str(phantoms),
                                       out_dir=str(tmp_path / "x")))

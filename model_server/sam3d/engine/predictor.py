@@ -132,7 +132,7 @@ class Predictor:
     def compilable(self) -> bool:
         """Whether ``compile_encoder`` applies: a lite model (frozen TinyViT) on the CPU (on a GPU
         the compiled encoder was never measured)."""
-        return self.model.has_frozen_backbone and self.device.type == "cpu"
+        return self.model.config.backbone == "lite_medsam" and self.device.type == "cpu"
 
     def compile_encoder(self) -> float:
         """Compile the frozen TinyViT (``LiteImageEncoder3D.compile_backbone``; call on the thread

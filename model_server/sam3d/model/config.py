@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 BACKBONES = ("vit", "lite_medsam")
+ADAPTER_PLACEMENTS = ("top", "inside")
 
 # Point labels the prompt encoder embeds. Box corners exist only in configs with box_prompt.
 NEGATIVE_CLICK, POSITIVE_CLICK, BOX_FIRST_CORNER, BOX_SECOND_CORNER = 0, 1, 2, 3
@@ -50,6 +51,11 @@ class ModelConfig:
     # "lite_medsam" (LiteMedSAM's frozen TinyViT per slice + 3D adapters; ``depth`` adapter
     # blocks of width ``adapter_dim``; embed_dim / num_heads / mlp_ratio / window_size unused).
     backbone: str = "vit"
+    # Where a lite_medsam encoder's 3D adapters sit: "top" (only on the frozen TinyViT's output,
+    # which training can cache) or "inside" (besides those, one after every attention block of
+    # TinyViT's stages 1-3, the paper's placement: training back-propagates through TinyViT and
+    # nothing can be cached). docs/MODEL.md gives the measured trade-off.
+    adapter_placement: str = "top"
     description: str = field(default="", compare=False)
 
     @property
@@ -81,6 +87,10 @@ class ModelConfig:
             problems.append("sam_pos_grid must be a multiple of token_grid")
         if self.backbone not in BACKBONES:
             problems.append(f"backbone must be one of {', '.join(BACKBONES)}")
+        if self.adapter_placement not in ADAPTER_PLACEMENTS:
+            problems.append(f"adapter_placement must be one of {', '.join(ADAPTER_PLACEMENTS)}")
+        if self.adapter_placement != "top" and self.backbone != "lite_medsam":
+            problems.append("adapter_placement applies to the lite_medsam backbone only")
         if self.backbone == "lite_medsam" and (self.token_stride != 4 or self.neck_dim != 256):
             problems.append("the lite_medsam backbone has stride 4 and 256 channels (token_stride 4, neck_dim 256)")
         if problems:

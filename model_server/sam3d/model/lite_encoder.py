@@ -15,15 +15,20 @@ Data flow for a normalised crop [B, 1, S, S, S] (kji, values in [0, 1]):
    features 3D context (at step 0 they are exactly LiteMedSAM's 2D features);
 4. each block's output, average-pooled along k to the (S/4)^3 token grid, is one decoder level.
 
-Adapters sit on top of the frozen features rather than inside TinyViT's attention stages so that
-training can encode each crop once and reuse its features (docs/MODEL.md gives the measured
-trade-off).
+By default (``adapter_placement: top``) adapters sit only on top of the frozen features, so that
+training can encode each crop once and reuse its features. ``adapter_placement: inside`` adds the
+paper's placement besides: an adapter (half the block's channels) after every attention block of
+TinyViT's stages 1-3, zero-initialised like the others, which sees the crop's slices as one volume;
+TinyViT then runs on a whole crop per call, training back-propagates through it and nothing can be
+cached (docs/MODEL.md gives the measured trade-off of the two).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
+from contextlib import nullcontext
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable
@@ -148,6 +153,15 @@ class SliceAdapter3D(nn.Module):
         return features + self.up(F.gelu(self.spatial(self.down(features))))
 
 
+def _adapt_tokens(adapter: SliceAdapter3D, slices: int, block: nn.Module, inputs, tokens: torch.Tensor) -> torch.Tensor:
+    """Forward hook of an attention block with an inside adapter: its output tokens [N, H*W, C]
+    of ``N / slices`` crops' slices, as volumes, through the adapter."""
+    count, length, channels = tokens.shape
+    side = math.isqrt(length)
+    volume = tokens.view(count // slices, slices, side, side, channels).permute(0, 4, 1, 2, 3)
+    return adapter(volume).permute(0, 2, 3, 4, 1).reshape(count, length, channels)
+
+
 class LiteImageEncoder3D(nn.Module):
     """Frozen LiteMedSAM TinyViT per slice + trainable 3D adapters -> decoder levels."""
 
@@ -166,7 +180,18 @@ class LiteImageEncoder3D(nn.Module):
         fold_batch_norms(self.backbone.requires_grad_(False).eval())
         self.adapters = nn.ModuleList(SliceAdapter3D(BACKBONE_CHANNELS, config.adapter_dim)
                                       for _ in range(config.depth))
-        self.activation_checkpointing = False  # nothing to recompute: the backbone has no gradient
+        self.inside = config.adapter_placement == "inside"
+        self.slices_per_crop = config.crop_size // self.slab
+        # TinyViT's slices per call: a few for speed on a CPU, or a whole crop where inside
+        # adapters convolve across the crop's slices.
+        self.slices_per_run = self.slices_per_crop if self.inside else SLICES_PER_RUN
+        self.inside_adapters = nn.ModuleList()
+        if self.inside:
+            blocks = [block for layer in self.backbone.layers[1:] for block in layer.blocks]
+            self.inside_adapters.extend(SliceAdapter3D(block.dim, block.dim // 2) for block in blocks)
+            for block, adapter in zip(blocks, self.inside_adapters):
+                block.register_forward_hook(partial(_adapt_tokens, adapter, self.slices_per_crop))
+        self.activation_checkpointing = False  # not implemented: the top adapters recompute nothing
         self._compiled: tuple[Callable[[torch.Tensor], torch.Tensor], int] | None = None  # (TinyViT, threads)
 
     def compile_backbone(self) -> None:
@@ -174,19 +199,19 @@ class LiteImageEncoder3D(nn.Module):
         its GELUs, softmaxes, adds and reshapes; first clicks 1.4x faster on a 2-core CPU,
         docs/BENCHMARKS.md) and run it once, so that the compile happens now, not on a user's
         click. Raises what the compile raises (no C++ compiler, say); the backbone then stays
-        as it was. Used for inference only: the compiled code takes full ``SLICES_PER_RUN``
+        as it was. Used for inference only: the compiled code takes full ``slices_per_run``
         chunks of the crop's size on as many torch threads as now (inductor fixes both), and
         every other call - a one-thread side lane, training - runs TinyViT as built."""
         size = self.config.crop_size
         compiled = torch.compile(partial(tiny_vit_features, self.backbone), dynamic=False)
         with torch.inference_mode():
-            compiled(torch.zeros(SLICES_PER_RUN, 1, size, size).expand(-1, 3, -1, -1))  # as backbone_features gives them
+            compiled(torch.zeros(self.slices_per_run, 1, size, size).expand(-1, 3, -1, -1))  # as backbone_features gives them
         self._compiled = (compiled, torch.get_num_threads())
 
     def _slice_features(self, chunk: torch.Tensor) -> torch.Tensor:
         """TinyViT's features of [N, 3, S, S] slices: compiled code where it was built for the call."""
         if (self._compiled is not None and self._compiled[1] == torch.get_num_threads()
-                and chunk.shape[0] == SLICES_PER_RUN and torch.is_inference_mode_enabled()):
+                and chunk.shape[0] == self.slices_per_run and torch.is_inference_mode_enabled()):
             return self._compiled[0](chunk)
         return tiny_vit_features(self.backbone, chunk)
 
@@ -196,13 +221,14 @@ class LiteImageEncoder3D(nn.Module):
         return self
 
     def backbone_features(self, image: torch.Tensor) -> torch.Tensor:
-        """Frozen per-slice features of a normalised crop [B, 1, S, S, S] -> [B, 256, S/slab, S/4, S/4]."""
+        """TinyViT's per-slice features of a normalised crop [B, 1, S, S, S] -> [B, 256, S/slab, S/4, S/4]:
+        frozen (no gradient) unless inside adapters train through it."""
         batch, size = image.shape[0], image.shape[-1]
         slabs = F.avg_pool3d(image, kernel_size=(self.slab, 1, 1)) if self.slab > 1 else image
         depth = slabs.shape[2]
         slices = slabs.permute(0, 2, 1, 3, 4).reshape(batch * depth, 1, size, size).expand(-1, 3, -1, -1)
-        with torch.no_grad():
-            features = torch.cat([self._slice_features(chunk) for chunk in slices.split(SLICES_PER_RUN)])
+        with nullcontext() if self.inside else torch.no_grad():
+            features = torch.cat([self._slice_features(chunk) for chunk in slices.split(self.slices_per_run)])
         grid = features.shape[-1]
         return features.view(batch, depth, BACKBONE_CHANNELS, grid, grid).permute(0, 2, 1, 3, 4).contiguous()
 

@@ -102,8 +102,9 @@ class Sam3D(nn.Module):
 
     @property
     def has_frozen_backbone(self) -> bool:
-        """Whether the encoder starts with a frozen stage whose output training may cache."""
-        return isinstance(self.image_encoder, LiteImageEncoder3D)
+        """Whether the encoder starts with a frozen stage whose output training may cache (lite
+        models whose adapters all sit on top of TinyViT)."""
+        return isinstance(self.image_encoder, LiteImageEncoder3D) and not self.image_encoder.inside
 
     def backbone_features(self, image: torch.Tensor) -> torch.Tensor:
         """The frozen, cacheable first stage of ``encode`` (lite models only)."""

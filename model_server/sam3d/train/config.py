@@ -114,6 +114,9 @@ class TrainConfig:
                 if config.sam_pos_grid and not self.sam_checkpoint:
                     problems.append(f"model {self.model!r} is trained from SAM's weights: set "
                                     f"sam_checkpoint to sam_vit_b_01ec64.pth (or pass --sam-checkpoint)")
+                if config.adapter_placement == "inside" and self.feature_cache_crops:
+                    problems.append("feature_cache_crops must be 0 with adapter_placement 'inside': TinyViT's "
+                                    "output then depends on the adapters that train, so it cannot be cached")
         if self.feature_cache_crops < 0:
             problems.append("feature_cache_crops must be 0 or more")
         if not self.data_dir:

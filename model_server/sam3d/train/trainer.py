@@ -117,7 +117,7 @@ class Trainer:
             self.trainable_only = True
         else:
             self.model = Sam3D(self.model_config)
-            self.trainable_only = self.model.has_frozen_backbone  # lite: LiteMedSAM stays in its package
+            self.trainable_only = self.model_config.backbone == "lite_medsam"  # LiteMedSAM stays in its package
         self.model.to(self.device)
         self.model.set_activation_checkpointing(self.checkpointing)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
@@ -242,13 +242,19 @@ class Trainer:
         temporary.replace(self.state_path)
 
     def _initialise_from(self, spec: str) -> None:
-        """Start from a trained model's weights (fine-tuning); its configuration must be the run's."""
+        """Start from a trained model's weights (fine-tuning); its configuration must be the run's,
+        except that a model with adapters on top may start one with adapters inside as well (those
+        start at zero, so step 0 is the source model)."""
         source, payload = model_from_checkpoint(model_path(spec), self.config.sam_checkpoint)
-        if source.config.to_dict() != self.model_config.to_dict():
+        wanted = self.model_config.to_dict()
+        adds_inside = source.config.adapter_placement == "top" and wanted["adapter_placement"] == "inside"
+        if {**source.config.to_dict(), **({"adapter_placement": "inside"} if adds_inside else {})} != wanted:
             raise ValueError(f"init_from {spec!r} is a {payload['config'].get('name')!r} model with another "
                              f"configuration than this run's {self.config.model!r}: fine-tune with its own model "
-                             f"and model_overrides")
-        self.model.load_state_dict(source.state_dict())
+                             f"and model_overrides (only adapter_placement may go from 'top' to 'inside')")
+        missing, _ = self.model.load_state_dict(source.state_dict(), strict=not adds_inside)
+        if [name for name in missing if not name.startswith("image_encoder.inside_adapters.")]:
+            raise ValueError(f"init_from {spec!r} lacks tensors of this run's model: {missing[:3]}")
 
     def _restore(self) -> tuple[int, float | None]:
         payload = torch.load(self.state_path, map_location=self.device, weights_only=True)
