@@ -1,10 +1,11 @@
 """How far each lesion stands from its surroundings in the units the default model sees: a box
-of FIELD_MM around the lesion's centre scaled by the `percentile` preset (its own 0.5 / 99.5
-percentiles to [0, 1]), then |median in the lesion - median in a RING_VOXELS ring around it|.
-Prints one row per dataset (median and range) and, with --per-case, one per case.
+of FIELD_MM around the lesion's centre scaled by a percentile preset (`percentile`: its own
+0.5 / 99.5 percentiles to [0, 1]; or --preset central_percentile), then |median in the lesion -
+median in a RING_VOXELS ring around it|. Prints one row per dataset (median and range) and, with
+--per-case, one per case.
 
     python benchmarks/lesion_contrast.py --data phantoms-dev=data/phantoms_dev:tumor:8 \
-        --data synth-val=data/synth:tumor:16 [--per-case]
+        --data synth-val=data/synth:tumor:16 [--per-case] [--preset central_percentile]
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ FIELD_MM = 96.0  # the lite model's crop: 64 voxels at 1.5 mm
 RING_VOXELS = 3
 
 
-def lesion_contrast(image: np.ndarray, lesion: np.ndarray, spacing) -> tuple[float, float]:
-    """(|lesion median - ring median|, ring std) after the percentile preset on the lesion's field."""
+def lesion_contrast(image: np.ndarray, lesion: np.ndarray, spacing,
+                    preset: str = "percentile") -> tuple[float, float]:
+    """(|lesion median - ring median|, ring std) after ``preset`` on the lesion's field."""
     centre = np.argwhere(lesion).mean(axis=0).astype(int)
     half = (FIELD_MM / 2 / np.asarray(spacing, dtype=float)).astype(int)
     field = tuple(slice(max(c - h, 0), c + h) for c, h in zip(centre, half))
-    scaled = PRESETS["percentile"].apply(image[field].astype(np.float32))
+    scaled = PRESETS[preset].apply(image[field].astype(np.float32))
     inside = lesion[field]
     ring = ndimage.binary_dilation(inside, iterations=RING_VOXELS) & ~inside
     return abs(float(np.median(scaled[inside])) - float(np.median(scaled[ring]))), float(np.std(scaled[ring]))
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--data", action="append", required=True, metavar="NAME=DIR:LABEL:CASES",
                         help="a dataset, its target label (name or value) and how many of its first cases")
     parser.add_argument("--per-case", action="store_true")
+    parser.add_argument("--preset", default="percentile", choices=[n for n, p in PRESETS.items() if p.kind == "percentile"])
     args = parser.parse_args()
     print("| set | cases | contrast, median (range) | ring std (range) |")
     print("|---|---|---|---|")
@@ -47,7 +50,7 @@ def main() -> None:
         rows = []
         for case in find_cases(folder)[: int(count)]:
             image, target = load_case(case, target_label)
-            contrast, ring_std = lesion_contrast(image.array, target.astype(bool), image.spacing)
+            contrast, ring_std = lesion_contrast(image.array, target.astype(bool), image.spacing, args.preset)
             rows.append((case.case_id, contrast, ring_std))
             if args.per_case:
                 print(f"| {name} {case.case_id} | 1 | {contrast:.3f} | {ring_std:.3f} |")

@@ -70,11 +70,37 @@ def test_resample_rejects_unknown_interpolator():
 
 def test_presets_hold_the_papers_numbers_a_soft_tissue_and_a_percentile_one():
     assert PRESETS["kits21"] == IntensityPreset("kits21", -54.0, 247.0, 59.54, 55.46)
-    assert set(PRESETS) == {"kits21", "msd_pancreas", "lits", "msd_colon", "soft_tissue", "percentile"}
+    assert set(PRESETS) == {"kits21", "msd_pancreas", "lits", "msd_colon", "soft_tissue", "percentile",
+                            "central_percentile"}
     assert PRESETS["percentile"].kind == "percentile" and PRESETS["lits"].kind == "window"
     preset = PRESETS["lits"]
     assert IntensityPreset.from_dict(preset.to_dict()) == preset
 
+
+
+def test_the_central_percentile_preset_keeps_a_faint_lesion_visible_beside_air_and_bone():
+    """A CT-like crop: an organ (40 HU) holding a lesion 30 HU brighter at its centre, air and
+    bone at its edges. The whole crop's percentiles squeeze the lesion into ~0.02 of [0, 1];
+    the central third's, widened 2x, give it several times that, within the whole crop's window."""
+    rng = np.random.default_rng(0)
+    crop = rng.normal(40.0, 5.0, (30, 30, 30)).astype(np.float32)
+    crop[:, :, :4] = -1000.0  # air
+    crop[:, :, -3:] = 700.0  # bone
+    crop[12:18, 12:18, 12:18] += 30.0  # the lesion
+    lesion, organ = (slice(13, 17),) * 3, (slice(8, 11), slice(8, 22), slice(8, 22))
+    whole, central = PRESETS["percentile"].apply(crop), PRESETS["central_percentile"].apply(crop)
+    assert whole.dtype == central.dtype == np.float32 and central.min() == 0.0 and central.max() == 1.0
+    contrast_whole = np.median(whole[lesion]) - np.median(whole[organ])
+    contrast_central = np.median(central[lesion]) - np.median(central[organ])
+    assert 0.01 < contrast_whole < 0.03 and contrast_central > 5 * contrast_whole
+    # the whole crop's own percentiles are what "percentile" always gave
+    low, high = np.percentile(crop, [0.5, 99.5])
+    np.testing.assert_allclose(whole, (np.clip(crop, low, high) - low) / (high - low), atol=1e-6)
+    # a crop whose centre spans the whole range: the window is the whole crop's, not wider
+    spread = rng.uniform(-1000, 1000, (30, 30, 30)).astype(np.float32)
+    np.testing.assert_array_equal(PRESETS["central_percentile"].apply(spread), PRESETS["percentile"].apply(spread))
+    preset = PRESETS["central_percentile"]
+    assert IntensityPreset.from_dict(preset.to_dict()) == preset
 
 def test_compute_preset_uses_foreground_percentiles_and_clipped_statistics():
     rng = np.random.default_rng(3)

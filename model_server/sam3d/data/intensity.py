@@ -3,7 +3,10 @@
 A "window" preset clips to fixed HU bounds and z-scores (the paper's CT recipe). A
 "percentile" preset is modality-free (CT in HU, MRI in arbitrary units, either polarity): each
 crop is clipped to its own ``clip_low`` / ``clip_high`` percentiles and scaled to [0, 1], the
-input range LiteMedSAM was trained on.
+input range LiteMedSAM was trained on. ``central_percentile`` takes those percentiles over the
+crop's central part only (where a click or a box centres the crop), widened about their middle
+and never wider than the whole crop's: a faint lesion in an organ keeps its contrast when the crop
+also holds air and bone (docs/BENCHMARKS.md, "A central intensity window, trained").
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import numpy as np
 @dataclass(frozen=True)
 class IntensityPreset:
     """kind "window": clip to [clip_low, clip_high] HU, then (x - mean) / std.
-    kind "percentile": clip to the array's own clip_low / clip_high percentiles, scale to [0, 1]."""
+    kind "percentile": clip to the array's own clip_low / clip_high percentiles, scale to [0, 1];
+    with ``central`` < 1 those of the array's central ``central`` fraction along each axis, the
+    window widened ``widen`` times about its middle, within the whole array's percentiles."""
 
     name: str
     clip_low: float
@@ -24,17 +29,30 @@ class IntensityPreset:
     mean: float
     std: float
     kind: str = "window"
+    central: float = 1.0
+    widen: float = 1.0
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         """Return the normalised float32 array."""
         array = np.asarray(array, dtype=np.float32)
         if self.kind == "percentile":
-            low, high = (np.float32(v) for v in np.percentile(array, [self.clip_low, self.clip_high]))
+            low, high = self._percentile_window(array)
             if not high > low:
                 return np.zeros_like(array)
             return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
         clipped = np.clip(array, self.clip_low, self.clip_high)
         return (clipped - np.float32(self.mean)) / np.float32(self.std)
+
+    def _percentile_window(self, array: np.ndarray) -> tuple[np.float32, np.float32]:
+        """The clip bounds of a percentile preset for ``array``."""
+        low, high = (np.float32(v) for v in np.percentile(array, [self.clip_low, self.clip_high]))
+        if self.central >= 1.0:
+            return low, high
+        sides = [max(1, round(n * self.central)) for n in array.shape]
+        centre = tuple(slice((n - side) // 2, (n - side) // 2 + side) for n, side in zip(array.shape, sides))
+        part_low, part_high = np.percentile(array[centre], [self.clip_low, self.clip_high])
+        middle, half = (part_low + part_high) / 2, (part_high - part_low) / 2 * self.widen
+        return np.float32(max(low, middle - half)), np.float32(min(high, middle + half))
 
     def in_window(self, value: float) -> bool:
         """Whether a raw intensity lies in the fixed window (always true for percentile presets)."""
@@ -56,6 +74,8 @@ PRESETS: dict[str, IntensityPreset] = {
     "msd_colon": IntensityPreset("msd_colon", -57.0, 175.0, 65.18, 32.65),
     "soft_tissue": IntensityPreset("soft_tissue", -160.0, 240.0, 40.0, 80.0),
     "percentile": IntensityPreset("percentile", 0.5, 99.5, 0.0, 1.0, kind="percentile"),
+    "central_percentile": IntensityPreset("central_percentile", 0.5, 99.5, 0.0, 1.0, kind="percentile",
+                                          central=1 / 3, widen=2.0),
 }
 
 # Foreground voxels drawn per case when computing a preset, as nnU-Net does, so that the

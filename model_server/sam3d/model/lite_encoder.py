@@ -191,7 +191,7 @@ class LiteImageEncoder3D(nn.Module):
             self.inside_adapters.extend(SliceAdapter3D(block.dim, block.dim // 2) for block in blocks)
             for block, adapter in zip(blocks, self.inside_adapters):
                 block.register_forward_hook(partial(_adapt_tokens, adapter, self.slices_per_crop))
-        self.activation_checkpointing = False  # not implemented: the top adapters recompute nothing
+        self.activation_checkpointing = False  # unused: nothing recomputed (inside adapters keep TinyViT's activations)
         self._compiled: tuple[Callable[[torch.Tensor], torch.Tensor], int] | None = None  # (TinyViT, threads)
 
     def compile_backbone(self) -> None:
