@@ -99,6 +99,9 @@ def test_the_central_percentile_preset_keeps_a_faint_lesion_visible_beside_air_a
     # a crop whose centre spans the whole range: the window is the whole crop's, not wider
     spread = rng.uniform(-1000, 1000, (30, 30, 30)).astype(np.float32)
     np.testing.assert_array_equal(PRESETS["central_percentile"].apply(spread), PRESETS["percentile"].apply(spread))
+    flat = crop.copy()
+    flat[10:20, 10:20, 10:20] = 40.0  # a constant centre (a phantom without noise): the whole crop's window
+    np.testing.assert_array_equal(PRESETS["central_percentile"].apply(flat), PRESETS["percentile"].apply(flat))
     preset = PRESETS["central_percentile"]
     assert IntensityPreset.from_dict(preset.to_dict()) == preset
 

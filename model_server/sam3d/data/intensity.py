@@ -51,6 +51,8 @@ class IntensityPreset:
         sides = [max(1, round(n * self.central)) for n in array.shape]
         centre = tuple(slice((n - side) // 2, (n - side) // 2 + side) for n, side in zip(array.shape, sides))
         part_low, part_high = np.percentile(array[centre], [self.clip_low, self.clip_high])
+        if not part_high > part_low:  # a constant centre says nothing about the window
+            return low, high
         middle, half = (part_low + part_high) / 2, (part_high - part_low) / 2 * self.widen
         return np.float32(max(low, middle - half)), np.float32(min(high, middle + half))
 
