@@ -107,7 +107,8 @@ class Sam3D(nn.Module):
         return isinstance(self.image_encoder, LiteImageEncoder3D) and not self.image_encoder.inside
 
     def backbone_features(self, image: torch.Tensor) -> torch.Tensor:
-        """The frozen, cacheable first stage of ``encode`` (lite models only)."""
+        """TinyViT's per-slice features, the first stage of ``encode`` (lite models only; frozen and
+        cacheable where ``has_frozen_backbone``)."""
         return self.image_encoder.backbone_features(image)
 
     def encode_from_backbone(self, backbone_features: torch.Tensor, image: torch.Tensor) -> ImageFeatures:
