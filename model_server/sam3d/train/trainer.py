@@ -246,9 +246,11 @@ class Trainer:
         except that a model with adapters on top may start one with adapters inside as well (those
         start at zero, so step 0 is the source model)."""
         source, payload = model_from_checkpoint(model_path(spec), self.config.sam_checkpoint)
-        wanted = self.model_config.to_dict()
-        adds_inside = source.config.adapter_placement == "top" and wanted["adapter_placement"] == "inside"
-        if {**source.config.to_dict(), **({"adapter_placement": "inside"} if adds_inside else {})} != wanted:
+        compared, wanted = source.config.to_dict(), self.model_config.to_dict()
+        adds_inside = compared["adapter_placement"] == "top" and wanted["adapter_placement"] == "inside"
+        if adds_inside:
+            compared["adapter_placement"] = "inside"  # the run's inside adapters start at zero
+        if compared != wanted:
             raise ValueError(f"init_from {spec!r} is a {payload['config'].get('name')!r} model with another "
                              f"configuration than this run's {self.config.model!r}: fine-tune with its own model "
                              f"and model_overrides (only adapter_placement may go from 'top' to 'inside')")
