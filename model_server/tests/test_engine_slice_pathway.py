@@ -447,3 +447,54 @@ def test_the_click_pathway_is_3d_unless_search_is_asked_for(ball, tiny_model):
                    click_pathway="search").click_pathway == "3d"  # boxes not on the 2D pathway: no search
     with pytest.raises(ValueError, match="click_pathway"):
         Session(predictor, volume, (1.0, 1.0, 1.0), click_pathway="cascade")
+
+
+def test_correction_windows_embedded_ahead_change_a_corrections_time_not_its_mask(ball, tiny_model):
+    """Idle work (``Session.prefetch_corrections``) embeds the windows a 2D correction of the
+    current mask will decode on; the next correction then embeds nothing and gives the mask a
+    session without that work gives. Here a leak makes the slice's region too wide for the
+    window the box's propagation kept there, so the click near its end needs another window."""
+    volume, mask = ball
+    predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
+    slice_model = predictor._slice_pathway()
+    embed, embeds = slice_model.embed, []
+    slice_model.embed = lambda image: embeds.append(1) or embed(image)  # counts LiteMedSAM's real embeddings
+    masks = []
+    for ahead in (False, True):
+        session = Session(predictor, volume, (1.0, 1.0, 1.0))
+        assert not session.prefetch_corrections()  # no object yet: nothing to do
+        session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=[[12, 23, 21], [12, 41, 39]])
+        leaked = session.mask[11].copy()
+        leaked[28:37, 38:56] = True  # a strip attached to the ball's right edge
+        session.set_mask((11, 0, 0), (12, 64, 64), leaked[None])
+        if ahead:
+            kept = session.slice_windows
+            while session.prefetch_corrections():
+                pass
+            assert session.slice_windows_ahead >= 1 and session.slice_windows == kept + session.slice_windows_ahead
+        before, waiting = len(embeds), session.slice_windows_ahead
+        session.interact([[11, 32, 53]], [0])
+        if ahead:  # decoded on a window embedded ahead, taken from that store
+            assert len(embeds) == before and session.slice_windows_ahead == waiting - 1
+        else:
+            assert len(embeds) > before
+        masks.append(session.mask.copy())
+    np.testing.assert_array_equal(masks[0], masks[1])
+    assert masks[1][11, 28:37, 44:56].sum() <= 10  # the leak went
+
+
+def test_windows_embedded_ahead_never_push_out_kept_ones(ball, small_window_model):
+    """Windows made ahead share the kept windows' capacity: they go first when a kept window
+    needs room, and none is made where only a kept one could make room for it."""
+    volume, mask = ball
+    bounds = volume_bounds(volume)
+    embeddings = SliceEmbeddings(capacity=2)
+    embeddings.windows(small_window_model, volume, 12, bounds).scored_mask(np.array([22.0, 20.0, 42.0, 40.0]))
+    assert embeddings.prefetch(small_window_model, volume, mask, bounds)  # slice 12 first: the largest
+    assert embeddings.ahead == 1 and len(embeddings) == 2
+    assert not embeddings.prefetch(small_window_model, volume, mask, bounds) or embeddings.ahead == 1
+    embeddings.windows(small_window_model, volume, 11, bounds).scored_mask(np.array([2.0, 2.0, 22.0, 22.0]))
+    assert embeddings.ahead == 0 and len(embeddings) == 2  # the window made ahead made room
+    assert len(embeddings.windows(small_window_model, volume, 12, bounds).embedded) == 1
+    assert not embeddings.prefetch(small_window_model, volume, mask, bounds)  # full of kept windows
+    assert embeddings.nbytes == 2 * 256 * (small_window_model.window // 4) ** 2 * 4

@@ -122,6 +122,19 @@ class Predictor:
             self.encoder_runs += corrected is not None
         return corrected
 
+    def prefetch_correction_window(self, volume: np.ndarray, mask: np.ndarray, bounds: tuple[float, float],
+                                   embeddings: SliceEmbeddings) -> bool:
+        """Embed one more window a 2D correction of ``mask`` would decode on
+        (``SliceEmbeddings.prefetch``): True when one was; False when none is left, or when the
+        encoder lane is busy (idle work never waits for it)."""
+        if not self._encode_lock.acquire(blocking=False):
+            return False
+        try:
+            with torch.inference_mode():
+                return embeddings.prefetch(self._slice_pathway(), volume, mask, bounds)
+        finally:
+            self._encode_lock.release()
+
     def _slice_pathway(self) -> LiteMedSAM2D:
         """LiteMedSAM's 2D model, built on first use (call with the encoder lane held)."""
         if self._slice_model is None:

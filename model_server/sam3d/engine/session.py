@@ -294,6 +294,25 @@ class Session:
                                 "total": round(total_ms, 2)}
             return change
 
+    def prefetch_corrections(self) -> bool:
+        """Idle work: embed one more 2D window that a correction of the object's mask would
+        decode on (``Predictor.prefetch_correction_window``), so that the next correction click
+        on that slice only decodes. True when one was embedded; False when there is nothing to
+        do (the object is not corrected in 2D, or its windows are all there) or the session or
+        the encoder is busy: it never waits. The masks do not depend on it: a correction decodes
+        on the same window whether that was embedded ahead or is embedded then
+        (``slice_pathway.correction_window``). Measured in docs/BENCHMARKS.md ("Correction
+        windows embedded ahead")."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._corrects_in_2d:
+                return False
+            return self.predictor.prefetch_correction_window(self.volume, self.mask, self._bounds_2d(),
+                                                             self._slice_embeddings)
+        finally:
+            self._lock.release()
+
     def set_mask(self, lo, hi, mask: np.ndarray) -> MaskChange:
         """Replace the object's mask by ``mask`` inside box lo..hi and nothing outside it (the
         user's own edit, the prior of the next click)."""
@@ -354,6 +373,16 @@ class Session:
     def history_bytes(self) -> int:
         """Bytes the undo history holds."""
         return sum(entry.previous.nbytes for entry in self._history)
+
+    @property
+    def slice_windows(self) -> int:
+        """2D pathway windows the session keeps embedded (``SliceEmbeddings``)."""
+        return len(self._slice_embeddings)
+
+    @property
+    def slice_windows_ahead(self) -> int:
+        """Of those, windows embedded ahead of a correction (``prefetch_corrections``) not used yet."""
+        return self._slice_embeddings.ahead
 
     def memory_bytes(self) -> int:
         """Bytes the session holds: volume, mask, undo history, cached encoder features and 2D

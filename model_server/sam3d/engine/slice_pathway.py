@@ -230,19 +230,25 @@ class _SliceWindows:
 
     A box is decoded on an embedded window when that window is about the size of the box's own
     (``_window``; sides within ``WINDOW_REUSE_SCALE``) and holds the box at least
-    ``WINDOW_REUSE_MARGIN`` of its side from every edge; otherwise its own window is embedded.
-    A search re-boxes each start around its mask several times, and the boxes of one chain
-    mostly differ by a few pixels; a correction's box on a slice the pathway has answered
-    before mostly differs little from that answer's (``SliceEmbeddings``). Decoding one on an
-    embedding costs about a twentieth of embedding its window (docs/BENCHMARKS.md, "A cheaper
-    box search"). ``embedded``: the slice's windows so far (shared with a ``SliceEmbeddings``);
-    ``on_embed``: called with each new one."""
+    ``WINDOW_REUSE_MARGIN`` of its side from every edge (``_serves``); otherwise on the
+    ``preferred`` window where that one serves it (a correction's: ``correction_window``), else on
+    its own, embedded now. A search re-boxes each start around its mask several times, and the
+    boxes of one chain mostly differ by a few pixels; a correction's box on a slice the pathway
+    has answered before mostly differs little from that answer's (``SliceEmbeddings``). Decoding
+    one on an embedding costs about a twentieth of embedding its window (docs/BENCHMARKS.md, "A
+    cheaper box search"). ``embedded``: the slice's windows so far (shared with a
+    ``SliceEmbeddings``); ``on_embed``: called with each new one; ``claim``: the embedding of a
+    (j0, i0, side) window made ahead of time, taken out of its store, or None."""
 
     def __init__(self, model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float],
-                 embedded: list[Window] | None = None, on_embed: Callable[[Window], None] | None = None) -> None:
+                 embedded: list[Window] | None = None, on_embed: Callable[[Window], None] | None = None,
+                 preferred: tuple[int, int, int] | None = None,
+                 claim: Callable[[tuple[int, int, int]], torch.Tensor | None] | None = None) -> None:
         self.model, self.plane, self.bounds = model, plane, bounds
         self.embedded = [] if embedded is None else embedded
         self.on_embed = on_embed
+        self.preferred = preferred
+        self.claim = claim
 
     def scored_mask(self, box: np.ndarray) -> tuple[np.ndarray, float]:
         """A (j0, i0, j1, i1) box -> (bool mask of the slice, SAM's predicted IoU)."""
@@ -252,16 +258,16 @@ class _SliceWindows:
         return _paste(mask, j0, i0, side, self.plane.shape), score
 
     def window_for(self, box: np.ndarray) -> Window:
-        """An embedded window that serves ``box`` (see the class), else its own, embedded now."""
+        """An embedded window that serves ``box``, else the preferred one where it serves it, else
+        the box's own (see the class); one not embedded yet is embedded now."""
         own = _window(box)
-        for j0, i0, side, embedding in self.embedded:
-            margin = WINDOW_REUSE_MARGIN * side
-            if (1 / WINDOW_REUSE_SCALE <= side / own[2] <= WINDOW_REUSE_SCALE
-                    and box[0] >= j0 + margin and box[1] >= i0 + margin
-                    and box[2] <= j0 + side - margin and box[3] <= i0 + side - margin):
-                return j0, i0, side, embedding
-        j0, i0, side = own
-        embedding = self.model.embed(_cut(self.plane, j0, i0, side, self.model.window, self.bounds))
+        for window in self.embedded:
+            if _serves(window[:3], box, own[2]):
+                return window
+        j0, i0, side = self.preferred if self.preferred is not None and _serves(self.preferred, box, own[2]) else own
+        embedding = self.claim((j0, i0, side)) if self.claim is not None else None
+        if embedding is None:
+            embedding = self.model.embed(_cut(self.plane, j0, i0, side, self.model.window, self.bounds))
         window = (j0, i0, side, embedding)
         self.embedded.append(window)
         if self.on_embed is not None:
@@ -269,29 +275,91 @@ class _SliceWindows:
         return window
 
 
+def _serves(window: tuple[int, int, int], box: np.ndarray, own_side: int) -> bool:
+    """Whether a box whose own window has side ``own_side`` is decoded on the (j0, i0, side)
+    ``window``: sides within ``WINDOW_REUSE_SCALE``, the box ``WINDOW_REUSE_MARGIN`` inside it."""
+    j0, i0, side = window
+    margin = WINDOW_REUSE_MARGIN * side
+    return (1 / WINDOW_REUSE_SCALE <= side / own_side <= WINDOW_REUSE_SCALE
+            and box[0] >= j0 + margin and box[1] >= i0 + margin
+            and box[2] <= j0 + side - margin and box[3] <= i0 + side - margin)
+
+
+def correction_window(mask: np.ndarray, k: int) -> tuple[int, int, int] | None:
+    """The window (j0, i0, side) a correction on slice ``k`` of ``mask`` decodes on where it
+    serves the correction's box and no kept window does: that of the slice's mask box plus
+    ``BOX_MARGIN_PX`` (of the nearest covered slice's, on a slice the mask does not cover); None
+    for an empty mask. A function of the mask alone, so that a window embedded ahead of the click
+    (``SliceEmbeddings.prefetch``) is the one the click would embed: the answer is the same."""
+    covered = np.flatnonzero(mask.any(axis=(1, 2)))
+    if not len(covered):
+        return None
+    source = k if mask[k].any() else int(covered[np.argmin(np.abs(covered - k))])
+    return _window(_mask_box(mask[source], BOX_MARGIN_PX))
+
+
+def _correction_slices(mask: np.ndarray) -> list[int]:
+    """The slices whose correction windows are embedded ahead: those the mask covers, the
+    largest slice mask first, then the slice past each end."""
+    areas = mask.sum(axis=(1, 2))
+    covered = np.flatnonzero(areas)
+    if not len(covered):
+        return []
+    ends = [k for k in (int(covered[0]) - 1, int(covered[-1]) + 1) if 0 <= k < mask.shape[0]]
+    return [int(k) for k in covered[np.argsort(-areas[covered], kind="stable")]] + ends
+
+
 class SliceEmbeddings:
     """The embedded windows of one volume's slices (``_SliceWindows``), kept across a session's
     interactions: the volume and its intensity bounds never change there, so a correction on a
     slice the pathway has answered before (the box's propagation, an earlier correction)
-    decodes on a window embedded then when one serves its box. At most ``capacity`` windows;
-    those of the least recently used slices go first. Measured in docs/BENCHMARKS.md ("Slice
-    embeddings kept across interactions")."""
+    decodes on a window embedded then when one serves its box. Besides them, windows embedded
+    ahead of a correction (``prefetch``), which a box takes only as its preferred window. At
+    most ``capacity`` windows in all; windows made ahead go first, then those of the least
+    recently used slices. Measured in docs/BENCHMARKS.md ("Slice embeddings kept across
+    interactions", "Correction windows embedded ahead")."""
 
     def __init__(self, capacity: int = WINDOWS_KEPT) -> None:
         if capacity < 1:
             raise ValueError(f"a session keeps at least one 2D window, got capacity {capacity}")
         self.capacity = capacity
         self._slices: OrderedDict[int, list[Window]] = OrderedDict()
+        self._ahead: OrderedDict[tuple[int, int, int, int], torch.Tensor] = OrderedDict()  # (k, j0, i0, side)
         # running totals: the session's memory is read without its lock (metrics, session info)
         # while an interaction changes the slices
         self._count = 0
         self._nbytes = 0
 
-    def windows(self, model: LiteMedSAM2D, volume: np.ndarray, k: int, bounds: tuple[float, float]) -> _SliceWindows:
-        """Slice ``k``'s windows, the most recently used from now."""
+    def windows(self, model: LiteMedSAM2D, volume: np.ndarray, k: int, bounds: tuple[float, float],
+                preferred: tuple[int, int, int] | None = None) -> _SliceWindows:
+        """Slice ``k``'s windows, the most recently used from now (``preferred``: see
+        ``_SliceWindows``)."""
         embedded = self._slices.setdefault(k, [])
         self._slices.move_to_end(k)
-        return _SliceWindows(model, volume[k], bounds, embedded, self._added)
+        return _SliceWindows(model, volume[k], bounds, embedded, self._added, preferred,
+                             lambda window: self._claim(k, window))
+
+    def prefetch(self, model: LiteMedSAM2D, volume: np.ndarray, mask: np.ndarray, bounds: tuple[float, float]) -> bool:
+        """Embed the next correction window of ``mask`` (``correction_window``; slices in the
+        order of ``_correction_slices``) that is neither kept nor made ahead yet; False when there
+        is none, or no room without dropping a kept window."""
+        for k in _correction_slices(mask):
+            j0, i0, side = correction_window(mask, k)
+            if (k, j0, i0, side) in self._ahead or any(w[:3] == (j0, i0, side) for w in self._slices.get(k, [])):
+                continue
+            if self._count >= self.capacity and not self._drop_ahead():
+                return False
+            embedding = model.embed(_cut(volume[k], j0, i0, side, model.window, bounds))
+            self._ahead[(k, j0, i0, side)] = embedding
+            self._count += 1
+            self._nbytes += embedding.nbytes
+            return True
+        return False
+
+    @property
+    def ahead(self) -> int:
+        """Windows made ahead of a correction that none has taken yet."""
+        return len(self._ahead)
 
     def __len__(self) -> int:
         return self._count
@@ -300,11 +368,32 @@ class SliceEmbeddings:
     def nbytes(self) -> int:
         return self._nbytes
 
+    def _claim(self, k: int, window: tuple[int, int, int]) -> torch.Tensor | None:
+        """The embedding of slice ``k``'s ``window`` made ahead, out of that store (``_added``
+        then counts it as kept), or None."""
+        embedding = self._ahead.pop((k, *window), None)
+        if embedding is not None:
+            self._count -= 1
+            self._nbytes -= embedding.nbytes
+        return embedding
+
+    def _drop_ahead(self) -> bool:
+        """Drop the oldest window made ahead; False when there is none."""
+        if not self._ahead:
+            return False
+        _, embedding = self._ahead.popitem(last=False)
+        self._count -= 1
+        self._nbytes -= embedding.nbytes
+        return True
+
     def _added(self, window: Window) -> None:
-        """Count a window just embedded; beyond ``capacity`` drop the least recently used
-        slices' windows (and slices left with none, such as a slice no window was embedded on)."""
+        """Count a window just embedded; beyond ``capacity`` drop the windows made ahead, then the
+        least recently used slices' windows (and slices left with none, such as a slice no
+        window was embedded on)."""
         self._count += 1
         self._nbytes += window[3].nbytes
+        while self._count > self.capacity and self._drop_ahead():
+            pass
         while self._count > self.capacity and self._slices:
             k, oldest = next(iter(self._slices.items()))
             if oldest:
@@ -316,9 +405,9 @@ class SliceEmbeddings:
 
 
 def _windows(embeddings: SliceEmbeddings | None, model: LiteMedSAM2D, volume: np.ndarray, k: int,
-             bounds: tuple[float, float]) -> _SliceWindows | None:
+             bounds: tuple[float, float], preferred: tuple[int, int, int] | None = None) -> _SliceWindows | None:
     """Slice ``k``'s kept windows where ``embeddings`` keeps them, else None (each box embeds its own)."""
-    return None if embeddings is None else embeddings.windows(model, volume, k, bounds)
+    return None if embeddings is None else embeddings.windows(model, volume, k, bounds, preferred)
 
 
 def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float], j: int, i: int,
@@ -455,7 +544,9 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
       the part nearer the click than any of the object's positive clicks on the slice
       (``positives_kji``, in-plane distance in ``spacing``) goes: a negative click never takes
       a positive one out of the mask (``_nearer_than_positives``).
-    ``embeddings``: the session's kept slice windows (``SliceEmbeddings``), if any.
+    ``embeddings``: the session's kept slice windows (``SliceEmbeddings``), if any; a box no kept
+    window serves is decoded on the slice's ``correction_window`` where that serves it, which may
+    have been embedded ahead (``SliceEmbeddings.prefetch``).
     Measured in docs/BENCHMARKS.md ("Corrections after a box, second round").
     """
     k, j, i = (int(round(float(v))) for v in click_kji)
@@ -463,7 +554,8 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
     if label != 1:
         if not mask[k, j, i]:
             return None
-        kept = _remove_at(model, volume[k], bounds, mask[k], j, i, _windows(embeddings, model, volume, k, bounds))
+        kept = _remove_at(model, volume[k], bounds, mask[k], j, i,
+                          _windows(embeddings, model, volume, k, bounds, correction_window(mask, k)))
         result[k] = kept | (mask[k] & ~_nearer_than_positives(mask.shape[1:], (j, i), k, positives_kji, spacing))
         return result
     covered = np.flatnonzero(mask.any(axis=(1, 2)))
@@ -476,7 +568,8 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
         if direction == 0 or not mask[slice_index].any():
             plane_mask = _segment_slice(model, volume[slice_index], bounds, box=box,
                                         previous=previous if direction else None,  # the growth rule's choice
-                                        windows=_windows(embeddings, model, volume, slice_index, bounds))
+                                        windows=_windows(embeddings, model, volume, slice_index, bounds,
+                                                         correction_window(mask, slice_index)))
             result[slice_index] |= plane_mask
             previous = plane_mask if plane_mask.any() else previous
     if not result[k, j, i] and box_kji is None and spacing is not None:
