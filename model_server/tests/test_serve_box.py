@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -122,12 +123,23 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
             session = c.create_session(array, spacing)
             first = c.interact(session, click, [1])
             served = first.apply_to(np.zeros(ball.shape, bool))
+            deadline = time.monotonic() + 120  # in idle time the server embeds the correction's windows
+            while c.session_info(session)["slice_windows_ahead"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert c.session_info(session)["slice_windows_ahead"] >= 1
             correction = c.interact(session, [[12.0, 25.0, 30.0]], [0])
+            corrected = correction.apply_to(served.copy())
     dice = 2 * (served & ball).sum() / (served.sum() + ball.sum())
     assert served[12, 30, 34] and dice >= 0.7, dice
     # the 3D model ran first; the correction went to the 2D pathway, as only on an object the
     # search made (after a 3D-model click corrections are the 3D model's: at least one crop)
     assert first.crops >= 1 and correction.crops == 0
+    # the windows embedded ahead change the correction's time, not its mask: in process, without them
+    reference = Session(Predictor.load("default", device="cpu", slice_precision="fp32"), array, spacing,
+                        click_pathway="search")
+    reference.interact(click, [1])
+    reference.interact([[12.0, 25.0, 30.0]], [0])
+    np.testing.assert_array_equal(corrected, reference.mask)
     # torch.compile needs a C++ compiler (inductor's default: $CXX, else g++); without one the
     # server says so and serves uncompiled, and the masks must be the same all the same
     compiler = shutil.which(os.environ.get("CXX", "g++"))

@@ -53,6 +53,52 @@ def test_a_call_arriving_while_the_main_lane_is_busy_takes_the_side_lane(lanes):
     assert lanes.run(where)[0].startswith("sam3d-engine_")  # free again: back on the main lane
 
 
+def test_idle_work_runs_on_the_main_lane_only_while_nothing_else_wants_it(lanes):
+    """``run_idle`` runs on the free main lane and is refused while a call holds it; a call that
+    arrives during idle work waits for it on the main lane rather than taking the side lane."""
+    ran, place = lanes.run_idle(where)
+    assert ran and place[0].startswith("sam3d-engine_") and place[1] == 2
+    for idle in (False, True):
+        started, release = threading.Event(), threading.Event()
+
+        def busy() -> None:
+            started.set()
+            release.wait(30)
+
+        blocker = threading.Thread(target=lanes.run_idle if idle else lanes.run, args=(busy,))
+        blocker.start()
+        assert started.wait(30)
+        try:
+            if idle:
+                threading.Timer(0.2, release.set).start()  # the idle step ends a moment later
+                name, threads = lanes.run(where)
+                assert name.startswith("sam3d-engine_") and threads == 2
+            else:
+                assert lanes.run_idle(where) == (False, None)
+        finally:
+            release.set()
+            blocker.join(30)
+
+
+def test_idle_time_steps_run_until_there_is_nothing_left():
+    """``run_in_idle_time`` repeats its step on the main lane until the step says it is done."""
+    lanes = EngineLanes(2)
+    calls, done = [], threading.Event()
+
+    def step() -> bool:
+        calls.append(where()[0])
+        if len(calls) == 3:
+            done.set()
+        return len(calls) < 3
+
+    try:
+        lanes.run_in_idle_time(step)
+        assert done.wait(30)
+    finally:
+        lanes.shutdown()
+    assert len(calls) == 3 and all(name.startswith("sam3d-engine_") for name in calls)
+
+
 def test_a_failing_call_raises_in_the_caller_and_frees_its_lane(lanes):
     def fail() -> None:
         raise ValueError("bad click")

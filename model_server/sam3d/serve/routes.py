@@ -5,6 +5,7 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 """
 
 import asyncio
+import functools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from ..client.wire import encode_mask_bits
 from ..engine.predictor import Predictor
 from ..engine.session import MaskChange, Session
 from . import errors
-from .errors import APIError, BadRequest
+from .errors import APIError, BadRequest, SessionExpired, SessionNotFound
 from .memory import resident_bytes, session_ceiling
 from .schemas import (ERROR_REPLIES, MAX_POINTS_PER_REQUEST, SESSION_ID, SHAPE_PATTERN, SPACING_PATTERN,
                       Capabilities, Health, InteractionRequest, Limits, MaskRequest, MaskUpdate, Memory,
@@ -188,7 +189,8 @@ def session_info(session_id: SessionId, server: Server) -> SessionInfo:
                            labels=session.labels.tolist(),
                            box=None if session.box is None else session.box.tolist(), voxels=session.voxels,
                            encoder_runs=session.encoder_runs, decoder_runs=session.decoder_runs,
-                           cached_crops=len(session.cache), memory_bytes=session.memory_bytes(),
+                           cached_crops=len(session.cache), slice_windows=session.slice_windows,
+                           slice_windows_ahead=session.slice_windows_ahead, memory_bytes=session.memory_bytes(),
                            expires_in_s=server.store.ttl_s)
 
 
@@ -208,7 +210,21 @@ def interact(session_id: SessionId, body: InteractionRequest, server: Server) ->
     with server.store.use(session_id) as session:
         change = _run_engine(server, session.interact, body.points, body.labels, body.box)
     server.counters.add("interactions")
+    if server.settings.idle_prefetch:
+        server.lanes.run_in_idle_time(functools.partial(_prefetch_step, server, session_id, change.interaction))
     return _mask_update(change)
+
+
+def _prefetch_step(server: ServerState, session_id: str, interaction: int) -> bool:
+    """Idle work after a session's interaction number ``interaction``: one more 2D window its
+    next correction will decode on (``Session.prefetch_corrections``). False once there is
+    nothing more to do, or the session has moved on (a later interaction starts its own) or is
+    gone."""
+    try:
+        with server.store.use(session_id) as session:
+            return session.interactions == interaction and session.prefetch_corrections()
+    except (SessionNotFound, SessionExpired):
+        return False
 
 
 @router.put("/v1/sessions/{session_id}/mask", response_model=MaskUpdate,

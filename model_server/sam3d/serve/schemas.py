@@ -88,6 +88,9 @@ class SessionInfo(BaseModel):
     encoder_runs: int
     decoder_runs: int
     cached_crops: int
+    slice_windows: int = Field(default=0, description="2D pathway slice windows the session keeps embedded")
+    slice_windows_ahead: int = Field(default=0, description=(
+        "of those, windows embedded in idle time for the next correction, not used yet"))
     memory_bytes: int = Field(description="bytes the session holds now")
     expires_in_s: float
 

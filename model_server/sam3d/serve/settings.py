@@ -26,6 +26,7 @@ class ServerSettings:
     cache_crops: int = 8  # encoded crops kept per session (at least max_crops)
     max_crops: int = 6  # crops predicted per interaction
     click_pathway: str = "3d"  # who answers an object's first click (engine.choices.CLICK_PATHWAYS)
+    idle_prefetch: bool = True  # embed the next 2D correction's windows while no request runs
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names served ("*": any)
     cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API
     auth_failures_per_minute: int = 10  # 401s per client address before 429
