@@ -6,6 +6,7 @@ Prints a Markdown table.
     python benchmarks/bench_server.py --model PATH --shape 100,256,256 --repeats 10
     python benchmarks/bench_server.py --server http://host:8000 --api-key KEY
     python benchmarks/bench_server.py --busy-cores 1          # beside another busy process
+    python benchmarks/bench_server.py --think-ms 1500         # a pause before each next click
 
 Without --server it starts `sam3d serve` on a free loopback port with --model / --device.
 A first click lands in a part of the volume no crop has covered yet, so the server runs the
@@ -64,10 +65,10 @@ def timed(call, *args):
 
 
 def box_corrections(client: SAM3DClient, session: str, target: np.ndarray, spacing,
-                    count: int) -> tuple[float, list[float], list[int]]:
+                    count: int, think_s: float = 0.0) -> tuple[float, list[float], list[int]]:
     """A 2D box on ``target``'s largest slice, then up to ``count`` corrections at the protocol's
-    next click (``next_click``) -> (box ms, correction ms, model crops per correction: 0 where the
-    2D pathway answered)."""
+    next click (``next_click``), each ``think_s`` after the previous reply -> (box ms, correction
+    ms, model crops per correction: 0 where the 2D pathway answered)."""
     client.reset(session)
     update, box_ms = timed(client.interact, session, [], [], largest_slice_box(target))
     mask = update.apply_to(np.zeros(target.shape, dtype=bool))
@@ -76,6 +77,7 @@ def box_corrections(client: SAM3DClient, session: str, target: np.ndarray, spaci
         click = next_click(mask, target, spacing)
         if click is None:
             break
+        time.sleep(think_s)
         update, ms = timed(client.interact, session, [click[0]], [click[1]])
         mask = update.apply_to(mask)
         times.append(ms)
@@ -117,6 +119,7 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
     for n in range(args.repeats):
         point = target + rng.uniform(-2, 2, 3)
         point = np.clip(point, 0, np.asarray(shape) - 1)
+        time.sleep(args.think_ms / 1000)
         update, ms = timed(client.interact, session, [point], [n % 2])
         next_ms.append(ms)
         next_engine_ms.append(update.timing_ms.get("total", float("nan")))  # the server's own engine time
@@ -127,7 +130,8 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
     info = client.session_info(session)  # the counters of the clicks above
     boxes = "box" in caps["prompts"]
     if boxes:
-        box_ms, correction_ms, correction_crops = box_corrections(client, session, tumor, image.spacing, args.repeats)
+        box_ms, correction_ms, correction_crops = box_corrections(client, session, tumor, image.spacing, args.repeats,
+                                                                  args.think_ms / 1000)
     client.delete_session(session)
 
     full_mask_bytes = int(np.prod(shape) + 7) // 8
@@ -139,6 +143,7 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         ("model", f"{model['name']} ({model['variant']}, {model['crop_size']}^3 at {model['crop_spacing_mm']} mm)"),
         ("device", caps["device"]),
         ("client machine", f"{platform.processor() or platform.machine()}, {platform.system()}"),
+        ("pause before each next click or correction", f"{args.think_ms:g} ms"),
         ("volume (k, j, i)", f"{shape[0]} x {shape[1]} x {shape[2]} int16, {raw_mb:.0f} MB"),
         ("upload, median of %d" % len(upload_ms), f"{statistics.median(upload_ms) / 1000:.2f} s"),
         (f"first click, median of {len(first_ms)}",
@@ -198,13 +203,19 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20, help="clicks per median (default 20)")
     parser.add_argument("--uploads", type=int, default=3, help="uploads per median (default 3)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--think-ms", type=float, default=0.0,
+                        help="pause after each reply before the next click or correction, as a reader looks at the "
+                             "mask first (default 0: back to back); the server's idle work runs in it")
+    parser.add_argument("--idle-prefetch", action=argparse.BooleanOptionalAction, default=True,
+                        help="the started server's --idle-prefetch / --no-idle-prefetch (default: on, as sam3d serve)")
     parser.add_argument("--busy-cores", type=int, default=0,
                         help="processes spinning on a core each while the clicks are timed: the machine's other "
                              "work, such as Slicer itself (default 0)")
     args = parser.parse_args()
     extra = ["--threads", str(args.threads)] if args.threads else []
     extra += ["--click-pathway", args.click_pathway, "--slice-precision", args.slice_precision,
-              "--compile" if args.compile else "--no-compile"]
+              "--compile" if args.compile else "--no-compile",
+              "--idle-prefetch" if args.idle_prefetch else "--no-idle-prefetch"]
     if args.sam_checkpoint:
         extra += ["--sam-checkpoint", args.sam_checkpoint]
     server = (contextlib.nullcontext(args.server) if args.server else
