@@ -317,3 +317,21 @@ def test_a_session_in_use_does_not_expire_and_its_clock_starts_when_the_request_
     with pytest.raises(SessionExpired):
         with store.use(session_id):
             pass
+
+
+def test_the_servers_idle_work_on_a_session_does_not_keep_it_alive(tiny_model):
+    """``use(touch=False)`` (the idle work after an interaction) holds the session while it runs
+    but restarts neither its expiry clock nor its place in the least-recently-used order."""
+    now = [0.0]
+    store = SessionStore(max_sessions=2, ttl_s=10.0, max_memory=1 << 30, evict_idle_s=0.0,
+                         clock=lambda: now[0])
+    predictor = Predictor.load(tiny_model, device="cpu")
+    store.reserve(1000)
+    session_id = store.add(Session(predictor, volume(), (2.5, 0.8, 0.8)), 1000, 1000)
+    now[0] = 8.0
+    with store.use(session_id, touch=False):
+        now[0] = 9.0
+    now[0] = 11.0  # 11 s after its last request, 2 s after the idle work
+    with pytest.raises(SessionExpired):
+        with store.use(session_id):
+            pass

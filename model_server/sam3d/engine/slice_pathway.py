@@ -285,28 +285,27 @@ def _serves(window: tuple[int, int, int], box: np.ndarray, own_side: int) -> boo
             and box[2] <= j0 + side - margin and box[3] <= i0 + side - margin)
 
 
-def correction_window(mask: np.ndarray, k: int) -> tuple[int, int, int] | None:
+def correction_window(mask: np.ndarray, k: int, covered: np.ndarray) -> tuple[int, int, int]:
     """The window (j0, i0, side) a correction on slice ``k`` of ``mask`` decodes on where it
     serves the correction's box and no kept window does: that of the slice's mask box plus
-    ``BOX_MARGIN_PX`` (of the nearest covered slice's, on a slice the mask does not cover); None
-    for an empty mask. A function of the mask alone, so that a window embedded ahead of the click
-    (``SliceEmbeddings.prefetch``) is the one the click would embed: the answer is the same."""
-    covered = np.flatnonzero(mask.any(axis=(1, 2)))
-    if not len(covered):
-        return None
+    ``BOX_MARGIN_PX`` (of the nearest covered slice's, on a slice the mask does not cover;
+    ``covered``: the mask's non-empty slices, at least one). A function of the mask alone, so
+    that a window embedded ahead of the click (``SliceEmbeddings.prefetch``) is the one the click
+    would embed: the answer is the same."""
     source = k if mask[k].any() else int(covered[np.argmin(np.abs(covered - k))])
     return _window(_mask_box(mask[source], BOX_MARGIN_PX))
 
 
-def _correction_slices(mask: np.ndarray) -> list[int]:
-    """The slices whose correction windows are embedded ahead: those the mask covers, the
-    largest slice mask first, then the slice past each end."""
+def _correction_windows(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The (k, j0, i0, side) correction windows embedded ahead, in order: the slices the mask
+    covers, the largest slice mask first, then the slice past each end (one pass over the mask)."""
     areas = mask.sum(axis=(1, 2))
     covered = np.flatnonzero(areas)
     if not len(covered):
         return []
     ends = [k for k in (int(covered[0]) - 1, int(covered[-1]) + 1) if 0 <= k < mask.shape[0]]
-    return [int(k) for k in covered[np.argsort(-areas[covered], kind="stable")]] + ends
+    slices = [int(k) for k in covered[np.argsort(-areas[covered], kind="stable")]] + ends
+    return [(k, *correction_window(mask, k, covered)) for k in slices]
 
 
 class SliceEmbeddings:
@@ -314,7 +313,8 @@ class SliceEmbeddings:
     interactions: the volume and its intensity bounds never change there, so a correction on a
     slice the pathway has answered before (the box's propagation, an earlier correction)
     decodes on a window embedded then when one serves its box. Besides them, windows embedded
-    ahead of a correction (``prefetch``), which a box takes only as its preferred window. At
+    ahead of a correction (``prefetch``), which a box takes only as the window it would embed
+    (never as a kept window that serves it). At
     most ``capacity`` windows in all; windows made ahead go first, then those of the least
     recently used slices. Measured in docs/BENCHMARKS.md ("Slice embeddings kept across
     interactions", "Correction windows embedded ahead")."""
@@ -340,14 +340,15 @@ class SliceEmbeddings:
                              lambda window: self._claim(k, window))
 
     def prefetch(self, model: LiteMedSAM2D, volume: np.ndarray, mask: np.ndarray, bounds: tuple[float, float]) -> bool:
-        """Embed the next correction window of ``mask`` (``correction_window``; slices in the
-        order of ``_correction_slices``) that is neither kept nor made ahead yet; False when there
-        is none, or no room without dropping a kept window."""
-        for k in _correction_slices(mask):
-            j0, i0, side = correction_window(mask, k)
+        """Embed the next correction window of ``mask`` (``_correction_windows``) that is neither
+        kept nor made ahead yet; False when there is none, or no room: room is made only by
+        dropping a window made ahead for an earlier mask, never a kept one or one of this mask's
+        (so that a series of calls ends)."""
+        wanted = _correction_windows(mask)
+        for k, j0, i0, side in wanted:
             if (k, j0, i0, side) in self._ahead or any(w[:3] == (j0, i0, side) for w in self._slices.get(k, [])):
                 continue
-            if self._count >= self.capacity and not self._drop_ahead():
+            if self._count >= self.capacity and not self._drop_ahead(keep=set(wanted)):
                 return False
             embedding = model.embed(_cut(volume[k], j0, i0, side, model.window, bounds))
             self._ahead[(k, j0, i0, side)] = embedding
@@ -377,11 +378,12 @@ class SliceEmbeddings:
             self._nbytes -= embedding.nbytes
         return embedding
 
-    def _drop_ahead(self) -> bool:
-        """Drop the oldest window made ahead; False when there is none."""
-        if not self._ahead:
+    def _drop_ahead(self, keep: set[tuple[int, int, int, int]] = frozenset()) -> bool:
+        """Drop the oldest window made ahead that is not in ``keep``; False when there is none."""
+        key = next((key for key in self._ahead if key not in keep), None)
+        if key is None:
             return False
-        _, embedding = self._ahead.popitem(last=False)
+        embedding = self._ahead.pop(key)
         self._count -= 1
         self._nbytes -= embedding.nbytes
         return True
@@ -555,7 +557,7 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
         if not mask[k, j, i]:
             return None
         kept = _remove_at(model, volume[k], bounds, mask[k], j, i,
-                          _windows(embeddings, model, volume, k, bounds, correction_window(mask, k)))
+                          _windows(embeddings, model, volume, k, bounds, correction_window(mask, k, np.array([k]))))
         result[k] = kept | (mask[k] & ~_nearer_than_positives(mask.shape[1:], (j, i), k, positives_kji, spacing))
         return result
     covered = np.flatnonzero(mask.any(axis=(1, 2)))
@@ -569,7 +571,7 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
             plane_mask = _segment_slice(model, volume[slice_index], bounds, box=box,
                                         previous=previous if direction else None,  # the growth rule's choice
                                         windows=_windows(embeddings, model, volume, slice_index, bounds,
-                                                         correction_window(mask, slice_index)))
+                                                         correction_window(mask, slice_index, covered)))
             result[slice_index] |= plane_mask
             previous = plane_mask if plane_mask.any() else previous
     if not result[k, j, i] and box_kji is None and spacing is not None:

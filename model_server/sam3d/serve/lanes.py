@@ -82,6 +82,9 @@ class EngineLanes:
                     ran, more = self.run_idle(step)
                     if not (ran and more):
                         return
+            except RuntimeError as error:
+                if "after shutdown" not in str(error):  # the lanes closed under it: nothing to do
+                    log.exception("idle work failed")
             except Exception:
                 log.exception("idle work failed")
 

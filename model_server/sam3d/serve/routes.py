@@ -218,10 +218,10 @@ def interact(session_id: SessionId, body: InteractionRequest, server: Server) ->
 def _prefetch_step(server: ServerState, session_id: str, interaction: int) -> bool:
     """Idle work after a session's interaction number ``interaction``: one more 2D window its
     next correction will decode on (``Session.prefetch_corrections``). False once there is
-    nothing more to do, or the session has moved on (a later interaction starts its own) or is
-    gone."""
+    nothing more to do, or the session is busy, has moved on (a later interaction starts its
+    own) or is gone."""
     try:
-        with server.store.use(session_id) as session:
+        with server.store.use(session_id, touch=False) as session:  # idle work keeps no session alive
             return session.interactions == interaction and session.prefetch_corrections()
     except (SessionNotFound, SessionExpired):
         return False

@@ -81,9 +81,10 @@ class SessionStore:
 
     # -- use ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def use(self, session_id: str) -> Iterator[Session]:
+    def use(self, session_id: str, touch: bool = True) -> Iterator[Session]:
         """The session for one request (404 unknown, 410 expired / evicted); it cannot expire or
-        be evicted while in use, and its expiry clock restarts when the request ends."""
+        be evicted while in use, and its expiry clock restarts when the request ends (unless
+        ``touch`` is False: the server's own idle work, which must not keep a session alive)."""
         with self._lock:
             self._purge()
             entry = self._entries.get(session_id)
@@ -95,9 +96,10 @@ class SessionStore:
         finally:
             with self._lock:
                 entry.active -= 1
-                entry.last_used = self._clock()
-                if session_id in self._entries:
-                    self._entries.move_to_end(session_id)
+                if touch:
+                    entry.last_used = self._clock()
+                    if session_id in self._entries:
+                        self._entries.move_to_end(session_id)
 
     def delete(self, session_id: str) -> None:
         with self._lock:
