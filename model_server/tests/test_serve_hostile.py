@@ -297,13 +297,18 @@ def test_401s_are_rate_limited_per_address(tiny_model):
         assert requests.get(f"{url}/v1/health").ok  # health stays open
 
 
-def test_a_session_in_use_does_not_expire_and_its_clock_starts_when_the_request_ends(tiny_model):
-    now = [0.0]
+def store_of_one_session(tiny_model, now: list[float]) -> tuple[SessionStore, str]:
+    """A store (TTL 10 s, on the clock ``now[0]``) holding one session, and its id."""
     store = SessionStore(max_sessions=2, ttl_s=10.0, max_memory=1 << 30, evict_idle_s=0.0,
                          clock=lambda: now[0])
-    predictor = Predictor.load(tiny_model, device="cpu")
     store.reserve(1000)
-    session_id = store.add(Session(predictor, volume(), (2.5, 0.8, 0.8)), 1000, 1000)
+    session_id = store.add(Session(Predictor.load(tiny_model, device="cpu"), volume(), (2.5, 0.8, 0.8)), 1000, 1000)
+    return store, session_id
+
+
+def test_a_session_in_use_does_not_expire_and_its_clock_starts_when_the_request_ends(tiny_model):
+    now = [0.0]
+    store, session_id = store_of_one_session(tiny_model, now)
     with store.use(session_id):
         now[0] = 60.0  # a long request: the TTL passes while it runs
         store.purge()
@@ -323,11 +328,7 @@ def test_the_servers_idle_work_on_a_session_does_not_keep_it_alive(tiny_model):
     """``use(touch=False)`` (the idle work after an interaction) holds the session while it runs
     but restarts neither its expiry clock nor its place in the least-recently-used order."""
     now = [0.0]
-    store = SessionStore(max_sessions=2, ttl_s=10.0, max_memory=1 << 30, evict_idle_s=0.0,
-                         clock=lambda: now[0])
-    predictor = Predictor.load(tiny_model, device="cpu")
-    store.reserve(1000)
-    session_id = store.add(Session(predictor, volume(), (2.5, 0.8, 0.8)), 1000, 1000)
+    store, session_id = store_of_one_session(tiny_model, now)
     now[0] = 8.0
     with store.use(session_id, touch=False):
         now[0] = 9.0

@@ -285,14 +285,18 @@ def _serves(window: tuple[int, int, int], box: np.ndarray, own_side: int) -> boo
             and box[2] <= j0 + side - margin and box[3] <= i0 + side - margin)
 
 
-def correction_window(mask: np.ndarray, k: int, covered: np.ndarray) -> tuple[int, int, int]:
-    """The window (j0, i0, side) a correction on slice ``k`` of ``mask`` decodes on where it
-    serves the correction's box and no kept window does: that of the slice's mask box plus
-    ``BOX_MARGIN_PX`` (of the nearest covered slice's, on a slice the mask does not cover;
-    ``covered``: the mask's non-empty slices, at least one). A function of the mask alone, so
-    that a window embedded ahead of the click (``SliceEmbeddings.prefetch``) is the one the click
-    would embed: the answer is the same."""
-    source = k if mask[k].any() else int(covered[np.argmin(np.abs(covered - k))])
+def correction_window(mask: np.ndarray, k: int, covered: np.ndarray | None = None) -> tuple[int, int, int]:
+    """The window (j0, i0, side) a correction on slice ``k`` of a non-empty ``mask`` decodes on
+    where it serves the correction's box and no kept window does: that of the slice's mask box
+    plus ``BOX_MARGIN_PX`` (of the nearest covered slice's, on a slice the mask does not cover;
+    ``covered``: the mask's non-empty slices, found when not given). A function of the mask
+    alone, so that a window embedded ahead of the click (``SliceEmbeddings.prefetch``) is the one
+    the click would embed: the answer is the same."""
+    if mask[k].any():
+        source = k
+    else:
+        covered = np.flatnonzero(mask.any(axis=(1, 2))) if covered is None else covered
+        source = int(covered[np.argmin(np.abs(covered - k))])
     return _window(_mask_box(mask[source], BOX_MARGIN_PX))
 
 
@@ -557,7 +561,7 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
         if not mask[k, j, i]:
             return None
         kept = _remove_at(model, volume[k], bounds, mask[k], j, i,
-                          _windows(embeddings, model, volume, k, bounds, correction_window(mask, k, np.array([k]))))
+                          _windows(embeddings, model, volume, k, bounds, correction_window(mask, k)))
         result[k] = kept | (mask[k] & ~_nearer_than_positives(mask.shape[1:], (j, i), k, positives_kji, spacing))
         return result
     covered = np.flatnonzero(mask.any(axis=(1, 2)))
