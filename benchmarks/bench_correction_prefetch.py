@@ -21,30 +21,26 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "model_server"))
 
-from sam3d.data.clicks import first_click, label_objects, next_click  # noqa: E402
 from sam3d.data.datasets import find_cases, load_case, resolve_target_label  # noqa: E402
-from sam3d.engine.predictor import Predictor  # noqa: E402
+from sam3d.engine.predictor import IdleStep, Predictor  # noqa: E402
 from sam3d.engine.session import Session  # noqa: E402
-from sam3d.evaluate.simulation import case_rng  # noqa: E402
+from sam3d.evaluate.simulation import evaluate_case  # noqa: E402
 
 
-def run_case(predictor: Predictor, volume: np.ndarray, spacing, target: np.ndarray, first: np.ndarray,
-             clicks: int, ahead: bool) -> tuple[list[float], list[np.ndarray]]:
-    """The protocol's clicks on one object -> (correction times in ms, the mask after each click)."""
-    session = Session(predictor, volume, spacing)
-    point, label, times, masks = first, 1, [], []
-    for n in range(clicks):
-        change = session.interact([point], [label])
-        if n:
-            times.append(change.timing_ms["total"])
+def run_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacing, target: np.ndarray, clicks: int,
+             seed: int, ahead: bool) -> tuple[list[float], list[np.ndarray]]:
+    """`sam3d evaluate`'s protocol on one case (``evaluate_case``) -> (correction times in ms, the
+    mask after each interaction); with ``ahead``, all idle work done after each interaction."""
+    masks = []
+
+    def look_at_the_mask(session: Session) -> None:
         masks.append(session.mask.copy())
-        while ahead and session.prefetch_corrections():
+        while ahead and session.prefetch_corrections() is IdleStep.MORE:
             pass
-        correction = next_click(session.mask, target, spacing)
-        if correction is None:
-            break
-        point, label = correction
-    return times, masks
+
+    result = evaluate_case(predictor, case_id, volume, spacing, target, clicks, seed, classical=False,
+                           after_each=look_at_the_mask)
+    return result.timing_ms[1:], masks
 
 
 def main() -> int:
@@ -64,12 +60,10 @@ def main() -> int:
     same = cases = 0
     for case in find_cases(args.data)[: args.max_cases]:
         image, mask = load_case(case, label)
-        first = first_click(mask, case_rng(args.seed, case.case_id))
-        components, _ = label_objects(mask)
-        target = components == components[tuple(int(c) for c in first)]
         masks = {}
         for ahead in (False, True):
-            case_times, masks[ahead] = run_case(predictor, image.array, image.spacing, target, first, args.clicks, ahead)
+            case_times, masks[ahead] = run_case(predictor, case.case_id, image.array, image.spacing, mask,
+                                                args.clicks, args.seed, ahead)
             times[ahead] += case_times
         cases += 1
         same += len(masks[False]) == len(masks[True]) and all((a == b).all() for a, b in zip(masks[False], masks[True]))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam3d.engine.predictor import Predictor, resolve_box_pathway
+from sam3d.engine.predictor import IdleStep, Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _on_clicked_slices, _within_box
 from sam3d.engine.slice_pathway import (BOX_MARGIN_PX, LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
                                         FALLBACK_GROWTH_LIMIT,
@@ -462,14 +462,14 @@ def test_correction_windows_embedded_ahead_change_a_corrections_time_not_its_mas
     masks = []
     for ahead in (False, True):
         session = Session(predictor, volume, (1.0, 1.0, 1.0))
-        assert not session.prefetch_corrections()  # no object yet: nothing to do
+        assert session.prefetch_corrections() is IdleStep.DONE  # no object yet: nothing to do
         session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=[[12, 23, 21], [12, 41, 39]])
         leaked = session.mask[11].copy()
         leaked[28:37, 38:56] = True  # a strip attached to the ball's right edge
         session.set_mask((11, 0, 0), (12, 64, 64), leaked[None])
         if ahead:
             kept = session.slice_windows
-            while session.prefetch_corrections():
+            while session.prefetch_corrections() is IdleStep.MORE:
                 pass
             assert session.slice_windows_ahead >= 1 and session.slice_windows == kept + session.slice_windows_ahead
         before, waiting = len(embeds), session.slice_windows_ahead

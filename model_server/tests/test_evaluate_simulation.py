@@ -10,12 +10,13 @@ import pytest
 
 from model_helpers import write_tiny_checkpoint
 from sam3d.cli import main
-from sam3d.data.datasets import dataset_identity
+from sam3d.data.datasets import dataset_identity, find_cases, load_case
 from sam3d.data.phantoms import write_dataset
 from sam3d.engine.crops import CropGeometry
+from sam3d.engine.predictor import Predictor
 from sam3d.evaluate.classical import region_grow
 from sam3d.evaluate.metrics import dice_and_nsd
-from sam3d.evaluate.simulation import PERTURBATION_STREAM, case_rng, label_objects, perturbed
+from sam3d.evaluate.simulation import PERTURBATION_STREAM, case_rng, evaluate_case, label_objects, perturbed
 from sam3d.model.config import get_config
 
 
@@ -213,3 +214,21 @@ def test_box_prompts_start_from_the_objects_2d_or_3d_box(phantoms, tmp_path):
         assert corners[1, 0] > corners[0, 0]  # the phantoms' tumours span several slices
         assert (corners[0] <= np.array(flat["clicks"][0]["box_kji"]).min(axis=0)).all()
         assert (corners[1] >= np.array(flat["clicks"][0]["box_kji"]).max(axis=0)).all()
+
+
+def test_a_hook_sees_each_interactions_session_and_leaves_the_protocol_alone(phantoms, tiny_model):
+    """``evaluate_case(after_each=)`` (the benchmarks' idle work) is called once per
+    interaction with that interaction's mask, and the figures are those of a run without it."""
+    predictor = Predictor.load(str(tiny_model), device="cpu")
+    image, target = load_case(find_cases(phantoms)[0], 2)
+    seen = []
+
+    def hook(session) -> None:
+        seen.append((session.interactions, session.mask.copy()))
+
+    plain = evaluate_case(predictor, "case", image.array, image.spacing, target, 3, 0, classical=False)
+    hooked = evaluate_case(predictor, "case", image.array, image.spacing, target, 3, 0, classical=False,
+                           after_each=hook)
+    assert [n for n, _ in seen] == list(range(1, len(hooked.clicks) + 1)) and len(seen) >= 1
+    assert hooked.dice_by_click == plain.dice_by_click and hooked.clicks == plain.clicks
+    assert dice_and_nsd(seen[-1][1], target, image.spacing)[0] == pytest.approx(hooked.dice_by_click[len(seen) - 1])

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+from typing import Callable
 
 import pytest
 import torch
 
-from sam3d.engine.predictor import Predictor
+from sam3d.engine.predictor import IdleStep, Predictor
+from sam3d.serve import lanes as lanes_module
 from sam3d.serve.commands import compile_encoder, listening_socket
 from sam3d.serve.lanes import EngineLanes
 
@@ -53,50 +56,110 @@ def test_a_call_arriving_while_the_main_lane_is_busy_takes_the_side_lane(lanes):
     assert lanes.run(where)[0].startswith("sam3d-engine_")  # free again: back on the main lane
 
 
-def test_idle_work_runs_on_the_main_lane_only_while_nothing_else_wants_it(lanes):
-    """``run_idle`` runs on the free main lane and is refused while a call holds it; a call that
-    arrives during idle work waits for it on the main lane rather than taking the side lane."""
-    ran, place = lanes.run_idle(where)
-    assert ran and place[0].startswith("sam3d-engine_") and place[1] == 2
-    for idle in (False, True):
-        started, release = threading.Event(), threading.Event()
+def hold_main_lane(lanes: EngineLanes) -> tuple[threading.Thread, threading.Event]:
+    """A call that holds the main lane until the returned event is set."""
+    started, release = threading.Event(), threading.Event()
 
-        def busy() -> None:
-            started.set()
-            release.wait(30)
+    def busy() -> None:
+        started.set()
+        release.wait(30)
 
-        blocker = threading.Thread(target=lanes.run_idle if idle else lanes.run, args=(busy,))
-        blocker.start()
-        assert started.wait(30)
-        try:
-            if idle:
-                threading.Timer(0.2, release.set).start()  # the idle step ends a moment later
-                name, threads = lanes.run(where)
-                assert name.startswith("sam3d-engine_") and threads == 2
-            else:
-                assert lanes.run_idle(where) == (False, None)
-        finally:
-            release.set()
-            blocker.join(30)
+    blocker = threading.Thread(target=lanes.run, args=(busy,))
+    blocker.start()
+    assert started.wait(30)
+    return blocker, release
 
 
-def test_idle_time_steps_run_until_there_is_nothing_left():
-    """``run_in_idle_time`` repeats its step on the main lane until the step says it is done."""
-    lanes = EngineLanes(2)
+def test_idle_work_waits_while_the_main_lane_is_wanted_and_goes_on_after(lanes):
+    """Idle work given while a call holds the main lane runs once it is free (it is not
+    dropped), on the main lane with all threads; a call that arrives during an idle step waits
+    for it on the main lane rather than taking the side lane."""
+    ran, in_step, release_step = [], threading.Event(), threading.Event()
+
+    def step() -> IdleStep:
+        ran.append(where())
+        in_step.set()
+        release_step.wait(30)
+        return IdleStep.DONE
+
+    blocker, release = hold_main_lane(lanes)
+    try:
+        lanes.run_in_idle_time("session", step)
+        time.sleep(0.3)
+        assert not ran and lanes.idle_work == 1  # the lane is wanted: the work waits
+    finally:
+        release.set()
+        blocker.join(30)
+    assert in_step.wait(30)  # the lane is free: the work goes on, nobody asked again
+    assert ran[0][0].startswith("sam3d-engine_") and ran[0][1] == 2
+    threading.Timer(0.2, release_step.set).start()  # the idle step ends a moment later
+    name, threads = lanes.run(where)
+    assert name.startswith("sam3d-engine_") and threads == 2
+    deadline = time.monotonic() + 30
+    while lanes.idle_work and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lanes.idle_work == 0 and len(ran) == 1
+
+
+def test_idle_time_steps_run_until_there_is_nothing_left(lanes):
     calls, done = [], threading.Event()
 
-    def step() -> bool:
+    def step() -> IdleStep:
         calls.append(where()[0])
         if len(calls) == 3:
             done.set()
-        return len(calls) < 3
+        return IdleStep.MORE if len(calls) < 3 else IdleStep.DONE
 
-    try:
-        lanes.run_in_idle_time(step)
-        assert done.wait(30)
-    finally:
-        lanes.shutdown()
+    lanes.run_in_idle_time("session", step)
+    assert done.wait(30)
+    time.sleep(0.2)
     assert len(calls) == 3 and all(name.startswith("sam3d-engine_") for name in calls)
+
+
+def test_idle_work_that_found_something_busy_goes_on_when_the_next_call_ends(lanes, monkeypatch):
+    """A step that says BUSY (its session or the encoder was in use) is tried again as soon as
+    an engine call ends, on either lane - not after the fallback wait."""
+    monkeypatch.setattr(lanes_module, "BUSY_RETRY_S", 60.0)
+    outcomes, calls, again = [IdleStep.BUSY, IdleStep.DONE], [], threading.Event()
+
+    def step() -> IdleStep:
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            again.set()
+        return outcomes[len(calls) - 1]
+
+    lanes.run_in_idle_time("session", step)
+    deadline = time.monotonic() + 30
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert len(calls) == 1  # busy: not retried in a loop
+    lanes.run(where)  # an engine call ends
+    assert again.wait(10) and len(calls) == 2
+
+
+def test_newer_idle_work_replaces_a_sessions_older_work_and_goes_first(lanes):
+    order, done = [], threading.Event()
+
+    def step(name: str) -> Callable[[], IdleStep]:
+        def run() -> IdleStep:
+            order.append(name)
+            if len(order) == 2:
+                done.set()
+            return IdleStep.DONE
+        return run
+
+    blocker, release = hold_main_lane(lanes)
+    try:
+        lanes.run_in_idle_time("a", step("a, first interaction"))
+        lanes.run_in_idle_time("b", step("b"))
+        lanes.run_in_idle_time("a", step("a, second interaction"))
+    finally:
+        release.set()
+        blocker.join(30)
+    assert done.wait(30)
+    time.sleep(0.2)
+    assert order == ["a, second interaction", "b"]
 
 
 def test_a_failing_call_raises_in_the_caller_and_frees_its_lane(lanes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,13 @@ from ..model.sam3d import ImageFeatures
 from .choices import BOX_PATHWAYS
 from .slice_pathway import (LiteMedSAM2D, SliceEmbeddings, correct_slice_by_slice, resolve_slice_precision,
                             segment_from_click, segment_slice_by_slice)
+
+
+class IdleStep(enum.Enum):
+    """What one step of idle work (``Predictor.prefetch_correction_window``) did."""
+    MORE = "more"  # a step done; there may be more to do
+    DONE = "done"  # nothing left to do
+    BUSY = "busy"  # what it needs (the session, the encoder) is in use: worth trying again once it is free
 
 
 def resolve_box_pathway(choice: str, backbone: str) -> str:
@@ -123,15 +131,16 @@ class Predictor:
         return corrected
 
     def prefetch_correction_window(self, volume: np.ndarray, mask: np.ndarray, bounds: tuple[float, float],
-                                   embeddings: SliceEmbeddings) -> bool:
+                                   embeddings: SliceEmbeddings) -> IdleStep:
         """Embed one more window a 2D correction of ``mask`` would decode on
-        (``SliceEmbeddings.prefetch``): True when one was; False when none is left, or when the
-        encoder lane is busy (idle work never waits for it)."""
+        (``SliceEmbeddings.prefetch``): MORE when one was, DONE when none is left, BUSY when the
+        encoder lane is in use (idle work never waits for it)."""
         if not self._encode_lock.acquire(blocking=False):
-            return False
+            return IdleStep.BUSY
         try:
             with torch.inference_mode():
-                return embeddings.prefetch(self._slice_pathway(), volume, mask, bounds)
+                embedded = embeddings.prefetch(self._slice_pathway(), volume, mask, bounds)
+            return IdleStep.MORE if embedded else IdleStep.DONE
         finally:
             self._encode_lock.release()
 

@@ -52,7 +52,7 @@ from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tight_box, touched_faces
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
 from .negative_clicks import honour_negative_clicks
-from .predictor import Predictor
+from .predictor import IdleStep, Predictor
 from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, volume_bounds
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
@@ -294,20 +294,20 @@ class Session:
                                 "total": round(total_ms, 2)}
             return change
 
-    def prefetch_corrections(self) -> bool:
+    def prefetch_corrections(self) -> IdleStep:
         """Idle work: embed one more 2D window that a correction of the object's mask would
         decode on (``Predictor.prefetch_correction_window``), so that the next correction click
-        on that slice only decodes. True when one was embedded; False when there is nothing to
-        do (the object is not corrected in 2D, or its windows are all there) or the session or
-        the encoder is busy: it never waits. The masks do not depend on it: a correction decodes
-        on the same window whether that was embedded ahead or is embedded then
+        on that slice only decodes. MORE when one was embedded; DONE when there is nothing to do
+        (the object is not corrected in 2D, or its windows are all there); BUSY when the session
+        or the encoder is in use: it never waits. The masks do not depend on it: a correction
+        decodes on the same window whether that was embedded ahead or is embedded then
         (``slice_pathway.correction_window``). Measured in docs/BENCHMARKS.md ("Correction
         windows embedded ahead")."""
         if not self._lock.acquire(blocking=False):
-            return False
+            return IdleStep.BUSY
         try:
             if not self._corrects_in_2d:
-                return False
+                return IdleStep.DONE
             return self.predictor.prefetch_correction_window(self.volume, self.mask, self._bounds_2d(),
                                                              self._slice_embeddings)
         finally:

@@ -114,9 +114,12 @@ def first_box(target: np.ndarray, prompt: str) -> np.ndarray | None:
 def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacing: Sequence[float],
                   target: np.ndarray, clicks: int, seed: int, scope: str = "object",
                   classical: bool = True, prompt: str = "click", baseline_2d=None,
-                  corrections: str = "auto", click_pathway: str = "3d") -> CaseResult:
+                  corrections: str = "auto", click_pathway: str = "3d",
+                  after_each: Callable[[Session], None] | None = None) -> CaseResult:
     """Run the protocol on one case (``volume`` in HU, ``target`` bool, both native kji).
-    ``baseline_2d``: a ``slice_pathway.LiteMedSAM2D`` to score the 2D row, or None."""
+    ``baseline_2d``: a ``slice_pathway.LiteMedSAM2D`` to score the 2D row, or None.
+    ``after_each``: called with the session after each interaction, before the next click is
+    chosen (what happens while a user looks at the mask: the benchmarks' idle work)."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
     if prompt not in PROMPTS:
@@ -138,19 +141,18 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
     first_point = point
     label = 1
     for _ in range(clicks):
-        if box is not None:  # the first interaction is the box alone
-            change = session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=box)
-            result.clicks.append({"box_kji": box.tolist()})
+        if box is not None or point is not None:  # else the object is done: its last figures stand
+            if box is not None:  # the first interaction is the box alone
+                change = session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=box)
+                result.clicks.append({"box_kji": box.tolist()})
+                box = None
+            else:
+                change = session.interact([point], [label])
+                result.clicks.append({"point_kji": [float(c) for c in point], "label": int(label)})
             result.timing_ms.append(change.timing_ms.get("total", 0.0))
             dice, nsd = dice_and_nsd(session.mask, target, spacing)
-            correction = next_click(session.mask, target, spacing)
-            point, label = correction if correction is not None else (None, None)
-            box = None
-        elif point is not None:
-            change = session.interact([point], [label])
-            result.clicks.append({"point_kji": [float(c) for c in point], "label": int(label)})
-            result.timing_ms.append(change.timing_ms.get("total", 0.0))
-            dice, nsd = dice_and_nsd(session.mask, target, spacing)
+            if after_each is not None:
+                after_each(session)
             correction = next_click(session.mask, target, spacing)
             point, label = correction if correction is not None else (None, None)
         result.dice_by_click.append(dice)

@@ -15,22 +15,28 @@ each request on any thread of its pool), and the first thread slows down too (13
 
 The predictor's own locks still decide what may run at once (one encoder run at a time).
 
-**Idle work** (``run_idle``: the 2D windows a session's next correction will decode on) runs on
-the main lane only while nothing else runs or waits there, one short step per call; a call that
-arrives meanwhile queues on the main lane behind that step instead of going to the side lane.
+**Idle work** (``run_in_idle_time``: the 2D windows a session's next correction will decode on)
+runs on the main lane only while nothing else runs or waits there, one short step at a time; a
+call that arrives meanwhile queues on the main lane behind that step instead of going to the side
+lane. Work the lane was wanted for, or whose session or encoder was busy, is not dropped: it goes
+on once the lane is free again (newest session's work first).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Callable, Hashable, TypeVar
 
 import torch
 
+from ..engine.predictor import IdleStep
+
 Result = TypeVar("Result")
 SIDE_THREADS = 8  # calls served at once while the main lane is busy (each may wait on a model lock)
+BUSY_RETRY_S = 1.0  # idle work that found something busy is retried after an engine call ends, or after this
 log = logging.getLogger("sam3d.serve")
 
 
@@ -47,7 +53,12 @@ class EngineLanes:
         self._lock = threading.Lock()
         self._main_calls = 0  # running or queued on the main lane
         self._idle_calls = 0  # of those, idle work (at most one)
-        self._idle = ThreadPoolExecutor(1, thread_name_prefix="sam3d-idle")  # hands idle steps to the main lane
+        self._changed = threading.Condition(self._lock)  # an engine call ended, idle work came, or shutdown
+        self._idle_work: OrderedDict[Hashable, Callable[[], IdleStep]] = OrderedDict()  # newest last
+        self._idle_busy = False  # the last idle step found something busy: wait for an engine call to end
+        self._closed = False
+        self._idle = threading.Thread(target=self._run_idle_work, name="sam3d-idle", daemon=True)
+        self._idle.start()
 
     def run(self, call: Callable[..., Result], *args) -> Result:
         """``call(*args)`` on a lane; blocks until it returns (or raises what it raised)."""
@@ -57,38 +68,51 @@ class EngineLanes:
         """``call(*args)`` on the main lane (loading and warming up the model)."""
         return self._on("main", call, args)
 
-    def run_idle(self, call: Callable[..., Result], *args) -> tuple[bool, Result | None]:
-        """``call(*args)`` on the main lane if nothing else runs or waits there: (True, its
-        result); else (False, None) without running it."""
-        with self._lock:
-            if self._main_calls:
-                return False, None
-            self._main_calls += 1
-            self._idle_calls += 1
-        try:
-            return True, self._main.submit(call, *args).result()
-        finally:
-            with self._lock:
-                self._main_calls -= 1
-                self._idle_calls -= 1
+    def run_in_idle_time(self, key: Hashable, step: Callable[[], IdleStep]) -> None:
+        """From now on, in the background: ``step()`` on the main lane whenever nothing else runs
+        or waits there, again and again until it returns ``IdleStep.DONE`` (or raises: logged).
+        ``IdleStep.BUSY`` tries it again after the next engine call ends. A later call with the
+        same ``key`` (a session) replaces this work; the newest key's work goes first."""
+        with self._changed:
+            self._idle_work[key] = step
+            self._idle_work.move_to_end(key)
+            self._idle_busy = False
+            self._changed.notify_all()
 
-    def run_in_idle_time(self, step: Callable[[], bool]) -> None:
-        """From now on, in the background: ``step()`` on the main lane while it is idle
-        (``run_idle``), again and again until it returns False or the main lane is wanted; a
-        step that raises ends it (logged)."""
-        def steps() -> None:
+    @property
+    def idle_work(self) -> int:
+        """Keys with idle work still to do."""
+        with self._lock:
+            return len(self._idle_work)
+
+    def _run_idle_work(self) -> None:
+        """The idle thread: hands one step at a time to the main lane while it is free."""
+        while True:
+            with self._changed:
+                while not self._closed and (not self._idle_work or self._main_calls or self._idle_busy):
+                    if not self._changed.wait(BUSY_RETRY_S if self._idle_busy else None):
+                        self._idle_busy = False  # nothing ended in time: look again
+                if self._closed:
+                    return
+                key, step = next(reversed(self._idle_work.items()))
+                self._main_calls += 1
+                self._idle_calls += 1
+            outcome = IdleStep.DONE
             try:
-                while True:
-                    ran, more = self.run_idle(step)
-                    if not (ran and more):
-                        return
+                outcome = self._main.submit(step).result()
             except RuntimeError as error:
                 if "after shutdown" not in str(error):  # the lanes closed under it: nothing to do
                     log.exception("idle work failed")
             except Exception:
                 log.exception("idle work failed")
-
-        self._idle.submit(steps)
+            with self._changed:
+                self._main_calls -= 1
+                self._idle_calls -= 1
+                if outcome is IdleStep.BUSY:
+                    self._idle_busy = True
+                elif outcome is IdleStep.DONE and self._idle_work.get(key) is step:
+                    del self._idle_work[key]
+                self._changed.notify_all()
 
     def _on(self, lane: str | None, call: Callable[..., Result], args: tuple) -> Result:
         with self._lock:
@@ -97,11 +121,14 @@ class EngineLanes:
         try:
             return (self._main if on_main else self._side).submit(call, *args).result()
         finally:
-            if on_main:
-                with self._lock:
-                    self._main_calls -= 1
+            with self._changed:
+                self._main_calls -= on_main
+                self._idle_busy = False  # what idle work waited for may be free now
+                self._changed.notify_all()
 
     def shutdown(self) -> None:
-        self._idle.shutdown(wait=False, cancel_futures=True)
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
         self._main.shutdown(wait=False, cancel_futures=True)
         self._side.shutdown(wait=False, cancel_futures=True)

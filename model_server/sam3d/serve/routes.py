@@ -18,7 +18,7 @@ from fastapi.security import HTTPBearer
 
 from .. import __version__
 from ..client.wire import encode_mask_bits
-from ..engine.predictor import Predictor
+from ..engine.predictor import IdleStep, Predictor
 from ..engine.session import MaskChange, Session
 from . import errors
 from .errors import APIError, BadRequest, SessionExpired, SessionNotFound
@@ -211,20 +211,23 @@ def interact(session_id: SessionId, body: InteractionRequest, server: Server) ->
         change = _run_engine(server, session.interact, body.points, body.labels, body.box)
     server.counters.add("interactions")
     if server.settings.idle_prefetch:
-        server.lanes.run_in_idle_time(functools.partial(_prefetch_step, server, session_id, change.interaction))
+        server.lanes.run_in_idle_time(session_id, functools.partial(_prefetch_step, server, session_id,
+                                                                    change.interaction))
     return _mask_update(change)
 
 
-def _prefetch_step(server: ServerState, session_id: str, interaction: int) -> bool:
+def _prefetch_step(server: ServerState, session_id: str, interaction: int) -> IdleStep:
     """Idle work after a session's interaction number ``interaction``: one more 2D window its
-    next correction will decode on (``Session.prefetch_corrections``). False once there is
-    nothing more to do, or the session is busy, has moved on (a later interaction starts its
-    own) or is gone."""
+    next correction will decode on (``Session.prefetch_corrections``). DONE once there is
+    nothing more to do, or the session has moved on (a later interaction starts its own) or is
+    gone; BUSY while the session or the encoder is in use."""
     try:
         with server.store.use(session_id, touch=False) as session:  # idle work keeps no session alive
-            return session.interactions == interaction and session.prefetch_corrections()
+            if session.interactions != interaction:
+                return IdleStep.DONE
+            return session.prefetch_corrections()
     except (SessionNotFound, SessionExpired):
-        return False
+        return IdleStep.DONE
 
 
 @router.put("/v1/sessions/{session_id}/mask", response_model=MaskUpdate,
