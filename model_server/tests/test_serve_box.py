@@ -129,6 +129,20 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
             assert c.session_info(session)["slice_windows_ahead"] >= 1
             correction = c.interact(session, [[12.0, 25.0, 30.0]], [0])
             corrected = correction.apply_to(served.copy())
+            # a mask edit, and an undo, start idle work of their own: the user's mask away from
+            # the ball (no window embedded there yet), then back to the correction's mask (whose
+            # windows the correction's own idle work had no time to embed before the edit)
+            edited = np.zeros(ball.shape, bool)
+            edited[0:2, 50:60, 50:60] = True
+            c.set_mask(session, edited)
+            for change in ("edit", "undo"):
+                waiting = c.session_info(session)["slice_windows_ahead"]
+                deadline = time.monotonic() + 120
+                while c.session_info(session)["slice_windows_ahead"] <= waiting and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert c.session_info(session)["slice_windows_ahead"] > waiting, change
+                if change == "edit":
+                    c.undo(session)
     dice = 2 * (served & ball).sum() / (served.sum() + ball.sum())
     assert served[12, 30, 34] and dice >= 0.7, dice
     # the 3D model ran first; the correction went to the 2D pathway, as only on an object the

@@ -37,25 +37,6 @@ def test_a_call_runs_on_the_main_lane_with_all_threads_while_it_is_free(lanes):
     assert lanes.run_on_main(where) == first
 
 
-def test_a_call_arriving_while_the_main_lane_is_busy_takes_the_side_lane(lanes):
-    started, release = threading.Event(), threading.Event()
-
-    def busy() -> None:
-        started.set()
-        release.wait(30)
-
-    blocker = threading.Thread(target=lanes.run, args=(busy,))
-    blocker.start()
-    assert started.wait(30)
-    try:
-        name, threads = lanes.run(where)
-    finally:
-        release.set()
-        blocker.join(30)
-    assert name.startswith("sam3d-engine-side") and threads == 1
-    assert lanes.run(where)[0].startswith("sam3d-engine_")  # free again: back on the main lane
-
-
 def hold_main_lane(lanes: EngineLanes) -> tuple[threading.Thread, threading.Event]:
     """A call that holds the main lane until the returned event is set."""
     started, release = threading.Event(), threading.Event()
@@ -68,6 +49,17 @@ def hold_main_lane(lanes: EngineLanes) -> tuple[threading.Thread, threading.Even
     blocker.start()
     assert started.wait(30)
     return blocker, release
+
+
+def test_a_call_arriving_while_the_main_lane_is_busy_takes_the_side_lane(lanes):
+    blocker, release = hold_main_lane(lanes)
+    try:
+        name, threads = lanes.run(where)
+    finally:
+        release.set()
+        blocker.join(30)
+    assert name.startswith("sam3d-engine-side") and threads == 1
+    assert lanes.run(where)[0].startswith("sam3d-engine_")  # free again: back on the main lane
 
 
 def test_idle_work_waits_while_the_main_lane_is_wanted_and_goes_on_after(lanes):

@@ -210,17 +210,23 @@ def interact(session_id: SessionId, body: InteractionRequest, server: Server) ->
     with server.store.use(session_id) as session:
         change = _run_engine(server, session.interact, body.points, body.labels, body.box)
     server.counters.add("interactions")
+    return _mask_update(_prefetch_in_idle_time(server, session_id, change))
+
+
+def _prefetch_in_idle_time(server: ServerState, session_id: str, change: MaskChange) -> MaskChange:
+    """After a change of a session's mask (a click, a mask edit, an undo): from now on, in idle
+    time, the 2D windows its next correction will decode on. Returns ``change``."""
     if server.settings.idle_prefetch:
         server.lanes.run_in_idle_time(session_id, functools.partial(_prefetch_step, server, session_id,
                                                                     change.interaction))
-    return _mask_update(change)
+    return change
 
 
 def _prefetch_step(server: ServerState, session_id: str, interaction: int) -> IdleStep:
-    """Idle work after a session's interaction number ``interaction``: one more 2D window its
-    next correction will decode on (``Session.prefetch_corrections``). DONE once there is
-    nothing more to do, or the session has moved on (a later interaction starts its own) or is
-    gone; BUSY while the session or the encoder is in use."""
+    """Idle work after the change that left a session at interaction ``interaction``: one more
+    2D window its next correction will decode on (``Session.prefetch_corrections``). DONE once
+    there is nothing more to do, or the session has moved on (a later change starts its own) or
+    is gone; BUSY while the session or the encoder is in use."""
     try:
         with server.store.use(session_id, touch=False) as session:  # idle work keeps no session alive
             if session.interactions != interaction:
@@ -242,7 +248,8 @@ def set_mask(session_id: SessionId, body: MaskRequest, server: Server) -> MaskUp
         if math.prod(shape) > session.mask.size:
             raise BadRequest("bbox is larger than the volume")
         mask = decode_mask_bits(body.mask, shape)
-        return _mask_update(_run_engine(server, session.set_mask, lo, hi, mask))
+        change = _run_engine(server, session.set_mask, lo, hi, mask)
+    return _mask_update(_prefetch_in_idle_time(server, session_id, change))
 
 
 @router.post("/v1/sessions/{session_id}/undo", response_model=MaskUpdate,
@@ -250,7 +257,8 @@ def set_mask(session_id: SessionId, body: MaskRequest, server: Server) -> MaskUp
 def undo(session_id: SessionId, server: Server) -> MaskUpdate:
     """Return to the state before the last interaction or mask edit."""
     with server.store.use(session_id) as session:
-        return _mask_update(_run_engine(server, session.undo))
+        change = _run_engine(server, session.undo)
+    return _mask_update(_prefetch_in_idle_time(server, session_id, change))
 
 
 @router.post("/v1/sessions/{session_id}/reset", response_model=ResetReply,
