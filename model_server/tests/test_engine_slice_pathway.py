@@ -3,6 +3,8 @@ and local corrections. LiteMedSAM's weights come from the installed medsam-lite-
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -481,6 +483,38 @@ def test_correction_windows_embedded_ahead_change_a_corrections_time_not_its_mas
         masks.append(session.mask.copy())
     np.testing.assert_array_equal(masks[0], masks[1])
     assert masks[1][11, 28:37, 44:56].sum() <= 10  # the leak went
+
+
+def test_a_correction_on_windows_embedded_ahead_never_waits_behind_another_sessions_encoder(ball, tiny_model):
+    """With every window it decodes on embedded, a 2D correction runs while another session holds
+    the encoder lane (its encoder run), and gives the mask it gives otherwise; one that needs a
+    window embedded waits for the lane and then gives its mask too."""
+    volume, _ = ball
+    predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
+    box, click = [[12, 23, 21], [12, 41, 39]], [[11, 32, 53]]
+
+    def boxed_and_leaked() -> Session:
+        session = Session(predictor, volume, (1.0, 1.0, 1.0))
+        session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=box)
+        leaked = session.mask[11].copy()
+        leaked[28:37, 38:56] = True  # the click near this strip's end needs a window of its own
+        session.set_mask((11, 0, 0), (12, 64, 64), leaked[None])
+        return session
+
+    reference = boxed_and_leaked()
+    reference.interact(click, [0])
+    for ahead in (True, False):
+        session = boxed_and_leaked()
+        while ahead and session.prefetch_corrections() is IdleStep.MORE:
+            pass
+        done = threading.Event()
+        corrector = threading.Thread(target=lambda: (session.interact(click, [0]), done.set()))
+        with predictor._encode_lock:  # another session's encoder run
+            corrector.start()
+            assert done.wait(60) if ahead else not done.wait(1.0)
+        corrector.join(60)
+        assert done.is_set()
+        np.testing.assert_array_equal(session.mask, reference.mask)
 
 
 def test_windows_embedded_ahead_never_push_out_kept_ones(ball, small_window_model):

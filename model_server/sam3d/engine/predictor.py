@@ -24,6 +24,23 @@ class IdleStep(enum.Enum):
     BUSY = "busy"  # what it needs (the session, the encoder) is in use: worth trying again once it is free
 
 
+class _EmbeddingNeeded(Exception):
+    """A 2D correction tried on the windows already embedded needs one more (the encoder lane)."""
+
+
+class _DecodeOnly:
+    """LiteMedSAM's 2D model for a correction tried outside the encoder lane: it decodes on
+    windows already embedded and refuses to embed one (``_EmbeddingNeeded``). A wrapper per call,
+    not a flag on the shared model, which another session may be embedding with meanwhile."""
+
+    def __init__(self, model: LiteMedSAM2D) -> None:
+        self.window = model.window
+        self.decode = model.decode
+
+    def embed(self, image: np.ndarray) -> torch.Tensor:
+        raise _EmbeddingNeeded
+
+
 def resolve_box_pathway(choice: str, backbone: str) -> str:
     """``choice`` (one of BOX_PATHWAYS) -> "2d" or "3d" for a model with ``backbone``."""
     if choice not in BOX_PATHWAYS:
@@ -123,10 +140,23 @@ class Predictor:
                        spacing=None, positives_kji: np.ndarray | None = None,
                        embeddings: SliceEmbeddings | None = None) -> np.ndarray | None:
         """A correction click on a 2D-pathway mask through the 2D pathway: the new mask, or None
-        when the click is not one it answers (``slice_pathway.correct_slice_by_slice``)."""
+        when the click is not one it answers (``slice_pathway.correct_slice_by_slice``). Where the
+        session's kept windows (or those embedded ahead) hold every window it decodes on, it runs
+        in the decoder lane and never waits behind another session's encoder run; else again,
+        from the start, in the encoder lane. The mask is the same either way: a window is chosen
+        by the same rule whether it is embedded then or was before."""
+        arguments = (volume, mask, point_kji, label, bounds, box_kji, spacing, positives_kji, embeddings)
+        if embeddings is not None and self._slice_model is not None:
+            with self._decode_lock, torch.inference_mode():
+                try:
+                    corrected = correct_slice_by_slice(_DecodeOnly(self._slice_model), *arguments)
+                except _EmbeddingNeeded:
+                    pass
+                else:
+                    self.encoder_runs += corrected is not None
+                    return corrected
         with self._encode_lock, torch.inference_mode():
-            corrected = correct_slice_by_slice(self._slice_pathway(), volume, mask, point_kji, label, bounds, box_kji,
-                                                spacing, positives_kji, embeddings)
+            corrected = correct_slice_by_slice(self._slice_pathway(), *arguments)
             self.encoder_runs += corrected is not None
         return corrected
 
