@@ -93,6 +93,24 @@ def test_idle_work_waits_while_the_main_lane_is_wanted_and_goes_on_after(lanes):
     assert lanes.idle_work == 0 and len(ran) == 1
 
 
+def test_idle_work_starts_only_once_no_call_has_ended_for_a_while(lanes, monkeypatch):
+    """A client clicking back to back must not wait behind idle work: it starts only
+    ``IDLE_AFTER_S`` after the last engine call ended."""
+    monkeypatch.setattr(lanes_module, "IDLE_AFTER_S", 0.5)
+    started, ran = threading.Event(), []
+
+    def step() -> IdleStep:
+        ran.append(time.monotonic())
+        started.set()
+        return IdleStep.DONE
+
+    lanes.run(where)
+    ended = time.monotonic()
+    lanes.run_in_idle_time("session", step)
+    assert started.wait(30)
+    assert ran[0] - ended >= 0.45
+
+
 def test_idle_time_steps_run_until_there_is_nothing_left(lanes):
     calls, done = [], threading.Event()
 

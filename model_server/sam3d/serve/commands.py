@@ -101,8 +101,9 @@ def register(subparsers) -> None:
                             "boxes go to the 2D pathway; others answer with the 3D model")
     model.add_argument("--slice-precision", default="auto", choices=SLICE_PRECISIONS, help=SLICE_PRECISION_HELP)
     model.add_argument("--idle-prefetch", action=argparse.BooleanOptionalAction, default=d.idle_prefetch,
-                       help="after a click on an object the 2D pathway corrects, embed the slice windows its next "
-                            "correction decodes on while no request runs: that correction then takes tens of "
+                       help="after a click, mask edit or undo on an object the 2D pathway corrects, embed the "
+                            "slice windows its next correction decodes on while no request runs (from 0.25 s after "
+                            "the last one): that correction then takes tens of "
                             "milliseconds instead of hundreds on a CPU, with the same mask (default: on; "
                             "--no-idle-prefetch leaves the CPU idle between requests)")
     model.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,

@@ -16,16 +16,18 @@ each request on any thread of its pool), and the first thread slows down too (13
 The predictor's own locks still decide what may run at once (one encoder run at a time).
 
 **Idle work** (``run_in_idle_time``: the 2D windows a session's next correction will decode on)
-runs on the main lane only while nothing else runs or waits there, one short step at a time; a
-call that arrives meanwhile queues on the main lane behind that step instead of going to the side
-lane. Work the lane was wanted for, or whose session or encoder was busy, is not dropped: it goes
-on once the lane is free again (newest session's work first).
+runs on the main lane only while nothing else runs or waits there, and only once no engine call
+has ended for ``IDLE_AFTER_S``, one short step at a time; a call that arrives meanwhile queues on
+the main lane behind that step instead of going to the side lane. Work the lane was wanted for,
+or whose session or encoder was busy, is not dropped: it goes on once the lane is free again
+(newest session's work first).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Hashable, TypeVar
@@ -37,6 +39,9 @@ from ..engine.predictor import IdleStep
 Result = TypeVar("Result")
 SIDE_THREADS = 8  # calls served at once while the main lane is busy (each may wait on a model lock)
 BUSY_RETRY_S = 1.0  # idle work that found something busy is retried after an engine call ends, or after this
+# idle work starts once the main lane has been free this long: a client clicking back to back
+# (the next request within this time) never waits behind an idle step
+IDLE_AFTER_S = 0.25
 log = logging.getLogger("sam3d.serve")
 
 
@@ -57,6 +62,7 @@ class EngineLanes:
         self._idle_work: OrderedDict[Hashable, Callable[[], IdleStep]] = OrderedDict()  # newest last
         self._idle_busy = False  # the last idle step found something busy: wait for an engine call to end
         self._closed = False
+        self._last_call_end = 0.0  # time.monotonic() when the last engine call (not idle work) ended
         self._idle = threading.Thread(target=self._run_idle_work, name="sam3d-idle", daemon=True)
         self._idle.start()
 
@@ -89,9 +95,15 @@ class EngineLanes:
         """The idle thread: hands one step at a time to the main lane while it is free."""
         while True:
             with self._changed:
-                while not self._closed and (not self._idle_work or self._main_calls or self._idle_busy):
-                    if not self._changed.wait(BUSY_RETRY_S if self._idle_busy else None):
-                        self._idle_busy = False  # nothing ended in time: look again
+                while not self._closed:
+                    if not self._idle_work or self._main_calls or self._idle_busy:
+                        if not self._changed.wait(BUSY_RETRY_S if self._idle_busy else None):
+                            self._idle_busy = False  # nothing ended in time: look again
+                        continue
+                    quiet_for = time.monotonic() - self._last_call_end
+                    if quiet_for >= IDLE_AFTER_S:
+                        break
+                    self._changed.wait(IDLE_AFTER_S - quiet_for)
                 if self._closed:
                     return
                 key, step = next(reversed(self._idle_work.items()))
@@ -123,6 +135,7 @@ class EngineLanes:
         finally:
             with self._changed:
                 self._main_calls -= on_main
+                self._last_call_end = time.monotonic()
                 self._idle_busy = False  # what idle work waited for may be free now
                 self._changed.notify_all()
 
