@@ -152,11 +152,12 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
     second = (other_user(url, args.api_key, image, others, args.think_ms / 1000) if args.other_user
               else contextlib.nullcontext([]))
     with second as other_ms:
-        next_rows = timed_next_clicks(args, client, session, tumor, target, rng, image.spacing, "box" in caps["prompts"])
+        next_rows, sizes = timed_next_clicks(args, client, session, tumor, target, rng, image.spacing,
+                                             "box" in caps["prompts"])
     client.delete_session(session)
 
     full_mask_bytes = int(np.prod(shape) + 7) // 8
-    median_size = statistics.median(next_rows.pop("sizes"))
+    median_size = statistics.median(sizes)
     return [
         ("server", url),
         ("model", f"{model['name']} ({model['variant']}, {model['crop_size']}^3 at {model['crop_spacing_mm']} mm)"),
@@ -179,10 +180,10 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
 
 
 def timed_next_clicks(args: argparse.Namespace, client: SAM3DClient, session: str, tumor: np.ndarray,
-                      target: np.ndarray, rng, spacing, boxes: bool) -> dict:
+                      target: np.ndarray, rng, spacing, boxes: bool) -> tuple[dict[str, str], list[int]]:
     """Next clicks in the crop of the click at ``target`` (each undone), then, where the model
-    takes boxes, a box and its corrections -> the table's rows by name, and "sizes": the next
-    clicks' reply bytes."""
+    takes boxes, a box and its corrections -> (the table's rows by name, the next clicks' reply
+    bytes)."""
     next_ms, next_engine_ms, sizes, next_encoder, next_crops = [], [], [], [], []
     for n in range(args.repeats):
         point = target + rng.uniform(-2, 2, 3)
@@ -220,8 +221,7 @@ def timed_next_clicks(args: argparse.Namespace, client: SAM3DClient, session: st
                 f"{max(correction_ms):.0f}; the 2D pathway answered {correction_crops.count(0)}/{len(correction_crops)})")
     rows["bytes per click reply, median / max"] = f"{statistics.median(sizes):.0f} / {max(sizes)} B"
     rows["session counters"] = f"encoder_runs {info['encoder_runs']}, decoder_runs {info['decoder_runs']}"
-    rows["sizes"] = sizes
-    return rows
+    return rows, sizes
 
 
 @contextlib.contextmanager

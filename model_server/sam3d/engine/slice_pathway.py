@@ -376,21 +376,20 @@ class SliceEmbeddings:
     def _claim(self, k: int, window: tuple[int, int, int]) -> torch.Tensor | None:
         """The embedding of slice ``k``'s ``window`` made ahead, out of that store (``_added``
         then counts it as kept), or None."""
-        embedding = self._ahead.pop((k, *window), None)
-        if embedding is not None:
-            self._count -= 1
-            self._nbytes -= embedding.nbytes
-        return embedding
+        return self._take_ahead((k, *window))
 
     def _drop_ahead(self, keep: set[tuple[int, int, int, int]] = frozenset()) -> bool:
         """Drop the oldest window made ahead that is not in ``keep``; False when there is none."""
         key = next((key for key in self._ahead if key not in keep), None)
-        if key is None:
-            return False
-        embedding = self._ahead.pop(key)
-        self._count -= 1
-        self._nbytes -= embedding.nbytes
-        return True
+        return key is not None and self._take_ahead(key) is not None
+
+    def _take_ahead(self, key: tuple[int, int, int, int]) -> torch.Tensor | None:
+        """The (k, j0, i0, side) window made ahead, out of that store and its counts, or None."""
+        embedding = self._ahead.pop(key, None)
+        if embedding is not None:
+            self._count -= 1
+            self._nbytes -= embedding.nbytes
+        return embedding
 
     def _added(self, window: Window) -> None:
         """Count a window just embedded; beyond ``capacity`` drop the windows made ahead, then the

@@ -210,16 +210,16 @@ def interact(session_id: SessionId, body: InteractionRequest, server: Server) ->
     with server.store.use(session_id) as session:
         change = _run_engine(server, session.interact, body.points, body.labels, body.box)
     server.counters.add("interactions")
-    return _mask_update(_prefetch_in_idle_time(server, session_id, change))
+    _prefetch_in_idle_time(server, session_id, change)
+    return _mask_update(change)
 
 
-def _prefetch_in_idle_time(server: ServerState, session_id: str, change: MaskChange) -> MaskChange:
+def _prefetch_in_idle_time(server: ServerState, session_id: str, change: MaskChange) -> None:
     """After a change of a session's mask (a click, a mask edit, an undo): from now on, in idle
-    time, the 2D windows its next correction will decode on. Returns ``change``."""
+    time, the 2D windows its next correction will decode on."""
     if server.settings.idle_prefetch:
         server.lanes.run_in_idle_time(session_id, functools.partial(_prefetch_step, server, session_id,
                                                                     change.interaction))
-    return change
 
 
 def _prefetch_step(server: ServerState, session_id: str, interaction: int) -> IdleStep:
@@ -249,7 +249,8 @@ def set_mask(session_id: SessionId, body: MaskRequest, server: Server) -> MaskUp
             raise BadRequest("bbox is larger than the volume")
         mask = decode_mask_bits(body.mask, shape)
         change = _run_engine(server, session.set_mask, lo, hi, mask)
-    return _mask_update(_prefetch_in_idle_time(server, session_id, change))
+    _prefetch_in_idle_time(server, session_id, change)
+    return _mask_update(change)
 
 
 @router.post("/v1/sessions/{session_id}/undo", response_model=MaskUpdate,
@@ -258,7 +259,8 @@ def undo(session_id: SessionId, server: Server) -> MaskUpdate:
     """Return to the state before the last interaction or mask edit."""
     with server.store.use(session_id) as session:
         change = _run_engine(server, session.undo)
-    return _mask_update(_prefetch_in_idle_time(server, session_id, change))
+    _prefetch_in_idle_time(server, session_id, change)
+    return _mask_update(change)
 
 
 @router.post("/v1/sessions/{session_id}/reset", response_model=ResetReply,
