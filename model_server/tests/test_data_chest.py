@@ -60,3 +60,57 @@ def test_cases_are_a_pure_function_of_the_seed(cases):
     first = cases[NODULE_SEED]
     assert np.array_equal(image.array, first[0].array) and np.array_equal(label.array, first[1].array)
     assert stats == first[2]
+
+
+COMPLEX_SEEDS = (1, 3, 7)  # at 256 px: necrosis + atelectasis + effusion; spicules + cavity; vessels + spicules
+
+
+@pytest.fixture(scope="module")
+def complicated():
+    return {seed: (generate_chest_case(seed, matrix=256),
+                   generate_chest_case(seed, matrix=256, complicated=True)) for seed in COMPLEX_SEEDS}
+
+
+def test_a_complicated_case_is_the_plain_case_with_the_same_tumour_label(complicated):
+    for (plain_image, plain_label, plain_stats), (image, label, stats) in complicated.values():
+        assert np.array_equal(label.array, plain_label.array) and image.spacing == plain_image.spacing
+        assert stats["kind"] == plain_stats["kind"] and "complications" not in plain_stats
+
+
+def test_a_complicated_case_is_stored_as_a_scanner_stores_it(complicated):
+    for (plain_image, _, _), (image, _, _) in complicated.values():
+        volume = image.array
+        assert np.array_equal(volume, np.round(volume))  # integer HU
+        assert volume[0, 0, 0] in (-1024.0, -2048.0, -3024.0) and volume[0, 0, 0] == volume[-1, -1, -1]
+        # noise shaped by the kernel: neighbouring pixels of the air outside the body correlate
+        def neighbour_correlation(array):
+            air = array[:, 20:40, 100:156] - np.median(array[:, 20:40, 100:156])
+            return np.corrcoef(air[:, :, :-1].ravel(), air[:, :, 1:].ravel())[0, 1]
+        assert neighbour_correlation(volume) > 0.3 > 0.1 > neighbour_correlation(plain_image.array)
+
+
+def _around(label: np.ndarray, pixels: int) -> np.ndarray:
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = True
+    return ndimage.binary_dilation(label, structure, iterations=pixels) & ~label
+
+
+def test_complications_put_tumour_density_against_the_tumour_and_change_its_inside(complicated):
+    for seed, ((plain_image, label, _), (image, _, stats)) in complicated.items():
+        tumour, ring = label.array > 0, _around(label.array > 0, 6)
+        dense_plain = np.sum(plain_image.array[ring] > -300)
+        dense = np.sum(image.array[ring] > -300)
+        if "vessels" in stats["complications"]:  # each a few voxels wide where it leaves the tumour
+            assert dense >= dense_plain + 5, (seed, stats, dense, dense_plain)
+        if "atelectasis" in stats["complications"]:  # a slab of lung
+            assert dense > dense_plain + 0.02 * ring.sum(), (seed, stats, dense, dense_plain)
+        if "effusion" in stats["complications"]:
+            fluid = (image.array > -5) & (image.array < 30) & (plain_image.array < -500)
+            assert fluid.sum() > 1000, (seed, stats)
+        if "cavity" in stats["complications"]:
+            assert np.mean(image.array[tumour] < -500) > 0.02, (seed, stats)
+        if "necrosis" in stats["complications"]:
+            interior = ndimage.binary_erosion(tumour, iterations=3)
+            assert np.mean(image.array[interior]) < np.mean(plain_image.array[interior]) - 5, (seed, stats)
+    drawn = set().union(*(stats["complications"] for _, (_, _, stats) in complicated.values()))
+    assert {"vessels", "spicules", "necrosis", "cavity", "atelectasis", "effusion"} <= drawn

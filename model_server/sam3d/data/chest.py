@@ -11,6 +11,13 @@ The anatomy is drawn at 1 mm (z, y, x; x to the patient's left, y posterior) and
 `synth` acquires its blocks (slice profile along z, linear sampling in plane). Values are
 Hounsfield units. ``generate_chest_case(seed)`` is a pure function of its seed; its stats say
 what was drawn.
+
+``complicated=True`` (`sam3d phantoms --design chest-complex`) adds, to the same case, what real
+lung tumours have and the plain phantoms lack (drawn from a second random stream, so the anatomy
+and the tumour are those of the plain case): vessels running into the tumour and spicules out of
+it, a necrotic core or an air cavity, collapsed lung (atelectasis) or a pleural effusion of nearly
+the tumour's density against it, noise shaped by the reconstruction kernel, and the scanner's
+storage (integer HU, a padding value outside the circular field of view).
 """
 
 from __future__ import annotations
@@ -135,17 +142,103 @@ def _place_tumour(rng: np.random.Generator, image: np.ndarray, lung: np.ndarray)
     return tumour, {"kind": kind, "diameter_mm": diameter, "tumour_hu": float(value), **shape_stats}
 
 
-def generate_chest_case(seed: int, matrix: int = 512) -> tuple[Volume, Volume, dict]:
+def _path(rng: np.random.Generator, start: np.ndarray, direction: np.ndarray, length_mm: float,
+          wobble: float) -> np.ndarray:
+    """Points every 1 mm along a random walk of ``length_mm`` from ``start`` (z, y, x mm)."""
+    points, direction = [start], direction / np.linalg.norm(direction)
+    for _ in range(int(length_mm)):
+        direction = direction + wobble * rng.standard_normal(3)
+        direction /= np.linalg.norm(direction)
+        points.append(points[-1] + direction)
+    return np.array(points)
+
+
+def _rasterise(shape: tuple, points: np.ndarray, radius: float) -> np.ndarray:
+    """Balls of ``radius`` mm at ``points``, as a mask of ``shape`` (points outside are skipped)."""
+    seeds = np.zeros(shape, bool)
+    inside = np.all((points >= 0) & (points < np.array(shape) - 1), axis=1)
+    seeds[tuple(np.round(points[inside]).astype(int).T)] = True
+    return ndimage.distance_transform_edt(~seeds) <= radius
+
+
+def _complicate(rng: np.random.Generator, image: np.ndarray, lung: np.ndarray, tumour: np.ndarray,
+                kind: str, diameter: float, tumour_hu: float) -> list[str]:
+    """Draw, in place on the 1 mm chest, what real lung tumours have around and inside them;
+    returns what was drawn. The label stays the tumour (a core or cavity inside it is tumour)."""
+    drawn = []
+    centre = np.argwhere(tumour).mean(0)
+    margin = diameter / 2 + 40
+    block = tuple(slice(max(int(c - margin), 0), min(int(c + margin) + 1, n)) for c, n in zip(centre, image.shape))
+    view, lung_view, tumour_view = image[block], lung[block], tumour[block]
+    local_centre = centre - np.array([s.start for s in block])
+    outside = lung_view & ~tumour_view
+    vessels = int(rng.integers(1, 4)) if kind == "nodule" else int(rng.integers(0, 3))
+    for _ in range(vessels):  # a vessel through the tumour, of its density where it leaves it
+        points = _path(rng, local_centre, rng.standard_normal(3), diameter / 2 + rng.uniform(20, 40), 0.1)
+        view[_rasterise(view.shape, points, rng.uniform(1.0, 2.5)) & outside] = tumour_hu + rng.uniform(-15, 25)
+    if vessels:
+        drawn.append("vessels")
+    if rng.random() < 0.5:  # spicules: thin strands out of the surface, partial volume with the lung
+        strands = np.zeros(view.shape, bool)
+        for _ in range(int(rng.integers(4, 12))):
+            points = _path(rng, local_centre, rng.standard_normal(3), diameter / 2 + rng.uniform(4, 15), 0.05)
+            strands |= _rasterise(view.shape, points, 1.0)
+        view[strands & outside] = rng.uniform(-350, -50)
+        drawn.append("spicules")
+    inside_depth = ndimage.distance_transform_edt(tumour_view)
+    if kind == "mass" and rng.random() < 0.4:
+        core = inside_depth > inside_depth.max() * rng.uniform(0.3, 0.5)
+        view[core] = tumour_hu - rng.uniform(20, 40)
+        drawn.append("necrosis")
+    elif diameter > 15 and rng.random() < 0.15:
+        view[inside_depth > inside_depth.max() * 0.6] = rng.uniform(-950, -850)
+        drawn.append("cavity")
+    if kind == "mass" and rng.random() < 0.5:  # collapsed lung on one side of the mass
+        offset = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) - c for n, c in zip(view.shape, local_centre)],
+                                      indexing="ij"))
+        side = rng.standard_normal(3)
+        toward = np.tensordot(side / np.linalg.norm(side), offset, axes=1) / (np.linalg.norm(offset, axis=0) + 1e-3)
+        near = ndimage.distance_transform_edt(~tumour_view) < rng.uniform(8, 25)
+        collapsed = near & (toward > 0.2) & outside
+        sign = rng.choice([-1.0, 1.0])
+        texture = synth._smooth_noise(rng, view.shape, 6)
+        view[collapsed] = tumour_hu + sign * rng.uniform(10, 40) + 8 * texture[collapsed]
+        drawn.append("atelectasis")
+    if rng.random() < 0.3:  # effusion: fluid in the dependent (posterior, +y) part of the tumour's lung
+        from_back = np.flip(np.cumsum(np.flip(lung, axis=1), axis=1), axis=1)
+        same_side = (np.arange(lung.shape[2]) < lung.shape[2] / 2) == (centre[2] < lung.shape[2] / 2)
+        effusion = lung & ~tumour & (from_back <= rng.uniform(10, 35)) & same_side[None, None, :]
+        image[effusion] = rng.uniform(0, 20)
+        drawn.append("effusion")
+    return drawn
+
+
+def _as_stored(rng: np.random.Generator, image: np.ndarray, pixel: float) -> np.ndarray:
+    """Kernel-shaped noise, integer HU, and a padding value outside the circular field of view."""
+    noise = ndimage.gaussian_filter(rng.standard_normal(image.shape).astype(np.float32), (0, *(rng.uniform(0.6, 1.2),) * 2))
+    image = image + noise * (rng.uniform(10, 30) / (noise.std() + 1e-6))
+    j, i = np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in image.shape[1:]), indexing="ij")
+    outside_fov = np.hypot(j, i) * pixel > image.shape[2] * pixel / 2
+    image[:, outside_fov] = rng.choice([-1024.0, -2048.0, -3024.0])
+    return np.round(image).astype(np.float32)
+
+
+def generate_chest_case(seed: int, matrix: int = 512, complicated: bool = False) -> tuple[Volume, Volume, dict]:
     """One chest CT (HU, float32) on ``matrix`` x ``matrix`` pixels, its tumour label (uint8, 1)
-    and what was drawn (stats)."""
+    and what was drawn (stats); ``complicated``: with what real tumours have (module docstring)."""
     rng = np.random.default_rng(seed)
     pixel = float(rng.uniform(*PIXEL_MM)) * 512 / matrix
     thickness = float(rng.uniform(*SLICE_MM))
     image, lung, stats = _anatomy(rng, matrix * pixel)
     tumour, tumour_stats = _place_tumour(rng, image, lung)
+    extra = np.random.default_rng([seed, 1])
+    if complicated:
+        stats["complications"] = _complicate(extra, image, lung, tumour, tumour_stats["kind"],
+                                             tumour_stats["diameter_mm"], tumour_stats["tumour_hu"])
     image = ndimage.gaussian_filter(image, rng.uniform(0.3, 0.8))  # the reconstruction kernel
     image, label = synth._acquire(image, tumour, thickness, pixel)
-    image += rng.normal(0, rng.uniform(8, 25), image.shape).astype(np.float32)
+    white = rng.normal(0, rng.uniform(8, 25), image.shape).astype(np.float32)
+    image = _as_stored(extra, image, pixel) if complicated else image + white
     spacing = (thickness, pixel, pixel)
     origin = (-(matrix * pixel) / 2, -(matrix * pixel) / 2, float(rng.uniform(-300, -100)))
     stats.update(tumour_stats, pixel_mm=pixel, slice_thickness_mm=thickness, lung_ml=float(lung.sum()) / 1000)

@@ -20,11 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="dataset folder to write")
     parser.add_argument("--cases", type=int, default=20, metavar="N", help="number of cases (default 20)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    parser.add_argument("--design", default="phantom", choices=("phantom", "synth", "subtle", "chest"),
+    parser.add_argument("--design", default="phantom", choices=("phantom", "synth", "subtle", "chest", "chest-complex"),
                         help="phantom: CT phantoms of abdominal tumors (default); synth: domain-randomised "
                              "lesions in varied surroundings, CT- and MRI-like (training data for real scans); subtle: CT-like "
                              "lesions only 8-40 HU off their surroundings, beside air; "
-                             "chest: whole chest CTs (512 x 512, 2.5-5 mm slices) with one lung tumour")
+                             "chest: whole chest CTs (512 x 512, 2.5-5 mm slices) with one lung tumour; "
+                             "chest-complex: the same cases with vessels and spicules at the tumour, necrosis or "
+                             "a cavity, atelectasis or effusion against it, kernel-shaped noise and scanner padding")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already in DIR (its phantom_* cases and dataset.json)")
     parser.set_defaults(func=run)

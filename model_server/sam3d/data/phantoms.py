@@ -290,9 +290,13 @@ def _subtle_case(seed: int) -> tuple[Volume, Volume]:
     return _synth_case(seed, subtle=True)
 
 
-def _chest_case(seed: int) -> tuple[Volume, Volume]:
-    image, label, _ = chest.generate_chest_case(seed)
+def _chest_case(seed: int, complicated: bool = False) -> tuple[Volume, Volume]:
+    image, label, _ = chest.generate_chest_case(seed, complicated=complicated)
     return image, label
+
+
+def _complicated_chest_case(seed: int) -> tuple[Volume, Volume]:
+    return _chest_case(seed, complicated=True)
 
 
 @dataclass(frozen=True)
@@ -321,6 +325,11 @@ DESIGNS = {
     "chest": Design(_chest_case, chest.LABELS, "CT",
                     "Chest CT phantoms with one lung tumour, a nodule or a mass against the wall (sam3d.data.chest)",
                     "SAM3DChest", "sam3d.data.chest"),
+    "chest-complex": Design(_complicated_chest_case, chest.LABELS, "CT",
+                            "Chest CT phantoms with one lung tumour and what real ones have: vessels into it, "
+                            "spicules, necrosis or a cavity, atelectasis or effusion against it, kernel-shaped "
+                            "noise, integer HU, padding outside the field of view (sam3d.data.chest)",
+                            "SAM3DChestComplex", "sam3d.data.chest"),
 }
 
 
