@@ -11,6 +11,7 @@ import torch
 
 from sam3d.engine.predictor import IdleStep, Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _on_clicked_slices, _within_box
+from sam3d.engine import slice_pathway
 from sam3d.engine.slice_pathway import (BOX_MARGIN_PX, LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
                                         FALLBACK_GROWTH_LIMIT,
                                         _propagate, _propagation_margins, _SliceWindows, SliceEmbeddings,
@@ -347,17 +348,46 @@ def test_a_positive_click_the_nearest_slices_box_cannot_reach_is_answered_by_a_b
     assert chosen[30, 34] and not chosen[2:8, 52:60].any()
 
 
-def test_a_box_search_answer_far_larger_than_the_object_is_left_to_the_3d_model(ball, small_window_model):
-    """The box search answering a correction finds the whole ball around the click; on an object
-    whose largest slice mask is a 2-px speck that is more than FALLBACK_GROWTH_LIMIT times it: not a
-    correction of that object, so the click is left to the 3D model (None). The test above takes
-    the same answer for an object of 48 px."""
+def test_a_box_search_answer_far_larger_than_the_object_is_left_to_the_3d_model(ball, small_window_model, monkeypatch):
+    """The box search answering a correction (its squares not kept to the object's scale) finds
+    the whole ball around the click; on an object whose largest slice mask is a 2-px speck that is
+    more than FALLBACK_GROWTH_LIMIT times it: not a correction of that object, so the click is left
+    to the 3D model (None). The test above takes the same answer for an object of 48 px."""
+    monkeypatch.setattr(slice_pathway, "FALLBACK_SCALE", np.inf)
     volume, _ = ball
     speck = np.zeros(volume.shape, dtype=bool)
     speck[12, 2:4, 55] = True
     assert 2 * FALLBACK_GROWTH_LIMIT < 250  # the ball's slice 12: about 250 px
     assert correct_slice_by_slice(small_window_model, volume, speck, [12, 30, 34], 1, volume_bounds(volume),
                                   spacing=(1.0, 1.0, 1.0)) is None
+
+
+def test_a_correction_box_search_starts_from_squares_at_the_objects_scale(ball, small_window_model, monkeypatch):
+    """A correction's box search starts from squares no wider than the object (its in-plane
+    extent, FALLBACK_SCALE = 1): on chest CT phantoms with vessels at the tumour a 32 mm square
+    around a click beside a 10 mm nodule took in the lung around it (docs/BENCHMARKS.md, "Stage 6").
+    Unlimited, the same search starts from every square up to 64 mm."""
+    volume, _ = ball
+    elsewhere = np.zeros_like(volume, dtype=bool)
+    elsewhere[12, 2:8, 52:60] = True  # 8 px = 8 mm across
+    tried: list[np.ndarray] = []
+    scored_mask = slice_pathway._SliceWindows.scored_mask
+
+    def recorded(self, box):
+        tried.append(np.asarray(box, dtype=float))
+        return scored_mask(self, box)
+
+    monkeypatch.setattr(slice_pathway._SliceWindows, "scored_mask", recorded)
+    widest = {}
+    for scale in (1.0, np.inf):
+        monkeypatch.setattr(slice_pathway, "FALLBACK_SCALE", scale)
+        tried.clear()
+        correct_slice_by_slice(small_window_model, volume, elsewhere, [12, 30, 34], 1, volume_bounds(volume),
+                               spacing=(1.0, 1.0, 1.0))
+        squares = [box for box in tried if np.isclose(box[2] - box[0], box[3] - box[1])
+                   and np.allclose((box[:2] + box[2:]) / 2, (30, 34))]
+        widest[scale] = max(box[2] - box[0] for box in squares)
+    assert widest[1.0] == 16 and widest[np.inf] == 64
 
 
 def test_a_box_search_decodes_boxes_of_one_size_and_place_on_one_embedded_window(ball, small_window_model):

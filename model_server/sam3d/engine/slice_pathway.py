@@ -56,6 +56,7 @@ CORRECTION_MARGIN_PX = 2  # a positive click's box: the nearest slice mask's box
 # correction of it; the 3D model answers the click (docs/BENCHMARKS.md, "Stage 4: ... a cap on a
 # correction's box search")
 FALLBACK_GROWTH_LIMIT = 30.0
+FALLBACK_SCALE = 1.0  # ... and its squares reach at most this times the object's in-plane extent from the click
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
 RING_PX = 3  # the surroundings a slice mask's contrast is measured against
@@ -416,18 +417,20 @@ def _windows(embeddings: SliceEmbeddings | None, model: LiteMedSAM2D, volume: np
 
 
 def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float], j: int, i: int,
-                    pixel_mm: Sequence[float], proposal: np.ndarray | None = None) -> np.ndarray:
+                    pixel_mm: Sequence[float], proposal: np.ndarray | None = None,
+                    max_half_mm: float = np.inf) -> np.ndarray:
     """A click's slice mask from LiteMedSAM's trained box prompt, whose point prompt is untrained:
-    squares ``CLICK_BOX_HALF_MM`` around the click (and the box of ``proposal``, the 3D model's
-    mask on this slice, when given) each re-boxed around its own mask (plus ``BOX_MARGIN_PX``)
+    squares ``CLICK_BOX_HALF_MM`` around the click (those of at most ``max_half_mm``, the smallest
+    always) (and the box of ``proposal``, the 3D model's mask on this slice, when given) each re-boxed around its own mask (plus ``BOX_MARGIN_PX``)
     up to ``CLICK_BOX_REFINEMENTS`` times or until it settles; of all masks that hold the click,
     the one SAM's IoU head scores highest (empty when none does). On development data it chose
     better than the object's contrast with its ring did (docs/BENCHMARKS.md, "A first click
     answered by a box search"). The search embeds its own windows: decoded on windows kept from
     other answers on the slice, its chains found other masks (docs/BENCHMARKS.md, "Slice
     embeddings kept across interactions")."""
+    halves = [half for half in CLICK_BOX_HALF_MM if half <= max_half_mm] or [CLICK_BOX_HALF_MM[0]]
     starts = [np.array([j - half / pixel_mm[0], i - half / pixel_mm[1], j + half / pixel_mm[0], i + half / pixel_mm[1]])
-              for half in CLICK_BOX_HALF_MM]
+              for half in halves]
     if proposal is not None and proposal.any():
         starts.append(_mask_box(proposal, BOX_MARGIN_PX))
     windows = _SliceWindows(model, plane, bounds)
@@ -578,7 +581,8 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
             result[slice_index] |= plane_mask
             previous = plane_mask if plane_mask.any() else previous
     if not result[k, j, i] and box_kji is None and spacing is not None:
-        searched = _box_from_click(model, volume[k], bounds, j, i, spacing[1:])
+        searched = _box_from_click(model, volume[k], bounds, j, i, spacing[1:],
+                                   max_half_mm=FALLBACK_SCALE * _in_plane_extent_mm(mask, spacing[1:]))
         if searched.sum() <= FALLBACK_GROWTH_LIMIT * mask.sum(axis=(1, 2)).max():
             result[k] |= searched
     if not result[k, j, i]:
@@ -589,6 +593,14 @@ def correct_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, mask: np.nda
         slices, limit = _box_limits(np.concatenate([box_kji, [[k, j, i]]]))
         _propagate(model, volume, bounds, result, k, direction, slices, limit, reference=source, embeddings=embeddings)
     return result
+
+
+def _in_plane_extent_mm(mask: np.ndarray, pixel_mm: Sequence[float]) -> float:
+    """The longer side (mm) of the in-plane bounding box of ``mask`` (all slices together)."""
+    rows, columns = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    if not len(rows):
+        return 0.0
+    return float(max((np.ptp(rows) + 1) * pixel_mm[0], (np.ptp(columns) + 1) * pixel_mm[1]))
 
 
 def correction_box(mask: np.ndarray, click_kji: Sequence[int]) -> tuple[int, np.ndarray]:
