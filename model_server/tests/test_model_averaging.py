@@ -55,3 +55,17 @@ def test_average_refuses_other_configurations_and_bad_weights(tmp_path, capsys):
     assert "at least two checkpoints" in capsys.readouterr().err
     assert main(["average", str(first), str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_averages_with_a_newer_one(tmp_path):
+    """The bundled default was written before `adapter_placement` (model config) and `central`
+    (intensity preset) were fields; a fine-tuned version of it stores them at their defaults, and
+    the two average (a field at another value is still refused, as above)."""
+    older = write_tiny_checkpoint(tmp_path, "older")
+    payload = torch.load(older, weights_only=True)
+    del payload["config"]["adapter_placement"], payload["preset"]["central"]
+    torch.save(payload, older)
+    newer = write_tiny_checkpoint(tmp_path, "newer")
+    out = tmp_path / "soup.pt"
+    assert main(["average", str(older), str(newer), "--out", str(out), "--name", "soup"]) == 0
+    assert load_model(out, device="cpu").name == "soup"

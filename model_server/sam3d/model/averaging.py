@@ -17,6 +17,8 @@ from pathlib import Path
 
 from ..errors import CLIError
 from .checkpoint import CheckpointError, model_path, read_checkpoint, write_payload
+from ..data.intensity import IntensityPreset
+from .config import ModelConfig
 
 
 def parse_weights(text: str | None, count: int) -> list[float]:
@@ -35,10 +37,17 @@ def parse_weights(text: str | None, count: int) -> list[float]:
     return [w / total for w in weights]
 
 
+def _resolved(key: str, value):
+    """A checkpoint's entry as compared: its model config and intensity preset with the defaults of
+    fields added since it was written (an older checkpoint lacks them), anything else as stored."""
+    kinds = {"config": ModelConfig, "preset": IntensityPreset}
+    return kinds[key].from_dict(value).to_dict() if key in kinds and isinstance(value, dict) else value
+
+
 def _check_compatible(first: dict, other: dict, path: str) -> None:
     """Refuse checkpoints that do not describe the same model with the same trained tensors."""
     for key in ("config", "preset", "trainable_only", "base"):
-        if first.get(key) != other.get(key):
+        if _resolved(key, first.get(key)) != _resolved(key, other.get(key)):
             raise CheckpointError(f"{path} has another {key} than the first checkpoint; only checkpoints of "
                                   f"one configuration (a model and its fine-tuned versions) average")
     names, other_names = set(first["state_dict"]), set(other["state_dict"])
