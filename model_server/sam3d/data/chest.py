@@ -231,13 +231,13 @@ def generate_chest_case(seed: int, matrix: int = 512, complicated: bool = False)
     thickness = float(rng.uniform(*SLICE_MM))
     image, lung, stats = _anatomy(rng, matrix * pixel)
     tumour, tumour_stats = _place_tumour(rng, image, lung)
-    extra = np.random.default_rng([seed, 1])
+    extra = np.random.default_rng([seed, 1])  # the complications' stream: the plain case's stays as it was
     if complicated:
         stats["complications"] = _complicate(extra, image, lung, tumour, tumour_stats["kind"],
                                              tumour_stats["diameter_mm"], tumour_stats["tumour_hu"])
     image = ndimage.gaussian_filter(image, rng.uniform(0.3, 0.8))  # the reconstruction kernel
     image, label = synth._acquire(image, tumour, thickness, pixel)
-    white = rng.normal(0, rng.uniform(8, 25), image.shape).astype(np.float32)
+    white = rng.normal(0, rng.uniform(8, 25), image.shape).astype(np.float32)  # drawn either way: same origin below
     image = _as_stored(extra, image, pixel) if complicated else image + white
     spacing = (thickness, pixel, pixel)
     origin = (-(matrix * pixel) / 2, -(matrix * pixel) / 2, float(rng.uniform(-300, -100)))

@@ -421,8 +421,8 @@ def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float,
                     max_half_mm: float = np.inf) -> np.ndarray:
     """A click's slice mask from LiteMedSAM's trained box prompt, whose point prompt is untrained:
     squares ``CLICK_BOX_HALF_MM`` around the click (those of at most ``max_half_mm``, the smallest
-    always) (and the box of ``proposal``, the 3D model's mask on this slice, when given) each re-boxed around its own mask (plus ``BOX_MARGIN_PX``)
-    up to ``CLICK_BOX_REFINEMENTS`` times or until it settles; of all masks that hold the click,
+    always; and the box of ``proposal``, the 3D model's mask on this slice, when given) each
+    re-boxed around its own mask (plus ``BOX_MARGIN_PX``) up to ``CLICK_BOX_REFINEMENTS`` times or until it settles; of all masks that hold the click,
     the one SAM's IoU head scores highest (empty when none does). On development data it chose
     better than the object's contrast with its ring did (docs/BENCHMARKS.md, "A first click
     answered by a box search"). The search embeds its own windows: decoded on windows kept from
