@@ -38,12 +38,13 @@ def predictor() -> Predictor:
 
 
 @functools.lru_cache(maxsize=3)
-def _chest_case(case: int):
-    return generate_chest_case(case_seed(CHEST_DEV_SEED, case))
+def _chest_case(case: int, seed: int = CHEST_DEV_SEED):
+    return generate_chest_case(case_seed(seed, case))
 
 
-def _first_click(predictor: Predictor, case: int, pathway: str) -> tuple[np.ndarray, np.ndarray, Session]:
-    image, label, _ = _chest_case(case)
+def _first_click(predictor: Predictor, case: int, pathway: str,
+                 seed: int = CHEST_DEV_SEED) -> tuple[np.ndarray, np.ndarray, Session]:
+    image, label, _ = _chest_case(case, seed)
     target = label.array > 0
     session = Session(predictor, image.array, image.spacing, click_pathway=pathway)
     session.interact([centre_click(target, image.spacing)], [1])
@@ -112,12 +113,14 @@ def test_the_search_replaces_a_3d_mask_that_holds_only_part_of_a_mass(predictor,
 
 
 def test_a_first_click_on_a_small_nodule_is_cut_back_to_its_edge(predictor, monkeypatch):
-    """At 0.5 the 3D model's mask reaches past a 0.2 ml nodule (687 voxels for 106); a higher
-    threshold's boundary lies on the nodule's edge."""
-    found, target, session = _first_click(predictor, SMALL_NODULE, "3d")
+    """At 0.5 the 3D model's mask reaches past a nodule on one slice (268 voxels for 95 with the
+    default of 2026-12-04); a higher threshold's boundary lies on the nodule's edge (92 voxels).
+    (On the 0.2 ml nodule of the first chest set the default's 0.5 mask now fits and the rule cuts
+    too far: docs/BENCHMARKS.md, "Stage 7".)"""
+    found, target, session = _first_click(predictor, ONE_SLICE_NODULE, "3d", seed=CHEST_DEV2_SEED)
     assert session._made_in_2d
     _without_edge_rule(monkeypatch)
-    at_half, _, _ = _first_click(predictor, SMALL_NODULE, "3d")
+    at_half, _, _ = _first_click(predictor, ONE_SLICE_NODULE, "3d", seed=CHEST_DEV2_SEED)
     assert np.count_nonzero(found) < np.count_nonzero(at_half) / 2
     assert _dice(found, target) > _dice(at_half, target) + 0.1
 
@@ -152,7 +155,7 @@ def test_a_negative_click_the_3d_model_ignores_is_honoured(predictor, monkeypatc
     not, and it is the better mask. (With the edge rule the default model's mask here now lies on
     an edge, and the 2D pathway answers the negative click.)"""
     _without_edge_rule(monkeypatch)
-    image, label, _ = generate_chest_case(case_seed(CHEST_DEV2_SEED, ONE_SLICE_NODULE))
+    image, label, _ = _chest_case(ONE_SLICE_NODULE, CHEST_DEV2_SEED)
     target = label.array > 0
     session = Session(predictor, image.array, image.spacing)
     first = centre_click(target, image.spacing)
