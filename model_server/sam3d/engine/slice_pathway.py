@@ -422,12 +422,12 @@ def _box_from_click(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float,
     """A click's slice mask from LiteMedSAM's trained box prompt, whose point prompt is untrained:
     squares ``CLICK_BOX_HALF_MM`` around the click (those of at most ``max_half_mm``, the smallest
     always; and the box of ``proposal``, the 3D model's mask on this slice, when given) each
-    re-boxed around its own mask (plus ``BOX_MARGIN_PX``) up to ``CLICK_BOX_REFINEMENTS`` times or until it settles; of all masks that hold the click,
-    the one SAM's IoU head scores highest (empty when none does). On development data it chose
-    better than the object's contrast with its ring did (docs/BENCHMARKS.md, "A first click
-    answered by a box search"). The search embeds its own windows: decoded on windows kept from
-    other answers on the slice, its chains found other masks (docs/BENCHMARKS.md, "Slice
-    embeddings kept across interactions")."""
+    re-boxed around its own mask (plus ``BOX_MARGIN_PX``) up to ``CLICK_BOX_REFINEMENTS`` times
+    or until it settles; of all masks that hold the click, the one SAM's IoU head scores highest
+    (empty when none does). On development data it chose better than the object's contrast with
+    its ring did (docs/BENCHMARKS.md, "A first click answered by a box search"). The search
+    embeds its own windows: decoded on windows kept from other answers on the slice, its chains
+    found other masks (docs/BENCHMARKS.md, "Slice embeddings kept across interactions")."""
     halves = [half for half in CLICK_BOX_HALF_MM if half <= max_half_mm] or [CLICK_BOX_HALF_MM[0]]
     starts = [np.array([j - half / pixel_mm[0], i - half / pixel_mm[1], j + half / pixel_mm[0], i + half / pixel_mm[1]])
               for half in halves]
