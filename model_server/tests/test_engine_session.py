@@ -265,7 +265,7 @@ def test_a_box_stays_for_later_clicks_clamped_into_their_crops_and_undo_restores
     session = Session(recorder, np.zeros(shape, np.int16), SPACING, max_crops=1)
     session.interact([], [], box_kji=[[12.0, 20.0, 30.0], [12.0, 60.0, 50.0]])  # 2D box on slice 12
     session.interact([[12.0, 75.0, 40.0]], [1])
-    geometry = next(g for g in session.cache.geometries() if g.key == (12.0, 75.0, 40.0))
+    geometry = next(g for g in session.cache.geometries() if g.center == (12.0, 75.0, 40.0))
     points, labels = recorder.calls[-1]
     assert labels.tolist() == [1, 2, 3]
     corners = geometry.to_crop([[12.0, 20.0, 30.0], [12.0, 60.0, 50.0]])

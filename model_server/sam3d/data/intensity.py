@@ -32,18 +32,19 @@ class IntensityPreset:
     central: float = 1.0
     widen: float = 1.0
 
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """Return the normalised float32 array."""
+    def apply(self, array: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+        """Return the normalised float32 array. ``window``: a percentile preset's clip bounds
+        taken elsewhere (``percentile_window`` of another array) instead of ``array``'s own."""
         array = np.asarray(array, dtype=np.float32)
         if self.kind == "percentile":
-            low, high = self._percentile_window(array)
+            low, high = self.percentile_window(array) if window is None else (np.float32(v) for v in window)
             if not high > low:
                 return np.zeros_like(array)
             return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
         clipped = np.clip(array, self.clip_low, self.clip_high)
         return (clipped - np.float32(self.mean)) / np.float32(self.std)
 
-    def _percentile_window(self, array: np.ndarray) -> tuple[np.float32, np.float32]:
+    def percentile_window(self, array: np.ndarray) -> tuple[np.float32, np.float32]:
         """The clip bounds of a percentile preset for ``array``."""
         low, high = (np.float32(v) for v in np.percentile(array, [self.clip_low, self.clip_high]))
         if self.central >= 1.0:

@@ -59,9 +59,9 @@ class CropGeometry:
         return (self.size - 1) / 2 * self.scale
 
     @property
-    def key(self) -> tuple[float, float, float]:
-        """Identity of the crop for caching its encoder features."""
-        return tuple(round(c, 3) for c in self.center)
+    def key(self) -> tuple[float, float, float, float]:
+        """Identity of the crop for caching its encoder features: centre and spacing."""
+        return (*(round(c, 3) for c in self.center), round(self.crop_spacing_mm, 4))
 
     def to_crop(self, points_native: np.ndarray) -> np.ndarray:
         """Continuous native kji indices [N, 3] -> continuous crop kji indices [N, 3]."""
@@ -92,6 +92,10 @@ class CropGeometry:
         lo, hi = self.footprint()
         return lo[axis] == 0 if direction < 0 else hi[axis] == self.native_shape[axis]
 
+    def at_spacing(self, crop_spacing_mm: float) -> "CropGeometry":
+        """The crop of the same centre and size at another spacing."""
+        return CropGeometry.around(self.center, self.spacing, self.native_shape, self.size, crop_spacing_mm)
+
     def shifted(self, axis: int, direction: int) -> "CropGeometry":
         """The crop moved half its size across face (axis, -1 | +1)."""
         center = list(self.center)
@@ -121,12 +125,24 @@ class CropGeometry:
         return (lo, hi), _resample(values, positions, "border").numpy()
 
 
-def extract_crop(volume: np.ndarray, geometry: CropGeometry, preset: IntensityPreset) -> torch.Tensor:
-    """Model input for one crop: float32 [1, 1, S, S, S], resampled then normalised by ``preset``."""
+def extract_crop(volume: np.ndarray, geometry: CropGeometry, preset: IntensityPreset,
+                 window_spacing_mm: float | None = None) -> torch.Tensor:
+    """Model input for one crop: float32 [1, 1, S, S, S], resampled then normalised by ``preset``.
+    ``window_spacing_mm``: a percentile preset's window is taken from the crop of that spacing
+    around the same centre (the neighbourhood the model was trained on) rather than from this
+    one, so that a finer crop shows the object at the contrast the model knows."""
+    crop = _sample_image(volume, geometry)
+    window = None
+    if preset.kind == "percentile" and window_spacing_mm not in (None, geometry.crop_spacing_mm):
+        window = preset.percentile_window(_sample_image(volume, geometry.at_spacing(window_spacing_mm)))
+    return torch.from_numpy(preset.apply(crop, window))[None, None]
+
+
+def _sample_image(volume: np.ndarray, geometry: CropGeometry) -> np.ndarray:
+    """The crop's raw intensities (edge replication outside the volume)."""
     (lo, hi) = geometry.source_box()
     region = volume[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    crop = geometry.sample(region, outside="border").numpy()
-    return torch.from_numpy(preset.apply(crop))[None, None]
+    return geometry.sample(region, outside="border").numpy()
 
 
 def paste_back(geometry: CropGeometry, probability: torch.Tensor) -> tuple[Box, np.ndarray]:

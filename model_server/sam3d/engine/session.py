@@ -27,7 +27,9 @@ the object's mask:
    meets the image's edge (``edge_threshold.py``; 0.025-0.9, where not 0.5 only the clicked part
    is kept); a mask whose boundary lies on an image edge (every threshold other than 0.5 and a
    0.5 mask on an edge) is corrected as the 2D pathway's, one inside an organ of like intensity by
-   the 3D model.
+   the 3D model. Where that first mask is small, the click is answered again on crops of a finer
+   spacing, kept where the two answers agree, and the object's later clicks use its scale
+   (``crop_scale.py``).
 6. Where the 3D model answered and its mask still holds one of the object's negative clicks, the
    part of the mask it is no surer of than of that click, connected to it and nearer it than
    every positive click, is removed (``negative_clicks.py``).
@@ -37,6 +39,7 @@ A request either completes or leaves the session as it was (state is changed onl
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -48,6 +51,7 @@ from ..client.wire import outside_volume
 from ..data.clicks import label_objects
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
+from . import crop_scale as scale
 from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tight_box, touched_faces
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
@@ -93,6 +97,18 @@ class MaskChange:
     @property
     def is_empty(self) -> bool:
         return any(h <= l for l, h in zip(self.lo, self.hi))
+
+
+@dataclass
+class _CropAnswer:
+    """The 3D model's answer to one interaction, inside ``box``."""
+
+    box: Box
+    proposal: np.ndarray  # bool, the object's mask inside box
+    crops: int  # crops predicted
+    on_edge: bool  # a first click's mask lies on an image edge (``edge_threshold``)
+    encode_s: float
+    spacing_mm: float  # the crops' spacing
 
 
 @dataclass
@@ -203,6 +219,8 @@ class Session:
         # 3D model's later answers at 0.5 would undo, or at 0.5): its corrections go to the 2D
         # pathway, as after a box
         self._click_mask_corrected_in_2d = False
+        # the object's crop spacing: the model's, or the finer one its first click kept (``crop_scale``)
+        self._crop_spacing_mm = predictor.config.crop_spacing_mm
         self._lock = threading.Lock()
 
     # -- public API -----------------------------------------------------------------------
@@ -220,7 +238,6 @@ class Session:
             all_labels = np.concatenate([self.labels, labels])
             encoder_before, encode_s = self.encoder_runs, 0.0
             patches: list[tuple[Box, np.ndarray]] = []
-            done: list[CropGeometry] = []
             box_2d = new_box is not None and self.predictor.box_pathway == "2d"
             if box_2d:
                 patch, seconds = self._box_patch_2d(new_box)
@@ -231,43 +248,21 @@ class Session:
                 patch, seconds = corrected
                 patches.append(patch)
                 encode_s += seconds
-            queue = [] if corrected is not None else self._place_crops(points, labels, None if box_2d else new_box)
-            chooses_threshold = self._chooses_threshold(new_box, labels)
-            threshold, on_edge = DEFAULT_THRESHOLD, False
-            while queue and len(done) < self.max_crops:
-                geometry = queue.pop(0)
-                if any(g.key == geometry.key for g in done):
-                    continue
-                features, seconds = self._features(geometry)
-                encode_s += seconds
-                crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels,
-                                                         prompt_box if self.predictor.config.box_prompt else None)
-                region = self._proposal(geometry.source_box(), patches, threshold)
-                probability = self.predictor.predict(
-                    features, crop_points, crop_labels,
-                    mask_prompt(geometry, region) if region.any() else None)
-                self.decoder_runs += 1
-                if chooses_threshold and not done:
-                    threshold, on_edge = self._first_click_threshold(geometry, probability, points[labels == 1][0])
-                patches.append(paste_back(geometry, probability))
-                done.append(geometry)
-                for axis, direction in touched_faces(probability > threshold):
-                    if not geometry.at_volume_edge(axis, direction):
-                        neighbour = geometry.shifted(axis, direction)
-                        if not any(g.contains([neighbour.center], margin=geometry.size / 8)
-                                   for g in done + queue):
-                            queue.append(neighbour)
-            box = _union([patch_box for patch_box, _ in patches])
-            fused = self._fused(box, patches)
-            proposal = self._thresholded(box, fused, threshold)
-            if done and corrected is None and not box_2d and (all_labels == 0).any():  # the 3D model answered
-                proposal = honour_negative_clicks(fused, proposal, all_points - np.asarray(box[0]), all_labels,
-                                                  self.spacing)
-            if threshold != DEFAULT_THRESHOLD:  # a new object's first click: keep only the clicked object
-                proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]))
+            new_object = self._is_new_object(new_box)
+            spacing_mm = self.predictor.config.crop_spacing_mm if new_object else self._crop_spacing_mm
+            queue = [] if corrected is not None else self._place_crops(points, labels, None if box_2d else new_box,
+                                                                         spacing_mm)
+            first_click = points[labels == 1][0] if self._chooses_threshold(new_box, labels) else None
+            honour_negatives = corrected is None and not box_2d and bool((all_labels == 0).any())
+            answer = self._answer_with_crops(queue, patches, all_points, all_labels, prompt_box, first_click,
+                                             honour_negatives)
+            if first_click is not None and scale.is_small(int(answer.proposal.sum()), self.spacing):
+                answer = self._at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
+            encode_s += answer.encode_s
+            box, proposal = answer.box, answer.proposal
             # for a new object's first click: whether the 2D pathway will correct its mask
-            corrected_in_2d = on_edge if chooses_threshold else None
-            if (self.click_pathway != "3d" and self._is_new_object(new_box)
+            corrected_in_2d = answer.on_edge if first_click is not None else None
+            if (self.click_pathway != "3d" and new_object
                     and len(points) == 1 and labels[0] == 1):  # a new object's lone first click
                 searched = self._first_click_search(box, proposal, points[0])
                 corrected_in_2d = bool(corrected_in_2d) or searched is not None  # else the 3D mask stands
@@ -284,11 +279,12 @@ class Session:
             change = self._commit(box, proposal, points=all_points,
                                   labels=all_labels, prompt_box=prompt_box,
                                   interactions=self.interactions + 1)
+            self._crop_spacing_mm = answer.spacing_mm if answer.crops else spacing_mm
             if corrected_in_2d is not None:
                 self._click_mask_corrected_in_2d = corrected_in_2d
             total_ms = (time.perf_counter() - start) * 1000
             change.encoder_ran = self.encoder_runs > encoder_before
-            change.crops = len(done)
+            change.crops = answer.crops
             change.timing_ms = {"encode": round(encode_s * 1000, 2),
                                 "decode": round(total_ms - encode_s * 1000, 2),
                                 "total": round(total_ms, 2)}
@@ -352,6 +348,7 @@ class Session:
             self.interactions = entry.interactions
             if self.interactions == 0:  # back to a new object: its next first click decides again
                 self._click_mask_corrected_in_2d = False
+                self._crop_spacing_mm = self.predictor.config.crop_spacing_mm
             self._extent = entry.extent
             return MaskChange(entry.box[0], entry.box[1], previous, self.voxels,
                               self.interactions, timing_ms={"encode": 0.0, "decode": 0.0, "total": 0.0})
@@ -365,9 +362,15 @@ class Session:
             self.points, self.labels = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
             self.box = None
             self._click_mask_corrected_in_2d = False
+            self._crop_spacing_mm = self.predictor.config.crop_spacing_mm
             self.interactions = 0
             self._history.clear()
             self._extent = EMPTY_BOX
+
+    @property
+    def crop_spacing_mm(self) -> float:
+        """The object's crop spacing: the model's own, or the finer one its first click kept."""
+        return self._crop_spacing_mm
 
     @property
     def history_bytes(self) -> int:
@@ -441,36 +444,97 @@ class Session:
         return points, labels
 
     def _place_crops(self, points: np.ndarray, labels: np.ndarray,
-                     box: np.ndarray | None) -> list[CropGeometry]:
-        """A crop centred on a new box, then one for each new point not inside a crop already
-        placed (positive points first)."""
-        config = self.predictor.config
-        margin = config.crop_size / 8
+                     box: np.ndarray | None, spacing_mm: float) -> list[CropGeometry]:
+        """Crops of ``spacing_mm``: one centred on a new box, then one for each new point not
+        inside a crop already placed (positive points first)."""
+        size = self.predictor.config.crop_size
+        margin = size / 8
         placed: list[CropGeometry] = []
         if box is not None:
-            placed.append(CropGeometry.around(box.mean(axis=0), self.spacing, self.shape,
-                                              config.crop_size, config.crop_spacing_mm))
+            placed.append(CropGeometry.around(box.mean(axis=0), self.spacing, self.shape, size, spacing_mm))
         for index in np.argsort(-labels, kind="stable"):
             point = points[index:index + 1]
             if any(g.contains(point, margin) for g in placed):
                 continue
-            cached = [g for g in self.cache.geometries() if g.contains(point, margin)]
+            cached = [g for g in self.cache.geometries()
+                      if g.crop_spacing_mm == spacing_mm and g.contains(point, margin)]
             if cached:
                 placed.append(min(cached, key=lambda g: np.linalg.norm(np.asarray(g.center) - point[0])))
             else:
-                placed.append(CropGeometry.around(point[0], self.spacing, self.shape,
-                                                  config.crop_size, config.crop_spacing_mm))
+                placed.append(CropGeometry.around(point[0], self.spacing, self.shape, size, spacing_mm))
         return placed
+
+    def _answer_with_crops(self, queue: list[CropGeometry], patches: list[tuple[Box, np.ndarray]],
+                           all_points: np.ndarray, all_labels: np.ndarray, prompt_box: np.ndarray | None,
+                           first_click: np.ndarray | None, honour_negatives: bool) -> "_CropAnswer":
+        """The 3D model's answer: the queued crops predicted (with the crops next to each face
+        their mask reaches, at most ``max_crops``), fused with ``patches`` (which it extends) and
+        thresholded. ``first_click``: a new object's first positive click, whose answer is
+        thresholded at the image's edges (``_first_click_threshold``)."""
+        done: list[CropGeometry] = []
+        threshold, on_edge, encode_s = DEFAULT_THRESHOLD, False, 0.0
+        while queue and len(done) < self.max_crops:
+            geometry = queue.pop(0)
+            if any(g.key == geometry.key for g in done):
+                continue
+            features, seconds = self._features(geometry)
+            encode_s += seconds
+            crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels,
+                                                     prompt_box if self.predictor.config.box_prompt else None)
+            region = self._proposal(geometry.source_box(), patches, threshold)
+            probability = self.predictor.predict(
+                features, crop_points, crop_labels,
+                mask_prompt(geometry, region) if region.any() else None)
+            self.decoder_runs += 1
+            if first_click is not None and not done:
+                threshold, on_edge = self._first_click_threshold(geometry, probability, first_click)
+            patches.append(paste_back(geometry, probability))
+            done.append(geometry)
+            for axis, direction in touched_faces(probability > threshold):
+                if not geometry.at_volume_edge(axis, direction):
+                    neighbour = geometry.shifted(axis, direction)
+                    if not any(g.contains([neighbour.center], margin=geometry.size / 8)
+                               for g in done + queue):
+                        queue.append(neighbour)
+        box = _union([patch_box for patch_box, _ in patches])
+        fused = self._fused(box, patches)
+        proposal = self._thresholded(box, fused, threshold)
+        if done and honour_negatives:  # the 3D model answered
+            proposal = honour_negative_clicks(fused, proposal, all_points - np.asarray(box[0]), all_labels,
+                                              self.spacing)
+        if threshold != DEFAULT_THRESHOLD:  # a new object's first click: keep only the clicked object
+            proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]))
+        spacing_mm = done[0].crop_spacing_mm if done else self._crop_spacing_mm
+        return _CropAnswer(box, proposal, len(done), on_edge, encode_s, spacing_mm)
+
+    def _at_finer_scale(self, answer: "_CropAnswer", points: np.ndarray, labels: np.ndarray,
+                        all_points: np.ndarray, all_labels: np.ndarray, first_click: np.ndarray) -> "_CropAnswer":
+        """A small object's first click answered again on crops of the finer spacing: that
+        answer where the two agree, else ``answer`` (``crop_scale``); either way with the
+        encoder time of both."""
+        spacing_mm = scale.fine_spacing_mm(self.predictor.config.crop_spacing_mm)
+        queue = self._place_crops(points, labels, None, spacing_mm)
+        finer = self._answer_with_crops(queue, [], all_points, all_labels, None, first_click, False)
+        encode_s = answer.encode_s + finer.encode_s
+        box = _union([answer.box, finer.box])
+        same = scale.agree(_placed(box, answer.box, answer.proposal), _placed(box, finer.box, finer.proposal))
+        kept = finer if same else answer
+        return dataclasses.replace(kept, encode_s=encode_s)
 
     def _features(self, geometry: CropGeometry) -> tuple[ImageFeatures, float]:
         features = self.cache.get(geometry)
         if features is not None:
             return features, 0.0
         start = time.perf_counter()
-        features = self.predictor.encode(extract_crop(self.volume, geometry, self.predictor.preset))
+        features = self.predictor.encode(self._crop_image(geometry))
         self.encoder_runs += 1
         self.cache.put(geometry, features)
         return features, time.perf_counter() - start
+
+    def _crop_image(self, geometry: CropGeometry):
+        """The crop's model input, its intensity window that of the model's own crop spacing."""
+        return extract_crop(self.volume, geometry, self.predictor.preset,
+                            window_spacing_mm=self.predictor.config.crop_spacing_mm)
 
     def _bounds_2d(self) -> tuple[float, float]:
         """The 2D pathway's intensity bounds of the volume, computed on first use."""
@@ -570,7 +634,7 @@ class Session:
         """The threshold of a first click's answer in its crop, and whether its mask lies on an
         image edge (``edge_threshold``). The crop's image is extracted again (a few ms of a
         first click's seconds) rather than kept beside every cached crop's features."""
-        image = extract_crop(self.volume, geometry, self.predictor.preset)[0, 0].numpy()
+        image = self._crop_image(geometry)[0, 0].numpy()
         return edge_threshold(image, probability.numpy(), geometry.to_crop(click)[0])
 
     def _proposal(self, box: Box, patches: list[tuple[Box, np.ndarray]],
@@ -709,6 +773,13 @@ def _search_agrees(box: Box, three_d: np.ndarray, search_box: Box, searched: np.
     shared = int(np.count_nonzero(searched[_slices(box, origin=search_box[0])] & three_d))
     whole = found <= GATE_RATIO * model and shared >= GATE_COVERAGE * model
     return whole or shared >= GATE_INSIDE * found
+
+
+def _placed(box: Box, inner_box: Box, mask: np.ndarray) -> np.ndarray:
+    """``mask`` (of ``inner_box``) placed in a zero array of ``box``, which holds ``inner_box``."""
+    placed = np.zeros(_size(box), dtype=bool)
+    placed[_slices(inner_box, origin=box[0])] = mask
+    return placed
 
 
 def _size(box: Box) -> tuple[int, int, int]:
