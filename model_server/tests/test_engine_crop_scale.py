@@ -118,12 +118,16 @@ def test_a_nodule_is_drawn_and_corrected_on_the_finer_crop(predictor, monkeypatc
     assert _spacings(own_only) == {own_spacing}
     assert finer_dice > _dice(own_only.mask, target) + 0.05 and finer_dice > 0.8
     # a correction of the object is predicted by the 3D model on its finer crop, whose features are cached
+    assert session.crop_spacing_mm == fine
+    used, features = [], session._features
+    monkeypatch.setattr(session, "_features", lambda geometry: used.append(geometry.crop_spacing_mm)
+                        or features(geometry))  # records the crops the correction reads, then reads them
     encoder_runs = session.encoder_runs
     point, label = next_click(session.mask, target)
     change = session.interact([point], [label])
+    assert used and set(used) == {fine}
     assert change.crops >= 1 and not change.encoder_ran and session.encoder_runs == encoder_runs
     # the next object starts on the model's own crop again
-    assert session.crop_spacing_mm == fine
     session.reset()
     assert session.crop_spacing_mm == own_spacing
 
