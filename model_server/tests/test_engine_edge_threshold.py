@@ -66,3 +66,19 @@ def test_the_clicked_part_is_kept_or_the_nearest_one():
     assert click_component(mask, np.array([7.2, 7.0, 6.8])).sum() == 27
     assert click_component(mask, np.array([3.4, 3.0, 3.0])).sum() == 8  # nearest part: the small one
     assert not click_component(np.zeros((4, 4, 4), dtype=bool), np.array([1.0, 1.0, 1.0])).any()
+
+
+def test_the_choice_does_not_depend_on_where_the_object_lies_in_the_crop():
+    """The scores are taken on the candidates' own region of the crop: the same object moved by an
+    odd offset in a larger crop, clicked half-way between voxels, chooses the same."""
+    radius = _radius()
+    image = np.where(radius <= 12, 0.6, 0.05).astype(np.float32)
+    probability = _timid_probability(radius)
+    probability[CENTRE.astype(int)[0], :, :] *= 0.1  # the core cut in two at the click's slice
+    click = CENTRE + [0.5, 0.5, 0.5]
+    here = edge_threshold(image, probability, click)
+    shifted_image = np.full((SIZE + 11,) * 3, 0.05, dtype=np.float32)
+    shifted_probability = np.full((SIZE + 11,) * 3, 0.01, dtype=np.float32)
+    shifted_image[11:, 11:, 11:], shifted_probability[11:, 11:, 11:] = image, probability
+    assert edge_threshold(shifted_image, shifted_probability, click + 11) == here
+    assert here.threshold != DEFAULT_THRESHOLD  # the case is one where the choice matters

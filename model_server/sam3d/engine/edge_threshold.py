@@ -63,11 +63,29 @@ def _part_at(parts: np.ndarray, point: np.ndarray) -> np.ndarray:
     """The labelled part of ``parts`` (``ndimage.label``) at ``point``, or the nearest one."""
     if not parts.any():
         return np.zeros(parts.shape, dtype=bool)
-    voxel = tuple(int(min(max(round(float(c)), 0), n - 1)) for c, n in zip(point, parts.shape))
+    voxel = tuple(int(c) for c in _voxel(point, parts.shape))
     if not parts[voxel]:
         _, nearest = ndimage.distance_transform_edt(parts == 0, return_indices=True)
         voxel = tuple(int(axis[voxel]) for axis in nearest)
     return parts == parts[voxel]
+
+
+def _voxel(point: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``point``'s voxel (rounded as ``round`` does, within the array), as ``_part_at`` takes it."""
+    return np.array([min(max(round(float(c)), 0), n - 1) for c, n in zip(point, shape)])
+
+
+def _region_of(foreground: np.ndarray, voxel: np.ndarray, pad: int = 2) -> tuple[slice, slice, slice]:
+    """The box of ``foreground`` and of ``voxel``, ``pad`` voxels wider (within the array). Every
+    candidate mask lies in it with its boundary ring, so the scores are those of the whole crop;
+    on a small lesion's crop the labelling and morphology run on a few thousand voxels, not 64^3
+    (a first click on a GPU is mostly this CPU work: docs/BENCHMARKS.md, "GPU")."""
+    shape = np.asarray(foreground.shape)
+    hits = np.argwhere(foreground)
+    lo = np.minimum(hits.min(axis=0), voxel) if len(hits) else voxel
+    hi = np.maximum(hits.max(axis=0), voxel) if len(hits) else voxel
+    lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad + 1, shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def boundary_edge(gradient: np.ndarray, mask: np.ndarray) -> float:
@@ -85,6 +103,10 @@ def edge_threshold(image: np.ndarray, probability: np.ndarray, point: np.ndarray
     edge (``MIN_CORRECTION_EDGE``) - see the module's docstring."""
     smoothed = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), 1.0)
     gradient = np.sqrt(sum(axis ** 2 for axis in np.gradient(smoothed)))
+    voxel = _voxel(point, probability.shape)
+    region = _region_of(probability > min(CANDIDATES), voxel)  # the candidates' parts and rings, no more
+    gradient, probability = gradient[region], np.asarray(probability)[region]
+    point = voxel - [part.start for part in region]  # rounded before the shift, as _part_at rounds
     scores = {t: boundary_edge(gradient, click_component(probability > t, point)) for t in CANDIDATES}
     best = max(sorted(CANDIDATES, key=lambda t: abs(t - DEFAULT_THRESHOLD)), key=lambda t: scores[t])
     if best == DEFAULT_THRESHOLD or scores[best] < max(MIN_EDGE, MIN_GAIN * scores[DEFAULT_THRESHOLD]):
