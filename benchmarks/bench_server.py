@@ -14,8 +14,8 @@ A first click lands in a part of the volume no crop has covered yet, so the serv
 image encoder; a next click lands in the crop of the object being segmented, so it runs only
 the prompt encoder and decoder. The first click at the tumour's centre, in a new session each
 time, is what a user's first click on a small lesion costs: its mask is answered again on a
-finer crop (``engine/crop_scale.py``), a second encoder run. Each next click is undone (untimed) before the next one so
-that all N measure the same situation. Reply bytes are compared with the full-volume mask as
+finer crop (``engine/crop_scale.py``), a second encoder run. Each next click is undone
+(untimed) before the next one so that all N measure the same situation. Reply bytes are compared with the full-volume mask as
 packed bits (what a reply without a bounding box would carry before compression). Where the
 model takes boxes, a 2D box on the tumour's largest slice follows, then up to N corrections
 where its mask errs most (the evaluation protocol's clicks, not undone): what an annotator

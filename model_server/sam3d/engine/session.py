@@ -108,7 +108,7 @@ class _CropAnswer:
     crops: int  # crops predicted
     on_edge: bool  # a first click's mask lies on an image edge (``edge_threshold``)
     encode_s: float
-    spacing_mm: float  # the crops' spacing
+    spacing_mm: float | None  # the crops' spacing; None where no crop was predicted
 
 
 @dataclass
@@ -279,7 +279,7 @@ class Session:
             change = self._commit(box, proposal, points=all_points,
                                   labels=all_labels, prompt_box=prompt_box,
                                   interactions=self.interactions + 1)
-            self._crop_spacing_mm = answer.spacing_mm if answer.crops else spacing_mm
+            self._crop_spacing_mm = spacing_mm if answer.spacing_mm is None else answer.spacing_mm
             if corrected_in_2d is not None:
                 self._click_mask_corrected_in_2d = corrected_in_2d
             total_ms = (time.perf_counter() - start) * 1000
@@ -504,8 +504,7 @@ class Session:
                                               self.spacing)
         if threshold != DEFAULT_THRESHOLD:  # a new object's first click: keep only the clicked object
             proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]))
-        spacing_mm = done[0].crop_spacing_mm if done else self._crop_spacing_mm
-        return _CropAnswer(box, proposal, len(done), on_edge, encode_s, spacing_mm)
+        return _CropAnswer(box, proposal, len(done), on_edge, encode_s, done[0].crop_spacing_mm if done else None)
 
     def _at_finer_scale(self, answer: "_CropAnswer", points: np.ndarray, labels: np.ndarray,
                         all_points: np.ndarray, all_labels: np.ndarray, first_click: np.ndarray) -> "_CropAnswer":
