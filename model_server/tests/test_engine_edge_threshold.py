@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sam3d.engine.edge_threshold import (DEFAULT_THRESHOLD, MIN_CORRECTION_EDGE, MIN_EDGE, boundary_edge, click_component,
-                                        edge_threshold)
+from scipy import ndimage
+
+from sam3d.engine.edge_threshold import (CANDIDATES, DEFAULT_THRESHOLD, MIN_CORRECTION_EDGE, MIN_EDGE, _region_of, _voxel,
+                                        boundary_edge, click_component, edge_threshold)
 
 SIZE = 48
 CENTRE = np.array([24.0, 24.0, 24.0])
@@ -82,3 +84,26 @@ def test_the_choice_does_not_depend_on_where_the_object_lies_in_the_crop():
     shifted_image[11:, 11:, 11:], shifted_probability[11:, 11:, 11:] = image, probability
     assert edge_threshold(shifted_image, shifted_probability, click + 11) == here
     assert here.threshold != DEFAULT_THRESHOLD  # the case is one where the choice matters
+
+
+def test_each_candidate_scores_on_its_region_as_on_the_whole_crop():
+    """What ``edge_threshold`` relies on: every candidate's clicked part and its boundary ring lie in
+    ``_region_of``, and a click half-way between voxels, or beside the mask, finds the same part
+    there (the click is rounded before the shift)."""
+    radius = _radius()
+    probability = _timid_probability(radius)
+    probability[24, :, :] *= 0.1  # the core cut in two at the click's slice
+    gradient = np.sqrt(sum(axis ** 2 for axis in np.gradient(ndimage.gaussian_filter(
+        np.where(radius <= 12, 0.6, 0.05).astype(np.float32), 1.0))))
+    for click in (np.array([24.5, 23.5, 24.5]), np.array([24.0, 24.0, 41.5])):  # between voxels; beside the ball
+        voxel = _voxel(click, probability.shape)
+        region = _region_of(probability > min(CANDIDATES), voxel)
+        start = [part.start for part in region]
+        assert any(part.start > 0 for part in region)  # the region is smaller than the crop
+        for threshold in CANDIDATES:
+            whole = click_component(probability > threshold, click)
+            part = click_component(probability[region] > threshold, voxel - start)
+            placed = np.zeros_like(whole)
+            placed[region] = part
+            np.testing.assert_array_equal(placed, whole)
+            assert boundary_edge(gradient[region], part) == boundary_edge(gradient, whole)
