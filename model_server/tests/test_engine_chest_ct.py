@@ -1,7 +1,8 @@
 """The engine on chest CT phantoms (`sam3d phantoms --design chest`): a first click's threshold
 chosen by the image's edges (a mass taken whole, a nodule cut back to its edge; a mask on the
 lesion's edge corrected by the 2D pathway), a negative click the 3D model does not honour
-(``negative_clicks``), the gated first click
+(``negative_clicks``), a 2D-pathway negative click's cut carried across slices by the 3D model's
+doubt, the gated first click
 (``Session(click_pathway="gated")``) with the bundled default model - the box search's mask
 replaces the 3D model's where it found the same object whole, and is refused where it found the
 lung around a small nodule - and a 2D box's propagation, which stops at a mass's end."""
@@ -14,14 +15,14 @@ import numpy as np
 import pytest
 
 from sam3d.data.chest import generate_chest_case
-from sam3d.data.clicks import centre_click, next_click
+from sam3d.data.clicks import centre_click, first_click, next_click
 from sam3d.data.phantoms import case_seed
 from sam3d.engine import crop_scale, edge_threshold
 from sam3d.engine import session as session_module
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import GATE_RATIO, Session, _search_agrees
 from sam3d.engine.slice_pathway import LiteMedSAM2D, segment_slice_by_slice, volume_bounds
-from sam3d.evaluate.simulation import largest_slice_box
+from sam3d.evaluate.simulation import case_rng, largest_slice_box
 from sam3d.model.checkpoint import BUNDLED_MODELS
 
 pytestmark = pytest.mark.skipif(not BUNDLED_MODELS["default"].is_file(), reason="the bundled default model is not there")
@@ -30,6 +31,9 @@ CHEST_DEV_SEED = 5  # `sam3d phantoms --design chest --seed 5`: the development 
 MASS, SMALL_NODULE, WALL_MASS = 1, 6, 4  # its cases 1 (a 64 ml mass), 6 (a 0.2 ml nodule), 4 (5 ml, at the wall)
 EDGE_AT_HALF = 7  # case 7: the first click's mask stays at 0.5, on the lesion's edge
 CHEST_DEV2_SEED, ONE_SLICE_NODULE = 8, 7  # `--seed 8` (chest dev2), case 7: a 95-voxel nodule on one slice
+# `--design chest-complex --seed 91` (complex chest dev91), case 18: the protocol's first click's
+# mask runs four slices past the tumour's end, onto the atelectasis beside it
+COMPLEX_DEV91_SEED, RUNS_PAST_ITS_END = 91, 18
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +180,31 @@ def test_a_negative_click_the_3d_model_ignores_is_honoured(predictor, monkeypatc
     removed = ignored & ~honoured
     assert np.count_nonzero(removed) > 0.15 * np.count_nonzero(ignored) and not (removed & target).any()
     assert _dice(honoured, target) > _dice(ignored, target) + 0.03
+
+
+def test_a_negative_click_past_a_tumours_end_also_cuts_the_slices_beyond_it(predictor, monkeypatch):
+    """The first mask (on an image edge: the 2D pathway corrects it) runs past the tumour's end;
+    the protocol's negative click lands there. The 2D pathway alone cuts the clicked slice only;
+    with the 3D model's doubt the leak goes from the slices around it too, little of the tumour
+    with it, the mask is the better one, and no crop is encoded for it."""
+    image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, RUNS_PAST_ITS_END), complicated=True)
+    target = label.array > 0
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([first_click(target, case_rng(0, f"chest-complex_{RUNS_PAST_ITS_END:03d}"))], [1])
+    first = session.mask.copy()
+    point, kind = next_click(first, target, image.spacing)
+    assert kind == 0 and session._made_in_2d
+    crops = len(session.cache)
+    session.interact([point], [0])
+    cut = session.mask.copy()
+    assert len(session.cache) == crops
+    session.undo()
+    monkeypatch.setattr(Session, "_cut_where_3d_doubts", lambda self, patch, *rest: patch)
+    session.interact([point], [0])
+    on_its_slice = session.mask.copy()
+    clicked_slice = int(round(float(point[0])))
+    assert set(np.flatnonzero((first != on_its_slice).any(axis=(1, 2)))) == {clicked_slice}
+    beyond = first & ~cut
+    beyond[clicked_slice] = False
+    assert np.count_nonzero(beyond) > 1000 and np.count_nonzero(beyond & target) < 0.15 * np.count_nonzero(beyond)
+    assert _dice(cut, target) > _dice(on_its_slice, target) + 0.05

@@ -32,7 +32,9 @@ the object's mask:
    (``crop_scale.py``).
 6. Where the 3D model answered and its mask still holds one of the object's negative clicks, the
    part of the mask it is no surer of than of that click, connected to it and nearer it than
-   every positive click, is removed (``negative_clicks.py``).
+   every positive click, is removed (``negative_clicks.py``). Where the 2D pathway answered
+   negative clicks, which cut their own slice only, the 3D model's answer on the cached crop
+   removes by the same rule what it doubts across slices (``Session._cut_where_3d_doubts``).
 
 A request either completes or leaves the session as it was (state is changed only at the end).
 """
@@ -246,6 +248,8 @@ class Session:
             corrected = self._correct_2d(points, labels) if new_box is None and self._corrects_in_2d else None
             if corrected is not None:
                 patch, seconds = corrected
+                if (labels == 0).any():
+                    patch = self._cut_where_3d_doubts(patch, all_points, all_labels, points[labels == 0])
                 patches.append(patch)
                 encode_s += seconds
             new_object = self._is_new_object(new_box)
@@ -615,6 +619,44 @@ class Session:
         self.encoder_runs += 1  # LiteMedSAM's encoder ran on the slices it changed
         region = tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
         return (region, mask[_slices(region)].astype(np.float32)), time.perf_counter() - start
+
+    def _cut_where_3d_doubts(self, patch: tuple[Box, np.ndarray], all_points: np.ndarray, all_labels: np.ndarray,
+                             negatives: np.ndarray) -> tuple[Box, np.ndarray]:
+        """The 2D pathway's answer to negative clicks (``patch``: its box and mask), cut further
+        where the 3D model doubts as the rule of ``negative_clicks`` says: the 3D model predicts
+        the cached crop nearest each negative click that holds it (every click of the object,
+        the 2D answer as its mask prompt), and of the object's mask before the clicks the part
+        it doubts as much as the click, connected to it, nearer it than every positive click, is
+        removed from the answer. The 2D pathway cuts the clicked slice only; a leak that runs on
+        past it over several slices goes with one click (docs/BENCHMARKS.md, "A negative click's
+        cut carried across slices by the 3D model's doubt"). No crop is encoded for this: a click
+        no cached crop holds keeps the 2D answer."""
+        geometries: list[CropGeometry] = []
+        for negative in negatives:
+            holding = [g for g in self.cache.geometries()
+                       if g.crop_spacing_mm == self._crop_spacing_mm and g.contains(negative[None])[0]]
+            nearest = min(holding, key=lambda g: np.linalg.norm(np.asarray(g.center) - negative), default=None)
+            if nearest is not None and all(g.key != nearest.key for g in geometries):
+                geometries.append(nearest)
+        if not geometries:
+            return patch
+        region, answer = patch
+        box = _union([region] + [g.source_box() for g in geometries])
+        mask = self.mask[_slices(box)].copy()
+        mask[_slices(region, origin=box[0])] = answer > DEFAULT_THRESHOLD
+        predicted = []
+        for geometry in geometries:
+            features, _ = self._features(geometry)
+            crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels, None)
+            inside = mask[_slices(geometry.source_box(), origin=box[0])]
+            predicted.append(paste_back(geometry, self.predictor.predict(
+                features, crop_points, crop_labels, mask_prompt(geometry, inside) if inside.any() else None)))
+            self.decoder_runs += 1
+        before = self.mask[_slices(box)]
+        kept = honour_negative_clicks(self._fused(box, predicted), before, all_points - np.asarray(box[0]),
+                                      all_labels, self.spacing)
+        mask &= ~(before & ~kept)  # only what the rule removes: a positive click's gain in the same interaction stays
+        return box, mask.astype(np.float32)
 
     def _chooses_threshold(self, new_box: np.ndarray | None, labels: np.ndarray) -> bool:
         """Whether this interaction is a new object's first clicks, answered by the 3D model alone
