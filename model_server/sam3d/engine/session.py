@@ -460,13 +460,17 @@ class Session:
             point = points[index:index + 1]
             if any(g.contains(point, margin) for g in placed):
                 continue
-            cached = [g for g in self.cache.geometries()
-                      if g.crop_spacing_mm == spacing_mm and g.contains(point, margin)]
-            if cached:
-                placed.append(min(cached, key=lambda g: np.linalg.norm(np.asarray(g.center) - point[0])))
-            else:
-                placed.append(CropGeometry.around(point[0], self.spacing, self.shape, size, spacing_mm))
+            cached = self._nearest_cached(point[0], spacing_mm, margin)
+            placed.append(cached if cached is not None
+                          else CropGeometry.around(point[0], self.spacing, self.shape, size, spacing_mm))
         return placed
+
+    def _nearest_cached(self, point: np.ndarray, spacing_mm: float, margin: float = 0.0) -> CropGeometry | None:
+        """The encoded crop of ``spacing_mm`` nearest ``point`` (kji) that holds it at least
+        ``margin`` crop voxels from its faces, or None."""
+        holding = [g for g in self.cache.geometries()
+                   if g.crop_spacing_mm == spacing_mm and g.contains(point[None], margin)[0]]
+        return min(holding, key=lambda g: np.linalg.norm(np.asarray(g.center) - point), default=None)
 
     def _answer_with_crops(self, queue: list[CropGeometry], patches: list[tuple[Box, np.ndarray]],
                            all_points: np.ndarray, all_labels: np.ndarray, prompt_box: np.ndarray | None,
@@ -633,9 +637,7 @@ class Session:
         no cached crop holds keeps the 2D answer."""
         geometries: list[CropGeometry] = []
         for negative in negatives:
-            holding = [g for g in self.cache.geometries()
-                       if g.crop_spacing_mm == self._crop_spacing_mm and g.contains(negative[None])[0]]
-            nearest = min(holding, key=lambda g: np.linalg.norm(np.asarray(g.center) - negative), default=None)
+            nearest = self._nearest_cached(negative, self._crop_spacing_mm)
             if nearest is not None and all(g.key != nearest.key for g in geometries):
                 geometries.append(nearest)
         if not geometries:
