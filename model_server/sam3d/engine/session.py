@@ -46,6 +46,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -60,6 +61,9 @@ from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_t
 from .negative_clicks import honour_negative_clicks
 from .predictor import IdleStep, Predictor
 from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, volume_bounds
+
+if TYPE_CHECKING:
+    import torch
 
 EMPTY_BOX: Box = ((0, 0, 0), (0, 0, 0))
 # "gated": the box search's mask is kept where it found the 3D model's object whole (it holds at
@@ -485,15 +489,9 @@ class Session:
             geometry = queue.pop(0)
             if any(g.key == geometry.key for g in done):
                 continue
-            features, seconds = self._features(geometry)
+            probability, seconds = self._predict_crop(geometry, all_points, all_labels, prompt_box,
+                                                      self._proposal(geometry.source_box(), patches, threshold))
             encode_s += seconds
-            crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels,
-                                                     prompt_box if self.predictor.config.box_prompt else None)
-            region = self._proposal(geometry.source_box(), patches, threshold)
-            probability = self.predictor.predict(
-                features, crop_points, crop_labels,
-                mask_prompt(geometry, region) if region.any() else None)
-            self.decoder_runs += 1
             if first_click is not None and not done:
                 threshold, on_edge = self._first_click_threshold(geometry, probability, first_click)
             patches.append(paste_back(geometry, probability))
@@ -513,6 +511,20 @@ class Session:
         if threshold != DEFAULT_THRESHOLD:  # a new object's first click: keep only the clicked object
             proposal = clicked_parts(proposal, all_points[all_labels == 1] - np.asarray(box[0]))
         return _CropAnswer(box, proposal, len(done), on_edge, encode_s, done[0].crop_spacing_mm if done else None)
+
+    def _predict_crop(self, geometry: CropGeometry, all_points: np.ndarray, all_labels: np.ndarray,
+                      prompt_box: np.ndarray | None, mask_region: np.ndarray) -> tuple["torch.Tensor", float]:
+        """The 3D model's foreground probability on one crop [S, S, S] for the object's clicks (and
+        its box, for a model that takes box corners), the object's mask on the crop's source box
+        (``mask_region``) as the mask prompt where it holds any voxel -> (probability, seconds the
+        encoder took: 0 for a cached crop)."""
+        features, seconds = self._features(geometry)
+        crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels,
+                                                 prompt_box if self.predictor.config.box_prompt else None)
+        probability = self.predictor.predict(features, crop_points, crop_labels,
+                                             mask_prompt(geometry, mask_region) if mask_region.any() else None)
+        self.decoder_runs += 1
+        return probability, seconds
 
     def _at_finer_scale(self, answer: "_CropAnswer", points: np.ndarray, labels: np.ndarray,
                         all_points: np.ndarray, all_labels: np.ndarray, first_click: np.ndarray) -> "_CropAnswer":
@@ -646,14 +658,9 @@ class Session:
         box = _union([region] + [g.source_box() for g in geometries])
         mask = self.mask[_slices(box)].copy()
         mask[_slices(region, origin=box[0])] = answer > DEFAULT_THRESHOLD
-        predicted = []
-        for geometry in geometries:
-            features, _ = self._features(geometry)
-            crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels, None)
-            inside = mask[_slices(geometry.source_box(), origin=box[0])]
-            predicted.append(paste_back(geometry, self.predictor.predict(
-                features, crop_points, crop_labels, mask_prompt(geometry, inside) if inside.any() else None)))
-            self.decoder_runs += 1
+        predicted = [paste_back(geometry, self._predict_crop(geometry, all_points, all_labels, None,
+                                                             mask[_slices(geometry.source_box(), origin=box[0])])[0])
+                     for geometry in geometries]
         before = self.mask[_slices(box)]
         kept = honour_negative_clicks(self._fused(box, predicted), before, all_points - np.asarray(box[0]),
                                       all_labels, self.spacing)
