@@ -1,7 +1,9 @@
 """A small object's first click answered again on a finer crop (``engine/crop_scale.py``): the
 rule's parts, the finer crop's intensity window, and the engine with the bundled default model on
 chest CT phantoms - a 1 ml nodule is drawn on the finer crop and corrected there, a 30 ml mass
-stays on the model's own crop, and where the two answers disagree the model's own answer stands."""
+stays on the model's own crop, and where the two answers disagree the model's own answer stands.
+The finer crop is encoded near the nodule first and whole before any later answer reads it
+(``engine/partial_crop.py``)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from sam3d.data.chest import generate_chest_case
 from sam3d.data.clicks import centre_click, next_click
 from sam3d.data.intensity import PRESETS
 from sam3d.data.phantoms import case_seed
-from sam3d.engine import crop_scale
+from sam3d.engine import crop_scale, partial_crop
 from sam3d.engine.crops import CropGeometry, extract_crop
-from sam3d.engine.predictor import Predictor
+from sam3d.engine.predictor import IdleStep, Predictor
 from sam3d.engine.session import Session
 from sam3d.model.checkpoint import BUNDLED_MODELS
 
@@ -103,7 +105,18 @@ def _dice(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _spacings(session: Session) -> set[float]:
-    return {geometry.crop_spacing_mm for geometry in session.cache.geometries()}
+    """The spacings of the crops the session encoded (cached, or encoded in part)."""
+    partial = [session._partial.geometry] if session._partial is not None else []
+    return {geometry.crop_spacing_mm for geometry in session.cache.geometries() + partial}
+
+
+def _complete_in_idle_time(session: Session) -> int:
+    """``Session.complete_partial_crop`` until there is nothing left to do -> steps that did work."""
+    steps = 0
+    while (outcome := session.complete_partial_crop()) is not IdleStep.DONE:
+        assert outcome is IdleStep.MORE  # nothing else uses the session or the encoder here
+        steps += 1
+    return steps
 
 
 @needs_default
@@ -117,11 +130,13 @@ def test_a_nodule_is_drawn_and_corrected_on_the_finer_crop(predictor, monkeypatc
     own_only, _ = _first_click(predictor, NODULE)
     assert _spacings(own_only) == {own_spacing}
     assert finer_dice > _dice(own_only.mask, target) + 0.05 and finer_dice > 0.8
-    # a correction of the object is predicted by the 3D model on its finer crop, whose features are cached
+    # a correction of the object is predicted by the 3D model on its finer crop, whose features are
+    # cached once idle time has encoded the rest of its slices
     assert session.crop_spacing_mm == fine
+    assert _complete_in_idle_time(session) > 0 and session._partial is None
     used, features = [], session._features
-    monkeypatch.setattr(session, "_features", lambda geometry: used.append(geometry.crop_spacing_mm)
-                        or features(geometry))  # records the crops the correction reads, then reads them
+    monkeypatch.setattr(session, "_features", lambda geometry, *rest: used.append(geometry.crop_spacing_mm)
+                        or features(geometry, *rest))  # records the crops the correction reads, then reads them
     encoder_runs = session.encoder_runs
     point, label = next_click(session.mask, target)
     change = session.interact([point], [label])
@@ -146,6 +161,57 @@ def test_where_the_answers_disagree_the_model_s_own_crop_answers(predictor, monk
     monkeypatch.setattr(crop_scale, "SMALL_OBJECT_MM", 20.0)
     monkeypatch.setattr(crop_scale, "SCALE_AGREEMENT", 1.01)  # no two answers agree
     session, _ = _first_click(predictor, NODULE)
-    assert len(_spacings(session)) == 2  # the finer crop was answered, and not kept
+    assert session.encoder_runs == 2  # the finer crop was answered, and not kept
+    assert session._partial is None  # nor is the rest of it encoded in idle time
     np.testing.assert_array_equal(session.mask, own_only.mask)
     assert session.crop_spacing_mm == predictor.config.crop_spacing_mm
+
+
+def test_the_slices_encoded_first_are_whole_runs_about_the_mask_s_extent():
+    # native slices of 2 mm; a 1 mm crop of 64 voxels centred on native k 40: 32 encoded slices of
+    # 2 crop voxels, slice d centred on native k 24.5 + d
+    geometry = CropGeometry.around((40.0, 100.0, 100.0), (2.0, 1.0, 1.0), (80, 200, 200), 64, 1.0)
+    assert partial_crop.MARGIN_MM == 6.0  # 3 native slices: the figures below are for it
+
+    def near(first: int, last: int) -> np.ndarray:
+        return partial_crop.slabs_near(geometry, (first, last), slab_voxels=2, depth=32, run=8)
+
+    np.testing.assert_array_equal(near(39, 40), np.arange(11, 19))  # native 36..43: slices 12..18, one run about them
+    np.testing.assert_array_equal(near(32, 48), np.arange(4, 28))  # native 29..51: slices 5..26, three runs
+    np.testing.assert_array_equal(near(25, 27), np.arange(0, 8))  # native 22..30: slices 0..5, one run inside the crop
+    np.testing.assert_array_equal(near(0, 79), np.arange(32))  # the whole crop
+
+
+@needs_default
+def test_a_nodule_s_finer_crop_is_encoded_near_it_first_and_whole_before_the_next_click(predictor, monkeypatch):
+    session, target = _first_click(predictor, NODULE, corrections="global")  # the 3D model corrects
+    partial = session._partial
+    fine = crop_scale.fine_spacing_mm(predictor.config.crop_spacing_mm)
+    assert partial is not None and partial.geometry.crop_spacing_mm == fine
+    encoded = np.flatnonzero(partial.encoded)
+    assert 0 < len(encoded) <= len(partial.encoded) // 2  # the first answer encoded half the slices or fewer
+    k_on_mask = np.flatnonzero(session.mask.any(axis=(1, 2)))
+    crop_k = partial.geometry.to_crop(np.array([[k, 0, 0] for k in (k_on_mask[0], k_on_mask[-1])]))[:, 0]
+    slab = predictor.slab_voxels
+    assert encoded[0] * slab <= crop_k.min() and crop_k.max() < (encoded[-1] + 1) * slab  # the mask's slices among them
+    # ... and the answer is the whole crop's, nearly: the same nodule
+    monkeypatch.setattr(partial_crop, "MARGIN_MM", 1e6)  # every slice encoded first
+    whole, _ = _first_click(predictor, NODULE)
+    assert whole._partial.encoded.all()
+    assert _dice(session.mask, whole.mask) > 0.9 and _dice(session.mask, target) > 0.8
+    monkeypatch.undo()
+    # idle time encodes the rest a run at a time and caches the crop: exactly the whole crop's features
+    assert _complete_in_idle_time(session) == len(partial.encoded) // predictor.slabs_per_run - len(encoded) // predictor.slabs_per_run + 1
+    cached = session.cache.get(partial.geometry)
+    expected = predictor.encode(session._crop_image(partial.geometry))
+    np.testing.assert_allclose(cached.last_level.numpy(), expected.last_level.numpy(), atol=1e-4)
+    np.testing.assert_allclose(cached.static_fusion.numpy(), expected.static_fusion.numpy(), atol=1e-4)
+    # the next click reads it without encoding, and gives the mask it gives where no idle time came
+    point, label = next_click(session.mask, target)
+    change = session.interact([point], [label])
+    assert not change.encoder_ran
+    no_idle, _ = _first_click(predictor, NODULE, corrections="global")
+    assert no_idle._partial is not None
+    change = no_idle.interact([point], [label])
+    assert change.encoder_ran and no_idle._partial is None  # the click completed the crop first
+    np.testing.assert_array_equal(no_idle.mask, session.mask)

@@ -127,6 +127,9 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
             while c.session_info(session)["slice_windows_ahead"] == 0 and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert c.session_info(session)["slice_windows_ahead"] >= 1
+            # idle time first encoded the rest of the finer crop the small ball's first click
+            # encoded in part (engine/partial_crop.py): it is cached beside the model's own crop
+            assert c.session_info(session)["cached_crops"] == 2
             correction = c.interact(session, [[12.0, 25.0, 30.0]], [0])
             corrected = correction.apply_to(served.copy())
             # a mask edit, and an undo, start idle work of their own: the user's mask away from

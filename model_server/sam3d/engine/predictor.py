@@ -93,6 +93,48 @@ class Predictor:
             self.encoder_runs += 1
         return features
 
+    @property
+    def encodes_in_part(self) -> bool:
+        """Whether a crop may be encoded some of its slices at a time (``encode_slabs``): a lite
+        model whose adapters all sit on top of its frozen TinyViT, which encodes slice by slice."""
+        return self.model.has_frozen_backbone
+
+    @property
+    def slab_voxels(self) -> int:
+        """Crop voxels (along k) averaged into one slice the encoder encodes (``encodes_in_part`` models)."""
+        return self.model.image_encoder.slab
+
+    @property
+    def slabs_per_run(self) -> int:
+        """Slices TinyViT encodes per call (``encodes_in_part`` models): ``encode_slabs`` is
+        quickest given whole runs of them."""
+        return self.model.image_encoder.slices_per_run
+
+    def encode_slabs(self, image: torch.Tensor, slabs, wait: bool = True) -> torch.Tensor | None:
+        """TinyViT's features [1, C, len(slabs), g, g] of the crop's encoded slices of these
+        indices (``encodes_in_part`` models) - the first, costly part of ``encode``. ``wait=False``
+        (idle work): None at once where the encoder lane is in use."""
+        if not self._encode_lock.acquire(blocking=wait):
+            return None
+        try:
+            with torch.inference_mode():
+                features = self.model.backbone_features(image.to(self.device), slabs)
+            self.encoder_runs += 1
+            return features
+        finally:
+            self._encode_lock.release()
+
+    def encode_from_slabs(self, backbone: torch.Tensor, image: torch.Tensor, wait: bool = True) -> ImageFeatures | None:
+        """``encode``'s rest from TinyViT's features of every slice of the crop [1, C, D, g, g]
+        (``wait`` as for ``encode_slabs``)."""
+        if not self._encode_lock.acquire(blocking=wait):
+            return None
+        try:
+            with torch.inference_mode():
+                return self.model.encode_from_backbone(backbone, image.to(self.device))
+        finally:
+            self._encode_lock.release()
+
     def predict(self, features: ImageFeatures, points_crop: np.ndarray, labels: np.ndarray,
                 mask_logit: torch.Tensor | None) -> torch.Tensor:
         """Foreground probability [S, S, S] (on the CPU) for crop-kji points with labels

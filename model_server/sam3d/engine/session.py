@@ -29,7 +29,9 @@ the object's mask:
    0.5 mask on an edge) is corrected as the 2D pathway's, one inside an organ of like intensity by
    the 3D model. Where that first mask is small, the click is answered again on crops of a finer
    spacing, kept where the two answers agree, and the object's later clicks use its scale
-   (``crop_scale.py``).
+   (``crop_scale.py``). That finer crop's first answer encodes only its slices near the first
+   mask; the rest are encoded in idle time or by the next answer that reads it
+   (``partial_crop.py``).
 6. Where the 3D model answered and its mask still holds one of the object's negative clicks, the
    part of the mask it is no surer of than of that click, connected to it and nearer it than
    every positive click, is removed (``negative_clicks.py``). Where the 2D pathway answered
@@ -59,6 +61,7 @@ from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tight_box, touched_faces
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
 from .negative_clicks import honour_negative_clicks
+from .partial_crop import PartialCrop, slabs_near
 from .predictor import IdleStep, Predictor
 from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, volume_bounds
 
@@ -208,6 +211,7 @@ class Session:
         self.corrections = corrections
         self.click_pathway = click_pathway if predictor.box_pathway == "2d" else "3d"
         self.cache = FeatureCache(cache_size)
+        self._partial: PartialCrop | None = None  # a finer crop encoded in part (``partial_crop``), not yet cached
         self.encoder_runs = 0
         self.decoder_runs = 0
         self.mask = np.zeros(self.shape, dtype=bool)
@@ -317,6 +321,26 @@ class Session:
         finally:
             self._lock.release()
 
+    def complete_partial_crop(self) -> IdleStep:
+        """Idle work: one more run of the slices of the finer crop encoded in part
+        (``partial_crop``), cached once whole, so that the object's next click reads it without
+        waiting. MORE when a run was encoded; DONE when there is nothing to encode; BUSY when
+        the session or the encoder is in use: it never waits. The masks do not depend on it:
+        every answer after a first one reads the whole crop, encoded then if not before."""
+        if not self._lock.acquire(blocking=False):
+            return IdleStep.BUSY
+        try:
+            partial = self._partial
+            if partial is None:
+                return IdleStep.DONE
+            if partial.complete:
+                done = self._cache_whole(partial, wait=False) is not None
+            else:
+                done = self._encode_missing(partial, self.predictor.slabs_per_run, wait=False)
+            return IdleStep.MORE if done else IdleStep.BUSY
+        finally:
+            self._lock.release()
+
     def set_mask(self, lo, hi, mask: np.ndarray) -> MaskChange:
         """Replace the object's mask by ``mask`` inside box lo..hi and nothing outside it (the
         user's own edit, the prior of the next click)."""
@@ -399,7 +423,7 @@ class Session:
         """Bytes the session holds: volume, mask, undo history, cached encoder features and 2D
         pathway embeddings."""
         return (self.volume.nbytes + self.mask.nbytes + self.history_bytes + self.cache.nbytes
-                + self._slice_embeddings.nbytes)
+                + self._slice_embeddings.nbytes + (self._partial.nbytes if self._partial is not None else 0))
 
     # -- steps ----------------------------------------------------------------------------
     def _check_limits(self, new_points: int) -> None:
@@ -470,19 +494,21 @@ class Session:
         return placed
 
     def _nearest_cached(self, point: np.ndarray, spacing_mm: float, margin: float = 0.0) -> CropGeometry | None:
-        """The encoded crop of ``spacing_mm`` nearest ``point`` (kji) that holds it at least
-        ``margin`` crop voxels from its faces, or None."""
-        holding = [g for g in self.cache.geometries()
-                   if g.crop_spacing_mm == spacing_mm and g.contains(point[None], margin)[0]]
+        """The encoded crop of ``spacing_mm`` (in the cache, or encoded in part) nearest ``point``
+        (kji) that holds it at least ``margin`` crop voxels from its faces, or None."""
+        encoded = self.cache.geometries() + ([self._partial.geometry] if self._partial is not None else [])
+        holding = [g for g in encoded if g.crop_spacing_mm == spacing_mm and g.contains(point[None], margin)[0]]
         return min(holding, key=lambda g: np.linalg.norm(np.asarray(g.center) - point), default=None)
 
     def _answer_with_crops(self, queue: list[CropGeometry], patches: list[tuple[Box, np.ndarray]],
                            all_points: np.ndarray, all_labels: np.ndarray, prompt_box: np.ndarray | None,
-                           first_click: np.ndarray | None, honour_negatives: bool) -> "_CropAnswer":
+                           first_click: np.ndarray | None, honour_negatives: bool,
+                           partial_ok: bool = False) -> "_CropAnswer":
         """The 3D model's answer: the queued crops predicted (with the crops next to each face
         their mask reaches, at most ``max_crops``), fused with ``patches`` (which it extends) and
         thresholded. ``first_click``: a new object's first positive click, whose answer is
-        thresholded at the image's edges (``_first_click_threshold``)."""
+        thresholded at the image's edges (``_first_click_threshold``); ``partial_ok``: a crop
+        encoded in part is read as it is (``_features``)."""
         done: list[CropGeometry] = []
         threshold, on_edge, encode_s = DEFAULT_THRESHOLD, False, 0.0
         while queue and len(done) < self.max_crops:
@@ -490,7 +516,8 @@ class Session:
             if any(g.key == geometry.key for g in done):
                 continue
             probability, seconds = self._predict_crop(geometry, all_points, all_labels, prompt_box,
-                                                      self._proposal(geometry.source_box(), patches, threshold))
+                                                      self._proposal(geometry.source_box(), patches, threshold),
+                                                      partial_ok)
             encode_s += seconds
             if first_click is not None and not done:
                 threshold, on_edge = self._first_click_threshold(geometry, probability, first_click)
@@ -513,12 +540,13 @@ class Session:
         return _CropAnswer(box, proposal, len(done), on_edge, encode_s, done[0].crop_spacing_mm if done else None)
 
     def _predict_crop(self, geometry: CropGeometry, all_points: np.ndarray, all_labels: np.ndarray,
-                      prompt_box: np.ndarray | None, mask_region: np.ndarray) -> tuple["torch.Tensor", float]:
+                      prompt_box: np.ndarray | None, mask_region: np.ndarray,
+                      partial_ok: bool = False) -> tuple["torch.Tensor", float]:
         """The 3D model's foreground probability on one crop [S, S, S] for the object's clicks (and
         its box, for a model that takes box corners), the object's mask on the crop's source box
         (``mask_region``) as the mask prompt where it holds any voxel -> (probability, seconds the
-        encoder took: 0 for a cached crop)."""
-        features, seconds = self._features(geometry)
+        encoder took: 0 for a cached crop; ``partial_ok``: see ``_features``)."""
+        features, seconds = self._features(geometry, partial_ok)
         crop_points, crop_labels = _crop_prompts(geometry, all_points, all_labels,
                                                  prompt_box if self.predictor.config.box_prompt else None)
         probability = self.predictor.predict(features, crop_points, crop_labels,
@@ -533,22 +561,78 @@ class Session:
         encoder time of both."""
         spacing_mm = scale.fine_spacing_mm(self.predictor.config.crop_spacing_mm)
         queue = self._place_crops(points, labels, None, spacing_mm)
-        finer = self._answer_with_crops(queue, [], all_points, all_labels, None, first_click, False)
-        encode_s = answer.encode_s + finer.encode_s
+        seconds, started = self._encode_near(queue[0], answer)
+        encode_s = answer.encode_s + seconds
+        finer = self._answer_with_crops(queue, [], all_points, all_labels, None, first_click, False,
+                                        partial_ok=started)
+        encode_s += finer.encode_s
         box = _union([answer.box, finer.box])
         same = scale.agree(_placed(box, answer.box, answer.proposal), _placed(box, finer.box, finer.proposal))
+        if started and not same:
+            self._partial = None  # the object stays on the model's own crop: no idle time spent on this one
         kept = finer if same else answer
         return dataclasses.replace(kept, encode_s=encode_s)
 
-    def _features(self, geometry: CropGeometry) -> tuple[ImageFeatures, float]:
+    def _encode_near(self, geometry: CropGeometry, answer: "_CropAnswer") -> tuple[float, bool]:
+        """The finer crop ``geometry`` of a small object's first click (``answer``: the model's own
+        crop's), where the model encodes in part and the crop was not encoded before (in part or
+        whole): its slices near that mask encoded, the crop kept as ``_partial``
+        (``partial_crop``) -> (seconds taken, whether it was). Only a crop started so by this
+        click is read in part: one an earlier click started is read whole, as idle time may
+        since have made it."""
+        if (not self.predictor.encodes_in_part or self.cache.get(geometry) is not None
+                or (self._partial is not None and self._partial.geometry.key == geometry.key)):
+            return 0.0, False
+        start = time.perf_counter()
+        on_slices = np.flatnonzero(answer.proposal.any(axis=(1, 2))) + answer.box[0][0]
+        image = self._crop_image(geometry)
+        depth = geometry.size // self.predictor.slab_voxels
+        slabs = slabs_near(geometry, (int(on_slices[0]), int(on_slices[-1])), self.predictor.slab_voxels,
+                           depth, self.predictor.slabs_per_run)
+        self._partial = PartialCrop.start(geometry, image, slabs, self.predictor.encode_slabs(image, slabs), depth)
+        self.encoder_runs += 1
+        return time.perf_counter() - start, True
+
+    def _features(self, geometry: CropGeometry, partial_ok: bool = False) -> tuple[ImageFeatures, float]:
+        """The crop's encoder features -> (features, seconds the encoder took): cached, or
+        encoded now and cached. A crop encoded in part (``_partial``) is read as it is where
+        ``partial_ok`` (a small object's first answer on the finer crop), else completed first."""
         features = self.cache.get(geometry)
         if features is not None:
             return features, 0.0
         start = time.perf_counter()
+        partial = self._partial if self._partial is not None and self._partial.geometry.key == geometry.key else None
+        if partial is not None and partial_ok:
+            return self.predictor.encode_from_slabs(partial.backbone, partial.image), time.perf_counter() - start
+        if partial is not None:
+            self._encode_missing(partial)
+            return self._cache_whole(partial), time.perf_counter() - start
         features = self.predictor.encode(self._crop_image(geometry))
         self.encoder_runs += 1
         self.cache.put(geometry, features)
         return features, time.perf_counter() - start
+
+    def _encode_missing(self, partial: PartialCrop, most: int | None = None, wait: bool = True) -> bool:
+        """``partial``'s missing slices (the first ``most`` of them) encoded; False where not
+        ``wait`` and the encoder is in use."""
+        slabs = partial.missing(most)
+        if len(slabs) == 0:
+            return True
+        features = self.predictor.encode_slabs(partial.image, slabs, wait)
+        if features is None:
+            return False
+        partial.add(slabs, features)
+        self.encoder_runs += 1
+        return True
+
+    def _cache_whole(self, partial: PartialCrop, wait: bool = True) -> ImageFeatures | None:
+        """The features of ``partial``, every slice now encoded, cached: it is no longer
+        ``_partial``. None where not ``wait`` and the encoder is in use."""
+        features = self.predictor.encode_from_slabs(partial.backbone, partial.image, wait)
+        if features is not None:
+            self.cache.put(partial.geometry, features)
+            self._partial = None
+        return features
 
     def _crop_image(self, geometry: CropGeometry):
         """The crop's model input, its intensity window that of the model's own crop spacing."""
@@ -645,8 +729,8 @@ class Session:
         it doubts as much as the click, connected to it, nearer it than every positive click, is
         removed from the answer. The 2D pathway cuts the clicked slice only; a leak that runs on
         past it over several slices goes with one click (docs/BENCHMARKS.md, "A negative click's
-        cut carried across slices by the 3D model's doubt"). No crop is encoded for this: a click
-        no cached crop holds keeps the 2D answer."""
+        cut carried across slices by the 3D model's doubt"). No new crop is encoded for this (a
+        finer crop encoded in part is completed): a click no encoded crop holds keeps the 2D answer."""
         geometries: list[CropGeometry] = []
         for negative in negatives:
             nearest = self._nearest_cached(negative, self._crop_spacing_mm)

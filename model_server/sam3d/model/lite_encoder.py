@@ -31,7 +31,7 @@ import math
 from contextlib import nullcontext
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -220,13 +220,19 @@ class LiteImageEncoder3D(nn.Module):
         self.backbone.eval()  # frozen: its BatchNorm statistics never move
         return self
 
-    def backbone_features(self, image: torch.Tensor) -> torch.Tensor:
+    def backbone_features(self, image: torch.Tensor, slabs: Sequence[int] | None = None) -> torch.Tensor:
         """TinyViT's per-slice features of a normalised crop [B, 1, S, S, S] -> [B, 256, S/slab, S/4, S/4]:
-        frozen (no gradient) unless inside adapters train through it."""
+        frozen (no gradient) unless inside adapters train through it. ``slabs``: only the encoded
+        slices of these indices (of one crop; the same features as theirs in the whole crop's, each slice
+        being encoded on its own)."""
         batch, size = image.shape[0], image.shape[-1]
-        slabs = F.avg_pool3d(image, kernel_size=(self.slab, 1, 1)) if self.slab > 1 else image
-        depth = slabs.shape[2]
-        slices = slabs.permute(0, 2, 1, 3, 4).reshape(batch * depth, 1, size, size).expand(-1, 3, -1, -1)
+        pooled = F.avg_pool3d(image, kernel_size=(self.slab, 1, 1)) if self.slab > 1 else image
+        if slabs is not None:
+            if batch != 1 or self.inside:
+                raise ValueError("only one crop's slices, and only under a frozen TinyViT, are encoded in part")
+            pooled = pooled[:, :, list(slabs)]
+        depth = pooled.shape[2]
+        slices = pooled.permute(0, 2, 1, 3, 4).reshape(batch * depth, 1, size, size).expand(-1, 3, -1, -1)
         with nullcontext() if self.inside else torch.no_grad():
             features = torch.cat([self._slice_features(chunk) for chunk in slices.split(self.slices_per_run)])
         grid = features.shape[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,10 +107,10 @@ class Sam3D(nn.Module):
         models whose adapters all sit on top of TinyViT)."""
         return isinstance(self.image_encoder, LiteImageEncoder3D) and not self.image_encoder.inside
 
-    def backbone_features(self, image: torch.Tensor) -> torch.Tensor:
+    def backbone_features(self, image: torch.Tensor, slabs: Sequence[int] | None = None) -> torch.Tensor:
         """TinyViT's per-slice features, the first stage of ``encode`` (lite models only; frozen and
-        cacheable where ``has_frozen_backbone``)."""
-        return self.image_encoder.backbone_features(image)
+        cacheable where ``has_frozen_backbone``); ``slabs``: the encoded slices of these indices only."""
+        return self.image_encoder.backbone_features(image, slabs)
 
     def encode_from_backbone(self, backbone_features: torch.Tensor, image: torch.Tensor) -> ImageFeatures:
         """``encode`` from cached backbone features and the crop they came from."""

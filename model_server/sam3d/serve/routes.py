@@ -216,7 +216,8 @@ def interact(session_id: SessionId, body: InteractionRequest, server: Server) ->
 
 def _prefetch_in_idle_time(server: ServerState, session_id: str, change: MaskChange) -> None:
     """After a change of a session's mask (a click, a mask edit, an undo): from now on, in idle
-    time, the 2D windows its next correction will decode on."""
+    time, the rest of a finer crop its first click encoded in part, then the 2D windows its next
+    correction will decode on."""
     if server.settings.idle_prefetch:
         server.lanes.run_in_idle_time(session_id, functools.partial(_prefetch_step, server, session_id,
                                                                     change.interaction))
@@ -224,14 +225,16 @@ def _prefetch_in_idle_time(server: ServerState, session_id: str, change: MaskCha
 
 def _prefetch_step(server: ServerState, session_id: str, interaction: int) -> IdleStep:
     """Idle work after the change that left a session at interaction ``interaction``: one more
-    2D window its next correction will decode on (``Session.prefetch_corrections``). DONE once
-    there is nothing more to do, or the session has moved on (a later change starts its own) or
-    is gone; BUSY while the session or the encoder is in use."""
+    run of the slices of a crop encoded in part (``Session.complete_partial_crop``), else one
+    more 2D window its next correction will decode on (``Session.prefetch_corrections``). DONE
+    once there is nothing more to do, or the session has moved on (a later change starts its
+    own) or is gone; BUSY while the session or the encoder is in use."""
     try:
         with server.store.use(session_id, touch=False) as session:  # idle work keeps no session alive
             if session.interactions != interaction:
                 return IdleStep.DONE
-            return session.prefetch_corrections()
+            outcome = session.complete_partial_crop()
+            return outcome if outcome is not IdleStep.DONE else session.prefetch_corrections()
     except (SessionNotFound, SessionExpired):
         return IdleStep.DONE
 
