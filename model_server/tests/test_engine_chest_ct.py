@@ -2,7 +2,7 @@
 chosen by the image's edges (a mass taken whole, a nodule cut back to its edge; a mask on the
 lesion's edge corrected by the 2D pathway), a negative click the 3D model does not honour
 (``negative_clicks``), a 2D-pathway negative click's cut carried across slices by the 3D model's
-doubt, the gated first click
+doubt, a 2D-pathway positive click's leak kept out by the 3D model's belief, the gated first click
 (``Session(click_pathway="gated")``) with the bundled default model - the box search's mask
 replaces the 3D model's where it found the same object whole, and is refused where it found the
 lung around a small nodule - and a 2D box's propagation, which stops at a mass's end."""
@@ -32,8 +32,9 @@ MASS, SMALL_NODULE, WALL_MASS = 1, 6, 4  # its cases 1 (a 64 ml mass), 6 (a 0.2 
 EDGE_AT_HALF = 7  # case 7: the first click's mask stays at 0.5, on the lesion's edge
 CHEST_DEV2_SEED, ONE_SLICE_NODULE = 8, 7  # `--seed 8` (chest dev2), case 7: a 95-voxel nodule on one slice
 # `--design chest-complex --seed 91` (complex chest dev91), case 18: the protocol's first click's
-# mask runs four slices past the tumour's end, onto the atelectasis beside it
-COMPLEX_DEV91_SEED, RUNS_PAST_ITS_END = 91, 18
+# mask runs four slices past the tumour's end, onto the atelectasis beside it; case 8: the
+# 2D pathway's answer to the protocol's second click (positive) follows the tissue beside the tumour
+COMPLEX_DEV91_SEED, RUNS_PAST_ITS_END, LEAKS_BESIDE = 91, 18, 8
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +200,7 @@ def test_a_negative_click_past_a_tumours_end_also_cuts_the_slices_beyond_it(pred
     cut = session.mask.copy()
     assert len(session.cache) == crops
     session.undo()
-    monkeypatch.setattr(Session, "_cut_where_3d_doubts", lambda self, patch, *rest: patch)
+    monkeypatch.setattr(Session, "_judged_by_3d", lambda self, patch, *rest: patch)
     session.interact([point], [0])
     on_its_slice = session.mask.copy()
     clicked_slice = int(round(float(point[0])))
@@ -208,3 +209,32 @@ def test_a_negative_click_past_a_tumours_end_also_cuts_the_slices_beyond_it(pred
     beyond[clicked_slice] = False
     assert np.count_nonzero(beyond) > 1000 and np.count_nonzero(beyond & target) < 0.15 * np.count_nonzero(beyond)
     assert _dice(cut, target) > _dice(on_its_slice, target) + 0.05
+
+
+def test_a_positive_click_keeps_only_what_the_3d_model_believes(predictor, monkeypatch):
+    """The first mask (on an image edge: the 2D pathway corrects it) misses part of the tumour;
+    the protocol's positive click lands there. The 2D pathway's answer, from the slice mask's box
+    widened to the click, adds hundreds of voxels beside the tumour; the session keeps only what
+    the 3D model believes as much as the click: much of what it adds to the tumour, little of the
+    leak, and no
+    crop is encoded for it."""
+    case = f"chest-complex_{LEAKS_BESIDE:03d}"
+    image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, LEAKS_BESIDE), complicated=True)
+    target = label.array > 0
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([first_click(target, case_rng(0, case))], [1])
+    first = session.mask.copy()
+    point, kind = next_click(first, target, image.spacing)
+    assert kind == 1 and session._made_in_2d
+    crops = len(session.cache)
+    session.interact([point], [1])
+    kept = session.mask.copy()
+    assert len(session.cache) == crops and kept[tuple(np.round(point).astype(int))]
+    session.undo()
+    monkeypatch.setattr(Session, "_judged_by_3d", lambda self, patch, *rest: patch)
+    session.interact([point], [1])
+    answered = session.mask.copy()
+    leak = answered & ~first & ~target
+    assert np.count_nonzero(leak) > 300 and np.count_nonzero(kept & leak) < 0.2 * np.count_nonzero(leak)
+    assert np.count_nonzero(kept & ~first & target) > 0.4 * np.count_nonzero(answered & ~first & target)
+    assert _dice(kept, target) > _dice(first, target) > _dice(answered, target)

@@ -36,7 +36,9 @@ the object's mask:
    part of the mask it is no surer of than of that click, connected to it and nearer it than
    every positive click, is removed (``negative_clicks.py``). Where the 2D pathway answered
    negative clicks, which cut their own slice only, the 3D model's answer on the cached crop
-   removes by the same rule what it doubts across slices (``Session._cut_where_3d_doubts``).
+   removes by the same rule what it doubts across slices; of what the 2D pathway added for a
+   positive click, only what that answer believes at least half as much as the click stays
+   (``positive_clicks.py``; both in ``Session._judged_by_3d``).
 
 A request either completes or leaves the session as it was (state is changed only at the end).
 """
@@ -62,6 +64,7 @@ from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tig
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
 from .negative_clicks import honour_negative_clicks
 from .partial_crop import PartialCrop, slabs_near
+from .positive_clicks import keep_believed_additions
 from .predictor import IdleStep, Predictor
 from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, volume_bounds
 
@@ -256,8 +259,7 @@ class Session:
             corrected = self._correct_2d(points, labels) if new_box is None and self._corrects_in_2d else None
             if corrected is not None:
                 patch, seconds = corrected
-                if (labels == 0).any():
-                    patch = self._cut_where_3d_doubts(patch, all_points, all_labels, points[labels == 0])
+                patch = self._judged_by_3d(patch, all_points, all_labels, points)
                 patches.append(patch)
                 encode_s += seconds
             new_object = self._is_new_object(new_box)
@@ -720,20 +722,27 @@ class Session:
         region = tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
         return (region, mask[_slices(region)].astype(np.float32)), time.perf_counter() - start
 
-    def _cut_where_3d_doubts(self, patch: tuple[Box, np.ndarray], all_points: np.ndarray, all_labels: np.ndarray,
-                             negatives: np.ndarray) -> tuple[Box, np.ndarray]:
-        """The 2D pathway's answer to negative clicks (``patch``: its box and mask), cut further
-        where the 3D model doubts as the rule of ``negative_clicks`` says: the 3D model predicts
-        the cached crop nearest each negative click that holds it (every click of the object,
-        the 2D answer as its mask prompt), and of the object's mask before the clicks the part
-        it doubts as much as the click, connected to it, nearer it than every positive click, is
-        removed from the answer. The 2D pathway cuts the clicked slice only; a leak that runs on
-        past it over several slices goes with one click (docs/BENCHMARKS.md, "A negative click's
-        cut carried across slices by the 3D model's doubt"). No new crop is encoded for this (a
-        finer crop encoded in part is completed): a click no encoded crop holds keeps the 2D answer."""
+    def _judged_by_3d(self, patch: tuple[Box, np.ndarray], all_points: np.ndarray, all_labels: np.ndarray,
+                      clicks: np.ndarray) -> tuple[Box, np.ndarray]:
+        """The 2D pathway's answer to ``clicks`` (``patch``: its box and mask) judged by the 3D
+        model: it predicts the cached crop nearest each click that holds it (every click of the
+        object, the 2D answer as its mask prompt), and
+        - of the object's mask before the clicks, the part it doubts as much as a negative click,
+          connected to it, nearer it than every positive click, is removed
+          (``negative_clicks.honour_negative_clicks``): the 2D pathway cuts the clicked slice
+          only, and a leak that runs on past it over several slices goes with one click
+          (docs/BENCHMARKS.md, "A negative click's cut carried across slices by the 3D model's
+          doubt");
+        - of what the answer added for a positive click on a slice the mask covers, only the
+          part it believes at least half as much as the click, connected to it, stays, where its
+          own mask agrees with the object's (``positive_clicks.keep_believed_additions``): a
+          widened box that made LiteMedSAM follow the tissue beside a lesion adds only the
+          lesion (docs/BENCHMARKS.md, "Positive clicks kept where the 3D model believes them").
+        No new crop is encoded for this (a finer crop encoded in part is completed): a click no
+        encoded crop holds keeps the 2D answer."""
         geometries: list[CropGeometry] = []
-        for negative in negatives:
-            nearest = self._nearest_cached(negative, self._crop_spacing_mm)
+        for click in clicks:
+            nearest = self._nearest_cached(click, self._crop_spacing_mm)
             if nearest is not None and all(g.key != nearest.key for g in geometries):
                 geometries.append(nearest)
         if not geometries:
@@ -745,10 +754,13 @@ class Session:
         predicted = [paste_back(geometry, self._predict_crop(geometry, all_points, all_labels, None,
                                                              mask[_slices(geometry.source_box(), origin=box[0])])[0])
                      for geometry in geometries]
+        probability = self._fused(box, predicted)
         before = self.mask[_slices(box)]
-        kept = honour_negative_clicks(self._fused(box, predicted), before, all_points - np.asarray(box[0]),
-                                      all_labels, self.spacing)
-        mask &= ~(before & ~kept)  # only what the rule removes: a positive click's gain in the same interaction stays
+        points = all_points - np.asarray(box[0])
+        mask = keep_believed_additions(probability, before, mask, points, all_labels)
+        if (all_labels == 0).any():
+            kept = honour_negative_clicks(probability, before, points, all_labels, self.spacing)
+            mask &= ~(before & ~kept)  # only what the rule removes: a positive click's gain in the same interaction stays
         return box, mask.astype(np.float32)
 
     def _chooses_threshold(self, new_box: np.ndarray | None, labels: np.ndarray) -> bool:

@@ -1,0 +1,89 @@
+"""Positive clicks the 2D pathway answers with a leak (``engine.positive_clicks``): what of an
+addition stays, and what is left as it was."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sam3d.engine.positive_clicks import BELIEF_FRACTION, keep_believed_additions
+
+SHAPE = (6, 9, 40)
+FALLING = np.linspace(0.45, 0.05, 30, dtype=np.float32)  # the probability of what the answer adds, i = 10..39
+
+
+def _leak() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probability, before, after): the mask before holds i < 10 on slices 1-3, where the model
+    says 0.95; the answer adds i = 10..39 there, whose probability falls from 0.45 to 0.05."""
+    probability = np.zeros(SHAPE, dtype=np.float32)
+    probability[1:4, 2:7, :10] = 0.95
+    probability[1:4, 2:7, 10:] = FALLING
+    before = np.zeros(SHAPE, dtype=bool)
+    before[1:4, 2:7, :10] = True
+    after = before.copy()
+    after[1:4, 2:7, 10:] = True
+    return probability, before, after
+
+
+def _kept_up_to(click_i: int) -> int:
+    """The last i the rule keeps for a click at ``click_i``."""
+    level = BELIEF_FRACTION * FALLING[click_i - 10]
+    return 10 + int(np.flatnonzero(FALLING >= level).max())
+
+
+def test_an_addition_keeps_what_the_model_believes_at_least_half_as_much_as_the_click():
+    probability, before, after = _leak()
+    for click_i in (12, 30):
+        result = keep_believed_additions(probability, before, after, np.array([[2, 4, click_i]], dtype=float),
+                                         np.array([1]))
+        last = _kept_up_to(click_i)
+        assert click_i < last < 39
+        np.testing.assert_array_equal(result[:, :, :last + 1], after[:, :, :last + 1])
+        assert not result[:, :, last + 1:].any()
+
+
+def test_what_a_gap_of_doubt_cuts_off_from_the_click_goes():
+    probability, before, after = _leak()
+    probability[1:4, 2:7, 35:] = 0.9  # believed again past a doubtful stretch: not connected to the click
+    result = keep_believed_additions(probability, before, after, np.array([[2, 4, 12]], dtype=float), np.array([1]))
+    assert result[2, 4, 12] and not result[:, :, 35:].any()
+
+
+def test_a_model_whose_mask_disagrees_with_the_objects_does_not_judge():
+    probability, before, after = _leak()
+    probability[1:4, 2:7, :10] = 0.3  # the model does not see the object the user is building
+    np.testing.assert_array_equal(
+        keep_believed_additions(probability, before, after, np.array([[2, 4, 30]], dtype=float), np.array([1])), after)
+
+
+def test_clicks_the_addition_does_not_hold_or_no_crop_covers_change_nothing():
+    probability, before, after = _leak()
+    inside_before = np.array([[2, 4, 5]], dtype=float)
+    outside_arrays = np.array([[2, 4, 60]], dtype=float)
+    for point in (inside_before, outside_arrays):
+        np.testing.assert_array_equal(keep_believed_additions(probability, before, after, point, np.array([1])), after)
+    uncovered = np.where(np.arange(SHAPE[2]) >= 20, np.float32(-1.0), probability)  # no crop there
+    np.testing.assert_array_equal(
+        keep_believed_additions(uncovered, before, after, np.array([[2, 4, 30]], dtype=float), np.array([1])), after)
+    # covered at the click, uncovered beyond: the uncovered part of the addition stays with it
+    np.testing.assert_array_equal(
+        keep_believed_additions(uncovered, before, after, np.array([[2, 4, 12]], dtype=float), np.array([1])), after)
+
+
+def test_a_click_on_a_slice_the_mask_does_not_cover_yet_keeps_its_addition():
+    probability, before, after = _leak()
+    after[4, 2:7, :] = True  # the answer extends the mask onto slice 4
+    probability[4, 2:7, :] = 0.05
+    result = keep_believed_additions(probability, before, after, np.array([[4, 4, 30]], dtype=float), np.array([1]))
+    np.testing.assert_array_equal(result, after)
+
+
+def test_negative_clicks_and_what_the_answer_removed_are_left_alone():
+    probability, before, after = _leak()
+    after[2, 4, 3] = False  # removed by a negative click of the same interaction
+    points = np.array([[2, 4, 3], [2, 4, 30]], dtype=float)
+    result = keep_believed_additions(probability, before, after, points, np.array([0, 1]))
+    assert not result[2, 4, 3]
+    np.testing.assert_array_equal(result[:, :, :10], after[:, :, :10])
+    assert not result[:, :, _kept_up_to(30) + 1:].any()
+    only_negative = keep_believed_additions(probability, before, after, points[:1], np.array([0]))
+    np.testing.assert_array_equal(only_negative, after)
