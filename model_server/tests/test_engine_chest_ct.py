@@ -2,7 +2,8 @@
 chosen by the image's edges (a mass taken whole, a nodule cut back to its edge; a mask on the
 lesion's edge corrected by the 2D pathway), a negative click the 3D model does not honour
 (``negative_clicks``), a 2D-pathway negative click's cut carried across slices by the 3D model's
-doubt, a 2D-pathway positive click's leak kept out by the 3D model's belief, the gated first click
+doubt, a 2D-pathway positive click's leak kept out and a negative click's cut given back where
+the 3D model believes the tumour, the gated first click
 (``Session(click_pathway="gated")``) with the bundled default model - the box search's mask
 replaces the 3D model's where it found the same object whole, and is refused where it found the
 lung around a small nodule - and a 2D box's propagation, which stops at a mass's end."""
@@ -31,6 +32,7 @@ CHEST_DEV_SEED = 5  # `sam3d phantoms --design chest --seed 5`: the development 
 MASS, SMALL_NODULE, WALL_MASS = 1, 6, 4  # its cases 1 (a 64 ml mass), 6 (a 0.2 ml nodule), 4 (5 ml, at the wall)
 EDGE_AT_HALF = 7  # case 7: the first click's mask stays at 0.5, on the lesion's edge
 CHEST_DEV2_SEED, ONE_SLICE_NODULE = 8, 7  # `--seed 8` (chest dev2), case 7: a 95-voxel nodule on one slice
+CUT_TOO_DEEP = 10  # chest dev2 case 10: the 2D pathway's cut for the protocol's second click (negative) takes tumour
 # `--design chest-complex --seed 91` (complex chest dev91), case 18: the protocol's first click's
 # mask runs four slices past the tumour's end, onto the atelectasis beside it; case 8: the
 # 2D pathway's answer to the protocol's second click (positive) follows the tissue beside the tumour
@@ -238,3 +240,27 @@ def test_a_positive_click_keeps_only_what_the_3d_model_believes(predictor, monke
     assert np.count_nonzero(leak) > 300 and np.count_nonzero(kept & leak) < 0.2 * np.count_nonzero(leak)
     assert np.count_nonzero(kept & ~first & target) > 0.4 * np.count_nonzero(answered & ~first & target)
     assert _dice(kept, target) > _dice(first, target) > _dice(answered, target)
+
+
+def test_a_negative_clicks_2d_cut_is_given_back_where_the_3d_model_believes_the_tumour(predictor, monkeypatch):
+    """The protocol's second click on a small nodule is negative; the 2D pathway's cut on the
+    clicked slice takes tumour with the false voxels. The session gives back what the 3D model
+    believes clearly more than the clicked voxel: a part of that tumour (18 of 40 voxels), not
+    the click, and the mask is the better one."""
+    image, label, _ = _chest_case(CUT_TOO_DEEP, CHEST_DEV2_SEED)
+    target = label.array > 0
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([first_click(target, case_rng(0, f"chest_{CUT_TOO_DEEP:03d}"))], [1])
+    first = session.mask.copy()
+    point, kind = next_click(first, target, image.spacing)
+    assert kind == 0 and session._made_in_2d
+    session.interact([point], [0])
+    spared = session.mask.copy()
+    assert not spared[tuple(np.round(point).astype(int))]
+    session.undo()
+    monkeypatch.setattr(session_module, "spare_believed_voxels", lambda probability, before, after, *rest: after)
+    session.interact([point], [0])
+    cut = session.mask.copy()
+    assert np.count_nonzero(first & ~cut & target) > 20
+    assert np.count_nonzero(first & ~spared & target) < 0.7 * np.count_nonzero(first & ~cut & target)
+    assert _dice(spared, target) > _dice(cut, target) + 0.03

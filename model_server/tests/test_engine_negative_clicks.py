@@ -1,11 +1,12 @@
 """Negative clicks the 3D model does not honour (``engine.negative_clicks``): what a negative click
-removes from the model's mask, and what it must leave."""
+removes from the model's mask, and what it must leave; what a 2D pathway's cut gets back
+(``spare_believed_voxels``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from sam3d.engine.negative_clicks import honour_negative_clicks
+from sam3d.engine.negative_clicks import honour_negative_clicks, spare_believed_voxels
 
 SHAPE = (5, 9, 40)
 SPACING = (1.0, 1.0, 1.0)
@@ -67,3 +68,44 @@ def test_positive_clicks_alone_change_nothing():
     probability, mask = _bar()
     points = np.array([[2, 4, 2], [2, 4, 30]], dtype=float)
     np.testing.assert_array_equal(honour_negative_clicks(probability, mask, points, np.array([1, 1]), SPACING), mask)
+
+
+def _cut() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probability, before, after): the mask before is the bar; a 2D cut for a negative click at
+    i = 30 (probability 0.2 there) removed i >= 20 on slice 2, where the model says 0.9 for
+    i < 28 and 0.2 beyond."""
+    probability = np.zeros(SHAPE, dtype=np.float32)
+    probability[1:4, 2:7, :] = 0.9
+    probability[2, 2:7, 28:] = 0.2
+    before = probability > 0.1
+    after = before.copy()
+    after[2, :, 20:] = False
+    return probability, before, after
+
+
+def test_a_2d_cut_gives_back_what_the_model_believes_clearly_more_than_the_click():
+    probability, before, after = _cut()
+    result = spare_believed_voxels(probability, before, after, np.array([[2, 4, 30]], dtype=float), np.array([0]))
+    np.testing.assert_array_equal(result[2, :, 20:28], before[2, :, 20:28])  # 0.9 > 1.5 x 0.2: given back
+    assert not result[2, :, 28:].any()  # as doubtful as the click: stays cut
+    np.testing.assert_array_equal(result[[1, 3]], after[[1, 3]])
+
+
+def test_a_cut_at_a_click_the_model_believes_gives_nothing_back():
+    probability, before, after = _cut()
+    probability[2, 2:7, 28:] = 0.7  # 1.5 x 0.7 is above every probability
+    result = spare_believed_voxels(probability, before, after, np.array([[2, 4, 30]], dtype=float), np.array([0]))
+    np.testing.assert_array_equal(result, after)
+
+
+def test_no_cut_is_spared_where_the_model_disagrees_no_crop_covers_or_no_negative_click_was_answered():
+    probability, before, after = _cut()
+    click = np.array([[2, 4, 30]], dtype=float)
+    elsewhere = probability.copy()
+    elsewhere[1:4, 2:7, :] = 0.3  # the model's mask does not hold the object
+    uncovered = np.full(SHAPE, -1.0, dtype=np.float32)
+    for model in (elsewhere, uncovered):
+        np.testing.assert_array_equal(spare_believed_voxels(model, before, after, click, np.array([0])), after)
+    np.testing.assert_array_equal(spare_believed_voxels(probability, before, after, click, np.array([1])), after)
+    kept_click = np.array([[2, 4, 5]], dtype=float)  # a negative click the answer did not remove
+    np.testing.assert_array_equal(spare_believed_voxels(probability, before, after, kept_click, np.array([0])), after)

@@ -8,6 +8,11 @@ of than of the clicked voxel, connected to the click, and only where it lies nea
 than every positive click - the rule the 2D pathway's negative clicks keep on their slice
 (``slice_pathway.correct_slice_by_slice``): a negative click never takes the region around a
 positive one, even when the model is less sure there.
+
+The 2D pathway's own cut can take too much: on chest dev2's chest_005 one negative click took
+158 of the tumour's voxels on its slice. ``spare_believed_voxels`` gives back what such a cut
+removed where the 3D model believes it clearly more than the clicked voxel (docs/BENCHMARKS.md,
+"A negative click's 2D cut spared where the 3D model believes the tumour").
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ import numpy as np
 
 from ..data.clicks import label_objects
 from .crops import tight_box
+from .positive_clicks import MIN_AGREEMENT, agreement
+
+# a 2D cut gives back what the model believes more than this many times the clicked voxel (and
+# at 0.5 at least); chosen on development data over 2 and 3 (docs/BENCHMARKS.md)
+SPARE_FACTOR = 1.5
 
 
 def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np.ndarray, labels: np.ndarray,
@@ -46,6 +56,30 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
         if clicked:
             result[window][components == clicked] = False
     return result
+
+
+def spare_believed_voxels(probability: np.ndarray, before: np.ndarray, after: np.ndarray, points: np.ndarray,
+                          labels: np.ndarray) -> np.ndarray:
+    """``after`` (the 2D pathway's answer, bool) with what it removed from ``before`` (the
+    object's mask before the clicks) given back where the 3D model's probability exceeds
+    ``SPARE_FACTOR`` times its probability at each negative click the answer removed, and 0.5.
+
+    ``probability``: on the same grid, negative where no crop covers a voxel (nothing is given
+    back there); ``points``: kji of the object's clicks relative to the arrays, ``labels`` 1 / 0.
+    Nothing is given back while the model's mask and ``before`` agree less than
+    ``positive_clicks.MIN_AGREEMENT``, or where no crop covers the clicks the answer removed."""
+    if agreement(probability, before) < MIN_AGREEMENT:
+        return after
+    levels = []
+    for point, label in zip(points, labels):
+        index = tuple(int(round(float(c))) for c in point)
+        if label != 0 or not all(0 <= c < n for c, n in zip(index, before.shape)):
+            continue
+        if before[index] and not after[index] and probability[index] >= 0:
+            levels.append(max(0.5, SPARE_FACTOR * float(probability[index])))
+    if not levels:
+        return after
+    return after | (before & ~after & (probability > max(levels)))
 
 
 def _nearer_than_all(shape: Sequence[int], negative: np.ndarray, positives: np.ndarray,

@@ -41,7 +41,7 @@ def keep_believed_additions(probability: np.ndarray, before: np.ndarray, after: 
     the part of the addition connected to it as it is; so does every click where the model's
     mask (probability >= 0.5) and ``before`` agree less than ``MIN_AGREEMENT`` (Dice, where the
     crops cover). What the answer removed (negative clicks) is not touched."""
-    if _agreement(probability, before) < MIN_AGREEMENT:
+    if agreement(probability, before) < MIN_AGREEMENT:
         return after
     added = after & ~before
     kept = np.zeros_like(added)
@@ -63,7 +63,7 @@ def keep_believed_additions(probability: np.ndarray, before: np.ndarray, after: 
     return after & ~(added & ~kept)
 
 
-def _agreement(probability: np.ndarray, mask: np.ndarray) -> float:
+def agreement(probability: np.ndarray, mask: np.ndarray) -> float:
     """Dice between the model's mask (probability >= 0.5) and ``mask`` where a crop covers."""
     covered = probability >= 0
     model = covered & (probability >= 0.5)

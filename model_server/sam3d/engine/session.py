@@ -62,7 +62,7 @@ from . import crop_scale as scale
 from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tight_box, touched_faces
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
-from .negative_clicks import honour_negative_clicks
+from .negative_clicks import honour_negative_clicks, spare_believed_voxels
 from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import keep_believed_additions
 from .predictor import IdleStep, Predictor
@@ -727,7 +727,9 @@ class Session:
         """The 2D pathway's answer to ``clicks`` (``patch``: its box and mask) judged by the 3D
         model: it predicts the cached crop nearest each click that holds it (every click of the
         object, the 2D answer as its mask prompt), and
-        - of the object's mask before the clicks, the part it doubts as much as a negative click,
+        - what the 2D answer cut for a negative click is given back where the model believes it
+          clearly more than the click (``negative_clicks.spare_believed_voxels``), and of the
+          object's mask before the clicks, the part it doubts as much as a negative click,
           connected to it, nearer it than every positive click, is removed
           (``negative_clicks.honour_negative_clicks``): the 2D pathway cuts the clicked slice
           only, and a leak that runs on past it over several slices goes with one click
@@ -757,6 +759,7 @@ class Session:
         probability = self._fused(box, predicted)
         before = self.mask[_slices(box)]
         points = all_points - np.asarray(box[0])
+        mask = spare_believed_voxels(probability, before, mask, points, all_labels)
         mask = keep_believed_additions(probability, before, mask, points, all_labels)
         if (all_labels == 0).any():
             kept = honour_negative_clicks(probability, before, points, all_labels, self.spacing)
