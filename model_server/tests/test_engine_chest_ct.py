@@ -68,6 +68,16 @@ def _dice(found: np.ndarray, truth: np.ndarray) -> float:
     return 2 * np.count_nonzero(found & truth) / (np.count_nonzero(found) + np.count_nonzero(truth))
 
 
+def _protocol_second_click(predictor: Predictor, image, target: np.ndarray,
+                           case_id: str) -> tuple[Session, np.ndarray, np.ndarray, int]:
+    """The protocol's first click on ``target`` -> (session, its mask, the next click, its label)."""
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([first_click(target, case_rng(0, case_id))], [1])
+    first = session.mask.copy()
+    point, kind = next_click(first, target, image.spacing)
+    return session, first, point, kind
+
+
 def test_a_search_agrees_when_it_holds_the_3d_mask_whole_or_lies_inside_it():
     """The rule on masks drawn by hand: the 3D mask is a 4 x 4 x 4 cube at (4, 4, 4) of a 12^3 box."""
     box = ((4, 4, 4), (8, 8, 8))
@@ -192,10 +202,8 @@ def test_a_negative_click_past_a_tumours_end_also_cuts_the_slices_beyond_it(pred
     with it, the mask is the better one, and no crop is encoded for it."""
     image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, RUNS_PAST_ITS_END), complicated=True)
     target = label.array > 0
-    session = Session(predictor, image.array, image.spacing)
-    session.interact([first_click(target, case_rng(0, f"chest-complex_{RUNS_PAST_ITS_END:03d}"))], [1])
-    first = session.mask.copy()
-    point, kind = next_click(first, target, image.spacing)
+    session, first, point, kind = _protocol_second_click(predictor, image, target,
+                                                         f"chest-complex_{RUNS_PAST_ITS_END:03d}")
     assert kind == 0 and session._made_in_2d
     crops = len(session.cache)
     session.interact([point], [0])
@@ -220,13 +228,9 @@ def test_a_positive_click_keeps_only_what_the_3d_model_believes(predictor, monke
     the 3D model believes as much as the click: much of what it adds to the tumour, little of the
     leak, and no
     crop is encoded for it."""
-    case = f"chest-complex_{LEAKS_BESIDE:03d}"
     image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, LEAKS_BESIDE), complicated=True)
     target = label.array > 0
-    session = Session(predictor, image.array, image.spacing)
-    session.interact([first_click(target, case_rng(0, case))], [1])
-    first = session.mask.copy()
-    point, kind = next_click(first, target, image.spacing)
+    session, first, point, kind = _protocol_second_click(predictor, image, target, f"chest-complex_{LEAKS_BESIDE:03d}")
     assert kind == 1 and session._made_in_2d
     crops = len(session.cache)
     session.interact([point], [1])
@@ -249,10 +253,7 @@ def test_a_negative_clicks_2d_cut_is_given_back_where_the_3d_model_believes_the_
     the click, and the mask is the better one."""
     image, label, _ = _chest_case(CUT_TOO_DEEP, CHEST_DEV2_SEED)
     target = label.array > 0
-    session = Session(predictor, image.array, image.spacing)
-    session.interact([first_click(target, case_rng(0, f"chest_{CUT_TOO_DEEP:03d}"))], [1])
-    first = session.mask.copy()
-    point, kind = next_click(first, target, image.spacing)
+    session, first, point, kind = _protocol_second_click(predictor, image, target, f"chest_{CUT_TOO_DEEP:03d}")
     assert kind == 0 and session._made_in_2d
     session.interact([point], [0])
     spared = session.mask.copy()
