@@ -23,7 +23,7 @@ import numpy as np
 
 from ..data.clicks import label_objects
 from .crops import tight_box
-from .positive_clicks import MIN_AGREEMENT, agreement
+from .positive_clicks import MIN_AGREEMENT, agreement, clicks_inside
 
 # a 2D cut gives back what the model believes more than this many times the clicked voxel (and
 # at 0.5 at least); chosen on development data over 2 and 3 (docs/BENCHMARKS.md)
@@ -40,10 +40,7 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
     ``spacing``: mm per axis, for "nearer". Clicks outside the arrays are ignored."""
     result = mask.copy()
     positives = np.asarray(points, dtype=float)[np.asarray(labels) == 1]
-    for point, label in zip(points, labels):
-        index = tuple(int(round(float(c))) for c in point)
-        if label != 0 or not all(0 <= c < n for c, n in zip(index, mask.shape)):
-            continue
+    for point, index in clicks_inside(points, labels, 0, mask.shape):
         if not result[index] or probability[index] < 0:
             continue
         doubtful = result & (probability >= 0) & (probability <= probability[index])
@@ -70,13 +67,9 @@ def spare_believed_voxels(probability: np.ndarray, before: np.ndarray, after: np
     ``positive_clicks.MIN_AGREEMENT``, or where no crop covers the clicks the answer removed."""
     if agreement(probability, before) < MIN_AGREEMENT:
         return after
-    levels = []
-    for point, label in zip(points, labels):
-        index = tuple(int(round(float(c))) for c in point)
-        if label != 0 or not all(0 <= c < n for c, n in zip(index, before.shape)):
-            continue
-        if before[index] and not after[index] and probability[index] >= 0:
-            levels.append(max(0.5, SPARE_FACTOR * float(probability[index])))
+    levels = [max(0.5, SPARE_FACTOR * float(probability[index]))
+              for _, index in clicks_inside(points, labels, 0, before.shape)
+              if before[index] and not after[index] and probability[index] >= 0]
     if not levels:
         return after
     return after | (before & ~after & (probability > max(levels)))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.clicks import label_objects
+
 # what of a click's addition stays: at least this fraction of the model's probability at the click
 # (chosen on development data over 0.33, 0.75 and 1: docs/BENCHMARKS.md)
 BELIEF_FRACTION = 0.5
@@ -46,9 +47,8 @@ def keep_believed_additions(probability: np.ndarray, before: np.ndarray, after: 
     added = after & ~before
     kept = np.zeros_like(added)
     judged = False
-    for point, label in zip(points, labels):
-        index = tuple(int(round(float(c))) for c in point)
-        if label != 1 or not all(0 <= c < n for c, n in zip(index, added.shape)) or not added[index]:
+    for _, index in clicks_inside(points, labels, 1, added.shape):
+        if not added[index]:
             continue
         if probability[index] < 0 or not before[index[0]].any():
             believed = added
@@ -70,3 +70,14 @@ def agreement(probability: np.ndarray, mask: np.ndarray) -> float:
     ours = covered & mask
     total = np.count_nonzero(model) + np.count_nonzero(ours)
     return 2.0 * np.count_nonzero(model & ours) / total if total else 0.0
+
+
+def clicks_inside(points: np.ndarray, labels: np.ndarray, label: int,
+                  shape: tuple[int, ...]) -> list[tuple[np.ndarray, tuple[int, ...]]]:
+    """(click, its voxel index rounded) of each click of ``label`` whose voxel lies inside an array of ``shape``."""
+    inside = []
+    for point, click_label in zip(points, labels):
+        index = tuple(int(round(float(c))) for c in point)
+        if click_label == label and all(0 <= c < n for c, n in zip(index, shape)):
+            inside.append((point, index))
+    return inside
