@@ -174,7 +174,7 @@ def test_the_slices_encoded_first_are_whole_runs_about_the_mask_s_extent():
     assert partial_crop.MARGIN_MM == 6.0  # 3 native slices: the figures below are for it
 
     def near(first: int, last: int) -> np.ndarray:
-        return partial_crop.slabs_near(geometry, (first, last), slab_voxels=2, depth=32, run=8)
+        return partial_crop.slabs_near(geometry, (first, last), slab_voxels=2, run=8)
 
     np.testing.assert_array_equal(near(39, 40), np.arange(11, 19))  # native 36..43: slices 12..18, one run about them
     np.testing.assert_array_equal(near(32, 48), np.arange(4, 28))  # native 29..51: slices 5..26, three runs

@@ -22,11 +22,11 @@ from .crops import CropGeometry
 MARGIN_MM = 6.0  # slices encoded first: those within this distance of the first mask's extent along k
 
 
-def slabs_near(geometry: CropGeometry, k_range: tuple[int, int], slab_voxels: int, depth: int,
-               run: int) -> np.ndarray:
-    """Indices of the crop's ``depth`` encoded slices (each ``slab_voxels`` crop voxels along k)
-    whose centre lies within ``MARGIN_MM`` of native slices ``k_range`` (first, last), widened
-    about their middle to whole runs of ``run`` slices: at least one run, at most all."""
+def slabs_near(geometry: CropGeometry, k_range: tuple[int, int], slab_voxels: int, run: int) -> np.ndarray:
+    """Indices of the crop's encoded slices (each ``slab_voxels`` crop voxels along k) whose
+    centre lies within ``MARGIN_MM`` of native slices ``k_range`` (first, last), widened about
+    their middle to whole runs of ``run`` slices: at least one run, at most all."""
+    depth = geometry.size // slab_voxels
     crop_k = slab_voxels * np.arange(depth) + (slab_voxels - 1) / 2
     native_k = geometry.center[0] + (crop_k - (geometry.size - 1) / 2) * geometry.scale[0]
     margin = MARGIN_MM / geometry.spacing[0]

@@ -590,7 +590,7 @@ class Session:
         image = self._crop_image(geometry)
         depth = geometry.size // self.predictor.slab_voxels
         slabs = slabs_near(geometry, (int(on_slices[0]), int(on_slices[-1])), self.predictor.slab_voxels,
-                           depth, self.predictor.slabs_per_run)
+                           self.predictor.slabs_per_run)
         self._partial = PartialCrop.start(geometry, image, slabs, self.predictor.encode_slabs(image, slabs), depth)
         self.encoder_runs += 1
         return time.perf_counter() - start, True
