@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+PARTS = ("fp32", "bf16", "click", "server", "train")
 
 
 def write_models(out: Path, crop_size: int) -> tuple[Path, Path]:
@@ -63,7 +64,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_check_out")
     parser.add_argument("--tiny", action="store_true", help="CPU dry run: 32^3 crops, small volume, few repeats")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated, of {', '.join(PARTS)} (default: all; a lease too short for all "
+                             "runs the rest in another)")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown --parts {', '.join(unknown)}: choose from {', '.join(PARTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.tiny else "cuda"
@@ -72,29 +80,30 @@ def main() -> None:
     sam_path, adapters = write_models(out, crop)
     python = sys.executable
     size = ["--crop-size", str(crop)] if crop else []
-    steps = [
-        (f"encoder and click, fp32, {name}", [python, str(HERE / "bench_model.py"), "--variants", "vit_b",
+    steps = [  # (part, title, command)
+        ("fp32", f"encoder and click, fp32, {name}", [python, str(HERE / "bench_model.py"), "--variants", "vit_b",
                                               "--device", device, "--repeats", "2" if args.tiny else "10", *size]),
-        (f"encoder and click, bf16, {name}", [python, str(HERE / "bench_model.py"), "--variants", "vit_b",
+        ("bf16", f"encoder and click, bf16, {name}", [python, str(HERE / "bench_model.py"), "--variants", "vit_b",
                                               "--device", device, "--dtype", "bf16",
                                               "--repeats", "2" if args.tiny else "10", *size]),
-        (f"prompt encoder + decoder per click, median of 50, {name}",
+        ("click", f"prompt encoder + decoder per click, median of 50, {name}",
          [python, str(HERE / "bench_model.py"), "--variants", "vit_b", "--device", device, "--parts", "click",
           "--repeats", "5" if args.tiny else "50", *size]),
-        (f"server end to end, {name}", [python, str(HERE / "bench_server.py"), "--model", str(adapters),
+        ("server", f"server end to end, {name}", [python, str(HERE / "bench_server.py"), "--model", str(adapters),
                                         "--sam-checkpoint", str(sam_path), "--device", device,
                                         "--shape", "40,96,96" if args.tiny else "200,512,512",
                                         "--repeats", "3" if args.tiny else "20"]),
     ]
     for checkpointing in ("true", "false"):
-        steps.append((f"PEFT training step, activation checkpointing {checkpointing}, {name}",
+        steps.append(("train", f"PEFT training step, activation checkpointing {checkpointing}, {name}",
                        [python, str(HERE / "bench_train.py"), "--variants", "vit_b", "--device", device,
                         "--sam-checkpoint", str(sam_path), "--checkpointing", checkpointing,
                         "--steps", "2" if args.tiny else "5", *(["--vit-b-crop", "32"] if args.tiny else [])]))
     with open(out / "gpu_check.md", "w") as log:
         log.write(f"# GPU check of vit_b on {name}, torch {torch.__version__}\n")
-        for title, command in steps:
-            run_step(title, command, log, timeout=120 if args.tiny else 240)
+        for part, title, command in steps:
+            if part in parts:
+                run_step(title, command, log, timeout=120 if args.tiny else 240)
     print(f"wrote {out / 'gpu_check.md'}")
 
 
