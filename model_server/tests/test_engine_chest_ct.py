@@ -265,3 +265,26 @@ def test_a_negative_clicks_2d_cut_is_given_back_where_the_3d_model_believes_the_
     assert np.count_nonzero(first & ~cut & target) > 20
     assert np.count_nonzero(first & ~spared & target) < 0.7 * np.count_nonzero(first & ~cut & target)
     assert _dice(spared, target) > _dice(cut, target) + 0.03
+
+
+def test_a_positive_click_no_rule_can_judge_runs_no_3d_decoder(predictor, monkeypatch):
+    """A positive click on the slice past the first mask's last one (the 2D pathway extends the
+    mask there; the positive-click rule leaves such a click alone, and there is no negative
+    click) inside an encoded crop: the 3D decoder does not run, and the answer is the 2D
+    pathway's as it is."""
+    image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, LEAKS_BESIDE), complicated=True)
+    target = label.array > 0
+    session, first, _, _ = _protocol_second_click(predictor, image, target, f"chest-complex_{LEAKS_BESIDE:03d}")
+    covered = np.flatnonzero(first.any(axis=(1, 2)))
+    k = covered.max() + 1
+    j, i = np.argwhere(first[covered.max()])[len(np.argwhere(first[covered.max()])) // 2]
+    point = np.array([k, j, i], dtype=float)
+    assert session._made_in_2d and not first[k].any() and session._nearest_cached(point, session._crop_spacing_mm)
+    decoder_runs = session.decoder_runs
+    session.interact([point], [1])
+    judged = session.mask.copy()
+    assert session.decoder_runs == decoder_runs and judged[k].any()
+    session.undo()
+    monkeypatch.setattr(Session, "_judged_by_3d", lambda self, patch, *rest: patch)
+    session.interact([point], [1])
+    np.testing.assert_array_equal(judged, session.mask)

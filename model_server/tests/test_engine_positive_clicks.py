@@ -4,8 +4,10 @@ addition stays, and what is left as it was."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from sam3d.engine.positive_clicks import BELIEF_FRACTION, keep_believed_additions
+from sam3d.engine.positive_clicks import (BELIEF_FRACTION, MIN_AGREEMENT, agreement, judgeable_additions,
+                                          keep_believed_additions)
 
 SHAPE = (6, 9, 40)
 FALLING = np.linspace(0.45, 0.05, 30, dtype=np.float32)  # the probability of what the answer adds, i = 10..39
@@ -48,11 +50,29 @@ def test_what_a_gap_of_doubt_cuts_off_from_the_click_goes():
     assert result[2, 4, 12] and not result[:, :, 35:].any()
 
 
-def test_a_model_whose_mask_disagrees_with_the_objects_does_not_judge():
-    probability, before, after = _leak()
+def test_the_agreement_that_gates_the_rules_is_the_dice_of_the_models_mask_where_its_crops_cover():
+    """Session._judged_by_3d applies the rules only at MIN_AGREEMENT or above."""
+    probability, before, _ = _leak()
+    assert agreement(probability, before) == 1.0
     probability[1:4, 2:7, :10] = 0.3  # the model does not see the object the user is building
-    np.testing.assert_array_equal(
-        keep_believed_additions(probability, before, after, np.array([[2, 4, 30]], dtype=float), np.array([1])), after)
+    assert agreement(probability, before) < MIN_AGREEMENT
+    half = probability.copy()
+    half[1:4, 2:7, :5] = 0.95  # half the object: Dice 2/3
+    assert agreement(half, before) == pytest.approx(2 / 3) and agreement(half, before) < MIN_AGREEMENT
+    half[1:4, 2:7, 5:10] = -1.0  # and no crop covers the other half: Dice 1 where it covers
+    assert agreement(half, before) == 1.0
+
+
+def test_the_rule_is_judgeable_only_for_a_positive_click_the_answer_adds_on_a_covered_slice():
+    _, before, after = _leak()
+    added_on_covered = np.array([[2, 4, 30]], dtype=float)
+    assert judgeable_additions(before, after, added_on_covered, np.array([1]))
+    assert not judgeable_additions(before, after, added_on_covered, np.array([0]))  # negative
+    assert not judgeable_additions(before, after, np.array([[2, 4, 5]], dtype=float), np.array([1]))  # in before
+    assert not judgeable_additions(before, after, np.array([[2, 4, 60]], dtype=float), np.array([1]))  # outside
+    after[4, 2:7, :] = True  # the answer extends the mask onto slice 4, which before does not cover
+    assert not judgeable_additions(before, after, np.array([[4, 4, 30]], dtype=float), np.array([1]))
+    assert judgeable_additions(before, after, np.array([[4, 4, 30], [2, 4, 30]], dtype=float), np.array([1, 1]))
 
 
 def test_clicks_the_addition_does_not_hold_or_no_crop_covers_change_nothing():

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..data.clicks import label_objects
 from .crops import tight_box
-from .positive_clicks import MIN_AGREEMENT, agreement, clicks_inside
+from .positive_clicks import clicks_inside
 
 # a 2D cut gives back what the model believes more than this many times the clicked voxel (and
 # at 0.5 at least); chosen on development data over 2 and 3 (docs/BENCHMARKS.md)
@@ -63,10 +63,8 @@ def spare_believed_voxels(probability: np.ndarray, before: np.ndarray, after: np
 
     ``probability``: on the same grid, negative where no crop covers a voxel (nothing is given
     back there); ``points``: kji of the object's clicks relative to the arrays, ``labels`` 1 / 0.
-    Nothing is given back while the model's mask and ``before`` agree less than
-    ``positive_clicks.MIN_AGREEMENT``, or where no crop covers the clicks the answer removed."""
-    if agreement(probability, before) < MIN_AGREEMENT:
-        return after
+    Apply only where ``positive_clicks.agreement(probability, before) >= MIN_AGREEMENT``. Nothing
+    is given back where no crop covers the clicks the answer removed."""
     levels = [max(0.5, SPARE_FACTOR * float(probability[index]))
               for _, index in clicks_inside(points, labels, 0, before.shape)
               if before[index] and not after[index] and probability[index] >= 0]

@@ -10,10 +10,12 @@ such an addition only what the 3D model believes at least half as much as the cl
 ``negative_clicks.honour_negative_clicks``. Left alone: a click on a slice the mask does not
 cover yet (the 2D pathway extends the mask there from the nearest covered slice's box, not from
 a box widened past the lesion), and any click while the 3D model's own mask disagrees with the
-object's (Dice below ``MIN_AGREEMENT`` where its crops cover): a model that does not see the
-object the user is building cannot say what belongs to it. Without these two, the rule cost a
-small real tumour the 3D model misses (brain2) and synthetic lesions it half sees more than it
-saved.
+object's (Dice below ``MIN_AGREEMENT`` where its crops cover; the caller checks ``agreement``
+once for this rule and ``negative_clicks.spare_believed_voxels``): a model that does not see
+the object the user is building cannot say what belongs to it. Without these two, the rule cost
+a small real tumour the 3D model misses (brain2) and synthetic lesions it half sees more than it
+saved. ``judgeable_additions`` says beforehand whether the rule can apply at all, so that no
+decoder runs for nothing.
 """
 
 from __future__ import annotations
@@ -33,24 +35,21 @@ def keep_believed_additions(probability: np.ndarray, before: np.ndarray, after: 
                             labels: np.ndarray) -> np.ndarray:
     """``after`` (the 2D pathway's answer, bool) with what it added to ``before`` (the object's
     mask before the clicks) kept only where the 3D model believes it, for each positive click
-    the addition holds.
+    the addition holds. Apply only where ``agreement(probability, before) >= MIN_AGREEMENT``.
 
     ``probability``: the 3D model's foreground probability on the same grid, negative where no
     crop covers a voxel (there the addition stays); ``points``: kji of the object's clicks
     relative to the arrays, ``labels`` 1 / 0. A positive click whose voxel the addition does not
     hold, that lies on a slice (axis 0) ``before`` does not cover, or that no crop covers, leaves
-    the part of the addition connected to it as it is; so does every click where the model's
-    mask (probability >= 0.5) and ``before`` agree less than ``MIN_AGREEMENT`` (Dice, where the
-    crops cover). What the answer removed (negative clicks) is not touched."""
-    if agreement(probability, before) < MIN_AGREEMENT:
-        return after
+    the part of the addition connected to it as it is. What the answer removed (negative clicks)
+    is not touched."""
     added = after & ~before
     kept = np.zeros_like(added)
     judged = False
     for _, index in clicks_inside(points, labels, 1, added.shape):
         if not added[index]:
             continue
-        if probability[index] < 0 or not before[index[0]].any():
+        if probability[index] < 0 or not _judgeable(before, index):
             believed = added
         else:
             level = BELIEF_FRACTION * float(probability[index])
@@ -61,6 +60,18 @@ def keep_believed_additions(probability: np.ndarray, before: np.ndarray, after: 
     if not judged:
         return after
     return after & ~(added & ~kept)
+
+
+def judgeable_additions(before: np.ndarray, after: np.ndarray, points: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether ``keep_believed_additions`` can change ``after`` whatever the model's probability:
+    a positive click whose voxel ``after`` adds to ``before``, on a slice ``before`` covers."""
+    return any(after[index] and not before[index] and _judgeable(before, index)
+               for _, index in clicks_inside(points, labels, 1, after.shape))
+
+
+def _judgeable(before: np.ndarray, index: tuple[int, ...]) -> bool:
+    """Whether an added voxel is judged: its slice (axis 0) of ``before`` is covered."""
+    return bool(before[index[0]].any())
 
 
 def agreement(probability: np.ndarray, mask: np.ndarray) -> float:

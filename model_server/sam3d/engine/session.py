@@ -64,7 +64,7 @@ from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tig
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
 from .negative_clicks import honour_negative_clicks, spare_believed_voxels
 from .partial_crop import PartialCrop, slabs_near
-from .positive_clicks import keep_believed_additions
+from .positive_clicks import MIN_AGREEMENT, agreement, judgeable_additions, keep_believed_additions
 from .predictor import IdleStep, Predictor
 from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, volume_bounds
 
@@ -740,8 +740,11 @@ class Session:
           own mask agrees with the object's (``positive_clicks.keep_believed_additions``): a
           widened box that made LiteMedSAM follow the tissue beside a lesion adds only the
           lesion (docs/BENCHMARKS.md, "Positive clicks kept where the 3D model believes them").
-        No new crop is encoded for this (a finer crop encoded in part is completed): a click no
-        encoded crop holds keeps the 2D answer."""
+        Both rules judge only where the model's mask agrees with the object's
+        (``positive_clicks.agreement``). No new crop is encoded for this (a finer crop encoded in
+        part is completed): a click no encoded crop holds keeps the 2D answer, and so does an
+        answer no rule can change (positive clicks only, none of them judgeable), without a
+        decoder run."""
         geometries: list[CropGeometry] = []
         for click in clicks:
             nearest = self._nearest_cached(click, self._crop_spacing_mm)
@@ -751,17 +754,21 @@ class Session:
             return patch
         region, answer = patch
         box = _union([region] + [g.source_box() for g in geometries])
-        mask = self.mask[_slices(box)].copy()
+        before = self.mask[_slices(box)]
+        mask = before.copy()
         mask[_slices(region, origin=box[0])] = answer > DEFAULT_THRESHOLD
+        points = all_points - np.asarray(box[0])
+        negatives = bool((all_labels == 0).any())
+        if not negatives and not judgeable_additions(before, mask, points, all_labels):
+            return patch  # no rule can change the answer: no decoder run
         predicted = [paste_back(geometry, self._predict_crop(geometry, all_points, all_labels, None,
                                                              mask[_slices(geometry.source_box(), origin=box[0])])[0])
                      for geometry in geometries]
         probability = self._fused(box, predicted)
-        before = self.mask[_slices(box)]
-        points = all_points - np.asarray(box[0])
-        mask = spare_believed_voxels(probability, before, mask, points, all_labels)
-        mask = keep_believed_additions(probability, before, mask, points, all_labels)
-        if (all_labels == 0).any():
+        if agreement(probability, before) >= MIN_AGREEMENT:
+            mask = spare_believed_voxels(probability, before, mask, points, all_labels)
+            mask = keep_believed_additions(probability, before, mask, points, all_labels)
+        if negatives:
             kept = honour_negative_clicks(probability, before, points, all_labels, self.spacing)
             mask &= ~(before & ~kept)  # only what the rule removes: a positive click's gain in the same interaction stays
         return box, mask.astype(np.float32)
