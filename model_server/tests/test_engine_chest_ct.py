@@ -33,6 +33,7 @@ MASS, SMALL_NODULE, WALL_MASS = 1, 6, 4  # its cases 1 (a 64 ml mass), 6 (a 0.2 
 EDGE_AT_HALF = 7  # case 7: the first click's mask stays at 0.5, on the lesion's edge
 CHEST_DEV2_SEED, ONE_SLICE_NODULE = 8, 7  # `--seed 8` (chest dev2), case 7: a 95-voxel nodule on one slice
 CUT_TOO_DEEP = 10  # chest dev2 case 10: the 2D pathway's cut for the protocol's second click (negative) takes tumour
+RIM_OF_LUNG = 5  # chest dev2 case 5: the first click's mask carries a rim of lung around the nodule
 # `--design chest-complex --seed 91` (complex chest dev91), case 18: the protocol's first click's
 # mask runs four slices past the tumour's end, onto the atelectasis beside it; case 8: the
 # 2D pathway's answer to the protocol's second click (positive) follows the tissue beside the tumour
@@ -288,3 +289,21 @@ def test_a_positive_click_no_rule_can_judge_runs_no_3d_decoder(predictor, monkey
     monkeypatch.setattr(Session, "_judged_by_3d", lambda self, patch, *rest: patch)
     session.interact([point], [1])
     np.testing.assert_array_equal(judged, session.mask)
+
+
+def test_a_first_clicks_rim_of_lung_is_trimmed_at_the_nodules_intensity_step(predictor, monkeypatch):
+    """The protocol's first click on a nodule in the lung: the 3D model's mask holds a rim of
+    parenchyma; the session trims it at the half-way intensity between nodule and lung, so the
+    mask lies inside the untrimmed one and the Dice rises."""
+    image, label, _ = _chest_case(RIM_OF_LUNG, CHEST_DEV2_SEED)
+    target = label.array > 0
+    click = first_click(target, case_rng(0, f"chest_{RIM_OF_LUNG:03d}"))
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([click], [1])
+    trimmed = session.mask.copy()
+    monkeypatch.setattr(session_module, "trim_to_lesion_intensity", lambda image, mask, click: mask)
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([click], [1])
+    untrimmed = session.mask.copy()
+    assert not (trimmed & ~untrimmed).any() and np.count_nonzero(untrimmed & ~trimmed & ~target) > 50
+    assert _dice(trimmed, target) > _dice(untrimmed, target) + 0.05

@@ -62,6 +62,7 @@ from . import crop_scale as scale
 from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tight_box, touched_faces
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
+from .intensity_trim import RING_PX, trim_to_lesion_intensity
 from .negative_clicks import honour_negative_clicks, spare_believed_voxels
 from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import MIN_AGREEMENT, agreement, judgeable_additions, keep_believed_additions
@@ -274,6 +275,8 @@ class Session:
                 answer = self._at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
             encode_s += answer.encode_s
             box, proposal = answer.box, answer.proposal
+            if first_click is not None:  # a new object's first click: trimmed at a clear intensity step
+                proposal = self._trimmed_to_lesion_intensity(box, proposal, first_click)
             # for a new object's first click: whether the 2D pathway will correct its mask
             corrected_in_2d = answer.on_edge if first_click is not None else None
             if (self.click_pathway != "3d" and new_object
@@ -772,6 +775,26 @@ class Session:
             kept = honour_negative_clicks(probability, before, points, all_labels, self.spacing)
             mask &= ~(before & ~kept)  # only what the rule removes: a positive click's gain in the same interaction stays
         return box, mask.astype(np.float32)
+
+    def _trimmed_to_lesion_intensity(self, box: Box, proposal: np.ndarray, click: np.ndarray) -> np.ndarray:
+        """A first click's mask (``proposal``, inside ``box``) trimmed at the lesion's intensity
+        step (``intensity_trim``), read on the image around the mask's own box grown by the
+        trim's ring in-plane."""
+        found = tight_box(proposal)
+        if found is None:
+            return proposal
+        lo = [b + f for b, f in zip(box[0], found[0])]
+        hi = [b + f for b, f in zip(box[0], found[1])]
+        for axis in (1, 2):
+            lo[axis], hi[axis] = max(0, lo[axis] - RING_PX), min(self.volume.shape[axis], hi[axis] + RING_PX)
+        grown: Box = (tuple(lo), tuple(hi))
+        region = _intersection(grown, box)  # holds every voxel of the mask
+        mask = np.zeros(_size(grown), dtype=bool)
+        mask[_slices(region, origin=grown[0])] = proposal[_slices(region, origin=box[0])]
+        trimmed = trim_to_lesion_intensity(self.volume[_slices(grown)], mask, click - np.asarray(grown[0]))
+        proposal = proposal.copy()
+        proposal[_slices(region, origin=box[0])] = trimmed[_slices(region, origin=grown[0])]
+        return proposal
 
     def _chooses_threshold(self, new_box: np.ndarray | None, labels: np.ndarray) -> bool:
         """Whether this interaction is a new object's first clicks, answered by the 3D model alone

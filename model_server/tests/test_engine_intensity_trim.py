@@ -1,0 +1,79 @@
+"""A first click's mask trimmed at the lesion's intensity step (``engine.intensity_trim``): what
+goes where the step is clear, and what is left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from sam3d.engine.intensity_trim import MIN_CONTRAST, trim_to_lesion_intensity
+
+SHAPE = (9, 40, 40)
+CENTRE = np.array([4.0, 20.0, 20.0])
+
+
+def _ball(radius: float, centre: np.ndarray = CENTRE) -> np.ndarray:
+    k, j, i = np.indices(SHAPE)
+    return (k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2 <= radius ** 2
+
+
+def _with_rim(mask: np.ndarray, pixels: int = 2) -> np.ndarray:
+    """``mask`` grown in-plane by ``pixels``: the model's mask with a rim of the surroundings."""
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_dilation(mask, in_plane, iterations=pixels)
+
+
+def _nodule(lesion: float = 20.0, lung: float = -800.0, noise: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """(image, lesion mask): a ball of radius 4 at ``lesion`` HU in ``lung`` HU, with noise."""
+    lesion_mask = _ball(4)
+    image = np.where(lesion_mask, lesion, lung) + np.random.default_rng(0).normal(0, noise, SHAPE)
+    return image.astype(np.float32), lesion_mask
+
+
+def test_a_rim_of_lung_around_a_nodule_is_trimmed_to_the_nodule():
+    image, lesion = _nodule()
+    model_mask = _with_rim(lesion)
+    trimmed = trim_to_lesion_intensity(image, model_mask, CENTRE)
+    np.testing.assert_array_equal(trimmed, lesion)
+
+
+def test_a_dark_lesion_in_brighter_tissue_is_trimmed_the_same_way():
+    image, lesion = _nodule(lesion=-60.0, lung=60.0, noise=5.0)  # 120 HU darker, noise 5 HU
+    trimmed = trim_to_lesion_intensity(image, _with_rim(lesion), CENTRE)
+    np.testing.assert_array_equal(trimmed, lesion)
+
+
+def test_a_subtle_lesion_is_left_as_it_is():
+    """A step below MIN_CONTRAST interquartile ranges of the ring: nothing is trimmed."""
+    noise = 20.0  # the ring's interquartile range is about 1.35 x 20 = 27 HU
+    image, lesion = _nodule(lesion=30.0, lung=0.0, noise=noise)
+    assert 30.0 < MIN_CONTRAST * 1.35 * noise
+    model_mask = _with_rim(lesion)
+    assert trim_to_lesion_intensity(image, model_mask, CENTRE) is model_mask
+
+
+def test_a_click_on_the_surroundings_side_leaves_the_mask_as_it_is():
+    image, lesion = _nodule()
+    model_mask = _with_rim(lesion)
+    rim_voxel = np.array([4.0, 20.0, 25.0])  # 5 px from the centre: in the rim, not the nodule
+    assert model_mask[4, 20, 25] and not lesion[4, 20, 25]
+    assert trim_to_lesion_intensity(image, model_mask, rim_voxel) is model_mask
+
+
+def test_only_the_part_holding_the_click_stays():
+    """A second bright blob the mask reaches only through the rim of lung goes with the rim."""
+    image, lesion = _nodule()
+    other = _ball(2, np.array([4.0, 20.0, 28.0]))  # i 26-30; the nodule ends at 24, its rim at 26
+    image[other] = 20.0
+    model_mask = _with_rim(lesion) | other
+    trimmed = trim_to_lesion_intensity(image, model_mask, CENTRE)
+    np.testing.assert_array_equal(trimmed, lesion)
+
+
+def test_an_empty_mask_or_a_click_outside_changes_nothing():
+    image, lesion = _nodule()
+    empty = np.zeros(SHAPE, dtype=bool)
+    assert trim_to_lesion_intensity(image, empty, CENTRE) is empty
+    model_mask = _with_rim(lesion)
+    assert trim_to_lesion_intensity(image, model_mask, np.array([4.0, 20.0, 60.0])) is model_mask
