@@ -65,6 +65,11 @@ def _without_edge_rule(monkeypatch) -> None:
     monkeypatch.setattr(edge_threshold, "MIN_CORRECTION_EDGE", np.inf)
 
 
+def _without_intensity_trim(monkeypatch) -> None:
+    """A first click's mask as the model and the edge rule give it (as before ``intensity_trim``)."""
+    monkeypatch.setattr(session_module, "trim_to_lesion_intensity", lambda image, mask, click: mask)
+
+
 def _dice(found: np.ndarray, truth: np.ndarray) -> float:
     return 2 * np.count_nonzero(found & truth) / (np.count_nonzero(found) + np.count_nonzero(truth))
 
@@ -137,6 +142,7 @@ def test_a_first_click_on_a_small_nodule_is_cut_back_to_its_edge(predictor, monk
     too far: docs/BENCHMARKS.md, "Stage 7".) On the model's own crop: the finer crop a small
     object's first click is answered on again (``crop_scale``) is tested in test_engine_crop_scale.py."""
     monkeypatch.setattr(crop_scale, "SMALL_OBJECT_MM", 0.0)
+    _without_intensity_trim(monkeypatch)  # it trims the 0.5 mask's rim too: the edge rule alone here
     found, target, session = _first_click(predictor, ONE_SLICE_NODULE, "3d", seed=CHEST_DEV2_SEED)
     assert session._made_in_2d
     _without_edge_rule(monkeypatch)
@@ -251,7 +257,9 @@ def test_a_negative_clicks_2d_cut_is_given_back_where_the_3d_model_believes_the_
     """The protocol's second click on a small nodule is negative; the 2D pathway's cut on the
     clicked slice takes tumour with the false voxels. The session gives back what the 3D model
     believes clearly more than the clicked voxel: a part of that tumour (18 of 40 voxels), not
-    the click, and the mask is the better one."""
+    the click, and the mask is the better one. (The first mask untrimmed: trimmed at the nodule's
+    intensity step it fits better, and the protocol's second click is positive.)"""
+    _without_intensity_trim(monkeypatch)
     image, label, _ = _chest_case(CUT_TOO_DEEP, CHEST_DEV2_SEED)
     target = label.array > 0
     session, first, point, kind = _protocol_second_click(predictor, image, target, f"chest_{CUT_TOO_DEEP:03d}")
@@ -301,7 +309,7 @@ def test_a_first_clicks_rim_of_lung_is_trimmed_at_the_nodules_intensity_step(pre
     session = Session(predictor, image.array, image.spacing)
     session.interact([click], [1])
     trimmed = session.mask.copy()
-    monkeypatch.setattr(session_module, "trim_to_lesion_intensity", lambda image, mask, click: mask)
+    _without_intensity_trim(monkeypatch)
     session = Session(predictor, image.array, image.spacing)
     session.interact([click], [1])
     untrimmed = session.mask.copy()
