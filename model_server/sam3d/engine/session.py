@@ -31,7 +31,8 @@ the object's mask:
    spacing, kept where the two answers agree, and the object's later clicks use its scale
    (``crop_scale.py``). That finer crop's first answer encodes only its slices near the first
    mask; the rest are encoded in idle time or by the next answer that reads it
-   (``partial_crop.py``).
+   (``partial_crop.py``). The first mask is then trimmed at the lesion's intensity step where
+   that step is clear (``intensity_trim.py``: a rim of lung around a nodule goes).
 6. Where the 3D model answered and its mask still holds one of the object's negative clicks, the
    part of the mask it is no surer of than of that click, connected to it and nearer it than
    every positive click, is removed (``negative_clicks.py``). Where the 2D pathway answered
