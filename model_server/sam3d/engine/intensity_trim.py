@@ -22,7 +22,7 @@ from ..data.clicks import label_objects
 
 RING_PX = 3  # the surroundings: the in-plane ring this many pixels wide around the mask
 # the least |lesion - surroundings| in interquartile ranges of the ring for the trim to apply
-# (chosen on development data over 1 and 1.5: docs/BENCHMARKS.md)
+# (chosen on development data over 0, 1, 1.5 and 3: benchmarks/first_click_trim.py, docs/BENCHMARKS.md)
 MIN_CONTRAST = 2.0
 MIN_CORE_VOXELS = 5  # a mask whose in-plane erosion holds fewer is read at the click's 3 x 3 pixels instead
 
