@@ -22,42 +22,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "model_server"))
 
 from sam3d.data.clicks import first_click  # noqa: E402
-from sam3d.data.io import read_image  # noqa: E402
+from sam3d.data.datasets import find_cases, load_case, resolve_target_label  # noqa: E402
 from sam3d.engine import session as session_module  # noqa: E402
 from sam3d.engine.intensity_trim import RING_PX, trim_to_lesion_intensity  # noqa: E402
 from sam3d.engine.predictor import Predictor  # noqa: E402
 from sam3d.engine.session import Session  # noqa: E402
+from sam3d.evaluate.metrics import dice_and_nsd  # noqa: E402
 from sam3d.evaluate.simulation import case_rng  # noqa: E402
 
 
-def dice(found: np.ndarray, truth: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(found & truth) / max(1, np.count_nonzero(found) + np.count_nonzero(truth))
-
-
-def cases(folder: Path, label_name: str) -> list[tuple[str, Path, Path, int]]:
-    """(case id, image, label, the label's value) of every case of an nnU-Net-style folder."""
-    import json
-
-    value = json.loads((folder / "dataset.json").read_text())["labels"][label_name]
-    found = []
-    for image in sorted((folder / "imagesTr").glob("*_0000.*")):
-        case = image.name.split("_0000.")[0]
-        found.append((case, image, next((folder / "labelsTr").glob(f"{case}.*")), int(value)))
-    return found
-
-
 def untrimmed_first_masks(predictor: Predictor, folder: Path, limit: int | None):
-    """(image, label, click, first mask without the trim) per case."""
+    """(image, target, click, first mask without the trim) per case with a tumour."""
     session_module.trim_to_lesion_intensity = lambda image, mask, click: mask  # the answer before the trim
-    for case, image_path, label_path, value in cases(folder, "tumor")[:limit]:
-        image, label = read_image(image_path), read_image(label_path)
-        truth = label.array == value
-        if not truth.any():
+    tumour = resolve_target_label(folder, "tumor")
+    for case in find_cases(folder)[:limit]:
+        image, target = load_case(case, tumour)
+        if target is None or not target.any():
             continue
-        click = first_click(truth, case_rng(0, case))
+        click = first_click(target, case_rng(0, case.case_id))
         session = Session(predictor, image.array, image.spacing)
         session.interact([click], [1])
-        yield image.array, truth, click, session.mask.copy()
+        yield image, target, click, session.mask.copy()
 
 
 def main() -> int:
@@ -72,10 +57,11 @@ def main() -> int:
     for item in args.data:
         name, folder = item.split("=", 1)
         changes: dict[float, list[float]] = {gate: [] for gate in gates}
-        for image, truth, click, mask in untrimmed_first_masks(predictor, Path(folder), args.limit):
-            before = dice(mask, truth)
+        for image, target, click, mask in untrimmed_first_masks(predictor, Path(folder), args.limit):
+            before = dice_and_nsd(mask, target, image.spacing)[0]
             for gate in gates:  # on the whole image: the ring is the one the session reads on its grown box
-                changes[gate].append(dice(trim_to_lesion_intensity(image, mask, click, gate), truth) - before)
+                trimmed = trim_to_lesion_intensity(image.array, mask, click, gate)
+                changes[gate].append(dice_and_nsd(trimmed, target, image.spacing)[0] - before)
         columns.append((f"{name} ({len(changes[gates[0]])})", changes))
         print(f"{name}: {len(changes[gates[0]])} cases", file=sys.stderr, flush=True)
     print("| gate | " + " | ".join(title for title, _ in columns) + " |")

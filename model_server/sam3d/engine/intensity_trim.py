@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.clicks import label_objects
+from .positive_clicks import clicks_inside
 
 RING_PX = 3  # the surroundings: the in-plane ring this many pixels wide around the mask
 # the least |lesion - surroundings| in interquartile ranges of the ring for the trim to apply
@@ -37,9 +38,10 @@ def trim_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndar
     holding ``click`` (kji in the arrays) kept; ``mask`` as it is where the step is not clear or
     the click's voxel would go. ``image`` should reach ``RING_PX`` past the mask in-plane (the
     ring is cut where it does not)."""
-    index = tuple(int(round(float(c))) for c in click)
-    if not mask.any() or not all(0 <= c < n for c, n in zip(index, mask.shape)):
+    inside = clicks_inside(np.asarray(click, dtype=float)[None], np.ones(1), 1, mask.shape)
+    if not mask.any() or not inside:
         return mask
+    index = inside[0][1]
     ring = ndimage.binary_dilation(mask, _IN_PLANE, iterations=RING_PX) & ~mask
     core = ndimage.binary_erosion(mask, _IN_PLANE)
     if np.count_nonzero(core) < MIN_CORE_VOXELS:
