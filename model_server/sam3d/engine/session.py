@@ -32,7 +32,10 @@ the object's mask:
    (``crop_scale.py``). That finer crop's first answer encodes only its slices near the first
    mask; the rest are encoded in idle time or by the next answer that reads it
    (``partial_crop.py``). The first mask is then trimmed at the lesion's intensity step where
-   that step is clear (``intensity_trim.py``: a rim of lung around a nodule goes).
+   that step is clear (``intensity_trim.py``: a rim of lung around a nodule goes), and carried
+   to the lesion's extent on the smoothed image where the lesion is too subtle for the model's
+   input yet clear in the image (``subtle_extent.py``: a soft-tissue lesion in its organ); that
+   mask, too, lies on an image edge, and is corrected as the 2D pathway's.
 6. Where the 3D model answered and its mask still holds one of the object's negative clicks, the
    part of the mask it is no surer of than of that click, connected to it and nearer it than
    every positive click, is removed (``negative_clicks.py``). Where the 2D pathway answered
@@ -69,6 +72,7 @@ from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import MIN_AGREEMENT, agreement, judgeable_additions, keep_believed_additions
 from .predictor import IdleStep, Predictor
 from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, volume_bounds
+from .subtle_extent import REACH_MM, SHELL_MM, grow_to_subtle_lesion
 
 if TYPE_CHECKING:
     import torch
@@ -231,8 +235,8 @@ class Session:
         self._slice_embeddings = SliceEmbeddings()  # the 2D pathway's embedded slice windows, kept
         # the object's first click was answered by the 2D pathway's box search, or by the 3D model
         # with a mask whose boundary lies on an image edge (at a threshold other than 0.5, which the
-        # 3D model's later answers at 0.5 would undo, or at 0.5): its corrections go to the 2D
-        # pathway, as after a box
+        # 3D model's later answers at 0.5 would undo, or at 0.5; or a subtle lesion's extent, which
+        # they would undo as well): its corrections go to the 2D pathway, as after a box
         self._click_mask_corrected_in_2d = False
         # the object's crop spacing: the model's, or the finer one its first click kept (``crop_scale``)
         self._crop_spacing_mm = predictor.config.crop_spacing_mm
@@ -276,10 +280,14 @@ class Session:
                 answer = self._at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
             encode_s += answer.encode_s
             box, proposal = answer.box, answer.proposal
-            if first_click is not None:  # a new object's first click: trimmed at a clear intensity step
+            subtle = False
+            if first_click is not None:  # a new object's first click: trimmed at a clear intensity step,
                 proposal = self._trimmed_to_lesion_intensity(box, proposal, first_click)
-            # for a new object's first click: whether the 2D pathway will correct its mask
-            corrected_in_2d = answer.on_edge if first_click is not None else None
+                grown = self._grown_to_subtle_lesion(box, proposal, first_click)  # or grown to a subtle one's
+                subtle, proposal = grown is not proposal, grown
+            # for a new object's first click: whether the 2D pathway will correct its mask (a mask on
+            # an image edge: the edge rule's, or a subtle lesion's extent the 3D model would undo)
+            corrected_in_2d = (answer.on_edge or subtle) if first_click is not None else None
             if (self.click_pathway != "3d" and new_object
                     and len(points) == 1 and labels[0] == 1):  # a new object's lone first click
                 searched = self._first_click_search(box, proposal, points[0])
@@ -704,7 +712,8 @@ class Session:
     @property
     def _made_in_2d(self) -> bool:
         """Whether the object's mask is corrected as the 2D pathway's: its box, or its first click's
-        box search, went there, or its first click's answer lay on an image edge (``edge_threshold``)."""
+        box search, went there, or its first click's answer lay on an image edge (``edge_threshold``,
+        or a subtle lesion's extent: ``subtle_extent``)."""
         return self.predictor.box_pathway == "2d" and (self.box is not None or self._click_mask_corrected_in_2d)
 
     def _correct_2d(self, points: np.ndarray, labels: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
@@ -795,6 +804,28 @@ class Session:
         trimmed = trim_to_lesion_intensity(self.volume[_slices(grown)], mask, click - np.asarray(grown[0]))
         proposal = proposal.copy()
         proposal[_slices(region, origin=box[0])] = trimmed[_slices(region, origin=grown[0])]
+        return proposal
+
+    def _grown_to_subtle_lesion(self, box: Box, proposal: np.ndarray, click: np.ndarray) -> np.ndarray:
+        """A first click's mask (``proposal``, inside ``box``) carried to a subtle lesion's extent
+        (``subtle_extent``), read inside ``box`` around the mask's own box grown by the rule's
+        reach and shell; the lesion's contrast is weighed against the percentile range of the
+        image in ``box``, the model's crop."""
+        found = tight_box(proposal)
+        if found is None:
+            return proposal
+        pad = [int(np.ceil((REACH_MM + SHELL_MM[1]) / s)) for s in self.spacing]
+        region = (tuple(max(0, f - p) for f, p in zip(found[0], pad)),
+                  tuple(min(n, f + p) for f, p, n in zip(found[1], pad, proposal.shape)))
+        crop = self.volume[_slices(box)]
+        low, high = self.predictor.preset.percentile_window(crop)
+        part = proposal[_slices(region)]
+        grown = grow_to_subtle_lesion(crop[_slices(region)], self.spacing, part,
+                                      click - np.asarray(box[0]) - np.asarray(region[0]), float(high - low))
+        if grown is part:
+            return proposal
+        proposal = proposal.copy()
+        proposal[_slices(region)] = grown
         return proposal
 
     def _chooses_threshold(self, new_box: np.ndarray | None, labels: np.ndarray) -> bool:

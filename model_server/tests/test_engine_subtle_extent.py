@@ -1,0 +1,116 @@
+"""A first click's mask carried to a subtle lesion's extent (``engine.subtle_extent``): where it
+grows or shrinks to the lesion, and where it is left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from sam3d.data.clicks import first_click, label_objects
+from sam3d.data.phantoms import case_seed, generate_case
+from sam3d.engine import session as session_module
+from sam3d.engine.predictor import Predictor
+from sam3d.engine.session import Session
+from sam3d.engine.subtle_extent import MAX_FIELD_FRACTION, REACH_MM, grow_to_subtle_lesion
+from sam3d.evaluate.simulation import case_rng
+
+SHAPE = (13, 64, 64)
+SPACING = (2.5, 0.8, 0.8)
+CENTRE = np.array([6.0, 32.0, 32.0])
+ORGAN = 40.0
+FIELD_WITH_AIR_AND_BONE = 2000.0  # the crop's percentile range when it holds air and bone
+
+
+def _ball(radius_mm: float, centre: np.ndarray = CENTRE) -> np.ndarray:
+    k, j, i = np.indices(SHAPE)
+    return (((k - centre[0]) * SPACING[0]) ** 2 + ((j - centre[1]) * SPACING[1]) ** 2
+            + ((i - centre[2]) * SPACING[2]) ** 2 <= radius_mm ** 2)
+
+
+def _organ_with_lesion(contrast: float = 30.0, noise: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """(image, lesion): a ball of radius 8 mm ``contrast`` HU off a 40 HU organ, with noise."""
+    lesion = _ball(8.0)
+    image = np.where(lesion, ORGAN + contrast, ORGAN) + np.random.default_rng(0).normal(0, noise, SHAPE)
+    return image.astype(np.float32), lesion
+
+
+def _dice(found: np.ndarray, truth: np.ndarray) -> float:
+    return 2 * np.count_nonzero(found & truth) / (np.count_nonzero(found) + np.count_nonzero(truth))
+
+
+@pytest.mark.parametrize("contrast", [30.0, -30.0])
+def test_a_mask_short_of_a_subtle_lesion_grows_to_its_edge(contrast):
+    """The model's blob of 4 mm inside an 8 mm lesion 30 HU off its organ (brighter or darker)."""
+    image, lesion = _organ_with_lesion(contrast)
+    model_mask = _ball(4.0)
+    grown = grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE)
+    assert _dice(model_mask, lesion) < 0.25
+    assert _dice(grown, lesion) > 0.9
+
+
+def test_a_mask_spilling_into_the_organ_shrinks_to_the_lesion():
+    image, lesion = _organ_with_lesion()
+    model_mask = _ball(11.0)
+    shrunk = grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE)
+    assert _dice(model_mask, lesion) < 0.6
+    assert _dice(shrunk, lesion) > 0.9
+
+
+def test_a_lesion_the_model_sees_clearly_is_left_as_it_is():
+    """The same lesion in a crop of soft tissue only: 30 HU is a large part of the model's input
+    range, so the model's own answer stands."""
+    image, _ = _organ_with_lesion()
+    soft_tissue_only = 100.0  # the crop's percentile range: 30 HU is 0.3 of it
+    assert 30.0 / soft_tissue_only > 2 * MAX_FIELD_FRACTION
+    model_mask = _ball(4.0)
+    assert grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, soft_tissue_only) is model_mask
+
+
+def test_no_step_in_the_image_leaves_the_mask_as_it_is():
+    image, _ = _organ_with_lesion(contrast=0.0)
+    model_mask = _ball(4.0)
+    assert grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE) is model_mask
+
+
+def test_the_mask_grows_no_farther_than_its_reach():
+    """Tissue of the lesion's intensity all the way to the volume's edge: the grown mask stops
+    ``REACH_MM`` from the model's mask."""
+    image, lesion = _organ_with_lesion()
+    image[:, :, 32:] = ORGAN + 30.0 + np.random.default_rng(1).normal(0, 10.0, (SHAPE[0], SHAPE[1], 32))
+    model_mask = _ball(4.0)
+    grown = grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE)
+    distance = ndimage.distance_transform_edt(~model_mask, sampling=SPACING)
+    assert np.count_nonzero(grown) > 2 * np.count_nonzero(lesion)
+    assert distance[grown].max() <= REACH_MM
+
+
+def test_an_empty_mask_or_a_click_outside_changes_nothing():
+    image, _ = _organ_with_lesion()
+    empty = np.zeros(SHAPE, dtype=bool)
+    assert grow_to_subtle_lesion(image, SPACING, empty, CENTRE, FIELD_WITH_AIR_AND_BONE) is empty
+    model_mask = _ball(4.0)
+    outside = np.array([6.0, 32.0, 90.0])
+    assert grow_to_subtle_lesion(image, SPACING, model_mask, outside, FIELD_WITH_AIR_AND_BONE) is model_mask
+
+
+# `sam3d phantoms --design phantom --seed 7` (the phantom development set of docs/BENCHMARKS.md),
+# case 6: a 7356-voxel tumour 37 HU above its organ; the 3D model's first mask holds 1530 voxels
+PHANTOM_DEV_SEED, SHORT_OF_ITS_EDGE = 7, 6
+
+
+def test_a_first_click_on_a_subtle_phantom_tumour_reaches_its_edge(monkeypatch):
+    """Through the session with the default model: the protocol's first click on that tumour."""
+    image, label = generate_case(case_seed(PHANTOM_DEV_SEED, SHORT_OF_ITS_EDGE))
+    tumours, _ = label_objects(label.array == 2)
+    click = first_click(label.array == 2, case_rng(0, f"phantom_{SHORT_OF_ITS_EDGE:03d}"))
+    target = tumours == tumours[tuple(int(c) for c in click)]
+    predictor = Predictor.load("default", device="cpu")
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([click], [1])
+    grown = session.mask.copy()
+    monkeypatch.setattr(session_module, "grow_to_subtle_lesion", lambda image, spacing, mask, click, field: mask)
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([click], [1])
+    assert _dice(session.mask, target) < 0.5
+    assert _dice(grown, target) > 0.85
