@@ -12,7 +12,9 @@ from sam3d.data.phantoms import case_seed, generate_case
 from sam3d.engine import session as session_module
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
-from sam3d.engine.subtle_extent import MAX_FIELD_FRACTION, REACH_MM, grow_to_subtle_lesion
+from sam3d.data.clicks import next_click
+from sam3d.engine.subtle_extent import (MAX_FIELD_FRACTION, REACH_MM, RIM_REACH_MM, SubtleLevels, add_at_positive_click,
+                                        cut_at_negative_click, grow_to_subtle_lesion, smoothed_image)
 from sam3d.evaluate.simulation import case_rng
 
 SHAPE = (13, 64, 64)
@@ -35,6 +37,12 @@ def _organ_with_lesion(contrast: float = 30.0, noise: float = 10.0) -> tuple[np.
     return image.astype(np.float32), lesion
 
 
+def _left_alone(result: tuple, mask: np.ndarray) -> bool:
+    """Whether ``grow_to_subtle_lesion`` gave ``mask`` back as it is, with no levels."""
+    found, levels = result
+    return found is mask and levels is None
+
+
 def _dice(found: np.ndarray, truth: np.ndarray) -> float:
     return 2 * np.count_nonzero(found & truth) / (np.count_nonzero(found) + np.count_nonzero(truth))
 
@@ -44,7 +52,7 @@ def test_a_mask_short_of_a_subtle_lesion_grows_to_its_edge(contrast):
     """The model's blob of 4 mm inside an 8 mm lesion 30 HU off its organ (brighter or darker)."""
     image, lesion = _organ_with_lesion(contrast)
     model_mask = _ball(4.0)
-    grown = grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE)
+    grown, levels = grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE)
     assert _dice(model_mask, lesion) < 0.25
     assert _dice(grown, lesion) > 0.9
 
@@ -52,7 +60,7 @@ def test_a_mask_short_of_a_subtle_lesion_grows_to_its_edge(contrast):
 def test_a_mask_spilling_into_the_organ_shrinks_to_the_lesion():
     image, lesion = _organ_with_lesion()
     model_mask = _ball(11.0)
-    shrunk = grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE)
+    shrunk, _ = grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE)
     assert _dice(model_mask, lesion) < 0.6
     assert _dice(shrunk, lesion) > 0.9
 
@@ -64,13 +72,13 @@ def test_a_lesion_the_model_sees_clearly_is_left_as_it_is():
     soft_tissue_only = 100.0  # the crop's percentile range: 30 HU is 0.3 of it
     assert 30.0 / soft_tissue_only > 2 * MAX_FIELD_FRACTION
     model_mask = _ball(4.0)
-    assert grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, soft_tissue_only) is model_mask
+    assert _left_alone(grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, soft_tissue_only), model_mask)
 
 
 def test_no_step_in_the_image_leaves_the_mask_as_it_is():
     image, _ = _organ_with_lesion(contrast=0.0)
     model_mask = _ball(4.0)
-    assert grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE) is model_mask
+    assert _left_alone(grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE), model_mask)
 
 
 def test_the_mask_grows_no_farther_than_its_reach():
@@ -79,7 +87,7 @@ def test_the_mask_grows_no_farther_than_its_reach():
     image, lesion = _organ_with_lesion()
     image[:, :, 32:] = ORGAN + 30.0 + np.random.default_rng(1).normal(0, 10.0, (SHAPE[0], SHAPE[1], 32))
     model_mask = _ball(4.0)
-    grown = grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE)
+    grown, levels = grow_to_subtle_lesion(image, SPACING, model_mask, CENTRE, FIELD_WITH_AIR_AND_BONE)
     distance = ndimage.distance_transform_edt(~model_mask, sampling=SPACING)
     assert np.count_nonzero(grown) > 2 * np.count_nonzero(lesion)
     assert distance[grown].max() <= REACH_MM
@@ -88,10 +96,56 @@ def test_the_mask_grows_no_farther_than_its_reach():
 def test_an_empty_mask_or_a_click_outside_changes_nothing():
     image, _ = _organ_with_lesion()
     empty = np.zeros(SHAPE, dtype=bool)
-    assert grow_to_subtle_lesion(image, SPACING, empty, CENTRE, FIELD_WITH_AIR_AND_BONE) is empty
+    assert _left_alone(grow_to_subtle_lesion(image, SPACING, empty, CENTRE, FIELD_WITH_AIR_AND_BONE), empty)
     model_mask = _ball(4.0)
     outside = np.array([6.0, 32.0, 90.0])
-    assert grow_to_subtle_lesion(image, SPACING, model_mask, outside, FIELD_WITH_AIR_AND_BONE) is model_mask
+    assert _left_alone(grow_to_subtle_lesion(image, SPACING, model_mask, outside, FIELD_WITH_AIR_AND_BONE), model_mask)
+
+
+LEVELS = SubtleLevels(lesion=ORGAN + 30.0, surroundings=ORGAN)  # those of ``_organ_with_lesion()``
+
+
+def test_a_positive_click_adds_the_lesion_near_it():
+    """The mask holds half the lesion; a click in the other half adds that half."""
+    image, lesion = _organ_with_lesion()
+    half = lesion.copy()
+    half[:, :, 32:] = False
+    added = add_at_positive_click(smoothed_image(image, SPACING), SPACING, half, np.array([6.0, 32.0, 38.0]), LEVELS)
+    assert not (half & ~added).any()
+    assert _dice(half, lesion) < 0.7 and _dice(added, lesion) > 0.9
+
+
+def test_a_positive_click_on_surroundings_like_voxels_adds_only_near_itself():
+    """A click whose voxel looks like the organ (a partial-volume rim): the voxels at least as
+    lesion-like as it within ``RIM_REACH_MM``, never the organ beyond."""
+    image, lesion = _organ_with_lesion()
+    smoothed = smoothed_image(image, SPACING)
+    rim = np.array([6.0, 32.0, 45.0])  # 10.4 mm from the centre: organ, 2.4 mm past the lesion
+    assert not LEVELS.near_lesion(smoothed)[6, 32, 45]
+    added = add_at_positive_click(smoothed, SPACING, lesion, rim, LEVELS)
+    new = added & ~lesion
+    assert new[6, 32, 45]
+    k, j, i = np.nonzero(new)
+    distance = np.sqrt(((k - 6) * SPACING[0]) ** 2 + ((j - 32) * SPACING[1]) ** 2 + ((i - 45) * SPACING[2]) ** 2)
+    assert distance.max() <= RIM_REACH_MM
+
+
+def test_a_negative_click_cuts_a_leak_into_the_organ_and_keeps_the_lesion():
+    """The mask holds the lesion and a leak of organ beside it; a negative click in the leak,
+    with the lesion's first click at its centre, removes the leak."""
+    image, lesion = _organ_with_lesion()
+    leak = _ball(5.0, np.array([6.0, 32.0, 45.0])) & ~lesion
+    cut = cut_at_negative_click(smoothed_image(image, SPACING), SPACING, lesion | leak, np.array([6.0, 32.0, 46.0]),
+                                CENTRE[None], LEVELS)
+    assert np.count_nonzero(cut & leak) < 0.2 * np.count_nonzero(leak)
+    assert np.count_nonzero(cut & lesion) > 0.95 * np.count_nonzero(lesion)
+
+
+def test_a_negative_click_outside_the_mask_changes_nothing():
+    image, lesion = _organ_with_lesion()
+    outside = np.array([6.0, 32.0, 55.0])
+    assert cut_at_negative_click(smoothed_image(image, SPACING), SPACING, lesion, outside, CENTRE[None],
+                                 LEVELS) is lesion
 
 
 # `sam3d phantoms --design phantom --seed 7` (the phantom development set of docs/BENCHMARKS.md),
@@ -100,7 +154,8 @@ PHANTOM_DEV_SEED, SHORT_OF_ITS_EDGE = 7, 6
 
 
 def test_a_first_click_on_a_subtle_phantom_tumour_reaches_its_edge(monkeypatch):
-    """Through the session with the default model: the protocol's first click on that tumour."""
+    """Through the session with the default model: the protocol's first click on that tumour,
+    then its second click, answered from the lesion's levels."""
     image, label = generate_case(case_seed(PHANTOM_DEV_SEED, SHORT_OF_ITS_EDGE))
     tumours, _ = label_objects(label.array == 2)
     click = first_click(label.array == 2, case_rng(0, f"phantom_{SHORT_OF_ITS_EDGE:03d}"))
@@ -109,7 +164,12 @@ def test_a_first_click_on_a_subtle_phantom_tumour_reaches_its_edge(monkeypatch):
     session = Session(predictor, image.array, image.spacing)
     session.interact([click], [1])
     grown = session.mask.copy()
-    monkeypatch.setattr(session_module, "grow_to_subtle_lesion", lambda image, spacing, mask, click, field: mask)
+    point, label = next_click(grown, target, image.spacing)  # the protocol's second click
+    runs = session.encoder_runs
+    session.interact([point], [label])
+    assert session.encoder_runs == runs  # answered from the lesion's levels: no model ran
+    assert _dice(session.mask, target) >= _dice(grown, target) - 0.01
+    monkeypatch.setattr(session_module, "grow_to_subtle_lesion", lambda image, spacing, mask, click, field: (mask, None))
     session = Session(predictor, image.array, image.spacing)
     session.interact([click], [1])
     assert _dice(session.mask, target) < 0.5

@@ -46,7 +46,7 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
         doubtful = result & (probability >= 0) & (probability <= probability[index])
         lo, hi = tight_box(doubtful)  # the click is in it: never None
         window = tuple(slice(a, b) for a, b in zip(lo, hi))
-        part = doubtful[window] & _nearer_than_all(doubtful[window].shape, np.asarray(point, dtype=float) - lo,
+        part = doubtful[window] & nearer_than_all(doubtful[window].shape, np.asarray(point, dtype=float) - lo,
                                                    positives - lo, spacing)
         components, _ = label_objects(part)
         clicked = components[tuple(c - a for c, a in zip(index, lo))]
@@ -73,7 +73,7 @@ def spare_believed_voxels(probability: np.ndarray, before: np.ndarray, after: np
     return after | (before & ~after & (probability > max(levels)))
 
 
-def _nearer_than_all(shape: Sequence[int], negative: np.ndarray, positives: np.ndarray,
+def nearer_than_all(shape: Sequence[int], negative: np.ndarray, positives: np.ndarray,
                      spacing: Sequence[float]) -> np.ndarray:
     """The voxels of an array of ``shape`` nearer (in mm) the ``negative`` click than every one of
     ``positives`` (all of them when there is none); clicks in the array's kji coordinates."""

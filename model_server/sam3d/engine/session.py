@@ -35,7 +35,9 @@ the object's mask:
    that step is clear (``intensity_trim.py``: a rim of lung around a nodule goes), and carried
    to the lesion's extent on the smoothed image where the lesion is too subtle for the model's
    input yet clear in the image (``subtle_extent.py``: a soft-tissue lesion in its organ); that
-   mask, too, lies on an image edge, and is corrected as the 2D pathway's.
+   object's later clicks are answered from the lesion's two levels (a positive click adds the
+   voxels near the lesion's level around it, a negative one cuts the part nearer it than every
+   positive click), not by the 3D model, which is blind to the step, nor by the 2D pathway.
 6. Where the 3D model answered and its mask still holds one of the object's negative clicks, the
    part of the mask it is no surer of than of that click, connected to it and nearer it than
    every positive click, is removed (``negative_clicks.py``). Where the 2D pathway answered
@@ -72,7 +74,8 @@ from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import MIN_AGREEMENT, agreement, judgeable_additions, keep_believed_additions
 from .predictor import IdleStep, Predictor
 from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, volume_bounds
-from .subtle_extent import REACH_MM, SHELL_MM, grow_to_subtle_lesion
+from .subtle_extent import (REACH_MM, SHELL_MM, SMOOTH_MM, SubtleLevels, add_at_positive_click,
+                            cut_at_negative_click, grow_to_subtle_lesion, smoothed_image)
 
 if TYPE_CHECKING:
     import torch
@@ -189,7 +192,9 @@ class Session:
         widened to the clicks - ``_within_box``) or
         "auto" ("2d" while the object's mask is one the 2D pathway corrects - its box or its first
         click's search went there, or its first click's mask lies on an image edge
-        (``_made_in_2d``); global otherwise - measured in docs/BENCHMARKS.md);
+        (``_made_in_2d``); global otherwise - measured in docs/BENCHMARKS.md); whatever the choice,
+        an object whose first click's mask was carried to a subtle lesion's extent is corrected
+        from that lesion's levels (``subtle_extent``);
         ``click_pathway``: "3d" (the 3D model answers clicks) or "search" (an object's lone first
         click: the 3D model's mask, then LiteMedSAM's 2D pathway from the box that fits the click's
         slice best, found by a box search that starts from squares around the click and the 3D
@@ -238,6 +243,9 @@ class Session:
         # 3D model's later answers at 0.5 would undo, or at 0.5; or a subtle lesion's extent, which
         # they would undo as well): its corrections go to the 2D pathway, as after a box
         self._click_mask_corrected_in_2d = False
+        # a subtle lesion's levels, where its first click's mask was carried to its extent: its
+        # later clicks are answered from them (``subtle_extent``)
+        self._subtle_levels: SubtleLevels | None = None
         # the object's crop spacing: the model's, or the finer one its first click kept (``crop_scale``)
         self._crop_spacing_mm = predictor.config.crop_spacing_mm
         self._lock = threading.Lock()
@@ -262,12 +270,16 @@ class Session:
                 patch, seconds = self._box_patch_2d(new_box)
                 patches.append(patch)
                 encode_s += seconds
-            corrected = self._correct_2d(points, labels) if new_box is None and self._corrects_in_2d else None
+            corrected = self._correct_subtle(points, labels) if new_box is None else None
             if corrected is not None:
-                patch, seconds = corrected
-                patch = self._judged_by_3d(patch, all_points, all_labels, points)
-                patches.append(patch)
-                encode_s += seconds
+                patches.append(corrected)
+            elif new_box is None and self._corrects_in_2d:
+                corrected = self._correct_2d(points, labels)
+                if corrected is not None:
+                    patch, seconds = corrected
+                    patch = self._judged_by_3d(patch, all_points, all_labels, points)
+                    patches.append(patch)
+                    encode_s += seconds
             new_object = self._is_new_object(new_box)
             spacing_mm = self.predictor.config.crop_spacing_mm if new_object else self._crop_spacing_mm
             queue = [] if corrected is not None else self._place_crops(points, labels, None if box_2d else new_box,
@@ -280,14 +292,13 @@ class Session:
                 answer = self._at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
             encode_s += answer.encode_s
             box, proposal = answer.box, answer.proposal
-            subtle = False
+            levels = None
             if first_click is not None:  # a new object's first click: trimmed at a clear intensity step,
                 proposal = self._trimmed_to_lesion_intensity(box, proposal, first_click)
-                grown = self._grown_to_subtle_lesion(box, proposal, first_click)  # or grown to a subtle one's
-                subtle, proposal = grown is not proposal, grown
+                proposal, levels = self._grown_to_subtle_lesion(box, proposal, first_click)  # or grown
             # for a new object's first click: whether the 2D pathway will correct its mask (a mask on
             # an image edge: the edge rule's, or a subtle lesion's extent the 3D model would undo)
-            corrected_in_2d = (answer.on_edge or subtle) if first_click is not None else None
+            corrected_in_2d = (answer.on_edge or levels is not None) if first_click is not None else None
             if (self.click_pathway != "3d" and new_object
                     and len(points) == 1 and labels[0] == 1):  # a new object's lone first click
                 searched = self._first_click_search(box, proposal, points[0])
@@ -295,6 +306,7 @@ class Session:
                 if searched is not None:
                     (box, proposal), seconds = searched
                     encode_s += seconds
+                    levels = None  # the search's mask, not a subtle lesion's extent
             local = self.corrections == "local" or (self.corrections in ("auto", "2d") and self._made_in_2d)
             if local and corrected is None and new_box is None and self.voxels > 0:
                 proposal = _local_update(self.mask[_slices(box)], proposal, points - np.asarray(box[0]), labels)
@@ -308,6 +320,9 @@ class Session:
             self._crop_spacing_mm = spacing_mm if answer.spacing_mm is None else answer.spacing_mm
             if corrected_in_2d is not None:
                 self._click_mask_corrected_in_2d = corrected_in_2d
+                self._subtle_levels = levels
+            elif new_box is not None:  # a box makes the object the box's: its levels no longer answer
+                self._subtle_levels = None
             total_ms = (time.perf_counter() - start) * 1000
             change.encoder_ran = self.encoder_runs > encoder_before
             change.crops = answer.crops
@@ -394,6 +409,7 @@ class Session:
             self.interactions = entry.interactions
             if self.interactions == 0:  # back to a new object: its next first click decides again
                 self._click_mask_corrected_in_2d = False
+                self._subtle_levels = None
                 self._crop_spacing_mm = self.predictor.config.crop_spacing_mm
             self._extent = entry.extent
             return MaskChange(entry.box[0], entry.box[1], previous, self.voxels,
@@ -408,6 +424,7 @@ class Session:
             self.points, self.labels = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
             self.box = None
             self._click_mask_corrected_in_2d = False
+            self._subtle_levels = None
             self._crop_spacing_mm = self.predictor.config.crop_spacing_mm
             self.interactions = 0
             self._history.clear()
@@ -806,27 +823,56 @@ class Session:
         proposal[_slices(region, origin=box[0])] = trimmed[_slices(region, origin=grown[0])]
         return proposal
 
-    def _grown_to_subtle_lesion(self, box: Box, proposal: np.ndarray, click: np.ndarray) -> np.ndarray:
+    def _grown_to_subtle_lesion(self, box: Box, proposal: np.ndarray,
+                                click: np.ndarray) -> tuple[np.ndarray, SubtleLevels | None]:
         """A first click's mask (``proposal``, inside ``box``) carried to a subtle lesion's extent
         (``subtle_extent``), read inside ``box`` around the mask's own box grown by the rule's
         reach and shell; the lesion's contrast is weighed against the percentile range of the
-        image in ``box``, the model's crop."""
+        image in ``box``, the model's crop. -> (mask, the lesion's levels or None where the rule
+        did not apply)."""
         found = tight_box(proposal)
         if found is None:
-            return proposal
+            return proposal, None
         pad = [int(np.ceil((REACH_MM + SHELL_MM[1]) / s)) for s in self.spacing]
         region = (tuple(max(0, f - p) for f, p in zip(found[0], pad)),
                   tuple(min(n, f + p) for f, p, n in zip(found[1], pad, proposal.shape)))
         crop = self.volume[_slices(box)]
         low, high = self.predictor.preset.percentile_window(crop)
-        part = proposal[_slices(region)]
-        grown = grow_to_subtle_lesion(crop[_slices(region)], self.spacing, part,
-                                      click - np.asarray(box[0]) - np.asarray(region[0]), float(high - low))
-        if grown is part:
-            return proposal
+        grown, levels = grow_to_subtle_lesion(crop[_slices(region)], self.spacing, proposal[_slices(region)],
+                                              click - np.asarray(box[0]) - np.asarray(region[0]), float(high - low))
+        if levels is None:
+            return proposal, None
         proposal = proposal.copy()
         proposal[_slices(region)] = grown
-        return proposal
+        return proposal, levels
+
+    def _correct_subtle(self, points: np.ndarray, labels: np.ndarray) -> tuple[Box, np.ndarray] | None:
+        """The clicks on a subtle lesion's mask answered from its levels (``subtle_extent``), one
+        after the other -> a patch over the mask's box grown by the rule's reach, or None where
+        the object is not such a lesion or a positive click does not lie near its level (the
+        other pathways then take the clicks)."""
+        if self._subtle_levels is None or self.voxels == 0:
+            return None
+        pad = [int(np.ceil((REACH_MM + 3 * SMOOTH_MM) / s)) for s in self.spacing]
+        clicked: Box = (tuple(int(c) for c in np.floor(points.min(axis=0))),
+                        tuple(int(c) + 1 for c in np.ceil(points.max(axis=0))))
+        found = _union([self._extent, clicked])
+        region = (tuple(max(0, f - p) for f, p in zip(found[0], pad)),
+                  tuple(min(n, f + p) for f, p, n in zip(found[1], pad, self.volume.shape)))
+        origin = np.asarray(region[0])
+        smoothed = smoothed_image(self.volume[_slices(region)], self.spacing)
+        mask = self.mask[_slices(region)].copy()
+        positives = [p - origin for p in self.points[self.labels == 1]]
+        for point, label in zip(points - origin, labels):
+            if label == 1:
+                mask = add_at_positive_click(smoothed, self.spacing, mask, point, self._subtle_levels)
+                if mask is None:
+                    return None
+                positives.append(point)
+            else:
+                mask = cut_at_negative_click(smoothed, self.spacing, mask, point, np.array(positives).reshape(-1, 3),
+                                             self._subtle_levels)
+        return region, mask.astype(np.float32)
 
     def _chooses_threshold(self, new_box: np.ndarray | None, labels: np.ndarray) -> bool:
         """Whether this interaction is a new object's first clicks, answered by the 3D model alone

@@ -17,21 +17,30 @@ becomes the voxels nearer the lesion's level than the surroundings' (and not pas
 level by more than half the step), within ``REACH_MM`` of the model's mask, opened by one pixel
 in-plane, connected to the click, holes filled. Elsewhere - a clear step the model already sees,
 such as a nodule in the lung, or no step the image shows - the mask stays as it is.
+
+The object's later clicks keep the two levels (``SubtleLevels``): neither the 3D model (blind to
+the step) nor the 2D pathway (whose box on such a slice takes part of the organ) follows this
+lesion's edge. A positive click adds the voxels near the lesion's level within ``REACH_MM`` of it,
+connected to it (``add_at_positive_click``); a negative click removes the part of the mask
+nearer it than every positive click, connected to it (``cut_at_negative_click``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from ..data.clicks import label_objects
+from .negative_clicks import nearer_than_all
 from .positive_clicks import clicks_inside
 
 SMOOTH_MM = 1.0  # Gaussian smoothing of the image before its levels are read (sigma, mm)
 SHELL_MM = (3.0, 12.0)  # the surroundings: this far from the model's mask (mm, inner and outer)
 REACH_MM = 12.0  # the new mask stays within this distance of the model's mask (mm)
+RIM_REACH_MM = 4.0  # a positive click on the lesion's rim adds no farther than this from it (mm)
 MIN_SEPARATION = 2.0  # the least |lesion - surroundings| in the click's robust standard deviations
 # the largest |lesion - surroundings| as a fraction of the crop's percentile range for the rule to
 # apply: under the least contrast of the training generator's lesions (0.14), where the model is blind
@@ -41,36 +50,104 @@ _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 
+@dataclass(frozen=True)
+class SubtleLevels:
+    """A subtle lesion's level and its surroundings', read at the object's first click on the
+    smoothed image (in the image's units)."""
+
+    lesion: float
+    surroundings: float
+
+    def near_lesion(self, smoothed: np.ndarray) -> np.ndarray:
+        """The voxels nearer the lesion's level than the surroundings', and not more than half the
+        step past the lesion's level."""
+        return np.abs(smoothed - self.lesion) < abs(self.lesion - self.surroundings) / 2
+
+
 def _robust_std(values: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
+def smoothed_image(image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """``image`` smoothed by ``SMOOTH_MM`` (a Gaussian's sigma, in mm along each axis)."""
+    return ndimage.gaussian_filter(image.astype(np.float32), [SMOOTH_MM / s for s in spacing])
+
+
+def _clicked_component(candidate: np.ndarray, index: tuple[int, int, int]) -> np.ndarray | None:
+    """The part of ``candidate`` (opened by one pixel in-plane) connected to ``index``, holes
+    filled; None where ``index`` is not in it."""
+    components, _ = label_objects(ndimage.binary_opening(candidate, _IN_PLANE))
+    if not components[index]:
+        return None
+    return ndimage.binary_fill_holes(components == components[index])
+
+
 def grow_to_subtle_lesion(image: np.ndarray, spacing: Sequence[float], mask: np.ndarray, click: np.ndarray,
-                          field_range: float) -> np.ndarray:
-    """``mask`` (bool, on ``image``'s grid, spacing kji in mm) carried to the extent of the subtle
-    lesion ``click`` (kji) lies in, or ``mask`` as it is where the rule does not apply (see the
-    module's docstring). ``field_range`` is the 3D model crop's percentile range (its input's
-    scale); ``image`` should reach ``REACH_MM`` + ``SHELL_MM[1]`` past the mask (it is cut where
-    it does not)."""
+                          field_range: float) -> tuple[np.ndarray, SubtleLevels | None]:
+    """(``mask`` (bool, on ``image``'s grid, spacing kji in mm) carried to the extent of the
+    subtle lesion ``click`` (kji) lies in, its levels), or (``mask`` as it is, None) where the
+    rule does not apply (see the module's docstring). ``field_range`` is the 3D model crop's
+    percentile range (its input's scale); ``image`` should reach ``REACH_MM`` + ``SHELL_MM[1]``
+    past the mask (it is cut where it does not)."""
     inside = clicks_inside(np.asarray(click, dtype=float)[None], np.ones(1), 1, mask.shape)
     if not mask.any() or not inside or not field_range > 0:
-        return mask
+        return mask, None
     k, j, i = inside[0][1]
-    sigma = [SMOOTH_MM / s for s in spacing]
-    smoothed = ndimage.gaussian_filter(image.astype(np.float32), sigma)
+    smoothed = smoothed_image(image, spacing)
     lesion = float(np.median(smoothed[k, max(0, j - 1):j + 2, max(0, i - 1):i + 2]))
     spread = _robust_std(smoothed[max(0, k - 1):k + 2, max(0, j - 2):j + 3, max(0, i - 2):i + 3].ravel())
     distance = ndimage.distance_transform_edt(~mask, sampling=spacing)
     shell = (distance > SHELL_MM[0]) & (distance <= SHELL_MM[1])
     if not shell.any():
-        return mask
-    surroundings = float(np.median(smoothed[shell]))
-    step = abs(lesion - surroundings)
+        return mask, None
+    levels = SubtleLevels(lesion, float(np.median(smoothed[shell])))
+    step = abs(levels.lesion - levels.surroundings)
     if step >= MAX_FIELD_FRACTION * field_range or step < MIN_SEPARATION * max(spread, 1e-6):
+        return mask, None
+    grown = _clicked_component(levels.near_lesion(smoothed) & (distance <= REACH_MM), (k, j, i))
+    return (mask, None) if grown is None else (grown, levels)
+
+
+def add_at_positive_click(smoothed: np.ndarray, spacing: Sequence[float], mask: np.ndarray, click: np.ndarray,
+                          levels: SubtleLevels) -> np.ndarray | None:
+    """``mask`` with the voxels near the lesion's level within ``REACH_MM`` of ``click`` (kji on
+    ``smoothed``'s grid), connected to it, added. Where the clicked voxel itself is not near the
+    lesion's level (a click on the lesion's partial-volume rim), the voxels at least as
+    lesion-like as it within ``RIM_REACH_MM``, connected to it, are added instead. None where the
+    click lies outside the array."""
+    inside = clicks_inside(np.asarray(click, dtype=float)[None], np.ones(1), 1, mask.shape)
+    if not inside:
+        return None
+    index = inside[0][1]
+    seed = np.zeros(mask.shape, dtype=bool)
+    seed[index] = True
+    from_click = ndimage.distance_transform_edt(~seed, sampling=spacing)
+    near = levels.near_lesion(smoothed)
+    if near[index]:
+        added = _clicked_component(near & (from_click <= REACH_MM), index)
+        if added is not None:
+            return mask | added
+    darker = levels.lesion < levels.surroundings
+    as_lesion_like = smoothed <= smoothed[index] if darker else smoothed >= smoothed[index]
+    components, _ = label_objects(as_lesion_like & (from_click <= RIM_REACH_MM))
+    return mask | (components == components[index])
+
+
+def cut_at_negative_click(smoothed: np.ndarray, spacing: Sequence[float], mask: np.ndarray, click: np.ndarray,
+                          positives: np.ndarray, levels: SubtleLevels) -> np.ndarray:
+    """``mask`` without its voxels nearer the clicked voxel's level than the lesion's and nearer
+    ``click`` (kji on ``smoothed``'s grid) than every one of ``positives`` (kji, n x 3),
+    connected to the click: a leak into the organ goes, the lesion's core beside it stays. Where
+    the clicked voxel is itself near the lesion's level (a like-intensity structure the user
+    rules out) the level is not asked. ``mask`` as it is where the click is not in it."""
+    inside = clicks_inside(np.asarray(click, dtype=float)[None], np.zeros(1), 0, mask.shape)
+    if not inside or not mask[inside[0][1]]:
         return mask
-    nearer_lesion = np.abs(smoothed - lesion) < step / 2
-    candidate = ndimage.binary_opening(nearer_lesion & (distance <= REACH_MM), _IN_PLANE)
-    components, _ = label_objects(candidate)
-    if not components[k, j, i]:
-        return mask
-    return ndimage.binary_fill_holes(components == components[k, j, i])
+    index = inside[0][1]
+    part = mask & nearer_than_all(mask.shape, np.asarray(click, dtype=float), np.asarray(positives, dtype=float),
+                                  spacing)
+    clicked_level = float(smoothed[index])
+    if not levels.near_lesion(np.float32(clicked_level)):
+        part &= np.abs(smoothed - clicked_level) < np.abs(smoothed - levels.lesion)
+    components, _ = label_objects(part)
+    return mask & (components != components[index])
