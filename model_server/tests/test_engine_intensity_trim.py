@@ -38,6 +38,15 @@ def test_a_rim_of_lung_around_a_nodule_is_trimmed_to_the_nodule():
     np.testing.assert_array_equal(trimmed, lesion)
 
 
+def test_a_mask_mostly_of_rim_is_trimmed_at_the_clicks_level():
+    """A 4-pixel rim around the nodule: the eroded mask's median is the lung's, so the lesion is
+    read at the click, and the rim goes."""
+    image, lesion = _nodule()
+    model_mask = _with_rim(lesion, pixels=4)
+    assert np.count_nonzero(model_mask & ~lesion) > 2 * np.count_nonzero(lesion)
+    np.testing.assert_array_equal(trim_to_lesion_intensity(image, model_mask, CENTRE), lesion)
+
+
 def test_a_dark_lesion_in_brighter_tissue_is_trimmed_the_same_way():
     image, lesion = _nodule(lesion=-60.0, lung=60.0, noise=5.0)  # 120 HU darker, noise 5 HU
     trimmed = trim_to_lesion_intensity(image, _with_rim(lesion), CENTRE)

@@ -93,6 +93,18 @@ def test_the_mask_grows_no_farther_than_its_reach():
     assert distance[grown].max() <= REACH_MM
 
 
+def test_a_region_of_the_lesions_level_that_leaves_the_models_mask_aside_is_not_taken():
+    """The click lies at the edge of a large structure of the lesion's level (soft tissue beside
+    a tumour); the model's mask lies mostly in the organ beside it. What the levels would take
+    shares too little of the model's mask: the mask is left as it is."""
+    image, _ = _organ_with_lesion(contrast=0.0)
+    image[:, :, 32:] += 30.0
+    model_mask = _ball(6.0, np.array([6.0, 32.0, 28.0]))
+    assert np.count_nonzero(model_mask[:, :, 32:]) < 0.2 * np.count_nonzero(model_mask)
+    click = np.array([6.0, 32.0, 33.0])
+    assert _left_alone(grow_to_subtle_lesion(image, SPACING, model_mask, click, FIELD_WITH_AIR_AND_BONE), model_mask)
+
+
 def test_an_empty_mask_or_a_click_outside_changes_nothing():
     image, _ = _organ_with_lesion()
     empty = np.zeros(SHAPE, dtype=bool)
