@@ -23,8 +23,10 @@ region of the lesion's level that is another structure - the mask stays as it is
 The object's later clicks keep the two levels (``SubtleLevels``): neither the 3D model (blind to
 the step) nor the 2D pathway (whose box on such a slice takes part of the organ) follows this
 lesion's edge. A positive click adds the voxels near the lesion's level within ``REACH_MM`` of it,
-connected to it (``add_at_positive_click``); a negative click removes the part of the mask
-nearer it than every positive click, connected to it (``cut_at_negative_click``).
+connected to it - on the lesion's rim, those at least as lesion-like as the clicked voxel within
+``RIM_REACH_MM`` (``add_at_positive_click``); a negative click removes the part of the mask nearer
+it than every positive click and nearer the clicked voxel's level than the lesion's, connected
+to it (``cut_at_negative_click``).
 """
 
 from __future__ import annotations
