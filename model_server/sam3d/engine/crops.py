@@ -78,14 +78,14 @@ class CropGeometry:
         center, half = np.asarray(self.center), self.half_extent
         lo = np.ceil(center - half - 1e-6).astype(int)
         hi = np.floor(center + half + 1e-6).astype(int) + 1
-        return _clamp_box(lo, hi, self.native_shape)
+        return clamp_box(lo, hi, self.native_shape)
 
     def source_box(self) -> Box:
         """Native voxels trilinear sampling of the crop reads, clamped to the volume."""
         center, half = np.asarray(self.center), self.half_extent
         lo = np.floor(center - half).astype(int)
         hi = np.floor(center + half).astype(int) + 2
-        return _clamp_box(lo, hi, self.native_shape)
+        return clamp_box(lo, hi, self.native_shape)
 
     def at_volume_edge(self, axis: int, direction: int) -> bool:
         """Whether the crop already reaches the volume's edge on face (axis, -1 | +1)."""
@@ -186,7 +186,8 @@ def tight_box(mask: np.ndarray) -> Box | None:
     return tuple(lo), tuple(hi)
 
 
-def _clamp_box(lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int]) -> Box:
+def clamp_box(lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int]) -> Box:
+    """The box from ``lo`` to ``hi`` (kji, half-open) clipped to an array of ``shape``, never empty."""
     lo = np.clip(lo, 0, np.asarray(shape) - 1)
     hi = np.maximum(np.minimum(hi, shape), lo + 1)
     return tuple(int(v) for v in lo), tuple(int(v) for v in hi)

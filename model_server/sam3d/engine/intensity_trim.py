@@ -28,8 +28,8 @@ RING_PX = 3  # the surroundings: the in-plane ring this many pixels wide around 
 MIN_CONTRAST = 2.0
 MIN_CORE_VOXELS = 5  # a mask whose in-plane erosion holds fewer is read at the click's 3 x 3 pixels only
 
-_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
-_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+IN_PLANE = np.zeros((3, 3, 3), dtype=bool)  # the in-plane 4-neighbourhood as a 3D structuring element
+IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 
 def trim_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndarray,
@@ -43,7 +43,7 @@ def trim_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndar
     if not mask.any() or not inside:
         return mask
     index = inside[0][1]
-    ring = ndimage.binary_dilation(mask, _IN_PLANE, iterations=RING_PX) & ~mask
+    ring = ndimage.binary_dilation(mask, IN_PLANE, iterations=RING_PX) & ~mask
     if not ring.any():
         return mask
     values = image.astype(np.float32, copy=False)
@@ -66,7 +66,7 @@ def _lesion_levels(values: np.ndarray, mask: np.ndarray, index: tuple[int, ...])
     """The lesion's level as read inside the mask (eroded by one voxel in-plane, where that holds
     ``MIN_CORE_VOXELS``), then at the click's 3 x 3 pixels: a mask mostly of surroundings (a thick
     rim around a small nodule) has the surroundings' median inside."""
-    core = ndimage.binary_erosion(mask, _IN_PLANE)
+    core = ndimage.binary_erosion(mask, IN_PLANE)
     levels = [float(np.median(values[core]))] if np.count_nonzero(core) >= MIN_CORE_VOXELS else []
     k, j, i = index
     levels.append(float(np.median(values[k, max(0, j - 1):j + 2, max(0, i - 1):i + 2])))

@@ -56,7 +56,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -66,7 +66,7 @@ from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from . import crop_scale as scale
 from .choices import CLICK_PATHWAYS, CORRECTIONS
-from .crops import Box, CropGeometry, extract_crop, mask_prompt, paste_back, tight_box, touched_faces
+from .crops import Box, CropGeometry, clamp_box, extract_crop, mask_prompt, paste_back, tight_box, touched_faces
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
 from .intensity_trim import RING_PX, trim_to_lesion_intensity
 from .negative_clicks import honour_negative_clicks, spare_believed_voxels
@@ -810,11 +810,9 @@ class Session:
         found = tight_box(proposal)
         if found is None:
             return proposal
-        lo = [b + f for b, f in zip(box[0], found[0])]
-        hi = [b + f for b, f in zip(box[0], found[1])]
-        for axis in (1, 2):
-            lo[axis], hi[axis] = max(0, lo[axis] - RING_PX), min(self.volume.shape[axis], hi[axis] + RING_PX)
-        grown: Box = (tuple(lo), tuple(hi))
+        found_in_volume: Box = (tuple(b + f for b, f in zip(box[0], found[0])),
+                                tuple(b + f for b, f in zip(box[0], found[1])))
+        grown = _padded(found_in_volume, (0, RING_PX, RING_PX), self.volume.shape)
         region = _intersection(grown, box)  # holds every voxel of the mask
         mask = np.zeros(_size(grown), dtype=bool)
         mask[_slices(region, origin=grown[0])] = proposal[_slices(region, origin=box[0])]
@@ -833,9 +831,7 @@ class Session:
         found = tight_box(proposal)
         if found is None:
             return proposal, None
-        pad = [int(np.ceil((REACH_MM + SHELL_MM[1]) / s)) for s in self.spacing]
-        region = (tuple(max(0, f - p) for f, p in zip(found[0], pad)),
-                  tuple(min(n, f + p) for f, p, n in zip(found[1], pad, proposal.shape)))
+        region = _padded(found, [int(np.ceil((REACH_MM + SHELL_MM[1]) / s)) for s in self.spacing], proposal.shape)
         crop = self.volume[_slices(box)]
         low, high = self.predictor.preset.percentile_window(crop)
         grown, levels = grow_to_subtle_lesion(crop[_slices(region)], self.spacing, proposal[_slices(region)],
@@ -848,17 +844,14 @@ class Session:
 
     def _correct_subtle(self, points: np.ndarray, labels: np.ndarray) -> tuple[Box, np.ndarray] | None:
         """The clicks on a subtle lesion's mask answered from its levels (``subtle_extent``), one
-        after the other -> a patch over the mask's box grown by the rule's reach, or None where
-        the object is not such a lesion or a positive click does not lie near its level (the
-        other pathways then take the clicks)."""
+        after the other -> a patch over the mask's and the clicks' box grown by the rule's reach,
+        or None where the object is not such a lesion (the other pathways then take the clicks)."""
         if self._subtle_levels is None or self.voxels == 0:
             return None
-        pad = [int(np.ceil((REACH_MM + 3 * SMOOTH_MM) / s)) for s in self.spacing]
         clicked: Box = (tuple(int(c) for c in np.floor(points.min(axis=0))),
                         tuple(int(c) + 1 for c in np.ceil(points.max(axis=0))))
-        found = _union([self._extent, clicked])
-        region = (tuple(max(0, f - p) for f, p in zip(found[0], pad)),
-                  tuple(min(n, f + p) for f, p, n in zip(found[1], pad, self.volume.shape)))
+        region = _padded(_union([self._extent, clicked]),
+                         [int(np.ceil((REACH_MM + 3 * SMOOTH_MM) / s)) for s in self.spacing], self.volume.shape)
         origin = np.asarray(region[0])
         smoothed = smoothed_image(self.volume[_slices(region)], self.spacing)
         mask = self.mask[_slices(region)].copy()
@@ -866,8 +859,6 @@ class Session:
         for point, label in zip(points - origin, labels):
             if label == 1:
                 mask = add_at_positive_click(smoothed, self.spacing, mask, point, self._subtle_levels)
-                if mask is None:
-                    return None
                 positives.append(point)
             else:
                 mask = cut_at_negative_click(smoothed, self.spacing, mask, point, np.array(positives).reshape(-1, 3),
@@ -1057,6 +1048,11 @@ def _union(boxes: list[Box]) -> Box:
         return EMPTY_BOX
     return (tuple(min(b[0][a] for b in boxes) for a in range(3)),
             tuple(max(b[1][a] for b in boxes) for a in range(3)))
+
+
+def _padded(box: Box, pad: Sequence[int], shape: Sequence[int]) -> Box:
+    """``box`` grown by ``pad`` voxels on each side along each axis, clipped to an array of ``shape``."""
+    return clamp_box(np.subtract(box[0], pad), np.add(box[1], pad), shape)
 
 
 def _intersection(a: Box, b: Box) -> Box | None:

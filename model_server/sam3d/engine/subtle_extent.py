@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.clicks import label_objects
+from .intensity_trim import IN_PLANE
 from .negative_clicks import nearer_than_all
 from .positive_clicks import clicks_inside
 
@@ -52,10 +53,6 @@ MAX_FIELD_FRACTION = 0.14
 # the least part of the smaller of the grown and the model's masks the two share (on development
 # data 0.44-0.99 where the rule fired; 0.21 on a held-out chest case where it took soft tissue)
 MIN_SHARED = 1 / 3
-
-_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
-_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
-
 
 @dataclass(frozen=True)
 class SubtleLevels:
@@ -83,7 +80,7 @@ def smoothed_image(image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 def _clicked_component(candidate: np.ndarray, index: tuple[int, int, int]) -> np.ndarray | None:
     """The part of ``candidate`` (opened by one pixel in-plane) connected to ``index``, holes
     filled; None where ``index`` is not in it."""
-    components, _ = label_objects(ndimage.binary_opening(candidate, _IN_PLANE))
+    components, _ = label_objects(ndimage.binary_opening(candidate, IN_PLANE))
     if not components[index]:
         return None
     return ndimage.binary_fill_holes(components == components[index])
@@ -126,15 +123,15 @@ def _same_object(grown: np.ndarray, mask: np.ndarray) -> bool:
 
 
 def add_at_positive_click(smoothed: np.ndarray, spacing: Sequence[float], mask: np.ndarray, click: np.ndarray,
-                          levels: SubtleLevels) -> np.ndarray | None:
+                          levels: SubtleLevels) -> np.ndarray:
     """``mask`` with the voxels near the lesion's level within ``REACH_MM`` of ``click`` (kji on
     ``smoothed``'s grid), connected to it, added. Where the clicked voxel itself is not near the
     lesion's level (a click on the lesion's partial-volume rim), the voxels at least as
-    lesion-like as it within ``RIM_REACH_MM``, connected to it, are added instead. None where the
-    click lies outside the array."""
+    lesion-like as it within ``RIM_REACH_MM``, connected to it, are added instead. ``mask`` as it
+    is where the click lies outside the array."""
     inside = clicks_inside(np.asarray(click, dtype=float)[None], np.ones(1), 1, mask.shape)
     if not inside:
-        return None
+        return mask
     index = inside[0][1]
     seed = np.zeros(mask.shape, dtype=bool)
     seed[index] = True
