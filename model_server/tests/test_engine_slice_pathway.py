@@ -13,7 +13,7 @@ from sam3d.engine.predictor import IdleStep, Predictor, resolve_box_pathway
 from sam3d.engine.session import Session, _local_update, _on_clicked_slices, _within_box
 from sam3d.engine import slice_pathway
 from sam3d.engine.slice_pathway import (BOX_MARGIN_PX, LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
-                                        FALLBACK_GROWTH_LIMIT,
+                                        FALLBACK_GROWTH_LIMIT, FULLEST_TOLERANCE, _widest_of,
                                         _propagate, _propagation_margins, _SliceWindows, SliceEmbeddings,
                                         correct_slice_by_slice,
                                         _cut, native_bf16_cpu, resolve_slice_precision, segment_from_click,
@@ -113,6 +113,21 @@ def test_a_3d_box_bounds_the_propagation_to_its_slices_and_rectangle(ball, slice
     assert len(slices) >= 1 and slices.min() >= 9 and slices.max() <= 15
     js, is_ = np.nonzero(found.any(axis=0))
     assert js.min() >= 25 - 1 and js.max() <= 39 + 1 and is_.min() >= 23 - 1 and is_.max() <= 37 + 1
+
+
+def test_a_3d_box_starts_on_the_largest_mask_that_fills_its_rectangle_nearly_as_well_as_the_best():
+    """A narrower slice whose mask leaked to the rectangle's edge can overlap the rectangle best;
+    starting there, the growth rule ended propagation before the wider slices (a complex chest
+    nodule: 3D box Dice 0.38). The start is the largest mask within FULLEST_TOLERANCE of the best
+    overlap, and never one that fills the rectangle clearly worse."""
+    def disc(radius: int) -> np.ndarray:
+        j, i = np.mgrid[:40, :40]
+        return (j - 20) ** 2 + (i - 20) ** 2 <= radius ** 2
+
+    leaked, widest, larger_but_off = (0.95, 9, disc(5)), (0.95 - FULLEST_TOLERANCE / 2, 12, disc(9)), \
+        (0.95 - 2 * FULLEST_TOLERANCE, 14, disc(12))
+    assert _widest_of([leaked, widest, larger_but_off])[1] == 12
+    assert _widest_of([leaked, larger_but_off])[1] == 9
 
 
 def test_propagation_ends_where_the_mask_leaves_the_object_for_what_lies_beyond_its_surroundings():

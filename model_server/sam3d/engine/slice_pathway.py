@@ -12,9 +12,10 @@ ended": from the object's largest slice its area shrinks, while LiteMedSAM, give
 every slice. An intensity rule ends it too: a slice mask whose mean lies well beyond the start
 slice's surroundings, seen from the object, or (without a 3D box) as far past the object on its
 other side, has left it (``_left_the_object``). A 3D box
-(corners on different slices) also bounds the propagation: it starts on the box's slice whose
-mask fills the box's rectangle best (``_fullest_slice``), stays within the box's slices and
-never leaves the box's rectangle.
+(corners on different slices) also bounds the propagation: it starts on the object's widest
+slice in the box - the largest mask of the slices whose mask fills the box's rectangle nearly as
+well as the best (``_fullest_slice``) - stays within the box's slices and never leaves the box's
+rectangle.
 
 Why a 2D pathway beside the 3D model: on boxes it is the better of the two on every data set
 measured (docs/BENCHMARKS.md, generalisation table) - it was trained on ~1.5 M real medical
@@ -58,6 +59,7 @@ CORRECTION_MARGIN_PX = 2  # a positive click's box: the nearest slice mask's box
 FALLBACK_GROWTH_LIMIT = 30.0
 FALLBACK_SCALE = 1.0  # ... and its squares reach at most this times the object's in-plane extent from the click
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
+FULLEST_TOLERANCE = 0.1  # a 3D box starts on the largest mask whose box overlaps its rectangle within this of the best
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
 RING_PX = 3  # the surroundings a slice mask's contrast is measured against
 END_CONTRAST = -0.25  # a slice mask this far beyond the surroundings (in units of the object's contrast) left it
@@ -481,19 +483,31 @@ def _mask_box(plane_mask: np.ndarray, margin: float = 0.0) -> np.ndarray:
 
 def _fullest_slice(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], slices: range,
                    rectangle: np.ndarray, embeddings: SliceEmbeddings | None = None) -> tuple[int, np.ndarray]:
-    """The slice of a 3D box where the object fills the box's rectangle best (its mask's box
-    overlaps the rectangle most): the object's widest slice, where propagation starts."""
-    best = (-1.0, slices[0], np.zeros(volume.shape[1:], dtype=bool))
+    """The slice of a 3D box where propagation starts, and its mask from the box's rectangle: the
+    object's widest slice, the largest mask of the slices whose mask's box overlaps the rectangle
+    (intersection over union) within ``FULLEST_TOLERANCE`` of the best. The best overlap alone
+    can fall on a narrower slice whose mask leaked to the rectangle's edge, and the growth rule
+    then ends propagation before the wider slices (docs/BENCHMARKS.md, "Where a 3D box starts")."""
+    found: list[tuple[float, int, np.ndarray]] = []
     for k in slices:
         plane_mask = _segment_slice(model, volume[k], bounds, box=rectangle,
                                     windows=_windows(embeddings, model, volume, k, bounds))
         if plane_mask.any():
-            found = _mask_box(plane_mask)
-            overlap = np.prod(np.clip(np.minimum(found[2:], rectangle[2:]) - np.maximum(found[:2], rectangle[:2]) + 1, 0, None))
-            union = np.prod(found[2:] - found[:2] + 1) + np.prod(rectangle[2:] - rectangle[:2] + 1) - overlap
-            if overlap / union > best[0]:
-                best = (overlap / union, k, plane_mask)
-    return best[1], best[2]
+            box = _mask_box(plane_mask)
+            overlap = np.prod(np.clip(np.minimum(box[2:], rectangle[2:]) - np.maximum(box[:2], rectangle[:2]) + 1, 0, None))
+            union = np.prod(box[2:] - box[:2] + 1) + np.prod(rectangle[2:] - rectangle[:2] + 1) - overlap
+            found.append((overlap / union, k, plane_mask))
+    if not found:
+        return slices[0], np.zeros(volume.shape[1:], dtype=bool)
+    _, k, plane_mask = _widest_of(found)
+    return k, plane_mask
+
+
+def _widest_of(found: list[tuple[float, int, np.ndarray]]) -> tuple[float, int, np.ndarray]:
+    """Of (overlap with the rectangle, slice, mask) for a 3D box's slices, the one with the
+    largest mask among those whose overlap is within ``FULLEST_TOLERANCE`` of the best."""
+    best = max(overlap for overlap, _, _ in found)
+    return max((c for c in found if c[0] >= best - FULLEST_TOLERANCE), key=lambda c: int(np.count_nonzero(c[2])))
 
 
 def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.ndarray | None = None,
