@@ -77,14 +77,15 @@ def nearer_than_all(shape: Sequence[int], negative: np.ndarray, positives: np.nd
                      spacing: Sequence[float]) -> np.ndarray:
     """The voxels of an array of ``shape`` nearer (in mm) the ``negative`` click than every one of
     ``positives`` (all of them when there is none); clicks in the array's kji coordinates."""
-    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
-    scale = np.asarray(spacing, dtype=float)
-
-    def squared_distance(point: np.ndarray) -> np.ndarray:
-        return sum(((axis - c) * s) ** 2 for axis, c, s in zip(grid, point, scale))
-
-    to_negative = squared_distance(negative)
+    to_negative = squared_distance_mm(shape, negative, spacing)
     nearer = np.ones(tuple(shape), dtype=bool)
     for positive in positives:
-        nearer &= to_negative < squared_distance(positive)
+        nearer &= to_negative < squared_distance_mm(shape, positive, spacing)
     return nearer
+
+
+def squared_distance_mm(shape: Sequence[int], point: Sequence[float], spacing: Sequence[float]) -> np.ndarray:
+    """The squared distance (mm^2) of every voxel of an array of ``shape`` from ``point`` (kji in
+    the array), as an array of ``shape`` (broadcast from one open grid per axis)."""
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum(((axis - c) * float(s)) ** 2 for axis, c, s in zip(grid, point, spacing))

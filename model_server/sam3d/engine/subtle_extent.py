@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from ..data.clicks import label_objects
 from .intensity_trim import IN_PLANE
-from .negative_clicks import nearer_than_all
+from .negative_clicks import nearer_than_all, squared_distance_mm
 from .positive_clicks import clicks_inside
 
 SMOOTH_MM = 1.0  # Gaussian smoothing of the image before its levels are read (sigma, mm)
@@ -133,9 +133,7 @@ def add_at_positive_click(smoothed: np.ndarray, spacing: Sequence[float], mask: 
     if not inside:
         return mask
     index = inside[0][1]
-    seed = np.zeros(mask.shape, dtype=bool)
-    seed[index] = True
-    from_click = ndimage.distance_transform_edt(~seed, sampling=spacing)
+    from_click = np.sqrt(squared_distance_mm(mask.shape, index, spacing))
     near = levels.near_lesion(smoothed)
     if near[index]:
         added = _clicked_component(near & (from_click <= REACH_MM), index)
