@@ -65,6 +65,41 @@ def test_a_mask_spilling_into_the_organ_shrinks_to_the_lesion():
     assert _dice(shrunk, lesion) > 0.9
 
 
+FAT = -90.0
+
+
+@pytest.mark.parametrize("organ_rows", [(18, 46), (19, 45), (20, 44), (22, 42)])
+def test_a_lesion_between_its_organ_and_fat_grows_to_its_edge(organ_rows):
+    """A lesion 25 HU darker than its organ, at the edge of a strip of organ with fat on three
+    sides: the median of the shell around the model's blob falls between fat and organ, anywhere
+    from near the organ's level to the fat's with the strip's width. The organ's level is read
+    from the shell's brighter side: the mask reaches the lesion's edge."""
+    k, j, i = np.indices(SHAPE)
+    organ = (i < 38) & (j >= organ_rows[0]) & (j < organ_rows[1])
+    lesion = _ball(8.0, np.array([6.0, 32.0, 34.0])) & organ
+    image = np.where(organ, np.where(lesion, ORGAN - 25.0, ORGAN), FAT)
+    image = (image + np.random.default_rng(0).normal(0, 10.0, SHAPE)).astype(np.float32)
+    click = np.array([6.0, 32.0, 31.0])
+    model_mask = _ball(4.0, click)
+    grown, levels = grow_to_subtle_lesion(image, SPACING, model_mask, click, FIELD_WITH_AIR_AND_BONE)
+    assert levels is not None and abs(levels.surroundings - ORGAN) < 5.0
+    assert _dice(model_mask, lesion) < 0.35
+    assert _dice(grown, lesion) > 0.85
+
+
+def test_a_nodule_between_the_lung_and_the_chest_wall_is_left_as_it_is():
+    """A nodule in the lung against the chest wall: subtle against the wall, but the lung beside
+    it is a step the model sees, so the model's own answer stands."""
+    k, j, i = np.indices(SHAPE)
+    lung = i >= 30
+    nodule = _ball(8.0) & lung
+    image = np.where(lung, np.where(nodule, ORGAN - 20.0, -850.0), ORGAN)
+    image = (image + np.random.default_rng(0).normal(0, 10.0, SHAPE)).astype(np.float32)
+    click = np.array([6.0, 32.0, 36.0])
+    model_mask = _ball(4.0, click)
+    assert _left_alone(grow_to_subtle_lesion(image, SPACING, model_mask, click, FIELD_WITH_AIR_AND_BONE), model_mask)
+
+
 def test_a_lesion_the_model_sees_clearly_is_left_as_it_is():
     """The same lesion in a crop of soft tissue only: 30 HU is a large part of the model's input
     range, so the model's own answer stands."""

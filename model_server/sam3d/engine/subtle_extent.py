@@ -9,7 +9,11 @@ smoothed: the rule here reads, on the image smoothed by ``SMOOTH_MM``,
 
 - the lesion's level at the click (the median of the click's 3 x 3 in-plane pixels) and its
   spread (the robust standard deviation of the 5 x 5 x 3 voxels around the click);
-- the surroundings' level: the median of a shell ``SHELL_MM`` away from the model's mask.
+- the surroundings' level: where at least ``SIDE_SHARE`` of a shell ``SHELL_MM`` away from the
+  model's mask lies darker than the lesion by ``MIN_SEPARATION`` spreads and as much brighter (a
+  lesion between its organ and fat, whose shell's median can fall anywhere between them, the
+  lesion's own level included), the median of the nearer side, both sides subtle for the model;
+  elsewhere, or where that reading does not apply, the median of the whole shell.
 
 Where the two levels differ by less than ``MAX_FIELD_FRACTION`` of the crop's percentile range
 (subtle for the model) yet by at least ``MIN_SEPARATION`` spreads (clear in the image), the mask
@@ -53,6 +57,9 @@ MAX_FIELD_FRACTION = 0.14
 # the least part of the smaller of the grown and the model's masks the two share (on development
 # data 0.44-0.99 where the rule fired; 0.21 on a held-out chest case where it took soft tissue)
 MIN_SHARED = 1 / 3
+# the least part of the shell each side must hold for a lesion to be read as lying between a darker
+# and a brighter tissue (0.1-0.3 took the same development cases)
+SIDE_SHARE = 0.2
 
 @dataclass(frozen=True)
 class SubtleLevels:
@@ -99,19 +106,35 @@ def grow_to_subtle_lesion(image: np.ndarray, spacing: Sequence[float], mask: np.
     k, j, i = inside[0][1]
     smoothed = smoothed_image(image, spacing)
     lesion = float(np.median(smoothed[k, max(0, j - 1):j + 2, max(0, i - 1):i + 2]))
-    spread = _robust_std(smoothed[max(0, k - 1):k + 2, max(0, j - 2):j + 3, max(0, i - 2):i + 3].ravel())
+    spread = max(_robust_std(smoothed[max(0, k - 1):k + 2, max(0, j - 2):j + 3, max(0, i - 2):i + 3].ravel()), 1e-6)
     distance = ndimage.distance_transform_edt(~mask, sampling=spacing)
-    shell = (distance > SHELL_MM[0]) & (distance <= SHELL_MM[1])
-    if not shell.any():
+    shell = smoothed[(distance > SHELL_MM[0]) & (distance <= SHELL_MM[1])]
+    if not shell.size:
         return mask, None
-    levels = SubtleLevels(lesion, float(np.median(smoothed[shell])))
-    step = abs(levels.lesion - levels.surroundings)
-    if step >= MAX_FIELD_FRACTION * field_range or step < MIN_SEPARATION * max(spread, 1e-6):
-        return mask, None
-    grown = _clicked_component(levels.near_lesion(smoothed) & (distance <= REACH_MM), (k, j, i))
-    if grown is None or not _same_object(grown, mask):
-        return mask, None
-    return grown, levels
+    readings = [_levels_either_side(shell, lesion, spread), (SubtleLevels(lesion, float(np.median(shell))), 0.0)]
+    for levels, step_beyond in readings:
+        if levels is None:
+            continue
+        step = abs(lesion - levels.surroundings)
+        if max(step, step_beyond) >= MAX_FIELD_FRACTION * field_range or step < MIN_SEPARATION * spread:
+            continue
+        grown = _clicked_component(levels.near_lesion(smoothed) & (distance <= REACH_MM), (k, j, i))
+        if grown is not None and _same_object(grown, mask):
+            return grown, levels
+    return mask, None
+
+
+def _levels_either_side(shell: np.ndarray, lesion: float, spread: float) -> tuple[SubtleLevels | None, float]:
+    """(The levels of a lesion between a darker and a brighter tissue, the surroundings' level the
+    nearer side's median; the step to the farther side's median) from the ``shell``'s voxels at
+    least ``MIN_SEPARATION`` spreads below and above the ``lesion``'s level; (None, 0) where either
+    side holds under ``SIDE_SHARE`` of the shell."""
+    darker = shell[shell < lesion - MIN_SEPARATION * spread]
+    brighter = shell[shell > lesion + MIN_SEPARATION * spread]
+    if min(darker.size, brighter.size) < SIDE_SHARE * shell.size:
+        return None, 0.0
+    nearer, farther = sorted((float(np.median(darker)), float(np.median(brighter))), key=lambda v: abs(v - lesion))
+    return SubtleLevels(lesion, nearer), abs(farther - lesion)
 
 
 def _same_object(grown: np.ndarray, mask: np.ndarray) -> bool:
