@@ -34,6 +34,7 @@ EDGE_AT_HALF = 7  # case 7: the first click's mask stays at 0.5, on the lesion's
 CHEST_DEV2_SEED, ONE_SLICE_NODULE = 8, 7  # `--seed 8` (chest dev2), case 7: a 95-voxel nodule on one slice
 CUT_TOO_DEEP = 10  # chest dev2 case 10: the 2D pathway's cut for the protocol's second click (negative) takes tumour
 RIM_OF_LUNG = 5  # chest dev2 case 5: the first click's mask carries a rim of lung around the nodule
+SHORT_OF_EDGE = 4  # chest dev2 case 4: the first click's mask stops short of the tumour's edge
 # `--design chest-complex --seed 91` (complex chest dev91), case 18: the protocol's first click's
 # mask runs four slices past the tumour's end, onto the atelectasis beside it; case 8: the
 # 2D pathway's answer to the protocol's second click (positive) follows the tissue beside the tumour
@@ -66,8 +67,15 @@ def _without_edge_rule(monkeypatch) -> None:
 
 
 def _without_intensity_trim(monkeypatch) -> None:
-    """A first click's mask as the model and the edge rule give it (as before ``intensity_trim``)."""
+    """A first click's mask as the model and the edge rule give it (as before ``intensity_trim``'s
+    trim and growth)."""
     monkeypatch.setattr(session_module, "trim_to_lesion_intensity", lambda image, mask, click: mask)
+    monkeypatch.setattr(session_module, "grow_to_lesion_intensity", lambda image, mask, click: mask)
+
+
+def _without_growth(monkeypatch) -> None:
+    """A first click's mask not grown to the lesion's intensity step (``intensity_trim``)."""
+    monkeypatch.setattr(session_module, "grow_to_lesion_intensity", lambda image, mask, click: mask)
 
 
 def _dice(found: np.ndarray, truth: np.ndarray) -> float:
@@ -234,7 +242,9 @@ def test_a_positive_click_keeps_only_what_the_3d_model_believes(predictor, monke
     widened to the click, adds hundreds of voxels beside the tumour; the session keeps only what
     the 3D model believes as much as the click: much of what it adds to the tumour, little of the
     leak, and no
-    crop is encoded for it."""
+    crop is encoded for it. (The first mask not grown to the tumour's intensity step: grown, it
+    takes the missed part, and the protocol's second click is negative.)"""
+    _without_growth(monkeypatch)
     image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, LEAKS_BESIDE), complicated=True)
     target = label.array > 0
     session, first, point, kind = _protocol_second_click(predictor, image, target, f"chest-complex_{LEAKS_BESIDE:03d}")
@@ -302,7 +312,8 @@ def test_a_positive_click_no_rule_can_judge_runs_no_3d_decoder(predictor, monkey
 def test_a_first_clicks_rim_of_lung_is_trimmed_at_the_nodules_intensity_step(predictor, monkeypatch):
     """The protocol's first click on a nodule in the lung: the 3D model's mask holds a rim of
     parenchyma; the session trims it at the half-way intensity between nodule and lung, so the
-    mask lies inside the untrimmed one and the Dice rises."""
+    mask lies inside the untrimmed one and the Dice rises. (Neither is grown to the step.)"""
+    _without_growth(monkeypatch)
     image, label, _ = _chest_case(RIM_OF_LUNG, CHEST_DEV2_SEED)
     target = label.array > 0
     click = first_click(target, case_rng(0, f"chest_{RIM_OF_LUNG:03d}"))
@@ -315,3 +326,21 @@ def test_a_first_clicks_rim_of_lung_is_trimmed_at_the_nodules_intensity_step(pre
     untrimmed = session.mask.copy()
     assert not (trimmed & ~untrimmed).any() and np.count_nonzero(untrimmed & ~trimmed & ~target) > 50
     assert _dice(trimmed, target) > _dice(untrimmed, target) + 0.05
+
+
+def test_a_first_clicks_mask_short_of_the_tumours_edge_grows_to_it(predictor, monkeypatch):
+    """The protocol's first click on a lung tumour: the 3D model's mask (trimmed) lies inside
+    the tumour; the session grows it in-plane to the half-way intensity between tumour and lung,
+    so the mask holds the ungrown one and the Dice rises."""
+    image, label, _ = _chest_case(SHORT_OF_EDGE, CHEST_DEV2_SEED)
+    target = label.array > 0
+    click = first_click(target, case_rng(0, f"chest_{SHORT_OF_EDGE:03d}"))
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([click], [1])
+    grown = session.mask.copy()
+    _without_growth(monkeypatch)
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([click], [1])
+    ungrown = session.mask.copy()
+    assert not (ungrown & ~grown).any() and np.count_nonzero(grown & ~ungrown & target) > 50
+    assert _dice(grown, target) > _dice(ungrown, target) + 0.05

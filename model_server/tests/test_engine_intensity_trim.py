@@ -1,12 +1,13 @@
-"""A first click's mask trimmed at the lesion's intensity step (``engine.intensity_trim``): what
-goes where the step is clear, and what is left alone."""
+"""A first click's mask trimmed at the lesion's intensity step and grown to it
+(``engine.intensity_trim``): what goes and what is added where the step is clear, and what is
+left alone."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-from sam3d.engine.intensity_trim import MIN_CONTRAST, trim_to_lesion_intensity
+from sam3d.engine.intensity_trim import GROW_PX, MIN_CONTRAST, grow_to_lesion_intensity, trim_to_lesion_intensity
 
 SHAPE = (9, 40, 40)
 CENTRE = np.array([4.0, 20.0, 20.0])
@@ -86,3 +87,55 @@ def test_an_empty_mask_or_a_click_outside_changes_nothing():
     assert trim_to_lesion_intensity(image, empty, CENTRE) is empty
     model_mask = _with_rim(lesion)
     assert trim_to_lesion_intensity(image, model_mask, np.array([4.0, 20.0, 60.0])) is model_mask
+
+
+def _in_plane_erosion(mask: np.ndarray, pixels: int) -> np.ndarray:
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_erosion(mask, in_plane, iterations=pixels)
+
+
+def _large_nodule(lesion: float = 20.0, background: float = -800.0, noise: float = 10.0):
+    """(image, lesion mask): a ball of radius 8 at ``lesion`` HU in ``background`` HU, with noise."""
+    lesion_mask = _ball(8)
+    image = np.where(lesion_mask, lesion, background) + np.random.default_rng(0).normal(0, noise, SHAPE)
+    return image.astype(np.float32), lesion_mask
+
+
+def test_a_mask_short_of_a_nodules_edge_grows_to_it():
+    """The model's mask two pixels inside the nodule on every slice: it grows to the nodule."""
+    image, lesion = _large_nodule()
+    model_mask = _in_plane_erosion(lesion, 2)
+    grown = grow_to_lesion_intensity(image, model_mask, CENTRE)
+    assert np.count_nonzero(lesion & ~model_mask) > 0.3 * np.count_nonzero(lesion)
+    np.testing.assert_array_equal(grown, lesion)
+
+
+def test_a_vessel_touching_the_nodule_grows_only_as_a_stub():
+    """A bright vessel leaving the nodule: the growth takes at most ``GROW_PX`` pixels of it."""
+    image, lesion = _large_nodule()
+    vessel = np.zeros(SHAPE, dtype=bool)
+    vessel[3:6, 19:22, 20:] = True
+    image[vessel & ~lesion] = 40.0
+    grown = grow_to_lesion_intensity(image, _in_plane_erosion(lesion, 1), CENTRE)
+    added_vessel = grown & vessel & ~lesion
+    assert added_vessel.any()
+    assert np.nonzero(added_vessel)[2].max() <= np.nonzero(lesion[4, 20])[0].max() + GROW_PX
+
+
+def test_a_subtle_or_a_dark_lesion_does_not_grow():
+    """A step below ``MIN_CONTRAST`` interquartile ranges of the background, or a lesion darker
+    than its surroundings: the mask stays as it is."""
+    subtle, lesion = _large_nodule(lesion=30.0, background=0.0, noise=20.0)
+    dark, _ = _large_nodule(lesion=-60.0, background=60.0, noise=5.0)
+    model_mask = _in_plane_erosion(lesion, 2)
+    assert grow_to_lesion_intensity(subtle, model_mask, CENTRE) is model_mask
+    assert grow_to_lesion_intensity(dark, model_mask, CENTRE) is model_mask
+
+
+def test_growing_an_empty_mask_or_from_a_click_outside_changes_nothing():
+    image, lesion = _large_nodule()
+    empty = np.zeros(SHAPE, dtype=bool)
+    assert grow_to_lesion_intensity(image, empty, CENTRE) is empty
+    model_mask = _in_plane_erosion(lesion, 2)
+    assert grow_to_lesion_intensity(image, model_mask, np.array([4.0, 20.0, 60.0])) is model_mask

@@ -34,7 +34,9 @@ the object's mask:
    (``partial_crop.py``). The first mask is then trimmed at the lesion's intensity step where
    that step is clear (``intensity_trim.py``: a rim of lung around a nodule goes), and carried
    to the lesion's extent on the smoothed image where the lesion is too subtle for the model's
-   input yet clear in the image (``subtle_extent.py``: a soft-tissue lesion in its organ); that
+   input yet clear in the image (``subtle_extent.py``: a soft-tissue lesion in its organ), or
+   else grown to a clear step by a few pixels in-plane where the lesion stands above a darker
+   background (``intensity_trim.py``: a nodule's mask that stops short of its edge); that
    object's later clicks are answered from the lesion's two levels (a positive click adds the
    voxels near the lesion's level around it, a negative one cuts the part nearer it than every
    positive click), not by the 3D model, which is blind to the step, nor by the 2D pathway.
@@ -56,7 +58,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -68,7 +70,7 @@ from . import crop_scale as scale
 from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .crops import Box, CropGeometry, clamp_box, extract_crop, mask_prompt, paste_back, tight_box, touched_faces
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
-from .intensity_trim import RING_PX, trim_to_lesion_intensity
+from .intensity_trim import RING_PX, grow_to_lesion_intensity, trim_to_lesion_intensity
 from .negative_clicks import honour_negative_clicks, spare_believed_voxels
 from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import MIN_AGREEMENT, agreement, judgeable_additions, keep_believed_additions
@@ -294,8 +296,10 @@ class Session:
             box, proposal = answer.box, answer.proposal
             levels = None
             if first_click is not None:  # a new object's first click: trimmed at a clear intensity step,
-                proposal = self._trimmed_to_lesion_intensity(box, proposal, first_click)
+                proposal = self._at_lesion_intensity(box, proposal, first_click, trim_to_lesion_intensity)
                 proposal, levels = self._grown_to_subtle_lesion(box, proposal, first_click)  # or grown
+                if levels is None:  # to a subtle lesion's extent, or else to a clear step's
+                    proposal = self._at_lesion_intensity(box, proposal, first_click, grow_to_lesion_intensity)
             # for a new object's first click: whether the 2D pathway will correct its mask (a mask on
             # an image edge: the edge rule's, or a subtle lesion's extent the 3D model would undo)
             corrected_in_2d = (answer.on_edge or levels is not None) if first_click is not None else None
@@ -803,10 +807,11 @@ class Session:
             mask &= ~(before & ~kept)  # only what the rule removes: a positive click's gain in the same interaction stays
         return box, mask.astype(np.float32)
 
-    def _trimmed_to_lesion_intensity(self, box: Box, proposal: np.ndarray, click: np.ndarray) -> np.ndarray:
-        """A first click's mask (``proposal``, inside ``box``) trimmed at the lesion's intensity
-        step (``intensity_trim``), read on the image around the mask's own box grown by the
-        trim's ring in-plane."""
+    def _at_lesion_intensity(self, box: Box, proposal: np.ndarray, click: np.ndarray,
+                             snap: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+        """A first click's mask (``proposal``, inside ``box``) trimmed at, or grown to, the
+        lesion's intensity step (``snap``: ``intensity_trim``'s trim or growth), read on the image
+        around the mask's own box grown by the trim's ring in-plane."""
         found = tight_box(proposal)
         if found is None:
             return proposal
@@ -816,9 +821,9 @@ class Session:
         region = _intersection(grown, box)  # holds every voxel of the mask
         mask = np.zeros(_size(grown), dtype=bool)
         mask[_slices(region, origin=grown[0])] = proposal[_slices(region, origin=box[0])]
-        trimmed = trim_to_lesion_intensity(self.volume[_slices(grown)], mask, click - np.asarray(grown[0]))
+        snapped = snap(self.volume[_slices(grown)], mask, click - np.asarray(grown[0]))
         proposal = proposal.copy()
-        proposal[_slices(region, origin=box[0])] = trimmed[_slices(region, origin=grown[0])]
+        proposal[_slices(region, origin=box[0])] = snapped[_slices(region, origin=grown[0])]
         return proposal
 
     def _grown_to_subtle_lesion(self, box: Box, proposal: np.ndarray,
