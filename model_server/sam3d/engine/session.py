@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from ..client.wire import outside_volume
-from ..data.clicks import label_objects
+from ..data.clicks import centre_click, label_objects
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from . import crop_scale as scale
@@ -681,15 +681,19 @@ class Session:
         return self._intensity_bounds
 
     def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
-        """A box answered by the 2D pathway -> (patch over the box and the mask, seconds)."""
+        """A box answered by the 2D pathway, grown to a clear intensity step within the box and
+        the mask's own box (``intensity_trim``) -> (patch over the box and the mask, seconds)."""
         start = time.perf_counter()
         mask = self.predictor.segment_box_2d(self.volume, box, self._bounds_2d(), self._slice_embeddings)
         self.encoder_runs += 1
         lo = np.clip(np.floor(box[0]).astype(int), 0, None)
         hi = np.minimum(np.ceil(box[1]).astype(int) + 1, self.shape)
         region = _union([(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), tight_box(mask) or EMPTY_BOX])
-        patch = mask[_slices(region)].astype(np.float32)
-        return (region, patch), time.perf_counter() - start
+        patch = mask[_slices(region)]
+        if patch.any():
+            deepest = centre_click(patch, self.spacing) + np.asarray(region[0])
+            patch = self._at_lesion_intensity(region, patch, deepest, grow_to_lesion_intensity)
+        return (region, patch.astype(np.float32)), time.perf_counter() - start
 
     def _first_click_search(self, box: Box, proposal: np.ndarray,
                             click: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
