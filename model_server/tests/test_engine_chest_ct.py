@@ -60,6 +60,15 @@ def _first_click(predictor: Predictor, case: int, pathway: str,
     return session.mask.copy(), target, session
 
 
+def _protocol_first_mask(predictor: Predictor, case: int) -> tuple[np.ndarray, np.ndarray]:
+    """(The mask, the target) after the protocol's first click on chest dev2 ``case``."""
+    image, label, _ = _chest_case(case, CHEST_DEV2_SEED)
+    target = label.array > 0
+    session = Session(predictor, image.array, image.spacing)
+    session.interact([first_click(target, case_rng(0, f"chest_{case:03d}"))], [1])
+    return session.mask.copy(), target
+
+
 def _without_edge_rule(monkeypatch) -> None:
     """A first click's mask at 0.5, corrected by the 3D model (as before ``edge_threshold``)."""
     monkeypatch.setattr(edge_threshold, "MIN_EDGE", np.inf)
@@ -314,16 +323,9 @@ def test_a_first_clicks_rim_of_lung_is_trimmed_at_the_nodules_intensity_step(pre
     parenchyma; the session trims it at the half-way intensity between nodule and lung, so the
     mask lies inside the untrimmed one and the Dice rises. (Neither is grown to the step.)"""
     _without_growth(monkeypatch)
-    image, label, _ = _chest_case(RIM_OF_LUNG, CHEST_DEV2_SEED)
-    target = label.array > 0
-    click = first_click(target, case_rng(0, f"chest_{RIM_OF_LUNG:03d}"))
-    session = Session(predictor, image.array, image.spacing)
-    session.interact([click], [1])
-    trimmed = session.mask.copy()
+    trimmed, target = _protocol_first_mask(predictor, RIM_OF_LUNG)
     _without_intensity_trim(monkeypatch)
-    session = Session(predictor, image.array, image.spacing)
-    session.interact([click], [1])
-    untrimmed = session.mask.copy()
+    untrimmed, _ = _protocol_first_mask(predictor, RIM_OF_LUNG)
     assert not (trimmed & ~untrimmed).any() and np.count_nonzero(untrimmed & ~trimmed & ~target) > 50
     assert _dice(trimmed, target) > _dice(untrimmed, target) + 0.05
 
@@ -332,15 +334,8 @@ def test_a_first_clicks_mask_short_of_the_tumours_edge_grows_to_it(predictor, mo
     """The protocol's first click on a lung tumour: the 3D model's mask (trimmed) lies inside
     the tumour; the session grows it in-plane to the half-way intensity between tumour and lung,
     so the mask holds the ungrown one and the Dice rises."""
-    image, label, _ = _chest_case(SHORT_OF_EDGE, CHEST_DEV2_SEED)
-    target = label.array > 0
-    click = first_click(target, case_rng(0, f"chest_{SHORT_OF_EDGE:03d}"))
-    session = Session(predictor, image.array, image.spacing)
-    session.interact([click], [1])
-    grown = session.mask.copy()
+    grown, target = _protocol_first_mask(predictor, SHORT_OF_EDGE)
     _without_growth(monkeypatch)
-    session = Session(predictor, image.array, image.spacing)
-    session.interact([click], [1])
-    ungrown = session.mask.copy()
+    ungrown, _ = _protocol_first_mask(predictor, SHORT_OF_EDGE)
     assert not (ungrown & ~grown).any() and np.count_nonzero(grown & ~ungrown & target) > 50
     assert _dice(grown, target) > _dice(ungrown, target) + 0.05
