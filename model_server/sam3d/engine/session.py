@@ -7,7 +7,8 @@ the object's mask:
 
 0. A new box, where the predictor answers boxes with the 2D pathway (``slice_pathway.py``,
    the default for LiteMedSAM-based models), is segmented slice by slice by LiteMedSAM's box
-   pathway at native resolution; that mask is the first patch of the interaction and the mask
+   pathway at native resolution, and grown in-plane by a few pixels to a clear intensity step
+   within the box (``intensity_trim.py``); that mask is the first patch of the interaction and the mask
    prompt of the crops that follow. Otherwise the box goes to the 3D model as in 1 and 3.
 1. Crop placement: a new box gets a crop centred on the box's centre; every new point that
    does not lie inside a crop already chosen for this interaction gets one: a cached (already
@@ -813,9 +814,10 @@ class Session:
 
     def _at_lesion_intensity(self, box: Box, proposal: np.ndarray, click: np.ndarray,
                              snap: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-        """A first click's mask (``proposal``, inside ``box``) trimmed at, or grown to, the
-        lesion's intensity step (``snap``: ``intensity_trim``'s trim or growth), read on the image
-        around the mask's own box grown by the trim's ring in-plane."""
+        """A new object's mask (``proposal``, inside ``box``: a first click's or a box's) trimmed
+        at, or grown to, the lesion's intensity step (``snap``: ``intensity_trim``'s trim or
+        growth) read from ``click``, on the image around the mask's own box grown by the trim's
+        ring in-plane; nothing changes outside ``box``."""
         found = tight_box(proposal)
         if found is None:
             return proposal
