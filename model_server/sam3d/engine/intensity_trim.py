@@ -54,14 +54,10 @@ def trim_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndar
     holding ``click`` (kji in the arrays) kept; ``mask`` as it is where the step is not clear or
     the click's voxel would go. ``image`` should reach ``RING_PX`` past the mask in-plane (the
     ring is cut where it does not)."""
-    inside = clicks_inside(np.asarray(click, dtype=float)[None], np.ones(1), 1, mask.shape)
-    if not mask.any() or not inside:
+    read = _read_around(image, mask, click)
+    if read is None:
         return mask
-    index = inside[0][1]
-    ring = ndimage.binary_dilation(mask, IN_PLANE, iterations=RING_PX) & ~mask
-    if not ring.any():
-        return mask
-    values = image.astype(np.float32, copy=False)
+    values, ring, index = read
     surroundings = float(np.median(values[ring]))
     quartile_1, quartile_3 = np.percentile(values[ring], [25, 75])
     for lesion in _lesion_levels(values, mask, index):
@@ -83,14 +79,11 @@ def grow_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndar
     it stands clearly above (see the module's docstring); ``mask`` as it is where there is none
     or ``click`` (kji in the arrays) lies outside. ``image`` should reach ``RING_PX`` past the
     mask in-plane."""
-    inside = clicks_inside(np.asarray(click, dtype=float)[None], np.ones(1), 1, mask.shape)
-    if not mask.any() or not inside:
+    read = _read_around(image, mask, click)
+    if read is None:
         return mask
-    ring = ndimage.binary_dilation(mask, IN_PLANE, iterations=RING_PX) & ~mask
-    if not ring.any():
-        return mask
-    values = image.astype(np.float32, copy=False)
-    lesion = _lesion_levels(values, mask, inside[0][1])[0]
+    values, ring, index = read
+    lesion = _lesion_levels(values, mask, index)[0]
     ring_values = values[ring]
     darkest = float(np.percentile(ring_values, BACKGROUND_PERCENTILE))
     background = ring_values[ring_values < (lesion + darkest) / 2]
@@ -101,6 +94,20 @@ def grow_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndar
     if lesion - level < MIN_CONTRAST * float(quartile_3 - quartile_1):
         return mask
     return ndimage.binary_dilation(mask, IN_PLANE, iterations=GROW_PX, mask=values > (lesion + level) / 2)
+
+
+def _read_around(image: np.ndarray, mask: np.ndarray,
+                 click: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]] | None:
+    """(``image`` as float32, the in-plane ring ``RING_PX`` wide around ``mask``, the click's
+    voxel index): what the trim and the growth read; None where the mask or the ring is empty or
+    ``click`` lies outside the arrays."""
+    inside = clicks_inside(np.asarray(click, dtype=float)[None], np.ones(1), 1, mask.shape)
+    if not mask.any() or not inside:
+        return None
+    ring = ndimage.binary_dilation(mask, IN_PLANE, iterations=RING_PX) & ~mask
+    if not ring.any():
+        return None
+    return image.astype(np.float32, copy=False), ring, inside[0][1]
 
 
 def _lesion_levels(values: np.ndarray, mask: np.ndarray, index: tuple[int, ...]) -> list[float]:
