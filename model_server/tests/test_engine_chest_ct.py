@@ -87,6 +87,12 @@ def _without_growth(monkeypatch) -> None:
     monkeypatch.setattr(session_module, "grow_to_lesion_intensity", lambda image, mask, click: mask)
 
 
+def _without_click_reach(monkeypatch) -> None:
+    """Clicks' answers as the pathways give them (as before ``click_reach``)."""
+    monkeypatch.setattr(session_module, "removed_no_deeper_than_clicks", lambda mask, box, answer, *rest: answer)
+    monkeypatch.setattr(session_module, "added_no_farther_than_clicks", lambda mask, box, answer, *rest: answer)
+
+
 def _dice(found: np.ndarray, truth: np.ndarray) -> float:
     return 2 * np.count_nonzero(found & truth) / (np.count_nonzero(found) + np.count_nonzero(truth))
 
@@ -252,8 +258,10 @@ def test_a_positive_click_keeps_only_what_the_3d_model_believes(predictor, monke
     the 3D model believes as much as the click: much of what it adds to the tumour, little of the
     leak, and no
     crop is encoded for it. (The first mask not grown to the tumour's intensity step: grown, it
-    takes the missed part, and the protocol's second click is negative.)"""
+    takes the missed part, and the protocol's second click is negative. Additions not limited by
+    the click's distance (``click_reach``), which would cut the leak too.)"""
     _without_growth(monkeypatch)
+    _without_click_reach(monkeypatch)
     image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, LEAKS_BESIDE), complicated=True)
     target = label.array > 0
     session, first, point, kind = _protocol_second_click(predictor, image, target, f"chest-complex_{LEAKS_BESIDE:03d}")
@@ -277,8 +285,10 @@ def test_a_negative_clicks_2d_cut_is_given_back_where_the_3d_model_believes_the_
     clicked slice takes tumour with the false voxels. The session gives back what the 3D model
     believes clearly more than the clicked voxel: a part of that tumour (18 of 40 voxels), not
     the click, and the mask is the better one. (The first mask untrimmed: trimmed at the nodule's
-    intensity step it fits better, and the protocol's second click is positive.)"""
+    intensity step it fits better, and the protocol's second click is positive. Negative clicks
+    not limited by depth (``click_reach``): the limit would give back the same tumour.)"""
     _without_intensity_trim(monkeypatch)
+    _without_click_reach(monkeypatch)
     image, label, _ = _chest_case(CUT_TOO_DEEP, CHEST_DEV2_SEED)
     target = label.array > 0
     session, first, point, kind = _protocol_second_click(predictor, image, target, f"chest_{CUT_TOO_DEEP:03d}")
@@ -293,6 +303,28 @@ def test_a_negative_clicks_2d_cut_is_given_back_where_the_3d_model_believes_the_
     assert np.count_nonzero(first & ~cut & target) > 20
     assert np.count_nonzero(first & ~spared & target) < 0.7 * np.count_nonzero(first & ~cut & target)
     assert _dice(spared, target) > _dice(cut, target) + 0.03
+
+
+def test_a_negative_click_on_a_rim_error_takes_no_deeper_than_itself(predictor, monkeypatch):
+    """The protocol's second click on a small nodule (the first mask nearly exact) lands on a
+    false rim voxel; the 2D pathway's cut takes tumour far deeper than the click. With the depth
+    limit (``click_reach.removed_no_deeper_than_clicks``) the answer takes the click and gives
+    back the deeper tumour, and the mask is the better one."""
+    image, label, _ = _chest_case(CUT_TOO_DEEP, CHEST_DEV2_SEED)
+    target = label.array > 0
+    session, first, point, kind = _protocol_second_click(predictor, image, target, f"chest_{CUT_TOO_DEEP:03d}")
+    assert kind == 0 and _dice(first, target) > 0.95
+    session.interact([point], [0])
+    limited = session.mask.copy()
+    session.undo()
+    _without_click_reach(monkeypatch)
+    session.interact([point], [0])
+    cut = session.mask.copy()
+    clicked = tuple(np.round(point).astype(int))
+    assert not limited[clicked] and not cut[clicked]
+    assert not (limited & ~first).any()  # negative clicks alone add nothing
+    assert np.count_nonzero(first & ~cut & target) > 2 * np.count_nonzero(first & ~limited & target)
+    assert _dice(limited, target) > _dice(cut, target) + 0.1
 
 
 def test_a_positive_click_no_rule_can_judge_runs_no_3d_decoder(predictor, monkeypatch):

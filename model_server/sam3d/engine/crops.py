@@ -186,6 +186,11 @@ def tight_box(mask: np.ndarray) -> Box | None:
     return tuple(lo), tuple(hi)
 
 
+def box_slices(box: Box, origin=(0, 0, 0)) -> tuple[slice, ...]:
+    """The slices that cut ``box`` out of an array whose first voxel lies at ``origin``."""
+    return tuple(slice(lo - o, hi - o) for lo, hi, o in zip(box[0], box[1], origin))
+
+
 def clamp_box(lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int]) -> Box:
     """The box from ``lo`` to ``hi`` (kji, half-open) clipped to an array of ``shape``, never empty."""
     lo = np.clip(lo, 0, np.asarray(shape) - 1)

@@ -48,6 +48,10 @@ the object's mask:
    removes by the same rule what it doubts across slices; of what the 2D pathway added for a
    positive click, only what that answer believes at least half as much as the click stays
    (``positive_clicks.py``; both in ``Session._judged_by_3d``).
+7. Clicks of one kind on an object with a mask are kept to the error they mark, whichever
+   pathway answered (``click_reach.py``): negative clicks alone add nothing and remove nothing
+   deeper inside the mask than the deepest clicked voxel; positive clicks alone remove nothing
+   and add nothing farther from the mask than twice the farthest click.
 
 A request either completes or leaves the session as it was (state is changed only at the end).
 """
@@ -69,7 +73,9 @@ from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from . import crop_scale as scale
 from .choices import CLICK_PATHWAYS, CORRECTIONS
-from .crops import Box, CropGeometry, clamp_box, extract_crop, mask_prompt, paste_back, tight_box, touched_faces
+from .click_reach import added_no_farther_than_clicks, removed_no_deeper_than_clicks
+from .crops import (Box, CropGeometry, box_slices, clamp_box, extract_crop, mask_prompt, paste_back, tight_box,
+                    touched_faces)
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
 from .intensity_trim import RING_PX, grow_to_lesion_intensity, trim_to_lesion_intensity
 from .negative_clicks import honour_negative_clicks, spare_believed_voxels
@@ -314,11 +320,14 @@ class Session:
                     levels = None  # the search's mask, not a subtle lesion's extent
             local = self.corrections == "local" or (self.corrections in ("auto", "2d") and self._made_in_2d)
             if local and corrected is None and new_box is None and self.voxels > 0:
-                proposal = _local_update(self.mask[_slices(box)], proposal, points - np.asarray(box[0]), labels)
+                proposal = _local_update(self.mask[box_slices(box)], proposal, points - np.asarray(box[0]), labels)
                 if self._made_in_2d:
                     proposal = _on_clicked_slices(self.mask, proposal, box, points, labels)
                 if self.box is not None and is_3d_box(self.box):
-                    proposal = _within_box(self.mask[_slices(box)], proposal, box, self.box, points)
+                    proposal = _within_box(self.mask[box_slices(box)], proposal, box, self.box, points)
+            if new_box is None and self.voxels > 0 and len(set(labels.tolist())) == 1:  # clicks of one kind
+                kept_to_clicks = removed_no_deeper_than_clicks if labels[0] == 0 else added_no_farther_than_clicks
+                proposal = kept_to_clicks(self.mask, box, proposal, points, labels, self.spacing)
             change = self._commit(box, proposal, points=all_points,
                                   labels=all_labels, prompt_box=prompt_box,
                                   interactions=self.interactions + 1)
@@ -392,7 +401,7 @@ class Session:
             box = self._extent if empty else _union([self._extent, (lo, hi)])
             new = np.zeros(_size(box), dtype=bool)
             if not empty:
-                new[_slices((lo, hi), origin=box[0])] = mask
+                new[box_slices((lo, hi), origin=box[0])] = mask
             change = self._commit(box, new, points=self.points, labels=self.labels,
                                   prompt_box=self.box, interactions=self.interactions + 1)
             change.timing_ms = {"encode": 0.0, "decode": 0.0,
@@ -405,7 +414,7 @@ class Session:
             if not self._history:
                 raise NothingToUndo("there is nothing to undo in this object")
             entry = self._history.pop()
-            region = self.mask[_slices(entry.box)]
+            region = self.mask[box_slices(entry.box)]
             previous = np.unpackbits(entry.previous, count=region.size).astype(bool).reshape(region.shape)
             self.voxels += int(previous.sum()) - int(region.sum())
             region[...] = previous
@@ -424,7 +433,7 @@ class Session:
         """Start the next object: clear points, mask and history; keep the volume and the caches
         (encoder features, the 2D pathway's slice windows)."""
         with self._lock:
-            self.mask[_slices(self._extent)] = False
+            self.mask[box_slices(self._extent)] = False
             self.voxels = 0
             self.points, self.labels = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
             self.box = None
@@ -690,7 +699,7 @@ class Session:
         lo = np.clip(np.floor(box[0]).astype(int), 0, None)
         hi = np.minimum(np.ceil(box[1]).astype(int) + 1, self.shape)
         region = _union([(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), tight_box(mask) or EMPTY_BOX])
-        patch = mask[_slices(region)]
+        patch = mask[box_slices(region)]
         if patch.any():
             deepest = centre_click(patch, self.spacing) + np.asarray(region[0])
             patch = self._at_lesion_intensity(region, patch, deepest, grow_to_lesion_intensity)
@@ -719,7 +728,7 @@ class Session:
         k = int(round(float(click[0])))
         on_slice = np.zeros(self.shape[1:], dtype=bool)
         if box[0][0] <= k < box[1][0]:
-            on_slice[_slices(box)[1:]] = proposal[k - box[0][0]]
+            on_slice[box_slices(box)[1:]] = proposal[k - box[0][0]]
         mask = self.predictor.segment_click_2d(self.volume, click, self.spacing, self._bounds_2d(), on_slice, max_voxels,
                                                self._slice_embeddings)
         self.encoder_runs += 1
@@ -727,7 +736,7 @@ class Session:
         if region is None:
             return None
         merged = _union([box, region])
-        return (merged, mask[_slices(merged)]), time.perf_counter() - start
+        return (merged, mask[box_slices(merged)]), time.perf_counter() - start
 
     @property
     def _corrects_in_2d(self) -> bool:
@@ -759,7 +768,7 @@ class Session:
                 positives.append(point)
         self.encoder_runs += 1  # LiteMedSAM's encoder ran on the slices it changed
         region = tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
-        return (region, mask[_slices(region)].astype(np.float32)), time.perf_counter() - start
+        return (region, mask[box_slices(region)].astype(np.float32)), time.perf_counter() - start
 
     def _judged_by_3d(self, patch: tuple[Box, np.ndarray], all_points: np.ndarray, all_labels: np.ndarray,
                       clicks: np.ndarray) -> tuple[Box, np.ndarray]:
@@ -793,15 +802,15 @@ class Session:
             return patch
         region, answer = patch
         box = _union([region] + [g.source_box() for g in geometries])
-        before = self.mask[_slices(box)]
+        before = self.mask[box_slices(box)]
         mask = before.copy()
-        mask[_slices(region, origin=box[0])] = answer > DEFAULT_THRESHOLD
+        mask[box_slices(region, origin=box[0])] = answer > DEFAULT_THRESHOLD
         points = all_points - np.asarray(box[0])
         negatives = bool((all_labels == 0).any())
         if not negatives and not judgeable_additions(before, mask, points, all_labels):
             return patch  # no rule can change the answer: no decoder run
         predicted = [paste_back(geometry, self._predict_crop(geometry, all_points, all_labels, None,
-                                                             mask[_slices(geometry.source_box(), origin=box[0])])[0])
+                                                             mask[box_slices(geometry.source_box(), origin=box[0])])[0])
                      for geometry in geometries]
         probability = self._fused(box, predicted)
         if agreement(probability, before) >= MIN_AGREEMENT:
@@ -826,10 +835,10 @@ class Session:
         grown = _padded(found_in_volume, (0, RING_PX, RING_PX), self.volume.shape)
         region = _intersection(grown, box)  # holds every voxel of the mask
         mask = np.zeros(_size(grown), dtype=bool)
-        mask[_slices(region, origin=grown[0])] = proposal[_slices(region, origin=box[0])]
-        snapped = snap(self.volume[_slices(grown)], mask, click - np.asarray(grown[0]))
+        mask[box_slices(region, origin=grown[0])] = proposal[box_slices(region, origin=box[0])]
+        snapped = snap(self.volume[box_slices(grown)], mask, click - np.asarray(grown[0]))
         proposal = proposal.copy()
-        proposal[_slices(region, origin=box[0])] = snapped[_slices(region, origin=grown[0])]
+        proposal[box_slices(region, origin=box[0])] = snapped[box_slices(region, origin=grown[0])]
         return proposal
 
     def _grown_to_subtle_lesion(self, box: Box, proposal: np.ndarray,
@@ -843,14 +852,14 @@ class Session:
         if found is None:
             return proposal, None
         region = _padded(found, [int(np.ceil((REACH_MM + SHELL_MM[1]) / s)) for s in self.spacing], proposal.shape)
-        crop = self.volume[_slices(box)]
+        crop = self.volume[box_slices(box)]
         low, high = self.predictor.preset.percentile_window(crop)
-        grown, levels = grow_to_subtle_lesion(crop[_slices(region)], self.spacing, proposal[_slices(region)],
+        grown, levels = grow_to_subtle_lesion(crop[box_slices(region)], self.spacing, proposal[box_slices(region)],
                                               click - np.asarray(box[0]) - np.asarray(region[0]), float(high - low))
         if levels is None:
             return proposal, None
         proposal = proposal.copy()
-        proposal[_slices(region)] = grown
+        proposal[box_slices(region)] = grown
         return proposal, levels
 
     def _correct_subtle(self, points: np.ndarray, labels: np.ndarray) -> tuple[Box, np.ndarray] | None:
@@ -864,8 +873,8 @@ class Session:
         region = _padded(_union([self._extent, clicked]),
                          [int(np.ceil((REACH_MM + 3 * SMOOTH_MM) / s)) for s in self.spacing], self.volume.shape)
         origin = np.asarray(region[0])
-        smoothed = smoothed_image(self.volume[_slices(region)], self.spacing)
-        mask = self.mask[_slices(region)].copy()
+        smoothed = smoothed_image(self.volume[box_slices(region)], self.spacing)
+        mask = self.mask[box_slices(region)].copy()
         positives = [p - origin for p in self.points[self.labels == 1]]
         for point, label in zip(points - origin, labels):
             if label == 1:
@@ -905,7 +914,7 @@ class Session:
     def _thresholded(self, box: Box, fused: np.ndarray, threshold: float) -> np.ndarray:
         """``_fused`` probabilities inside ``box`` > ``threshold`` where a patch covers a voxel,
         the object's mask elsewhere."""
-        return np.where(fused >= 0, fused > threshold, self.mask[_slices(box)])
+        return np.where(fused >= 0, fused > threshold, self.mask[box_slices(box)])
 
     @staticmethod
     def _fused(box: Box, patches: list[tuple[Box, np.ndarray]]) -> np.ndarray:
@@ -915,33 +924,33 @@ class Session:
             overlap = _intersection(box, patch_box)
             if overlap is None:
                 continue
-            target = fused[_slices(overlap, origin=box[0])]
-            np.maximum(target, probability[_slices(overlap, origin=patch_box[0])], out=target)
+            target = fused[box_slices(overlap, origin=box[0])]
+            np.maximum(target, probability[box_slices(overlap, origin=patch_box[0])], out=target)
         return fused
 
     def _commit(self, box: Box, new: np.ndarray, points: np.ndarray, labels: np.ndarray,
                 prompt_box: np.ndarray | None, interactions: int) -> MaskChange:
         """Write ``new`` (the mask inside ``box``), record undo, return the tight changed box."""
-        old = self.mask[_slices(box)]
+        old = self.mask[box_slices(box)]
         changed = tight_box(new != old)
         if changed is None:
             change_box, previous = EMPTY_BOX, np.zeros((0, 0, 0), dtype=bool)
         else:
             change_box = (tuple(b + c for b, c in zip(box[0], changed[0])),
                           tuple(b + c for b, c in zip(box[0], changed[1])))
-            previous = old[_slices(changed)].copy()
+            previous = old[box_slices(changed)].copy()
         self._history.append(_HistoryEntry(change_box, np.packbits(previous, axis=None), len(self.points),
                                            self.interactions, self._extent, self.box))
         del self._history[:-UNDO_DEPTH]
         while self.max_undo_bytes is not None and self.history_bytes > self.max_undo_bytes:
             del self._history[0]
         if changed is not None:
-            after = new[_slices(changed)]
+            after = new[box_slices(changed)]
             self.voxels += int(after.sum()) - int(previous.sum())
-            self.mask[_slices(change_box)] = after
+            self.mask[box_slices(change_box)] = after
             self._extent = _union([self._extent, change_box])
         self.points, self.labels, self.box, self.interactions = points, labels, prompt_box, interactions
-        mask = new[_slices(changed)].copy() if changed is not None else previous
+        mask = new[box_slices(changed)].copy() if changed is not None else previous
         return MaskChange(change_box[0], change_box[1], mask, self.voxels, self.interactions)
 
 
@@ -992,7 +1001,7 @@ def _on_clicked_slices(mask: np.ndarray, new: np.ndarray, region: Box, points: n
     pathway made is corrected slice by slice, also where the 3D model answers the click (on a
     lesion inside an organ of like intensity its answer spreads into the organ across many
     slices; docs/BENCHMARKS.md, "Corrections after a box, third round")."""
-    old = mask[_slices(region)]
+    old = mask[box_slices(region)]
     allowed = np.zeros(old.shape, dtype=bool)
     origin = np.asarray(region[0])
     for point, label in zip(points, labels):
@@ -1029,7 +1038,7 @@ def _search_agrees(box: Box, three_d: np.ndarray, search_box: Box, searched: np.
     the 3D mask)."""
     found = int(np.count_nonzero(searched))
     model = int(np.count_nonzero(three_d))
-    shared = int(np.count_nonzero(searched[_slices(box, origin=search_box[0])] & three_d))
+    shared = int(np.count_nonzero(searched[box_slices(box, origin=search_box[0])] & three_d))
     whole = found <= GATE_RATIO * model and shared >= GATE_COVERAGE * model
     return whole or shared >= GATE_INSIDE * found
 
@@ -1037,16 +1046,12 @@ def _search_agrees(box: Box, three_d: np.ndarray, search_box: Box, searched: np.
 def _placed(box: Box, inner_box: Box, mask: np.ndarray) -> np.ndarray:
     """``mask`` (of ``inner_box``) placed in a zero array of ``box``, which holds ``inner_box``."""
     placed = np.zeros(_size(box), dtype=bool)
-    placed[_slices(inner_box, origin=box[0])] = mask
+    placed[box_slices(inner_box, origin=box[0])] = mask
     return placed
 
 
 def _size(box: Box) -> tuple[int, int, int]:
     return tuple(max(h - l, 0) for l, h in zip(*box))
-
-
-def _slices(box: Box, origin=(0, 0, 0)) -> tuple[slice, slice, slice]:
-    return tuple(slice(l - o, h - o) for l, h, o in zip(box[0], box[1], origin))
 
 
 def _is_empty(box: Box) -> bool:
