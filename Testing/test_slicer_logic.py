@@ -122,7 +122,11 @@ def test_undo_restores_segment_bit_for_bit(logic, phantom):
     first = logic.click_points([place_click(logic, _world(image_node, tumor))])
     assert first.prior_sent  # the drawn blob went to the server as the prior
     after_first = _segment(logic)
-    second = logic.click_points([place_click(logic, _world(image_node, tumor + np.array([0, 6, 6])), False)])
+    # a negative click on the segment's voxel nearest 6 voxels off the tumour's centre: one outside
+    # the segment would remove nothing (engine/click_reach.py)
+    segmented = np.argwhere(after_first)
+    rim = segmented[np.argmin(np.linalg.norm(segmented - (tumor + np.array([0, 6, 6])), axis=1))]
+    second = logic.click_points([place_click(logic, _world(image_node, rim.astype(float)), False)])
     assert not second.prior_sent
     assert not np.array_equal(_segment(logic), after_first)
 

@@ -77,12 +77,13 @@ def test_click_negative_click_and_undo_in_browser(server_url, phantom_files, tmp
             record_property("web_dice_one_click", round(float(dice), 3))
             assert dice > 0.5, f"Dice {dice:.3f} after one click in the browser"
 
-            # A negative click on a segmented voxel outside the tumor (else just outside it).
+            # A negative click on a segmented voxel outside the tumor (else on the segment's rim: a
+            # negative click outside the segment removes nothing, engine/click_reach.py).
             leak = _on_slice(driver, ras_of_voxels(label_image, np.argwhere(first & ~truth)))
             if not len(leak):
                 from scipy import ndimage
-                ring = ndimage.binary_dilation(truth, iterations=3) & ~ndimage.binary_dilation(truth)
-                leak = _on_slice(driver, ras_of_voxels(label_image, np.argwhere(ring)))
+                rim = first & ~ndimage.binary_erosion(first)
+                leak = _on_slice(driver, ras_of_voxels(label_image, np.argwhere(rim)))
             negative = leak[np.argmin(np.linalg.norm(leak - target, axis=1))]
             driver.find_element("id", "sam3d-negative").click()
             wait_for(driver, lambda: state(driver, "sam3d_mode") == "negative", 10, "negative place mode")
