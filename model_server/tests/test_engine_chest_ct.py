@@ -33,6 +33,7 @@ MASS, SMALL_NODULE, WALL_MASS = 1, 6, 4  # its cases 1 (a 64 ml mass), 6 (a 0.2 
 EDGE_AT_HALF = 7  # case 7: the first click's mask stays at 0.5, on the lesion's edge
 CHEST_DEV2_SEED, ONE_SLICE_NODULE = 8, 7  # `--seed 8` (chest dev2), case 7: a 95-voxel nodule on one slice
 CUT_TOO_DEEP = 10  # chest dev2 case 10: the 2D pathway's cut for the protocol's second click (negative) takes tumour
+TIP_SLICE = 9  # chest dev2 case 9: the protocol's second click (positive) lies on a 75-voxel nodule's 7-voxel tip slice
 RIM_OF_LUNG = 5  # chest dev2 case 5: the first click's mask carries a rim of lung around the nodule
 SHORT_OF_EDGE = 4  # chest dev2 case 4: the first click's mask stops short of the tumour's edge
 # `--design chest-complex --seed 91` (complex chest dev91), case 18: the protocol's first click's
@@ -325,6 +326,29 @@ def test_a_negative_click_on_a_rim_error_takes_no_deeper_than_itself(predictor, 
     assert not (limited & ~first).any()  # negative clicks alone add nothing
     assert np.count_nonzero(first & ~cut & target) > 2 * np.count_nonzero(first & ~limited & target)
     assert _dice(limited, target) > _dice(cut, target) + 0.1
+
+
+def test_a_positive_click_on_a_nodules_tip_slice_adds_only_what_is_at_the_lesions_intensity(predictor, monkeypatch):
+    """The protocol's second click on a small nodule on 4.8 mm slices lies on the slice beside the
+    mask, where the nodule's tip holds 7 voxels of partial volume; the 2D pathway fills the whole
+    disc of the slice beside it. Trimmed at the lesion's intensity step read from the click
+    (``Session._additions_at_lesion_intensity``), the slice keeps the brighter part of the disc
+    around the click, and the mask is the better one."""
+    image, label, _ = _chest_case(TIP_SLICE, CHEST_DEV2_SEED)
+    target = label.array > 0
+    session, first, point, kind = _protocol_second_click(predictor, image, target, f"chest_{TIP_SLICE:03d}")
+    clicked = tuple(np.round(point).astype(int))
+    assert kind == 1 and not first[clicked[0]].any() and np.count_nonzero(target[clicked[0]]) < 10
+    session.interact([point], [1])
+    trimmed = session.mask.copy()
+    session.undo()
+    monkeypatch.setattr(Session, "_additions_at_lesion_intensity", lambda self, box, proposal, *rest: proposal)
+    session.interact([point], [1])
+    filled = session.mask.copy()
+    assert trimmed[clicked] and filled[clicked]
+    assert (trimmed & first).sum() == first.sum()  # positive clicks alone remove nothing
+    assert 0 < np.count_nonzero(trimmed[clicked[0]]) < np.count_nonzero(filled[clicked[0]]) - 10
+    assert _dice(trimmed, target) > _dice(filled, target) + 0.02
 
 
 def test_a_positive_click_no_rule_can_judge_runs_no_3d_decoder(predictor, monkeypatch):

@@ -51,7 +51,9 @@ the object's mask:
 7. Clicks of one kind on an object with a mask are kept to the error they mark, whichever
    pathway answered (``click_reach.py``): negative clicks alone add nothing and remove nothing
    deeper inside the mask than the deepest clicked voxel; positive clicks alone remove nothing
-   and add nothing farther from the mask than twice the farthest click.
+   and add nothing farther from the mask than twice the farthest click; before that, what positive
+   clicks alone add on each clicked slice is trimmed at the lesion's intensity step read from the
+   click, as a first click's mask is (``Session._additions_at_lesion_intensity``).
 
 A request either completes or leaves the session as it was (state is changed only at the end).
 """
@@ -80,7 +82,7 @@ from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_t
 from .intensity_trim import RING_PX, grow_to_lesion_intensity, trim_to_lesion_intensity
 from .negative_clicks import honour_negative_clicks, spare_believed_voxels
 from .partial_crop import PartialCrop, slabs_near
-from .positive_clicks import MIN_AGREEMENT, agreement, judgeable_additions, keep_believed_additions
+from .positive_clicks import MIN_AGREEMENT, agreement, clicks_inside, judgeable_additions, keep_believed_additions
 from .predictor import IdleStep, Predictor
 from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, volume_bounds
 from .subtle_extent import (REACH_MM, SHELL_MM, SMOOTH_MM, SubtleLevels, add_at_positive_click,
@@ -326,6 +328,8 @@ class Session:
                 if self.box is not None and is_3d_box(self.box):
                     proposal = _within_box(self.mask[box_slices(box)], proposal, box, self.box, points)
             if new_box is None and self.voxels > 0 and len(set(labels.tolist())) == 1:  # clicks of one kind
+                if labels[0] == 1:
+                    proposal = self._additions_at_lesion_intensity(box, proposal, points, labels)
                 kept_to_clicks = removed_no_deeper_than_clicks if labels[0] == 0 else added_no_farther_than_clicks
                 proposal = kept_to_clicks(self.mask, box, proposal, points, labels, self.spacing)
             change = self._commit(box, proposal, points=all_points,
@@ -823,10 +827,10 @@ class Session:
 
     def _at_lesion_intensity(self, box: Box, proposal: np.ndarray, click: np.ndarray,
                              snap: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-        """A new object's mask (``proposal``, inside ``box``: a first click's or a box's) trimmed
-        at, or grown to, the lesion's intensity step (``snap``: ``intensity_trim``'s trim or
-        growth) read from ``click``, on the image around the mask's own box grown by the trim's
-        ring in-plane; nothing changes outside ``box``."""
+        """A mask (``proposal``, inside ``box``: a first click's, a box's, or a positive correction's
+        on its clicked slice) trimmed at, or grown to, the lesion's intensity step (``snap``:
+        ``intensity_trim``'s trim or growth) read from ``click``, on the image around the mask's own
+        box grown by the trim's ring in-plane; nothing changes outside ``box``."""
         found = tight_box(proposal)
         if found is None:
             return proposal
@@ -839,6 +843,24 @@ class Session:
         snapped = snap(self.volume[box_slices(grown)], mask, click - np.asarray(grown[0]))
         proposal = proposal.copy()
         proposal[box_slices(region, origin=box[0])] = snapped[box_slices(region, origin=grown[0])]
+        return proposal
+
+    def _additions_at_lesion_intensity(self, box: Box, proposal: np.ndarray, points: np.ndarray,
+                                       labels: np.ndarray) -> np.ndarray:
+        """A positive correction's answer (``proposal``, bool, inside ``box``) with what it added on
+        each clicked slice trimmed at the lesion's intensity step read from that click, as a first
+        click's mask is: on a thick slice at a nodule's tip the 2D pathway fills the whole disc of
+        the slice beside it where the lesion holds a few voxels. The object's mask stays."""
+        before = self.mask[box_slices(box)]
+        proposal = proposal.copy()
+        for point, index in clicks_inside(points, labels, 1, self.shape):
+            k = index[0] - box[0][0]
+            if not 0 <= k < proposal.shape[0] or not (proposal[k] & ~before[k]).any():
+                continue
+            on_slice: Box = ((index[0], box[0][1], box[0][2]), (index[0] + 1, box[1][1], box[1][2]))
+            trimmed = self._at_lesion_intensity(on_slice, proposal[k:k + 1], np.asarray(point, dtype=float),
+                                                trim_to_lesion_intensity)[0]
+            proposal[k] = trimmed | (proposal[k] & before[k])
         return proposal
 
     def _grown_to_subtle_lesion(self, box: Box, proposal: np.ndarray,
