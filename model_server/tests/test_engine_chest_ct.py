@@ -331,9 +331,9 @@ def test_a_negative_click_on_a_rim_error_takes_no_deeper_than_itself(predictor, 
 def test_a_positive_click_on_a_nodules_tip_slice_adds_only_what_is_at_the_lesions_intensity(predictor, monkeypatch):
     """The protocol's second click on a small nodule on 4.8 mm slices lies on the slice beside the
     mask, where the nodule's tip holds 7 voxels of partial volume; the 2D pathway fills the whole
-    disc of the slice beside it. Trimmed at the lesion's intensity step read from the click
-    (``Session._additions_at_lesion_intensity``), the slice keeps the brighter part of the disc
-    around the click, and the mask is the better one."""
+    disc of the slice beside it. Trimmed at the half-way level between the lesion, as read in the
+    object's mask, and the lung around the disc (``Session._additions_at_lesion_intensity``), the
+    slice keeps the tip's core around the click, and the mask is the better one."""
     image, label, _ = _chest_case(TIP_SLICE, CHEST_DEV2_SEED)
     target = label.array > 0
     session, first, point, kind = _protocol_second_click(predictor, image, target, f"chest_{TIP_SLICE:03d}")
@@ -347,8 +347,8 @@ def test_a_positive_click_on_a_nodules_tip_slice_adds_only_what_is_at_the_lesion
     filled = session.mask.copy()
     assert trimmed[clicked] and filled[clicked]
     assert (trimmed & first).sum() == first.sum()  # positive clicks alone remove nothing
-    assert 0 < np.count_nonzero(trimmed[clicked[0]]) < np.count_nonzero(filled[clicked[0]]) - 10
-    assert _dice(trimmed, target) > _dice(filled, target) + 0.02
+    assert 0 < np.count_nonzero(trimmed[clicked[0]]) < np.count_nonzero(filled[clicked[0]]) / 2
+    assert _dice(trimmed, target) > _dice(filled, target) + 0.1
 
 
 def test_a_positive_click_no_rule_can_judge_runs_no_3d_decoder(predictor, monkeypatch):

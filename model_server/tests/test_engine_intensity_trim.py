@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from sam3d.engine.intensity_trim import GROW_PX, MIN_CONTRAST, grow_to_lesion_intensity, trim_to_lesion_intensity
+from sam3d.engine.intensity_trim import (GROW_PX, MIN_CONTRAST, core_level, grow_to_lesion_intensity,
+                                        trim_to_lesion_intensity)
 
 SHAPE = (9, 40, 40)
 CENTRE = np.array([4.0, 20.0, 20.0])
@@ -87,6 +88,35 @@ def test_an_empty_mask_or_a_click_outside_changes_nothing():
     assert trim_to_lesion_intensity(image, empty, CENTRE) is empty
     model_mask = _with_rim(lesion)
     assert trim_to_lesion_intensity(image, model_mask, np.array([4.0, 20.0, 60.0])) is model_mask
+
+
+def test_a_partial_volume_slice_is_trimmed_at_the_level_read_in_the_object():
+    """A nodule's tip slice: a blurred blob whose brightest pixel reaches 60 % of the way from the
+    lung to the lesion. Read at the click, the lesion's level is the blob's own, and the
+    half-way level keeps most of the blob; read in the object's mask on the other slices
+    (``core_level``), the half-way level keeps only its core."""
+    lesion, lung = 20.0, -800.0
+    distance = np.hypot(*(np.indices(SHAPE[1:]) - CENTRE[1:, None, None]))
+    blob = lung + (lesion - lung) * 0.6 * np.exp(-(distance / 3.0) ** 2)  # its peak: -308 HU
+    image = np.full(SHAPE, lung, dtype=np.float32)
+    image[4] = blob
+    object_image, object_mask = _nodule(lesion=lesion, lung=lung, noise=0.0)
+    level = core_level(object_image, object_mask)
+    assert level == lesion
+    filled = distance <= 4  # the 2D answer on the tip slice: the disc of the slice beside it
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[4] = filled
+    at_click = trim_to_lesion_intensity(image, mask, CENTRE)
+    at_object = trim_to_lesion_intensity(image, mask, CENTRE, lesion_level=level)
+    assert at_object[4, 20, 20] and not (at_object & ~at_click).any()
+    assert np.count_nonzero(at_object) < np.count_nonzero(at_click) / 2
+    np.testing.assert_array_equal(at_object[4], blob > (lesion + lung) / 2)
+
+
+def test_a_core_level_needs_a_core():
+    image, lesion = _nodule(noise=0.0)
+    assert core_level(image, lesion) == 20.0
+    assert core_level(image, np.zeros(SHAPE, dtype=bool)) is None
 
 
 def _in_plane_erosion(mask: np.ndarray, pixels: int) -> np.ndarray:

@@ -48,19 +48,21 @@ IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 
 def trim_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndarray,
-                             min_contrast: float = MIN_CONTRAST) -> np.ndarray:
+                             min_contrast: float = MIN_CONTRAST, lesion_level: float | None = None) -> np.ndarray:
     """``mask`` (bool, on ``image``'s grid) without the voxels on the surroundings' side of a
     clear intensity step (at least ``min_contrast`` interquartile ranges of the ring), the part
     holding ``click`` (kji in the arrays) kept; ``mask`` as it is where the step is not clear or
     the click's voxel would go. ``image`` should reach ``RING_PX`` past the mask in-plane (the
-    ring is cut where it does not)."""
+    ring is cut where it does not). ``lesion_level``: the lesion's level read elsewhere (an
+    object's mask: ``core_level``), tried before the levels read inside ``mask``."""
     read = _read_around(image, mask, click)
     if read is None:
         return mask
     values, ring, index = read
     surroundings = float(np.median(values[ring]))
     quartile_1, quartile_3 = np.percentile(values[ring], [25, 75])
-    for lesion in _lesion_levels(values, mask, index):
+    levels = _lesion_levels(values, mask, index)
+    for lesion in levels if lesion_level is None else [lesion_level] + levels:
         if lesion != surroundings and abs(lesion - surroundings) >= min_contrast * float(quartile_3 - quartile_1):
             break
     else:
@@ -110,12 +112,19 @@ def _read_around(image: np.ndarray, mask: np.ndarray,
     return image.astype(np.float32, copy=False), ring, inside[0][1]
 
 
-def _lesion_levels(values: np.ndarray, mask: np.ndarray, index: tuple[int, ...]) -> list[float]:
-    """The lesion's level as read inside the mask (eroded by one voxel in-plane, where that holds
-    ``MIN_CORE_VOXELS``), then at the click's 3 x 3 pixels: a mask mostly of surroundings (a thick
-    rim around a small nodule) has the surroundings' median inside."""
+def core_level(image: np.ndarray, mask: np.ndarray) -> float | None:
+    """The median of ``image`` inside ``mask`` eroded by one voxel in-plane: a lesion's level away
+    from its partial-volume edge; None where the erosion holds fewer than ``MIN_CORE_VOXELS``."""
     core = ndimage.binary_erosion(mask, IN_PLANE)
-    levels = [float(np.median(values[core]))] if np.count_nonzero(core) >= MIN_CORE_VOXELS else []
+    return float(np.median(image[core])) if np.count_nonzero(core) >= MIN_CORE_VOXELS else None
+
+
+def _lesion_levels(values: np.ndarray, mask: np.ndarray, index: tuple[int, ...]) -> list[float]:
+    """The lesion's level as read inside the mask (``core_level``), then at the click's 3 x 3
+    pixels: a mask mostly of surroundings (a thick rim around a small nodule) has the
+    surroundings' median inside."""
+    inside = core_level(values, mask)
+    levels = [] if inside is None else [inside]
     k, j, i = index
     levels.append(float(np.median(values[k, max(0, j - 1):j + 2, max(0, i - 1):i + 2])))
     return levels

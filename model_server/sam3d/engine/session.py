@@ -61,6 +61,7 @@ A request either completes or leaves the session as it was (state is changed onl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -79,7 +80,7 @@ from .click_reach import added_no_farther_than_clicks, removed_no_deeper_than_cl
 from .crops import (Box, CropGeometry, box_slices, clamp_box, extract_crop, mask_prompt, paste_back, tight_box,
                     touched_faces)
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
-from .intensity_trim import RING_PX, grow_to_lesion_intensity, trim_to_lesion_intensity
+from .intensity_trim import RING_PX, core_level, grow_to_lesion_intensity, trim_to_lesion_intensity
 from .negative_clicks import honour_negative_clicks, spare_believed_voxels
 from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import MIN_AGREEMENT, agreement, clicks_inside, judgeable_additions, keep_believed_additions
@@ -848,18 +849,23 @@ class Session:
     def _additions_at_lesion_intensity(self, box: Box, proposal: np.ndarray, points: np.ndarray,
                                        labels: np.ndarray) -> np.ndarray:
         """A positive correction's answer (``proposal``, bool, inside ``box``) with what it added on
-        each clicked slice trimmed at the lesion's intensity step read from that click, as a first
-        click's mask is: on a thick slice at a nodule's tip the 2D pathway fills the whole disc of
-        the slice beside it where the lesion holds a few voxels. The object's mask stays."""
+        each clicked slice trimmed at the lesion's intensity step, as a first click's mask is: on a
+        thick slice at a nodule's tip the 2D pathway fills the whole disc of the slice beside it
+        where the lesion holds a few voxels. The lesion's level is read first in the object's mask
+        (away from its edge: a tip slice's own pixels are partial volume), then on the slice; the
+        surroundings' on the slice. The object's mask stays."""
         before = self.mask[box_slices(box)]
         proposal = proposal.copy()
+        trim = None
         for point, index in clicks_inside(points, labels, 1, self.shape):
             k = index[0] - box[0][0]
             if not 0 <= k < proposal.shape[0] or not (proposal[k] & ~before[k]).any():
                 continue
+            if trim is None:  # read once, where a clicked slice has additions
+                trim = functools.partial(trim_to_lesion_intensity, lesion_level=core_level(
+                    self.volume[box_slices(self._extent)], self.mask[box_slices(self._extent)]))
             on_slice: Box = ((index[0], box[0][1], box[0][2]), (index[0] + 1, box[1][1], box[1][2]))
-            trimmed = self._at_lesion_intensity(on_slice, proposal[k:k + 1], np.asarray(point, dtype=float),
-                                                trim_to_lesion_intensity)[0]
+            trimmed = self._at_lesion_intensity(on_slice, proposal[k:k + 1], np.asarray(point, dtype=float), trim)[0]
             proposal[k] = trimmed | (proposal[k] & before[k])
         return proposal
 
