@@ -52,8 +52,9 @@ the object's mask:
    pathway answered (``click_reach.py``): negative clicks alone add nothing and remove nothing
    deeper inside the mask than the deepest clicked voxel; positive clicks alone remove nothing
    and add nothing farther from the mask than twice the farthest click; before that, what positive
-   clicks alone add on each clicked slice is trimmed at the lesion's intensity step read from the
-   click, as a first click's mask is (``Session._additions_at_lesion_intensity``).
+   clicks alone add on each clicked slice is trimmed at the lesion's intensity step, as a first
+   click's mask is, the lesion's level read in the object's mask
+   (``Session._additions_at_lesion_intensity``).
 
 A request either completes or leaves the session as it was (state is changed only at the end).
 """
