@@ -331,9 +331,11 @@ class Session:
                     proposal = _within_box(self.mask[box_slices(box)], proposal, box, self.box, points)
             if new_box is None and self.voxels > 0 and len(set(labels.tolist())) == 1:  # clicks of one kind
                 if labels[0] == 1:
-                    proposal = self._additions_at_lesion_intensity(box, proposal, points, labels)
-                kept_to_clicks = removed_no_deeper_than_clicks if labels[0] == 0 else added_no_farther_than_clicks
-                proposal = kept_to_clicks(self.mask, box, proposal, points, labels, self.spacing)
+                    proposal = added_no_farther_than_clicks(
+                        self.mask, box, self._additions_at_lesion_intensity(box, proposal, points, labels),
+                        points, labels, self.spacing)
+                else:
+                    proposal = removed_no_deeper_than_clicks(self.mask, box, proposal, points, labels, self.spacing)
             change = self._commit(box, proposal, points=all_points,
                                   labels=all_labels, prompt_box=prompt_box,
                                   interactions=self.interactions + 1)
