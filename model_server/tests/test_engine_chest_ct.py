@@ -23,7 +23,7 @@ from sam3d.engine import session as session_module
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import GATE_RATIO, Session, _search_agrees
 from sam3d.engine.slice_pathway import LiteMedSAM2D, segment_slice_by_slice, volume_bounds
-from sam3d.evaluate.simulation import case_rng, largest_slice_box
+from sam3d.evaluate.simulation import bounding_box, case_rng, largest_slice_box
 from sam3d.model.checkpoint import BUNDLED_MODELS
 
 pytestmark = pytest.mark.skipif(not BUNDLED_MODELS["default"].is_file(), reason="the bundled default model is not there")
@@ -395,3 +395,22 @@ def test_a_first_clicks_mask_short_of_the_tumours_edge_grows_to_it(predictor, mo
     ungrown, _ = _protocol_first_mask(predictor, SHORT_OF_EDGE)
     assert not (ungrown & ~grown).any() and np.count_nonzero(grown & ~ungrown & target) > 50
     assert _dice(grown, target) > _dice(ungrown, target) + 0.05
+
+
+def test_a_3d_boxs_rim_of_lung_around_a_nodule_is_trimmed(predictor, monkeypatch):
+    """A 3D box around the nodule of chest dev2 case 5: LiteMedSAM's slices carry a rim of lung;
+    the nodule is homogeneous, so the session trims the rim at the half-way intensity before
+    growing the mask to the step (``trim_homogeneous_lesion``)."""
+    image, label, _ = _chest_case(RIM_OF_LUNG, CHEST_DEV2_SEED)
+    target = label.array > 0
+
+    def box_answer() -> np.ndarray:
+        session = Session(predictor, image.array, image.spacing)
+        session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=bounding_box(target))
+        return session.mask.copy()
+
+    trimmed = box_answer()
+    monkeypatch.setattr(session_module, "trim_homogeneous_lesion", lambda image, mask, click: mask)
+    untrimmed = box_answer()
+    assert np.count_nonzero(untrimmed & ~trimmed & ~target) > 50
+    assert _dice(trimmed, target) > _dice(untrimmed, target) + 0.03

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from sam3d.engine.intensity_trim import (GROW_PX, MIN_CONTRAST, core_level, grow_to_lesion_intensity,
-                                        trim_to_lesion_intensity)
+                                        trim_homogeneous_lesion, trim_to_lesion_intensity)
 
 SHAPE = (9, 40, 40)
 CENTRE = np.array([4.0, 20.0, 20.0])
@@ -117,6 +117,26 @@ def test_a_core_level_needs_a_core():
     image, lesion = _nodule(noise=0.0)
     assert core_level(image, lesion) == 20.0
     assert core_level(image, np.zeros(SHAPE, dtype=bool)) is None
+
+
+def test_a_homogeneous_nodule_in_a_box_answer_is_trimmed():
+    image, lesion = _nodule()
+    np.testing.assert_array_equal(trim_homogeneous_lesion(image, _with_rim(lesion, pixels=1), CENTRE), lesion)
+
+
+def test_a_ring_enhancing_tumour_in_a_box_answer_is_left_whole():
+    """A brain tumour as MRI shows it: a bright enhancing rim (900) around a necrotic core (450)
+    darker than the brain (600). From a click on the rim the plain trim cuts the core away; the
+    lesion spreads more widely than it stands off the brain, so the box's trim leaves it."""
+    distance = np.sqrt(((np.indices(SHAPE) - CENTRE[:, None, None, None]) ** 2).sum(axis=0))
+    lesion = distance <= 4
+    image = np.where(lesion, np.where(distance <= 2.5, 450.0, 900.0), 600.0)
+    image = (image + np.random.default_rng(0).normal(0, 10, SHAPE)).astype(np.float32)
+    model_mask = _with_rim(lesion, pixels=1)
+    on_rim = CENTRE + [0.0, 0.0, 3.0]
+    necrosis = distance <= 2.5
+    assert not trim_to_lesion_intensity(image, model_mask, on_rim)[necrosis].any()
+    assert trim_homogeneous_lesion(image, model_mask, on_rim) is model_mask
 
 
 def _in_plane_erosion(mask: np.ndarray, pixels: int) -> np.ndarray:

@@ -23,6 +23,11 @@ pixel, by at most ``GROW_PX``, over the voxels on the lesion's side of the half-
 between the lesion and that background. The ring around a mask that lies inside its lesion holds
 lesion as well as background, which is why the background is read from its darker part. The
 bounded growth keeps a vessel or the chest wall that touches a nodule to a stub.
+
+A box's answer is trimmed only where the lesion is homogeneous (``trim_homogeneous_lesion``): a
+brain tumour's enhancing rim and necrotic core spread as widely as they stand off the brain, and
+the half-way level cuts them (docs/BENCHMARKS.md, "A box's answer trimmed where the lesion is
+homogeneous").
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ MIN_CORE_VOXELS = 5  # a mask whose in-plane erosion holds fewer is read at the 
 GROW_PX = 3
 BACKGROUND_PERCENTILE = 10  # the ring's darkest voxels: where its background is read from
 MIN_BACKGROUND_VOXELS = 10  # a ring with fewer voxels below the half-way level has no background to read
+# a homogeneous lesion: its core's median at least this many of the core's interquartile ranges
+# from the ring's median (real brain MRI tumours 0.6-1.0, chest phantoms' tumours 1.0-19; 0-4
+# tried on development data: docs/BENCHMARKS.md)
+MIN_STEP_IN_LESION_IQRS = 1.5
 
 IN_PLANE = np.zeros((3, 3, 3), dtype=bool)  # the in-plane 4-neighbourhood as a 3D structuring element
 IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
@@ -73,6 +82,24 @@ def trim_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndar
         return mask
     components, _ = label_objects(kept)
     return components == components[index]
+
+
+def trim_homogeneous_lesion(image: np.ndarray, mask: np.ndarray, click: np.ndarray) -> np.ndarray:
+    """``trim_to_lesion_intensity`` where the lesion inside ``mask`` is homogeneous: the median of
+    the mask's in-plane core (the whole mask where the core is too small) stands at least
+    ``MIN_STEP_IN_LESION_IQRS`` of the core's interquartile ranges from the ring's median;
+    ``mask`` as it is otherwise."""
+    read = _read_around(image, mask, click)
+    if read is None:
+        return mask
+    values, ring, _ = read
+    core = ndimage.binary_erosion(mask, IN_PLANE)
+    lesion = values[core] if np.count_nonzero(core) >= MIN_CORE_VOXELS else values[mask]
+    quartile_1, quartile_3 = np.percentile(lesion, [25, 75])
+    step = abs(float(np.median(lesion)) - float(np.median(values[ring])))
+    if step < MIN_STEP_IN_LESION_IQRS * float(quartile_3 - quartile_1):
+        return mask
+    return trim_to_lesion_intensity(image, mask, click)
 
 
 def grow_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndarray) -> np.ndarray:

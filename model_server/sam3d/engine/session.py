@@ -7,8 +7,9 @@ the object's mask:
 
 0. A new box, where the predictor answers boxes with the 2D pathway (``slice_pathway.py``,
    the default for LiteMedSAM-based models), is segmented slice by slice by LiteMedSAM's box
-   pathway at native resolution, and grown in-plane by a few pixels to a clear intensity step
-   within the box (``intensity_trim.py``); that mask is the first patch of the interaction and the mask
+   pathway at native resolution, trimmed at the half-way intensity where the lesion is
+   homogeneous, and grown in-plane by a few pixels to a clear intensity step within the box
+   (``intensity_trim.py``); that mask is the first patch of the interaction and the mask
    prompt of the crops that follow. Otherwise the box goes to the 3D model as in 1 and 3.
 1. Crop placement: a new box gets a crop centred on the box's centre; every new point that
    does not lie inside a crop already chosen for this interaction gets one: a cached (already
@@ -81,7 +82,8 @@ from .click_reach import added_no_farther_than_clicks, removed_no_deeper_than_cl
 from .crops import (Box, CropGeometry, box_slices, clamp_box, extract_crop, mask_prompt, paste_back, tight_box,
                     touched_faces)
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
-from .intensity_trim import RING_PX, core_level, grow_to_lesion_intensity, trim_to_lesion_intensity
+from .intensity_trim import (RING_PX, core_level, grow_to_lesion_intensity, trim_homogeneous_lesion,
+                             trim_to_lesion_intensity)
 from .negative_clicks import honour_negative_clicks, spare_believed_voxels
 from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import MIN_AGREEMENT, agreement, clicks_inside, judgeable_additions, keep_believed_additions
@@ -699,8 +701,9 @@ class Session:
         return self._intensity_bounds
 
     def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
-        """A box answered by the 2D pathway, grown to a clear intensity step within the box and
-        the mask's own box (``intensity_trim``) -> (patch over the box and the mask, seconds)."""
+        """A box answered by the 2D pathway, trimmed at a homogeneous lesion's intensity step, then
+        grown to a clear step within the box and the mask's own box (``intensity_trim``) ->
+        (patch over the box and the mask, seconds)."""
         start = time.perf_counter()
         mask = self.predictor.segment_box_2d(self.volume, box, self._bounds_2d(), self._slice_embeddings)
         self.encoder_runs += 1
@@ -710,6 +713,7 @@ class Session:
         patch = mask[box_slices(region)]
         if patch.any():
             deepest = centre_click(patch, self.spacing) + np.asarray(region[0])
+            patch = self._at_lesion_intensity(region, patch, deepest, trim_homogeneous_lesion)
             patch = self._at_lesion_intensity(region, patch, deepest, grow_to_lesion_intensity)
         return (region, patch.astype(np.float32)), time.perf_counter() - start
 
