@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from . import __version__
@@ -29,6 +30,11 @@ DESCRIPTION = ("SAM3DPrompt: click-prompted 3D segmentation with SAM adapted to 
                "server of the 3D Slicer module, one image or many cases from saved clicks, training and "
                "evaluation.")
 EPILOG = "Run 'sam3d COMMAND --help' for a command's options."
+# Options whose value is a list of RAS coordinates. argparse reads a token that starts with a minus
+# sign as an option unless it is a plain negative number ("-3", "-.5"), so "--box -26.9,-34,0:..."
+# failed with "expected one argument"; such a value is attached to its option before parsing.
+COORDINATE_OPTIONS = ("--box", "--point")
+NEGATIVE_COORDINATES = re.compile(r"-\.?\d\S*,\S*")  # "-26.9,-34,0:-62.9,-8.2,32.5", "-12.5,30,4:+"
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -53,8 +59,26 @@ def _plain_help(parser: argparse.ArgumentParser) -> None:
             action.help = action.help.replace("`", "")
 
 
+def attach_negative_coordinates(argv: list[str]) -> list[str]:
+    """``argv`` with each coordinate option followed by a value that starts with a minus sign
+    written as one token, ``--box=VALUE``; tokens after ``--`` are left as they are."""
+    attached: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token == "--":
+            return attached + argv[index:]
+        if token in COORDINATE_OPTIONS and index + 1 < len(argv) and NEGATIVE_COORDINATES.fullmatch(argv[index + 1]):
+            attached.append(f"{token}={argv[index + 1]}")
+            index += 2
+        else:
+            attached.append(token)
+            index += 1
+    return attached
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = attach_negative_coordinates(list(sys.argv[1:] if argv is None else argv))
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)

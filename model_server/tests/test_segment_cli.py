@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sam3d.cli import main
+from sam3d.cli import attach_negative_coordinates, main
 from sam3d.data.io import Volume, read_image, write_image
 from sam3d.data.markups import read_markups, write_markups
 from sam3d.data.segio import read_segmentation
@@ -252,3 +252,24 @@ def test_markups_errors_name_the_problem(tmp_path):
         {"position": [1, 2, 3], "positionStatus": "undefined"}]}]}))
     with pytest.raises(MarkupsError, match="no defined control point"):
         read_markups(empty)
+
+
+# -- coordinates that start with a minus sign ---------------------------------------------------
+def test_a_coordinate_value_that_starts_with_a_minus_sign_is_attached_to_its_option():
+    argv = ["segment", "ct.nii.gz", "--box", "-26.9,-34,0:-62.9,-8.2,32.5", "--point", "-.5,2,3:-",
+            "--point", "1,2,3", "--name", "-x", "--", "--box", "-1,2,3"]
+    assert attach_negative_coordinates(argv) == [
+        "segment", "ct.nii.gz", "--box=-26.9,-34,0:-62.9,-8.2,32.5", "--point=-.5,2,3:-",
+        "--point", "1,2,3", "--name", "-x", "--", "--box", "-1,2,3"]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--box", "-900,2,3:4,5,6", "box corner R,A,S = [-900.0, 2.0, 3.0] mm lies outside"),
+    ("--point", "-900,2,3", "click R,A,S = [-900.0, 2.0, 3.0] mm lies outside"),
+])
+def test_segment_reads_a_negative_r_written_as_its_own_argument(oblique_image, tmp_path, option, value, message):
+    """`sam3d segment IMAGE --box R1,A1,S1:R2,A2,S2` as the issue writes it, with R1 negative: the
+    value reaches the box check (here: outside the image) instead of argparse's 'expected one
+    argument'."""
+    status, text = run_cli(str(oblique_image), option, value, "--out", str(tmp_path / "x.seg.nrrd"))
+    assert status == 2 and message in text and "expected one argument" not in text, text

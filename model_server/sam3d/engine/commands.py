@@ -17,10 +17,9 @@ from ..batch.options import add_segmenter_options, check_segmenter_options
 from ..errors import CLIError
 
 POINT_HELP = ("a click as R,A,S in mm, optionally followed by :+ (positive, the default) or :- "
-              "(negative); repeat for more clicks. Write --point=R,A,S when R is negative")
+              "(negative); repeat for more clicks")
 BOX_HELP = ("a box prompt: two opposite corners R1,A1,S1:R2,A2,S2 in mm (RAS), for models with a box "
-            "prompt; corners on one slice make a 2D box on that slice. Write --box=R1,A1,S1:R2,A2,S2 "
-            "when R1 is negative")
+            "prompt; corners on one slice make a 2D box on that slice")
 
 
 def register(subparsers) -> None:
@@ -49,7 +48,7 @@ def parse_point(text: str) -> tuple[np.ndarray, int]:
     except ValueError:
         point = np.zeros(0)
     if point.shape != (3,) or not np.isfinite(point).all():
-        raise CLIError(f"--point {text!r} is not R,A,S (three numbers in mm, e.g. --point=-12.5,30,4:+)")
+        raise CLIError(f"--point {text!r} is not R,A,S (three numbers in mm, e.g. --point -12.5,30,4:+)")
     return point, 0 if sign == "-" else 1
 
 
@@ -61,7 +60,7 @@ def parse_box(text: str) -> np.ndarray:
         corners = np.zeros(0)
     if corners.shape != (2, 3) or not np.isfinite(corners).all():
         raise CLIError(f"--box {text!r} is not R1,A1,S1:R2,A2,S2 (two opposite corners in mm, e.g. "
-                       "--box=-20,10,5:15,40,5)")
+                       "--box -20,10,5:15,40,5)")
     return corners
 
 
