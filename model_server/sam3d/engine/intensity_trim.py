@@ -65,9 +65,12 @@ def trim_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndar
     ring is cut where it does not). ``lesion_level``: the lesion's level read elsewhere (an
     object's mask: ``core_level``), tried before the levels read inside ``mask``."""
     read = _read_around(image, mask, click)
-    if read is None:
-        return mask
-    values, ring, index = read
+    return mask if read is None else _trim(*read, mask, min_contrast, lesion_level)
+
+
+def _trim(values: np.ndarray, ring: np.ndarray, index: tuple[int, ...], mask: np.ndarray,
+          min_contrast: float = MIN_CONTRAST, lesion_level: float | None = None) -> np.ndarray:
+    """``trim_to_lesion_intensity`` on what ``_read_around`` read."""
     surroundings = float(np.median(values[ring]))
     quartile_1, quartile_3 = np.percentile(values[ring], [25, 75])
     levels = _lesion_levels(values, mask, index)
@@ -93,13 +96,13 @@ def trim_homogeneous_lesion(image: np.ndarray, mask: np.ndarray, click: np.ndarr
     if read is None:
         return mask
     values, ring, _ = read
-    core = ndimage.binary_erosion(mask, IN_PLANE)
-    lesion = values[core] if np.count_nonzero(core) >= MIN_CORE_VOXELS else values[mask]
+    core = _core_values(values, mask)
+    lesion = values[mask] if core is None else core
     quartile_1, quartile_3 = np.percentile(lesion, [25, 75])
     step = abs(float(np.median(lesion)) - float(np.median(values[ring])))
     if step < MIN_STEP_IN_LESION_IQRS * float(quartile_3 - quartile_1):
         return mask
-    return trim_to_lesion_intensity(image, mask, click)
+    return _trim(*read, mask)
 
 
 def grow_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndarray) -> np.ndarray:
@@ -142,8 +145,15 @@ def _read_around(image: np.ndarray, mask: np.ndarray,
 def core_level(image: np.ndarray, mask: np.ndarray) -> float | None:
     """The median of ``image`` inside ``mask`` eroded by one voxel in-plane: a lesion's level away
     from its partial-volume edge; None where the erosion holds fewer than ``MIN_CORE_VOXELS``."""
+    core = _core_values(image, mask)
+    return None if core is None else float(np.median(core))
+
+
+def _core_values(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """``image``'s values inside ``mask`` eroded by one voxel in-plane; None where the erosion
+    holds fewer than ``MIN_CORE_VOXELS``."""
     core = ndimage.binary_erosion(mask, IN_PLANE)
-    return float(np.median(image[core])) if np.count_nonzero(core) >= MIN_CORE_VOXELS else None
+    return image[core] if np.count_nonzero(core) >= MIN_CORE_VOXELS else None
 
 
 def _lesion_levels(values: np.ndarray, mask: np.ndarray, index: tuple[int, ...]) -> list[float]:
