@@ -107,6 +107,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._boxRoi = None  # the box ROI observed (the input volume's)
         self._placingBoxRoi = None  # the box ROI being placed by the Box button
         self._boxDragging = False
+        self._boxNote: Optional[str] = None  # a note on how a box drawn in a slice view was read
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -447,7 +448,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         sliceNormal = self._sliceNormalUnderMouse()
         if sliceNormal is not None:  # drawn on a slice: a 2D box there (Slicer pads its depth)
-            self.logic.make_box_2d(roi, sliceNormal)
+            self._boxNote = self.logic.make_box_2d(roi, sliceNormal)  # shown with the box's result
         self._queueBox()
 
     @staticmethod
@@ -534,8 +535,10 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             details = "image encoded, " if result.encoder_ran else ""
             if result.replayed:
                 details += "session renewed, "
+            note = self._boxNote if name == "box" and self._boxNote else ""
+            self._boxNote = None
             self._showStatus(f"{segmentName}: {result.voxels} voxels ({millilitres:.2f} ml); "
-                             f"{details}{result.seconds:.2f} s")
+                             f"{details}{result.seconds:.2f} s" + (f". {note}" if note else ""))
         elif name in ("undo", "reset", "next lesion"):
             self._showStatus(f"{name.capitalize()}: done.")
         self._updateButtons()

@@ -14,6 +14,7 @@ from slicer_fixtures import (clicks_sent, add_linear_transform, add_volume, mrml
 from SAM3DPromptLib.client import InvalidBox, SAM3DClient, SessionExpired, SessionLimitReached, TLSError
 from SAM3DPromptLib.logic import PromptLogic, user_message
 from SAM3DPromptLib.mrml_io import numpy_to_matrix, read_segment_mask, volume_spacing_kji
+from SAM3DPromptLib.prompts import PromptError
 
 SHAPE = (14, 18, 22)  # k, j, i
 
@@ -111,6 +112,78 @@ def test_a_box_drawn_in_a_slice_view_is_a_2d_box_on_that_slice(mrml_scene):
     assert padded[1][0] - padded[0][0] > 1.0  # Slicer's padding: a 3D box
     logic.make_box_2d(roi, (0.0, 0.0, 1.0))
     np.testing.assert_allclose(logic.box_kji(roi), [[7.0, 4.0, 5.0], [7.0, 12.0, 15.0]], atol=1e-6)
+
+
+def _ras_aligned_roi(scene, centre, size):
+    """An ROI aligned with world RAS (as a slice view of the default layout draws it)."""
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    matrix = np.eye(4)
+    matrix[:3, 3] = centre
+    roi.GetObjectToNodeMatrix().DeepCopy(numpy_to_matrix(matrix))
+    roi.SetSize(*size)
+    return roi
+
+
+def test_on_an_oblique_volume_a_ras_box_keeps_the_size_drawn_and_an_axial_one_stays_2d(mrml_scene):
+    """Slice views stay aligned with RAS: on an oblique volume a box drawn there goes out with the
+    size drawn along the volume's nearest axes (the kji box around its corners takes in far more
+    tissue), and a box drawn in the axial view stays a 2D box on one slice."""
+    volume = _volume(mrml_scene, oblique_ijk_to_ras())
+    logic = PromptLogic(None, scene=mrml_scene)
+    logic.set_target(volume, None, None)
+    centre_kji = np.array([7.0, 9.0, 11.0])
+    centre = logic_world(volume, tuple(centre_kji))
+    size = np.array([9.0, 10.0, 11.0])  # mm along R, A, S
+    box = logic.box_kji(_ras_aligned_roi(mrml_scene, centre, size))
+    np.testing.assert_allclose((box[0] + box[1]) / 2, centre_kji, atol=1e-6)
+    extent = box[1] - box[0]
+    spacing_kji = np.array([2.1, 1.3, 0.8])
+    assert sorted(np.round(extent * spacing_kji, 6)) == sorted(size)  # the edges drawn, paired off
+    roi = _ras_aligned_roi(mrml_scene, centre, size)
+    logic.make_box_2d(roi, (0.0, 0.0, 1.0))
+    flat = logic.box_kji(roi)
+    assert flat[0][0] == flat[1][0] == 7.0  # one slice: a 2D box
+    assert np.all(flat[1][1:] - flat[0][1:] > 5.0)
+
+
+def test_a_box_drawn_across_the_slices_becomes_a_3d_box_as_deep_as_it_is_wide(mrml_scene):
+    """The server's 2D boxes lie on k slices: a box drawn in a coronal view of an axial scan gets
+    a depth (A) equal to its width (R), with a note; a hand-made ROI thinner than a voxel across
+    the slices is refused with a message, and so is one that barely touches the volume."""
+    ijk_to_ras = np.diag([-0.8, -0.9, 2.5, 1.0])
+    ijk_to_ras[:3, 3] = (40.0, 30.0, -70.0)
+    volume = _volume(mrml_scene, ijk_to_ras)
+    logic = PromptLogic(None, scene=mrml_scene)
+    logic.set_target(volume, None, None)
+    centre = (40.0 - 0.8 * 11, 30.0 - 0.9 * 9, -70.0 + 2.5 * 7)
+    roi = _ras_aligned_roi(mrml_scene, centre, (8.0, 20.0, 10.0))  # Slicer's padded depth along A
+    note = logic.make_box_2d(roi, (0.0, 1.0, 0.0))  # the coronal view's normal
+    assert "3D box" in note
+    box = logic.box_kji(roi)
+    np.testing.assert_allclose(box[1] - box[0], [10.0 / 2.5, 8.0 / 0.9, 8.0 / 0.8], atol=1e-6)
+    thin = _ras_aligned_roi(mrml_scene, centre, (8.0, 0.3, 10.0))
+    with pytest.raises(PromptError, match="thinner than one voxel"):
+        logic.box_kji(thin)
+    edge = _ras_aligned_roi(mrml_scene, (40.0 + 0.8 * 0.4, 30.0 - 0.9 * 9, -70.0 + 2.5 * 7), (1.0, 8.0, 10.0))
+    with pytest.raises(PromptError, match="barely touches"):
+        logic.box_kji(edge)
+
+
+def test_a_box_dragged_off_the_volume_goes_back_to_the_lesions_box(mrml_scene, box_url):
+    volume = _volume(mrml_scene, oblique_ijk_to_ras())
+    logic = _logic(mrml_scene, box_url, volume)
+    roi = _shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
+    request = logic.prepare_box()
+    request.run()
+    request.finish()
+    placed = logic.box_kji()
+    centre = [0.0, 0.0, 0.0]
+    roi.GetCenter(centre)
+    roi.SetCenter(centre[0] + 500.0, centre[1], centre[2])
+    with pytest.raises(PromptError, match="outside the input volume"):
+        logic.prepare_box()
+    np.testing.assert_allclose(logic.box_kji(), placed, atol=1e-6)  # shown where the server has it
+    logic.close()
 
 
 def test_box_and_clicks_combine_and_undo_restores_segment_and_box(mrml_scene, box_url):

@@ -2,11 +2,18 @@
 continuous kji indices, a 2D box on a slice, and snapshots of the ROI for undo.
 
 The module keeps one box ROI per volume, tied to it by the same node reference as the prompt
-list (``prompts.VOLUME_REFERENCE_ROLE``). The box sent to the server is the smallest kji box
-that holds the ROI's eight corners (world RAS -> the volume's frame through its parent
-transforms -> ``RASToIJK``, the same conversion as clicks): the ROI itself when it is aligned
-with the volume's axes. Along an index axis where the box spans less than one voxel, both
-corners go to the nearest slice: that is a 2D box on that slice (as nnInteractive does).
+list (``prompts.VOLUME_REFERENCE_ROLE``). The box sent to the server is the ROI in the volume's
+continuous kji indices (world RAS -> the volume's frame through its parent transforms ->
+``RASToIJK``, the same conversion as clicks): centred where the ROI is, and along each index
+axis as long as the ROI's edge nearest that axis - the ROI itself when it is aligned with the
+volume's axes, and a box of the size drawn on an oblique volume, whose slice views stay aligned
+with RAS (the smallest box holding the ROI's eight corners would take in up to 1.7 times more
+tissue per axis; it is used only where the ROI's edges do not pair off with the volume's axes,
+near 45 degrees). Where the box is thinner than one voxel along k, both corners go to the
+nearest slice: a 2D box on that slice (as nnInteractive does). The 2D pathway works on the
+volume's k slices, so a box drawn in a view across them (a coronal or sagittal view of an axial
+scan) becomes a 3D box as deep as it is wide (``make_roi_deep``), and a box thinner than a voxel
+along j or i is refused with a message.
 """
 
 from __future__ import annotations
@@ -22,8 +29,6 @@ from .prompts import VOLUME_REFERENCE_ROLE, PromptError
 
 ROI_CLASS = "vtkMRMLMarkupsROINode"
 BOX_COLOR = (1.0, 0.85, 0.10)
-# Object-frame signs of a box's eight corners (times half its size).
-_CORNER_SIGNS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
 
 
 @dataclass
@@ -73,34 +78,76 @@ def roi_defined(roi) -> bool:
     return max(roi.GetSize()) > 0.0
 
 
-def roi_corners_world(roi) -> np.ndarray:
-    """World RAS of the ROI's eight corners ``[8, 3]`` (its parent transform must be linear)."""
-    half = 0.5 * np.asarray(roi.GetSize(), dtype=np.float64)
-    corners = np.concatenate([_CORNER_SIGNS * half, np.ones((8, 1))], axis=1)
-    node_to_world = np.linalg.inv(world_to_local_matrix(roi))
-    world = corners @ (node_to_world @ matrix_to_numpy(roi.GetObjectToNodeMatrix())).T
-    return world[:, :3] / world[:, 3:4]
+def roi_frame_world(roi) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ROI in world RAS (its parent transform must be linear): its centre ``[3]``, its axes
+    as unit column vectors ``[3, 3]`` and its size along them in mm ``[3]``."""
+    object_to_world = np.linalg.inv(world_to_local_matrix(roi)) @ matrix_to_numpy(roi.GetObjectToNodeMatrix())
+    linear = object_to_world[:3, :3]
+    scale = np.linalg.norm(linear, axis=0)  # a parent transform may stretch the ROI
+    return object_to_world[:3, 3], linear / scale, np.asarray(roi.GetSize(), dtype=np.float64) * scale
 
 
-def box_from_corners(corners_kji: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """``[lo, hi]`` (kji, float) of the box holding ``corners_kji``, cut to the volume; an axis
-    spanning less than one voxel goes to its nearest slice (a 2D box). Raises PromptError when
-    the box misses the volume."""
-    lo, hi = corners_kji.min(axis=0), corners_kji.max(axis=0)
+def kji_per_mm(ras_to_ijk: np.ndarray, world_to_local: Optional[np.ndarray]) -> np.ndarray:
+    """``[3, 3]``: how far (in voxels along k, j, i: the rows) one mm along world R, A, S (the
+    columns) moves; the conversion is affine, so the same everywhere."""
+    origin = ras_to_kji(np.zeros((1, 3)), ras_to_ijk, world_to_local)[0]
+    return (ras_to_kji(np.eye(3), ras_to_ijk, world_to_local) - origin).T
+
+
+def volume_axes_world(to_kji: np.ndarray) -> np.ndarray:
+    """Unit world directions ``[3, 3]`` (rows k, j, i) of the volume's index axes, from
+    :func:`kji_per_mm` (exact for the orthogonal grids scanners write)."""
+    return to_kji / np.linalg.norm(to_kji, axis=1, keepdims=True)
+
+
+def nearest_axis(directions: np.ndarray, towards: Sequence[float]) -> int:
+    """Which of ``directions`` (unit vectors, as rows) lies closest to the line of ``towards``."""
+    return int(np.argmax(np.abs(np.asarray(directions) @ np.asarray(towards, dtype=np.float64))))
+
+
+def roi_extent_kji(axes: np.ndarray, size: np.ndarray, to_kji: np.ndarray) -> np.ndarray:
+    """The box's length in voxels along k, j, i for an ROI with world ``axes`` (unit columns) and
+    ``size`` (mm): the ROI's edge nearest each index axis (see the module docstring), or the
+    extent of its eight corners where its edges do not pair off with the axes."""
+    nearest = [nearest_axis(axes.T, direction) for direction in volume_axes_world(to_kji)]
+    if len(set(nearest)) == 3:
+        return size[nearest] * np.linalg.norm(to_kji, axis=1)
+    return np.abs(to_kji @ (axes * size)).sum(axis=1)
+
+
+def box_from_bounds(lo: np.ndarray, hi: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``[lo, hi]`` (kji, float) cut to the volume; thinner than one voxel along k, both corners
+    go to the nearest slice (a 2D box). Raises PromptError when the box misses the volume, or
+    is thinner than a voxel along j or i (drawn across the volume's slices)."""
+    lo, hi = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
     upper = np.asarray(shape, dtype=np.float64) - 0.5
     if np.any(hi < -0.5) or np.any(lo > upper):
         raise PromptError("The box lies outside the input volume; draw it on the volume, around the lesion.")
+    if np.any(hi[1:] - lo[1:] < 1.0):
+        raise PromptError("The box is thinner than one voxel across the volume's slices (drawn in a view that "
+                          "cuts across them); give it depth, or draw it in the view that shows the slices.")
     lo, hi = np.maximum(lo, -0.5), np.minimum(hi, upper)
-    flat = hi - lo < 1.0
-    middle = np.clip(np.round((lo + hi) / 2.0), 0, np.asarray(shape) - 1)
-    lo[flat] = hi[flat] = middle[flat]
+    if np.any(hi[1:] - lo[1:] < 1.0):
+        raise PromptError("The box barely touches the input volume; draw it on the volume, around the lesion.")
+    if hi[0] - lo[0] < 1.0:
+        lo[0] = hi[0] = np.clip(np.round((lo[0] + hi[0]) / 2.0), 0, shape[0] - 1)
     return np.stack([lo, hi])
 
 
 def roi_box_kji(roi, ras_to_ijk: np.ndarray, world_to_local: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """The ROI as a box ``[lo, hi]`` in the continuous kji indices of a volume (see the module
     docstring); ``ras_to_ijk`` / ``world_to_local`` as for :func:`geometry.ras_to_kji`."""
-    return box_from_corners(ras_to_kji(roi_corners_world(roi), ras_to_ijk, world_to_local), shape)
+    centre, axes, size = roi_frame_world(roi)
+    centre_kji = ras_to_kji(centre[None], ras_to_ijk, world_to_local)[0]
+    half = roi_extent_kji(axes, size, kji_per_mm(ras_to_ijk, world_to_local)) / 2.0
+    return box_from_bounds(centre_kji - half, centre_kji + half, shape)
+
+
+def make_roi_deep(roi, normal_world: Sequence[float], width_world: Sequence[float]) -> None:
+    """Give a box drawn in a slice view (normal ``normal_world``) a depth along that normal equal
+    to its width along ``width_world`` (a direction in the slice): a 3D box as deep as it is wide."""
+    _, axes, size = roi_frame_world(roi)
+    flatten_roi(roi, normal_world, float(size[nearest_axis(axes.T, width_world)]))
 
 
 def flatten_roi(roi, normal_world: Sequence[float], thickness: float) -> None:

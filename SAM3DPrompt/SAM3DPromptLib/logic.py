@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .box import (RoiState, create_box_roi, find_box_roi, flatten_roi, release_box_roi, restore_roi,
-                  roi_box_kji, roi_defined, roi_state)
+from .box import (RoiState, create_box_roi, find_box_roi, flatten_roi, kji_per_mm, make_roi_deep, nearest_axis,
+                  release_box_roi, restore_roi, roi_box_kji, roi_defined, roi_state, volume_axes_world)
 from .client import (InvalidServerURL, MaskUpdate, NothingToUndo, SAM3DClient, SAM3DError,
                      SessionExpired, SessionLimitReached, SessionNotFound)
 from .geometry import ras_to_kji
@@ -590,12 +590,24 @@ class PromptLogic:
         if self._object_box() is not None:
             self._show_object_box()
 
-    def make_box_2d(self, roi, slice_normal: Sequence[float]) -> None:
-        """Make a box drawn in a slice view (normal ``slice_normal``, world) thinner than a voxel
-        along that normal, so it is sent as a 2D box on that slice."""
+    def make_box_2d(self, roi, slice_normal: Sequence[float]) -> Optional[str]:
+        """Make a box drawn in a slice view (normal ``slice_normal``, world) a 2D box on that
+        slice: thinner than a voxel along the normal, where the view shows the volume's k slices.
+        In a view across them (a coronal or sagittal view of an axial scan), where boxes cannot
+        be 2D (the server's 2D pathway works on k slices), the box gets a depth along the normal
+        equal to its width along the volume's other in-slice axis: a 3D box as deep as it is wide.
+        Returns a note for the user in that case, else None."""
         if self.volume_node is None:
             raise PromptError("Select an input volume first.")
-        flatten_roi(roi, slice_normal, 0.5 * min(self.volume_node.GetSpacing()))
+        axes = volume_axes_world(kji_per_mm(ras_to_ijk_matrix(self.volume_node),
+                                            world_to_local_matrix(self.volume_node)))
+        across = nearest_axis(axes, slice_normal)
+        if across == 0:
+            flatten_roi(roi, slice_normal, 0.5 * min(self.volume_node.GetSpacing()))
+            return None
+        make_roi_deep(roi, slice_normal, axes[3 - across])  # j's partner in the slice is i, i's is j
+        return ("This view cuts across the scan's slices, where a box cannot be 2D: it was made a 3D box as "
+                "deep as it is wide. Check its depth in the view that shows the slices.")
 
     def box_kji(self, roi=None) -> Optional[np.ndarray]:
         """The box ROI (default: the input volume's) as ``[lo, hi]`` continuous kji of the
@@ -613,7 +625,11 @@ class PromptLogic:
         out with no new click (the object's clicks stay). None when the ROI is not placed or
         still holds the object's box. If the request fails, the ROI goes back to the object's box."""
         roi = roi or self.box_roi()
-        kji = self.box_kji(roi)
+        try:
+            kji = self.box_kji(roi)
+        except PromptError:
+            self._show_object_box()
+            raise
         current = self._object_box()
         if kji is None or (current is not None and np.allclose(kji, current.kji, rtol=0.0, atol=1e-6)):
             return None
