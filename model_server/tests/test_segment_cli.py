@@ -177,6 +177,12 @@ def test_segment_explains_bad_boxes(oblique_image, tmp_path, box, message):
     assert status == 2 and message in text, text
 
 
+def test_segment_refuses_a_second_box(oblique_image, tmp_path):
+    status, text = run_cli(str(oblique_image), box_arg(oblique_image), box_arg(oblique_image),
+                           "--out", str(tmp_path / "x.seg.nrrd"))
+    assert status == 2 and "--box was given 2 times" in text, text
+
+
 def test_segment_says_when_the_model_has_no_box_prompt(tiny_model, oblique_image, tmp_path):
     status, text = run_cli(str(oblique_image), box_arg(oblique_image), "--out", str(tmp_path / "x.seg.nrrd"),
                            "--model", str(tiny_model), "--device", "cpu")

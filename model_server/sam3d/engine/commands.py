@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--points", action="append", default=[], metavar="FILE.mrk.json",
                         help="Slicer markups file(s); points in lists named '...negative' or ending "
                              "in '-' (or described 'negative') are negative clicks")
-    parser.add_argument("--box", default=None, metavar="R1,A1,S1:R2,A2,S2", help=BOX_HELP)
+    parser.add_argument("--box", action="append", default=None, metavar="R1,A1,S1:R2,A2,S2", help=BOX_HELP)
     parser.add_argument("--out", required=True,
                         help="output .seg.nrrd, or .dcm: a DICOM SEG (the image must be a DICOM series folder)")
     parser.add_argument("--name", default="Tumor", help="segment name (default Tumor)")
@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if dicom_out and not Path(args.image).is_dir():
         raise CLIError(f"--out {args.out}: a DICOM SEG refers to the slices of a DICOM series; give the series' "
                        f"folder as the image, or write a {SEG_ENDING}")
-    box_ras = None if args.box is None else parse_box(args.box)
+    if args.box is not None and len(args.box) > 1:
+        raise CLIError(f"--box was given {len(args.box)} times; a lesion has one box (segment another lesion "
+                       "with its own command)")
+    box_ras = None if args.box is None else parse_box(args.box[0])
     points_ras, labels = collect_points(args)
     lesion = Lesion(1, points_ras, labels, box_ras)
     try:
