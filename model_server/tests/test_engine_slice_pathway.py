@@ -203,6 +203,49 @@ def test_a_session_answers_a_box_through_the_2d_pathway(ball, tiny_model):
     assert _slice_dice(session.mask[12], mask[12]) >= 0.9
 
 
+def test_a_box_with_clicks_in_one_request_answers_as_box_then_clicks_with_one_undo(ball, tiny_model):
+    """The 2D pathway answers a box alone: a box and a negative click in one request (a replayed
+    session, `sam3d segment --box --point ...:-`) give what the box and then the click give, and
+    one undo takes both back; before, the click was lost under the box's mask."""
+    volume, _ = ball
+    predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
+    box, negative = [[9, 23, 21], [15, 41, 39]], [[12, 32, 38]]  # the click on the ball's rim
+    alone = Session(predictor, volume, (1.0, 1.0, 1.0))
+    alone.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=box)
+    assert alone.mask[12, 32, 38]
+    sequential = Session(predictor, volume, (1.0, 1.0, 1.0))
+    sequential.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=box)
+    sequential.interact(negative, [0])
+    together = Session(predictor, volume, (1.0, 1.0, 1.0))
+    change = together.interact(negative, [0], box_kji=box)
+    assert not together.mask[12, 32, 38]
+    np.testing.assert_array_equal(together.mask, sequential.mask)
+    assert change.interaction == 1 and together.interactions == 1 and change.voxels == int(together.mask.sum())
+    patched = np.zeros_like(together.mask)
+    patched[tuple(slice(lo, hi) for lo, hi in zip(change.lo, change.hi))] = change.mask
+    np.testing.assert_array_equal(patched, together.mask)  # the change covers all the object
+    together.undo()
+    assert not together.mask.any() and together.box is None and len(together.points) == 0
+
+
+def test_after_a_reset_a_box_gives_what_it_gives_in_a_fresh_session(tiny_model):
+    """An earlier object's slice windows would serve the next object's box (within
+    WINDOW_REUSE_SCALE) and change its mask on a textured lesion: reset drops them."""
+    k, j, i = np.mgrid[:24, :64, :64]
+    lesion = (k - 12) ** 2 + ((j - 32) / 1.3) ** 2 + (i - 30) ** 2 <= 81
+    noise = np.random.default_rng(0).normal(0, 20, lesion.shape)
+    volume = (np.where(lesion, 80.0, 20.0) + noise + 10 * np.sin(i / 3.0)).astype(np.float32)
+    predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
+    earlier, box = [[10, 20, 20], [14, 44, 41]], [[10, 21, 21], [14, 43, 39]]
+    fresh = Session(predictor, volume, (1.0, 1.0, 1.0))
+    fresh.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=box)
+    session = Session(predictor, volume, (1.0, 1.0, 1.0))
+    session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=earlier)
+    session.reset()
+    session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=box)
+    np.testing.assert_array_equal(session.mask, fresh.mask)
+
+
 def test_a_local_correction_changes_only_the_region_around_the_click():
     old = np.zeros((8, 8, 8), dtype=bool)
     old[1:3, 1:3, 1:3] = True  # a part the click does not touch

@@ -70,6 +70,8 @@ def test_a_box_through_the_client_gives_the_engines_mask_and_stays_with_the_obje
 @pytest.mark.parametrize("box, code, fragment", [
     ([[7.0, 20.0, 20.0], [25.0, 44.0, 44.0]], "invalid_box", "outside the volume"),
     ([[7.0, 20.0, 20.0], [7.0, 20.0, 44.0]], "invalid_box", "less than one voxel along two"),
+    ([[7.0, 20.0, 20.0], [13.0, 20.0, 44.0]], "invalid_box", "flat along j"),
+    ([[7.0, 20.0, 20.0], [13.0, 44.0, 20.4]], "invalid_box", "flat along i"),
     ([[7.0, 20.0, 20.0]], "validation_error", "box"),
     ([[7.0, float("nan"), 20.0], [13.0, 44.0, 44.0]], "validation_error", "finite"),
 ])

@@ -273,87 +273,124 @@ class Session:
         new_box = None if box_kji is None else self._check_box(box_kji)
         points, labels = self._check_points(points_kji, labels, allow_none=new_box is not None)
         with self._lock:
-            self._check_limits(len(points))
-            prompt_box = self.box if new_box is None else new_box
-            start = time.perf_counter()
-            all_points = np.concatenate([self.points, points])
-            all_labels = np.concatenate([self.labels, labels])
-            encoder_before, encode_s = self.encoder_runs, 0.0
-            patches: list[tuple[Box, np.ndarray]] = []
-            box_2d = new_box is not None and self.predictor.box_pathway == "2d"
-            if box_2d:
-                patch, seconds = self._box_patch_2d(new_box)
+            if new_box is not None and len(points) and self.predictor.box_pathway == "2d":
+                return self._box_then_clicks(new_box, points, labels)
+            return self._interact(points, labels, new_box)
+
+    def _interact(self, points: np.ndarray, labels: np.ndarray, new_box: np.ndarray | None) -> MaskChange:
+        """``interact`` on checked prompts, the lock held."""
+        self._check_limits(len(points))
+        prompt_box = self.box if new_box is None else new_box
+        start = time.perf_counter()
+        all_points = np.concatenate([self.points, points])
+        all_labels = np.concatenate([self.labels, labels])
+        encoder_before, encode_s = self.encoder_runs, 0.0
+        patches: list[tuple[Box, np.ndarray]] = []
+        box_2d = new_box is not None and self.predictor.box_pathway == "2d"
+        if box_2d:
+            patch, seconds = self._box_patch_2d(new_box)
+            patches.append(patch)
+            encode_s += seconds
+        corrected = self._correct_subtle(points, labels) if new_box is None else None
+        if corrected is not None:
+            patches.append(corrected)
+        elif new_box is None and self._corrects_in_2d:
+            corrected = self._correct_2d(points, labels)
+            if corrected is not None:
+                patch, seconds = corrected
+                patch = self._judged_by_3d(patch, all_points, all_labels, points)
                 patches.append(patch)
                 encode_s += seconds
-            corrected = self._correct_subtle(points, labels) if new_box is None else None
-            if corrected is not None:
-                patches.append(corrected)
-            elif new_box is None and self._corrects_in_2d:
-                corrected = self._correct_2d(points, labels)
-                if corrected is not None:
-                    patch, seconds = corrected
-                    patch = self._judged_by_3d(patch, all_points, all_labels, points)
-                    patches.append(patch)
-                    encode_s += seconds
-            new_object = self._is_new_object(new_box)
-            spacing_mm = self.predictor.config.crop_spacing_mm if new_object else self._crop_spacing_mm
-            queue = [] if corrected is not None else self._place_crops(points, labels, None if box_2d else new_box,
-                                                                         spacing_mm)
-            first_click = points[labels == 1][0] if self._chooses_threshold(new_box, labels) else None
-            honour_negatives = corrected is None and not box_2d and bool((all_labels == 0).any())
-            answer = self._answer_with_crops(queue, patches, all_points, all_labels, prompt_box, first_click,
-                                             honour_negatives)
-            if first_click is not None and scale.is_small(int(answer.proposal.sum()), self.spacing):
-                answer = self._at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
-            encode_s += answer.encode_s
-            box, proposal = answer.box, answer.proposal
-            levels = None
-            if first_click is not None:  # a new object's first click: trimmed at a clear intensity step,
-                proposal = self._at_lesion_intensity(box, proposal, first_click, trim_to_lesion_intensity)
-                proposal, levels = self._grown_to_subtle_lesion(box, proposal, first_click)  # or grown
-                if levels is None:  # to a subtle lesion's extent, or else to a clear step's
-                    proposal = self._at_lesion_intensity(box, proposal, first_click, grow_to_lesion_intensity)
-            # for a new object's first click: whether the 2D pathway will correct its mask (a mask on
-            # an image edge: the edge rule's, or a subtle lesion's extent the 3D model would undo)
-            corrected_in_2d = (answer.on_edge or levels is not None) if first_click is not None else None
-            if (self.click_pathway != "3d" and new_object
-                    and len(points) == 1 and labels[0] == 1):  # a new object's lone first click
-                searched = self._first_click_search(box, proposal, points[0])
-                corrected_in_2d = bool(corrected_in_2d) or searched is not None  # else the 3D mask stands
-                if searched is not None:
-                    (box, proposal), seconds = searched
-                    encode_s += seconds
-                    levels = None  # the search's mask, not a subtle lesion's extent
-            local = self.corrections == "local" or (self.corrections in ("auto", "2d") and self._made_in_2d)
-            if local and corrected is None and new_box is None and self.voxels > 0:
-                proposal = _local_update(self.mask[box_slices(box)], proposal, points - np.asarray(box[0]), labels)
-                if self._made_in_2d:
-                    proposal = _on_clicked_slices(self.mask, proposal, box, points, labels)
-                if self.box is not None and is_3d_box(self.box):
-                    proposal = _within_box(self.mask[box_slices(box)], proposal, box, self.box, points)
-            if new_box is None and self.voxels > 0 and len(set(labels.tolist())) == 1:  # clicks of one kind
-                if labels[0] == 1:
-                    proposal = added_no_farther_than_clicks(
-                        self.mask, box, self._additions_at_lesion_intensity(box, proposal, points, labels),
-                        points, labels, self.spacing)
-                else:
-                    proposal = removed_no_deeper_than_clicks(self.mask, box, proposal, points, labels, self.spacing)
-            change = self._commit(box, proposal, points=all_points,
-                                  labels=all_labels, prompt_box=prompt_box,
-                                  interactions=self.interactions + 1)
-            self._crop_spacing_mm = spacing_mm if answer.spacing_mm is None else answer.spacing_mm
-            if corrected_in_2d is not None:
-                self._click_mask_corrected_in_2d = corrected_in_2d
-                self._subtle_levels = levels
-            elif new_box is not None:  # a box makes the object the box's: its levels no longer answer
-                self._subtle_levels = None
-            total_ms = (time.perf_counter() - start) * 1000
-            change.encoder_ran = self.encoder_runs > encoder_before
-            change.crops = answer.crops
-            change.timing_ms = {"encode": round(encode_s * 1000, 2),
-                                "decode": round(total_ms - encode_s * 1000, 2),
-                                "total": round(total_ms, 2)}
-            return change
+        new_object = self._is_new_object(new_box)
+        spacing_mm = self.predictor.config.crop_spacing_mm if new_object else self._crop_spacing_mm
+        queue = [] if corrected is not None else self._place_crops(points, labels, None if box_2d else new_box,
+                                                                     spacing_mm)
+        first_click = points[labels == 1][0] if self._chooses_threshold(new_box, labels) else None
+        honour_negatives = corrected is None and not box_2d and bool((all_labels == 0).any())
+        answer = self._answer_with_crops(queue, patches, all_points, all_labels, prompt_box, first_click,
+                                         honour_negatives)
+        if first_click is not None and scale.is_small(int(answer.proposal.sum()), self.spacing):
+            answer = self._at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
+        encode_s += answer.encode_s
+        box, proposal = answer.box, answer.proposal
+        levels = None
+        if first_click is not None:  # a new object's first click: trimmed at a clear intensity step,
+            proposal = self._at_lesion_intensity(box, proposal, first_click, trim_to_lesion_intensity)
+            proposal, levels = self._grown_to_subtle_lesion(box, proposal, first_click)  # or grown
+            if levels is None:  # to a subtle lesion's extent, or else to a clear step's
+                proposal = self._at_lesion_intensity(box, proposal, first_click, grow_to_lesion_intensity)
+        # for a new object's first click: whether the 2D pathway will correct its mask (a mask on
+        # an image edge: the edge rule's, or a subtle lesion's extent the 3D model would undo)
+        corrected_in_2d = (answer.on_edge or levels is not None) if first_click is not None else None
+        if (self.click_pathway != "3d" and new_object
+                and len(points) == 1 and labels[0] == 1):  # a new object's lone first click
+            searched = self._first_click_search(box, proposal, points[0])
+            corrected_in_2d = bool(corrected_in_2d) or searched is not None  # else the 3D mask stands
+            if searched is not None:
+                (box, proposal), seconds = searched
+                encode_s += seconds
+                levels = None  # the search's mask, not a subtle lesion's extent
+        local = self.corrections == "local" or (self.corrections in ("auto", "2d") and self._made_in_2d)
+        if local and corrected is None and new_box is None and self.voxels > 0:
+            proposal = _local_update(self.mask[box_slices(box)], proposal, points - np.asarray(box[0]), labels)
+            if self._made_in_2d:
+                proposal = _on_clicked_slices(self.mask, proposal, box, points, labels)
+            if self.box is not None and is_3d_box(self.box):
+                proposal = _within_box(self.mask[box_slices(box)], proposal, box, self.box, points)
+        if new_box is None and self.voxels > 0 and len(set(labels.tolist())) == 1:  # clicks of one kind
+            if labels[0] == 1:
+                proposal = added_no_farther_than_clicks(
+                    self.mask, box, self._additions_at_lesion_intensity(box, proposal, points, labels),
+                    points, labels, self.spacing)
+            else:
+                proposal = removed_no_deeper_than_clicks(self.mask, box, proposal, points, labels, self.spacing)
+        change = self._commit(box, proposal, points=all_points,
+                              labels=all_labels, prompt_box=prompt_box,
+                              interactions=self.interactions + 1)
+        self._crop_spacing_mm = spacing_mm if answer.spacing_mm is None else answer.spacing_mm
+        if corrected_in_2d is not None:
+            self._click_mask_corrected_in_2d = corrected_in_2d
+            self._subtle_levels = levels
+        elif new_box is not None:  # a box makes the object the box's: its levels no longer answer
+            self._subtle_levels = None
+        total_ms = (time.perf_counter() - start) * 1000
+        change.encoder_ran = self.encoder_runs > encoder_before
+        change.crops = answer.crops
+        change.timing_ms = {"encode": round(encode_s * 1000, 2),
+                            "decode": round(total_ms - encode_s * 1000, 2),
+                            "total": round(total_ms, 2)}
+        return change
+
+    def _box_then_clicks(self, box: np.ndarray, points: np.ndarray, labels: np.ndarray) -> MaskChange:
+        """A box and clicks in one request where boxes go to the 2D pathway, which answers a box
+        alone: the box first, then the clicks correct its mask, as when they come one after the
+        other (else a negative click is lost under the box's mask); one interaction, one undo step."""
+        self._check_limits(len(points))
+        first = self._interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box)
+        second = self._interact(points, labels, None)
+        if len(self._history) >= 2:
+            self._history[-2:] = [self._merged(*self._history[-2:])]
+        self.interactions -= 1
+        lo, hi = _union([(first.lo, first.hi), (second.lo, second.hi)])
+        return MaskChange(lo, hi, self.mask[box_slices((lo, hi))].copy(), self.voxels, self.interactions,
+                          encoder_ran=first.encoder_ran or second.encoder_ran, crops=first.crops + second.crops,
+                          timing_ms={key: round(first.timing_ms.get(key, 0.0) + second.timing_ms.get(key, 0.0), 2)
+                                     for key in first.timing_ms})
+
+    def _merged(self, earlier: "_HistoryEntry", later: "_HistoryEntry") -> "_HistoryEntry":
+        """Two consecutive undo steps as one: the mask before ``earlier`` over both boxes."""
+        box = _union([earlier.box, later.box])
+        if _is_empty(box):
+            return earlier
+        previous = self.mask[box_slices(box)].copy()
+        for entry in (later, earlier):  # undone the other way round
+            if not _is_empty(entry.box):
+                inside = tuple(slice(lo - origin, hi - origin)
+                               for lo, hi, origin in zip(entry.box[0], entry.box[1], box[0]))
+                region = previous[inside]
+                region[...] = np.unpackbits(entry.previous, count=region.size).astype(bool).reshape(region.shape)
+        return _HistoryEntry(box, np.packbits(previous, axis=None), earlier.points, earlier.interactions,
+                             earlier.extent, earlier.prompt_box)
 
     def prefetch_corrections(self) -> IdleStep:
         """Idle work: embed one more 2D window that a correction of the object's mask would
@@ -440,9 +477,13 @@ class Session:
                               self.interactions, timing_ms={"encode": 0.0, "decode": 0.0, "total": 0.0})
 
     def reset(self) -> None:
-        """Start the next object: clear points, mask and history; keep the volume and the caches
-        (encoder features, the 2D pathway's slice windows)."""
+        """Start the next object: clear points, mask and history; keep the volume and the 3D
+        encoder's features. The 2D pathway's slice windows go: a box decodes on a kept window that
+        serves it, not only its own, so an earlier object's windows would change the next one's
+        mask (a batch's lesion would then depend on the lesions before it, and a resumed run
+        differ from a whole one)."""
         with self._lock:
+            self._slice_embeddings = SliceEmbeddings(self._slice_embeddings.capacity)
             self.mask[box_slices(self._extent)] = False
             self.voxels = 0
             self.points, self.labels = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
@@ -509,6 +550,10 @@ class Session:
             raise InvalidBox(f"the box {np.round(lo, 2).tolist()}..{np.round(hi, 2).tolist()} spans less "
                              "than one voxel along two of its axes; draw a box around the object "
                              "(equal k for a 2D box on one slice)")
+        if np.any(hi[1:] - lo[1:] < 1.0):  # a 2D box lies on a k slice, where the 2D pathway works
+            raise InvalidBox(f"the box {np.round(lo, 2).tolist()}..{np.round(hi, 2).tolist()} is flat along "
+                             f"{'j' if hi[1] - lo[1] < 1.0 else 'i'}: a 2D box lies on one k slice (equal k); "
+                             "a box drawn across the slices needs depth along j and i")
         return np.stack([lo, hi])
 
     def _check_points(self, points_kji, labels, allow_none: bool = False) -> tuple[np.ndarray, np.ndarray]:
