@@ -59,8 +59,8 @@ def parse_box(text: str) -> np.ndarray:
     except ValueError:
         corners = np.zeros(0)
     if corners.shape != (2, 3) or not np.isfinite(corners).all():
-        raise CLIError(f"--box {text!r} is not R1,A1,S1:R2,A2,S2 (two opposite corners in mm, e.g. "
-                       "--box -20,10,5:15,40,5)")
+        raise CLIError(f"--box {text!r} is not R1,A1,S1:R2,A2,S2 (two opposite corners in mm, six finite "
+                       "numbers, e.g. --box -20,10,5:15,40,5)")
     return corners
 
 

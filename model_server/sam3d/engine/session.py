@@ -546,14 +546,13 @@ class Session:
             raise InvalidBox(f"box corner [k, j, i] = {[round(float(v), 2) for v in corner]} is outside "
                              f"the volume of shape {list(self.shape)}")
         lo, hi = corners.min(axis=0), corners.max(axis=0)
+        named = f"the box {np.round(lo, 2).tolist()}..{np.round(hi, 2).tolist()} (voxel indices k, j, i)"
         if np.count_nonzero(hi - lo >= 1.0) < 2:
-            raise InvalidBox(f"the box {np.round(lo, 2).tolist()}..{np.round(hi, 2).tolist()} spans less "
-                             "than one voxel along two of its axes; draw a box around the object "
-                             "(equal k for a 2D box on one slice)")
+            raise InvalidBox(f"{named} spans less than one voxel along two of its axes; draw a box around the "
+                             "object (equal k for a 2D box on one slice)")
         if np.any(hi[1:] - lo[1:] < 1.0):  # a 2D box lies on a k slice, where the 2D pathway works
-            raise InvalidBox(f"the box {np.round(lo, 2).tolist()}..{np.round(hi, 2).tolist()} is flat along "
-                             f"{'j' if hi[1] - lo[1] < 1.0 else 'i'}: a 2D box lies on one k slice (equal k); "
-                             "a box drawn across the slices needs depth along j and i")
+            raise InvalidBox(f"{named} is flat along {'j' if hi[1] - lo[1] < 1.0 else 'i'}: a 2D box lies on one "
+                             "k slice (equal k); a box drawn across the slices needs depth along j and i")
         return np.stack([lo, hi])
 
     def _check_points(self, points_kji, labels, allow_none: bool = False) -> tuple[np.ndarray, np.ndarray]:
