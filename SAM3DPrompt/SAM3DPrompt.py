@@ -155,6 +155,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interactionNode, interactionNode.InteractionModeChangedEvent,
                          self.onInteractionModeChanged)
@@ -431,6 +432,22 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.addObserver(roi, event, method)
         self._boxRoi = roi
         self._boxDragging = False
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeRemoved(self, caller, event, node) -> None:
+        """The box ROI deleted by the user while the lesion holds the box: shown again, once the
+        removal has finished (nodes are not added from inside the scene's event)."""
+        if node is None or node is not self._boxRoi or self._placingBoxRoi is not None or slicer.mrmlScene.IsClosing():
+            return
+        self._observeBoxRoi(None)
+        if self.logic.user_removed_box():
+            qt.QTimer.singleShot(0, self._showDeletedBox)
+
+    def _showDeletedBox(self) -> None:
+        if self.logic is None or self.logic.volume_node is None:
+            return
+        self._showStatus(self.logic.show_lesion_box())
+        self._observeBoxRoi(self.logic.box_roi())
 
     def onBoxPlaced(self, caller, event) -> None:
         if caller is self._placingBoxRoi and roi_defined(caller):

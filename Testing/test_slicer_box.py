@@ -186,6 +186,28 @@ def test_a_box_dragged_off_the_volume_goes_back_to_the_lesions_box(mrml_scene, b
     logic.close()
 
 
+def test_a_deleted_box_roi_is_shown_again_while_the_lesion_holds_the_box(mrml_scene, box_url):
+    """The box bounds the lesion's corrections on the server until Undo or Reset: a user who
+    deletes its ROI gets it shown again, with a note; the Logic's own removals (a new Box) are
+    not taken for the user's."""
+    volume = _volume(mrml_scene, oblique_ijk_to_ras())
+    logic = _logic(mrml_scene, box_url, volume)
+    roi = _shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
+    request = logic.prepare_box()
+    request.run()
+    request.finish()
+    seen = []
+    observer = mrml_scene.AddObserver(mrml_scene.NodeRemovedEvent, lambda *_: seen.append(logic.user_removed_box()))
+    mrml_scene.RemoveNode(roi)  # the user deletes it
+    assert seen == [True] and logic.box_roi() is None
+    assert "keeps its box" in logic.show_lesion_box()
+    np.testing.assert_allclose(logic.box_kji(), [[4.0, 5.0, 6.0], [9.0, 12.0, 15.0]], atol=1e-6)
+    logic.new_box_roi()  # the Box button replaces the shown ROI: the Logic's own removal
+    assert seen == [True, False]
+    mrml_scene.RemoveObserver(observer)
+    logic.close()
+
+
 def test_box_and_clicks_combine_and_undo_restores_segment_and_box(mrml_scene, box_url):
     volume = _volume(mrml_scene, oblique_ijk_to_ras(), rigid_matrix(-20.0, (1, 0.2, 0.5), (7, 3, -11)))
     logic = _logic(mrml_scene, box_url, volume)

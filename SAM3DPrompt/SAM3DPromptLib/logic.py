@@ -201,6 +201,7 @@ class PromptLogic:
         self._adopted: set = set()  # IDs of prompt lists whose earlier points are not clicks
         self._seen: set = set()  # (list ID, point ID) of every point already taken
         self._restoring = False
+        self._removing_box_roi = False  # the Logic removes a box ROI itself (``user_removed_box``)
 
     # -- connection --------------------------------------------------------------------------
     def connect(self, base_url: str, api_key: Optional[str] = None, timeout: float = 30.0,
@@ -383,7 +384,7 @@ class PromptLogic:
         earlier lesion's box; the next Box press makes a new one."""
         roi = self.box_roi() if self.volume_node is not None and self._object_box() is not None else None
         if roi is not None and remove:
-            self.scene.RemoveNode(roi)
+            self._remove_box_roi(roi)
         elif roi is not None:
             release_box_roi(roi)
 
@@ -580,13 +581,13 @@ class PromptLogic:
             raise PromptError("Select an input volume first.")
         old = find_box_roi(self.scene, volume_node)
         if old is not None:
-            self.scene.RemoveNode(old)
+            self._remove_box_roi(old)
         return create_box_roi(self.scene, volume_node)
 
     def cancel_box(self, roi) -> None:
         """A box ROI whose placing was given up: removed, and the lesion's box shown again."""
         if roi.GetScene() is self.scene:
-            self.scene.RemoveNode(roi)
+            self._remove_box_roi(roi)
         if self._object_box() is not None:
             self._show_object_box()
 
@@ -644,6 +645,27 @@ class PromptLogic:
 
         return Job("box", inner.run, apply, state=inner.state)
 
+    def user_removed_box(self) -> bool:
+        """Whether the input volume's box ROI, leaving the scene now, was deleted by the user
+        while the lesion holds a box - not removed by the Logic itself. The box still bounds the
+        lesion's corrections on the server, and only Undo or Reset lesion take it back, so it is
+        then shown again (``show_lesion_box``). Call from the scene's node-removed event."""
+        return not self._removing_box_roi and self.volume_node is not None and self._object_box() is not None
+
+    def show_lesion_box(self) -> str:
+        """The lesion's box shown again in a new ROI (see ``user_removed_box``) -> a note for the user."""
+        self._show_object_box()
+        return ("The lesion keeps its box (it bounds its corrections), so it is shown again: Undo takes it "
+                "back, Reset lesion clears the lesion, Box draws a new one.")
+
+    def _remove_box_roi(self, roi) -> None:
+        """Remove a box ROI from the scene as the Logic's own doing (see ``user_removed_box``)."""
+        self._removing_box_roi = True
+        try:
+            self.scene.RemoveNode(roi)
+        finally:
+            self._removing_box_roi = False
+
     def _object_box(self) -> Optional[BoxPrompt]:
         """The box the current object holds (the last one sent), or None."""
         return next((step.box for step in reversed(self._steps) if step.box is not None), None)
@@ -661,7 +683,7 @@ class PromptLogic:
         roi = self.box_roi()
         if drawn is None:
             if roi is not None:
-                self.scene.RemoveNode(roi)
+                self._remove_box_roi(roi)
             return
         if roi is None:
             roi = create_box_roi(self.scene, self.volume_node)
