@@ -367,17 +367,17 @@ class Session:
         other (else a negative click is lost under the box's mask); one interaction, one undo step."""
         self._check_limits(len(points))
         first = self._interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box)
+        self.interactions -= 1  # the box and its clicks are one interaction (and the limit counts one)
         second = self._interact(points, labels, None)
         if len(self._history) >= 2:
             self._history[-2:] = [self._merged(*self._history[-2:])]
-        self.interactions -= 1
         lo, hi = _union([(first.lo, first.hi), (second.lo, second.hi)])
         return MaskChange(lo, hi, self.mask[box_slices((lo, hi))].copy(), self.voxels, self.interactions,
                           encoder_ran=first.encoder_ran or second.encoder_ran, crops=first.crops + second.crops,
                           timing_ms={key: round(first.timing_ms.get(key, 0.0) + second.timing_ms.get(key, 0.0), 2)
                                      for key in first.timing_ms})
 
-    def _merged(self, earlier: "_HistoryEntry", later: "_HistoryEntry") -> "_HistoryEntry":
+    def _merged(self, earlier: _HistoryEntry, later: _HistoryEntry) -> _HistoryEntry:
         """Two consecutive undo steps as one: the mask before ``earlier`` over both boxes."""
         box = _union([earlier.box, later.box])
         if _is_empty(box):
@@ -529,6 +529,7 @@ class Session:
         if self.max_interactions is not None and self.interactions >= self.max_interactions:
             raise SessionLimit(f"the object has {self.interactions} interactions; this server allows "
                                f"{self.max_interactions} per object")
+
     def _check_box(self, box_kji) -> np.ndarray:
         """Two opposite corners -> [lo, hi] (continuous kji), or InvalidBox saying why not."""
         if not self.predictor.answers_boxes:
