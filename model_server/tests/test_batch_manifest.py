@@ -13,7 +13,7 @@ from sam3d.batch.manifest import ManifestError, read_manifest
 from sam3d.batch.prompts import lesions_from_markups, lesions_from_mask
 from sam3d.cli import main
 from sam3d.data.io import Volume, write_image
-from sam3d.data.markups import MarkupsError, write_markups
+from sam3d.data.markups import MarkupsError, read_markups, write_markups
 from sam3d.data.segio import Segment, write_segmentation
 
 
@@ -149,6 +149,66 @@ def test_markups_without_a_lesion_or_with_an_orphan_negative_list_are_refused(tm
     write_document(path, [markup("Lesion 1", [[1, 1, 1]], descriptions=["negative"])])
     with pytest.raises(MarkupsError, match="lesion 1 has no positive click"):
         lesions_from_markups(path)
+
+
+def roi(name: str, center, size, system: str = "RAS") -> dict:
+    """A Slicer Markups ROI as Slicer 5 saves it (an LPS file stores its axes in LPS)."""
+    axes = [1, 0, 0, 0, 1, 0, 0, 0, 1] if system == "RAS" else [-1, 0, 0, 0, -1, 0, 0, 0, 1]
+    return {"type": "ROI", "name": name, "coordinateSystem": system, "roiType": "Box", "center": center,
+            "orientation": axes, "size": size,
+            "controlPoints": [{"id": "1", "position": center, "positionStatus": "defined"}]}
+
+
+def test_a_lesion_may_be_given_a_box_in_json_and_csv_manifests(tmp_path):
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps([{"id": "a", "image": "a.nii.gz", "prompts": [
+        {"lesion": 1, "ras": [1, 2, 3], "label": "+"},
+        {"lesion": 2, "box": [[-10, 5, 0], [10, 25, 0]]},  # a 2D box alone
+        {"lesion": 3, "box": [[0, 0, 0], [8, 8, 8]]}, {"lesion": 3, "ras": [4, 4, 4], "label": "-"}]}]))
+    (case,) = read_manifest(manifest)
+    first, second, third = case.inline
+    assert first.box_ras is None
+    np.testing.assert_array_equal(second.box_ras, [[-10, 5, 0], [10, 25, 0]])
+    assert len(second.labels) == 0
+    np.testing.assert_array_equal(third.box_ras, [[0, 0, 0], [8, 8, 8]])
+    np.testing.assert_array_equal(third.labels, [0])
+    csv_manifest = tmp_path / "m.csv"
+    csv_manifest.write_text('id,image,prompts\na,a.nii.gz,"1:box:-10,5,0:10,25,0;1:2,15,0:-"\n')
+    (lesion,) = read_manifest(csv_manifest)[0].inline
+    np.testing.assert_array_equal(lesion.box_ras, [[-10, 5, 0], [10, 25, 0]])
+    np.testing.assert_array_equal(lesion.labels, [0])
+
+
+@pytest.mark.parametrize("prompts, message", [
+    ([{"lesion": 1, "box": [[0, 0, 0]]}], r"click 1|item 1: a box is two opposite corners"),
+    ([{"lesion": 1, "box": [[0, 0, 0], [1, 1, "x"]]}], r"item 1: a box is two opposite corners"),
+    ([{"lesion": 1, "box": [[0, 0, 0], [1, 1, 1]]}, {"lesion": 1, "box": [[0, 0, 0], [2, 2, 2]]}],
+     r"lesion 1 has two boxes"),
+])
+def test_a_bad_box_in_a_manifest_names_the_row_and_item(tmp_path, prompts, message):
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps([{"id": "a", "image": "x", "prompts": prompts}]))
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(manifest)
+
+
+def test_a_markups_roi_is_its_lesions_box_not_a_click(tmp_path):
+    """An ROI named after a lesion's point list is that lesion's box; another ROI is a lesion of
+    its own; LPS files are read as RAS; `sam3d segment --points` refuses a file with a box."""
+    path = tmp_path / "lesions.mrk.json"
+    write_document(path, [markup("Lesion 1", [[1, 1, 1]]), markup("Lesion 1 negative", [[2, 2, 2]]),
+                          roi("Lesion 1 box", [-5.0, -6.0, 7.0], [10.0, 4.0, 2.0], system="LPS"),
+                          roi("R", [0.0, 0.0, 0.0], [6.0, 6.0, 0.0001])])
+    first, second = lesions_from_markups(path)
+    np.testing.assert_allclose(first.box_ras, [[0, 4, 6], [10, 8, 8]])  # LPS centre (-5, -6, 7) = RAS (5, 6, 7)
+    np.testing.assert_array_equal(first.labels, [1, 0])
+    np.testing.assert_allclose(second.box_ras, [[-3, -3, -0.00005], [3, 3, 0.00005]])
+    assert second.number == 2 and len(second.labels) == 0
+    write_document(path, [markup("SAM3D positive", [[1, 1, 1]]), roi("anything", [0.0, 0.0, 0.0], [4.0, 4.0, 4.0])])
+    (only,) = lesions_from_markups(path)  # one list, one ROI: the list's box
+    np.testing.assert_allclose(only.box_ras, [[-2, -2, -2], [2, 2, 2]])
+    with pytest.raises(MarkupsError, match="holds a box \\(ROI 'anything'\\).*--box"):
+        read_markups(path)
 
 
 @pytest.fixture

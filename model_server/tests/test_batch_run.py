@@ -164,8 +164,13 @@ def test_a_stopped_run_resumed_gives_the_same_outputs(tmp_path, full_run, mixed_
     assert sorted(p.name for p in out.glob("*.seg.nrrd")) == [f"case{seed}.seg.nrrd" for seed in SEEDS[:3]]
     assert [row["status"] for row in summary(out)] == ["done"] * 3 + ["pending"] * 2
     first_three = {p.name: p.stat().st_mtime_ns for p in out.glob("*.seg.nrrd")}
+    killed = [out / ".case3.seg.nrrd.0123456789ab.tmp.seg.nrrd", out / ".state" / ".case3.json.ba9876543210.tmp.json"]
+    for path in killed:  # what a run killed while writing leaves
+        path.write_bytes(b"partial")
 
     assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--resume") == 0
+    assert not any(path.exists() for path in killed)
+    assert "removed 2 temporary file(s) an earlier, killed run left" in (out / "batch.log").read_text()
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.seg.nrrd") if p.name in first_three} == first_three
     assert "5 case(s) in the manifest, 3 finished before (resume on), 2 to run now" in (out / "batch.log").read_text()
     for seed in SEEDS:
@@ -275,6 +280,38 @@ def test_prompts_from_a_prior_mask_give_one_lesion_per_component(tmp_path, phant
     for lesion in record.clicks:
         kji = np.rint(label.ras_to_kji(np.array(lesion["ras"]))).astype(int)
         assert [int(label.array[tuple(p)]) for p in kji] == [TUMOR_LABEL]
+
+
+def test_boxes_in_a_manifest_segment_their_lesions_as_sam3d_segment_does(tmp_path, phantoms, tiny_box_model):
+    """A lesion given as a box, and one as a box with a negative click: each segment is what the
+    engine gives for the same box and click in a fresh session, and the record keeps the box."""
+    from sam3d.engine.predictor import Predictor
+    from sam3d.engine.session import segment
+
+    image, label = read_image(phantoms / "case0.nii.gz"), read_image(phantoms / "case0_label.nii.gz").array
+    tumor = np.argwhere(label == TUMOR_LABEL)
+    box_kji = np.array([tumor.min(axis=0), tumor.max(axis=0)], dtype=float)
+    box_ras = [[round(float(v), 4) for v in corner] for corner in image.kji_to_ras(box_kji)]
+    inside = image.kji_to_ras([tumor[len(tumor) // 2]])[0]
+    negative = [round(float(v), 4) for v in inside]
+    manifest = tmp_path / "boxes.json"
+    manifest.write_text(json.dumps([{"id": "a", "image": str(phantoms / "case0.nii.gz"), "prompts": [
+        {"lesion": 1, "box": box_ras},
+        {"lesion": 2, "box": box_ras}, {"lesion": 2, "ras": negative, "label": "-"}]}]))
+    out = tmp_path / "out"
+    assert batch(manifest, "--out", out, "--model", tiny_box_model) == 0
+    segments, _ = read_segmentation(out / "a.seg.nrrd")
+    predictor = Predictor.load(tiny_box_model, device="cpu")
+    box = image.ras_to_kji(np.array(box_ras))
+    expected = [segment(predictor, image.array, image.spacing, np.zeros((0, 3)), [], box_kji=box),
+                segment(predictor, image.array, image.spacing, image.ras_to_kji(np.array([negative])), [0],
+                        box_kji=box)]
+    assert [s.name for s in segments] == ["lesion 1", "lesion 2"]
+    for found, wanted in zip(segments, expected):
+        assert wanted.any()
+        np.testing.assert_array_equal(found.mask, wanted)
+    record = OutputFolder(out).read_record("a")
+    np.testing.assert_allclose(record.clicks[0]["box_ras"], box_ras, atol=1e-6)
 
 
 def test_the_server_backend_gives_the_in_process_results(tmp_path, phantoms, full_run, tiny_model):

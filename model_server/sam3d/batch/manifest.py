@@ -17,7 +17,14 @@ the manifest's folder. Each case has:
     - JSON: ``[{"lesion": 1, "ras": [R, A, S], "label": "+"}, {"lesion": 1, "ras": [...], "label": "-"}, ...]``
     - CSV: ``1:R,A,S:+;1:R,A,S:-;2:R,A,S:+`` (``lesion:R,A,S:sign``, separated by ``;``)
 
-    Every lesion needs at least one positive click. ``prompts`` may be left out when the case
+    and a lesion's box, two opposite corners in RAS mm (corners on one slice: a 2D box there),
+    as ``sam3d segment --box`` takes it:
+
+    - JSON: ``{"lesion": 2, "box": [[R1, A1, S1], [R2, A2, S2]]}`` among the clicks;
+    - CSV: ``2:box:R1,A1,S1:R2,A2,S2``.
+
+    Every lesion needs a box or at least one positive click (a box with only negative clicks is
+    fine), and has at most one box. ``prompts`` may be left out when the case
     gets its clicks from a prior mask (``--prompts-from-mask``) or from another case
     (``--propagate-from``).
 ``reference`` (optional)
@@ -185,7 +192,7 @@ def _case(row: int, entry: dict[str, Any], folder: Path, prior_mask_field: str) 
         inline = _parse_inline_list(row, prompts)
     elif prompts is not None:
         raise ManifestError(f"row {row}, field prompts: give a markups file path or a list of "
-                            '{"lesion", "ras", "label"} clicks')
+                            '{"lesion", "ras", "label"} clicks and {"lesion", "box"} boxes')
     return CaseSpec(
         row=row,
         case_id=case_id,
@@ -250,37 +257,49 @@ def _optional_int(row: int, field: str, value: Any) -> int | None:
 
 
 def _parse_inline_text(row: int, text: str) -> tuple[Lesion, ...]:
-    """'1:R,A,S:+;1:R,A,S:-;2:R,A,S:+' -> lesions."""
-    clicks = []
+    """'1:R,A,S:+;1:R,A,S:-;2:box:R1,A1,S1:R2,A2,S2' -> lesions."""
+    clicks, boxes = [], []
     for number, item in enumerate([part.strip() for part in text.split(";") if part.strip()], start=1):
         parts = item.split(":")
+        if len(parts) == 4 and parts[1].strip().lower() == "box":
+            boxes.append(_box(row, number, parts[0], [parts[2].split(","), parts[3].split(",")]))
+            continue
         if len(parts) != 3:
             raise ManifestError(f"row {row}, field prompts, click {number}: {item!r} is not "
-                                "lesion:R,A,S:sign (e.g. 1:-12.5,30,4:+)")
+                                "lesion:R,A,S:sign (e.g. 1:-12.5,30,4:+) nor lesion:box:R1,A1,S1:R2,A2,S2")
         clicks.append(_click(row, number, parts[0], parts[1].split(","), parts[2]))
-    return _lesions(row, clicks)
+    return _lesions(row, clicks, boxes)
 
 
 def _parse_inline_list(row: int, items: list[Any]) -> tuple[Lesion, ...]:
-    """[{"lesion": 1, "ras": [R, A, S], "label": "+"}, ...] -> lesions."""
-    clicks = []
+    """[{"lesion": 1, "ras": [R, A, S], "label": "+"}, {"lesion": 2, "box": [[R, A, S], [R, A, S]]}, ...] -> lesions."""
+    clicks, boxes = [], []
     for number, item in enumerate(items, start=1):
+        if isinstance(item, dict) and set(item) == {"lesion", "box"}:
+            boxes.append(_box(row, number, item["lesion"], item["box"]))
+            continue
         if not isinstance(item, dict) or set(item) != {"lesion", "ras", "label"}:
             raise ManifestError(f"row {row}, field prompts, click {number}: expected "
-                                '{"lesion": 1, "ras": [R, A, S], "label": "+" or "-"}, got ' f"{item!r}")
+                                '{"lesion": 1, "ras": [R, A, S], "label": "+" or "-"} or '
+                                '{"lesion": 1, "box": [[R, A, S], [R, A, S]]}, got ' f"{item!r}")
         ras = item["ras"] if isinstance(item["ras"], list) else [item["ras"]]
         clicks.append(_click(row, number, item["lesion"], ras, item["label"]))
-    return _lesions(row, clicks)
+    return _lesions(row, clicks, boxes)
 
 
-def _click(row: int, number: int, lesion: Any, ras: list[Any], sign: Any) -> tuple[int, np.ndarray, int]:
-    where = f"row {row}, field prompts, click {number}"
+def _lesion_number(where: str, lesion: Any) -> int:
     try:
         lesion_number = int(str(lesion).strip())
     except ValueError:
         lesion_number = 0
     if lesion_number < 1 or isinstance(lesion, (bool, float)):
         raise ManifestError(f"{where}: the lesion must be a number 1, 2, ..., got {lesion!r}")
+    return lesion_number
+
+
+def _click(row: int, number: int, lesion: Any, ras: list[Any], sign: Any) -> tuple[int, np.ndarray, int]:
+    where = f"row {row}, field prompts, click {number}"
+    lesion_number = _lesion_number(where, lesion)
     try:
         point = np.array([float(v) for v in ras], dtype=np.float64)
     except (TypeError, ValueError):
@@ -293,11 +312,25 @@ def _click(row: int, number: int, lesion: Any, ras: list[Any], sign: Any) -> tup
     return lesion_number, point, _SIGNS[sign]
 
 
-def _lesions(row: int, clicks: list[tuple[int, np.ndarray, int]]) -> tuple[Lesion, ...]:
-    if not clicks:
-        raise ManifestError(f"row {row}, field prompts: no click given")
+def _box(row: int, number: int, lesion: Any, corners: Any) -> tuple[int, np.ndarray]:
+    where = f"row {row}, field prompts, item {number}"
+    lesion_number = _lesion_number(where, lesion)
     try:
-        return tuple(group_lesions([c[0] for c in clicks], np.stack([c[1] for c in clicks]),
-                                   np.array([c[2] for c in clicks], dtype=np.int64)))
+        box = np.array([[float(v) for v in corner] for corner in corners], dtype=np.float64)
+    except (TypeError, ValueError):
+        box = np.zeros(0)
+    if box.shape != (2, 3) or not np.isfinite(box).all():
+        raise ManifestError(f"{where}: a box is two opposite corners [[R1, A1, S1], [R2, A2, S2]] (six "
+                            f"finite numbers in mm), got {corners!r}")
+    return lesion_number, box
+
+
+def _lesions(row: int, clicks: list[tuple[int, np.ndarray, int]],
+             boxes: list[tuple[int, np.ndarray]]) -> tuple[Lesion, ...]:
+    if not clicks and not boxes:
+        raise ManifestError(f"row {row}, field prompts: no click or box given")
+    try:
+        return tuple(group_lesions([c[0] for c in clicks], np.array([c[1] for c in clicks]).reshape(-1, 3),
+                                   np.array([c[2] for c in clicks], dtype=np.int64), boxes))
     except ValueError as error:
         raise ManifestError(f"row {row}, field prompts: {error}") from None

@@ -15,6 +15,11 @@ Lesions in a markups file (``lesions_from_markups``), one per point list:
 
 So the file the Slicer module saves ("SAM3D positive" + "SAM3D negative") is one lesion, and a
 file with the lists "Lesion 1", "Lesion 2", "Lesion 2 negative" is two.
+
+A Markups ROI in the file is a lesion's box: that of the lesion list with the same name once a
+trailing word "box" or "ROI" is dropped ("Lesion 2 box" belongs to "Lesion 2"), or of the single
+lesion list when the file has one list and one ROI; any other ROI is a lesion of its own (a box
+alone), numbered after the lists.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ import numpy as np
 from ..client.wire import outside_volume
 from ..data.clicks import centre_click, label_objects
 from ..data.io import Volume, read_image
-from ..data.markups import MarkupsError, is_negative_name, read_point_lists
+from ..data.markups import MarkupsError, is_negative_name, read_boxes, read_point_lists
 from ..data.dicom_seg import is_segmentation_file, read_segments
 
 _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
+_BOX_WORD = re.compile(r"\s*\b(box|roi)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -75,16 +81,25 @@ def check_inside(volume: Volume, lesions: Sequence[Lesion], image: str | Path) -
                                  "RAS (as Slicer shows them)")
 
 
-def group_lesions(numbers: Sequence[int], points_ras: np.ndarray, labels: np.ndarray) -> list[Lesion]:
-    """Clicks tagged with lesion numbers -> lesions sorted by number. Raises ValueError for a
-    lesion without a positive click."""
+def group_lesions(numbers: Sequence[int], points_ras: np.ndarray, labels: np.ndarray,
+                  boxes: Sequence[tuple[int, np.ndarray]] = ()) -> list[Lesion]:
+    """Clicks tagged with lesion numbers, and boxes (lesion number, two RAS corners [2, 3]) ->
+    lesions sorted by number. Raises ValueError for a lesion with neither a box nor a positive
+    click, or with two boxes."""
     numbers = np.asarray(numbers, dtype=np.int64)
+    points_ras = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+    labels = np.asarray(labels, dtype=np.int64)
+    box_of: dict[int, np.ndarray] = {}
+    for number, box in boxes:
+        if number in box_of:
+            raise ValueError(f"lesion {number} has two boxes; a lesion has one box")
+        box_of[number] = np.asarray(box, dtype=np.float64)
     lesions = []
-    for number in sorted(set(numbers.tolist())):
+    for number in sorted(set(numbers.tolist()) | set(box_of)):
         chosen = numbers == number
-        if not (labels[chosen] == 1).any():
-            raise ValueError(f"lesion {number} has no positive click; give at least one '+' click on it")
-        lesions.append(Lesion(number, points_ras[chosen].copy(), labels[chosen].copy()))
+        if number not in box_of and not (labels[chosen] == 1).any():
+            raise ValueError(f"lesion {number} has no positive click; give at least one '+' click on it, or a box")
+        lesions.append(Lesion(number, points_ras[chosen].copy(), labels[chosen].copy(), box_of.get(number)))
     return lesions
 
 
@@ -92,34 +107,54 @@ def lesions_from_markups(path: str | Path) -> list[Lesion]:
     """The lesions of a Slicer markups file (grouping rule: the module docstring). Raises
     MarkupsError (a ValueError) naming the file and the problem."""
     path = Path(path)
-    point_lists = read_point_lists(path)
-    points = np.concatenate([p.points_ras for p in point_lists])
-    labels = np.concatenate([p.labels for p in point_lists])
+    boxes = read_boxes(path)
+    point_lists = read_point_lists(path, allow_none=bool(boxes))
+    points = np.concatenate([p.points_ras for p in point_lists]).reshape(-1, 3)
+    labels = np.concatenate([p.labels for p in point_lists]).astype(np.int64)
     names = [p.name for p in point_lists]
     counts = [len(p.labels) for p in point_lists]
     list_of_point = np.repeat(np.arange(len(point_lists)), counts)
     lesion_lists = [n for n, name in enumerate(names) if not is_negative_name(name) and counts[n]]
-    if not lesion_lists:
+    if not lesion_lists and not boxes:
         raise MarkupsError(f"{path} holds only negative point lists; add a point list of positive "
                            "clicks on the lesion")
     numbers = np.zeros(len(points), dtype=np.int64)
     for index, name in enumerate(names):
         if index in lesion_lists:
             owner = index
-        elif counts[index]:
+        elif counts[index] and lesion_lists:
             matches = [n for n in lesion_lists if _base_name(names[n]) == _base_name(name)]
             if len(matches) == 1 or len(lesion_lists) == 1:
                 owner = (matches or lesion_lists)[0]
             else:
                 raise MarkupsError(f"{path}: the negative point list {name!r} belongs to no lesion; "
                                    "name it after its lesion's list (e.g. 'Lesion 2 negative' for 'Lesion 2')")
+        elif counts[index]:
+            raise MarkupsError(f"{path}: the negative point list {name!r} belongs to no lesion; add the "
+                               "lesion's point list or name its box after it")
         else:
             continue
         numbers[list_of_point == index] = lesion_lists.index(owner) + 1
+    lesion_boxes = _boxes_of_lesions(path, boxes, [names[n] for n in lesion_lists])
     try:
-        return group_lesions(numbers, points, labels)
+        return group_lesions(numbers, points, labels, lesion_boxes)
     except ValueError as error:
-        raise MarkupsError(f"{path}: {error} (point list {names[lesion_lists[0]]!r}...)") from None
+        raise MarkupsError(f"{path}: {error}") from None
+
+
+def _boxes_of_lesions(path: Path, boxes: list, lesion_names: list[str]) -> list[tuple[int, np.ndarray]]:
+    """(lesion number, RAS corners) of each ROI (the rule: the module docstring)."""
+    found, extra = [], len(lesion_names)
+    for box in boxes:
+        matches = [n for n, name in enumerate(lesion_names, start=1)
+                   if _base_name(name) == _base_name(_BOX_WORD.sub("", box.name))]
+        if not matches and len(lesion_names) == 1 and len(boxes) == 1:
+            matches = [1]
+        if not matches:
+            extra += 1
+            matches = [extra]
+        found.append((matches[0], box.corners_ras))
+    return found
 
 
 def _base_name(name: str) -> str:

@@ -294,6 +294,9 @@ def run_batch(cases: list[CaseSpec], out: OutputFolder, make_segmenter: Callable
     runner = runner or InProcess()
     logger.info("run: %d case(s) in the manifest, %d finished before (resume %s), %d to run now, model %s",
                 len(cases), skipped, "on" if options.resume else "off", len(todo), model_identity)
+    removed = out.remove_temporaries()
+    if removed:
+        logger.info("removed %d temporary file(s) an earlier, killed run left", removed)
     ran = 0
     try:
         make_worker = functools.partial(CaseWorker, make_segmenter, sources, options)

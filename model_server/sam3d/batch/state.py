@@ -10,7 +10,9 @@
     one row per manifest case, rebuilt from the records at the end of every run.
 
 Every file is written to a temporary name and renamed, so a run stopped at any moment leaves
-either the old file or the new one.
+either the old file or the new one; a run stopped hard (killed) may leave the hidden temporary
+file too, which the next run into the folder removes (``remove_temporaries``; one run at a time
+writes into a folder).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,8 @@ SUMMARY_NAME = "summary.csv"
 LOG_NAME = "batch.log"
 SUMMARY_COLUMNS = ("id", "points", "lesions", "voxels", "volume_ml", "dice", "nsd", "seconds", "status", "error")
 DONE, FAILED, PENDING = "done", "failed", "pending"
+# the temporary files ``data.io.atomic_write`` writes: ".<name>.<12 hex digits>.tmp<ending>"
+TEMPORARY_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp")
 
 
 @dataclass
@@ -98,6 +103,15 @@ class OutputFolder:
 
     def record_path(self, case_id: str) -> Path:
         return self.root / STATE_FOLDER / f"{case_id}.json"
+
+    def remove_temporaries(self) -> int:
+        """Remove the temporary files a killed run left (in the folder and its state folder);
+        returns how many."""
+        found = [path for folder in (self.root, self.root / STATE_FOLDER) if folder.is_dir()
+                 for path in folder.iterdir() if path.is_file() and TEMPORARY_NAME.match(path.name)]
+        for path in found:
+            path.unlink(missing_ok=True)
+        return len(found)
 
     def read_record(self, case_id: str) -> CaseRecord | None:
         """The case's record, or None when there is none (or it cannot be read)."""

@@ -12,6 +12,10 @@ stores neither the list name nor node attributes, only each point's description)
 ``write_markups`` writes one file holding two point lists, "SAM3D positive" and
 "SAM3D negative", which ``read_markups`` (and Slicer) read back.
 
+A markup of type "ROI" (a box drawn with Slicer's Markups ROI) is a box, not a click: ``read_boxes``
+reads it as two opposite RAS corners (those of the smallest RAS-aligned box holding it), and the
+point-list readers leave it out.
+
 Slicer files store positions in LPS or RAS, as the markup's ``coordinateSystem`` says; points
 returned here are always RAS. A markup without a ``name`` field takes the file's name, as
 Slicer does when it loads the file.
@@ -72,12 +76,16 @@ class PointList:
     labels: np.ndarray  # [N] int64: 1 positive, 0 negative
 
 
-def read_point_lists(path: str | Path) -> list[PointList]:
-    """Every markup of a Slicer markups file, in file order, with its defined control points.
+@dataclass(eq=False)
+class BoxMarkup:
+    """One ROI markup of a file: its name and its box as two opposite RAS corners [2, 3]."""
 
-    Raises MarkupsError for a file that is not a markups file or holds no defined point at all.
-    """
-    path = Path(path)
+    name: str
+    corners_ras: np.ndarray
+
+
+def _markups(path: Path) -> list[dict]:
+    """The ``markups`` list of a Slicer markups file; MarkupsError where there is none."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -85,16 +93,64 @@ def read_point_lists(path: str | Path) -> list[PointList]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise MarkupsError(f"{path} is not a readable JSON markups file: {error}") from None
     markups = document.get("markups") if isinstance(document, dict) else None
-    if not isinstance(markups, list):
+    if not isinstance(markups, list) or not all(isinstance(markup, dict) for markup in markups):
         raise MarkupsError(f"{path} has no 'markups' list; save the points from Slicer as a "
                            "markups file (.mrk.json)")
+    return markups
+
+
+def _is_roi(markup: dict) -> bool:
+    return str(markup.get("type", "")).lower() == "roi"
+
+
+def _to_ras(path: Path, index: int, markup: dict) -> np.ndarray:
+    """The factors that turn the markup's positions into RAS."""
+    system = str(markup.get("coordinateSystem", "LPS")).upper()
+    if system not in ("LPS", "RAS"):
+        raise MarkupsError(f"{path}: markup {index} has coordinateSystem {system!r}; expected 'LPS' or 'RAS'")
+    return _LPS_TO_RAS if system == "LPS" else np.ones(3)
+
+
+def read_boxes(path: str | Path) -> list[BoxMarkup]:
+    """Every ROI markup of a Slicer markups file, in file order, as a box: the two opposite RAS
+    corners of the smallest RAS-aligned box holding the ROI (its ``center``, ``size`` and
+    ``orientation``, whose columns are the ROI's axes). Raises MarkupsError for a broken ROI."""
+    path = Path(path)
+    boxes = []
+    for index, markup in enumerate(_markups(path)):
+        if not _is_roi(markup):
+            continue
+        name = str(markup.get("name") or _file_stem(path))
+        try:
+            centre = np.asarray(markup["center"], dtype=np.float64).reshape(3)
+            size = np.asarray(markup["size"], dtype=np.float64).reshape(3)
+            axes = np.asarray(markup.get("orientation", np.eye(3).ravel()), dtype=np.float64).reshape(3, 3)
+        except (KeyError, TypeError, ValueError):
+            raise MarkupsError(f"{path}: ROI {name!r} needs a 'center' and a 'size' of three numbers each") from None
+        if not (np.isfinite(centre).all() and np.isfinite(size).all() and np.isfinite(axes).all()) or (size <= 0).any():
+            raise MarkupsError(f"{path}: ROI {name!r} has a centre, size or orientation that is not finite, "
+                               "or a size that is not positive; draw it again in Slicer")
+        signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+        corners = (centre + (signs * size / 2.0) @ axes.T) * _to_ras(path, index, markup)
+        boxes.append(BoxMarkup(name, np.stack([corners.min(axis=0), corners.max(axis=0)])))
+    return boxes
+
+
+def read_point_lists(path: str | Path, allow_none: bool = False) -> list[PointList]:
+    """Every point-list markup of a Slicer markups file (ROIs left out), in file order, with its
+    defined control points.
+
+    Raises MarkupsError for a file that is not a markups file or holds no defined point at all
+    (``allow_none``: a file of boxes only is fine).
+    """
+    path = Path(path)
+    markups = _markups(path)
     point_lists = []
     for index, markup in enumerate(markups):
+        if _is_roi(markup):
+            continue
         name = str(markup.get("name") or _file_stem(path))
-        system = str(markup.get("coordinateSystem", "LPS")).upper()
-        if system not in ("LPS", "RAS"):
-            raise MarkupsError(f"{path}: markup {index} has coordinateSystem {system!r}; "
-                               "expected 'LPS' or 'RAS'")
+        to_ras = _to_ras(path, index, markup)
         negative_list = is_negative_name(name)
         points: list[np.ndarray] = []
         labels: list[int] = []
@@ -110,7 +166,7 @@ def read_point_lists(path: str | Path) -> list[PointList]:
             if position.shape != (3,) or not np.all(np.isfinite(position)):
                 raise MarkupsError(f"{path}: control point position {point.get('position')!r} "
                                    "is not three finite numbers")
-            points.append(position * _LPS_TO_RAS if system == "LPS" else position)
+            points.append(position * to_ras)
             lesion, negative = parse_description(str(point.get("description", "")))
             labels.append(0 if negative_list or negative else 1)
             lesions.append(lesion)
@@ -122,7 +178,7 @@ def read_point_lists(path: str | Path) -> list[PointList]:
             if tag is not None or chosen.any() or len(tags) == 1:
                 point_lists.append(PointList(name if tag is None else f"{name} lesion {tag}",
                                              all_points[chosen], all_labels[chosen]))
-    if not any(len(point_list.labels) for point_list in point_lists):
+    if not allow_none and not any(len(point_list.labels) for point_list in point_lists):
         raise MarkupsError(f"{path} holds no defined control point; place at least one point")
     return point_lists
 
@@ -131,8 +187,13 @@ def read_markups(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Every defined control point of a Slicer markups file, in file order.
 
     Returns ``(points_ras [N, 3] float64, labels [N] int64)`` with 1 for positive and 0 for
-    negative clicks. Raises MarkupsError as :func:`read_point_lists` does.
+    negative clicks. Raises MarkupsError as :func:`read_point_lists` does, and for a file that
+    holds a box (an ROI), which is not a click.
     """
+    boxes = read_boxes(path)
+    if boxes:
+        raise MarkupsError(f"{path} holds a box (ROI {boxes[0].name!r}), not only clicks; give the box with "
+                           "--box R1,A1,S1:R2,A2,S2 (sam3d batch reads an ROI as its lesion's box)")
     point_lists = read_point_lists(path)
     return (np.concatenate([p.points_ras for p in point_lists]),
             np.concatenate([p.labels for p in point_lists]))
