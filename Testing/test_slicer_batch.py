@@ -9,8 +9,8 @@ from slicer_fixtures import load_phantom, mrml_scene, needs_trained_model, serve
 from SAM3DPromptLib.batch import BatchCase, BatchResult, CaseRun, load_cases
 from SAM3DPromptLib.client import SAM3DClient
 from SAM3DPromptLib.logic import PromptLogic
-from SAM3DPromptLib.mrml_io import read_segment_mask
-from SAM3DPromptLib.prompts import PromptError, clicks_from_markups, lesion_clicks, load_prompt_file
+from SAM3DPromptLib.mrml_io import read_segment_mask, volume_spacing_kji
+from SAM3DPromptLib.prompts import Click, PromptError, clicks_from_markups, load_prompt_file, saved_lesions
 
 
 def run_saved_prompts(client: SAM3DClient, cases: list[BatchCase], scene=None) -> list[BatchResult]:
@@ -101,13 +101,19 @@ def test_batch_segments_the_tumors(mrml_scene, server_url, tmp_path):
     print("batch Dice:", ", ".join(f"{d:.3f}" for d in dices))
     assert np.mean(dices) > 0.5
 
-def _write_lists(path, lists):
-    """A markups file with the named point lists [(name, [ras, ...], [description, ...])]."""
+def _write_lists(path, lists, rois=()):
+    """A markups file with the named point lists [(name, [ras, ...], [description, ...])] and
+    ROIs [(name, centre ras, size mm)], as Slicer 5 writes them."""
     import json
     markups = [{"type": "Fiducial", "name": name, "coordinateSystem": "RAS",
                 "controlPoints": [{"id": str(n + 1), "position": list(map(float, p)), "description": d,
                                    "positionStatus": "defined"} for n, (p, d) in enumerate(zip(points, notes))]}
                for name, points, notes in lists]
+    markups += [{"type": "ROI", "name": name, "coordinateSystem": "RAS", "roiType": "Box",
+                 "center": list(map(float, centre)), "orientation": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+                 "size": list(map(float, size)),
+                 "controlPoints": [{"id": "1", "position": list(map(float, centre)), "positionStatus": "defined"}]}
+                for name, centre, size in rois]
     path.write_text(json.dumps({"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/"
                                            "Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
                                 "markups": markups}))
@@ -139,14 +145,62 @@ def test_lesion_grouping_matches_sam3d_batch(mrml_scene, tmp_path):
         except ValueError:
             expected = None
         try:
-            lesions = lesion_clicks(load_prompt_file(mrml_scene, str(path)))
-            got = [([list(np.round(c.ras, 6)) for c in clicks], [c.label for c in clicks]) for clicks in lesions]
+            lesions = saved_lesions(load_prompt_file(mrml_scene, str(path)))
+            got = [([list(np.round(c.ras, 6)) for c in lesion.clicks], [c.label for c in lesion.clicks])
+                   for lesion in lesions]
         except PromptError:
             got = None
         assert got == expected, name
         outcomes[name] = None if got is None else [labels for _, labels in got]
     assert outcomes == {"two lesions": [[1, 0], [1, 0]], "module lists": [[1, 1, 0]],
                         "unmatched negative": None, "only negative": None, "tagged": [[1, 0], [1, 0]]}
+
+
+def test_an_roi_in_saved_prompts_is_its_lesions_box_as_in_sam3d_batch(mrml_scene, tmp_path):
+    """An ROI named after a lesion's list is that lesion's box, another ROI a box-only lesion;
+    neither becomes a click (its control point is its centre), as `sam3d batch` reads the file."""
+    from sam3d.batch.prompts import lesions_from_markups
+    path = _write_lists(tmp_path / "boxes.mrk.json", [("Lesion 1", [(1, 2, 3)], [""]), ("Lesion 1-", [(2, 2, 3)], [""])],
+                        rois=[("Lesion 1 box", (0, 0, 0), (10, 8, 6)), ("other", (20, 20, 20), (4, 4, 4))])
+    expected = lesions_from_markups(path)
+    lesions = saved_lesions(load_prompt_file(mrml_scene, str(path)))
+    assert [[c.label for c in lesion.clicks] for lesion in lesions] == [lesion.labels.tolist() for lesion in expected]
+    for lesion, reference in zip(lesions, expected):
+        bounds = [0.0] * 6
+        lesion.roi.GetRASBounds(bounds)
+        np.testing.assert_allclose([bounds[0::2], bounds[1::2]], reference.box_ras, atol=1e-6)
+    assert [lesion.roi.GetName() for lesion in lesions] == ["Lesion 1 box", "other"]
+
+
+def test_saved_boxes_are_sent_with_their_lesions(mrml_scene, start_server, tiny_box_model, tmp_path):
+    """A saved lesion with a click and its box, and a box-only lesion: each segment is what the
+    server answers to that box (and click) in a fresh session."""
+    image_node, _, image, label = load_phantom(mrml_scene, tmp_path, seed=3, name="boxed")
+    tumor = np.argwhere(label.array == 2)
+    lo, hi = image.kji_to_ras(np.stack([tumor.min(axis=0), tumor.max(axis=0)]).astype(float))
+    centre, size = (lo + hi) / 2, np.abs(hi - lo)
+    click = image.kji_to_ras(tumor[len(tumor) // 2][None].astype(float))[0]
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    _write_lists(prompts / "boxed.mrk.json", [("Lesion 1", [click], [""])],
+                 rois=[("Lesion 1 box", centre, size), ("Lesion 2", centre, size)])
+    with start_server("--model", str(tiny_box_model)) as url:
+        client = SAM3DClient(url, timeout=60)
+        [case] = load_cases(mrml_scene, [image_node], str(prompts))
+        [result] = run_saved_prompts(client, [case], scene=mrml_scene)
+        assert result.error is None and result.clicks == 1 and len(result.segment_ids) == 2
+        logic = PromptLogic(client, scene=mrml_scene)
+        logic.set_target(image_node, None, None)
+        box = logic.box_kji(case.markups_nodes[1])
+        kji = logic.points_kji([Click(ras=tuple(click), label=1)])
+        for segment_id, points, labels in zip(result.segment_ids, (kji, []), ([1], [])):
+            session = client.create_session(slicer.util.arrayFromVolume(image_node), volume_spacing_kji(image_node))
+            expected = np.zeros(image.shape, bool)
+            client.interact(session, points, labels, box_kji=box).apply_to(expected)
+            client.delete_session(session)
+            got = read_segment_mask(result.segmentation_node, segment_id, image_node)
+            assert expected.any()
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_multi_lesion_file_gives_one_segment_per_lesion(mrml_scene, server_url, tmp_path):

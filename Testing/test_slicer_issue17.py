@@ -84,8 +84,8 @@ def test_saved_prompt_list_keeps_every_lesion_and_sign_for_sam3d_batch(mrml_scen
         assert server_sessions(server_url) == sessions and fresh.session_id is None
         # The Slicer-side batch reads it alike (two lesions, signs intact).
         [case] = load_cases(scene, [volume], str(path.parent))
-        from SAM3DPromptLib.prompts import lesion_clicks
-        assert [[c.label for c in lesion] for lesion in lesion_clicks(case.markups_nodes)] == [[1, 0], [1, 0, 1]]
+        from SAM3DPromptLib.prompts import saved_lesions
+        assert [[c.label for c in lesion.clicks] for lesion in saved_lesions(case.markups_nodes)] == [[1, 0], [1, 0, 1]]
         logic_b.SetMRMLScene(None)
     finally:
         scene.Clear(True)

@@ -1,10 +1,10 @@
 """Saved prompts over several loaded volumes, from within Slicer (no Qt).
 
 Each case is a volume node and the point lists saved for it: by default the markups file
-``<prompts folder>/<volume name>.mrk.json``. Its lists are grouped into lesions as
-``sam3d batch`` groups them (``prompts.lesion_clicks``). Every case gets its own segmentation
+``<prompts folder>/<volume name>.mrk.json``. Its lists and ROIs are grouped into lesions as
+``sam3d batch`` groups them (``prompts.saved_lesions``; an ROI is its lesion's box). Every case gets its own segmentation
 "<volume> SAM3D" with one segment per lesion ("Lesion 1", "Lesion 2", ...); the volume is
-uploaded once per case, each lesion is one request holding all its clicks, and the server
+uploaded once per case, each lesion is one request holding all its clicks and its box, and the server
 session is freed after the last one. A failing case is reported and the batch goes on.
 In the Widget a :class:`BatchRun` runs the cases on a queue of its own, with progress and
 cancel, so interactive clicks never wait behind a batch.
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence
 
 from .client import SAM3DClient
-from .logic import Job, PromptLogic, delete_session_quietly, user_message
-from .prompts import Click, PromptError, lesion_clicks, load_prompt_file
+from .logic import BoxPrompt, Job, PromptLogic, delete_session_quietly, user_message
+from .prompts import PromptError, SavedLesion, load_prompt_file, saved_lesions
 from .scheduler import InteractionQueue
 
 PROMPT_FILE_SUFFIX = ".mrk.json"
@@ -76,16 +76,16 @@ class CaseRun:
         self._case = case
         self._logic = PromptLogic(client, scene=scene)
         self._client = client
-        self._lesions: List[List[Click]] = []
+        self._lesions: List[SavedLesion] = []
         self._result = BatchResult(self.name, None, [], 0, [], 0.0)
         self._done = False
         try:
             if case.problem:
                 raise PromptError(case.problem)
-            self._lesions = lesion_clicks(case.markups_nodes)
+            self._lesions = saved_lesions(case.markups_nodes)
         except PromptError as error:
             self._result.error = user_message(error)
-        self._result.clicks = sum(len(clicks) for clicks in self._lesions)
+        self._result.clicks = sum(len(lesion.clicks) for lesion in self._lesions)
         self.steps = max(len(self._lesions), 1)
 
     def prepare_next(self) -> Job:
@@ -136,7 +136,14 @@ class CaseRun:
         else:
             segment_id = self._logic.next_lesion()
         self._result.segment_ids.append(segment_id)
-        return self._logic.prepare_clicks(self._lesions[index])
+        lesion = self._lesions[index]
+        box = None
+        if lesion.roi is not None:
+            kji = self._logic.box_kji(lesion.roi)
+            if kji is None:
+                raise PromptError(f"The box {lesion.roi.GetName()!r} is not placed; draw it again and save the prompts.")
+            box = BoxPrompt(kji=kji)
+        return self._logic.prepare_clicks(lesion.clicks, box=box)
 
     def _report(self) -> Job:
         """A job that frees the case's session (if any) and returns its result."""

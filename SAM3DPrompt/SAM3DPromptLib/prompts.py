@@ -14,6 +14,10 @@ here and the tests run both on the same files):
 - in a saved file, every point list whose name is not negative is one lesion; a negative list
   belongs to the lesion list with the same name once "positive" / "negative" and a trailing
   "+" / "-" are dropped ("Lesion 2 negative" -> "Lesion 2"), or to the only lesion list.
+- a Markups ROI in a saved file is a lesion's box: that of the lesion list with the same name
+  once a trailing word "box" / "ROI" is dropped ("Lesion 2 box" -> "Lesion 2"), or of the only
+  lesion list when the file has one list and one ROI; any other ROI is a lesion of its own (a box
+  alone), after the lists.
 
 The module keeps every click of a volume in one point list per volume, named after the volume
 and tied to it by a node reference: positive points are selected (green), negative ones
@@ -28,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import slicer
 
@@ -41,6 +45,8 @@ NEGATIVE_COLOR = (0.95, 0.15, 0.15)
 POSITIVE = 1
 NEGATIVE = 0
 _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
+_BOX_WORD = re.compile(r"\s*\b(box|roi)\s*$", re.IGNORECASE)
+ROI_CLASS = "vtkMRMLMarkupsROINode"
 _DESCRIPTION = re.compile(r"^\s*(?:lesion\s+(\d+))?\s*(positive|negative)?\s*$", re.IGNORECASE)
 
 
@@ -101,7 +107,8 @@ def click_from_markup(markups_node, index: int) -> Click:
 def clicks_from_markups(markups_nodes) -> List[Click]:
     """Every defined control point of saved point lists, in list order. The clicks do not
     refer back to their markups: undo and failures never remove saved points."""
-    return [click for node in markups_nodes for _, clicks in _split_by_lesion(node) for click in clicks]
+    return [click for node in markups_nodes if not node.IsA(ROI_CLASS)
+            for _, clicks in _split_by_lesion(node) for click in clicks]
 
 
 def _split_by_lesion(node) -> List[Tuple[str, List[Click]]]:
@@ -125,17 +132,27 @@ def _base_name(name: str) -> str:
     return " ".join(name.rstrip("+-").split())
 
 
-def lesion_clicks(markups_nodes) -> List[List[Click]]:
-    """Saved point lists grouped into lesions (the rule in the module docstring), in list order.
+@dataclass
+class SavedLesion:
+    """One lesion of saved prompts: its clicks and the ROI node of its box (None: no box)."""
 
-    Raises PromptError when no list holds positive clicks, a negative list matches no lesion,
-    or a lesion has no positive click."""
-    lists = [entry for node in markups_nodes for entry in _split_by_lesion(node)]
+    clicks: List[Click]
+    roi: Any = None
+
+
+def saved_lesions(markups_nodes) -> List[SavedLesion]:
+    """Saved point lists and ROIs grouped into lesions (the rule in the module docstring), in
+    list order, box-only lesions last.
+
+    Raises PromptError when there is neither a list holding positive clicks nor an ROI, a
+    negative list matches no lesion, or a lesion has neither a box nor a positive click."""
+    rois = [node for node in markups_nodes if node.IsA(ROI_CLASS)]
+    lists = [entry for node in markups_nodes if not node.IsA(ROI_CLASS) for entry in _split_by_lesion(node)]
     lesion_lists = [n for n, (name, clicks) in enumerate(lists) if clicks and not is_negative_name(name)]
-    if not lesion_lists:
+    if not lesion_lists and not rois:
         raise PromptError("The saved prompts hold only negative point lists; add a point list of "
                           "positive clicks on the lesion.")
-    groups = {n: [] for n in lesion_lists}
+    groups = {n: SavedLesion([]) for n in lesion_lists}
     for index, (name, clicks) in enumerate(lists):
         if not clicks:
             continue
@@ -143,16 +160,28 @@ def lesion_clicks(markups_nodes) -> List[List[Click]]:
             owner = index
         else:
             matches = [n for n in lesion_lists if _base_name(lists[n][0]) == _base_name(name)]
-            if len(matches) != 1 and len(lesion_lists) != 1:
+            if not lesion_lists or (len(matches) != 1 and len(lesion_lists) != 1):
                 raise PromptError(f"The negative point list {name!r} belongs to no lesion; name it "
                                   "after its lesion's list (e.g. 'Lesion 2 negative' for 'Lesion 2').")
             owner = (matches or lesion_lists)[0]
-        groups[owner].extend(clicks)
+        groups[owner].clicks.extend(clicks)
+    box_only = []
+    for roi in rois:
+        matches = [n for n in lesion_lists
+                   if _base_name(lists[n][0]) == _base_name(_BOX_WORD.sub("", roi.GetName() or ""))]
+        if not matches and len(lesion_lists) == 1 and len(rois) == 1:
+            matches = lesion_lists
+        if matches and groups[matches[0]].roi is None:
+            groups[matches[0]].roi = roi
+        elif matches:
+            raise PromptError(f"Lesion {lists[matches[0]][0]!r} has two boxes; keep one ROI per lesion.")
+        else:
+            box_only.append(SavedLesion([], roi))
     for n in lesion_lists:
-        if not any(click.label == POSITIVE for click in groups[n]):
+        if groups[n].roi is None and not any(click.label == POSITIVE for click in groups[n].clicks):
             raise PromptError(f"Lesion {lists[n][0]!r} has no positive click; place at least one "
-                              "positive click on it.")
-    return [groups[n] for n in lesion_lists]
+                              "positive click on it, or a box.")
+    return [groups[n] for n in lesion_lists] + box_only
 
 
 def find_prompt_list(scene, volume_node):
@@ -219,10 +248,12 @@ def remove_click_markup(scene, click: Click) -> None:
 
 
 def load_prompt_file(scene, path: str) -> List[object]:
-    """Load every point list of a saved markups file (``.mrk.json``) into the scene.
+    """Load every markup of a saved markups file (``.mrk.json``) into the scene: its point lists
+    and its ROIs (boxes).
 
-    Slicer's own JSON reader does the parsing (LPS files become RAS); a file may hold a
-    positive and a negative list, as ``sam3d.data.markups.write_markups`` writes them.
+    Slicer's own JSON readers do the parsing (LPS files become RAS), an ROI's by the ROI storage
+    node, which alone reads its centre, size and orientation; a file may hold a positive and a
+    negative list, as ``sam3d.data.markups.write_markups`` writes them.
     """
     storage = slicer.vtkMRMLMarkupsJsonStorageNode()
     types: List[str] = []
@@ -230,15 +261,17 @@ def load_prompt_file(scene, path: str) -> List[object]:
     if not types:
         raise PromptError(f"{path} holds no markups; save the clicks from Slicer as a "
                          "markups file (.mrk.json).")
-    scene.AddNode(storage)
+    roi_storage = slicer.vtkMRMLMarkupsROIJsonStorageNode()
+    for reader in (storage, roi_storage):
+        scene.AddNode(reader)
     nodes = []
-    for index in range(len(types)):
-        node = storage.AddNewMarkupsNodeFromFile(path, "", index)
+    for index, markup_type in enumerate(types):
+        reader = roi_storage if markup_type == "ROI" else storage
+        node = reader.AddNewMarkupsNodeFromFile(path, "", index)
         if node is None:
             raise PromptError(f"markup {index} of {path} could not be read; is it a Slicer markups file?")
         nodes.append(node)
     return nodes
-
 
 
 class PlaceMode:
