@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sam3d.engine.predictor import IdleStep, Predictor, resolve_box_pathway
-from sam3d.engine.session import Session, _local_update, _on_clicked_slices, _within_box
+from sam3d.engine.session import NothingToUndo, Session, _local_update, _on_clicked_slices, _within_box
 from sam3d.engine import slice_pathway
 from sam3d.engine.slice_pathway import (BOX_MARGIN_PX, LiteMedSAM2D, _box_from_click, _contrast, _left_the_object,
                                         FALLBACK_GROWTH_LIMIT, FULLEST_TOLERANCE, _widest_of,
@@ -226,6 +226,38 @@ def test_a_box_with_clicks_in_one_request_answers_as_box_then_clicks_with_one_un
     np.testing.assert_array_equal(patched, together.mask)  # the change covers all the object
     together.undo()
     assert not together.mask.any() and together.box is None and len(together.points) == 0
+
+
+def test_a_box_with_clicks_is_one_undo_step_within_the_undo_memory_and_all_or_nothing(ball, tiny_model,
+                                                                                       monkeypatch):
+    """The undo memory's byte limit applies to the merged step as one (it used to drop the box's
+    half, leaving an undo to a state no client saw); a request whose clicks fail changes nothing."""
+    volume, _ = ball
+    predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
+    box, negative = [[9, 23, 21], [15, 41, 39]], [[12, 32, 38]]
+    probe = Session(predictor, volume, (1.0, 1.0, 1.0))
+    probe.interact(negative, [0], box_kji=box)
+    merged = probe.history_bytes
+    roomy = Session(predictor, volume, (1.0, 1.0, 1.0), max_undo_bytes=merged)
+    roomy.interact(negative, [0], box_kji=box)
+    roomy.undo()
+    assert not roomy.mask.any() and roomy.box is None and roomy.interactions == 0
+    tight = Session(predictor, volume, (1.0, 1.0, 1.0), max_undo_bytes=merged - 1)
+    tight.interact(negative, [0], box_kji=box)
+    np.testing.assert_array_equal(tight.mask, probe.mask)
+    with pytest.raises(NothingToUndo):
+        tight.undo()
+
+    failing = Session(predictor, volume, (1.0, 1.0, 1.0))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the clicks' answer failed")
+
+    monkeypatch.setattr(predictor, "correct_box_2d", broken)
+    with pytest.raises(RuntimeError):
+        failing.interact(negative, [0], box_kji=box)
+    assert not failing.mask.any() and failing.box is None and failing.interactions == 0
+    assert len(failing.points) == 0 and failing.history_bytes == 0
 
 
 def test_after_a_reset_a_box_gives_what_it_gives_in_a_fresh_session(tiny_model):

@@ -277,8 +277,9 @@ class Session:
                 return self._box_then_clicks(new_box, points, labels)
             return self._interact(points, labels, new_box)
 
-    def _interact(self, points: np.ndarray, labels: np.ndarray, new_box: np.ndarray | None) -> MaskChange:
-        """``interact`` on checked prompts, the lock held."""
+    def _interact(self, points: np.ndarray, labels: np.ndarray, new_box: np.ndarray | None,
+                  trim_history: bool = True) -> MaskChange:
+        """``interact`` on checked prompts, the lock held (``trim_history``: see ``_commit``)."""
         self._check_limits(len(points))
         prompt_box = self.box if new_box is None else new_box
         start = time.perf_counter()
@@ -346,7 +347,7 @@ class Session:
                 proposal = removed_no_deeper_than_clicks(self.mask, box, proposal, points, labels, self.spacing)
         change = self._commit(box, proposal, points=all_points,
                               labels=all_labels, prompt_box=prompt_box,
-                              interactions=self.interactions + 1)
+                              interactions=self.interactions + 1, trim_history=trim_history)
         self._crop_spacing_mm = spacing_mm if answer.spacing_mm is None else answer.spacing_mm
         if corrected_in_2d is not None:
             self._click_mask_corrected_in_2d = corrected_in_2d
@@ -364,13 +365,20 @@ class Session:
     def _box_then_clicks(self, box: np.ndarray, points: np.ndarray, labels: np.ndarray) -> MaskChange:
         """A box and clicks in one request where boxes go to the 2D pathway, which answers a box
         alone: the box first, then the clicks correct its mask, as when they come one after the
-        other (else a negative click is lost under the box's mask); one interaction, one undo step."""
+        other (else a negative click is lost under the box's mask); one interaction, one undo step
+        (the undo memory's byte limit applied to it as one), and nothing changed if it fails."""
         self._check_limits(len(points))
-        first = self._interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box)
+        before = (self._click_mask_corrected_in_2d, self._subtle_levels, self._crop_spacing_mm)
+        first = self._interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box, trim_history=False)
         self.interactions -= 1  # the box and its clicks are one interaction (and the limit counts one)
-        second = self._interact(points, labels, None)
-        if len(self._history) >= 2:
-            self._history[-2:] = [self._merged(*self._history[-2:])]
+        try:
+            second = self._interact(points, labels, None, trim_history=False)
+        except BaseException:
+            self._undo_last()
+            self._click_mask_corrected_in_2d, self._subtle_levels, self._crop_spacing_mm = before
+            raise
+        self._history[-2:] = [self._merged(*self._history[-2:])]
+        self._trim_history()
         lo, hi = _union([(first.lo, first.hi), (second.lo, second.hi)])
         return MaskChange(lo, hi, self.mask[box_slices((lo, hi))].copy(), self.voxels, self.interactions,
                           encoder_ran=first.encoder_ran or second.encoder_ran, crops=first.crops + second.crops,
@@ -460,28 +468,32 @@ class Session:
         with self._lock:
             if not self._history:
                 raise NothingToUndo("there is nothing to undo in this object")
-            entry = self._history.pop()
-            region = self.mask[box_slices(entry.box)]
-            previous = np.unpackbits(entry.previous, count=region.size).astype(bool).reshape(region.shape)
-            self.voxels += int(previous.sum()) - int(region.sum())
-            region[...] = previous
-            self.points, self.labels = self.points[:entry.points], self.labels[:entry.points]
-            self.box = entry.prompt_box
-            self.interactions = entry.interactions
-            if self.interactions == 0:  # back to a new object: its next first click decides again
-                self._click_mask_corrected_in_2d = False
-                self._subtle_levels = None
-                self._crop_spacing_mm = self.predictor.config.crop_spacing_mm
-            self._extent = entry.extent
-            return MaskChange(entry.box[0], entry.box[1], previous, self.voxels,
-                              self.interactions, timing_ms={"encode": 0.0, "decode": 0.0, "total": 0.0})
+            return self._undo_last()
+
+    def _undo_last(self) -> MaskChange:
+        """``undo`` of the last history entry, the lock held."""
+        entry = self._history.pop()
+        region = self.mask[box_slices(entry.box)]
+        previous = np.unpackbits(entry.previous, count=region.size).astype(bool).reshape(region.shape)
+        self.voxels += int(previous.sum()) - int(region.sum())
+        region[...] = previous
+        self.points, self.labels = self.points[:entry.points], self.labels[:entry.points]
+        self.box = entry.prompt_box
+        self.interactions = entry.interactions
+        if self.interactions == 0:  # back to a new object: its next first click decides again
+            self._click_mask_corrected_in_2d = False
+            self._subtle_levels = None
+            self._crop_spacing_mm = self.predictor.config.crop_spacing_mm
+        self._extent = entry.extent
+        return MaskChange(entry.box[0], entry.box[1], previous, self.voxels,
+                          self.interactions, timing_ms={"encode": 0.0, "decode": 0.0, "total": 0.0})
 
     def reset(self) -> None:
         """Start the next object: clear points, mask and history; keep the volume and the 3D
-        encoder's features. The 2D pathway's slice windows go: a box decodes on a kept window that
-        serves it, not only its own, so an earlier object's windows would change the next one's
-        mask (a batch's lesion would then depend on the lesions before it, and a resumed run
-        differ from a whole one)."""
+        encoder's features (a click reuses a cached crop that holds it, for speed, so a click's
+        answer may still depend on earlier objects). The 2D pathway's slice windows go: a box
+        decodes on a kept window that serves it, not only its own, so an earlier object's
+        windows would change the next box's mask."""
         with self._lock:
             self._slice_embeddings = SliceEmbeddings(self._slice_embeddings.capacity)
             self.mask[box_slices(self._extent)] = False
@@ -1008,9 +1020,17 @@ class Session:
             np.maximum(target, probability[box_slices(overlap, origin=patch_box[0])], out=target)
         return fused
 
+    def _trim_history(self) -> None:
+        """Keep the last ``UNDO_DEPTH`` undo steps, and of those no more than ``max_undo_bytes``."""
+        del self._history[:-UNDO_DEPTH]
+        while self.max_undo_bytes is not None and self.history_bytes > self.max_undo_bytes:
+            del self._history[0]
+
     def _commit(self, box: Box, new: np.ndarray, points: np.ndarray, labels: np.ndarray,
-                prompt_box: np.ndarray | None, interactions: int) -> MaskChange:
-        """Write ``new`` (the mask inside ``box``), record undo, return the tight changed box."""
+                prompt_box: np.ndarray | None, interactions: int, trim_history: bool = True) -> MaskChange:
+        """Write ``new`` (the mask inside ``box``), record undo, return the tight changed box.
+        ``trim_history``: apply the undo memory's limits now (else the caller does, once the
+        steps of one interaction are merged)."""
         old = self.mask[box_slices(box)]
         changed = tight_box(new != old)
         if changed is None:
@@ -1021,9 +1041,8 @@ class Session:
             previous = old[box_slices(changed)].copy()
         self._history.append(_HistoryEntry(change_box, np.packbits(previous, axis=None), len(self.points),
                                            self.interactions, self._extent, self.box))
-        del self._history[:-UNDO_DEPTH]
-        while self.max_undo_bytes is not None and self.history_bytes > self.max_undo_bytes:
-            del self._history[0]
+        if trim_history:
+            self._trim_history()
         if changed is not None:
             after = new[box_slices(changed)]
             self.voxels += int(after.sum()) - int(previous.sum())
