@@ -169,13 +169,19 @@ def test_a_box_drawn_across_the_slices_becomes_a_3d_box_as_deep_as_it_is_wide(mr
         logic.box_kji(edge)
 
 
-def test_a_box_dragged_off_the_volume_goes_back_to_the_lesions_box(mrml_scene, box_url):
-    volume = _volume(mrml_scene, oblique_ijk_to_ras())
-    logic = _logic(mrml_scene, box_url, volume)
+def _lesion_with_a_box(scene, url: str):
+    """A Logic on an oblique volume whose lesion holds a box sent to the server; (logic, its ROI)."""
+    volume = _volume(scene, oblique_ijk_to_ras())
+    logic = _logic(scene, url, volume)
     roi = _shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
     request = logic.prepare_box()
     request.run()
     request.finish()
+    return logic, roi
+
+
+def test_a_box_dragged_off_the_volume_goes_back_to_the_lesions_box(mrml_scene, box_url):
+    logic, roi = _lesion_with_a_box(mrml_scene, box_url)
     placed = logic.box_kji()
     centre = [0.0, 0.0, 0.0]
     roi.GetCenter(centre)
@@ -190,12 +196,7 @@ def test_a_deleted_box_roi_is_shown_again_while_the_lesion_holds_the_box(mrml_sc
     """The box bounds the lesion's corrections on the server until Undo or Reset: a user who
     deletes its ROI gets it shown again, with a note; the Logic's own removals (a new Box) are
     not taken for the user's."""
-    volume = _volume(mrml_scene, oblique_ijk_to_ras())
-    logic = _logic(mrml_scene, box_url, volume)
-    roi = _shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
-    request = logic.prepare_box()
-    request.run()
-    request.finish()
+    logic, roi = _lesion_with_a_box(mrml_scene, box_url)
     seen = []
     observer = mrml_scene.AddObserver(mrml_scene.NodeRemovedEvent, lambda *_: seen.append(logic.user_removed_box()))
     mrml_scene.RemoveNode(roi)  # the user deletes it
