@@ -284,7 +284,8 @@ def test_prompts_from_a_prior_mask_give_one_lesion_per_component(tmp_path, phant
 
 def test_boxes_in_a_manifest_segment_their_lesions_as_sam3d_segment_does(tmp_path, phantoms, tiny_box_model):
     """A lesion given as a box, and one as a box with a negative click: each segment is what the
-    engine gives for the same box and click in a fresh session, and the record keeps the box."""
+    engine gives for the same box and click in a fresh session, its ID follows its lesion number,
+    and the record keeps the box."""
     from sam3d.engine.predictor import Predictor
     from sam3d.engine.session import segment
 
@@ -297,7 +298,7 @@ def test_boxes_in_a_manifest_segment_their_lesions_as_sam3d_segment_does(tmp_pat
     manifest = tmp_path / "boxes.json"
     manifest.write_text(json.dumps([{"id": "a", "image": str(phantoms / "case0.nii.gz"), "prompts": [
         {"lesion": 1, "box": box_ras},
-        {"lesion": 2, "box": box_ras}, {"lesion": 2, "ras": negative, "label": "-"}]}]))
+        {"lesion": 3, "box": box_ras}, {"lesion": 3, "ras": negative, "label": "-"}]}]))
     out = tmp_path / "out"
     assert batch(manifest, "--out", out, "--model", tiny_box_model) == 0
     segments, _ = read_segmentation(out / "a.seg.nrrd")
@@ -306,7 +307,7 @@ def test_boxes_in_a_manifest_segment_their_lesions_as_sam3d_segment_does(tmp_pat
     expected = [segment(predictor, image.array, image.spacing, np.zeros((0, 3)), [], box_kji=box),
                 segment(predictor, image.array, image.spacing, image.ras_to_kji(np.array([negative])), [0],
                         box_kji=box)]
-    assert [s.name for s in segments] == ["lesion 1", "lesion 2"]
+    assert [(s.name, s.segment_id) for s in segments] == [("lesion 1", "Segment_1"), ("lesion 3", "Segment_3")]
     for found, wanted in zip(segments, expected):
         assert wanted.any()
         np.testing.assert_array_equal(found.mask, wanted)

@@ -216,7 +216,7 @@ class CaseWorker:
             with contextlib.ExitStack() as stack:
                 volume, series = open_image(case.image, self.options, stack, SEG_DCM_ENDING in endings)
                 masks, lesions, reference = self._segment(case, volume, result)
-                segments = [Segment(lesion.name, mask, lesion_color(lesion.number))
+                segments = [Segment(lesion.name, mask, lesion_color(lesion.number), f"Segment_{lesion.number}")
                             for lesion, mask in zip(lesions, masks)]
                 if SEG_ENDING in endings:
                     result.outputs[SEG_ENDING] = _encode(segments, volume)

@@ -39,11 +39,13 @@ def lesion_color(index: int) -> tuple[float, float, float]:
 
 @dataclass(eq=False)
 class Segment:
-    """One named segment: a boolean [k, j, i] mask and an RGB colour in 0..1."""
+    """One named segment: a boolean [k, j, i] mask, an RGB colour in 0..1 and, where it is not
+    the segment's place in the file, its ID (``Segment_<n>``)."""
 
     name: str
     mask: np.ndarray
     color: tuple[float, float, float] = LESION_COLORS[0]
+    segment_id: str | None = None
 
 
 def write_segmentation(path: str | os.PathLike, segments: list[Segment], reference: Volume) -> Path:
@@ -68,7 +70,7 @@ def write_segmentation(path: str | os.PathLike, segments: list[Segment], referen
         added = slicerio.add_segment(
             segmentation,
             mask.astype(bool).transpose(2, 1, 0),  # slicerio's default index order is (i, j, k)
-            {"id": f"Segment_{number}", "name": segment.name, "color": color},
+            {"id": segment.segment_id or f"Segment_{number}", "name": segment.name, "color": color},
         )
         # Full extent for every segment: some Slicer versions crop all segments of a layer to
         # the extent of the first one when they read the file.
@@ -111,6 +113,7 @@ def read_segmentation(path: str | os.PathLike) -> tuple[list[Segment], Volume]:
             name=info.get("name", info.get("id", "")),
             mask=slicerio.segment_mask(segmentation, info).transpose(2, 1, 0),
             color=tuple(info.get("color", LESION_COLORS[0])),
+            segment_id=info.get("id"),
         )
         for info in segmentation["segments"]
     ]
