@@ -204,11 +204,14 @@ def test_a_markups_roi_is_its_lesions_box_not_a_click(tmp_path):
     np.testing.assert_array_equal(first.labels, [1, 0])
     np.testing.assert_allclose(second.box_ras, [[-3, -3, -0.00005], [3, 3, 0.00005]])
     assert second.number == 2 and len(second.labels) == 0
-    write_document(path, [markup("SAM3D positive", [[1, 1, 1]]), roi("anything", [0.0, 0.0, 0.0], [4.0, 4.0, 4.0])])
+    write_document(path, [markup("SAM3D positive", [[1, 1, 1]]), roi("anything", [0.0, 0.0, 0.0], [4.0, 4.0, 0.0])])
     (only,) = lesions_from_markups(path)  # one list, one ROI: the list's box
-    np.testing.assert_allclose(only.box_ras, [[-2, -2, -2], [2, 2, 2]])
+    np.testing.assert_allclose(only.box_ras, [[-2, -2, 0], [2, 2, 0]])  # size 0 along S: a 2D box
     with pytest.raises(MarkupsError, match="holds a box \\(ROI 'anything'\\).*--box"):
         read_markups(path)
+    write_document(path, [roi("flat", [0.0, 0.0, 0.0], [4.0, 0.0, 0.0])])
+    with pytest.raises(MarkupsError, match="ROI 'flat' .* is not a box"):
+        lesions_from_markups(path)
 
 
 @pytest.fixture

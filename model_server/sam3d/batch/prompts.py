@@ -130,19 +130,20 @@ def lesions_from_markups(path: str | Path) -> list[Lesion]:
                 raise MarkupsError(f"{path}: the negative point list {name!r} belongs to no lesion; "
                                    "name it after its lesion's list (e.g. 'Lesion 2 negative' for 'Lesion 2')")
         elif counts[index]:
-            raise MarkupsError(f"{path}: the negative point list {name!r} belongs to no lesion; add the "
-                               "lesion's point list or name its box after it")
+            raise MarkupsError(f"{path}: the negative point list {name!r} belongs to no point list of positive "
+                               "clicks; give a box with negative clicks in the manifest instead "
+                               '({"lesion": N, "box": ...} and "-" clicks)')
         else:
             continue
         numbers[list_of_point == index] = lesion_lists.index(owner) + 1
-    lesion_boxes = _boxes_of_lesions(path, boxes, [names[n] for n in lesion_lists])
+    lesion_boxes = _boxes_of_lesions(boxes, [names[n] for n in lesion_lists])
     try:
         return group_lesions(numbers, points, labels, lesion_boxes)
     except ValueError as error:
         raise MarkupsError(f"{path}: {error}") from None
 
 
-def _boxes_of_lesions(path: Path, boxes: list, lesion_names: list[str]) -> list[tuple[int, np.ndarray]]:
+def _boxes_of_lesions(boxes: list, lesion_names: list[str]) -> list[tuple[int, np.ndarray]]:
     """(lesion number, RAS corners) of each ROI (the rule: the module docstring)."""
     found, extra = [], len(lesion_names)
     for box in boxes:

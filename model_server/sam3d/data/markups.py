@@ -127,9 +127,10 @@ def read_boxes(path: str | Path) -> list[BoxMarkup]:
             axes = np.asarray(markup.get("orientation", np.eye(3).ravel()), dtype=np.float64).reshape(3, 3)
         except (KeyError, TypeError, ValueError):
             raise MarkupsError(f"{path}: ROI {name!r} needs a 'center' and a 'size' of three numbers each") from None
-        if not (np.isfinite(centre).all() and np.isfinite(size).all() and np.isfinite(axes).all()) or (size <= 0).any():
+        finite = np.isfinite(centre).all() and np.isfinite(size).all() and np.isfinite(axes).all()
+        if not finite or (size < 0).any() or np.count_nonzero(size > 0) < 2:  # one size 0: a 2D box
             raise MarkupsError(f"{path}: ROI {name!r} has a centre, size or orientation that is not finite, "
-                               "or a size that is not positive; draw it again in Slicer")
+                               "or is not a box (two of its sizes must be above 0); draw it again in Slicer")
         signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
         corners = (centre + (signs * size / 2.0) @ axes.T) * _to_ras(path, index, markup)
         boxes.append(BoxMarkup(name, np.stack([corners.min(axis=0), corners.max(axis=0)])))
