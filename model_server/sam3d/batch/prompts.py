@@ -34,7 +34,7 @@ import numpy as np
 from ..client.wire import outside_volume
 from ..data.clicks import centre_click, label_objects
 from ..data.io import Volume, read_image
-from ..data.markups import MarkupsError, is_negative_name, read_boxes, read_point_lists
+from ..data.markups import MarkupsError, is_negative_name, read_markups_file
 from ..data.dicom_seg import is_segmentation_file, read_segments
 
 _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
@@ -107,8 +107,7 @@ def lesions_from_markups(path: str | Path) -> list[Lesion]:
     """The lesions of a Slicer markups file (grouping rule: the module docstring). Raises
     MarkupsError (a ValueError) naming the file and the problem."""
     path = Path(path)
-    boxes = read_boxes(path)
-    point_lists = read_point_lists(path, allow_none=bool(boxes))
+    point_lists, boxes = read_markups_file(path)
     points = np.concatenate([p.points_ras for p in point_lists]).reshape(-1, 3)
     labels = np.concatenate([p.labels for p in point_lists]).astype(np.int64)
     names = [p.name for p in point_lists]

@@ -12,9 +12,9 @@ stores neither the list name nor node attributes, only each point's description)
 ``write_markups`` writes one file holding two point lists, "SAM3D positive" and
 "SAM3D negative", which ``read_markups`` (and Slicer) read back.
 
-A markup of type "ROI" (a box drawn with Slicer's Markups ROI) is a box, not a click: ``read_boxes``
-reads it as two opposite RAS corners (those of the smallest RAS-aligned box holding it), and the
-point-list readers leave it out.
+A markup of type "ROI" (a box drawn with Slicer's Markups ROI) is a box, not a click:
+``read_markups_file`` reads it as two opposite RAS corners (those of the smallest RAS-aligned
+box holding it), apart from the point lists.
 
 Slicer files store positions in LPS or RAS, as the markup's ``coordinateSystem`` says; points
 returned here are always RAS. A markup without a ``name`` field takes the file's name, as
@@ -38,6 +38,8 @@ SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadab
 _DESCRIPTION = re.compile(r"^\s*(?:lesion\s+(\d+))?\s*(positive|negative)?\s*$", re.IGNORECASE)
 # LPS <-> RAS: negate the first two axes.
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+# An ROI's eight corners in its own frame, times half its size.
+_CORNER_SIGNS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
 
 
 class MarkupsError(ValueError):
@@ -111,76 +113,77 @@ def _to_ras(path: Path, index: int, markup: dict) -> np.ndarray:
     return _LPS_TO_RAS if system == "LPS" else np.ones(3)
 
 
-def read_boxes(path: str | Path) -> list[BoxMarkup]:
-    """Every ROI markup of a Slicer markups file, in file order, as a box: the two opposite RAS
-    corners of the smallest RAS-aligned box holding the ROI (its ``center``, ``size`` and
-    ``orientation``, whose columns are the ROI's axes). Raises MarkupsError for a broken ROI."""
-    path = Path(path)
-    boxes = []
-    for index, markup in enumerate(_markups(path)):
-        if not _is_roi(markup):
-            continue
-        name = str(markup.get("name") or _file_stem(path))
-        try:
-            centre = np.asarray(markup["center"], dtype=np.float64).reshape(3)
-            size = np.asarray(markup["size"], dtype=np.float64).reshape(3)
-            axes = np.asarray(markup.get("orientation", np.eye(3).ravel()), dtype=np.float64).reshape(3, 3)
-        except (KeyError, TypeError, ValueError):
-            raise MarkupsError(f"{path}: ROI {name!r} needs a 'center' and a 'size' of three numbers each") from None
-        finite = np.isfinite(centre).all() and np.isfinite(size).all() and np.isfinite(axes).all()
-        if not finite or (size < 0).any() or np.count_nonzero(size > 0) < 2:  # one size 0: a 2D box
-            raise MarkupsError(f"{path}: ROI {name!r} has a centre, size or orientation that is not finite, "
-                               "or is not a box (two of its sizes must be above 0); draw it again in Slicer")
-        signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
-        corners = (centre + (signs * size / 2.0) @ axes.T) * _to_ras(path, index, markup)
-        boxes.append(BoxMarkup(name, np.stack([corners.min(axis=0), corners.max(axis=0)])))
-    return boxes
+def read_markups_file(path: str | Path) -> tuple[list[PointList], list[BoxMarkup]]:
+    """Every point list (with its defined control points) and every ROI (as a box) of a Slicer
+    markups file, each in file order.
 
-
-def read_point_lists(path: str | Path, allow_none: bool = False) -> list[PointList]:
-    """Every point-list markup of a Slicer markups file (ROIs left out), in file order, with its
-    defined control points.
-
-    Raises MarkupsError for a file that is not a markups file or holds no defined point at all
-    (``allow_none``: a file of boxes only is fine).
+    Raises MarkupsError for a file that is not a markups file, a broken markup, or a file that
+    holds neither a defined point nor a box.
     """
     path = Path(path)
-    markups = _markups(path)
-    point_lists = []
-    for index, markup in enumerate(markups):
+    point_lists: list[PointList] = []
+    boxes: list[BoxMarkup] = []
+    for index, markup in enumerate(_markups(path)):
         if _is_roi(markup):
-            continue
-        name = str(markup.get("name") or _file_stem(path))
-        to_ras = _to_ras(path, index, markup)
-        negative_list = is_negative_name(name)
-        points: list[np.ndarray] = []
-        labels: list[int] = []
-        lesions: list[int | None] = []
-        for point in markup.get("controlPoints") or []:
-            if point.get("positionStatus", "defined") != "defined":
-                continue
-            try:
-                position = np.asarray(point["position"], dtype=np.float64)
-            except (KeyError, TypeError, ValueError):
-                raise MarkupsError(f"{path}: a control point of markup {index} has no valid "
-                                   "'position'") from None
-            if position.shape != (3,) or not np.all(np.isfinite(position)):
-                raise MarkupsError(f"{path}: control point position {point.get('position')!r} "
-                                   "is not three finite numbers")
-            points.append(position * to_ras)
-            lesion, negative = parse_description(str(point.get("description", "")))
-            labels.append(0 if negative_list or negative else 1)
-            lesions.append(lesion)
-        all_points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        all_labels = np.asarray(labels, dtype=np.int64)
-        tags = [None] + sorted({lesion for lesion in lesions if lesion is not None})
-        for tag in tags:
-            chosen = np.asarray([lesion == tag for lesion in lesions], dtype=bool)
-            if tag is not None or chosen.any() or len(tags) == 1:
-                point_lists.append(PointList(name if tag is None else f"{name} lesion {tag}",
-                                             all_points[chosen], all_labels[chosen]))
-    if not allow_none and not any(len(point_list.labels) for point_list in point_lists):
+            boxes.append(_box(path, index, markup))
+        else:
+            point_lists.extend(_point_lists(path, index, markup))
+    if not boxes and not any(len(point_list.labels) for point_list in point_lists):
         raise MarkupsError(f"{path} holds no defined control point; place at least one point")
+    return point_lists, boxes
+
+
+def _box(path: Path, index: int, markup: dict) -> BoxMarkup:
+    """An ROI markup as a box: the two opposite RAS corners of the smallest RAS-aligned box
+    holding it (its ``center``, ``size`` and ``orientation``, whose columns are its axes)."""
+    name = str(markup.get("name") or _file_stem(path))
+    try:
+        centre = np.asarray(markup["center"], dtype=np.float64).reshape(3)
+        size = np.asarray(markup["size"], dtype=np.float64).reshape(3)
+        axes = np.asarray(markup.get("orientation", np.eye(3).ravel()), dtype=np.float64).reshape(3, 3)
+    except (KeyError, TypeError, ValueError):
+        raise MarkupsError(f"{path}: ROI {name!r} needs a 'center' and a 'size' of three numbers each") from None
+    finite = np.isfinite(centre).all() and np.isfinite(size).all() and np.isfinite(axes).all()
+    if not finite or (size < 0).any() or np.count_nonzero(size > 0) < 2:  # one size 0: a 2D box
+        raise MarkupsError(f"{path}: ROI {name!r} has a centre, size or orientation that is not finite, "
+                           "or is not a box (two of its sizes must be above 0); draw it again in Slicer")
+    corners = (centre + (_CORNER_SIGNS * size / 2.0) @ axes.T) * _to_ras(path, index, markup)
+    return BoxMarkup(name, np.stack([corners.min(axis=0), corners.max(axis=0)]))
+
+
+def _point_lists(path: Path, index: int, markup: dict) -> list[PointList]:
+    """A point-list markup's defined control points, RAS and labelled: one list, or one per
+    lesion tag (see the module docstring)."""
+    name = str(markup.get("name") or _file_stem(path))
+    to_ras = _to_ras(path, index, markup)
+    negative_list = is_negative_name(name)
+    points: list[np.ndarray] = []
+    labels: list[int] = []
+    lesions: list[int | None] = []
+    for point in markup.get("controlPoints") or []:
+        if point.get("positionStatus", "defined") != "defined":
+            continue
+        try:
+            position = np.asarray(point["position"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise MarkupsError(f"{path}: a control point of markup {index} has no valid "
+                               "'position'") from None
+        if position.shape != (3,) or not np.all(np.isfinite(position)):
+            raise MarkupsError(f"{path}: control point position {point.get('position')!r} "
+                               "is not three finite numbers")
+        points.append(position * to_ras)
+        lesion, negative = parse_description(str(point.get("description", "")))
+        labels.append(0 if negative_list or negative else 1)
+        lesions.append(lesion)
+    all_points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    all_labels = np.asarray(labels, dtype=np.int64)
+    tags = [None] + sorted({lesion for lesion in lesions if lesion is not None})
+    point_lists = []
+    for tag in tags:
+        chosen = np.asarray([lesion == tag for lesion in lesions], dtype=bool)
+        if tag is not None or chosen.any() or len(tags) == 1:
+            point_lists.append(PointList(name if tag is None else f"{name} lesion {tag}",
+                                         all_points[chosen], all_labels[chosen]))
     return point_lists
 
 
@@ -188,14 +191,13 @@ def read_markups(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Every defined control point of a Slicer markups file, in file order.
 
     Returns ``(points_ras [N, 3] float64, labels [N] int64)`` with 1 for positive and 0 for
-    negative clicks. Raises MarkupsError as :func:`read_point_lists` does, and for a file that
+    negative clicks. Raises MarkupsError as :func:`read_markups_file` does, and for a file that
     holds a box (an ROI), which is not a click.
     """
-    boxes = read_boxes(path)
+    point_lists, boxes = read_markups_file(path)
     if boxes:
         raise MarkupsError(f"{path} holds a box (ROI {boxes[0].name!r}), not only clicks; give the box with "
                            "--box R1,A1,S1:R2,A2,S2 (sam3d batch reads an ROI as its lesion's box)")
-    point_lists = read_point_lists(path)
     return (np.concatenate([p.points_ras for p in point_lists]),
             np.concatenate([p.labels for p in point_lists]))
 
