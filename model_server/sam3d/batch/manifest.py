@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from ..data.dicomweb import PREFIX as DICOMWEB_PREFIX, SeriesRef
-from .prompts import Lesion, group_lesions
+from .prompts import Lesion, group_lesions, ras_box
 
 REQUIRED_FIELDS = ("id", "image")
 OPTIONAL_FIELDS = ("prompts", "reference", "reference_label", "prior_mask", "prior_label")
@@ -315,11 +315,8 @@ def _click(row: int, number: int, lesion: Any, ras: list[Any], sign: Any) -> tup
 def _box(row: int, number: int, lesion: Any, corners: Any) -> tuple[int, np.ndarray]:
     where = f"row {row}, field prompts, item {number}"
     lesion_number = _lesion_number(where, lesion)
-    try:
-        box = np.array([[float(v) for v in corner] for corner in corners], dtype=np.float64)
-    except (TypeError, ValueError):
-        box = np.zeros(0)
-    if box.shape != (2, 3) or not np.isfinite(box).all():
+    box = ras_box(corners)
+    if box is None:
         raise ManifestError(f"{where}: a box is two opposite corners [[R1, A1, S1], [R2, A2, S2]] (six "
                             f"finite numbers in mm), got {corners!r}")
     return lesion_number, box

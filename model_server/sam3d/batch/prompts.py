@@ -63,6 +63,16 @@ class Lesion:
         return described
 
 
+def ras_box(corners) -> np.ndarray | None:
+    """Two opposite RAS corners (two sequences of three numbers) as a float [2, 3] array, or None
+    where ``corners`` is not that, or a number is not finite (the caller says what is wrong)."""
+    try:
+        box = np.array([[float(v) for v in corner] for corner in corners], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return box if box.shape == (2, 3) and np.isfinite(box).all() else None
+
+
 def check_inside(volume: Volume, lesions: Sequence[Lesion], image: str | Path) -> None:
     """ValueError naming the first click or box corner that lies outside ``volume`` (the file
     ``image``), in RAS mm and voxel kji, with what to check."""

@@ -54,11 +54,10 @@ def parse_point(text: str) -> tuple[np.ndarray, int]:
 
 def parse_box(text: str) -> np.ndarray:
     """'R1,A1,S1:R2,A2,S2' -> two RAS corners [2, 3]."""
-    try:
-        corners = np.array([[float(v) for v in corner.split(",")] for corner in text.strip().split(":")])
-    except ValueError:
-        corners = np.zeros(0)
-    if corners.shape != (2, 3) or not np.isfinite(corners).all():
+    from ..batch.prompts import ras_box
+
+    corners = ras_box(corner.split(",") for corner in text.strip().split(":"))
+    if corners is None:
         raise CLIError(f"--box {text!r} is not R1,A1,S1:R2,A2,S2 (two opposite corners in mm, six finite "
                        "numbers, e.g. --box -20,10,5:15,40,5)")
     return corners
