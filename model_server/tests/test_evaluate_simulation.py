@@ -16,7 +16,8 @@ from sam3d.engine.crops import CropGeometry
 from sam3d.engine.predictor import Predictor
 from sam3d.evaluate.classical import region_grow
 from sam3d.evaluate.metrics import dice_and_nsd
-from sam3d.evaluate.simulation import PERTURBATION_STREAM, case_rng, evaluate_case, label_objects, perturbed
+from sam3d.evaluate.simulation import (PERTURBATION_STREAM, case_rng, evaluate_case, first_box, label_objects,
+                                       perturbed)
 from sam3d.model.config import get_config
 
 
@@ -127,6 +128,12 @@ def test_evaluate_rejects_bad_input(phantoms, tiny_model, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--perturb-noise", "-0.01",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--perturb-noise" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--prompt", "box3d",
+                 "--box-margin", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "--box-margin" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--box-margin", "5",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--prompt box" in capsys.readouterr().err
 
 
 def test_a_perturbation_is_seeded_noise_of_a_fraction_of_the_intensity_range():
@@ -214,6 +221,21 @@ def test_box_prompts_start_from_the_objects_2d_or_3d_box(phantoms, tmp_path):
         assert corners[1, 0] > corners[0, 0]  # the phantoms' tumours span several slices
         assert (corners[0] <= np.array(flat["clicks"][0]["box_kji"]).min(axis=0)).all()
         assert (corners[1] >= np.array(flat["clicks"][0]["box_kji"]).max(axis=0)).all()
+
+
+def test_a_loose_box_is_the_objects_box_grown_by_the_margin_in_mm_inside_the_volume():
+    """``first_box(margin_mm=)``: every side moves out by the margin in each axis's voxels (a 2D
+    box only in its slice), and stops at the volume's edge."""
+    target = np.zeros((10, 40, 40), dtype=bool)
+    target[1:4, 10:20, 30:38] = True
+    target[2, 10:21, 30:39] = True  # the largest slice
+    spacing = (4.0, 0.5, 1.0)
+    assert np.array_equal(first_box(target, "box3d", 4.0, spacing), [[0, 2, 26], [4, 28, 39]])
+    assert np.array_equal(first_box(target, "box", 4.0, spacing), [[2, 2, 26], [2, 28, 39]])
+    assert np.array_equal(first_box(target, "box3d", 0.0, spacing), [[1, 10, 30], [3, 20, 38]])
+    assert first_box(target, "click", 4.0, spacing) is None
+    with pytest.raises(ValueError, match="margin"):
+        first_box(target, "box3d", -1.0, spacing)
 
 
 def test_a_hook_sees_each_interactions_session_and_leaves_the_protocol_alone(phantoms, tiny_model):

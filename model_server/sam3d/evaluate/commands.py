@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="first prompt: click = a seeded random target voxel (the paper's protocol); box = "
                              "the object's 2D box on its largest slice; box3d = the object's 3D bounding box "
                              "(box-capable models); later clicks correct")
+    parser.add_argument("--box-margin", type=float, default=0.0, metavar="MM",
+                        help="grow the box prompt by MM millimetres on every side (a 2D box in its slice only), "
+                             "as a user draws a box loosely around a lesion (default 0: the object's tight box)")
     parser.add_argument("--box-pathway", default="auto", choices=BOX_PATHWAYS,
                         help="who answers the box: 2d = LiteMedSAM's box pathway slice by slice, 3d = the 3D "
                              "model; auto (default) = 2d for LiteMedSAM-based models, else 3d")
@@ -76,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--clicks must be at least 1, got {args.clicks}")
     if not args.perturb_noise >= 0:
         raise CLIError(f"--perturb-noise is a fraction of the intensity range, 0 or more; got {args.perturb_noise}")
+    if not args.box_margin >= 0:
+        raise CLIError(f"--box-margin is millimetres around the box, 0 or more; got {args.box_margin}")
+    if args.box_margin and args.prompt == "click":
+        raise CLIError("--box-margin grows a box prompt; give --prompt box or box3d with it")
     predictor = _load_predictor(args)
     chosen, target_label, split_seed = _choose_cases(args, predictor.loaded.meta)
     baseline_2d = _slice_baseline(predictor.slice_precision) if args.baseline_2d else None
@@ -180,7 +187,8 @@ def _evaluate_cases(args: argparse.Namespace, predictor, chosen: list, target_la
                 result = evaluate_case(predictor, case.case_id, volume, image.spacing, mask, args.clicks,
                                        args.seed, args.scope, classical=not args.no_classical,
                                        prompt=args.prompt, baseline_2d=baseline_2d,
-                                       corrections=args.corrections, click_pathway=args.click_pathway)
+                                       corrections=args.corrections, click_pathway=args.click_pathway,
+                                       box_margin_mm=args.box_margin)
             except ValueError as error:
                 raise CLIError(f"case {case.case_id}: {error}") from error
             results.append(result)
@@ -205,6 +213,7 @@ def _report_info(args: argparse.Namespace, predictor, target_label: int, split_s
         "target_label": target_label,
         "scope": args.scope,
         "prompt": args.prompt,
+        "box_margin_mm": args.box_margin if args.prompt != "click" else None,
         "box_pathway": predictor.box_pathway,
         "slice_precision": predictor.slice_precision,
         "corrections": args.corrections,

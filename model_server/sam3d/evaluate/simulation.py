@@ -106,20 +106,32 @@ def bounding_box(target: np.ndarray) -> np.ndarray:
     return np.array([voxels.min(axis=0), voxels.max(axis=0)], dtype=float)
 
 
-def first_box(target: np.ndarray, prompt: str) -> np.ndarray | None:
-    """The box a ``prompt`` starts with (None for a click)."""
-    return {"box": largest_slice_box, "box3d": bounding_box}.get(prompt, lambda _: None)(target)
+def first_box(target: np.ndarray, prompt: str, margin_mm: float = 0.0,
+              spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray | None:
+    """The box a ``prompt`` starts with (None for a click), grown by ``margin_mm`` on every side
+    it has (a 2D box only in its slice's plane) and kept inside the volume: a box drawn loosely,
+    as a user draws it around a lesion."""
+    box = {"box": largest_slice_box, "box3d": bounding_box}.get(prompt, lambda _: None)(target)
+    if box is None or margin_mm == 0:
+        return box
+    if margin_mm < 0:
+        raise ValueError(f"the box margin must be >= 0 mm, got {margin_mm}")
+    grow = margin_mm / np.asarray(spacing, dtype=float)
+    if prompt == "box":
+        grow[0] = 0.0
+    return np.clip(box + np.array([-grow, grow]), 0, np.array(target.shape) - 1)
 
 
 def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacing: Sequence[float],
                   target: np.ndarray, clicks: int, seed: int, scope: str = "object",
                   classical: bool = True, prompt: str = "click", baseline_2d=None,
                   corrections: str = "auto", click_pathway: str = "3d",
-                  after_each: Callable[[Session], None] | None = None) -> CaseResult:
+                  after_each: Callable[[Session], None] | None = None, box_margin_mm: float = 0.0) -> CaseResult:
     """Run the protocol on one case (``volume`` in HU, ``target`` bool, both native kji).
     ``baseline_2d``: a ``slice_pathway.LiteMedSAM2D`` to score the 2D row, or None.
     ``after_each``: called with the session after each interaction, before the next click is
-    chosen (what happens while a user looks at the mask: the benchmarks' idle work)."""
+    chosen (what happens while a user looks at the mask: the benchmarks' idle work).
+    ``box_margin_mm``: a box prompt's margin around the object (``first_box``)."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
     if prompt not in PROMPTS:
@@ -137,7 +149,7 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
         target = components == components[tuple(int(c) for c in point)]
     session = Session(predictor, volume, spacing, corrections=corrections, click_pathway=click_pathway)
     result = CaseResult(case_id, [], [], [], int(target.sum()), prompt=prompt)
-    box = first_box(target, prompt)
+    box = first_box(target, prompt, box_margin_mm, spacing)
     first_point = point
     label = 1
     for _ in range(clicks):
@@ -162,7 +174,7 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
         result.classical_dice, result.classical_nsd = dice_and_nsd(grown, target, spacing)
     if baseline_2d is not None:
         flat = segment_slice_by_slice(baseline_2d, np.asarray(volume, dtype=np.float32),
-                                      box_kji=first_box(target, prompt),
+                                      box_kji=first_box(target, prompt, box_margin_mm, spacing),
                                       click_kji=first_point if prompt == "click" else None)
         result.baseline_2d_dice, result.baseline_2d_nsd = dice_and_nsd(flat, target, spacing)
     result.seconds = time.perf_counter() - start
