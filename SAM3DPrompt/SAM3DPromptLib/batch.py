@@ -1,7 +1,11 @@
 """Saved prompts over several loaded volumes, from within Slicer (no Qt).
 
-Each case is a volume node and the point lists saved for it: by default the markups file
-``<prompts folder>/<volume name>.mrk.json``. Its lists and ROIs are grouped into lesions as
+Each case is a volume node and the point lists saved for it: the markups file
+``<prompts folder>/<volume name>.mrk.json`` (the module's *Save prompts for batch* writes the
+volume's point list and every box ROI there), and the box ROIs Slicer's Save dialog writes
+beside it, one file each: ``<volume name> lesion N box.mrk.json`` (and the older
+``<volume name> box.mrk.json``); a box file whose ROI the list's file already holds (same name) is
+skipped. Its lists and ROIs are grouped into lesions as
 ``sam3d batch`` groups them (``prompts.saved_lesions``; an ROI is its lesion's box). Every case gets its own segmentation
 "<volume> SAM3D" with one segment per lesion ("Lesion 1", "Lesion 2", ...); the volume is
 uploaded once per case, each lesion is one request holding all its clicks and its box, and the server
@@ -13,15 +17,16 @@ cancel, so interactive clicks never wait behind a batch.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence
 
 from .client import SAM3DClient
 from .logic import BoxPrompt, Job, PromptLogic, delete_session_quietly, user_message
-from .prompts import PromptError, SavedLesion, load_prompt_file, saved_lesions
+from .prompts import (PROMPT_FILE_SUFFIX, ROI_CLASS, PromptError, SavedLesion, load_prompt_file,
+                      prompt_file_path, saved_lesions)
 from .scheduler import InteractionQueue
 
-PROMPT_FILE_SUFFIX = ".mrk.json"
 CANCELLED = "Cancelled before it was segmented."
 
 
@@ -44,24 +49,58 @@ class BatchResult:
     error: Optional[str] = None  # the user-facing message when the case failed
 
 
-def prompt_file_path(prompts_folder: str, volume_node) -> str:
-    """Where the saved prompts of ``volume_node`` are expected."""
-    return os.path.join(prompts_folder, volume_node.GetName() + PROMPT_FILE_SUFFIX)
+def box_file_paths(prompts_folder: str, volume_node) -> List[str]:
+    """The box ROIs of ``volume_node`` that Slicer's Save dialog wrote beside its point list, one
+    file each: ``<volume> lesion N box.mrk.json`` in lesion order, then ``<volume> box.mrk.json``."""
+    name = volume_node.GetName()
+    numbered = re.compile(re.escape(f"{name} lesion ") + r"(\d+)" + re.escape(f" box{PROMPT_FILE_SUFFIX}") + "$")
+    try:
+        entries = os.listdir(prompts_folder)
+    except OSError:
+        return []
+    found = sorted((int(match.group(1)), entry) for match, entry in
+                   ((numbered.match(entry), entry) for entry in entries) if match)
+    paths = [os.path.join(prompts_folder, entry) for _, entry in found]
+    unnumbered = os.path.join(prompts_folder, f"{name} box{PROMPT_FILE_SUFFIX}")
+    return paths + ([unnumbered] if os.path.isfile(unnumbered) else [])
+
+
+def has_saved_prompts(prompts_folder: str, volume_node) -> bool:
+    """Whether ``prompts_folder`` holds a point list file or a box file of ``volume_node``."""
+    return (os.path.isfile(prompt_file_path(prompts_folder, volume_node))
+            or bool(box_file_paths(prompts_folder, volume_node)))
 
 
 def load_cases(scene, volume_nodes: Sequence[Any], prompts_folder: str) -> List[BatchCase]:
-    """One case per volume, with the point lists of ``<prompts_folder>/<volume name>.mrk.json``."""
+    """One case per volume, with the markups of its saved prompt files (the module docstring)."""
     cases = []
     for volume_node in volume_nodes:
         path = prompt_file_path(prompts_folder, volume_node)
-        if not os.path.isfile(path):
+        box_paths = box_file_paths(prompts_folder, volume_node)
+        if not os.path.isfile(path) and not box_paths:
             cases.append(BatchCase(volume_node, problem=f"No saved prompts: {path} does not exist."))
             continue
         try:
-            cases.append(BatchCase(volume_node, load_prompt_file(scene, path)))
+            nodes = load_prompt_file(scene, path) if os.path.isfile(path) else []
+            nodes += _load_box_files(scene, box_paths, {node.GetName() for node in nodes if node.IsA(ROI_CLASS)})
+            cases.append(BatchCase(volume_node, nodes))
         except PromptError as error:
             cases.append(BatchCase(volume_node, problem=str(error)))
     return cases
+
+
+def _load_box_files(scene, paths: Sequence[str], names: set) -> List[Any]:
+    """The ROIs of box files whose names are not in ``names`` yet; every other markup these files
+    hold is removed from the scene again."""
+    rois = []
+    for path in paths:
+        for node in load_prompt_file(scene, path):
+            if node.IsA(ROI_CLASS) and node.GetName() not in names:
+                names.add(node.GetName())
+                rois.append(node)
+            else:
+                scene.RemoveNode(node)
+    return rois
 
 
 class CaseRun:

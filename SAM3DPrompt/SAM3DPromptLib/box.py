@@ -2,7 +2,11 @@
 continuous kji indices, a 2D box on a slice, and snapshots of the ROI for undo.
 
 The module keeps one box ROI per volume, tied to it by the same node reference as the prompt
-list (``prompts.VOLUME_REFERENCE_ROLE``). The box sent to the server is the ROI in the volume's
+list (``prompts.VOLUME_REFERENCE_ROLE``); an earlier lesion's box loses that reference when the
+user goes on to the next lesion, but keeps a second one (``BOX_VOLUME_ROLE``), so that
+``volume_box_rois`` finds every box of the volume (to save them with its point list). A box ROI is
+named after its lesion, "<volume> lesion N box" (N as in its points' descriptions), so that in a
+saved file it is the box of the list "<volume> lesion N" (``prompts.saved_lesions``). The box sent to the server is the ROI in the volume's
 continuous kji indices (world RAS -> the volume's frame through its parent transforms ->
 ``RASToIJK``, the same conversion as clicks): centred where the ROI is, and along each index
 axis as long as the ROI's edge nearest that axis - the ROI itself when it is aligned with the
@@ -29,6 +33,8 @@ from .prompts import VOLUME_REFERENCE_ROLE, PromptError
 
 ROI_CLASS = "vtkMRMLMarkupsROINode"
 BOX_COLOR = (1.0, 0.85, 0.10)
+# The node reference from every box ROI the module made for a volume (kept on release).
+BOX_VOLUME_ROLE = "SAM3DPrompt.boxVolume"
 
 
 @dataclass
@@ -52,11 +58,29 @@ def find_box_roi(scene, volume_node):
     return None
 
 
-def create_box_roi(scene, volume_node):
-    """A new, not yet placed box ROI for ``volume_node``, named after it and tied to it."""
-    node = scene.AddNewNodeByClass(ROI_CLASS, f"{volume_node.GetName()} box")
+def volume_box_rois(scene, volume_node) -> list:
+    """Every box ROI the module made for ``volume_node``: the current one and those released
+    (earlier lesions'), in the scene's order (the order they were made)."""
+    if volume_node is None:
+        return []
+    return [node for node in (scene.GetNthNodeByClass(n, ROI_CLASS)
+                              for n in range(scene.GetNumberOfNodesByClass(ROI_CLASS)))
+            if node.GetNodeReferenceID(BOX_VOLUME_ROLE) == volume_node.GetID()]
+
+
+def box_roi_name(volume_node, lesion: Optional[int]) -> str:
+    """The name of lesion ``lesion``'s box ROI ("<volume> box" while the lesion is not known)."""
+    name = volume_node.GetName()
+    return f"{name} box" if lesion is None else f"{name} lesion {lesion} box"
+
+
+def create_box_roi(scene, volume_node, lesion: Optional[int] = None):
+    """A new, not yet placed box ROI for ``volume_node``, named after it and its lesion (see
+    ``box_roi_name``) and tied to it."""
+    node = scene.AddNewNodeByClass(ROI_CLASS, box_roi_name(volume_node, lesion))
     node.CreateDefaultDisplayNodes()
     node.SetNodeReferenceID(VOLUME_REFERENCE_ROLE, volume_node.GetID())
+    node.SetNodeReferenceID(BOX_VOLUME_ROLE, volume_node.GetID())
     display = node.GetDisplayNode()
     if display is not None:
         display.SetSelectedColor(*BOX_COLOR)
@@ -64,7 +88,8 @@ def create_box_roi(scene, volume_node):
 
 
 def release_box_roi(roi) -> None:
-    """Keep an earlier lesion's box in the scene, locked, but no longer as the volume's box."""
+    """Keep an earlier lesion's box in the scene, locked, but no longer as the volume's box
+    (it stays among ``volume_box_rois``)."""
     roi.RemoveNodeReferenceIDs(VOLUME_REFERENCE_ROLE)
     roi.SetLocked(True)
 

@@ -14,14 +14,16 @@ responsive: ``prepare_*`` (main thread: reads MRML, converts points) returns a
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .box import (RoiState, create_box_roi, find_box_roi, flatten_roi, kji_per_mm, make_roi_deep, nearest_axis,
-                  release_box_roi, restore_roi, roi_box_kji, roi_defined, roi_state, volume_axes_world)
+from .box import (RoiState, box_roi_name, create_box_roi, find_box_roi, flatten_roi, kji_per_mm, make_roi_deep,
+                  nearest_axis, release_box_roi, restore_roi, roi_box_kji, roi_defined, roi_state, volume_axes_world,
+                  volume_box_rois)
 from .client import (InvalidServerURL, MaskUpdate, NothingToUndo, SAM3DClient, SAM3DError,
                      SessionExpired, SessionLimitReached, SessionNotFound)
 from .geometry import ras_to_kji
@@ -30,7 +32,7 @@ from .mrml_io import (GeometryError, SegmentFingerprint, VolumeFingerprint, ras_
                       volume_array, volume_fingerprint, volume_shape, volume_spacing_kji,
                       world_to_local_matrix, write_segment_box)
 from .prompts import (NEGATIVE, POSITIVE, Click, PromptError, create_prompt_list, find_prompt_list,
-                      lesion_number, mark_point, remove_click_markup)
+                      lesion_number, mark_point, prompt_file_path, remove_click_markup, write_prompt_file)
 from .wire import outside_volume
 
 SEGMENT_NAME = "Lesion"
@@ -582,7 +584,7 @@ class PromptLogic:
         old = find_box_roi(self.scene, volume_node)
         if old is not None:
             self._remove_box_roi(old)
-        return create_box_roi(self.scene, volume_node)
+        return create_box_roi(self.scene, volume_node, self._box_lesion(volume_node))
 
     def cancel_box(self, roi) -> None:
         """A box ROI whose placing was given up: removed, and the lesion's box shown again."""
@@ -634,6 +636,8 @@ class PromptLogic:
         current = self._object_box()
         if kji is None or (current is not None and np.allclose(kji, current.kji, rtol=0.0, atol=1e-6)):
             return None
+        if roi is self.box_roi():  # drawn before the lesion was known: named after it now
+            roi.SetName(box_roi_name(self.volume_node, self._box_lesion(self.volume_node)))
         inner = self.prepare_clicks([], box=BoxPrompt(kji=kji, roi=roi_state(roi)))
 
         def apply(_: Any, error: Optional[BaseException]) -> ClickResult:
@@ -686,8 +690,38 @@ class PromptLogic:
                 self._remove_box_roi(roi)
             return
         if roi is None:
-            roi = create_box_roi(self.scene, self.volume_node)
+            roi = create_box_roi(self.scene, self.volume_node, self._box_lesion(self.volume_node))
         restore_roi(roi, drawn)
+
+    def _box_lesion(self, volume_node) -> Optional[int]:
+        """The lesion number of the target's box on ``volume_node`` (that of its points: see
+        ``prompts.lesion_number``), or None while there is no target segment on it."""
+        if volume_node is not self.volume_node or self.segmentation_node is None or self.segment_id is None:
+            return None
+        return lesion_number(self.prompt_list(volume_node), self.segmentation_node, self.segment_id)
+
+    # -- saving ------------------------------------------------------------------------------
+    def save_prompts(self, folder: str, volume_node=None) -> str:
+        """Save the prompts of ``volume_node`` (default: the input volume) for a batch as one file,
+        ``<folder>/<volume name>.mrk.json``: its point list and every placed box ROI of it (the
+        current one and earlier lesions'; of two boxes of one lesion, the newest). Returns the path.
+
+        Raises PromptError when the volume has neither a point nor a box, OSError when the file
+        cannot be written."""
+        volume_node = volume_node or self.volume_node
+        if volume_node is None:
+            raise PromptError("Select an input volume first.")
+        if not folder or not os.path.isdir(folder):
+            raise PromptError(f"The prompts folder {folder!r} does not exist; choose a folder first.")
+        prompt_list = find_prompt_list(self.scene, volume_node)
+        nodes = [prompt_list] if prompt_list is not None and prompt_list.GetNumberOfControlPoints() else []
+        newest = {roi.GetName(): roi for roi in volume_box_rois(self.scene, volume_node) if roi_defined(roi)}
+        nodes += list(newest.values())
+        if not nodes:
+            raise PromptError(f"'{volume_node.GetName()}' has no click and no box to save; place them first.")
+        path = prompt_file_path(folder, volume_node)
+        write_prompt_file(self.scene, path, nodes)
+        return path
 
     def _upload_if_changed(self) -> Optional[_Upload]:
         """The volume to upload when the session does not hold this volume's current voxels."""

@@ -21,16 +21,20 @@ here and the tests run both on the same files):
 
 The module keeps every click of a volume in one point list per volume, named after the volume
 and tied to it by a node reference: positive points are selected (green), negative ones
-unselected (red), and each point's description says its lesion and sign. Slicer saves that list
-as one file, ``<volume>.mrk.json``, which ``sam3d batch`` reads with every lesion and sign. The
-module adopts a list only through the reference (so lists written by ``sam3d`` or loaded from a
+unselected (red), and each point's description says its lesion and sign; each lesion's box is a
+Markups ROI named "<volume> lesion N box" (``box.py``), the box of the list "<volume> lesion N".
+``write_prompt_file`` saves the list and the boxes as one file, ``<volume>.mrk.json``, which the
+module's batch and ``sam3d batch`` read with every lesion, sign and box (Slicer's own Save dialog
+writes each markup to a file of its own; the batch reads those box files too). The module adopts a list only through the reference (so lists written by ``sam3d`` or loaded from a
 file never take over), and points a list already holds are never sent as clicks.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -48,6 +52,7 @@ _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
 _BOX_WORD = re.compile(r"\s*\b(box|roi)\s*$", re.IGNORECASE)
 ROI_CLASS = "vtkMRMLMarkupsROINode"
 _DESCRIPTION = re.compile(r"^\s*(?:lesion\s+(\d+))?\s*(positive|negative)?\s*$", re.IGNORECASE)
+PROMPT_FILE_SUFFIX = ".mrk.json"
 
 
 class PromptError(ValueError):
@@ -247,13 +252,24 @@ def remove_click_markup(scene, click: Click) -> None:
         node.RemoveNthControlPoint(index)
 
 
+def _file_stem(path: str) -> str:
+    """The file's name without ``.mrk.json`` / ``.json``."""
+    name = os.path.basename(path)
+    for suffix in (PROMPT_FILE_SUFFIX, ".json"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return os.path.splitext(name)[0]
+
+
 def load_prompt_file(scene, path: str) -> List[object]:
     """Load every markup of a saved markups file (``.mrk.json``) into the scene: its point lists
     and its ROIs (boxes).
 
     Slicer's own JSON readers do the parsing (LPS files become RAS), an ROI's by the ROI storage
     node, which alone reads its centre, size and orientation; a file may hold a positive and a
-    negative list, as ``sam3d.data.markups.write_markups`` writes them.
+    negative list, as ``sam3d.data.markups.write_markups`` writes them. A markup without a name
+    in the file (Slicer's writer leaves it out) is named after the file, as ``sam3d batch`` names
+    it, not made unique beside the volume of that name (the lesions are grouped by name).
     """
     storage = slicer.vtkMRMLMarkupsJsonStorageNode()
     types: List[str] = []
@@ -267,11 +283,54 @@ def load_prompt_file(scene, path: str) -> List[object]:
     nodes = []
     for index, markup_type in enumerate(types):
         reader = roi_storage if markup_type == "ROI" else storage
-        node = reader.AddNewMarkupsNodeFromFile(path, "", index)
+        node = reader.AddNewMarkupsNodeFromFile(path, _file_stem(path), index)
         if node is None:
             raise PromptError(f"markup {index} of {path} could not be read; is it a Slicer markups file?")
         nodes.append(node)
     return nodes
+
+
+def prompt_file_path(prompts_folder: str, volume_node) -> str:
+    """Where the saved prompts of ``volume_node`` are written and read: ``<folder>/<volume>.mrk.json``."""
+    return os.path.join(prompts_folder, volume_node.GetName() + PROMPT_FILE_SUFFIX)
+
+
+def write_prompt_file(scene, path: str, markups_nodes) -> None:
+    """Write point lists and ROIs as one markups file, read back by ``load_prompt_file`` and
+    ``sam3d batch``: each node by Slicer's own JSON writer (to a temporary file), their markups
+    merged in order, each with its node's name (Slicer's writer leaves it out; the lesions are
+    grouped by name). ``path`` is replaced at once, so no reader sees half a file.
+
+    Raises PromptError when Slicer cannot write a node, OSError when the folder cannot be written."""
+    merged: List[dict] = []
+    schema = None
+    with tempfile.TemporaryDirectory() as folder:
+        for index, node in enumerate(markups_nodes):
+            part = os.path.join(folder, f"{index}{PROMPT_FILE_SUFFIX}")
+            writer = (slicer.vtkMRMLMarkupsROIJsonStorageNode() if node.IsA(ROI_CLASS)
+                      else slicer.vtkMRMLMarkupsJsonStorageNode())
+            scene.AddNode(writer)
+            try:
+                writer.SetFileName(part)
+                written = writer.WriteData(node)
+            finally:
+                scene.RemoveNode(writer)
+            if not written:
+                raise PromptError(f"Slicer could not write the markup {node.GetName()!r}.")
+            with open(part, encoding="utf-8") as stream:
+                document = json.load(stream)
+            schema = schema or document.get("@schema")
+            for markup in document.get("markups", []):
+                markup["name"] = node.GetName()
+                merged.append(markup)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as stream:
+            json.dump({"@schema": schema, "markups": merged}, stream, indent=2)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 class PlaceMode:
