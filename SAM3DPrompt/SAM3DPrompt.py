@@ -27,11 +27,11 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from SAM3DPromptLib.batch import BatchRun, load_cases, prompt_file_path
+from SAM3DPromptLib.batch import BatchRun, has_saved_prompts, load_cases
 from SAM3DPromptLib.box import roi_defined
 from SAM3DPromptLib.client import SAM3DClient, SAM3DError
 from SAM3DPromptLib.logic import PromptLogic, user_message
-from SAM3DPromptLib.prompts import PlaceMode
+from SAM3DPromptLib.prompts import PlaceMode, PromptError
 from SAM3DPromptLib.scheduler import InteractionQueue
 from SAM3DPromptLib.shortcuts import SHORTCUTS  # active while the module is shown
 
@@ -150,6 +150,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resetButton.connect("clicked()", self.onReset)
         self.ui.nextLesionButton.connect("clicked()", self.onNextLesion)
         self.ui.segmentComboBox.connect("currentIndexChanged(int)", self.onSegmentSelected)
+        self.ui.savePromptsButton.connect("clicked()", self.onSavePrompts)
         self.ui.runBatchButton.connect("clicked()", self.onRunBatch)
         self.ui.cancelBatchButton.connect("clicked()", self.onCancelBatch)
 
@@ -587,7 +588,23 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.boxButton.toolTip = self._boxToolTip
 
     # -- batch --------------------------------------------------------------------------------
+    def onSavePrompts(self) -> None:
+        """Save the input volume's clicks and boxes as <prompts folder>/<volume>.mrk.json, the
+        one file the batch (here and in `sam3d batch`) reads."""
+        folder = self.ui.promptsFolderButton.directory
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        try:
+            path = self.logic.save_prompts(folder, volume)
+        except (PromptError, OSError) as error:
+            self.ui.batchStatusLabel.text = f"Prompts not saved: {error}"
+            self.ui.batchStatusLabel.setStyleSheet(ERROR_STYLE)
+            return
+        qt.QSettings().setValue(PROMPTS_FOLDER_SETTING, folder)
+        self.ui.batchStatusLabel.text = f"Saved the prompts of '{volume.GetName()}' to {path}"
+        self.ui.batchStatusLabel.setStyleSheet(OK_STYLE)
+
     def onRunBatch(self) -> None:
+        self.ui.batchStatusLabel.setStyleSheet(OK_STYLE)
         folder = self.ui.promptsFolderButton.directory
         if not folder or not os.path.isdir(folder):
             self.ui.batchStatusLabel.text = "Choose the folder that holds the saved prompts first."
@@ -597,7 +614,7 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
                    if not node.IsA("vtkMRMLLabelMapVolumeNode")
-                   and os.path.isfile(prompt_file_path(folder, node))]
+                   and has_saved_prompts(folder, node)]
         if not volumes:
             self.ui.batchStatusLabel.text = (f"No loaded volume has saved prompts in {folder} "
                                              "(expected <volume name>.mrk.json).")
