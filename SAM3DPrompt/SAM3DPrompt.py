@@ -593,6 +593,10 @@ class SAM3DPromptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         one file the batch (here and in `sam3d batch`) reads."""
         folder = self.ui.promptsFolderButton.directory
         volume = self._parameterNode.inputVolume if self._parameterNode else None
+        if volume is None:
+            self.ui.batchStatusLabel.text = "Prompts not saved: select an input volume first."
+            self.ui.batchStatusLabel.setStyleSheet(ERROR_STYLE)
+            return
         try:
             path = self.logic.save_prompts(folder, volume)
         except (PromptError, OSError) as error:
