@@ -170,6 +170,11 @@ def test_an_roi_in_saved_prompts_is_its_lesions_box_as_in_sam3d_batch(mrml_scene
         lesion.roi.GetRASBounds(bounds)
         np.testing.assert_allclose([bounds[0::2], bounds[1::2]], reference.box_ras, atol=1e-6)
     assert [lesion.roi.GetName() for lesion in lesions] == ["Lesion 1 box", "other"]
+    path = _write_lists(tmp_path / "other.mrk.json", [("CT", [(1, 2, 3)], ["lesion 1"])],
+                        rois=[("CT lesion 2 box", (0, 0, 0), (10, 8, 6))])
+    lesions = saved_lesions(load_prompt_file(mrml_scene, str(path)))  # the one ROI names another lesion
+    assert [(len(lesion.clicks), lesion.roi is None) for lesion in lesions] == [(1, True), (0, False)]
+    assert [lesion.box_ras is None for lesion in lesions_from_markups(path)] == [True, False]
 
 
 def test_saved_boxes_are_sent_with_their_lesions(mrml_scene, start_server, tiny_box_model, tmp_path):

@@ -16,8 +16,9 @@ here and the tests run both on the same files):
   "+" / "-" are dropped ("Lesion 2 negative" -> "Lesion 2"), or to the only lesion list.
 - a Markups ROI in a saved file is a lesion's box: that of the lesion list with the same name
   once a trailing word "box" / "ROI" is dropped ("Lesion 2 box" -> "Lesion 2"), or of the only
-  lesion list when the file has one list and one ROI; any other ROI is a lesion of its own (a box
-  alone), after the lists.
+  lesion list when the file has one list and one ROI, unless both names end in different lesion
+  numbers ("CT lesion 2 box" is not the box of "CT lesion 1"); any other ROI is a lesion of its
+  own (a box alone), after the lists.
 
 The module keeps every click of a volume in one point list per volume, named after the volume
 and tied to it by a node reference: positive points are selected (green), negative ones
@@ -50,6 +51,7 @@ POSITIVE = 1
 NEGATIVE = 0
 _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
 _BOX_WORD = re.compile(r"\s*\b(box|roi)\s*$", re.IGNORECASE)
+_LESION_NUMBER = re.compile(r"\blesion\s+(\d+)$")
 ROI_CLASS = "vtkMRMLMarkupsROINode"
 _DESCRIPTION = re.compile(r"^\s*(?:lesion\s+(\d+))?\s*(positive|negative)?\s*$", re.IGNORECASE)
 PROMPT_FILE_SUFFIX = ".mrk.json"
@@ -137,6 +139,12 @@ def _base_name(name: str) -> str:
     return " ".join(name.rstrip("+-").split())
 
 
+def _other_lesions(name: str, other: str) -> bool:
+    """Whether two names end in different lesion numbers ("... lesion 1", "... lesion 2")."""
+    numbers = [_LESION_NUMBER.search(_base_name(n)) for n in (name, other)]
+    return all(numbers) and numbers[0].group(1) != numbers[1].group(1)
+
+
 @dataclass
 class SavedLesion:
     """One lesion of saved prompts: its clicks and the ROI node of its box (None: no box)."""
@@ -174,7 +182,8 @@ def saved_lesions(markups_nodes) -> List[SavedLesion]:
     for roi in rois:
         matches = [n for n in lesion_lists
                    if _base_name(lists[n][0]) == _base_name(_BOX_WORD.sub("", roi.GetName() or ""))]
-        if not matches and len(lesion_lists) == 1 and len(rois) == 1:
+        if (not matches and len(lesion_lists) == 1 and len(rois) == 1
+                and not _other_lesions(lists[lesion_lists[0]][0], _BOX_WORD.sub("", roi.GetName() or ""))):
             matches = lesion_lists
         if matches and groups[matches[0]].roi is None:
             groups[matches[0]].roi = roi

@@ -209,6 +209,11 @@ def test_a_markups_roi_is_its_lesions_box_not_a_click(tmp_path):
     np.testing.assert_allclose(only.box_ras, [[-2, -2, 0], [2, 2, 0]])  # size 0 along S: a 2D box
     with pytest.raises(MarkupsError, match="holds a box \\(ROI 'anything'\\).*--box"):
         read_markups(path)
+    write_document(path, [markup("CT", [[1, 1, 1]], descriptions=["lesion 1"]),
+                          roi("CT lesion 2 box", [0.0, 0.0, 0.0], [4.0, 4.0, 4.0])])
+    clicked, boxed = lesions_from_markups(path)  # one list, one ROI, but the ROI names another lesion
+    assert clicked.box_ras is None and len(clicked.labels) == 1
+    assert boxed.number == 2 and len(boxed.labels) == 0 and boxed.box_ras is not None
     write_document(path, [roi("flat", [0.0, 0.0, 0.0], [4.0, 0.0, 0.0])])
     with pytest.raises(MarkupsError, match="ROI 'flat' .* is not a box"):
         lesions_from_markups(path)

@@ -18,8 +18,9 @@ file with the lists "Lesion 1", "Lesion 2", "Lesion 2 negative" is two.
 
 A Markups ROI in the file is a lesion's box: that of the lesion list with the same name once a
 trailing word "box" or "ROI" is dropped ("Lesion 2 box" belongs to "Lesion 2"), or of the single
-lesion list when the file has one list and one ROI; any other ROI is a lesion of its own (a box
-alone), numbered after the lists.
+lesion list when the file has one list and one ROI, unless both names end in different lesion
+numbers ("<volume> lesion 2 box" is not the box of "<volume> lesion 1"); any other ROI is a lesion
+of its own (a box alone), numbered after the lists.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ..data.dicom_seg import is_segmentation_file, read_segments
 
 _SIGN_WORDS = re.compile(r"\b(positive|negative)\b")
 _BOX_WORD = re.compile(r"\s*\b(box|roi)\s*$", re.IGNORECASE)
+_LESION_NUMBER = re.compile(r"\blesion\s+(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -158,13 +160,20 @@ def _boxes_of_lesions(boxes: list, lesion_names: list[str]) -> list[tuple[int, n
     for box in boxes:
         matches = [n for n, name in enumerate(lesion_names, start=1)
                    if _base_name(name) == _base_name(_BOX_WORD.sub("", box.name))]
-        if not matches and len(lesion_names) == 1 and len(boxes) == 1:
+        if (not matches and len(lesion_names) == 1 and len(boxes) == 1
+                and not _other_lesions(lesion_names[0], _BOX_WORD.sub("", box.name))):
             matches = [1]
         if not matches:
             extra += 1
             matches = [extra]
         found.append((matches[0], box.corners_ras))
     return found
+
+
+def _other_lesions(name: str, other: str) -> bool:
+    """Whether two names end in different lesion numbers ("... lesion 1", "... lesion 2")."""
+    numbers = [_LESION_NUMBER.search(_base_name(n)) for n in (name, other)]
+    return all(numbers) and numbers[0].group(1) != numbers[1].group(1)
 
 
 def _base_name(name: str) -> str:
