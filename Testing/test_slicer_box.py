@@ -25,7 +25,8 @@ def box_url(start_server, tiny_box_model):
         yield url
 
 
-def _volume(scene, ijk_to_ras: np.ndarray, transform: np.ndarray = None):
+def lesion_volume(scene, ijk_to_ras: np.ndarray, transform: np.ndarray = None):
+    """A noisy SHAPE volume with a bright block lesion, optionally under a parent transform."""
     array = np.random.default_rng(0).normal(0, 20, SHAPE)
     array[4:10, 5:13, 6:16] += 90
     volume = add_volume(scene, array.astype(np.int16), ijk_to_ras)
@@ -34,7 +35,8 @@ def _volume(scene, ijk_to_ras: np.ndarray, transform: np.ndarray = None):
     return volume
 
 
-def _logic(scene, url: str, volume) -> PromptLogic:
+def target_logic(scene, url: str, volume) -> PromptLogic:
+    """A Logic on ``url`` targeting a new lesion segment of a new segmentation of ``volume``."""
     logic = PromptLogic(SAM3DClient(url, timeout=60), scene=scene)
     segmentation = logic.create_segmentation(volume)
     logic.set_target(volume, segmentation, logic.add_lesion_segment(segmentation))
@@ -50,7 +52,7 @@ def _local_to_world(volume) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def _shape_roi(roi, volume, lo_kji, hi_kji):
+def shape_roi(roi, volume, lo_kji, hi_kji):
     """Make ``roi`` (no parent transform) the box aligned with the volume's voxel axes whose corners
     are the kji corners ``lo_kji`` / ``hi_kji``, built with the volume's own IJKToRAS matrix and
     parent transform; returns it."""
@@ -75,10 +77,10 @@ def _segment(logic) -> np.ndarray:
 
 
 def test_roi_on_an_oblique_transformed_volume_reaches_the_server_as_its_kji_corners(mrml_scene, box_url):
-    volume = _volume(mrml_scene, oblique_ijk_to_ras(), rigid_matrix(30.0, (0.3, 1, 0.2), (4, -9, 12)))
-    logic = _logic(mrml_scene, box_url, volume)
+    volume = lesion_volume(mrml_scene, oblique_ijk_to_ras(), rigid_matrix(30.0, (0.3, 1, 0.2), (4, -9, 12)))
+    logic = target_logic(mrml_scene, box_url, volume)
     lo, hi = [3.25, 4.5, 5.0], [9.75, 12.0, 15.5]
-    roi = _shape_roi(mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode"), volume, lo, hi)
+    roi = shape_roi(mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode"), volume, lo, hi)
     np.testing.assert_allclose(logic.box_kji(roi), [lo, hi], atol=1e-6)
     result = logic.prepare_box(roi)
     result.run()
@@ -89,7 +91,7 @@ def test_roi_on_an_oblique_transformed_volume_reaches_the_server_as_its_kji_corn
     assert int(_segment(logic).sum()) == result.voxels
     # The same box again is no new request; a box beyond the volume is cut to it.
     assert logic.prepare_box(roi) is None
-    wide = _shape_roi(mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode"), volume,
+    wide = shape_roi(mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode"), volume,
                       [-3.0, 4.5, 5.0], [9.75, 30.0, 15.5])
     np.testing.assert_allclose(logic.box_kji(wide), [[-0.5, 4.5, 5.0], [9.75, 17.5, 15.5]], atol=1e-6)
     logic.close()
@@ -100,7 +102,7 @@ def test_a_box_drawn_in_a_slice_view_is_a_2d_box_on_that_slice(mrml_scene):
     make_box_2d thins it along the slice normal and it goes out as a box on that one slice."""
     ijk_to_ras = np.diag([-0.8, -0.9, 2.5, 1.0])  # LPS-like flipped axes, thick slices
     ijk_to_ras[:3, 3] = (40.0, 30.0, -70.0)
-    volume = _volume(mrml_scene, ijk_to_ras)
+    volume = lesion_volume(mrml_scene, ijk_to_ras)
     logic = PromptLogic(None, scene=mrml_scene)
     logic.set_target(volume, None, None)
     roi = logic.new_box_roi()
@@ -128,7 +130,7 @@ def test_on_an_oblique_volume_a_ras_box_keeps_the_size_drawn_and_an_axial_one_st
     """Slice views stay aligned with RAS: on an oblique volume a box drawn there goes out with the
     size drawn along the volume's nearest axes (the kji box around its corners takes in far more
     tissue), and a box drawn in the axial view stays a 2D box on one slice."""
-    volume = _volume(mrml_scene, oblique_ijk_to_ras())
+    volume = lesion_volume(mrml_scene, oblique_ijk_to_ras())
     logic = PromptLogic(None, scene=mrml_scene)
     logic.set_target(volume, None, None)
     centre_kji = np.array([7.0, 9.0, 11.0])
@@ -152,7 +154,7 @@ def test_a_box_drawn_across_the_slices_becomes_a_3d_box_as_deep_as_it_is_wide(mr
     the slices is refused with a message, and so is one that barely touches the volume."""
     ijk_to_ras = np.diag([-0.8, -0.9, 2.5, 1.0])
     ijk_to_ras[:3, 3] = (40.0, 30.0, -70.0)
-    volume = _volume(mrml_scene, ijk_to_ras)
+    volume = lesion_volume(mrml_scene, ijk_to_ras)
     logic = PromptLogic(None, scene=mrml_scene)
     logic.set_target(volume, None, None)
     centre = (40.0 - 0.8 * 11, 30.0 - 0.9 * 9, -70.0 + 2.5 * 7)
@@ -171,9 +173,9 @@ def test_a_box_drawn_across_the_slices_becomes_a_3d_box_as_deep_as_it_is_wide(mr
 
 def _lesion_with_a_box(scene, url: str):
     """A Logic on an oblique volume whose lesion holds a box sent to the server; (logic, its ROI)."""
-    volume = _volume(scene, oblique_ijk_to_ras())
-    logic = _logic(scene, url, volume)
-    roi = _shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
+    volume = lesion_volume(scene, oblique_ijk_to_ras())
+    logic = target_logic(scene, url, volume)
+    roi = shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
     request = logic.prepare_box()
     request.run()
     request.finish()
@@ -210,9 +212,9 @@ def test_a_deleted_box_roi_is_shown_again_while_the_lesion_holds_the_box(mrml_sc
 
 
 def test_box_and_clicks_combine_and_undo_restores_segment_and_box(mrml_scene, box_url):
-    volume = _volume(mrml_scene, oblique_ijk_to_ras(), rigid_matrix(-20.0, (1, 0.2, 0.5), (7, 3, -11)))
-    logic = _logic(mrml_scene, box_url, volume)
-    _shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
+    volume = lesion_volume(mrml_scene, oblique_ijk_to_ras(), rigid_matrix(-20.0, (1, 0.2, 0.5), (7, 3, -11)))
+    logic = target_logic(mrml_scene, box_url, volume)
+    shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
     empty = _segment(logic)
     request = logic.prepare_box()
     request.run()
@@ -227,7 +229,7 @@ def test_box_and_clicks_combine_and_undo_restores_segment_and_box(mrml_scene, bo
     np.testing.assert_allclose(info["box"], [[4.0, 5.0, 6.0], [9.0, 12.0, 15.0]], atol=1e-6)
     assert info["labels"] == [1]
     # A new box replaces the old one (the Box button makes a new ROI).
-    _shape_roi(logic.new_box_roi(), volume, [5.0, 6.0, 7.0], [8.0, 11.0, 14.0])
+    shape_roi(logic.new_box_roi(), volume, [5.0, 6.0, 7.0], [8.0, 11.0, 14.0])
     request = logic.prepare_box()
     request.run()
     request.finish()
@@ -250,7 +252,7 @@ def test_box_and_clicks_combine_and_undo_restores_segment_and_box(mrml_scene, bo
 
     # Reset takes the box away with the clicks; undo brings both back.
     box = [[5.0, 6.0, 7.0], [8.0, 11.0, 14.0]]
-    _shape_roi(logic.new_box_roi(), volume, *box)
+    shape_roi(logic.new_box_roi(), volume, *box)
     request = logic.prepare_box()
     request.run()
     request.finish()
@@ -279,15 +281,15 @@ def logic_world(volume, kji) -> tuple:
 
 @pytest.mark.parametrize("server_url", ["tiny"], indirect=True)
 def test_a_server_without_boxes_says_so_and_leaves_segment_and_clicks_alone(mrml_scene, server_url):
-    volume = _volume(mrml_scene, oblique_ijk_to_ras())
-    logic = _logic(mrml_scene, server_url, volume)
+    volume = lesion_volume(mrml_scene, oblique_ijk_to_ras())
+    logic = target_logic(mrml_scene, server_url, volume)
     status = logic.prepare_server_status()
     status.run()
     status.finish()
     assert logic.supports_box is False  # the Widget disables the Box button with this reason
     logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
     before = _segment(logic)
-    _shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
+    shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
     request = logic.prepare_box()
     request.run()
     with pytest.raises(InvalidBox) as error:
@@ -308,9 +310,9 @@ def test_a_session_closed_to_make_room_is_renewed_with_its_box_and_clicks(mrml_s
     replays the object's box and clicks, and lands where it would have without the eviction."""
     with start_server("--model", str(tiny_box_model), "--max-sessions", "1",
                       "--evict-idle-after", "0") as url:
-        volume = _volume(mrml_scene, oblique_ijk_to_ras(), rigid_matrix(15.0, (0, 1, 1), (2, 2, 2)))
-        logic = _logic(mrml_scene, url, volume)
-        _shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
+        volume = lesion_volume(mrml_scene, oblique_ijk_to_ras(), rigid_matrix(15.0, (0, 1, 1), (2, 2, 2)))
+        logic = target_logic(mrml_scene, url, volume)
+        shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
         request = logic.prepare_box()
         request.run()
         request.finish()
@@ -329,7 +331,7 @@ def test_a_session_closed_to_make_room_is_renewed_with_its_box_and_clicks(mrml_s
         logic.close()
 
         # The same prompts on a session that was never closed give the same segment.
-        reference = _logic(mrml_scene, url, volume)
+        reference = target_logic(mrml_scene, url, volume)
         session = reference.client.create_session(slicer.util.arrayFromVolume(volume), volume_spacing_kji(volume))
         expected = np.zeros(SHAPE, bool)
         reference.client.interact(session, [], [], box_kji=[[4.0, 5.0, 6.0], [9.0, 12.0, 15.0]]).apply_to(expected)
@@ -349,11 +351,11 @@ def test_an_https_server_is_trusted_through_the_certificate_setting(mrml_scene, 
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    volume = _volume(mrml_scene, oblique_ijk_to_ras())
+    volume = lesion_volume(mrml_scene, oblique_ijk_to_ras())
     with running_server("--model", str(tiny_box_model), "--ssl-certfile", str(cert),
                         "--ssl-keyfile", str(key), ca_bundle=str(cert)) as url:
         assert url.startswith("https://")
-        logic = _logic(mrml_scene, url, volume)
+        logic = target_logic(mrml_scene, url, volume)
         with pytest.raises(TLSError) as error:
             logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
         assert "Server > Certificate" in user_message(error.value)
@@ -370,8 +372,8 @@ def test_an_https_server_is_trusted_through_the_certificate_setting(mrml_scene, 
 
 def test_the_servers_interaction_limit_says_to_go_on_in_the_next_lesion(mrml_scene, start_server, tiny_model):
     with start_server("--model", str(tiny_model), "--max-interactions", "1") as url:
-        volume = _volume(mrml_scene, oblique_ijk_to_ras())
-        logic = _logic(mrml_scene, url, volume)
+        volume = lesion_volume(mrml_scene, oblique_ijk_to_ras())
+        logic = target_logic(mrml_scene, url, volume)
         logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
         before = _segment(logic)
         with pytest.raises(SessionLimitReached) as error:

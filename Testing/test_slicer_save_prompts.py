@@ -15,7 +15,7 @@ import vtk
 
 from slicer_fixtures import mrml_scene, oblique_ijk_to_ras, place_click, slicer  # noqa: F401
 from test_slicer_batch import run_saved_prompts
-from test_slicer_box import SHAPE, _logic, _shape_roi, _volume, box_url, logic_world  # noqa: F401
+from test_slicer_box import SHAPE, box_url, lesion_volume, logic_world, shape_roi, target_logic  # noqa: F401
 from SAM3DPromptLib.batch import load_cases
 from SAM3DPromptLib.client import SAM3DClient
 from SAM3DPromptLib.logic import PromptLogic
@@ -39,13 +39,13 @@ def _send(job) -> None:
 def _draw_lesions(scene, url: str):
     """The LESIONS drawn through the Logic as the Widget does (box, then clicks; *Next lesion*
     between lesions): the earlier lesions' boxes are released. Returns the Logic."""
-    volume = _volume(scene, oblique_ijk_to_ras())
-    logic = _logic(scene, url, volume)
+    volume = lesion_volume(scene, oblique_ijk_to_ras())
+    logic = target_logic(scene, url, volume)
     for number, (clicks, box) in enumerate(LESIONS):
         if number:
             logic.next_lesion()
         if box is not None:
-            _shape_roi(logic.new_box_roi(), volume, *box)
+            shape_roi(logic.new_box_roi(), volume, *box)
             _send(logic.prepare_box())
         if clicks:
             logic.click_points([place_click(logic, logic_world(volume, kji), positive) for kji, positive in clicks])
@@ -156,18 +156,18 @@ def test_saved_prompts_give_every_lesion_its_clicks_and_box_in_a_later_batch(mrm
 def test_a_lesions_newest_box_is_saved_and_a_volume_without_prompts_says_so(mrml_scene, box_url, tmp_path):
     """A lesion taken up again gets a new box: the file holds its newest box only (one box per
     lesion, as both batches require), and saving is refused with a message while nothing is drawn."""
-    volume = _volume(mrml_scene, oblique_ijk_to_ras())
-    logic = _logic(mrml_scene, box_url, volume)
+    volume = lesion_volume(mrml_scene, oblique_ijk_to_ras())
+    logic = target_logic(mrml_scene, box_url, volume)
     with pytest.raises(PromptError, match="no click and no box"):
         logic.save_prompts(str(tmp_path))
     first_segment = logic.segment_id
-    _shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
+    shape_roi(logic.new_box_roi(), volume, [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
     _send(logic.prepare_box())
     logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
     logic.next_lesion()
     logic.click_points([place_click(logic, logic_world(volume, (8.0, 10.0, 12.0)))])
     logic.set_target(volume, logic.segmentation_node, first_segment)  # back to lesion 1: a new box
-    _shape_roi(logic.new_box_roi(), volume, [5.0, 6.0, 7.0], [10.0, 13.0, 16.0])
+    shape_roi(logic.new_box_roi(), volume, [5.0, 6.0, 7.0], [10.0, 13.0, 16.0])
     _send(logic.prepare_box())
     logic.close()
     path = logic.save_prompts(str(tmp_path))
@@ -218,7 +218,7 @@ def test_box_files_saved_by_slicers_dialog_are_read_with_the_point_list(mrml_sce
         # The older name: one lesion with clicks and one "<volume> box" ROI.
         single = tmp_path / "single"
         single.mkdir()
-        roi = _shape_roi(mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "volume box"), volume,
+        roi = shape_roi(mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "volume box"), volume,
                          [4.0, 5.0, 6.0], [9.0, 12.0, 15.0])
         points = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "volume")
         points.AddControlPointWorld(*logic_world(volume, (7.0, 9.0, 11.0)))
