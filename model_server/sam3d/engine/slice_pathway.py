@@ -60,6 +60,7 @@ FALLBACK_GROWTH_LIMIT = 30.0
 FALLBACK_SCALE = 1.0  # ... and its squares reach at most this times the object's in-plane extent from the click
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 FULLEST_TOLERANCE = 0.1  # a 3D box starts on the largest mask whose box overlaps its rectangle within this of the best
+START_LIKENESS = 0.5  # ... whose mean lies at least this far from the central slice's surroundings towards its object
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
 RING_PX = 3  # the surroundings a slice mask's contrast is measured against
 END_CONTRAST = -0.25  # a slice mask this far beyond the surroundings (in units of the object's contrast) left it
@@ -483,24 +484,48 @@ def _mask_box(plane_mask: np.ndarray, margin: float = 0.0) -> np.ndarray:
 
 def _fullest_slice(model: LiteMedSAM2D, volume: np.ndarray, bounds: tuple[float, float], slices: range,
                    rectangle: np.ndarray, embeddings: SliceEmbeddings | None = None) -> tuple[int, np.ndarray]:
-    """The slice of a 3D box where propagation starts, and its mask from the box's rectangle: the
-    object's widest slice, the largest mask of the slices whose mask's box overlaps the rectangle
-    (intersection over union) within ``FULLEST_TOLERANCE`` of the best. The best overlap alone
-    can fall on a narrower slice whose mask leaked to the rectangle's edge, and the growth rule
-    then ends propagation before the wider slices (docs/BENCHMARKS.md, "Where a 3D box starts")."""
-    found: list[tuple[float, int, np.ndarray]] = []
-    for k in slices:
-        plane_mask = _segment_slice(model, volume[k], bounds, box=rectangle,
-                                    windows=_windows(embeddings, model, volume, k, bounds))
-        if plane_mask.any():
-            box = _mask_box(plane_mask)
-            overlap = np.prod(np.clip(np.minimum(box[2:], rectangle[2:]) - np.maximum(box[:2], rectangle[:2]) + 1, 0, None))
-            union = np.prod(box[2:] - box[:2] + 1) + np.prod(rectangle[2:] - rectangle[:2] + 1) - overlap
-            found.append((overlap / union, k, plane_mask))
+    """The slice of a 3D box where propagation starts, and its mask from the box's rectangle
+    (``_start_of`` chooses it from every slice's mask)."""
+    masks = {k: _segment_slice(model, volume[k], bounds, box=rectangle,
+                               windows=_windows(embeddings, model, volume, k, bounds)) for k in slices}
+    return _start_of(volume, masks, rectangle)
+
+
+def _start_of(volume: np.ndarray, masks: dict[int, np.ndarray], rectangle: np.ndarray) -> tuple[int, np.ndarray]:
+    """Of a 3D box's slice masks from its rectangle ({slice: mask}, in slice order), the start of
+    propagation: the object's widest slice, the largest mask of the slices whose mask's box
+    overlaps the rectangle (intersection over union) within ``FULLEST_TOLERANCE`` of the best,
+    among the masks that look like the object on the box's central slice (their mean at least
+    ``START_LIKENESS`` of the way from its surroundings to it: ``_left_the_object``).
+
+    The best overlap alone can fall on a narrower slice whose mask leaked to the rectangle's
+    edge, and the growth rule then ends propagation before the wider slices (docs/BENCHMARKS.md,
+    "Where a 3D box starts"). In a box drawn loosely, past the object's ends, LiteMedSAM
+    segments whatever the rectangle holds - lung, fat - which overlaps it best of all
+    (docs/BENCHMARKS.md, "Boxes drawn loosely")."""
+    slices = list(masks)
+    found = [(_box_overlap(_mask_box(plane_mask), rectangle), k, plane_mask)
+             for k, plane_mask in masks.items() if plane_mask.any()]
     if not found:
         return slices[0], np.zeros(volume.shape[1:], dtype=bool)
-    _, k, plane_mask = _widest_of(found)
+    centre = max(_central(slices), key=lambda c: int(np.count_nonzero(masks[c])))
+    contrast = _contrast(volume[centre], masks[centre]) if masks[centre].sum() >= MIN_AREA_PX else None
+    alike = [c for c in found if not _left_the_object(volume[c[1]], c[2], contrast, START_LIKENESS)]
+    _, k, plane_mask = _widest_of(alike or found)
     return k, plane_mask
+
+
+def _central(slices: Sequence[int]) -> list[int]:
+    """The middle slice of consecutive slices, or their two middle slices."""
+    centre = (slices[0] + slices[-1]) / 2
+    return sorted({int(np.floor(centre)), int(np.ceil(centre))})
+
+
+def _box_overlap(box: np.ndarray, other: np.ndarray) -> float:
+    """Intersection over union of two (j0, i0, j1, i1) pixel boxes (inclusive corners)."""
+    overlap = np.prod(np.clip(np.minimum(box[2:], other[2:]) - np.maximum(box[:2], other[:2]) + 1, 0, None))
+    union = np.prod(box[2:] - box[:2] + 1) + np.prod(other[2:] - other[:2] + 1) - overlap
+    return float(overlap / union)
 
 
 def _widest_of(found: list[tuple[float, int, np.ndarray]]) -> tuple[float, int, np.ndarray]:
