@@ -76,12 +76,13 @@ def load_cases(scene, volume_nodes: Sequence[Any], prompts_folder: str) -> List[
     cases = []
     for volume_node in volume_nodes:
         path = prompt_file_path(prompts_folder, volume_node)
+        has_list = os.path.isfile(path)
         box_paths = box_file_paths(prompts_folder, volume_node)
-        if not os.path.isfile(path) and not box_paths:
+        if not has_list and not box_paths:
             cases.append(BatchCase(volume_node, problem=f"No saved prompts: {path} does not exist."))
             continue
         try:
-            nodes = load_prompt_file(scene, path) if os.path.isfile(path) else []
+            nodes = load_prompt_file(scene, path) if has_list else []
             nodes += _load_box_files(scene, box_paths, {node.GetName() for node in nodes if node.IsA(ROI_CLASS)})
             cases.append(BatchCase(volume_node, nodes))
         except PromptError as error:

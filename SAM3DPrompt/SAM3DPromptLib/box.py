@@ -29,9 +29,8 @@ import numpy as np
 
 from .geometry import ras_to_kji
 from .mrml_io import matrix_to_numpy, numpy_to_matrix, world_to_local_matrix
-from .prompts import VOLUME_REFERENCE_ROLE, PromptError
+from .prompts import ROI_CLASS, VOLUME_REFERENCE_ROLE, PromptError
 
-ROI_CLASS = "vtkMRMLMarkupsROINode"
 BOX_COLOR = (1.0, 0.85, 0.10)
 # The node reference from every box ROI the module made for a volume (kept on release).
 BOX_VOLUME_ROLE = "SAM3DPrompt.boxVolume"
@@ -49,23 +48,23 @@ class RoiState:
 
 def find_box_roi(scene, volume_node):
     """The box ROI tied to ``volume_node`` (by the node reference), or None."""
-    if volume_node is None:
-        return None
-    for index in range(scene.GetNumberOfNodesByClass(ROI_CLASS)):
-        node = scene.GetNthNodeByClass(index, ROI_CLASS)
-        if node.GetNodeReferenceID(VOLUME_REFERENCE_ROLE) == volume_node.GetID():
-            return node
-    return None
+    rois = _rois_of(scene, volume_node, VOLUME_REFERENCE_ROLE)
+    return rois[0] if rois else None
 
 
 def volume_box_rois(scene, volume_node) -> list:
     """Every box ROI the module made for ``volume_node``: the current one and those released
     (earlier lesions'), in the scene's order (the order they were made)."""
+    return _rois_of(scene, volume_node, BOX_VOLUME_ROLE)
+
+
+def _rois_of(scene, volume_node, role: str) -> list:
+    """The scene's ROIs whose ``role`` reference is ``volume_node``, in the scene's order."""
     if volume_node is None:
         return []
     return [node for node in (scene.GetNthNodeByClass(n, ROI_CLASS)
                               for n in range(scene.GetNumberOfNodesByClass(ROI_CLASS)))
-            if node.GetNodeReferenceID(BOX_VOLUME_ROLE) == volume_node.GetID()]
+            if node.GetNodeReferenceID(role) == volume_node.GetID()]
 
 
 def box_roi_name(volume_node, lesion: Optional[int]) -> str:
