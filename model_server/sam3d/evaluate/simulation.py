@@ -149,7 +149,7 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
         target = components == components[tuple(int(c) for c in point)]
     session = Session(predictor, volume, spacing, corrections=corrections, click_pathway=click_pathway)
     result = CaseResult(case_id, [], [], [], int(target.sum()), prompt=prompt)
-    box = first_box(target, prompt, box_margin_mm, spacing)
+    box = prompt_box = first_box(target, prompt, box_margin_mm, spacing)
     first_point = point
     label = 1
     for _ in range(clicks):
@@ -174,7 +174,7 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
         result.classical_dice, result.classical_nsd = dice_and_nsd(grown, target, spacing)
     if baseline_2d is not None:
         flat = segment_slice_by_slice(baseline_2d, np.asarray(volume, dtype=np.float32),
-                                      box_kji=first_box(target, prompt, box_margin_mm, spacing),
+                                      box_kji=prompt_box,
                                       click_kji=first_point if prompt == "click" else None)
         result.baseline_2d_dice, result.baseline_2d_nsd = dice_and_nsd(flat, target, spacing)
     result.seconds = time.perf_counter() - start
