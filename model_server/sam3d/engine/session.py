@@ -156,6 +156,10 @@ class _HistoryEntry:
     extent: Box
     prompt_box: np.ndarray | None  # the object's box prompt before the change
 
+    def previous_mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The mask inside ``box`` before the change, unpacked to ``shape`` (the box's size)."""
+        return np.unpackbits(self.previous, count=int(np.prod(shape))).astype(bool).reshape(shape)
+
 
 class FeatureCache:
     """Encoder features per crop, least recently used dropped first."""
@@ -396,7 +400,7 @@ class Session:
                 inside = tuple(slice(lo - origin, hi - origin)
                                for lo, hi, origin in zip(entry.box[0], entry.box[1], box[0]))
                 region = previous[inside]
-                region[...] = np.unpackbits(entry.previous, count=region.size).astype(bool).reshape(region.shape)
+                region[...] = entry.previous_mask(region.shape)
         return _HistoryEntry(box, np.packbits(previous, axis=None), earlier.points, earlier.interactions,
                              earlier.extent, earlier.prompt_box)
 
@@ -474,7 +478,7 @@ class Session:
         """``undo`` of the last history entry, the lock held."""
         entry = self._history.pop()
         region = self.mask[box_slices(entry.box)]
-        previous = np.unpackbits(entry.previous, count=region.size).astype(bool).reshape(region.shape)
+        previous = entry.previous_mask(region.shape)
         self.voxels += int(previous.sum()) - int(region.sum())
         region[...] = previous
         self.points, self.labels = self.points[:entry.points], self.labels[:entry.points]
