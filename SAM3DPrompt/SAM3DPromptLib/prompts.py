@@ -26,8 +26,9 @@ unselected (red), and each point's description says its lesion and sign; each le
 Markups ROI named "<volume> lesion N box" (``box.py``), the box of the list "<volume> lesion N".
 ``write_prompt_file`` saves the list and the boxes as one file, ``<volume>.mrk.json``, which the
 module's batch and ``sam3d batch`` read with every lesion, sign and box (Slicer's own Save dialog
-writes each markup to a file of its own; the batch reads those box files too). The module adopts a list only through the reference (so lists written by ``sam3d`` or loaded from a
-file never take over), and points a list already holds are never sent as clicks.
+writes each markup to a file of its own; the batch reads those box files too). The module
+adopts a list only through the reference (so lists written by ``sam3d`` or loaded from a file
+never take over), and points a list already holds are never sent as clicks.
 """
 
 from __future__ import annotations
@@ -180,10 +181,10 @@ def saved_lesions(markups_nodes) -> List[SavedLesion]:
         groups[owner].clicks.extend(clicks)
     box_only = []
     for roi in rois:
-        matches = [n for n in lesion_lists
-                   if _base_name(lists[n][0]) == _base_name(_BOX_WORD.sub("", roi.GetName() or ""))]
+        owner_name = _BOX_WORD.sub("", roi.GetName() or "")
+        matches = [n for n in lesion_lists if _base_name(lists[n][0]) == _base_name(owner_name)]
         if (not matches and len(lesion_lists) == 1 and len(rois) == 1
-                and not _other_lesions(lists[lesion_lists[0]][0], _BOX_WORD.sub("", roi.GetName() or ""))):
+                and not _other_lesions(lists[lesion_lists[0]][0], owner_name)):
             matches = lesion_lists
         if matches and groups[matches[0]].roi is None:
             groups[matches[0]].roi = roi

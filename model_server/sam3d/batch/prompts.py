@@ -158,10 +158,10 @@ def _boxes_of_lesions(boxes: list, lesion_names: list[str]) -> list[tuple[int, n
     """(lesion number, RAS corners) of each ROI (the rule: the module docstring)."""
     found, extra = [], len(lesion_names)
     for box in boxes:
-        matches = [n for n, name in enumerate(lesion_names, start=1)
-                   if _base_name(name) == _base_name(_BOX_WORD.sub("", box.name))]
+        owner_name = _BOX_WORD.sub("", box.name)
+        matches = [n for n, name in enumerate(lesion_names, start=1) if _base_name(name) == _base_name(owner_name)]
         if (not matches and len(lesion_names) == 1 and len(boxes) == 1
-                and not _other_lesions(lesion_names[0], _BOX_WORD.sub("", box.name))):
+                and not _other_lesions(lesion_names[0], owner_name)):
             matches = [1]
         if not matches:
             extra += 1
