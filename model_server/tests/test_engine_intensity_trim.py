@@ -139,6 +139,37 @@ def test_a_ring_enhancing_tumour_in_a_box_answer_is_left_whole():
     assert trim_homogeneous_lesion(image, model_mask, on_rim) is model_mask
 
 
+def test_a_loose_box_answer_around_a_nodule_is_trimmed_to_the_nodule():
+    """A box drawn loosely: the answer holds a rim of lung 5 pixels wide, more lung than nodule,
+    so the whole mask's core reads as a mix and fails the homogeneity gate. The lesion is read at
+    the mask's deep core on the click's slice instead, and the rim goes."""
+    image, lesion = _nodule()
+    model_mask = _with_rim(lesion, pixels=5)
+    assert np.count_nonzero(model_mask & ~lesion) > 2 * np.count_nonzero(lesion)
+    np.testing.assert_array_equal(trim_homogeneous_lesion(image, model_mask, CENTRE), lesion)
+
+
+def test_a_loose_box_answer_with_a_hole_at_the_nodule_is_read_around_the_hole():
+    """LiteMedSAM's answer to a loose box may leave a hole where the nodule is brightest: the deep
+    core is read with the hole filled, and the trim keeps the part holding the mask's deepest
+    pixel, not the hole's."""
+    image, lesion = _nodule()
+    model_mask = _with_rim(lesion, pixels=5) & ~_ball(1.5)
+    trimmed = trim_homogeneous_lesion(image, model_mask, CENTRE + [0.0, 3.0, 0.0])
+    np.testing.assert_array_equal(trimmed, lesion & model_mask)
+
+
+def test_a_loose_box_answer_around_a_ring_enhancing_tumour_is_left_whole():
+    """The same loose rim around a ring-enhancing tumour: its deep core holds necrosis and rim,
+    spread more widely than it stands off the brain, so nothing is trimmed."""
+    distance = np.sqrt(((np.indices(SHAPE) - CENTRE[:, None, None, None]) ** 2).sum(axis=0))
+    lesion = distance <= 4
+    image = np.where(lesion, np.where(distance <= 2.5, 450.0, 900.0), 600.0)
+    image = (image + np.random.default_rng(0).normal(0, 10, SHAPE)).astype(np.float32)
+    model_mask = _with_rim(lesion, pixels=4)
+    assert trim_homogeneous_lesion(image, model_mask, CENTRE) is model_mask
+
+
 def _in_plane_erosion(mask: np.ndarray, pixels: int) -> np.ndarray:
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
