@@ -95,12 +95,14 @@ def _trim(values: np.ndarray, ring: np.ndarray, index: tuple[int, ...], mask: np
     return components == components[index]
 
 
-def trim_homogeneous_lesion(image: np.ndarray, mask: np.ndarray, click: np.ndarray) -> np.ndarray:
+def trim_homogeneous_lesion(image: np.ndarray, mask: np.ndarray, click: np.ndarray,
+                            plane_offset: int = 0) -> np.ndarray:
     """``trim_to_lesion_intensity`` where the lesion inside ``mask`` is homogeneous: the median of
     the mask's in-plane core (the whole mask where the core is too small) stands at least
     ``MIN_STEP_IN_LESION_IQRS`` of the core's interquartile ranges from the ring's median. Where
-    the whole core is not, the mask may be loose (``_loose_mask_trim``, read on the click's
-    slice); ``mask`` as it is otherwise."""
+    the whole core is not, the mask may be loose (``_loose_mask_trim``, read on the slice
+    ``plane_offset`` slices from the click's: a box's central slice); ``mask`` as it is
+    otherwise."""
     read = _read_around(image, mask, click)
     if read is None:
         return mask
@@ -109,7 +111,7 @@ def trim_homogeneous_lesion(image: np.ndarray, mask: np.ndarray, click: np.ndarr
     surroundings = float(np.median(values[ring]))
     if _stands_apart(values[mask] if core is None else core, surroundings):
         return _trim(*read, mask)
-    loose = _loose_mask_trim(values, ring, surroundings, mask, index[0])
+    loose = _loose_mask_trim(values, ring, surroundings, mask, index[0] + plane_offset)
     return mask if loose is None else loose
 
 

@@ -763,9 +763,9 @@ class Session:
 
     def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
         """A box answered by the 2D pathway, trimmed at a homogeneous lesion's intensity step, then
-        grown to a clear step within the box and the mask's own box (``intensity_trim``), both read
-        from the mask's deepest pixel on the box's central slice (on the whole mask where that
-        slice holds none) -> (patch over the box and the mask, seconds)."""
+        grown to a clear step within the box and the mask's own box (``intensity_trim``), a loose
+        answer's lesion read on the box's central slice -> (patch over the box and the mask,
+        seconds)."""
         start = time.perf_counter()
         mask = self.predictor.segment_box_2d(self.volume, box, self._bounds_2d(), self._slice_embeddings)
         self.encoder_runs += 1
@@ -774,14 +774,13 @@ class Session:
         region = _union([(tuple(int(v) for v in lo), tuple(int(v) for v in hi)), tight_box(mask) or EMPTY_BOX])
         patch = mask[box_slices(region)]
         if patch.any():
-            central = int(round((float(box[0][0]) + float(box[1][0])) / 2)) - region[0][0]
-            if 0 <= central < patch.shape[0] and patch[central].any():
-                deepest = centre_click(patch[central][None], self.spacing) + (central, 0, 0)
-            else:
-                deepest = centre_click(patch, self.spacing)
-            deepest = deepest + np.asarray(region[0])
-            patch = self._at_lesion_intensity(region, patch, deepest, trim_homogeneous_lesion)
-            patch = self._at_lesion_intensity(region, patch, deepest, grow_to_lesion_intensity)
+            deepest = centre_click(patch, self.spacing) + np.asarray(region[0])
+            central = int(round((float(box[0][0]) + float(box[1][0])) / 2))
+            trim = functools.partial(trim_homogeneous_lesion, plane_offset=central - int(round(deepest[0])))
+            patch = self._at_lesion_intensity(region, patch, deepest, trim)
+            if patch.any():  # the growth reads from what the trim kept (a loose answer's trim moves it)
+                deepest = centre_click(patch, self.spacing) + np.asarray(region[0])
+                patch = self._at_lesion_intensity(region, patch, deepest, grow_to_lesion_intensity)
         return (region, patch.astype(np.float32)), time.perf_counter() - start
 
     def _first_click_search(self, box: Box, proposal: np.ndarray,
