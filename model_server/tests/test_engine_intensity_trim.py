@@ -159,6 +159,21 @@ def test_a_loose_box_answer_with_a_hole_at_the_nodule_is_read_around_the_hole():
     np.testing.assert_array_equal(trimmed, lesion & model_mask)
 
 
+def test_a_loose_box_answer_is_not_trimmed_at_a_level_its_deep_core_did_not_read():
+    """A nodule (100) with a calcified centre (3000) in a loose answer whose ring is mixed (-300,
+    0 and 300 at random): the deep core's step is not clear against the ring's spread, so the
+    mask stays whole instead of being cut at the calcification's level."""
+    rng = np.random.default_rng(0)
+    lesion = _ball(4)
+    model_mask = _with_rim(lesion, pixels=5)
+    _, j, i = np.indices(SHAPE)
+    image = np.where(lesion, 100.0, 0.0) + rng.normal(0, 5, SHAPE)
+    image[lesion & (abs(j - 20) <= 1) & (abs(i - 20) <= 1)] = 3000.0
+    ring = _with_rim(model_mask, pixels=3) & ~model_mask
+    image[ring] = rng.choice([-300.0, 0.0, 300.0], size=int(np.count_nonzero(ring)))
+    assert trim_homogeneous_lesion(image.astype(np.float32), model_mask, CENTRE) is model_mask
+
+
 def test_a_loose_box_answer_around_a_ring_enhancing_tumour_is_left_whole():
     """The same loose rim around a ring-enhancing tumour: its deep core holds necrosis and rim,
     spread more widely than it stands off the brain, so nothing is trimmed."""

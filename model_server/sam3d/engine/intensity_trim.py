@@ -119,7 +119,8 @@ def _stands_apart(lesion: np.ndarray, surroundings: float, min_iqrs: float = MIN
     """Whether ``lesion``'s median stands ``min_iqrs`` of its own interquartile ranges or more
     from ``surroundings``."""
     quartile_1, quartile_3 = np.percentile(lesion, [25, 75])
-    return abs(float(np.median(lesion)) - surroundings) >= min_iqrs * float(quartile_3 - quartile_1)
+    step = abs(float(np.median(lesion)) - surroundings)
+    return step > 0 and step >= min_iqrs * float(quartile_3 - quartile_1)
 
 
 def _loose_mask_trim(values: np.ndarray, ring: np.ndarray, surroundings: float, mask: np.ndarray,
@@ -130,8 +131,8 @@ def _loose_mask_trim(values: np.ndarray, ring: np.ndarray, surroundings: float, 
     the lesion, and its whole core reads as a mix. The lesion is read at the mask's deep core on
     ``plane`` instead: the pixels at least ``DEEP_FRACTION`` of the deepest pixel's depth in, the
     mask's holes filled. Where that core stands ``MIN_STEP_IN_DEEP_CORE_IQRS`` of its own
-    interquartile ranges off the surroundings, the mask is trimmed at the half-way level to the
-    core's median (``_trim``, the part holding the mask's deepest pixel kept). What goes must look
+    interquartile ranges off the surroundings, and ``MIN_CONTRAST`` of the ring's, the mask is
+    trimmed at the half-way level to the core's median (``_trim``, the part holding the mask's deepest pixel kept). What goes must look
     like the surroundings: None where its median lies past theirs, away from the core, by more
     than half the core's step (a necrotic core read as the lesion, its enhancing rim going)."""
     if not 0 <= plane < mask.shape[0] or not mask[plane].any():
@@ -141,6 +142,9 @@ def _loose_mask_trim(values: np.ndarray, ring: np.ndarray, surroundings: float, 
     if deep.size < MIN_CORE_VOXELS or not _stands_apart(deep, surroundings, MIN_STEP_IN_DEEP_CORE_IQRS):
         return None
     lesion = float(np.median(deep))
+    quartile_1, quartile_3 = np.percentile(values[ring], [25, 75])
+    if abs(lesion - surroundings) < MIN_CONTRAST * float(quartile_3 - quartile_1):
+        return None  # not a clear step: ``_trim`` would fall back to levels the deep core did not read
     deepest = (plane, *np.unravel_index(int(np.argmax(np.where(mask[plane], depth, 0))), depth.shape))
     trimmed = _trim(values, ring, deepest, mask, lesion_level=lesion)
     removed = values[mask & ~trimmed]
