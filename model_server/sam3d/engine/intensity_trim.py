@@ -77,11 +77,13 @@ def trim_to_lesion_intensity(image: np.ndarray, mask: np.ndarray, click: np.ndar
 
 
 def _trim(values: np.ndarray, ring: np.ndarray, index: tuple[int, ...], mask: np.ndarray,
-          min_contrast: float = MIN_CONTRAST, lesion_level: float | None = None) -> np.ndarray:
-    """``trim_to_lesion_intensity`` on what ``_read_around`` read."""
+          min_contrast: float = MIN_CONTRAST, lesion_level: float | None = None,
+          only_given_level: bool = False) -> np.ndarray:
+    """``trim_to_lesion_intensity`` on what ``_read_around`` read; ``only_given_level``: no
+    fallback to the levels read inside ``mask`` where ``lesion_level`` is not a clear step."""
     surroundings = float(np.median(values[ring]))
     quartile_1, quartile_3 = np.percentile(values[ring], [25, 75])
-    levels = _lesion_levels(values, mask, index)
+    levels = [] if only_given_level else _lesion_levels(values, mask, index)
     for lesion in levels if lesion_level is None else [lesion_level] + levels:
         if lesion != surroundings and abs(lesion - surroundings) >= min_contrast * float(quartile_3 - quartile_1):
             break
@@ -132,9 +134,10 @@ def _loose_mask_trim(values: np.ndarray, ring: np.ndarray, surroundings: float, 
     ``plane`` instead: the pixels at least ``DEEP_FRACTION`` of the deepest pixel's depth in, the
     mask's holes filled. Where that core stands ``MIN_STEP_IN_DEEP_CORE_IQRS`` of its own
     interquartile ranges off the surroundings, and ``MIN_CONTRAST`` of the ring's, the mask is
-    trimmed at the half-way level to the core's median (``_trim``, the part holding the mask's deepest pixel kept). What goes must look
-    like the surroundings: None where its median lies past theirs, away from the core, by more
-    than half the core's step (a necrotic core read as the lesion, its enhancing rim going)."""
+    trimmed at the half-way level to the core's median (``_trim``, the part holding the mask's
+    deepest pixel kept). What goes must look like the surroundings: None where its median lies
+    past theirs, away from the core, by more than half the core's step (a necrotic core read as
+    the lesion, its enhancing rim going)."""
     if not 0 <= plane < mask.shape[0] or not mask[plane].any():
         return None
     depth = ndimage.distance_transform_edt(np.pad(ndimage.binary_fill_holes(mask[plane]), 1))[1:-1, 1:-1]
@@ -142,11 +145,8 @@ def _loose_mask_trim(values: np.ndarray, ring: np.ndarray, surroundings: float, 
     if deep.size < MIN_CORE_VOXELS or not _stands_apart(deep, surroundings, MIN_STEP_IN_DEEP_CORE_IQRS):
         return None
     lesion = float(np.median(deep))
-    quartile_1, quartile_3 = np.percentile(values[ring], [25, 75])
-    if abs(lesion - surroundings) < MIN_CONTRAST * float(quartile_3 - quartile_1):
-        return None  # not a clear step: ``_trim`` would fall back to levels the deep core did not read
     deepest = (plane, *np.unravel_index(int(np.argmax(np.where(mask[plane], depth, 0))), depth.shape))
-    trimmed = _trim(values, ring, deepest, mask, lesion_level=lesion)
+    trimmed = _trim(values, ring, deepest, mask, lesion_level=lesion, only_given_level=True)
     removed = values[mask & ~trimmed]
     beyond = (surroundings - float(np.median(removed))) * np.sign(lesion - surroundings) if removed.size else 0.0
     return trimmed if beyond <= abs(lesion - surroundings) / 2 else None

@@ -777,10 +777,10 @@ class Session:
             deepest = centre_click(patch, self.spacing) + np.asarray(region[0])
             central = int(round((float(box[0][0]) + float(box[1][0])) / 2))
             trim = functools.partial(trim_homogeneous_lesion, plane_offset=central - int(round(deepest[0])))
-            patch = self._at_lesion_intensity(region, patch, deepest, trim)
-            if patch.any():  # the growth reads from what the trim kept (a loose answer's trim moves it)
-                deepest = centre_click(patch, self.spacing) + np.asarray(region[0])
-                patch = self._at_lesion_intensity(region, patch, deepest, grow_to_lesion_intensity)
+            trimmed = self._at_lesion_intensity(region, patch, deepest, trim)
+            if np.count_nonzero(trimmed) < np.count_nonzero(patch):  # the growth reads from what the trim kept
+                deepest = centre_click(trimmed, self.spacing) + np.asarray(region[0])
+            patch = self._at_lesion_intensity(region, trimmed, deepest, grow_to_lesion_intensity)
         return (region, patch.astype(np.float32)), time.perf_counter() - start
 
     def _first_click_search(self, box: Box, proposal: np.ndarray,
