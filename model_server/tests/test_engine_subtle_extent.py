@@ -13,8 +13,9 @@ from sam3d.engine import session as session_module
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
 from sam3d.data.clicks import next_click
-from sam3d.engine.subtle_extent import (MAX_FIELD_FRACTION, REACH_MM, RIM_REACH_MM, SubtleLevels, add_at_positive_click,
-                                        cut_at_negative_click, grow_to_subtle_lesion, smoothed_image)
+from sam3d.engine.subtle_extent import (LEVEL_BALL_MM, MAX_FIELD_FRACTION, REACH_MM, RIM_REACH_MM, SubtleLevels,
+                                        add_at_positive_click, cut_at_negative_click, grow_to_subtle_lesion,
+                                        smoothed_image)
 from sam3d.evaluate.simulation import case_rng
 
 SHAPE = (13, 64, 64)
@@ -68,6 +69,22 @@ def test_a_click_on_a_subtle_lesions_rim_reads_the_lesion_off_the_mask_near_it(c
     grown, levels = grow_to_subtle_lesion(image, SPACING, _ball(5.0), on_rim, FIELD_WITH_AIR_AND_BONE)
     assert levels is not None and abs(levels.lesion - (ORGAN + contrast)) < 3.0
     assert _dice(grown, lesion) > 0.95
+
+
+@pytest.mark.parametrize("contrast", [30.0, -30.0])
+def test_a_subtle_lesions_level_is_read_again_at_the_grown_masks_core(contrast):
+    """The model's mask half off the lesion, the click 6 mm off its centre: the mask near the
+    click reads the lesion with some organ in it; the level kept (for the object's later clicks)
+    is the grown mask's core's, the lesion's own."""
+    image, lesion = _organ_with_lesion(contrast)
+    model_mask = _ball(6.0, CENTRE + np.array([0.0, 0.0, np.round(5.0 / SPACING[2])]))
+    click = CENTRE + np.array([0.0, 0.0, np.round(6.0 / SPACING[2])])
+    near_click = model_mask & _ball(LEVEL_BALL_MM, click)
+    first_reading = float(np.median(smoothed_image(image, SPACING)[near_click]))
+    grown, levels = grow_to_subtle_lesion(image, SPACING, model_mask, click, FIELD_WITH_AIR_AND_BONE)
+    assert abs(first_reading - (ORGAN + contrast)) > 3.0
+    assert levels is not None and abs(levels.lesion - (ORGAN + contrast)) < 1.5
+    assert grown[tuple(click.astype(int))] and _dice(grown, lesion) > 0.95
 
 
 def test_a_mask_spilling_into_the_organ_shrinks_to_the_lesion():

@@ -16,7 +16,10 @@ smoothed: the rule here reads, on the image smoothed by ``SMOOTH_MM``,
   model's mask lies darker than the lesion by ``MIN_SEPARATION`` spreads and as much brighter (a
   lesion between its organ and fat, whose shell's median can fall anywhere between them, the
   lesion's own level included), the median of the nearer side, both sides subtle for the model;
-  elsewhere, or where that reading does not apply, the median of the whole shell.
+  elsewhere, or where that reading does not apply, the median of the whole shell. This reading
+  between two tissues is tried first, at the click's own 3 x 3 pixels (at the level near the
+  click it took fewer development cases); then the whole shell, at the level near the click,
+  then at the click's pixels.
 
 Where the two levels differ by less than ``MAX_FIELD_FRACTION`` of the crop's percentile range
 (subtle for the model) yet by at least ``MIN_SEPARATION`` spreads (clear in the image), the mask
@@ -24,11 +27,13 @@ becomes the voxels nearer the lesion's level than the surroundings' (and not pas
 level by more than half the step), within ``REACH_MM`` of the model's mask, opened by one pixel
 in-plane, connected to the click, holes filled, provided it shares at least ``MIN_SHARED`` of
 the smaller of the two masks with the model's (the same object, grown or shrunk). The lesion's
-level is then read once more, as the median of that mask's core (eroded by one pixel in-plane),
-and the mask drawn again at it: the level at the click is one reading of a noisy lesion, the
-core's is thousands. Elsewhere - a
-clear step the model already sees, such as a nodule in the lung, no step the image shows, or a
-region of the lesion's level that is another structure - the mask stays as it is.
+level is then read once more, as the median of that mask's core (``_core_level``), the
+surroundings' level read again from it the same way, and the mask drawn again there under the
+same conditions, the lesion still on the same side of its surroundings; where the new reading
+fails them, the first mask stands. The level near the click is one reading of a noisy lesion;
+the core's is the lesion's own. Elsewhere - a clear step the model already sees, such as a
+nodule in the lung, no step the image shows, or a region of the lesion's level that is another
+structure - the mask stays as it is.
 
 The object's later clicks keep the two levels (``SubtleLevels``): neither the 3D model (blind to
 the step) nor the 2D pathway (whose box on such a slice takes part of the organ) follows this
@@ -69,7 +74,7 @@ SIDE_SHARE = 0.2
 # the lesion's level is first read on the model's mask within this distance of the click (mm); 3
 # and 6 took the same development cases (docs/BENCHMARKS.md, "A subtle lesion's level read off its rim")
 LEVEL_BALL_MM = 4.0
-MIN_LEVEL_VOXELS = 9  # the fewest voxels a level is read from (else the click's 3 x 3 pixels)
+MIN_LEVEL_VOXELS = 9  # the fewest voxels a level is read from (near the click, or in a mask's core)
 
 @dataclass(frozen=True)
 class SubtleLevels:
@@ -113,7 +118,8 @@ def grow_to_subtle_lesion(image: np.ndarray, spacing: Sequence[float], mask: np.
     inside = clicks_inside(np.asarray(click, dtype=float)[None], np.ones(1), 1, mask.shape)
     if not mask.any() or not inside or not field_range > 0:
         return mask, None
-    k, j, i = inside[0][1]
+    index = inside[0][1]
+    k, j, i = index
     smoothed = smoothed_image(image, spacing)
     at_click = float(np.median(smoothed[k, max(0, j - 1):j + 2, max(0, i - 1):i + 2]))
     spread = max(_robust_std(smoothed[max(0, k - 1):k + 2, max(0, j - 2):j + 3, max(0, i - 2):i + 3].ravel()), 1e-6)
@@ -121,44 +127,52 @@ def grow_to_subtle_lesion(image: np.ndarray, spacing: Sequence[float], mask: np.
     shell = smoothed[(distance > SHELL_MM[0]) & (distance <= SHELL_MM[1])]
     if not shell.size:
         return mask, None
-    surroundings = float(np.median(shell))
-    readings = [_levels_either_side(shell, at_click, spread)]
-    near_click = mask & (squared_distance_mm(mask.shape, (k, j, i), spacing) <= LEVEL_BALL_MM ** 2)
-    if np.count_nonzero(near_click) >= MIN_LEVEL_VOXELS:
-        readings.append((SubtleLevels(float(np.median(smoothed[near_click])), surroundings), 0.0))
-    readings.append((SubtleLevels(at_click, surroundings), 0.0))
     reach = distance <= REACH_MM
-    for levels, step_beyond in readings:
+
+    def read_at(lesion: float, either_side: bool) -> tuple[SubtleLevels | None, float]:
+        """The levels for a lesion at ``lesion`` and the step to the farther side, read either
+        side of it or against the whole shell."""
+        if either_side:
+            return _levels_either_side(shell, lesion, spread)
+        return SubtleLevels(lesion, float(np.median(shell))), 0.0
+
+    def drawn(levels: SubtleLevels | None, step_beyond: float) -> np.ndarray | None:
+        """The mask at ``levels``, or None where they fail the rule's gates or their mask is not
+        the model's object."""
         if levels is None:
-            continue
+            return None
         step = abs(levels.lesion - levels.surroundings)
         if max(step, step_beyond) >= MAX_FIELD_FRACTION * field_range or step < MIN_SEPARATION * spread:
+            return None
+        grown = _clicked_component(levels.near_lesion(smoothed) & reach, index)
+        return grown if grown is not None and _same_object(grown, mask) else None
+
+    near_click = mask & (squared_distance_mm(mask.shape, index, spacing) <= LEVEL_BALL_MM ** 2)
+    readings = [(at_click, True)]
+    if np.count_nonzero(near_click) >= MIN_LEVEL_VOXELS:
+        readings.append((float(np.median(smoothed[near_click])), False))
+    readings.append((at_click, False))
+    for lesion, either_side in readings:
+        levels, step_beyond = read_at(lesion, either_side)
+        grown = drawn(levels, step_beyond)
+        if grown is None:
             continue
-        grown = _clicked_component(levels.near_lesion(smoothed) & reach, (k, j, i))
-        if grown is not None and _same_object(grown, mask):
-            return _read_again_at_core(smoothed, grown, levels, reach, mask)
+        again, again_beyond = read_at(_core_level(smoothed, grown), either_side)
+        same_side = again is not None and ((again.lesion - again.surroundings)
+                                           * (levels.lesion - levels.surroundings) > 0)
+        redrawn = drawn(again, again_beyond) if same_side else None
+        return (grown, levels) if redrawn is None else (redrawn, again)
     return mask, None
 
 
-def _read_again_at_core(smoothed: np.ndarray, grown: np.ndarray, levels: SubtleLevels, reach: np.ndarray,
-                        mask: np.ndarray) -> tuple[np.ndarray, SubtleLevels]:
-    """(``grown`` drawn again at the lesion's level read as the median of its core - ``grown``
-    eroded by one pixel in-plane, or ``grown`` where that core is under ``MIN_LEVEL_VOXELS`` -
-    the surroundings' level kept, and the new levels), taking the new region's part that overlaps
-    ``grown`` most; (``grown``, ``levels``) where the core's level is not on the lesion's side of
-    the surroundings or the new region is no longer the model's object."""
-    core = ndimage.binary_erosion(grown, IN_PLANE)
-    if np.count_nonzero(core) < MIN_LEVEL_VOXELS:
-        core = grown
-    again = SubtleLevels(float(np.median(smoothed[core])), levels.surroundings)
-    if (again.lesion - again.surroundings) * (levels.lesion - levels.surroundings) <= 0:
-        return grown, levels
-    components, _ = label_objects(ndimage.binary_opening(again.near_lesion(smoothed) & reach, IN_PLANE))
-    ids, counts = np.unique(components[grown & (components > 0)], return_counts=True)
-    if not ids.size:
-        return grown, levels
-    redrawn = ndimage.binary_fill_holes(components == ids[np.argmax(counts)])
-    return (redrawn, again) if _same_object(redrawn, mask) else (grown, levels)
+def _core_level(smoothed: np.ndarray, grown: np.ndarray) -> float:
+    """The median of ``smoothed`` in the core of ``grown``: ``grown`` eroded by one voxel (off
+    the partial volume of its first and last slices too), else eroded by one pixel in-plane
+    (a lesion on few slices), else ``grown`` itself, whichever first holds ``MIN_LEVEL_VOXELS``."""
+    for core in (ndimage.binary_erosion(grown), ndimage.binary_erosion(grown, IN_PLANE)):
+        if np.count_nonzero(core) >= MIN_LEVEL_VOXELS:
+            return float(np.median(smoothed[core]))
+    return float(np.median(smoothed[grown]))
 
 
 def _levels_either_side(shell: np.ndarray, lesion: float, spread: float) -> tuple[SubtleLevels | None, float]:
