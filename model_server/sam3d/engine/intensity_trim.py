@@ -189,18 +189,18 @@ def _read_around(image: np.ndarray, mask: np.ndarray,
     return image.astype(np.float32, copy=False), ring, inside[0][1]
 
 
-def core_level(image: np.ndarray, mask: np.ndarray) -> float | None:
+def core_level(image: np.ndarray, mask: np.ndarray, min_voxels: int = MIN_CORE_VOXELS) -> float | None:
     """The median of ``image`` inside ``mask`` eroded by one voxel in-plane: a lesion's level away
-    from its partial-volume edge; None where the erosion holds fewer than ``MIN_CORE_VOXELS``."""
-    core = _core_values(image, mask)
+    from its partial-volume edge; None where the erosion holds fewer than ``min_voxels``."""
+    core = _core_values(image, mask, min_voxels)
     return None if core is None else float(np.median(core))
 
 
-def _core_values(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+def _core_values(image: np.ndarray, mask: np.ndarray, min_voxels: int = MIN_CORE_VOXELS) -> np.ndarray | None:
     """``image``'s values inside ``mask`` eroded by one voxel in-plane; None where the erosion
-    holds fewer than ``MIN_CORE_VOXELS``."""
+    holds fewer than ``min_voxels``."""
     core = ndimage.binary_erosion(mask, IN_PLANE)
-    return image[core] if np.count_nonzero(core) >= MIN_CORE_VOXELS else None
+    return image[core] if np.count_nonzero(core) >= min_voxels else None
 
 
 def _lesion_levels(values: np.ndarray, mask: np.ndarray, index: tuple[int, ...]) -> list[float]:

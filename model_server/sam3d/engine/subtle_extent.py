@@ -53,7 +53,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.clicks import label_objects
-from .intensity_trim import IN_PLANE
+from .intensity_trim import IN_PLANE, core_level
 from .negative_clicks import nearer_than_all, squared_distance_mm
 from .positive_clicks import clicks_inside
 
@@ -127,6 +127,7 @@ def grow_to_subtle_lesion(image: np.ndarray, spacing: Sequence[float], mask: np.
     shell = smoothed[(distance > SHELL_MM[0]) & (distance <= SHELL_MM[1])]
     if not shell.size:
         return mask, None
+    whole_shell = float(np.median(shell))
     reach = distance <= REACH_MM
 
     def read_at(lesion: float, either_side: bool) -> tuple[SubtleLevels | None, float]:
@@ -134,7 +135,7 @@ def grow_to_subtle_lesion(image: np.ndarray, spacing: Sequence[float], mask: np.
         side of it or against the whole shell."""
         if either_side:
             return _levels_either_side(shell, lesion, spread)
-        return SubtleLevels(lesion, float(np.median(shell))), 0.0
+        return SubtleLevels(lesion, whole_shell), 0.0
 
     def drawn(levels: SubtleLevels | None, step_beyond: float) -> np.ndarray | None:
         """The mask at ``levels``, or None where they fail the rule's gates or their mask is not
@@ -168,11 +169,13 @@ def grow_to_subtle_lesion(image: np.ndarray, spacing: Sequence[float], mask: np.
 def _core_level(smoothed: np.ndarray, grown: np.ndarray) -> float:
     """The median of ``smoothed`` in the core of ``grown``: ``grown`` eroded by one voxel (off
     the partial volume of its first and last slices too), else eroded by one pixel in-plane
-    (a lesion on few slices), else ``grown`` itself, whichever first holds ``MIN_LEVEL_VOXELS``."""
-    for core in (ndimage.binary_erosion(grown), ndimage.binary_erosion(grown, IN_PLANE)):
-        if np.count_nonzero(core) >= MIN_LEVEL_VOXELS:
-            return float(np.median(smoothed[core]))
-    return float(np.median(smoothed[grown]))
+    (``core_level``: a lesion on few slices), else ``grown`` itself, whichever first holds
+    ``MIN_LEVEL_VOXELS``."""
+    core = ndimage.binary_erosion(grown)
+    if np.count_nonzero(core) >= MIN_LEVEL_VOXELS:
+        return float(np.median(smoothed[core]))
+    in_plane = core_level(smoothed, grown, MIN_LEVEL_VOXELS)
+    return float(np.median(smoothed[grown])) if in_plane is None else in_plane
 
 
 def _levels_either_side(shell: np.ndarray, lesion: float, spread: float) -> tuple[SubtleLevels | None, float]:
