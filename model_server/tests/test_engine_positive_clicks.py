@@ -1,13 +1,20 @@
 """Positive clicks the 2D pathway answers with a leak (``engine.positive_clicks``): what of an
-addition stays, and what is left as it was."""
+addition stays, and what is left as it was; and a positive click the 3D model does not hear,
+answered by the 2D pathway through the session with the bundled default model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from sam3d.data.clicks import first_click, label_objects, next_click
+from sam3d.data.phantoms import case_seed, generate_case
 from sam3d.engine.positive_clicks import (BELIEF_FRACTION, MIN_AGREEMENT, agreement, judgeable_additions,
                                           keep_believed_additions)
+from sam3d.engine.predictor import Predictor
+from sam3d.engine.session import Session
+from sam3d.evaluate.simulation import case_rng
+from sam3d.model.checkpoint import BUNDLED_MODELS
 
 SHAPE = (6, 9, 40)
 FALLING = np.linspace(0.45, 0.05, 30, dtype=np.float32)  # the probability of what the answer adds, i = 10..39
@@ -107,3 +114,41 @@ def test_negative_clicks_and_what_the_answer_removed_are_left_alone():
     assert not result[:, :, _kept_up_to(30) + 1:].any()
     only_negative = keep_believed_additions(probability, before, after, points[:1], np.array([0]))
     np.testing.assert_array_equal(only_negative, after)
+
+
+# `sam3d phantoms --design phantom --seed 21` (the unseen design's development set dev21), case 14:
+# a 1683-voxel tumour 45 HU above its organ; the 3D model's answers to the protocol's positive
+# corrections leave the clicked voxels outside the mask
+UNSEEN_DEV_SEED, UNHEARD = 21, 14
+
+
+def _dice(found: np.ndarray, truth: np.ndarray) -> float:
+    return 2 * np.count_nonzero(found & truth) / (np.count_nonzero(found) + np.count_nonzero(truth))
+
+
+@pytest.mark.skipif(not BUNDLED_MODELS["default"].is_file(), reason="the bundled default model is not there")
+def test_a_positive_click_the_3d_model_does_not_hear_is_answered_by_the_2d_pathway(monkeypatch):
+    """The protocol's first click, then its second (positive, on a slice the tumour reaches past
+    the mask): the clicked voxel ends in the mask, which gains; without the 2D pathway's answer
+    the click is lost."""
+    image, label = generate_case(case_seed(UNSEEN_DEV_SEED, UNHEARD))
+    tumours, _ = label_objects(label.array == 2)
+    click = first_click(label.array == 2, case_rng(0, f"phantom_{UNHEARD:03d}"))
+    target = tumours == tumours[tuple(int(c) for c in click)]
+    predictor = Predictor.load("default", device="cpu")
+
+    def two_clicks() -> tuple[Session, np.ndarray, tuple[int, ...]]:
+        session = Session(predictor, image.array, image.spacing)
+        session.interact([click], [1])
+        first = session.mask.copy()
+        point, kind = next_click(first, target, image.spacing)
+        assert kind == 1
+        session.interact([point], [1])
+        return session, first, tuple(int(c) for c in point)
+
+    session, first, point = two_clicks()
+    assert session.mask[point]
+    assert _dice(session.mask, target) > _dice(first, target) + 0.03
+    monkeypatch.setattr(Session, "_unheard_clicks_in_2d", lambda self, box, proposal, *rest: ((box, proposal), 0.0))
+    session, _, point = two_clicks()
+    assert not session.mask[point]

@@ -48,7 +48,9 @@ the object's mask:
    negative clicks, which cut their own slice only, the 3D model's answer on the cached crop
    removes by the same rule what it doubts across slices; of what the 2D pathway added for a
    positive click, only what that answer believes at least half as much as the click stays
-   (``positive_clicks.py``; both in ``Session._judged_by_3d``).
+   (``positive_clicks.py``; both in ``Session._judged_by_3d``). A correction's positive click
+   the 3D model's answer leaves outside the mask is answered by the 2D pathway on its slice, as
+   on a mask the 2D pathway made (``Session._unheard_clicks_in_2d``).
 7. Clicks of one kind on an object with a mask are kept to the error they mark, whichever
    pathway answered (``click_reach.py``): negative clicks alone add nothing and remove nothing
    deeper inside the mask than the deepest clicked voxel; positive clicks alone remove nothing
@@ -344,6 +346,10 @@ class Session:
                 proposal = _within_box(self.mask[box_slices(box)], proposal, box, self.box, points)
         if new_box is None and self.voxels > 0 and len(set(labels.tolist())) == 1:  # clicks of one kind
             if labels[0] == 1:
+                if corrected is None and self.predictor.box_pathway == "2d":
+                    (box, proposal), seconds = self._unheard_clicks_in_2d(box, proposal, points, all_points,
+                                                                         all_labels)
+                    encode_s += seconds
                 proposal = added_no_farther_than_clicks(
                     self.mask, box, self._additions_at_lesion_intensity(box, proposal, points, labels),
                     points, labels, self.spacing)
@@ -847,6 +853,34 @@ class Session:
         self.encoder_runs += 1  # LiteMedSAM's encoder ran on the slices it changed
         region = tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
         return (region, mask[box_slices(region)].astype(np.float32)), time.perf_counter() - start
+
+    def _unheard_clicks_in_2d(self, box: Box, proposal: np.ndarray, points: np.ndarray, all_points: np.ndarray,
+                              all_labels: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
+        """A correction's positive ``points`` the 3D model's answer (``proposal``, bool, inside
+        ``box``) leaves outside the mask, answered one after the other by the 2D pathway on their
+        slices (``Predictor.correct_box_2d``, as on a mask the 2D pathway made): a click inside a
+        lesion the model does not follow is not ignored (docs/BENCHMARKS.md, "Positive clicks the
+        3D model does not hear"). -> ((box, proposal) with what the 2D pathway added, seconds);
+        ``(box, proposal)`` as they are where every click is in the mask or the 2D pathway
+        answers none of them."""
+        start = time.perf_counter()
+        after, heard = None, False
+        positives = all_points[all_labels == 1]
+        for point, index in clicks_inside(points, np.ones(len(points)), 1, self.shape):
+            if all(lo <= v < hi for v, lo, hi in zip(index, *box)) and proposal[tuple(np.subtract(index, box[0]))]:
+                continue
+            if after is None:
+                after = self.mask.copy()
+                after[box_slices(box)] = proposal
+            corrected = self.predictor.correct_box_2d(self.volume, after, point, 1, self._bounds_2d(), self.box,
+                                                      self.spacing, positives, self._slice_embeddings)
+            if corrected is not None and corrected[index]:
+                after, heard = corrected, True
+        if not heard:
+            return (box, proposal), time.perf_counter() - start
+        self.encoder_runs += 1  # LiteMedSAM's encoder ran on the clicked slices
+        region = _union([box, tight_box(after != self.mask) or EMPTY_BOX])
+        return (region, after[box_slices(region)]), time.perf_counter() - start
 
     def _judged_by_3d(self, patch: tuple[Box, np.ndarray], all_points: np.ndarray, all_labels: np.ndarray,
                       clicks: np.ndarray) -> tuple[Box, np.ndarray]:
