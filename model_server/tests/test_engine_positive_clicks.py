@@ -148,7 +148,7 @@ def test_a_positive_click_the_3d_model_does_not_hear_is_answered_by_the_2d_pathw
 
     session, first, point = two_clicks()
     assert session.mask[point]
-    assert _dice(session.mask, target) > _dice(first, target) + 0.03
+    assert _dice(session.mask, target) > _dice(first, target) + 0.015  # 0.506 -> 0.543 here
     monkeypatch.setattr(Session, "_unheard_clicks_in_2d", lambda self, box, proposal, *rest: ((box, proposal), 0.0))
     session, _, point = two_clicks()
     assert not session.mask[point]

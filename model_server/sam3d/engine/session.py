@@ -48,9 +48,10 @@ the object's mask:
    negative clicks, which cut their own slice only, the 3D model's answer on the cached crop
    removes by the same rule what it doubts across slices; of what the 2D pathway added for a
    positive click, only what that answer believes at least half as much as the click stays
-   (``positive_clicks.py``; both in ``Session._judged_by_3d``). A correction's positive click
-   the 3D model's answer leaves outside the mask is answered by the 2D pathway on its slice, as
-   on a mask the 2D pathway made (``Session._unheard_clicks_in_2d``).
+   (``positive_clicks.py``; both in ``Session._judged_by_3d``). On an object the 3D model
+   corrects, a positive click its answer leaves outside the mask is answered by the 2D pathway
+   as on a mask that pathway made (``Session._unheard_clicks_in_2d``; corrections "auto" and
+   "2d").
 7. Clicks of one kind on an object with a mask are kept to the error they mark, whichever
    pathway answered (``click_reach.py``): negative clicks alone add nothing and remove nothing
    deeper inside the mask than the deepest clicked voxel; positive clicks alone remove nothing
@@ -213,7 +214,9 @@ class Session:
         widened to the clicks - ``_within_box``) or
         "auto" ("2d" while the object's mask is one the 2D pathway corrects - its box or its first
         click's search went there, or its first click's mask lies on an image edge
-        (``_made_in_2d``); global otherwise - measured in docs/BENCHMARKS.md); whatever the choice,
+        (``_made_in_2d``); global otherwise - measured in docs/BENCHMARKS.md; with "auto" and "2d"
+        a positive click the 3D model's answer leaves outside the mask goes to the 2D pathway,
+        ``_unheard_clicks_in_2d``); whatever the choice,
         an object whose first click's mask was carried to a subtle lesion's extent is corrected
         from that lesion's levels (``subtle_extent``);
         ``click_pathway``: "3d" (the 3D model answers clicks) or "search" (an object's lone first
@@ -346,7 +349,7 @@ class Session:
                 proposal = _within_box(self.mask[box_slices(box)], proposal, box, self.box, points)
         if new_box is None and self.voxels > 0 and len(set(labels.tolist())) == 1:  # clicks of one kind
             if labels[0] == 1:
-                if corrected is None and self.predictor.box_pathway == "2d":
+                if corrected is None and self._hears_unheard_clicks_in_2d:
                     (box, proposal), seconds = self._unheard_clicks_in_2d(box, proposal, points, all_points,
                                                                          all_labels)
                     encode_s += seconds
@@ -854,13 +857,21 @@ class Session:
         region = tight_box(mask != self.mask) or ((0, 0, 0), (1, 1, 1))
         return (region, mask[box_slices(region)].astype(np.float32)), time.perf_counter() - start
 
+    @property
+    def _hears_unheard_clicks_in_2d(self) -> bool:
+        """Whether a positive click the 3D model's answer leaves out goes to the 2D pathway
+        (``_unheard_clicks_in_2d``): corrections "auto" or "2d" on an object the 3D model corrects
+        (on one the 2D pathway corrects, that pathway was asked first and its refusal stands)."""
+        return self.corrections in ("auto", "2d") and self.predictor.box_pathway == "2d" and not self._made_in_2d
+
     def _unheard_clicks_in_2d(self, box: Box, proposal: np.ndarray, points: np.ndarray, all_points: np.ndarray,
                               all_labels: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
         """A correction's positive ``points`` the 3D model's answer (``proposal``, bool, inside
-        ``box``) leaves outside the mask, answered one after the other by the 2D pathway on their
-        slices (``Predictor.correct_box_2d``, as on a mask the 2D pathway made): a click inside a
-        lesion the model does not follow is not ignored (docs/BENCHMARKS.md, "Positive clicks the
-        3D model does not hear"). -> ((box, proposal) with what the 2D pathway added, seconds);
+        ``box``) leaves outside the mask, answered one after the other by the 2D pathway
+        (``Predictor.correct_box_2d``, as on a mask the 2D pathway made: the clicked slice, and the
+        slices between it and the mask where it lies past the mask's end): a click inside a lesion
+        the model does not follow is not ignored (docs/BENCHMARKS.md, "Positive clicks the 3D
+        model does not hear"). -> ((box, proposal) with what the 2D pathway added, seconds);
         ``(box, proposal)`` as they are where every click is in the mask or the 2D pathway
         answers none of them."""
         start = time.perf_counter()
