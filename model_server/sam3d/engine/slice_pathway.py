@@ -60,6 +60,9 @@ FALLBACK_GROWTH_LIMIT = 30.0
 FALLBACK_SCALE = 1.0  # ... and its squares reach at most this times the object's in-plane extent from the click
 MIN_AREA_PX = 4  # a slice mask smaller than this ends the propagation
 FULLEST_TOLERANCE = 0.1  # a 3D box starts on the largest mask whose box overlaps its rectangle within this of the best
+# ... and where that is an end slice of a box of this many slices or more, on the middle half of its
+# slices (fewer: a tight box's widest slice can be its end, as on real MRI's brain2, 3 slices)
+MIDDLE_MIN_SLICES = 5
 START_LIKENESS = 0.5  # ... whose mean lies at least this far from the central slice's surroundings towards its object
 GROWTH_LIMIT = 1.1  # a slice mask larger than this times the previous one ends it too
 RING_PX = 3  # the surroundings a slice mask's contrast is measured against
@@ -496,13 +499,18 @@ def _start_of(volume: np.ndarray, masks: dict[int, np.ndarray], rectangle: np.nd
     propagation: the object's widest slice, the largest mask of the slices whose mask's box
     overlaps the rectangle (intersection over union) within ``FULLEST_TOLERANCE`` of the best,
     among the masks that look like the object on the box's central slice (their mean at least
-    ``START_LIKENESS`` of the way from its surroundings to it: ``_left_the_object``).
+    ``START_LIKENESS`` of the way from its surroundings to it: ``_left_the_object``). Where that
+    is the box's first or last slice, in a box of ``MIDDLE_MIN_SLICES`` or more, the same choice
+    is made again among the slices of its middle half (``_middle_half``), where one of those
+    masks lies there.
 
     The best overlap alone can fall on a narrower slice whose mask leaked to the rectangle's
     edge, and the growth rule then ends propagation before the wider slices (docs/BENCHMARKS.md,
     "Where a 3D box starts"). In a box drawn loosely, past the object's ends, LiteMedSAM
     segments whatever the rectangle holds - lung, fat - which overlaps it best of all
-    (docs/BENCHMARKS.md, "Boxes drawn loosely")."""
+    (docs/BENCHMARKS.md, "Boxes drawn loosely"); a bright structure there (the chest wall, a
+    vessel) can look like the object too, and a box drawn around an object lies on it in its
+    middle (docs/BENCHMARKS.md, "A loose 3D box starts in its middle half")."""
     slices = list(masks)
     found = [(_box_overlap(_mask_box(plane_mask), rectangle), k, plane_mask)
              for k, plane_mask in masks.items() if plane_mask.any()]
@@ -512,7 +520,16 @@ def _start_of(volume: np.ndarray, masks: dict[int, np.ndarray], rectangle: np.nd
     contrast = _contrast(volume[centre], masks[centre]) if masks[centre].sum() >= MIN_AREA_PX else None
     alike = [c for c in found if not _left_the_object(volume[c[1]], c[2], contrast, START_LIKENESS)]
     _, k, plane_mask = _widest_of(alike or found)
+    if k in (slices[0], slices[-1]) and len(slices) >= MIDDLE_MIN_SLICES:  # an end slice: a box drawn loosely?
+        _, k, plane_mask = _widest_of(alike or found, _middle_half(slices))
     return k, plane_mask
+
+
+def _middle_half(slices: Sequence[int]) -> list[int]:
+    """The slices of the middle half of a 3D box's consecutive slices' extent: where a box drawn
+    around an object lies on the object."""
+    quarter = (slices[-1] - slices[0]) / 4
+    return [k for k in slices if slices[0] + quarter <= k <= slices[-1] - quarter]
 
 
 def _central(slices: Sequence[int]) -> list[int]:
@@ -528,11 +545,14 @@ def _box_overlap(box: np.ndarray, other: np.ndarray) -> float:
     return float(overlap / union)
 
 
-def _widest_of(found: list[tuple[float, int, np.ndarray]]) -> tuple[float, int, np.ndarray]:
+def _widest_of(found: list[tuple[float, int, np.ndarray]],
+               preferred: Sequence[int] = ()) -> tuple[float, int, np.ndarray]:
     """Of (overlap with the rectangle, slice, mask) for a 3D box's slices, the one with the
-    largest mask among those whose overlap is within ``FULLEST_TOLERANCE`` of the best."""
+    largest mask among those whose overlap is within ``FULLEST_TOLERANCE`` of the best: among
+    those on the ``preferred`` slices where any is."""
     best = max(overlap for overlap, _, _ in found)
-    return max((c for c in found if c[0] >= best - FULLEST_TOLERANCE), key=lambda c: int(np.count_nonzero(c[2])))
+    near = [c for c in found if c[0] >= best - FULLEST_TOLERANCE]
+    return max([c for c in near if c[1] in preferred] or near, key=lambda c: int(np.count_nonzero(c[2])))
 
 
 def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.ndarray | None = None,
