@@ -519,9 +519,10 @@ def _start_of(volume: np.ndarray, masks: dict[int, np.ndarray], rectangle: np.nd
     centre = max(_central(slices), key=lambda c: int(np.count_nonzero(masks[c])))
     contrast = _contrast(volume[centre], masks[centre]) if masks[centre].sum() >= MIN_AREA_PX else None
     alike = [c for c in found if not _left_the_object(volume[c[1]], c[2], contrast, START_LIKENESS)]
-    _, k, plane_mask = _widest_of(alike or found)
+    candidates = alike or found
+    _, k, plane_mask = _widest_of(candidates)
     if k in (slices[0], slices[-1]) and len(slices) >= MIDDLE_MIN_SLICES:  # an end slice: a box drawn loosely?
-        _, k, plane_mask = _widest_of(alike or found, _middle_half(slices))
+        _, k, plane_mask = _widest_of(candidates, _middle_half(slices))
     return k, plane_mask
 
 
