@@ -7,7 +7,8 @@ the object's mask:
 
 0. A new box, where the predictor answers boxes with the 2D pathway (``slice_pathway.py``,
    the default for LiteMedSAM-based models), is segmented slice by slice by LiteMedSAM's box
-   pathway at native resolution, trimmed at the half-way intensity where the lesion is
+   pathway at native resolution (a 3D box drawn loosely around the object the 3D model finds at
+   its centre is fitted to that object first: ``box_fit.py``), trimmed at the half-way intensity where the lesion is
    homogeneous, and grown in-plane by a few pixels to a clear intensity step within the box
    (``intensity_trim.py``); that mask is the first patch of the interaction and the mask
    prompt of the crops that follow. Otherwise the box goes to the 3D model as in 1 and 3.
@@ -80,6 +81,7 @@ from ..data.clicks import centre_click, label_objects
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from . import crop_scale as scale
+from .box_fit import box_centre, fitted_box, same_object
 from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .click_reach import added_no_farther_than_clicks, removed_no_deeper_than_clicks
 from .crops import (Box, CropGeometry, box_slices, clamp_box, extract_crop, mask_prompt, paste_back, tight_box,
@@ -324,11 +326,8 @@ class Session:
         encode_s += answer.encode_s
         box, proposal = answer.box, answer.proposal
         levels = None
-        if first_click is not None:  # a new object's first click: trimmed at a clear intensity step,
-            proposal = self._at_lesion_intensity(box, proposal, first_click, trim_to_lesion_intensity)
-            proposal, levels = self._grown_to_subtle_lesion(box, proposal, first_click)  # or grown
-            if levels is None:  # to a subtle lesion's extent, or else to a clear step's
-                proposal = self._at_lesion_intensity(box, proposal, first_click, grow_to_lesion_intensity)
+        if first_click is not None:
+            proposal, levels = self._first_mask_at_lesion_intensity(box, proposal, first_click)
         # for a new object's first click: whether the 2D pathway will correct its mask (a mask on
         # an image edge: the edge rule's, or a subtle lesion's extent the 3D model would undo)
         corrected_in_2d = (answer.on_edge or levels is not None) if first_click is not None else None
@@ -771,11 +770,27 @@ class Session:
         return self._intensity_bounds
 
     def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
+        """A box answered by the 2D pathway (``_box_answer_2d``) - a 3D box drawn loosely around the
+        object the 3D model finds at its centre asked fitted to that object, where the answer is
+        that object (``box_fit``) -> (patch over the box and the mask, seconds)."""
+        start = time.perf_counter()
+        patch = None
+        if is_3d_box(box):
+            region, found = self._object_at_centre(box)
+            fitted = fitted_box(box, region, found, self.volume)
+            if fitted is not None:
+                patch = self._box_answer_2d(fitted)
+                if not same_object(*patch, box, region, found):
+                    patch = None  # the user's box answered as it is alone, not on the fitted box's windows
+                    self._slice_embeddings = SliceEmbeddings(self._slice_embeddings.capacity)
+        if patch is None:
+            patch = self._box_answer_2d(box)
+        return patch, time.perf_counter() - start
+
+    def _box_answer_2d(self, box: np.ndarray) -> tuple[Box, np.ndarray]:
         """A box answered by the 2D pathway, trimmed at a homogeneous lesion's intensity step, then
         grown to a clear step within the box and the mask's own box (``intensity_trim``), a loose
-        answer's lesion read on the box's central slice -> (patch over the box and the mask,
-        seconds)."""
-        start = time.perf_counter()
+        answer's lesion read on the box's central slice -> patch over the box and the mask."""
         mask = self.predictor.segment_box_2d(self.volume, box, self._bounds_2d(), self._slice_embeddings)
         self.encoder_runs += 1
         lo = np.clip(np.floor(box[0]).astype(int), 0, None)
@@ -790,7 +805,7 @@ class Session:
             if np.count_nonzero(trimmed) < np.count_nonzero(patch):  # the growth reads from what the trim kept
                 deepest = centre_click(trimmed, self.spacing) + np.asarray(region[0])
             patch = self._at_lesion_intensity(region, trimmed, deepest, grow_to_lesion_intensity)
-        return (region, patch.astype(np.float32)), time.perf_counter() - start
+        return region, patch.astype(np.float32)
 
     def _first_click_search(self, box: Box, proposal: np.ndarray,
                             click: np.ndarray) -> tuple[tuple[Box, np.ndarray], float] | None:
@@ -963,6 +978,32 @@ class Session:
         proposal = proposal.copy()
         proposal[box_slices(region, origin=box[0])] = snapped[box_slices(region, origin=grown[0])]
         return proposal
+
+    def _first_mask_at_lesion_intensity(self, box: Box, proposal: np.ndarray,
+                                        click: np.ndarray) -> tuple[np.ndarray, SubtleLevels | None]:
+        """A new object's first-click mask (``proposal``, inside ``box``) trimmed at a clear
+        intensity step, or grown to a subtle lesion's extent, or else to a clear step's ->
+        (mask, the subtle lesion's levels or None)."""
+        proposal = self._at_lesion_intensity(box, proposal, click, trim_to_lesion_intensity)
+        proposal, levels = self._grown_to_subtle_lesion(box, proposal, click)
+        if levels is None:
+            proposal = self._at_lesion_intensity(box, proposal, click, grow_to_lesion_intensity)
+        return proposal, levels
+
+    def _object_at_centre(self, corners: np.ndarray) -> tuple[Box, np.ndarray]:
+        """The 3D model's answer to a new object's first click at the centre of a box (kji
+        ``corners``), made as a first click's is (a finer crop for a small object, the mask
+        snapped to the lesion's intensity) -> (box of the volume, mask inside it)."""
+        point = box_centre(corners)[None]
+        positive = np.ones(1, dtype=np.int64)
+        queue = self._place_crops(point, positive, None, self.predictor.config.crop_spacing_mm)
+        first_click = point[0] if self.predictor.preset.kind == "percentile" else None  # as _chooses_threshold
+        answer = self._answer_with_crops(queue, [], point, positive, None, first_click, False)
+        if first_click is None:
+            return answer.box, answer.proposal
+        if scale.is_small(int(answer.proposal.sum()), self.spacing):
+            answer = self._at_finer_scale(answer, point, positive, point, positive, first_click)
+        return answer.box, self._first_mask_at_lesion_intensity(answer.box, answer.proposal, first_click)[0]
 
     def _additions_at_lesion_intensity(self, box: Box, proposal: np.ndarray, points: np.ndarray,
                                        labels: np.ndarray) -> np.ndarray:

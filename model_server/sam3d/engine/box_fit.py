@@ -1,0 +1,105 @@
+"""A loosely drawn 3D box fitted to the object the 3D model finds at its centre.
+
+LiteMedSAM was trained on boxes drawn close around their object. Given a box 10 mm loose around
+a small nodule it fills much of the rectangle, or starts on a bright structure beside the
+nodule, and its answer loses most of its Dice (chest dev2 0.956 tight, 0.483 at 10 mm). The 3D
+model answers a click at the same box's centre nearly as well at any margin (0.944 / 0.933): it
+finds the object but draws its edge less well than LiteMedSAM does from a close box. So a 3D
+box is first clicked at its centre by the 3D model; where the box is loose around that answer -
+the answer spans less than ``LOOSE_EXTENT`` of the box on both in-plane axes - the 2D pathway
+is asked with the answer's own box, grown by ``FIT_MARGIN_PX`` in-plane and ``FIT_MARGIN_SLICES``
+slices and kept inside the user's box. A box drawn close to its object keeps its own answer, and
+so does a box whose fitted answer is not the object the 3D model found (``same_object``).
+
+The click at a lesion's centre can find only its core: in a ring-enhancing lesion (a brain
+tumour's necrotic core inside its enhancing rim) the 3D model answers the core, and a box drawn
+close around the whole lesion is loose around that. What lies between the answer and a loose
+box's edge is what lies at its edge, the lesion's surroundings; so the box is fitted only where
+the ring around the answer (``RING_PX`` in-plane, inside the box) reads nearer the box's edge
+(its ``BORDER_PX`` outermost pixels in-plane) than the answer does: the medians' distance from
+the edge's under ``MAX_RING_LIKENESS`` of the answer's. (docs/BENCHMARKS.md, "A loose 3D box
+fitted to the object at its centre".)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .crops import Box, box_slices
+from .intensity_trim import IN_PLANE, RING_PX
+
+LOOSE_EXTENT = 0.8  # the box is loose where the centre's object spans less than this of it on both in-plane axes
+FIT_MARGIN_PX = 3  # the fitted box: the object's box grown by this many pixels in-plane ...
+FIT_MARGIN_SLICES = 1  # ... and this many slices, inside the user's box
+BORDER_PX = 2  # the box's edge: its outermost pixels in-plane on its slices
+# the ring around the answer reads as the box's edge where its median's distance from the edge's is
+# under this part of the answer's (chest dev2 loose boxes 0.03-0.35; a ring-enhancing synthetic
+# lesion's core 1.7: docs/BENCHMARKS.md)
+MAX_RING_LIKENESS = 0.5
+MIN_SAME_OBJECT = 0.5  # the fitted box's answer and the 3D model's object agree at least this much (Dice)
+
+
+def box_centre(corners: np.ndarray) -> np.ndarray:
+    """The voxel at the centre of a box's kji corners (rounded)."""
+    return np.round(np.asarray(corners, dtype=float).mean(axis=0))
+
+
+def fitted_box(corners: np.ndarray, region: Box, found: np.ndarray, volume: np.ndarray) -> np.ndarray | None:
+    """A 3D box (kji ``corners``, two opposite corners, inside ``volume``) fitted to ``found``
+    (bool, the 3D model's answer at the box's centre, over ``region`` of the volume): the
+    corners of ``found``'s box inside the user's box, grown by the fit margins and kept inside
+    it; None where the user's box is not loose around ``found``, the ring around ``found`` does
+    not read as the box's edge (see the module's docstring), or ``found`` holds no voxel inside
+    the box."""
+    corners = np.asarray(corners, dtype=float)
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    inside, in_box = _on_box(corners, region, found)
+    if not in_box.any():
+        return None
+    voxels = np.argwhere(in_box) + np.asarray(inside[0])
+    found_lo, found_hi = voxels.min(axis=0), voxels.max(axis=0)
+    extent = (found_hi[1:] - found_lo[1:] + 1) / (hi[1:] - lo[1:] + 1)
+    if extent.max() >= LOOSE_EXTENT or not _ring_reads_as_edge(volume[box_slices(inside)], in_box):
+        return None
+    margin = np.array([FIT_MARGIN_SLICES, FIT_MARGIN_PX, FIT_MARGIN_PX], dtype=float)
+    return np.clip(np.array([found_lo - margin, found_hi + margin], dtype=float), lo, hi)
+
+
+def same_object(answer_region: Box, answer: np.ndarray, corners: np.ndarray, region: Box, found: np.ndarray) -> bool:
+    """Whether the answer to the fitted box (``answer`` over ``answer_region`` of the volume) is
+    the object the 3D model found (``found`` over ``region``): their Dice inside the user's box
+    of kji ``corners`` at least ``MIN_SAME_OBJECT``. Where it is not, the fitted box started
+    LiteMedSAM on something else and the user's own box is asked instead."""
+    answered = _on_box(corners, answer_region, answer)[1]
+    in_box = _on_box(corners, region, found)[1]
+    total = np.count_nonzero(answered) + np.count_nonzero(in_box)
+    return total > 0 and 2 * np.count_nonzero(answered & in_box) / total >= MIN_SAME_OBJECT
+
+
+def _on_box(corners: np.ndarray, region: Box, mask: np.ndarray) -> tuple[Box, np.ndarray]:
+    """(the voxels of the box of kji ``corners`` as a Box of the volume, ``mask`` (over
+    ``region`` of the volume) on them)."""
+    corners = np.asarray(corners, dtype=float)
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    inside: Box = (tuple(int(v) for v in np.ceil(lo - 1e-6)), tuple(int(v) + 1 for v in np.floor(hi + 1e-6)))
+    on_box = np.zeros([b - a for a, b in zip(*inside)], dtype=bool)
+    shared_lo = np.maximum(inside[0], region[0])
+    shared_hi = np.minimum(inside[1], region[1])
+    if np.all(shared_hi > shared_lo):
+        shared: Box = (tuple(int(v) for v in shared_lo), tuple(int(v) for v in shared_hi))
+        on_box[box_slices(shared, origin=inside[0])] = mask[box_slices(shared, origin=region[0])] > 0
+    return inside, on_box
+
+
+def _ring_reads_as_edge(image: np.ndarray, found: np.ndarray) -> bool:
+    """Whether the ring around ``found`` (bool, on ``image``: the box's voxels) reads nearer the
+    box's edge than ``found`` does (see the module's docstring)."""
+    edge = np.ones(image.shape, dtype=bool)
+    edge[:, BORDER_PX:-BORDER_PX, BORDER_PX:-BORDER_PX] = False
+    ring = ndimage.binary_dilation(found, IN_PLANE, iterations=RING_PX) & ~found
+    if not ring.any():
+        return False
+    edge_level = float(np.median(image[edge]))
+    found_step = abs(float(np.median(image[found])) - edge_level)
+    return abs(float(np.median(image[ring])) - edge_level) < MAX_RING_LIKENESS * found_step

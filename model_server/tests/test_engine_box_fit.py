@@ -1,0 +1,76 @@
+"""A loose 3D box fitted to the object the 3D model finds at its centre (``box_fit``): fitted
+where the box is loose around a nodule in uniform surroundings, kept where it is drawn close, and
+kept where the answer is only the core of a ring-enhancing lesion the box was drawn around."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sam3d.engine import box_fit
+from sam3d.engine.box_fit import box_centre, fitted_box, same_object
+from sam3d.engine.crops import box_slices
+
+SHAPE = (20, 80, 80)
+
+
+def _ball(radius: float, centre=(10, 40, 40)) -> np.ndarray:
+    k, j, i = np.indices(SHAPE)
+    return (k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2 <= radius ** 2
+
+
+def _whole(found: np.ndarray):
+    return ((0, 0, 0), SHAPE), found
+
+
+def _noisy(volume: np.ndarray) -> np.ndarray:
+    return volume + np.random.default_rng(0).normal(0, 20, SHAPE)
+
+
+def test_a_box_loose_around_a_nodule_is_fitted_to_it_within_its_margins():
+    nodule = _ball(5)
+    volume = _noisy(np.where(nodule, 40.0, -800.0))  # a nodule in the lung
+    loose = np.array([[3, 25, 25], [17, 55, 55]], dtype=float)
+    fitted = fitted_box(loose, *_whole(nodule), volume)
+    assert fitted is not None
+    margin = np.array([box_fit.FIT_MARGIN_SLICES, box_fit.FIT_MARGIN_PX, box_fit.FIT_MARGIN_PX])
+    np.testing.assert_array_equal(fitted, [np.array([5, 35, 35]) - margin, np.array([15, 45, 45]) + margin])
+    assert np.all(fitted[0] >= loose[0]) and np.all(fitted[1] <= loose[1])
+
+
+def test_a_box_drawn_close_around_its_object_keeps_its_own_answer():
+    nodule = _ball(5)
+    volume = _noisy(np.where(nodule, 40.0, -800.0))
+    close = np.array([[5, 34, 34], [15, 46, 46]], dtype=float)
+    assert fitted_box(close, *_whole(nodule), volume) is None
+
+
+def test_a_box_around_a_ring_enhancing_lesion_is_not_fitted_to_its_core():
+    """The 3D model's answer at the centre of a ring-enhancing lesion is its core; the box was
+    drawn around the whole lesion, so the ring around the answer is the bright rim, not what lies
+    at the box's edge."""
+    core, lesion = _ball(6), _ball(12)
+    volume = _noisy(np.select([core, lesion], [60.0, 250.0], 20.0))
+    close_to_lesion = np.array([[0, 27, 27], [19, 53, 53]], dtype=float)
+    assert fitted_box(close_to_lesion, *_whole(core), volume) is None
+    rim_as_surroundings = _noisy(np.where(core, 60.0, 250.0))  # the same box where the rim reaches its edge
+    assert fitted_box(close_to_lesion, *_whole(core), rim_as_surroundings) is not None
+
+
+def test_an_answer_outside_the_box_fits_nothing():
+    elsewhere = _ball(4, centre=(10, 10, 10))
+    volume = _noisy(np.where(elsewhere, 40.0, -800.0))
+    box = np.array([[3, 30, 30], [17, 70, 70]], dtype=float)
+    assert fitted_box(box, *_whole(elsewhere), volume) is None
+    np.testing.assert_array_equal(box_centre(box), [10, 50, 50])
+
+
+def test_an_answer_to_the_fitted_box_is_checked_against_the_object_found():
+    nodule = _ball(5)
+    box = np.array([[3, 25, 25], [17, 55, 55]], dtype=float)
+    assert same_object(*_whole(nodule), box, *_whole(nodule))
+    elsewhere = _ball(5, centre=(10, 30, 30))  # the fitted box's answer went to something else
+    assert not same_object(*_whole(elsewhere), box, *_whole(nodule))
+    region = ((5, 35, 35), (16, 46, 46))  # each mask over its own region only
+    assert same_object(region, nodule[box_slices(region)], box, region, nodule[box_slices(region)])
+    outside_the_box = _ball(5, centre=(10, 15, 40))  # agreement is read inside the user's box
+    assert not same_object(*_whole(nodule | outside_the_box), box, *_whole(outside_the_box))
