@@ -56,6 +56,17 @@ def test_a_box_around_a_ring_enhancing_lesion_is_not_fitted_to_its_core():
     assert fitted_box(close_to_lesion, *_whole(core), rim_as_surroundings) is not None
 
 
+def test_an_answer_beside_the_box_centre_fits_nothing():
+    """The 3D model keeps the part of its answer nearest the click; where that part does not hold
+    the box's centre, it is not what the user boxed."""
+    beside = _ball(4, centre=(10, 40, 52))
+    volume = _noisy(np.where(beside, 40.0, -800.0))
+    box = np.array([[3, 25, 25], [17, 55, 55]], dtype=float)
+    assert not beside[tuple(int(v) for v in box_centre(box))]
+    assert fitted_box(box, *_whole(beside), volume) is None
+    assert fitted_box(box, *_whole(beside | _ball(3)), volume) is not None
+
+
 def test_an_answer_outside_the_box_fits_nothing():
     elsewhere = _ball(4, centre=(10, 10, 10))
     volume = _noisy(np.where(elsewhere, 40.0, -800.0))

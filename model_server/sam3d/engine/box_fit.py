@@ -49,13 +49,14 @@ def fitted_box(corners: np.ndarray, region: Box, found: np.ndarray, volume: np.n
     """A 3D box (kji ``corners``, two opposite corners, inside ``volume``) fitted to ``found``
     (bool, the 3D model's answer at the box's centre, over ``region`` of the volume): the
     corners of ``found``'s box inside the user's box, grown by the fit margins and kept inside
-    it; None where the user's box is not loose around ``found``, the ring around ``found`` does
-    not read as the box's edge (see the module's docstring), or ``found`` holds no voxel inside
-    the box."""
+    it; None where ``found`` does not hold the box's centre voxel, the user's box is not loose
+    around ``found``, or the ring around ``found`` does not read as the box's edge (see the
+    module's docstring)."""
     corners = np.asarray(corners, dtype=float)
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     inside, in_box = _on_box(corners, region, found)
-    if not in_box.any():
+    centre = tuple(int(v) for v in box_centre(corners) - np.asarray(inside[0]))
+    if not in_box[centre]:  # the 3D model answered something beside the box's centre, not what it holds
         return None
     voxels = np.argwhere(in_box) + np.asarray(inside[0])
     found_lo, found_hi = voxels.min(axis=0), voxels.max(axis=0)

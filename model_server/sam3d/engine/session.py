@@ -770,12 +770,13 @@ class Session:
         return self._intensity_bounds
 
     def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
-        """A box answered by the 2D pathway (``_box_answer_2d``) - a 3D box drawn loosely around the
-        object the 3D model finds at its centre asked fitted to that object, where the answer is
-        that object (``box_fit``) -> (patch over the box and the mask, seconds)."""
+        """A box answered by the 2D pathway (``_box_answer_2d``) - a 3D box for an object without a
+        mask yet, drawn loosely around the object the 3D model finds at its centre, asked fitted
+        to that object where the answer is that object (``box_fit``) -> (patch over the box and
+        the mask, seconds: the 3D model's click included)."""
         start = time.perf_counter()
         patch = None
-        if is_3d_box(box):
+        if is_3d_box(box) and self.voxels == 0:  # an object's first mask: the 3D model's click starts from none
             region, found = self._object_at_centre(box)
             fitted = fitted_box(box, region, found, self.volume)
             if fitted is not None:
@@ -991,18 +992,23 @@ class Session:
         return proposal, levels
 
     def _object_at_centre(self, corners: np.ndarray) -> tuple[Box, np.ndarray]:
-        """The 3D model's answer to a new object's first click at the centre of a box (kji
-        ``corners``), made as a first click's is (a finer crop for a small object, the mask
-        snapped to the lesion's intensity) -> (box of the volume, mask inside it)."""
+        """The 3D model's answer to a first click at the centre of a box (kji ``corners``) on an
+        object without a mask, made as a new object's first click is (for a model whose crops are
+        scaled by their own percentiles, as in ``_chooses_threshold``: the edge threshold, a finer
+        crop for a small object, the mask snapped to the lesion's intensity) -> (box of the
+        volume, mask inside it). A finer crop it starts encoding is not kept: the box's object
+        stays on the model's own crops."""
         point = box_centre(corners)[None]
         positive = np.ones(1, dtype=np.int64)
         queue = self._place_crops(point, positive, None, self.predictor.config.crop_spacing_mm)
-        first_click = point[0] if self.predictor.preset.kind == "percentile" else None  # as _chooses_threshold
+        first_click = point[0] if self.predictor.preset.kind == "percentile" else None
         answer = self._answer_with_crops(queue, [], point, positive, None, first_click, False)
         if first_click is None:
             return answer.box, answer.proposal
         if scale.is_small(int(answer.proposal.sum()), self.spacing):
+            partial = self._partial
             answer = self._at_finer_scale(answer, point, positive, point, positive, first_click)
+            self._partial = partial
         return answer.box, self._first_mask_at_lesion_intensity(answer.box, answer.proposal, first_click)[0]
 
     def _additions_at_lesion_intensity(self, box: Box, proposal: np.ndarray, points: np.ndarray,
