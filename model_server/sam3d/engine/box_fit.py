@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .crops import Box, box_slices
+from .crops import Box, box_slices, voxels_within
 from .intensity_trim import IN_PLANE, RING_PX
 
 LOOSE_EXTENT = 0.8  # the box is loose where the centre's object spans less than this of it on both in-plane axes
@@ -81,9 +81,7 @@ def same_object(answer_region: Box, answer: np.ndarray, corners: np.ndarray, reg
 def _on_box(corners: np.ndarray, region: Box, mask: np.ndarray) -> tuple[Box, np.ndarray]:
     """(the voxels of the box of kji ``corners`` as a Box of the volume, ``mask`` (over
     ``region`` of the volume) on them)."""
-    corners = np.asarray(corners, dtype=float)
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
-    inside: Box = (tuple(int(v) for v in np.ceil(lo - 1e-6)), tuple(int(v) + 1 for v in np.floor(hi + 1e-6)))
+    inside = voxels_within(corners)
     on_box = np.zeros([b - a for a, b in zip(*inside)], dtype=bool)
     shared_lo = np.maximum(inside[0], region[0])
     shared_hi = np.minimum(inside[1], region[1])

@@ -191,6 +191,14 @@ def box_slices(box: Box, origin=(0, 0, 0)) -> tuple[slice, ...]:
     return tuple(slice(lo - o, hi - o) for lo, hi, o in zip(box[0], box[1], origin))
 
 
+def voxels_within(corners) -> Box:
+    """The voxels a box of kji ``corners`` (two opposite corners, continuous, any order) holds:
+    from the ceiling of its low corner to the floor of its high one, on every axis."""
+    corners = np.asarray(corners, dtype=float)
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    return (tuple(int(v) for v in np.ceil(lo - 1e-6)), tuple(int(v) + 1 for v in np.floor(hi + 1e-6)))
+
+
 def clamp_box(lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int]) -> Box:
     """The box from ``lo`` to ``hi`` (kji, half-open) clipped to an array of ``shape``, never empty."""
     lo = np.clip(lo, 0, np.asarray(shape) - 1)

@@ -321,8 +321,8 @@ class Session:
         honour_negatives = corrected is None and not box_2d and bool((all_labels == 0).any())
         answer = self._answer_with_crops(queue, patches, all_points, all_labels, prompt_box, first_click,
                                          honour_negatives)
-        if first_click is not None and scale.is_small(int(answer.proposal.sum()), self.spacing):
-            answer = self._at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
+        if first_click is not None:
+            answer = self._small_object_at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
         encode_s += answer.encode_s
         box, proposal = answer.box, answer.proposal
         levels = None
@@ -507,7 +507,7 @@ class Session:
         decodes on a kept window that serves it, not only its own, so an earlier object's
         windows would change the next box's mask."""
         with self._lock:
-            self._slice_embeddings = SliceEmbeddings(self._slice_embeddings.capacity)
+            self._drop_slice_windows()
             self.mask[box_slices(self._extent)] = False
             self.voxels = 0
             self.points, self.labels = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
@@ -678,6 +678,15 @@ class Session:
         self.decoder_runs += 1
         return probability, seconds
 
+    def _small_object_at_finer_scale(self, answer: "_CropAnswer", points: np.ndarray, labels: np.ndarray,
+                                     all_points: np.ndarray, all_labels: np.ndarray,
+                                     first_click: np.ndarray) -> "_CropAnswer":
+        """A new object's first-click ``answer`` (the model's own crops'), answered again at the
+        finer scale where its object is small (``_at_finer_scale``); else ``answer``."""
+        if not scale.is_small(int(answer.proposal.sum()), self.spacing):
+            return answer
+        return self._at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
+
     def _at_finer_scale(self, answer: "_CropAnswer", points: np.ndarray, labels: np.ndarray,
                         all_points: np.ndarray, all_labels: np.ndarray, first_click: np.ndarray) -> "_CropAnswer":
         """A small object's first click answered again on crops of the finer spacing: that
@@ -769,6 +778,11 @@ class Session:
             self._intensity_bounds = volume_bounds(self.volume)
         return self._intensity_bounds
 
+    def _drop_slice_windows(self) -> None:
+        """The 2D pathway's embedded slice windows dropped (``reset``): a box decodes on a kept
+        window that serves it, so windows embedded for another box would change its mask."""
+        self._slice_embeddings = SliceEmbeddings(self._slice_embeddings.capacity)
+
     def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
         """A box answered by the 2D pathway (``_box_answer_2d``) - a 3D box for an object without a
         mask yet, drawn loosely around the object the 3D model finds at its centre, asked fitted
@@ -783,7 +797,7 @@ class Session:
                 patch = self._box_answer_2d(fitted)
                 if not same_object(*patch, box, region, found):
                     patch = None  # the user's box answered as it is alone, not on the fitted box's windows
-                    self._slice_embeddings = SliceEmbeddings(self._slice_embeddings.capacity)
+                    self._drop_slice_windows()
         if patch is None:
             patch = self._box_answer_2d(box)
         return patch, time.perf_counter() - start
@@ -1005,10 +1019,9 @@ class Session:
         answer = self._answer_with_crops(queue, [], point, positive, None, first_click, False)
         if first_click is None:
             return answer.box, answer.proposal
-        if scale.is_small(int(answer.proposal.sum()), self.spacing):
-            partial = self._partial
-            answer = self._at_finer_scale(answer, point, positive, point, positive, first_click)
-            self._partial = partial
+        partial = self._partial
+        answer = self._small_object_at_finer_scale(answer, point, positive, point, positive, first_click)
+        self._partial = partial
         return answer.box, self._first_mask_at_lesion_intensity(answer.box, answer.proposal, first_click)[0]
 
     def _additions_at_lesion_intensity(self, box: Box, proposal: np.ndarray, points: np.ndarray,

@@ -47,6 +47,7 @@ from ..data.intensity import PRESETS
 from ..model.lite_encoder import (BACKBONE_STRIDE, build_tiny_vit, fold_batch_norms, load_lite_medsam_state,
                                   tiny_vit_features)
 from .choices import SLICE_PRECISIONS
+from .crops import voxels_within
 
 WINDOW_PX = 128
 BOX_MARGIN_PX = 5
@@ -702,7 +703,8 @@ def _box_limits(corners: np.ndarray) -> tuple[range, np.ndarray]:
     3D box lets the propagation reach."""
     corners = np.asarray(corners, dtype=float)
     lo, hi = corners.min(axis=0), corners.max(axis=0)
-    return range(int(np.ceil(lo[0] - 1e-6)), int(np.floor(hi[0] + 1e-6)) + 1), np.array([lo[1], lo[2], hi[1], hi[2]])
+    inside = voxels_within(corners)
+    return range(inside[0][0], inside[1][0]), np.array([lo[1], lo[2], hi[1], hi[2]])
 
 
 def _remove_at(model: LiteMedSAM2D, plane: np.ndarray, bounds: tuple[float, float], plane_mask: np.ndarray,
