@@ -1,6 +1,7 @@
-"""A loose 3D box fitted to the object the 3D model finds at its centre (``box_fit``): fitted
-where the box is loose around a nodule in uniform surroundings, kept where it is drawn close, and
-kept where the answer is only the core of a ring-enhancing lesion the box was drawn around."""
+"""A loose box fitted to the object the 3D model finds at its centre (``box_fit``): fitted
+where the box is loose around a nodule in uniform surroundings (a 3D box, or a 2D box on one
+slice), kept where it is drawn close, and kept where the answer is only the core of a
+ring-enhancing lesion the box was drawn around."""
 
 from __future__ import annotations
 
@@ -85,3 +86,13 @@ def test_an_answer_to_the_fitted_box_is_checked_against_the_object_found():
     assert same_object(region, nodule[box_slices(region)], box, region, nodule[box_slices(region)])
     outside_the_box = _ball(5, centre=(10, 15, 40))  # agreement is read inside the user's box
     assert not same_object(*_whole(nodule | outside_the_box), box, *_whole(outside_the_box))
+
+
+def test_a_2d_box_loose_around_a_nodule_is_fitted_on_its_slice():
+    nodule = _ball(5)
+    volume = _noisy(np.where(nodule, 40.0, -800.0))
+    loose = np.array([[10, 25, 25], [10, 55, 55]], dtype=float)
+    fitted = fitted_box(loose, *_whole(nodule), volume)
+    assert fitted is not None
+    np.testing.assert_array_equal(fitted, [[10, 35 - box_fit.FIT_MARGIN_PX, 35 - box_fit.FIT_MARGIN_PX],
+                                           [10, 45 + box_fit.FIT_MARGIN_PX, 45 + box_fit.FIT_MARGIN_PX]])

@@ -236,7 +236,7 @@ def test_a_session_answers_a_box_through_the_2d_pathway(ball, tiny_model):
     session = Session(predictor, volume, (1.0, 1.0, 1.0))
     change = session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64),
                               box_kji=[[12, 23, 21], [12, 41, 39]])
-    assert change.crops == 0 and change.encoder_ran and predictor.encoder_runs == 1
+    assert change.crops == 0 and change.encoder_ran and len(session._slice_embeddings) > 0
     assert _slice_dice(session.mask[12], mask[12]) >= 0.9
 
 
@@ -566,7 +566,10 @@ def test_a_session_corrects_a_box_on_the_windows_its_propagation_embedded(ball, 
     without = session.memory_bytes()
     session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=[[12, 23, 21], [12, 41, 39]])
     embedded = len(session._slice_embeddings)
-    assert embedded == len(embeds) >= 3 and session.memory_bytes() == without + session._slice_embeddings.nbytes + session.history_bytes
+    assert embedded == len(embeds) >= 3
+    # the 3D model's crop for the box's centre click (``box_fit``) stays cached too
+    assert session.memory_bytes() == (without + session._slice_embeddings.nbytes + session.cache.nbytes
+                                      + session.history_bytes)
     leaked = session.mask[11].copy()
     leaked[28:37, 38:50] = True  # a strip attached to the ball's right edge
     session.set_mask((11, 0, 0), (12, 64, 64), leaked[None])

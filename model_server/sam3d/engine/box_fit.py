@@ -1,15 +1,17 @@
-"""A loosely drawn 3D box fitted to the object the 3D model finds at its centre.
+"""A loosely drawn box fitted to the object the 3D model finds at its centre.
 
 LiteMedSAM was trained on boxes drawn close around their object. Given a box 10 mm loose around
 a small nodule it fills much of the rectangle, or starts on a bright structure beside the
-nodule, and its answer loses most of its Dice (chest dev2 0.956 tight, 0.483 at 10 mm). The 3D
-model answers a click at the same box's centre nearly as well at any margin (0.944 / 0.933): it
-finds the object but draws its edge less well than LiteMedSAM does from a close box. So a 3D
-box is first clicked at its centre by the 3D model; where the box is loose around that answer -
-the answer spans less than ``LOOSE_EXTENT`` of the box on both in-plane axes - the 2D pathway
-is asked with the answer's own box, grown by ``FIT_MARGIN_PX`` in-plane and ``FIT_MARGIN_SLICES``
-slices and kept inside the user's box. A box drawn close to its object keeps its own answer, and
-so does a box whose fitted answer is not the object the 3D model found (``same_object``).
+nodule, and its answer loses most of its Dice (chest dev2, 3D box: 0.956 tight, 0.483 at 10 mm;
+2D box: 0.907 tight, 0.567 at 10 mm). The 3D model answers a click at the same box's centre
+nearly as well at any margin (0.944 / 0.933): it finds the object but draws its edge less well
+than LiteMedSAM does from a close box. So a box for an object without a mask is first clicked at
+its centre by the 3D model (a 2D box: on its slice); where the box is loose around that answer
+- the answer spans less than ``LOOSE_EXTENT`` of the box on both in-plane axes - the 2D pathway
+is asked with the answer's own box, grown by ``FIT_MARGIN_PX`` in-plane and, for a 3D box,
+``FIT_MARGIN_SLICES`` slices, and kept inside the user's box. A box drawn close to its object
+keeps its own answer, and so does a box whose fitted answer is not the object the 3D model found
+(``same_object``).
 
 The click at a lesion's centre can find only its core: in a ring-enhancing lesion (a brain
 tumour's necrotic core inside its enhancing rim) the 3D model answers the core, and a box drawn
@@ -18,7 +20,7 @@ box's edge is what lies at its edge, the lesion's surroundings; so the box is fi
 the ring around the answer (``RING_PX`` in-plane, inside the box) reads nearer the box's edge
 (its ``BORDER_PX`` outermost pixels in-plane) than the answer does: the medians' distance from
 the edge's under ``MAX_RING_LIKENESS`` of the answer's. (docs/BENCHMARKS.md, "A loose 3D box
-fitted to the object at its centre".)
+fitted to the object at its centre" and "A loose 2D box fitted too".)
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ def box_centre(corners: np.ndarray) -> np.ndarray:
 
 
 def fitted_box(corners: np.ndarray, region: Box, found: np.ndarray, volume: np.ndarray) -> np.ndarray | None:
-    """A 3D box (kji ``corners``, two opposite corners, inside ``volume``) fitted to ``found``
-    (bool, the 3D model's answer at the box's centre, over ``region`` of the volume): the
-    corners of ``found``'s box inside the user's box, grown by the fit margins and kept inside
-    it; None where ``found`` does not hold the box's centre voxel, the user's box is not loose
+    """A box (kji ``corners``, two opposite corners, inside ``volume``; on one slice, a 2D box)
+    fitted to ``found`` (bool, the 3D model's answer at the box's centre, over ``region`` of the
+    volume): the corners of ``found``'s box inside the user's box, grown by the fit margins and
+    kept inside it; None where ``found`` does not hold the box's centre voxel, the user's box is not loose
     around ``found``, or the ring around ``found`` does not read as the box's edge (see the
     module's docstring)."""
     corners = np.asarray(corners, dtype=float)

@@ -784,13 +784,13 @@ class Session:
         self._slice_embeddings = SliceEmbeddings(self._slice_embeddings.capacity)
 
     def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
-        """A box answered by the 2D pathway (``_box_answer_2d``) - a 3D box for an object without a
-        mask yet, drawn loosely around the object the 3D model finds at its centre, asked fitted
-        to that object where the answer is that object (``box_fit``) -> (patch over the box and
-        the mask, seconds: the 3D model's click included)."""
+        """A box answered by the 2D pathway (``_box_answer_2d``) - for an object without a mask
+        yet, a box drawn loosely around the object the 3D model finds at its centre is asked
+        fitted to that object, where the answer is that object (``box_fit``) -> (patch over the
+        box and the mask, seconds: the 3D model's click included)."""
         start = time.perf_counter()
         patch = None
-        if is_3d_box(box) and self.voxels == 0:  # an object's first mask: the 3D model's click starts from none
+        if self.voxels == 0:  # an object's first mask: the 3D model's click starts from none
             region, found = self._object_at_centre(box)
             fitted = fitted_box(box, region, found, self.volume)
             if fitted is not None:
