@@ -228,14 +228,16 @@ def test_bf16_runs_tinyvit_in_bfloat16_and_keeps_the_masks_of_fp32(ball):
     assert _slice_dice(fp32.decode(rounded, box=box), fp32.decode(reference, box=box)) >= 0.97
 
 
-def test_a_session_answers_a_box_through_the_2d_pathway(ball, tiny_model):
-    """A model without a box prompt of its own takes boxes once the 2D pathway answers them."""
+@pytest.mark.parametrize("k", [12.0, 12.4, 11.6])
+def test_a_session_answers_a_box_through_the_2d_pathway(ball, tiny_model, k):
+    """A model without a box prompt of its own takes boxes once the 2D pathway answers them; a 2D
+    box between slices (a box's corners from RAS millimetres) on the nearest slice."""
     volume, mask = ball
     predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d")
     assert predictor.answers_boxes and not predictor.config.box_prompt
     session = Session(predictor, volume, (1.0, 1.0, 1.0))
     change = session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64),
-                              box_kji=[[12, 23, 21], [12, 41, 39]])
+                              box_kji=[[k, 23, 21], [k, 41, 39]])
     assert change.crops == 0 and change.encoder_ran and len(session._slice_embeddings) > 0
     assert _slice_dice(session.mask[12], mask[12]) >= 0.9
 

@@ -7,9 +7,9 @@ the object's mask:
 
 0. A new box, where the predictor answers boxes with the 2D pathway (``slice_pathway.py``,
    the default for LiteMedSAM-based models), is segmented slice by slice by LiteMedSAM's box
-   pathway at native resolution (a 3D box drawn loosely around the object the 3D model finds at
-   its centre is fitted to that object first: ``box_fit.py``), trimmed at the half-way intensity where the lesion is
-   homogeneous, and grown in-plane by a few pixels to a clear intensity step within the box
+   pathway at native resolution (a box, 3D or 2D, drawn loosely around the object the 3D model
+   finds at its centre is fitted to that object first: ``box_fit.py``), trimmed at the half-way
+   intensity where the lesion is homogeneous, and grown in-plane by a few pixels to a clear intensity step within the box
    (``intensity_trim.py``); that mask is the first patch of the interaction and the mask
    prompt of the crops that follow. Otherwise the box goes to the 3D model as in 1 and 3.
 1. Crop placement: a new box gets a crop centred on the box's centre; every new point that
@@ -93,7 +93,7 @@ from .negative_clicks import honour_negative_clicks, spare_believed_voxels
 from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import MIN_AGREEMENT, agreement, clicks_inside, judgeable_additions, keep_believed_additions
 from .predictor import IdleStep, Predictor
-from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, volume_bounds
+from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, on_its_slice, volume_bounds
 from .subtle_extent import (REACH_MM, SHELL_MM, SMOOTH_MM, SubtleLevels, add_at_positive_click,
                             cut_at_negative_click, grow_to_subtle_lesion, smoothed_image)
 
@@ -791,11 +791,12 @@ class Session:
         start = time.perf_counter()
         patch = None
         if self.voxels == 0:  # an object's first mask: the 3D model's click starts from none
-            region, found = self._object_at_centre(box)
-            fitted = fitted_box(box, region, found, self.volume)
+            corners = on_its_slice(box)  # a 2D box between slices: on the slice it is answered on
+            region, found = self._object_at_centre(corners)
+            fitted = fitted_box(corners, region, found, self.volume)
             if fitted is not None:
                 patch = self._box_answer_2d(fitted)
-                if not same_object(*patch, box, region, found):
+                if not same_object(*patch, corners, region, found):
                     patch = None  # the user's box answered as it is alone, not on the fitted box's windows
                     self._drop_slice_windows()
         if patch is None:

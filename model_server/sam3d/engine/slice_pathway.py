@@ -571,7 +571,7 @@ def segment_slice_by_slice(model: LiteMedSAM2D, volume: np.ndarray, box_kji: np.
     if box_kji is not None:
         corners = np.asarray(box_kji, dtype=float)
         box_slices, rectangle = _box_limits(corners)
-        start = int(round(corners[:, 0].mean()))
+        start = box_slice(corners)
         if is_3d_box(corners):  # its slices and its rectangle bound the propagation
             slices, limit = box_slices, rectangle
             start, mask[start] = _fullest_slice(model, volume, bounds, slices, rectangle, embeddings)
@@ -696,6 +696,20 @@ def _nearer_than_positives(shape: Sequence[int], negative_ji: tuple[int, int], k
 def is_3d_box(corners) -> bool:
     """Whether a box's kji corners lie on different slices (a 3D box), not on one (a 2D box)."""
     return bool(np.ptp(np.asarray(corners, dtype=float)[:, 0]) >= 1.0)
+
+
+def box_slice(corners) -> int:
+    """The slice a box's kji corners are centred on (their mean k, rounded): a 2D box's slice."""
+    return int(round(float(np.asarray(corners, dtype=float)[:, 0].mean())))
+
+
+def on_its_slice(corners) -> np.ndarray:
+    """A 2D box's kji corners with k set to the slice it is answered on (``box_slice``); a 3D
+    box's as they are."""
+    corners = np.array(corners, dtype=float)
+    if not is_3d_box(corners):
+        corners[:, 0] = box_slice(corners)
+    return corners
 
 
 def _box_limits(corners: np.ndarray) -> tuple[range, np.ndarray]:
