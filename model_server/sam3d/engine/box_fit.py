@@ -51,9 +51,9 @@ def fitted_box(corners: np.ndarray, region: Box, found: np.ndarray, volume: np.n
     """A box (kji ``corners``, two opposite corners, inside ``volume``; on one slice, a 2D box)
     fitted to ``found`` (bool, the 3D model's answer at the box's centre, over ``region`` of the
     volume): the corners of ``found``'s box inside the user's box, grown by the fit margins and
-    kept inside it; None where ``found`` does not hold the box's centre voxel, the user's box is not loose
-    around ``found``, or the ring around ``found`` does not read as the box's edge (see the
-    module's docstring)."""
+    kept inside it; None where ``found`` does not hold the box's centre voxel, the user's box is
+    not loose around ``found``, or the ring around ``found`` does not read as the box's edge (see
+    the module's docstring)."""
     corners = np.asarray(corners, dtype=float)
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     inside, in_box = _on_box(corners, region, found)

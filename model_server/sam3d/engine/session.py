@@ -9,8 +9,8 @@ the object's mask:
    the default for LiteMedSAM-based models), is segmented slice by slice by LiteMedSAM's box
    pathway at native resolution (a box, 3D or 2D, drawn loosely around the object the 3D model
    finds at its centre is fitted to that object first: ``box_fit.py``), trimmed at the half-way
-   intensity where the lesion is homogeneous, and grown in-plane by a few pixels to a clear intensity step within the box
-   (``intensity_trim.py``); that mask is the first patch of the interaction and the mask
+   intensity where the lesion is homogeneous, and grown in-plane by a few pixels to a clear
+   intensity step within the box (``intensity_trim.py``); that mask is the first patch of the interaction and the mask
    prompt of the crops that follow. Otherwise the box goes to the 3D model as in 1 and 3.
 1. Crop placement: a new box gets a crop centred on the box's centre; every new point that
    does not lie inside a crop already chosen for this interaction gets one: a cached (already
@@ -93,7 +93,7 @@ from .negative_clicks import honour_negative_clicks, spare_believed_voxels
 from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import MIN_AGREEMENT, agreement, clicks_inside, judgeable_additions, keep_believed_additions
 from .predictor import IdleStep, Predictor
-from .slice_pathway import SliceEmbeddings, correction_box, is_3d_box, on_its_slice, volume_bounds
+from .slice_pathway import SliceEmbeddings, box_slice, correction_box, is_3d_box, on_its_slice, volume_bounds
 from .subtle_extent import (REACH_MM, SHELL_MM, SMOOTH_MM, SubtleLevels, add_at_positive_click,
                             cut_at_negative_click, grow_to_subtle_lesion, smoothed_image)
 
@@ -815,7 +815,7 @@ class Session:
         patch = mask[box_slices(region)]
         if patch.any():
             deepest = centre_click(patch, self.spacing) + np.asarray(region[0])
-            central = int(round((float(box[0][0]) + float(box[1][0])) / 2))
+            central = box_slice(box)
             trim = functools.partial(trim_homogeneous_lesion, plane_offset=central - int(round(deepest[0])))
             trimmed = self._at_lesion_intensity(region, patch, deepest, trim)
             if np.count_nonzero(trimmed) < np.count_nonzero(patch):  # the growth reads from what the trim kept
