@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from sam3d.engine import box_fit
-from sam3d.engine.box_fit import box_centre, fitted_box, same_object
+from sam3d.engine.box_fit import box_centre, fitted_box, object_slices, same_object
 from sam3d.engine.crops import box_slices
 
 SHAPE = (20, 80, 80)
@@ -96,3 +96,9 @@ def test_a_2d_box_loose_around_a_nodule_is_fitted_on_its_slice():
     assert fitted is not None
     np.testing.assert_array_equal(fitted, [[10, 35 - box_fit.FIT_MARGIN_PX, 35 - box_fit.FIT_MARGIN_PX],
                                            [10, 45 + box_fit.FIT_MARGIN_PX, 45 + box_fit.FIT_MARGIN_PX]])
+
+
+def test_a_box_s_object_is_looked_for_on_its_slices_and_as_deep_as_wide_about_a_2d_box():
+    assert object_slices(np.array([[3.4, 25, 25], [17.2, 55, 55]]), (2.0, 1.0, 1.0)) == (3, 18)
+    # a 2D box 30 x 20 pixels of 0.7 mm (21 mm at most) on slice 10 of 5 mm slices: 10.5 mm either side
+    assert object_slices(np.array([[10, 40, 25], [10, 60, 55]]), (5.0, 0.7, 0.7)) == (7, 13)

@@ -20,9 +20,10 @@ from sam3d.data.clicks import centre_click, first_click, next_click
 from sam3d.data.phantoms import case_seed
 from sam3d.engine import crop_scale, edge_threshold
 from sam3d.engine import session as session_module
-from sam3d.engine.predictor import Predictor
+from sam3d.engine.box_fit import object_slices
+from sam3d.engine.predictor import IdleStep, Predictor
 from sam3d.engine.session import GATE_RATIO, Session, _search_agrees
-from sam3d.engine.slice_pathway import LiteMedSAM2D, segment_slice_by_slice, volume_bounds
+from sam3d.engine.slice_pathway import LiteMedSAM2D, on_its_slice, segment_slice_by_slice, volume_bounds
 from sam3d.evaluate.simulation import bounding_box, case_rng, first_box, largest_slice_box
 from sam3d.model.checkpoint import BUNDLED_MODELS
 
@@ -431,6 +432,43 @@ def test_a_box_drawn_10_mm_loose_is_answered_on_the_nodule_at_its_centre(predict
     if prompt == "box3d":
         lo, hi = np.floor(loose.min(axis=0)).astype(int), np.ceil(loose.max(axis=0)).astype(int) + 1
         assert not session.mask[:lo[0]].any() and not session.mask[hi[0]:].any()
+
+
+def test_a_box_s_crop_is_encoded_near_its_object_first_and_whole_before_the_next_click(predictor):
+    """The 3D model's click at a box's centre (``box_fit``) reads its crop encoded only on the
+    slices near the box's object (``box_fit.object_slices``); idle time encodes the rest and
+    caches the crop whole, and the object's next click reads it so, as where no idle time came."""
+    image, label, _ = _chest_case(ONE_SLICE_NODULE, CHEST_DEV2_SEED)
+    target = label.array > 0
+    loose = first_box(target, "box", 10.0, image.spacing)
+
+    def boxed() -> Session:
+        session = Session(predictor, image.array, image.spacing, corrections="global")  # the 3D model corrects
+        session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=loose)
+        return session
+
+    session = boxed()
+    partial = session._partial
+    assert partial is not None and partial.geometry.crop_spacing_mm == predictor.config.crop_spacing_mm
+    encoded = np.flatnonzero(partial.encoded)
+    assert 0 < len(encoded) <= len(partial.encoded) // 2
+    first, last = object_slices(on_its_slice(loose), image.spacing)
+    crop_k = partial.geometry.to_crop(np.array([[first, 0, 0], [last, 0, 0]]))[:, 0]
+    slab = predictor.slab_voxels
+    assert encoded[0] * slab <= max(crop_k.min(), 0) and min(crop_k.max(), partial.geometry.size - 1) < (encoded[-1] + 1) * slab
+    assert _dice(session.mask, target) > 0.9
+    while (outcome := session.complete_partial_crop()) is not IdleStep.DONE:
+        assert outcome is IdleStep.MORE  # nothing else uses the session or the encoder here
+    cached = session.cache.get(partial.geometry)
+    expected = predictor.encode(session._crop_image(partial.geometry))
+    np.testing.assert_allclose(cached.last_level.numpy(), expected.last_level.numpy(), atol=1e-4)
+    click = centre_click(target, image.spacing)  # a positive click at the nodule's deepest point
+    change = session.interact([click], [1])
+    assert not change.encoder_ran
+    no_idle = boxed()
+    change = no_idle.interact([click], [1])
+    assert change.encoder_ran and no_idle._partial is None  # the click completed the crop first
+    np.testing.assert_array_equal(no_idle.mask, session.mask)
 
 
 @pytest.mark.parametrize("prompt, case, before", [("box", ONE_SLICE_NODULE, 0.23), ("box3d", SHORT_OF_EDGE, 0.51)])

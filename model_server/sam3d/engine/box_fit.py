@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from .crops import Box, box_slices, voxels_within
 from .intensity_trim import IN_PLANE, RING_PX
+from .slice_pathway import is_3d_box
 
 LOOSE_EXTENT = 0.8  # the box is loose where the centre's object spans less than this of it on both in-plane axes
 FIT_MARGIN_PX = 3  # the fitted box: the object's box grown by this many pixels in-plane ...
@@ -45,6 +46,17 @@ MIN_SAME_OBJECT = 0.5  # the fitted box's answer and the 3D model's object agree
 def box_centre(corners: np.ndarray) -> np.ndarray:
     """The voxel at the centre of a box's kji corners (rounded)."""
     return np.round(np.asarray(corners, dtype=float).mean(axis=0))
+
+
+def object_slices(corners: np.ndarray, spacing) -> tuple[int, int]:
+    """The native slices (first, last) the object of a box of kji ``corners`` may span: a 3D
+    box's own; a 2D box's slice, grown along k by half the box's larger in-plane side in mm (an
+    object about as deep as it is wide)."""
+    corners = np.asarray(corners, dtype=float)
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    spacing = np.asarray(spacing, dtype=float)
+    reach = 0.0 if is_3d_box(corners) else 0.5 * float(((hi[1:] - lo[1:]) * spacing[1:]).max()) / spacing[0]
+    return int(np.floor(lo[0] - reach)), int(np.ceil(hi[0] + reach))
 
 
 def fitted_box(corners: np.ndarray, region: Box, found: np.ndarray, volume: np.ndarray) -> np.ndarray | None:

@@ -1,13 +1,15 @@
-"""A finer crop encoded first on the slices near the object, and the rest later.
+"""A crop encoded first on the slices near the object, and the rest later.
 
-A small object's first click is answered again on a finer crop (``crop_scale``), and that
-crop's encoder - TinyViT, slice by slice - is half of the click's time. The object fills only
-a few of the crop's slices. So the first answer encodes the slices within ``MARGIN_MM`` of the
-first mask's extent (in whole runs of the encoder's chunk), and each slice beyond takes the
-features of the nearest slice encoded. The crop's remaining slices are encoded afterwards: in
-idle time, or by the next interaction that reads the crop. Every later answer reads the whole
-crop's features, so no mask depends on when that happened. Measured in docs/BENCHMARKS.md ("A
-finer crop encoded near the object first").
+TinyViT encodes a crop slice by slice, and an object fills only some of its slices. Two first
+answers read a crop encoded so: a small object's first click answered again on a finer crop
+(``crop_scale``), the slices within ``MARGIN_MM`` of the first mask's extent; and the 3D
+model's click at a box's centre (``box_fit``), the slices within ``MARGIN_MM`` of the slices the
+box's object spans (``box_fit.object_slices``). Slices are encoded in whole runs of the
+encoder's chunk, and each slice beyond takes the features of the nearest slice encoded. The
+crop's remaining slices are encoded afterwards: in idle time, or by the next interaction that
+reads the crop. Every later answer reads the whole crop's features, so no mask depends on when
+that happened. Measured in docs/BENCHMARKS.md ("A finer crop encoded near the object first",
+"A box's crop encoded near its object first").
 """
 
 from __future__ import annotations

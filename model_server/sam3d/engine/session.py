@@ -81,7 +81,7 @@ from ..data.clicks import centre_click, label_objects
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from . import crop_scale as scale
-from .box_fit import box_centre, fitted_box, same_object
+from .box_fit import box_centre, fitted_box, object_slices, same_object
 from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .click_reach import added_no_farther_than_clicks, removed_no_deeper_than_clicks
 from .crops import (Box, CropGeometry, box_slices, clamp_box, extract_crop, mask_prompt, paste_back, tight_box,
@@ -251,7 +251,7 @@ class Session:
         self.corrections = corrections
         self.click_pathway = click_pathway if predictor.box_pathway == "2d" else "3d"
         self.cache = FeatureCache(cache_size)
-        self._partial: PartialCrop | None = None  # a finer crop encoded in part (``partial_crop``), not yet cached
+        self._partial: PartialCrop | None = None  # a crop encoded in part (``partial_crop``), not yet cached
         self.encoder_runs = 0
         self.decoder_runs = 0
         self.mask = np.zeros(self.shape, dtype=bool)
@@ -432,8 +432,8 @@ class Session:
             self._lock.release()
 
     def complete_partial_crop(self) -> IdleStep:
-        """Idle work: one more run of the slices of the finer crop encoded in part
-        (``partial_crop``), cached once whole, so that the object's next click reads it without
+        """Idle work: one more run of the slices of the crop encoded in part (``partial_crop``:
+        a small object's finer crop, or a box's), cached once whole, so that the object's next click reads it without
         waiting. MORE when a run was encoded; DONE when there is nothing to encode; BUSY when
         the session or the encoder is in use: it never waits. The masks do not depend on it:
         every answer after a first one reads the whole crop, encoded then if not before."""
@@ -694,7 +694,8 @@ class Session:
         encoder time of both."""
         spacing_mm = scale.fine_spacing_mm(self.predictor.config.crop_spacing_mm)
         queue = self._place_crops(points, labels, None, spacing_mm)
-        seconds, started = self._encode_near(queue[0], answer)
+        on_slices = np.flatnonzero(answer.proposal.any(axis=(1, 2))) + answer.box[0][0]
+        seconds, started = self._encode_near(queue[0], (int(on_slices[0]), int(on_slices[-1])))
         encode_s = answer.encode_s + seconds
         finer = self._answer_with_crops(queue, [], all_points, all_labels, None, first_click, False,
                                         partial_ok=started)
@@ -706,22 +707,20 @@ class Session:
         kept = finer if same else answer
         return dataclasses.replace(kept, encode_s=encode_s)
 
-    def _encode_near(self, geometry: CropGeometry, answer: "_CropAnswer") -> tuple[float, bool]:
-        """The finer crop ``geometry`` of a small object's first click (``answer``: the model's own
-        crop's), where the model encodes in part and the crop was not encoded before (in part or
-        whole): its slices near that mask encoded, the crop kept as ``_partial``
-        (``partial_crop``) -> (seconds taken, whether it was). Only a crop started so by this
-        click is read in part: one an earlier click started is read whole, as idle time may
-        since have made it."""
+    def _encode_near(self, geometry: CropGeometry, k_range: tuple[int, int]) -> tuple[float, bool]:
+        """The crop ``geometry`` of an object's first answer (a small object's finer crop, or a
+        box's crop: ``k_range`` the native slices its object spans), where the model encodes in
+        part and the crop was not encoded before (in part or whole): its slices near ``k_range``
+        encoded, the crop kept as ``_partial`` (``partial_crop``) -> (seconds taken, whether it
+        was). Only a crop started so by this answer is read in part: one an earlier answer
+        started is read whole, as idle time may since have made it."""
         if (not self.predictor.encodes_in_part or self.cache.get(geometry) is not None
                 or (self._partial is not None and self._partial.geometry.key == geometry.key)):
             return 0.0, False
         start = time.perf_counter()
-        on_slices = np.flatnonzero(answer.proposal.any(axis=(1, 2))) + answer.box[0][0]
         image = self._crop_image(geometry)
         depth = geometry.size // self.predictor.slab_voxels
-        slabs = slabs_near(geometry, (int(on_slices[0]), int(on_slices[-1])), self.predictor.slab_voxels,
-                           self.predictor.slabs_per_run)
+        slabs = slabs_near(geometry, k_range, self.predictor.slab_voxels, self.predictor.slabs_per_run)
         self._partial = PartialCrop.start(geometry, image, slabs, self.predictor.encode_slabs(image, slabs), depth)
         self.encoder_runs += 1
         return time.perf_counter() - start, True
@@ -729,7 +728,7 @@ class Session:
     def _features(self, geometry: CropGeometry, partial_ok: bool = False) -> tuple[ImageFeatures, float]:
         """The crop's encoder features -> (features, seconds the encoder took): cached, or
         encoded now and cached. A crop encoded in part (``_partial``) is read as it is where
-        ``partial_ok`` (a small object's first answer on the finer crop), else completed first."""
+        ``partial_ok`` (the first answer that started it: ``_encode_near``), else completed first."""
         features = self.cache.get(geometry)
         if features is not None:
             return features, 0.0
@@ -943,7 +942,7 @@ class Session:
           widened box that made LiteMedSAM follow the tissue beside a lesion adds only the
           lesion (docs/BENCHMARKS.md, "Positive clicks kept where the 3D model believes them").
         Both rules judge only where the model's mask agrees with the object's
-        (``positive_clicks.agreement``). No new crop is encoded for this (a finer crop encoded in
+        (``positive_clicks.agreement``). No new crop is encoded for this (a crop encoded in
         part is completed): a click no encoded crop holds keeps the 2D answer, and so does an
         answer no rule can change (positive clicks only, none of them judgeable), without a
         decoder run."""
@@ -1011,13 +1010,16 @@ class Session:
         object without a mask, made as a new object's first click is (for a model whose crops are
         scaled by their own percentiles, as in ``_chooses_threshold``: the edge threshold, a finer
         crop for a small object, the mask snapped to the lesion's intensity) -> (box of the
-        volume, mask inside it). A finer crop it starts encoding is not kept: the box's object
-        stays on the model's own crops."""
+        volume, mask inside it). The model's crop is encoded first on the slices near the box's
+        object (``_encode_near``, ``box_fit.object_slices``) and completed in idle time or by the
+        object's next answer; a finer crop it starts encoding is not kept: the box's object stays
+        on the model's own crops."""
         point = box_centre(corners)[None]
         positive = np.ones(1, dtype=np.int64)
         queue = self._place_crops(point, positive, None, self.predictor.config.crop_spacing_mm)
         first_click = point[0] if self.predictor.preset.kind == "percentile" else None
-        answer = self._answer_with_crops(queue, [], point, positive, None, first_click, False)
+        started = self._encode_near(queue[0], object_slices(corners, self.spacing))[1]
+        answer = self._answer_with_crops(queue, [], point, positive, None, first_click, False, partial_ok=started)
         if first_click is None:
             return answer.box, answer.proposal
         partial = self._partial
