@@ -6,6 +6,7 @@ ring-enhancing lesion the box was drawn around."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sam3d.engine import box_fit
 from sam3d.engine.box_fit import box_centre, fitted_box, object_slices, same_object
@@ -55,6 +56,21 @@ def test_a_box_around_a_ring_enhancing_lesion_is_not_fitted_to_its_core():
     assert fitted_box(close_to_lesion, *_whole(core), volume) is None
     rim_as_surroundings = _noisy(np.where(core, 60.0, 250.0))  # the same box where the rim reaches its edge
     assert fitted_box(close_to_lesion, *_whole(core), rim_as_surroundings) is not None
+
+
+def test_a_box_is_not_fitted_to_a_part_that_barely_stands_out_from_its_edge():
+    """A lesion against soft tissue of its own intensity: the 3D model's answer is a part of it one
+    noise level darker; the ring around that part reads as the box's edge (both soft tissue), but
+    the part does not stand out from the edge, so the box drawn around the lesion keeps its own
+    answer. The same part three times darker would be fitted."""
+    part, lesion = _ball(5), _ball(10)
+    box = np.array([[0, 29, 29], [19, 51, 51]], dtype=float)
+    barely = _noisy(np.where(part, 20.0, 40.0))  # lesion and surroundings 40, the part 20: noise 20
+    assert np.std(barely[~lesion]) == pytest.approx(20, rel=0.05)
+    assert box_fit.noise_std(barely) == pytest.approx(20, rel=0.1)
+    assert fitted_box(box, *_whole(part), barely) is None
+    clearly = _noisy(np.where(part, -40.0, 40.0))  # four noise levels darker
+    assert fitted_box(box, *_whole(part), clearly) is not None
 
 
 def test_an_answer_beside_the_box_centre_fits_nothing():

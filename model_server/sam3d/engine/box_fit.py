@@ -19,8 +19,16 @@ close around the whole lesion is loose around that. What lies between the answer
 box's edge is what lies at its edge, the lesion's surroundings; so the box is fitted only where
 the ring around the answer (``RING_PX`` in-plane, inside the box) reads nearer the box's edge
 (its ``BORDER_PX`` outermost pixels in-plane) than the answer does: the medians' distance from
-the edge's under ``MAX_RING_LIKENESS`` of the answer's. (docs/BENCHMARKS.md, "A loose 3D box
-fitted to the object at its centre" and "A loose 2D box fitted too".)
+the edge's under ``MAX_RING_LIKENESS`` of the answer's.
+
+Where a lesion lies against tissue of about its own intensity (a tumour against atelectasis or
+the mediastinum), the 3D model's answer at its centre can be a part of it that reads darker or
+brighter, and the ring around that part reads as the box's edge because both are the same soft
+tissue. The box drawn close around the lesion is then the better guide. So the box is fitted
+only to an answer that stands out from the box's edge: their medians more than ``MIN_CONTRAST``
+times the image's noise apart (``noise_std``). (docs/BENCHMARKS.md, "A loose 3D box fitted to
+the object at its centre", "A loose 2D box fitted too", "A loose box fitted only to an object
+that stands out".)
 """
 
 from __future__ import annotations
@@ -41,6 +49,10 @@ BORDER_PX = 2  # the box's edge: its outermost pixels in-plane on its slices
 # lesion's core 1.7: docs/BENCHMARKS.md)
 MAX_RING_LIKENESS = 0.5
 MIN_SAME_OBJECT = 0.5  # the fitted box's answer and the 3D model's object agree at least this much (Dice)
+# the answer stands out from the box's edge where their medians differ by more than this many of the
+# image's noise (its standard deviation): lesions against lung 11-92, a lesion against soft tissue of
+# its own intensity 0.3-1.8 (docs/BENCHMARKS.md, "A loose box fitted only to an object that stands out")
+MIN_CONTRAST = 3.0
 
 
 def box_centre(corners: np.ndarray) -> np.ndarray:
@@ -75,7 +87,8 @@ def fitted_box(corners: np.ndarray, region: Box, found: np.ndarray, volume: np.n
     voxels = np.argwhere(in_box) + np.asarray(inside[0])
     found_lo, found_hi = voxels.min(axis=0), voxels.max(axis=0)
     extent = (found_hi[1:] - found_lo[1:] + 1) / (hi[1:] - lo[1:] + 1)
-    if extent.max() >= LOOSE_EXTENT or not _ring_reads_as_edge(volume[box_slices(inside)], in_box):
+    image = volume[box_slices(inside)]
+    if extent.max() >= LOOSE_EXTENT or not _ring_reads_as_edge(image, in_box) or not _stands_out(image, in_box):
         return None
     margin = np.array([FIT_MARGIN_SLICES, FIT_MARGIN_PX, FIT_MARGIN_PX], dtype=float)
     return np.clip(np.array([found_lo - margin, found_hi + margin], dtype=float), lo, hi)
@@ -105,14 +118,37 @@ def _on_box(corners: np.ndarray, region: Box, mask: np.ndarray) -> tuple[Box, np
     return inside, on_box
 
 
+def _box_edge(shape: tuple[int, ...]) -> np.ndarray:
+    """The box's edge on its voxels (of ``shape``): its ``BORDER_PX`` outermost pixels in-plane."""
+    edge = np.ones(shape, dtype=bool)
+    edge[:, BORDER_PX:-BORDER_PX, BORDER_PX:-BORDER_PX] = False
+    return edge
+
+
 def _ring_reads_as_edge(image: np.ndarray, found: np.ndarray) -> bool:
     """Whether the ring around ``found`` (bool, on ``image``: the box's voxels) reads nearer the
     box's edge than ``found`` does (see the module's docstring)."""
-    edge = np.ones(image.shape, dtype=bool)
-    edge[:, BORDER_PX:-BORDER_PX, BORDER_PX:-BORDER_PX] = False
+    edge = _box_edge(image.shape)
     ring = ndimage.binary_dilation(found, IN_PLANE, iterations=RING_PX) & ~found
     if not ring.any():
         return False
     edge_level = float(np.median(image[edge]))
     found_step = abs(float(np.median(image[found])) - edge_level)
     return abs(float(np.median(image[ring])) - edge_level) < MAX_RING_LIKENESS * found_step
+
+
+def _stands_out(image: np.ndarray, found: np.ndarray) -> bool:
+    """Whether ``found`` (bool, on ``image``: the box's voxels) stands out from the box's edge:
+    their medians more than ``MIN_CONTRAST`` times the image's noise apart (see the module's
+    docstring)."""
+    step = abs(float(np.median(image[found])) - float(np.median(image[_box_edge(image.shape)])))
+    return step > MIN_CONTRAST * noise_std(image)
+
+
+def noise_std(image: np.ndarray) -> float:
+    """The standard deviation of ``image``'s noise, read from the differences between in-plane
+    neighbours: their median absolute value over 0.6745 * sqrt(2), as for Gaussian noise; the
+    median is robust to the few differences that cross a structure's edge. (Neither MONAI nor
+    SimpleITK offers this estimate.)"""
+    differences = np.abs(np.diff(np.asarray(image, dtype=np.float32), axis=-1))
+    return float(np.median(differences)) / (0.6745 * np.sqrt(2.0))
