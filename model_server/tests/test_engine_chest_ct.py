@@ -18,7 +18,7 @@ import pytest
 from sam3d.data.chest import generate_chest_case
 from sam3d.data.clicks import centre_click, first_click, next_click
 from sam3d.data.phantoms import case_seed
-from sam3d.engine import crop_scale, edge_threshold
+from sam3d.engine import crop_scale, edge_threshold, partial_crop
 from sam3d.engine import session as session_module
 from sam3d.engine.box_fit import object_slices
 from sam3d.engine.predictor import IdleStep, Predictor
@@ -434,10 +434,11 @@ def test_a_box_drawn_10_mm_loose_is_answered_on_the_nodule_at_its_centre(predict
         assert not session.mask[:lo[0]].any() and not session.mask[hi[0]:].any()
 
 
-def test_a_box_s_crop_is_encoded_near_its_object_first_and_whole_before_the_next_click(predictor):
+def test_a_box_s_crop_is_encoded_near_its_object_first_and_whole_before_the_next_click(predictor, monkeypatch):
     """The 3D model's click at a box's centre (``box_fit``) reads its crop encoded only on the
-    slices near the box's object (``box_fit.object_slices``); idle time encodes the rest and
-    caches the crop whole, and the object's next click reads it so, as where no idle time came."""
+    slices near the box's object (``box_fit.object_slices``), and the box's answer is the one the
+    whole crop gives, nearly; idle time encodes the rest and caches the crop whole, and the
+    object's next click reads it so, as where no idle time came."""
     image, label, _ = _chest_case(ONE_SLICE_NODULE, CHEST_DEV2_SEED)
     target = label.array > 0
     loose = first_box(target, "box", 10.0, image.spacing)
@@ -457,11 +458,17 @@ def test_a_box_s_crop_is_encoded_near_its_object_first_and_whole_before_the_next
     slab = predictor.slab_voxels
     assert encoded[0] * slab <= max(crop_k.min(), 0) and min(crop_k.max(), partial.geometry.size - 1) < (encoded[-1] + 1) * slab
     assert _dice(session.mask, target) > 0.9
+    with monkeypatch.context() as whole_first:
+        whole_first.setattr(partial_crop, "MARGIN_MM", 1e6)  # every slice encoded first
+        whole = boxed()
+    assert whole._partial is None or whole._partial.encoded.all()
+    assert _dice(session.mask, whole.mask) > 0.9
     while (outcome := session.complete_partial_crop()) is not IdleStep.DONE:
         assert outcome is IdleStep.MORE  # nothing else uses the session or the encoder here
     cached = session.cache.get(partial.geometry)
     expected = predictor.encode(session._crop_image(partial.geometry))
     np.testing.assert_allclose(cached.last_level.numpy(), expected.last_level.numpy(), atol=1e-4)
+    np.testing.assert_allclose(cached.static_fusion.numpy(), expected.static_fusion.numpy(), atol=1e-4)
     click = centre_click(target, image.spacing)  # a positive click at the nodule's deepest point
     change = session.interact([click], [1])
     assert not change.encoder_ran

@@ -26,9 +26,9 @@ the mediastinum), the 3D model's answer at its centre can be a part of it that r
 brighter, and the ring around that part reads as the box's edge because both are the same soft
 tissue. The box drawn close around the lesion is then the better guide. So the box is fitted
 only to an answer that stands out from the box's edge: their medians more than ``MIN_CONTRAST``
-times the image's noise apart (``noise_std``). (docs/BENCHMARKS.md, "A loose 3D box fitted to
-the object at its centre", "A loose 2D box fitted too", "A loose box fitted only to an object
-that stands out".)
+times the noise's standard deviation on the box's voxels apart (``noise_std``).
+(docs/BENCHMARKS.md, "A loose 3D box fitted to the object at its centre", "A loose 2D box fitted
+too", "A loose box fitted only to an object that stands out".)
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ BORDER_PX = 2  # the box's edge: its outermost pixels in-plane on its slices
 # lesion's core 1.7: docs/BENCHMARKS.md)
 MAX_RING_LIKENESS = 0.5
 MIN_SAME_OBJECT = 0.5  # the fitted box's answer and the 3D model's object agree at least this much (Dice)
-# the answer stands out from the box's edge where their medians differ by more than this many of the
-# image's noise (its standard deviation): lesions against lung 11-92, a lesion against soft tissue of
-# its own intensity 0.3-1.8 (docs/BENCHMARKS.md, "A loose box fitted only to an object that stands out")
+# the answer stands out from the box's edge where their medians differ by more than this many times the
+# noise's standard deviation on the box's voxels: lesions against lung 11-92, a lesion against soft
+# tissue of its own intensity 0.3-1.8 (docs/BENCHMARKS.md, "A loose box fitted only to an object that stands out")
 MIN_CONTRAST = 3.0
 
 
@@ -76,8 +76,8 @@ def fitted_box(corners: np.ndarray, region: Box, found: np.ndarray, volume: np.n
     fitted to ``found`` (bool, the 3D model's answer at the box's centre, over ``region`` of the
     volume): the corners of ``found``'s box inside the user's box, grown by the fit margins and
     kept inside it; None where ``found`` does not hold the box's centre voxel, the user's box is
-    not loose around ``found``, or the ring around ``found`` does not read as the box's edge (see
-    the module's docstring)."""
+    not loose around ``found``, the ring around ``found`` does not read as the box's edge, or
+    ``found`` does not stand out from the box's edge (see the module's docstring)."""
     corners = np.asarray(corners, dtype=float)
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     inside, in_box = _on_box(corners, region, found)
@@ -139,8 +139,8 @@ def _ring_reads_as_edge(image: np.ndarray, found: np.ndarray) -> bool:
 
 def _stands_out(image: np.ndarray, found: np.ndarray) -> bool:
     """Whether ``found`` (bool, on ``image``: the box's voxels) stands out from the box's edge:
-    their medians more than ``MIN_CONTRAST`` times the image's noise apart (see the module's
-    docstring)."""
+    their medians more than ``MIN_CONTRAST`` times the noise's standard deviation apart (see the
+    module's docstring)."""
     step = abs(float(np.median(image[found])) - float(np.median(image[_box_edge(image.shape)])))
     return step > MIN_CONTRAST * noise_std(image)
 
@@ -148,7 +148,8 @@ def _stands_out(image: np.ndarray, found: np.ndarray) -> bool:
 def noise_std(image: np.ndarray) -> float:
     """The standard deviation of ``image``'s noise, read from the differences between in-plane
     neighbours: their median absolute value over 0.6745 * sqrt(2), as for Gaussian noise; the
-    median is robust to the few differences that cross a structure's edge. (Neither MONAI nor
-    SimpleITK offers this estimate.)"""
+    median is robust to the few differences that cross a structure's edge. Where most neighbours
+    are equal (a noiseless or quantised flat image) it reads 0 and any step stands out: the fit
+    as before this rule. (Neither MONAI nor SimpleITK offers this estimate.)"""
     differences = np.abs(np.diff(np.asarray(image, dtype=np.float32), axis=-1))
     return float(np.median(differences)) / (0.6745 * np.sqrt(2.0))

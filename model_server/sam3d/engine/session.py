@@ -33,13 +33,14 @@ the object's mask:
    the 3D model. Where that first mask is small, the click is answered again on crops of a finer
    spacing, kept where the two answers agree, and the object's later clicks use its scale
    (``crop_scale.py``). That finer crop's first answer encodes only its slices near the first
-   mask; the rest are encoded in idle time or by the next answer that reads it
-   (``partial_crop.py``). The first mask is then trimmed at the lesion's intensity step where
-   that step is clear (``intensity_trim.py``: a rim of lung around a nodule goes), and carried
-   to the lesion's extent on the smoothed image where the lesion is too subtle for the model's
-   input yet clear in the image (``subtle_extent.py``: a soft-tissue lesion in its organ), or
-   else grown to a clear step by a few pixels in-plane where the lesion stands above a darker
-   background (``intensity_trim.py``: a nodule's mask that stops short of its edge); that
+   mask, as a box's centre click does near the box's object; the rest are encoded in idle time
+   or by the next answer that reads it (``partial_crop.py``). The first mask is then trimmed at
+   the lesion's intensity step where that step is clear (``intensity_trim.py``: a rim of lung
+   around a nodule goes), and carried to the lesion's extent on the smoothed image where the
+   lesion is too subtle for the model's input yet clear in the image (``subtle_extent.py``: a
+   soft-tissue lesion in its organ), or else grown to a clear step by a few pixels in-plane
+   where the lesion stands above a darker background (``intensity_trim.py``: a nodule's mask
+   that stops short of its edge); that
    object's later clicks are answered from the lesion's two levels (a positive click adds the
    voxels near the lesion's level around it, a negative one cuts the part nearer it than every
    positive click), not by the 3D model, which is blind to the step, nor by the 2D pathway.
@@ -433,8 +434,8 @@ class Session:
 
     def complete_partial_crop(self) -> IdleStep:
         """Idle work: one more run of the slices of the crop encoded in part (``partial_crop``:
-        a small object's finer crop, or a box's), cached once whole, so that the object's next click reads it without
-        waiting. MORE when a run was encoded; DONE when there is nothing to encode; BUSY when
+        a small object's finer crop, or a box's), cached once whole, so that the object's next
+        click reads it without waiting. MORE when a run was encoded; DONE when there is nothing to encode; BUSY when
         the session or the encoder is in use: it never waits. The masks do not depend on it:
         every answer after a first one reads the whole crop, encoded then if not before."""
         if not self._lock.acquire(blocking=False):
@@ -734,6 +735,8 @@ class Session:
             return features, 0.0
         start = time.perf_counter()
         partial = self._partial if self._partial is not None and self._partial.geometry.key == geometry.key else None
+        if partial is not None and partial.complete:  # every slice encoded at once (a box as deep as the crop)
+            return self._cache_whole(partial), time.perf_counter() - start
         if partial is not None and partial_ok:
             return self.predictor.encode_from_slabs(partial.backbone, partial.image), time.perf_counter() - start
         if partial is not None:
@@ -1019,12 +1022,16 @@ class Session:
         queue = self._place_crops(point, positive, None, self.predictor.config.crop_spacing_mm)
         first_click = point[0] if self.predictor.preset.kind == "percentile" else None
         started = self._encode_near(queue[0], object_slices(corners, self.spacing))[1]
-        answer = self._answer_with_crops(queue, [], point, positive, None, first_click, False, partial_ok=started)
+        answer = self._answer_with_crops(queue, [], point, positive, None, first_click, False,
+                                         partial_ok=started)
         if first_click is None:
             return answer.box, answer.proposal
         partial = self._partial
-        answer = self._small_object_at_finer_scale(answer, point, positive, point, positive, first_click)
-        self._partial = partial
+        try:
+            answer = self._small_object_at_finer_scale(answer, point, positive, point, positive, first_click)
+        finally:  # the box's crop stays the one encoded in part, unless it was cached whole meanwhile
+            cached = partial is not None and self.cache.get(partial.geometry) is not None
+            self._partial = None if cached else partial
         return answer.box, self._first_mask_at_lesion_intensity(answer.box, answer.proposal, first_click)[0]
 
     def _additions_at_lesion_intensity(self, box: Box, proposal: np.ndarray, points: np.ndarray,
