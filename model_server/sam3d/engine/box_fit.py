@@ -87,9 +87,13 @@ def fitted_box(corners: np.ndarray, region: Box, found: np.ndarray, volume: np.n
     voxels = np.argwhere(in_box) + np.asarray(inside[0])
     found_lo, found_hi = voxels.min(axis=0), voxels.max(axis=0)
     extent = (found_hi[1:] - found_lo[1:] + 1) / (hi[1:] - lo[1:] + 1)
-    image = volume[box_slices(inside)]
-    if extent.max() >= LOOSE_EXTENT or not _ring_reads_as_edge(image, in_box) or not _stands_out(image, in_box):
+    if extent.max() >= LOOSE_EXTENT:
         return None
+    image = volume[box_slices(inside)]
+    edge_level = float(np.median(image[_box_edge(image.shape)]))
+    found_step = abs(float(np.median(image[in_box])) - edge_level)
+    if not _ring_reads_as_edge(image, in_box, edge_level, found_step) or found_step <= MIN_CONTRAST * noise_std(image):
+        return None  # the ring is the lesion's, or the answer does not stand out from the edge
     margin = np.array([FIT_MARGIN_SLICES, FIT_MARGIN_PX, FIT_MARGIN_PX], dtype=float)
     return np.clip(np.array([found_lo - margin, found_hi + margin], dtype=float), lo, hi)
 
@@ -125,24 +129,14 @@ def _box_edge(shape: tuple[int, ...]) -> np.ndarray:
     return edge
 
 
-def _ring_reads_as_edge(image: np.ndarray, found: np.ndarray) -> bool:
+def _ring_reads_as_edge(image: np.ndarray, found: np.ndarray, edge_level: float, found_step: float) -> bool:
     """Whether the ring around ``found`` (bool, on ``image``: the box's voxels) reads nearer the
-    box's edge than ``found`` does (see the module's docstring)."""
-    edge = _box_edge(image.shape)
+    box's edge (its median ``edge_level``) than ``found`` does (its median ``found_step`` from
+    it; see the module's docstring)."""
     ring = ndimage.binary_dilation(found, IN_PLANE, iterations=RING_PX) & ~found
     if not ring.any():
         return False
-    edge_level = float(np.median(image[edge]))
-    found_step = abs(float(np.median(image[found])) - edge_level)
     return abs(float(np.median(image[ring])) - edge_level) < MAX_RING_LIKENESS * found_step
-
-
-def _stands_out(image: np.ndarray, found: np.ndarray) -> bool:
-    """Whether ``found`` (bool, on ``image``: the box's voxels) stands out from the box's edge:
-    their medians more than ``MIN_CONTRAST`` times the noise's standard deviation apart (see the
-    module's docstring)."""
-    step = abs(float(np.median(image[found])) - float(np.median(image[_box_edge(image.shape)])))
-    return step > MIN_CONTRAST * noise_std(image)
 
 
 def noise_std(image: np.ndarray) -> float:

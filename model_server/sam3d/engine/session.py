@@ -10,8 +10,8 @@ the object's mask:
    pathway at native resolution (a box, 3D or 2D, drawn loosely around the object the 3D model
    finds at its centre is fitted to that object first: ``box_fit.py``), trimmed at the half-way
    intensity where the lesion is homogeneous, and grown in-plane by a few pixels to a clear
-   intensity step within the box (``intensity_trim.py``); that mask is the first patch of the interaction and the mask
-   prompt of the crops that follow. Otherwise the box goes to the 3D model as in 1 and 3.
+   intensity step within the box (``intensity_trim.py``); that mask is the first patch of the
+   interaction and the mask prompt of the crops that follow. Otherwise the box goes to the 3D model as in 1 and 3.
 1. Crop placement: a new box gets a crop centred on the box's centre; every new point that
    does not lie inside a crop already chosen for this interaction gets one: a cached (already
    encoded) crop that contains it at least ``size / 8`` crop voxels from the faces, else a new
@@ -435,8 +435,8 @@ class Session:
     def complete_partial_crop(self) -> IdleStep:
         """Idle work: one more run of the slices of the crop encoded in part (``partial_crop``:
         a small object's finer crop, or a box's), cached once whole, so that the object's next
-        click reads it without waiting. MORE when a run was encoded; DONE when there is nothing to encode; BUSY when
-        the session or the encoder is in use: it never waits. The masks do not depend on it:
+        click reads it without waiting. MORE when a run was encoded; DONE when there is nothing
+        to encode; BUSY when the session or the encoder is in use: it never waits. The masks do not depend on it:
         every answer after a first one reads the whole crop, encoded then if not before."""
         if not self._lock.acquire(blocking=False):
             return IdleStep.BUSY
