@@ -13,6 +13,10 @@ The 2D pathway's own cut can take too much: on chest dev2's chest_005 one negati
 158 of the tumour's voxels on its slice. ``spare_believed_voxels`` gives back what such a cut
 removed where the 3D model believes it clearly more than the clicked voxel (docs/BENCHMARKS.md,
 "A negative click's 2D cut spared where the 3D model believes the tumour").
+
+``beyond_neck`` splits a mask at a neck between a negative click and the positive ones: the
+subtle-lesion rule's cut for a click deep in a wrong region (``subtle_extent.cut_at_negative_click``)
+runs there.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from ..data.clicks import label_objects
 from .crops import tight_box
@@ -28,6 +33,10 @@ from .positive_clicks import clicks_inside
 # a 2D cut gives back what the model believes more than this many times the clicked voxel (and
 # at 0.5 at least); chosen on development data over 2 and 3 (docs/BENCHMARKS.md)
 SPARE_FACTOR = 1.5
+# a neck between two basins of a mask's depth: at least this much shallower (mm) than the shallower
+# basin's deepest voxel (0.5, 1 and 2 tried on development data: docs/BENCHMARKS.md, "A subtle
+# lesion's negative click kept to what it marks")
+NECK_MM = 0.5
 
 
 def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np.ndarray, labels: np.ndarray,
@@ -82,6 +91,29 @@ def nearer_than_all(shape: Sequence[int], negative: np.ndarray, positives: np.nd
     for positive in positives:
         nearer &= to_negative < squared_distance_mm(shape, positive, spacing)
     return nearer
+
+
+def beyond_neck(mask: np.ndarray, negative: tuple[int, int, int], positives: np.ndarray,
+                spacing: Sequence[float]) -> np.ndarray | None:
+    """``mask`` (bool) without the basins that hold ``positives`` (kji, n x 3; those in
+    ``mask``), where a ``negative`` click (its kji index, inside ``mask``) lies in another basin;
+    None where it shares one with a positive click (no neck lies between them) or no positive
+    click lies in ``mask``. Basins: the
+    mask's depth (distance from its edge, mm) split at its necks by SimpleITK's morphological
+    watershed (face-connected; basins whose neck is less than ``NECK_MM`` shallower than the
+    shallower basin's deepest voxel merged). A structure joined to the lesion by a neck is its own
+    basin; a lesion without one is a single basin."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing([float(s) for s in reversed(spacing)])
+    depth = sitk.SignedMaurerDistanceMap(image, insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
+    relief = sitk.GetImageFromArray(-np.where(mask, sitk.GetArrayViewFromImage(depth), 0).astype(np.float32))
+    basins = sitk.GetArrayFromImage(sitk.MorphologicalWatershed(relief, level=NECK_MM, markWatershedLine=False,
+                                                                fullyConnected=False))
+    held = [int(basins[index]) for _, index in clicks_inside(positives, np.ones(len(positives)), 1, mask.shape)
+            if mask[index]]
+    if not held or basins[negative] in held:
+        return None
+    return mask & ~np.isin(basins, held)
 
 
 def squared_distance_mm(shape: Sequence[int], point: Sequence[float], spacing: Sequence[float]) -> np.ndarray:

@@ -40,8 +40,10 @@ the step) nor the 2D pathway (whose box on such a slice takes part of the organ)
 lesion's edge. A positive click adds the voxels near the lesion's level within ``REACH_MM`` of it,
 connected to it - on the lesion's rim, those at least as lesion-like as the clicked voxel within
 ``RIM_REACH_MM`` (``add_at_positive_click``); a negative click removes the part of the mask nearer
-it than every positive click and nearer the clicked voxel's level than the lesion's, connected
-to it (``cut_at_negative_click``).
+it than every positive click, connected to it: where the click corrects the mask's rim, only what
+lies near the clicked voxel and reads no more lesion-like than it; where it lies deep in a wrong
+region, all of it, cut at a neck of the mask where one lies between it and the positive clicks
+(``cut_at_negative_click``).
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.clicks import label_objects
+from .crops import tight_box
 from .intensity_trim import IN_PLANE, core_level
-from .negative_clicks import nearer_than_all, squared_distance_mm
+from .negative_clicks import beyond_neck, nearer_than_all, squared_distance_mm
 from .positive_clicks import clicks_inside
 
 SMOOTH_MM = 1.0  # Gaussian smoothing of the image before its levels are read (sigma, mm)
@@ -75,6 +78,15 @@ SIDE_SHARE = 0.2
 # and 6 took the same development cases (docs/BENCHMARKS.md, "A subtle lesion's level read off its rim")
 LEVEL_BALL_MM = 4.0
 MIN_LEVEL_VOXELS = 9  # the fewest voxels a level is read from (near the click, or in a mask's core)
+# a negative click's voxel reads as the lesion where it lies within this many of the lesion's robust
+# standard deviations of its level (development cases: 0.11-0.37 on like-intensity false positives,
+# 0.93 and more on the lesion's rim; docs/BENCHMARKS.md, "A subtle lesion's negative click kept to
+# what it marks")
+SAME_AS_LESION_SPREADS = 0.5
+# a negative click deeper in the mask than this part of its deepest voxel marks a wrong region, not
+# the mask's rim (development cases: 0.06-0.40 on a lesion's rim, 0.69-0.89 in leaks into tissue of
+# the lesion's level; docs/BENCHMARKS.md, "A subtle lesion's negative click kept to what it marks")
+DEEP_CLICK_FRACTION = 0.5
 
 @dataclass(frozen=True)
 class SubtleLevels:
@@ -224,19 +236,69 @@ def add_at_positive_click(smoothed: np.ndarray, spacing: Sequence[float], mask: 
 
 def cut_at_negative_click(smoothed: np.ndarray, spacing: Sequence[float], mask: np.ndarray, click: np.ndarray,
                           positives: np.ndarray, levels: SubtleLevels) -> np.ndarray:
-    """``mask`` without its voxels nearer the clicked voxel's level than the lesion's and nearer
-    ``click`` (kji on ``smoothed``'s grid) than every one of ``positives`` (kji, n x 3),
-    connected to the click: a leak into the organ goes, the lesion's core beside it stays. Where
-    the clicked voxel is itself near the lesion's level (a like-intensity structure the user
-    rules out) the level is not asked. ``mask`` as it is where the click is not in it."""
+    """``mask`` without the part of it a negative click marks, connected to the click (kji on
+    ``smoothed``'s grid) and nearer it than every one of ``positives`` (kji, n x 3):
+
+    - a clicked voxel outside the lesion's level band (the model's mask ran into another tissue):
+      the voxels nearer the clicked voxel's level than the lesion's - a leak into the organ goes,
+      the lesion's core beside it stays;
+    - a clicked voxel inside the band, in the mask's outer part (``_on_rim``: a correction of its
+      rim): only within ``RIM_REACH_MM`` of it, as a positive click on the rim adds, so the
+      lesion's rim beyond a few false positives stays; of those, where the clicked voxel is off
+      the lesion's level by ``SAME_AS_LESION_SPREADS`` of the lesion's spread or more
+      (``_spread``), only the voxels no more lesion-like than it (as far from the lesion's level
+      or farther, on its side); where it reads as the lesion, nothing in the image tells them
+      apart, and all of them go;
+    - a clicked voxel inside the band, deep in the mask (the click marks a wrong region of it, a
+      leak into tissue of the lesion's level or a structure joined to the lesion): where a neck of
+      the mask separates it from the positive clicks (``beyond_neck``), all but the basins that
+      hold them, so the cut runs at the neck; elsewhere all of it.
+
+    ``mask`` as it is where the click is not in it, or is nearer a positive click than itself.
+    Read on ``mask``'s box grown by one voxel (the rest of the arrays holds nothing to cut)."""
     inside = clicks_inside(np.asarray(click, dtype=float)[None], np.zeros(1), 0, mask.shape)
     if not inside or not mask[inside[0][1]]:
         return mask
-    index = inside[0][1]
-    part = mask & nearer_than_all(mask.shape, np.asarray(click, dtype=float), np.asarray(positives, dtype=float),
-                                  spacing)
+    found = tight_box(mask)  # the click is in the mask: never None
+    lo = np.maximum(np.asarray(found[0]) - 1, 0)
+    window = tuple(slice(a, min(b + 1, n)) for a, b, n in zip(lo, found[1], mask.shape))
+    cut = mask.copy()
+    cut[window] = _cut_in_box(smoothed[window], spacing, mask[window], np.asarray(click, dtype=float) - lo,
+                              tuple(int(i - a) for i, a in zip(inside[0][1], lo)),
+                              np.asarray(positives, dtype=float).reshape(-1, 3) - lo, levels)
+    return cut
+
+
+def _cut_in_box(smoothed: np.ndarray, spacing: Sequence[float], mask: np.ndarray, click: np.ndarray,
+                index: tuple[int, int, int], positives: np.ndarray, levels: SubtleLevels) -> np.ndarray:
+    """``cut_at_negative_click`` on the mask's box (``click``, its voxel ``index`` and
+    ``positives`` in it)."""
+    part = mask & nearer_than_all(mask.shape, click, positives, spacing)
+    if not part[index]:
+        return mask
     clicked_level = float(smoothed[index])
     if not levels.near_lesion(np.float32(clicked_level)):
         part &= np.abs(smoothed - clicked_level) < np.abs(smoothed - levels.lesion)
+    elif _on_rim(mask, index, spacing):
+        part &= squared_distance_mm(mask.shape, index, spacing) <= RIM_REACH_MM ** 2
+        if abs(clicked_level - levels.lesion) >= SAME_AS_LESION_SPREADS * _spread(smoothed, mask):
+            part &= (smoothed - clicked_level) * np.sign(clicked_level - levels.lesion) >= 0
+    elif (beyond := beyond_neck(mask, index, positives, spacing)) is not None:
+        part &= beyond
     components, _ = label_objects(part)
     return mask & (components != components[index])
+
+
+def _on_rim(mask: np.ndarray, index: tuple[int, int, int], spacing: Sequence[float]) -> bool:
+    """Whether the voxel at ``index`` lies in ``mask``'s outer part: its distance from the mask's
+    edge (mm) at most ``DEEP_CLICK_FRACTION`` of the deepest voxel's."""
+    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+    return bool(depth[index] <= DEEP_CLICK_FRACTION * depth.max())
+
+
+def _spread(smoothed: np.ndarray, mask: np.ndarray) -> float:
+    """The robust standard deviation of ``smoothed`` in ``mask``'s in-plane core (the whole mask
+    where the core holds fewer than ``MIN_LEVEL_VOXELS``): how far a lesion's own voxels read
+    from its level."""
+    core = ndimage.binary_erosion(mask, IN_PLANE)
+    return _robust_std(smoothed[core if np.count_nonzero(core) >= MIN_LEVEL_VOXELS else mask])
