@@ -272,6 +272,39 @@ def test_a_negative_click_on_the_rim_that_reads_as_the_lesion_takes_only_the_mas
     assert np.count_nonzero(cut) > 0.85 * np.count_nonzero(lesion)
 
 
+def test_a_negative_click_on_the_rim_of_a_two_lobed_lesion_stays_near_it():
+    """A lesion of two overlapping lobes at one level (two basins of the mask's depth), first
+    clicked in one lobe; a negative click on the other lobe's rim that reads as the lesion takes
+    the mask within ``RIM_REACH_MM`` of it, not the other lobe."""
+    second = _ball(7.0, np.array([6.0, 32.0, 46.0]))
+    lesion = _ball(8.0) | second
+    image = np.where(lesion, ORGAN + 30.0, ORGAN) + np.random.default_rng(0).normal(0, 2.0, SHAPE)
+    smoothed = smoothed_image(image.astype(np.float32), SPACING)
+    click = np.array([6.0, 32.0, 51.0])  # 4 mm inside the second lobe's far edge
+    assert abs(smoothed[6, 32, 51] - LEVELS.lesion) < 1.0
+    cut = cut_at_negative_click(smoothed, SPACING, lesion, click, CENTRE[None], LEVELS)
+    removed = np.argwhere(lesion & ~cut)
+    assert [6, 32, 51] in removed.tolist()
+    assert np.sqrt((((removed - click) * SPACING) ** 2).sum(axis=1)).max() <= RIM_REACH_MM
+    assert np.count_nonzero(cut & second) > 0.7 * np.count_nonzero(second)
+
+
+def test_a_negative_click_deep_in_a_leak_without_a_neck_takes_the_leak():
+    """The mask runs on from the lesion as a tube as wide as the lesion, at the lesion's level (a
+    leak into like tissue, no neck between); a click deep in the tube's far end takes the whole
+    side of the mask nearer it than the positive click, connected to it."""
+    k, j, i = np.indices(SHAPE)
+    tube = ((((k - CENTRE[0]) * SPACING[0]) ** 2 + ((j - CENTRE[1]) * SPACING[1]) ** 2 <= 64.0)
+            & (i >= 32) & (i <= 62))
+    mask = _ball(8.0) | tube
+    image = np.where(mask, ORGAN + 30.0, ORGAN) + np.random.default_rng(0).normal(0, 2.0, SHAPE)
+    smoothed = smoothed_image(image.astype(np.float32), SPACING)
+    click = np.array([6.0, 32.0, 56.0])
+    cut = cut_at_negative_click(smoothed, SPACING, mask, click, CENTRE[None], LEVELS)
+    assert not (cut & (i > 44)).any()  # beyond the half-way plane (i = 44): all gone
+    assert (cut == mask)[i < 44].all()  # before it: all kept
+
+
 def test_a_negative_click_half_a_voxel_off_the_mask_is_read_on_its_own_voxel():
     """A click at i = 21.5 rounds to the lesion's edge voxel i = 22; the mask's box starts at
     i = 21, where the same click, read in the box (0.5), would round to the voxel outside the
