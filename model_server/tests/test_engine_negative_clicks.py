@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sam3d.engine.negative_clicks import honour_negative_clicks, spare_believed_voxels
+from sam3d.engine.negative_clicks import RIM_REACH_MM, honour_negative_clicks, spare_believed_voxels
 
 SHAPE = (5, 9, 40)
 SPACING = (1.0, 1.0, 1.0)
@@ -106,3 +106,42 @@ def test_no_cut_is_spared_where_no_crop_covers_or_no_negative_click_was_answered
     np.testing.assert_array_equal(spare_believed_voxels(probability, before, after, click, np.array([1])), after)
     kept_click = np.array([[2, 4, 5]], dtype=float)  # a negative click the answer did not remove
     np.testing.assert_array_equal(spare_believed_voxels(probability, before, after, kept_click, np.array([0])), after)
+
+
+def test_a_click_on_the_mask_s_rim_takes_only_what_lies_near_it():
+    """A ball whose core the model believes (0.9) and whose outer shell it doubts (0.6): a negative
+    click on the shell corrects the rim there and removes only the shell within ``RIM_REACH_MM`` of
+    it. The rest of the shell, as doubtful and nearer the negative click than the positive one at
+    the centre, stays (the rule before took the whole connected half of the shell)."""
+    shape = (31, 31, 31)
+    centre = np.array([15.0, 15.0, 15.0])
+    distance = np.sqrt(((np.indices(shape).T - centre) ** 2).sum(axis=-1)).T
+    probability = np.where(distance <= 7, 0.9, np.where(distance <= 10, 0.6, 0.0)).astype(np.float32)
+    mask = probability > 0.5
+    click = centre + np.array([0.0, 0.0, 9.0])
+    result = honour_negative_clicks(probability, mask, np.stack([centre, click]), np.array([1, 0]), SPACING)
+    removed = np.argwhere(mask & ~result)
+    assert not result[tuple(click.astype(int))]
+    assert np.sqrt(((removed - click) ** 2).sum(axis=1)).max() <= RIM_REACH_MM
+    far_shell = tuple((centre + np.array([0.0, 7.0, 6.0])).astype(int))  # 7.6 mm from the click, 9.2 from the centre
+    assert mask[far_shell] and result[far_shell]
+    np.testing.assert_array_equal(result[distance <= 7], mask[distance <= 7])
+
+
+def test_a_click_on_a_lobe_the_model_doubts_takes_the_whole_lobe():
+    """A ball the model believes (0.9) with a 9 mm thick lobe it doubts (0.6) grown out of its
+    side: a negative click in the lobe lies in the mask's outer part, yet what it marks is a lobe,
+    not a layer at the rim, so the whole lobe goes and the ball stays (a reach of
+    ``RIM_REACH_MM`` would leave the lobe's far corners)."""
+    shape = (48, 48, 48)
+    centre = np.array([24.0, 24.0, 16.0])
+    distance = np.sqrt(((np.indices(shape).T - centre) ** 2).sum(axis=-1)).T
+    probability = np.where(distance <= 11, 0.9, 0.0).astype(np.float32)
+    lobe = np.zeros(shape, dtype=bool)
+    lobe[20:29, 20:29, 28:37] = True
+    probability[lobe] = 0.6
+    mask = probability > 0.5
+    click = np.array([24.0, 24.0, 32.0])
+    result = honour_negative_clicks(probability, mask, np.stack([centre, click]), np.array([1, 0]), SPACING)
+    assert not result[lobe].any()
+    np.testing.assert_array_equal(result[~lobe], mask[~lobe])

@@ -7,7 +7,11 @@ a negative click, ``honour_negative_clicks`` removes the part of the mask the mo
 of than of the clicked voxel, connected to the click, and only where it lies nearer that click
 than every positive click - the rule the 2D pathway's negative clicks keep on their slice
 (``slice_pathway.correct_slice_by_slice``): a negative click never takes the region around a
-positive one, even when the model is less sure there.
+positive one, even when the model is less sure there. A click in the mask's outer part
+(``on_rim``) whose marked part is a thin layer corrects the mask's rim: it removes only what lies
+within ``RIM_REACH_MM`` of it, so the lesion's rim beyond a few false positives stays; a lobe the
+model doubts goes whole (docs/BENCHMARKS.md, "The 3D model's negative click kept to what it
+marks").
 
 The 2D pathway's own cut can take too much: on chest dev2's chest_005 one negative click took
 158 of the tumour's voxels on its slice. ``spare_believed_voxels`` gives back what such a cut
@@ -25,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from ..data.clicks import label_objects
 from .crops import tight_box
@@ -37,16 +42,33 @@ SPARE_FACTOR = 1.5
 # basin's deepest voxel (0.5, 1 and 2 tried on development data: docs/BENCHMARKS.md, "A subtle
 # lesion's negative click kept to what it marks")
 NECK_MM = 0.5
+# a click on a mask's rim reaches no farther than this (mm): a negative one removes, a positive one
+# on a subtle lesion adds (``subtle_extent``)
+RIM_REACH_MM = 4.0
+# a negative click deeper in the mask than this part of its deepest voxel marks a wrong region, not
+# the mask's rim (subtle lesions of the development sets: 0.06-0.40 on a lesion's rim, 0.69-0.89 in
+# leaks into tissue of the lesion's level; docs/BENCHMARKS.md, "A subtle lesion's negative click
+# kept to what it marks")
+DEEP_CLICK_FRACTION = 0.5
+# what a negative click on the 3D model's mask marks is a layer at the rim where none of it lies this
+# far (mm) from its edge, else a lobe the model doubts (development cases: 0.8-2.3 where the part
+# held much of the lesion's rim, 2.8-3.7 on lobes of false positives; docs/BENCHMARKS.md, "The 3D
+# model's negative click kept to what it marks")
+RIM_LAYER_MM = 2.5
 
 
 def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np.ndarray, labels: np.ndarray,
                            spacing: Sequence[float]) -> np.ndarray:
-    """``mask`` (the 3D model's answer, bool) without what each negative click in it marks.
+    """``mask`` (the 3D model's answer, bool) without what each negative click in it marks: the
+    voxels the model is no surer of than of the clicked voxel, nearer it than every positive
+    click, connected to it; where the click lies on the mask's rim (``on_rim``) and those voxels
+    form a layer (``_is_layer``), only those within ``RIM_REACH_MM`` of it.
 
     ``probability``: the model's foreground probability on the mask's grid, negative where no
     crop covers a voxel (there the mask is the object's previous one and nothing is removed);
     ``points``: kji of all the object's clicks relative to the arrays, ``labels`` 1 / 0;
-    ``spacing``: mm per axis, for "nearer". Clicks outside the arrays are ignored."""
+    ``spacing``: mm per axis, for "nearer" and for the rim's reach. Clicks outside the arrays are
+    ignored."""
     result = mask.copy()
     positives = np.asarray(points, dtype=float)[np.asarray(labels) == 1]
     for point, index in clicks_inside(points, labels, 0, mask.shape):
@@ -57,11 +79,27 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
         window = tuple(slice(a, b) for a, b in zip(lo, hi))
         part = doubtful[window] & nearer_than_all(doubtful[window].shape, np.asarray(point, dtype=float) - lo,
                                                    positives - lo, spacing)
-        components, _ = label_objects(part)
-        clicked = components[tuple(c - a for c, a in zip(index, lo))]
-        if clicked:
-            result[window][components == clicked] = False
+        local = tuple(c - a for c, a in zip(index, lo))
+        marked = _clicked_part(part, local)
+        if marked is not None and on_rim(result, index, spacing) and _is_layer(marked, spacing):
+            marked = _clicked_part(marked & (squared_distance_mm(marked.shape, local, spacing) <= RIM_REACH_MM ** 2),
+                                   local)
+        if marked is not None:
+            result[window][marked] = False
     return result
+
+
+def _clicked_part(part: np.ndarray, index: tuple[int, ...]) -> np.ndarray | None:
+    """The connected component of ``part`` (bool) that holds the voxel at ``index``, or None."""
+    components, _ = label_objects(part)
+    clicked = components[index]
+    return components == clicked if clicked else None
+
+
+def _is_layer(part: np.ndarray, spacing: Sequence[float]) -> bool:
+    """Whether ``part`` (bool) is a layer, not a lobe: no voxel of it lies ``RIM_LAYER_MM`` or
+    more from its edge."""
+    return bool(ndimage.distance_transform_edt(np.pad(part, 1), sampling=spacing).max() < RIM_LAYER_MM)
 
 
 def spare_believed_voxels(probability: np.ndarray, before: np.ndarray, after: np.ndarray, points: np.ndarray,
@@ -114,6 +152,17 @@ def beyond_neck(mask: np.ndarray, negative: tuple[int, int, int], positives: np.
     if not held or basins[negative] in held:
         return None
     return mask & ~np.isin(basins, held)
+
+
+def on_rim(mask: np.ndarray, index: tuple[int, int, int], spacing: Sequence[float]) -> bool:
+    """Whether the voxel at ``index`` (in ``mask``) lies in ``mask``'s outer part: its distance from
+    the mask's edge (mm) at most ``DEEP_CLICK_FRACTION`` of the deepest voxel's. Read on the mask's
+    box grown by one voxel."""
+    lo, hi = tight_box(mask)
+    lo = np.maximum(np.asarray(lo) - 1, 0)
+    window = tuple(slice(a, min(b + 1, n)) for a, b, n in zip(lo, hi, mask.shape))
+    depth = ndimage.distance_transform_edt(mask[window], sampling=spacing)
+    return bool(depth[tuple(i - a for i, a in zip(index, lo))] <= DEEP_CLICK_FRACTION * depth.max())
 
 
 def squared_distance_mm(shape: Sequence[int], point: Sequence[float], spacing: Sequence[float]) -> np.ndarray:

@@ -57,13 +57,12 @@ from scipy import ndimage
 from ..data.clicks import label_objects
 from .crops import tight_box
 from .intensity_trim import IN_PLANE, core_level
-from .negative_clicks import beyond_neck, nearer_than_all, squared_distance_mm
+from .negative_clicks import RIM_REACH_MM, beyond_neck, nearer_than_all, on_rim, squared_distance_mm
 from .positive_clicks import clicks_inside
 
 SMOOTH_MM = 1.0  # Gaussian smoothing of the image before its levels are read (sigma, mm)
 SHELL_MM = (3.0, 12.0)  # the surroundings: this far from the model's mask (mm, inner and outer)
 REACH_MM = 12.0  # the new mask stays within this distance of the model's mask (mm)
-RIM_REACH_MM = 4.0  # a positive click on the lesion's rim adds no farther than this from it (mm)
 MIN_SEPARATION = 2.0  # the least |lesion - surroundings| in the click's robust standard deviations
 # the largest |lesion - surroundings| as a fraction of the crop's percentile range for the rule to
 # apply: under the least contrast of the training generator's lesions (0.14), where the model is blind
@@ -83,10 +82,6 @@ MIN_LEVEL_VOXELS = 9  # the fewest voxels a level is read from (near the click, 
 # 0.93 and more on the lesion's rim; docs/BENCHMARKS.md, "A subtle lesion's negative click kept to
 # what it marks")
 SAME_AS_LESION_SPREADS = 0.5
-# a negative click deeper in the mask than this part of its deepest voxel marks a wrong region, not
-# the mask's rim (development cases: 0.06-0.40 on a lesion's rim, 0.69-0.89 in leaks into tissue of
-# the lesion's level; docs/BENCHMARKS.md, "A subtle lesion's negative click kept to what it marks")
-DEEP_CLICK_FRACTION = 0.5
 
 @dataclass(frozen=True)
 class SubtleLevels:
@@ -242,7 +237,7 @@ def cut_at_negative_click(smoothed: np.ndarray, spacing: Sequence[float], mask: 
     - a clicked voxel outside the lesion's level band (the model's mask ran into another tissue):
       the voxels nearer the clicked voxel's level than the lesion's - a leak into the organ goes,
       the lesion's core beside it stays;
-    - a clicked voxel inside the band, in the mask's outer part (``_on_rim``: a correction of its
+    - a clicked voxel inside the band, in the mask's outer part (``on_rim``: a correction of its
       rim): only within ``RIM_REACH_MM`` of it, as a positive click on the rim adds, so the
       lesion's rim beyond a few false positives stays; of those, where the clicked voxel is off
       the lesion's level by ``SAME_AS_LESION_SPREADS`` of the lesion's spread or more
@@ -279,7 +274,7 @@ def _cut_in_box(smoothed: np.ndarray, spacing: Sequence[float], mask: np.ndarray
     clicked_level = float(smoothed[index])
     if not levels.near_lesion(np.float32(clicked_level)):
         part &= np.abs(smoothed - clicked_level) < np.abs(smoothed - levels.lesion)
-    elif _on_rim(mask, index, spacing):
+    elif on_rim(mask, index, spacing):
         part &= squared_distance_mm(mask.shape, index, spacing) <= RIM_REACH_MM ** 2
         if abs(clicked_level - levels.lesion) >= SAME_AS_LESION_SPREADS * _spread(smoothed, mask):
             part &= (smoothed - clicked_level) * np.sign(clicked_level - levels.lesion) >= 0
@@ -287,13 +282,6 @@ def _cut_in_box(smoothed: np.ndarray, spacing: Sequence[float], mask: np.ndarray
         part &= beyond
     components, _ = label_objects(part)
     return mask & (components != components[index])
-
-
-def _on_rim(mask: np.ndarray, index: tuple[int, int, int], spacing: Sequence[float]) -> bool:
-    """Whether the voxel at ``index`` lies in ``mask``'s outer part: its distance from the mask's
-    edge (mm) at most ``DEEP_CLICK_FRACTION`` of the deepest voxel's."""
-    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
-    return bool(depth[index] <= DEEP_CLICK_FRACTION * depth.max())
 
 
 def _spread(smoothed: np.ndarray, mask: np.ndarray) -> float:
