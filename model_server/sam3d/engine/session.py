@@ -46,7 +46,9 @@ the object's mask:
    positive click), not by the 3D model, which is blind to the step, nor by the 2D pathway.
 6. Where the 3D model answered and its mask still holds one of the object's negative clicks, the
    part of the mask it is no surer of than of that click, connected to it and nearer it than
-   every positive click, is removed (``negative_clicks.py``). Where the 2D pathway answered
+   every positive click, is removed (``negative_clicks.py``); where the click lies in the mask's
+   outer half and that part is a thin layer along the rest of the mask (a correction of its rim),
+   only what lies within 4 mm of the click. Where the 2D pathway answered
    negative clicks, which cut their own slice only, the 3D model's answer on the cached crop
    removes by the same rule what it doubts across slices; of what the 2D pathway added for a
    positive click, only what that answer believes at least half as much as the click stays
@@ -938,7 +940,8 @@ class Session:
           (``negative_clicks.honour_negative_clicks``): the 2D pathway cuts the clicked slice
           only, and a leak that runs on past it over several slices goes with one click
           (docs/BENCHMARKS.md, "A negative click's cut carried across slices by the 3D model's
-          doubt");
+          doubt"); a thin layer along the rest of the mask, clicked in its outer half, only
+          within 4 mm of the click;
         - of what the answer added for a positive click on a slice the mask covers, only the
           part it believes at least half as much as the click, connected to it, stays, where its
           own mask agrees with the object's (``positive_clicks.keep_believed_additions``): a
