@@ -108,15 +108,22 @@ def test_no_cut_is_spared_where_no_crop_covers_or_no_negative_click_was_answered
     np.testing.assert_array_equal(spare_believed_voxels(probability, before, after, kept_click, np.array([0])), after)
 
 
-def test_a_click_on_the_mask_s_rim_takes_only_what_lies_near_it():
-    """A ball whose core the model believes (0.9) and whose outer shell it doubts (0.6): a negative
-    click on the shell corrects the rim there and removes only the shell within ``RIM_REACH_MM`` of
-    it. The rest of the shell, as doubtful and nearer the negative click than the positive one at
-    the centre, stays (the rule before took the whole connected half of the shell)."""
+def _doubted_shell() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probability, distance from the centre, centre): a ball whose core the model believes (0.9)
+    and whose outer shell, from 7 to 10 mm, it doubts (0.6)."""
     shape = (31, 31, 31)
     centre = np.array([15.0, 15.0, 15.0])
     distance = np.sqrt(((np.indices(shape).T - centre) ** 2).sum(axis=-1)).T
     probability = np.where(distance <= 7, 0.9, np.where(distance <= 10, 0.6, 0.0)).astype(np.float32)
+    return probability, distance, centre
+
+
+def test_a_click_on_the_mask_s_rim_takes_only_what_lies_near_it():
+    """A negative click on the doubted shell of an object with a positive click at its centre
+    corrects the rim there and removes only the shell within ``RIM_REACH_MM`` of it. The rest of
+    the shell, as doubtful and nearer the negative click than the positive one, stays (the rule
+    before took the whole connected half of the shell)."""
+    probability, distance, centre = _doubted_shell()
     mask = probability > 0.5
     click = centre + np.array([0.0, 0.0, 9.0])
     result = honour_negative_clicks(probability, mask, np.stack([centre, click]), np.array([1, 0]), SPACING)
@@ -125,6 +132,18 @@ def test_a_click_on_the_mask_s_rim_takes_only_what_lies_near_it():
     assert np.sqrt(((removed - click) ** 2).sum(axis=1)).max() <= RIM_REACH_MM
     far_shell = tuple((centre + np.array([0.0, 7.0, 6.0])).astype(int))  # 7.6 mm from the click, 9.2 from the centre
     assert mask[far_shell] and result[far_shell]
+    np.testing.assert_array_equal(result[distance <= 7], mask[distance <= 7])
+
+
+def test_without_a_positive_click_the_doubted_shell_goes_whole():
+    """A box's object, no positive click: a negative click on the doubted shell takes all of it,
+    the believed core stays (a box's answer often holds a thin halo of false positives all round;
+    with the rim's reach it would go 4 mm per click)."""
+    probability, distance, centre = _doubted_shell()
+    mask = probability > 0.5
+    click = (centre + np.array([0.0, 0.0, 9.0]))[None]
+    result = honour_negative_clicks(probability, mask, click, np.array([0]), SPACING)
+    assert not result[distance > 7].any()
     np.testing.assert_array_equal(result[distance <= 7], mask[distance <= 7])
 
 

@@ -7,12 +7,13 @@ a negative click, ``honour_negative_clicks`` removes the part of the mask the mo
 of than of the clicked voxel, connected to the click, and only where it lies nearer that click
 than every positive click - the rule the 2D pathway's negative clicks keep on their slice
 (``slice_pathway.correct_slice_by_slice``): a negative click never takes the region around a
-positive one, even when the model is less sure there. A click in the mask's outer part
-(``on_rim``) whose marked part is a thin layer along the rest of the mask corrects the mask's
-rim: it removes only what lies within ``RIM_REACH_MM`` of it, so the lesion's rim beyond a few
-false positives stays; a lobe the model doubts, a strand running away from the mask or an island
-goes whole (docs/BENCHMARKS.md, "The 3D model's negative click kept to what it
-marks").
+positive one, even when the model is less sure there. On an object with a positive click, a
+click in the mask's outer part (``on_rim``) whose marked part is a thin layer along the rest of
+the mask corrects the mask's rim: it removes only what lies within ``RIM_REACH_MM`` of it, so the
+lesion's rim beyond a few false positives stays; a lobe the model doubts, a strand running away
+from the mask or an island goes whole. On a box's object without a positive click nothing the
+user said marks a rim as wanted: the doubted part goes whole, as a box's halo should
+(docs/BENCHMARKS.md, "The 3D model's negative click kept to what it marks").
 
 The 2D pathway's own cut can take too much: on chest dev2's chest_005 one negative click took
 158 of the tumour's voxels on its slice. ``spare_believed_voxels`` gives back what such a cut
@@ -68,9 +69,9 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
                            spacing: Sequence[float]) -> np.ndarray:
     """``mask`` (the 3D model's answer, bool) without what each negative click in it marks: the
     voxels the model is no surer of than of the clicked voxel, nearer it than every positive
-    click, connected to it; where the click lies on the mask's rim (``on_rim``) and those voxels
-    form a layer on the rest of the mask (``_is_layer_on``), only those within ``RIM_REACH_MM`` of
-    it.
+    click, connected to it; on an object with a positive click, where the click lies on the
+    mask's rim (``on_rim``) and those voxels form a layer on the rest of the mask
+    (``_is_layer_on``), only those within ``RIM_REACH_MM`` of it.
 
     ``probability``: the model's foreground probability on the mask's grid, negative where no
     crop covers a voxel (there the mask is the object's previous one and nothing is removed);
@@ -92,7 +93,7 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
         marked = _clicked_part(part, local)
         if marked is None:
             continue
-        if _is_layer_on(result, marked, lo, spacing):
+        if len(positives) and _is_layer_on(result, marked, lo, spacing):
             depth = depth if depth is not None else mask_depth(result, spacing)
             if on_rim(result, index, spacing, depth):
                 marked = _clicked_part(marked & (squared_distance_mm(marked.shape, local, spacing) <= RIM_REACH_MM ** 2),
