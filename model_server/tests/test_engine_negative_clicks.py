@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sam3d.engine.negative_clicks import RIM_REACH_MM, honour_negative_clicks, spare_believed_voxels
+from sam3d.engine.negative_clicks import RIM_REACH_MM, honour_negative_clicks, spare_believed_voxels, squared_distance_mm
 
 SHAPE = (5, 9, 40)
 SPACING = (1.0, 1.0, 1.0)
@@ -111,9 +111,8 @@ def test_no_cut_is_spared_where_no_crop_covers_or_no_negative_click_was_answered
 def _doubted_shell() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probability, distance from the centre, centre): a ball whose core the model believes (0.9)
     and whose outer shell, from 7 to 10 mm, it doubts (0.6)."""
-    shape = (31, 31, 31)
     centre = np.array([15.0, 15.0, 15.0])
-    distance = np.sqrt(((np.indices(shape).T - centre) ** 2).sum(axis=-1)).T
+    distance = np.sqrt(squared_distance_mm((31, 31, 31), centre, SPACING))
     probability = np.where(distance <= 7, 0.9, np.where(distance <= 10, 0.6, 0.0)).astype(np.float32)
     return probability, distance, centre
 
@@ -147,42 +146,34 @@ def test_without_a_positive_click_the_doubted_shell_goes_whole():
     np.testing.assert_array_equal(result[distance <= 7], mask[distance <= 7])
 
 
+def _assert_the_click_takes_the_whole_region(shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                                             radius_mm: float, region: np.ndarray, click: np.ndarray) -> None:
+    """A ball of ``radius_mm`` at the array's centre the model believes (0.9), with ``region``
+    beyond it doubted (0.4); a positive click at the centre and a negative one at ``click``: the
+    whole region goes and the ball stays."""
+    centre = (np.asarray(shape, dtype=float) - 1) / 2
+    inside = squared_distance_mm(shape, centre, spacing) <= radius_mm ** 2
+    probability = np.where(inside, 0.9, np.where(region, 0.4, 0.0)).astype(np.float32)
+    mask = probability > 0.3
+    result = honour_negative_clicks(probability, mask, np.stack([centre, click]), np.array([1, 0]), spacing)
+    assert not result[region & ~inside].any()
+    np.testing.assert_array_equal(result[inside], mask[inside])
+
+
 def test_a_click_on_a_lobe_the_model_doubts_takes_the_whole_lobe():
-    """A ball the model believes (0.9) with a 9 mm thick lobe it doubts (0.6) grown out of its
-    side: a negative click in the lobe lies in the mask's outer part, yet what it marks is a lobe,
-    not a layer at the rim, so the whole lobe goes and the ball stays (a reach of
-    ``RIM_REACH_MM`` would leave the lobe's far corners)."""
-    shape = (48, 48, 48)
-    centre = np.array([24.0, 24.0, 16.0])
-    distance = np.sqrt(((np.indices(shape).T - centre) ** 2).sum(axis=-1)).T
-    probability = np.where(distance <= 11, 0.9, 0.0).astype(np.float32)
-    lobe = np.zeros(shape, dtype=bool)
-    lobe[20:29, 20:29, 28:37] = True
-    probability[lobe] = 0.6
-    mask = probability > 0.5
-    click = np.array([24.0, 24.0, 32.0])
-    result = honour_negative_clicks(probability, mask, np.stack([centre, click]), np.array([1, 0]), SPACING)
-    assert not result[lobe].any()
-    np.testing.assert_array_equal(result[~lobe], mask[~lobe])
+    """A 9 mm thick lobe grown out of the ball's side: a negative click in the lobe lies in the
+    mask's outer part, yet what it marks is a lobe, not a layer at the rim, so the whole lobe goes
+    (a reach of ``RIM_REACH_MM`` would leave the lobe's far corners)."""
+    lobe = np.zeros((47, 47, 47), dtype=bool)
+    lobe[19:28, 19:28, 34:43] = True
+    _assert_the_click_takes_the_whole_region(lobe.shape, SPACING, 11.0, lobe, np.array([23.0, 23.0, 38.0]))
 
 
 def test_a_click_on_a_thin_strand_running_away_from_the_mask_takes_the_whole_strand():
-    """A lesion the model believes (0.9) with a thin strand it doubts (0.4; 2.1 mm thick, 2.5 mm
-    slices) running from its rim across 15 slices: the click on the strand near the lesion lies in
-    the mask's outer part and the strand is thin, but it does not lie along the rest of the mask,
-    so all of it goes, on every slice (a reach of ``RIM_REACH_MM`` would take the clicked slice's
-    piece alone)."""
-    spacing = (2.5, 0.7, 0.7)
-    shape = (24, 80, 80)
-    centre = np.array([8.0, 40.0, 30.0])
-    distance = np.sqrt(((np.indices(shape).T - centre) ** 2 * np.asarray(spacing) ** 2).sum(axis=-1)).T
-    probability = np.where(distance <= 10, 0.9, 0.0).astype(np.float32)
-    strand = np.zeros(shape, dtype=bool)
-    strand[6:21, 39:42, 44:63] = True
-    strand &= distance > 10
-    probability[strand] = 0.4
-    mask = probability > 0.3
-    click = np.array([8.0, 40.0, 52.0])
-    result = honour_negative_clicks(probability, mask, np.stack([centre, click]), np.array([1, 0]), spacing)
-    assert not result[strand].any()
-    np.testing.assert_array_equal(result[~strand], mask[~strand])
+    """A thin strand (2.1 mm thick, 2.5 mm slices) running from the ball's rim across 15 slices:
+    the click on the strand near the ball lies in the mask's outer part and the strand is thin,
+    but it does not lie along the rest of the mask, so all of it goes, on every slice (a reach of
+    ``RIM_REACH_MM`` would take the clicked slice's piece alone)."""
+    strand = np.zeros((25, 81, 81), dtype=bool)
+    strand[6:21, 39:42, 54:73] = True
+    _assert_the_click_takes_the_whole_region(strand.shape, (2.5, 0.7, 0.7), 10.0, strand, np.array([12.0, 40.0, 62.0]))
