@@ -34,7 +34,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..data.clicks import label_objects
-from .crops import tight_box
+from .crops import Box, box_slices, clamp_box, tight_box
 from .positive_clicks import clicks_inside
 
 # a 2D cut gives back what the model believes more than this many times the clicked voxel (and
@@ -80,26 +80,23 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
     ignored."""
     result = mask.copy()
     positives = np.asarray(points, dtype=float)[np.asarray(labels) == 1]
-    depth = None  # the mask's depth, read once where a click needs it, again after a cut
     for point, index in clicks_inside(points, labels, 0, mask.shape):
         if not result[index] or probability[index] < 0:
             continue
         doubtful = result & (probability >= 0) & (probability <= probability[index])
-        lo, hi = tight_box(doubtful)  # the click is in it: never None
-        window = tuple(slice(a, b) for a, b in zip(lo, hi))
+        found = tight_box(doubtful)  # the click is in it: never None
+        window, lo = box_slices(found), found[0]
         part = doubtful[window] & nearer_than_all(doubtful[window].shape, np.asarray(point, dtype=float) - lo,
                                                    positives - lo, spacing)
         local = tuple(c - a for c, a in zip(index, lo))
         marked = _clicked_part(part, local)
         if marked is None:
             continue
-        if len(positives) and _is_layer_on(result, marked, lo, spacing):
-            depth = depth if depth is not None else mask_depth(result, spacing)
-            if on_rim(result, index, spacing, depth):
-                marked = _clicked_part(marked & (squared_distance_mm(marked.shape, local, spacing) <= RIM_REACH_MM ** 2),
-                                       local)
+        # the layer test first: it reads the part's own box, the rim test the whole mask's
+        if len(positives) and _is_layer_on(result, marked, lo, spacing) and on_rim(result, index, spacing):
+            marked = _clicked_part(marked & (squared_distance_mm(marked.shape, local, spacing) <= RIM_REACH_MM ** 2),
+                                   local)
         result[window][marked] = False
-        depth = None
     return result
 
 
@@ -115,18 +112,16 @@ def _is_layer_on(mask: np.ndarray, part: np.ndarray, origin: Sequence[int], spac
     layer on the rest of the mask, not a lobe, a strand running away from it or an island: none of
     it lies ``RIM_LAYER_MM`` or more from its own edge, and at least ``ALONG_SHARE`` of it within
     twice that of the rest of ``mask``. Read on ``part``'s box (grown by that reach)."""
-    lo, hi = tight_box(part)
-    own = part[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    found = tight_box(part)
+    own, lo = part[box_slices(found)], found[0]
     if ndimage.distance_transform_edt(np.pad(own, 1), sampling=spacing).max() >= RIM_LAYER_MM:
         return False
     reach = np.ceil(2 * RIM_LAYER_MM / np.asarray(spacing, dtype=float)).astype(int)
     own_lo = np.asarray(origin) + lo  # the part's box in the mask
-    start = np.maximum(own_lo - reach, 0)
-    stop = np.minimum(own_lo + own.shape + reach, mask.shape)
-    region = tuple(slice(a, b) for a, b in zip(start, stop))
-    in_region = np.zeros(stop - start, dtype=bool)
-    in_region[tuple(slice(a, a + n) for a, n in zip(own_lo - start, own.shape))] = own
-    rest = mask[region] & ~in_region
+    region = clamp_box(own_lo - reach, own_lo + own.shape + reach, mask.shape)
+    in_region = np.zeros([b - a for a, b in zip(*region)], dtype=bool)
+    in_region[tuple(slice(a, a + n) for a, n in zip(own_lo - region[0], own.shape))] = own
+    rest = mask[box_slices(region)] & ~in_region
     if not rest.any():
         return False
     from_rest = ndimage.distance_transform_edt(~rest, sampling=spacing)
@@ -185,22 +180,20 @@ def beyond_neck(mask: np.ndarray, negative: tuple[int, int, int], positives: np.
     return mask & ~np.isin(basins, held)
 
 
-def mask_depth(mask: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """(the distance (mm) of every voxel of ``mask``'s box grown by one voxel from the mask's edge,
-    that box's low corner in ``mask``)."""
+def padded_box(mask: np.ndarray) -> Box:
+    """``mask``'s tight box grown by one voxel on every side, inside the array (``mask`` holds a
+    voxel): the box the negative-click rules read, where the mask's edge lies within."""
     lo, hi = tight_box(mask)
-    lo = np.maximum(np.asarray(lo) - 1, 0)
-    window = tuple(slice(a, min(b + 1, n)) for a, b, n in zip(lo, hi, mask.shape))
-    return ndimage.distance_transform_edt(mask[window], sampling=spacing), lo
+    return clamp_box(np.asarray(lo) - 1, np.asarray(hi) + 1, mask.shape)
 
 
-def on_rim(mask: np.ndarray, index: tuple[int, int, int], spacing: Sequence[float],
-           depth: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
+def on_rim(mask: np.ndarray, index: tuple[int, int, int], spacing: Sequence[float]) -> bool:
     """Whether the voxel at ``index`` (in ``mask``) lies in ``mask``'s outer part: its distance from
-    the mask's edge (mm) at most ``DEEP_CLICK_FRACTION`` of the deepest voxel's. ``depth``:
-    ``mask_depth(mask, spacing)`` where already read."""
-    depth_mm, lo = depth if depth is not None else mask_depth(mask, spacing)
-    return bool(depth_mm[tuple(i - a for i, a in zip(index, lo))] <= DEEP_CLICK_FRACTION * depth_mm.max())
+    the mask's edge (mm) at most ``DEEP_CLICK_FRACTION`` of the deepest voxel's. Read on
+    ``padded_box(mask)``."""
+    box = padded_box(mask)
+    depth = ndimage.distance_transform_edt(mask[box_slices(box)], sampling=spacing)
+    return bool(depth[tuple(i - a for i, a in zip(index, box[0]))] <= DEEP_CLICK_FRACTION * depth.max())
 
 
 def squared_distance_mm(shape: Sequence[int], point: Sequence[float], spacing: Sequence[float]) -> np.ndarray:

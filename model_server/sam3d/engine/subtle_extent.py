@@ -55,9 +55,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.clicks import label_objects
-from .crops import tight_box
+from .crops import box_slices
 from .intensity_trim import IN_PLANE, core_level
-from .negative_clicks import RIM_REACH_MM, beyond_neck, nearer_than_all, on_rim, squared_distance_mm
+from .negative_clicks import RIM_REACH_MM, beyond_neck, nearer_than_all, on_rim, padded_box, squared_distance_mm
 from .positive_clicks import clicks_inside
 
 SMOOTH_MM = 1.0  # Gaussian smoothing of the image before its levels are read (sigma, mm)
@@ -254,9 +254,8 @@ def cut_at_negative_click(smoothed: np.ndarray, spacing: Sequence[float], mask: 
     inside = clicks_inside(np.asarray(click, dtype=float)[None], np.zeros(1), 0, mask.shape)
     if not inside or not mask[inside[0][1]]:
         return mask
-    found = tight_box(mask)  # the click is in the mask: never None
-    lo = np.maximum(np.asarray(found[0]) - 1, 0)
-    window = tuple(slice(a, min(b + 1, n)) for a, b, n in zip(lo, found[1], mask.shape))
+    box = padded_box(mask)  # the click is in the mask
+    window, lo = box_slices(box), np.asarray(box[0])
     cut = mask.copy()
     cut[window] = _cut_in_box(smoothed[window], spacing, mask[window], np.asarray(click, dtype=float) - lo,
                               tuple(int(i - a) for i, a in zip(inside[0][1], lo)),
