@@ -177,3 +177,21 @@ def test_a_click_on_a_thin_strand_running_away_from_the_mask_takes_the_whole_str
     strand = np.zeros((25, 81, 81), dtype=bool)
     strand[6:21, 39:42, 54:73] = True
     _assert_the_click_takes_the_whole_region(strand.shape, (2.5, 0.7, 0.7), 10.0, strand, np.array([12.0, 40.0, 62.0]))
+
+
+def test_a_lobe_cut_by_the_array_s_face_is_read_as_going_on_beyond_it():
+    """The lobe of the test above, the arrays ending 4 voxels into it (the crops' reach): the part
+    the array shows is 4 mm deep from the ball, and it may go on beyond the face, so it is a lobe
+    and goes whole, as it does where the array shows all of it (read with the face as the lobe's
+    edge, it was a 2 mm layer and the click took only what lay within 4 mm)."""
+    shape = (47, 47, 38)
+    lobe = np.zeros(shape, dtype=bool)
+    lobe[19:28, 19:28, 34:] = True
+    centre = np.array([23.0, 23.0, 23.0])
+    inside = squared_distance_mm(shape, centre, SPACING) <= 11.0 ** 2
+    probability = np.where(inside, 0.9, np.where(lobe, 0.4, 0.0)).astype(np.float32)
+    mask = probability > 0.3
+    click = np.array([23.0, 23.0, 37.0])
+    result = honour_negative_clicks(probability, mask, np.stack([centre, click]), np.array([1, 0]), SPACING)
+    assert not result[lobe & ~inside].any()
+    np.testing.assert_array_equal(result[inside], mask[inside])

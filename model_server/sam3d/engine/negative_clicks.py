@@ -111,13 +111,15 @@ def _is_layer_on(mask: np.ndarray, part: np.ndarray, origin: Sequence[int], spac
     """Whether ``part`` (bool, a part of ``mask`` on the array starting at ``origin`` of it) is a
     layer on the rest of the mask, not a lobe, a strand running away from it or an island: none of
     it lies ``RIM_LAYER_MM`` or more from its own edge, and at least ``ALONG_SHARE`` of it within
-    twice that of the rest of ``mask``. Read on ``part``'s box (grown by that reach)."""
+    twice that of the rest of ``mask``. Read on ``part``'s box (grown by that reach); where that box
+    meets ``mask``'s array face, the part may go on beyond it, as ``on_rim`` reads the mask."""
     found = tight_box(part)
     own, lo = part[box_slices(found)], found[0]
-    if ndimage.distance_transform_edt(np.pad(own, 1), sampling=spacing).max() >= RIM_LAYER_MM:
+    own_lo = np.asarray(origin) + lo  # the part's box in the mask
+    edges = [(int(a > 0), int(a + n < size)) for a, n, size in zip(own_lo, own.shape, mask.shape)]
+    if ndimage.distance_transform_edt(np.pad(own, edges), sampling=spacing).max() >= RIM_LAYER_MM:
         return False
     reach = np.ceil(2 * RIM_LAYER_MM / np.asarray(spacing, dtype=float)).astype(int)
-    own_lo = np.asarray(origin) + lo  # the part's box in the mask
     region = clamp_box(own_lo - reach, own_lo + own.shape + reach, mask.shape)
     in_region = np.zeros([b - a for a, b in zip(*region)], dtype=bool)
     in_region[tuple(slice(a, a + n) for a, n in zip(own_lo - region[0], own.shape))] = own
@@ -190,7 +192,7 @@ def padded_box(mask: np.ndarray) -> Box:
 def on_rim(mask: np.ndarray, index: tuple[int, int, int], spacing: Sequence[float]) -> bool:
     """Whether the voxel at ``index`` (in ``mask``) lies in ``mask``'s outer part: its distance from
     the mask's edge (mm) at most ``DEEP_CLICK_FRACTION`` of the deepest voxel's. Read on
-    ``padded_box(mask)``."""
+    ``padded_box(mask)``: where the mask meets the array's face, it may go on beyond it."""
     box = padded_box(mask)
     depth = ndimage.distance_transform_edt(mask[box_slices(box)], sampling=spacing)
     return bool(depth[tuple(i - a for i, a in zip(index, box[0]))] <= DEEP_CLICK_FRACTION * depth.max())
