@@ -1,4 +1,4 @@
-"""Dataset readers (MSD / nnU-Net raw, KiTS21) and seeded splits."""
+"""Dataset readers (MSD / nnU-Net raw, KiTS21, image / label pairs) and seeded splits."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sam3d.data.datasets import (
     write_splits,
 )
 from sam3d.data.io import Volume, write_image
+from sam3d.data.segio import Segment, write_segmentation
 
 SHAPE = (6, 10, 12)
 
@@ -112,6 +113,44 @@ def test_kits21_layout(tmp_path):
     np.testing.assert_array_equal(mask, case_volumes(1)[1].array == 2)
 
 
+def test_image_label_pairs_in_one_folder(tmp_path):
+    """pyradiomics' layout (<case>_image.nrrd beside <case>_label.nrrd), with other namings beside
+    it; without a dataset.json a label name is the one value the label maps hold."""
+    for n, (image_name, label_name) in enumerate([("brain1_image.nrrd", "brain1_label.nrrd"),
+                                                  ("lung_7.nii.gz", "lung_7_seg.nii.gz"),
+                                                  ("ct2_img.mha", "ct2_mask.mha")]):
+        image, label = case_volumes(n)
+        write_image(image, tmp_path / image_name)
+        write_image(label.with_array((label.array == 2).astype(np.uint8)), tmp_path / label_name)
+    write_image(case_volumes(9)[0], tmp_path / "unlabelled_image.nrrd")
+    (tmp_path / "README.md").write_text("not a case")
+    cases = find_cases(tmp_path)
+    assert [c.case_id for c in cases] == ["brain1", "ct2", "lung_7", "unlabelled"]
+    assert [c.label_path.name if c.label_path else None for c in cases] == [
+        "brain1_label.nrrd", "ct2_mask.mha", "lung_7_seg.nii.gz", None]
+    assert find_cases(tmp_path, layout="pairs") == cases
+    assert resolve_target_label(tmp_path, "tumor") == 1
+    _, mask = load_case(cases[2], 1)
+    np.testing.assert_array_equal(mask, case_volumes(1)[1].array == 2)
+    write_image(case_volumes(0)[1], tmp_path / "brain1_label.nrrd")  # now 1 organ, 2 tumour: a name is ambiguous
+    with pytest.raises(ValueError, match=r"no dataset.json .* to name label 'tumor'.*several values besides 0 \(1, 2\)"):
+        resolve_target_label(tmp_path, "tumor")
+    assert resolve_target_label(tmp_path, "2") == 2
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": 1, "tumor": 2}}))
+    assert find_cases(tmp_path) == cases  # a dataset.json beside pairs names their labels
+    assert resolve_target_label(tmp_path, "tumor") == 2
+
+
+def test_a_slicer_segmentation_beside_its_image_is_refused_as_a_label_map(tmp_path):
+    image, label = case_volumes(0)
+    write_image(image, tmp_path / "scan.nrrd")
+    write_segmentation(tmp_path / "scan.seg.nrrd", [Segment("tumor", label.array == 2)], image)
+    cases = find_cases(tmp_path)
+    assert [(c.case_id, c.label_path.name) for c in cases] == [("scan", "scan.seg.nrrd")]  # not an image
+    with pytest.raises(ValueError, match=r"scan.seg.nrrd is a Slicer segmentation .* Export to labelmap"):
+        load_case(cases[0], 1)
+
+
 def test_a_label_on_a_slightly_different_grid_is_put_on_the_image_grid(tmp_path):
     image, label = case_volumes(0)
     shifted = Volume(label.array, label.spacing, tuple(np.array(label.origin) + [0.0, 0.0, 3.0]), label.direction)
@@ -127,8 +166,10 @@ def test_a_label_on_a_slightly_different_grid_is_put_on_the_image_grid(tmp_path)
 def test_folders_without_cases_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         find_cases(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match=r"no cases in .*: expected the MSD / nnU-Net layout"):
+    with pytest.raises(ValueError, match=r"no cases in .*: expected the MSD / nnU-Net layout .* or image / label pairs"):
         find_cases(tmp_path)
+    with pytest.raises(ValueError, match=r"found no images in the folder \(<case>_image / <case>_label"):
+        find_cases(tmp_path, layout="pairs")
     (tmp_path / "imagesTr").mkdir()
     with pytest.raises(ValueError, match=r"no cases in .*: found no images in imagesTr/"):
         find_cases(tmp_path)

@@ -1,4 +1,5 @@
-"""Dataset readers (MSD / nnU-Net raw layout, KiTS21 layout) and seeded train / val / test splits.
+"""Dataset readers (MSD / nnU-Net raw, KiTS21 and image / label pair layouts) and seeded
+train / val / test splits.
 
 MSD / nnU-Net raw::
 
@@ -11,6 +12,16 @@ KiTS21 (the ``data`` folder of the kits21 repository)::
 
     ROOT/case_00000/imaging.nii.gz
     ROOT/case_00000/aggregated_MAJ_seg.nii.gz   (KiTS19: segmentation.nii.gz)
+
+Image / label pairs in one folder (as pyradiomics' test data, and the real MRI development
+cases, come)::
+
+    ROOT/<case>_image.nrrd                      (or <case>_img, or plain <case>; any IMAGE_ENDINGS)
+    ROOT/<case>_label.nrrd                      (or _labels, _seg, _mask, _labelmap)
+    ROOT/dataset.json                           (optional: label names)
+
+Without a dataset.json a pairs folder names no labels: a label name is read as the one value
+its label maps hold, where they hold one (``resolve_target_label``).
 """
 
 from __future__ import annotations
@@ -27,10 +38,13 @@ import numpy as np
 from .io import Volume, read_image
 from .resample import resample_to_reference
 
-LAYOUTS = ("auto", "msd", "kits")
+LAYOUTS = ("auto", "msd", "kits", "pairs")
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 KITS_IMAGE = "imaging.nii.gz"
 KITS_LABELS = ("aggregated_MAJ_seg.nii.gz", "segmentation.nii.gz")
+PAIR_IMAGE_SUFFIXES = ("_image", "_img")  # a pairs folder's image names; a plain <case> name also counts
+PAIR_LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_mask", "_labelmap", ".seg")  # .seg: Slicer's <case>.seg.nrrd
+SLICER_SEGMENTATION = ".seg.nrrd"  # paired, so that it is not read as an image, but refused as a label map
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 DATASET_IDENTITY = ("name", "description", "seed", "numTraining")  # dataset.json keys that tell datasets apart
@@ -47,28 +61,39 @@ class Case:
 
 
 def find_cases(root: str | os.PathLike, layout: str = "auto") -> list[Case]:
-    """The cases under ``root``, sorted by id. ``layout``: "auto", "msd" (MSD / nnU-Net raw) or
-    "kits" (KiTS21). Raises ValueError when the folder holds no cases."""
+    """The cases under ``root``, sorted by id. ``layout``: "auto", "msd" (MSD / nnU-Net raw),
+    "kits" (KiTS21) or "pairs" (image / label pairs in one folder). Raises ValueError when the
+    folder holds no cases."""
     root = Path(root)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown dataset layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not root.is_dir():
         raise ValueError(f"dataset folder {root} does not exist")
     if layout == "auto":
-        if (root / "imagesTr").is_dir() or (root / "dataset.json").is_file():
-            layout = "msd"
-        elif any((folder / KITS_IMAGE).is_file() for folder in root.glob("case_*")):
-            layout = "kits"
-        else:
-            raise ValueError(
-                f"no cases in {root}: expected the MSD / nnU-Net layout (dataset.json, imagesTr/, "
-                f"labelsTr/) or the KiTS21 layout (case_XXXXX/{KITS_IMAGE})"
-            )
-    cases = _find_msd(root) if layout == "msd" else _find_kits(root)
+        layout = _detect_layout(root)
+    cases = {"msd": _find_msd, "kits": _find_kits, "pairs": _find_pairs}[layout](root)
     if not cases:
-        where = "imagesTr/" if layout == "msd" else f"case_*/{KITS_IMAGE}"
+        where = {"msd": "imagesTr/", "kits": f"case_*/{KITS_IMAGE}",
+                 "pairs": f"the folder (<case>_image / <case>_label files, {', '.join(IMAGE_ENDINGS)})"}[layout]
         raise ValueError(f"no cases in {root}: found no images in {where}")
     return cases
+
+
+def _detect_layout(root: Path) -> str:
+    """The layout of ``root``'s files (``find_cases``); ValueError naming the three when none fits."""
+    if (root / "imagesTr").is_dir():
+        return "msd"
+    if any((folder / KITS_IMAGE).is_file() for folder in root.glob("case_*")):
+        return "kits"
+    if any(label is not None for label in _pair_files(root).values()):
+        return "pairs"
+    if (root / "dataset.json").is_file():
+        return "msd"  # its reader names what is missing
+    raise ValueError(
+        f"no cases in {root}: expected the MSD / nnU-Net layout (dataset.json, imagesTr/, labelsTr/), "
+        f"the KiTS21 layout (case_XXXXX/{KITS_IMAGE}) or image / label pairs in one folder "
+        f"(<case>_image.nrrd beside <case>_label.nrrd; any of {', '.join(IMAGE_ENDINGS)})"
+    )
 
 
 def _find_msd(root: Path) -> list[Case]:
@@ -107,6 +132,32 @@ def _find_kits(root: Path) -> list[Case]:
     return cases
 
 
+def _find_pairs(root: Path) -> list[Case]:
+    return [Case(case_id, image_path, label_path) for case_id, (image_path, label_path) in
+            sorted(_pair_files(root).items())]
+
+
+def _pair_files(root: Path) -> dict[str, tuple[Path, Path | None]]:
+    """A pairs folder's case id -> (image, label or None): each label file
+    (``<case><PAIR_LABEL_SUFFIXES><ending>``) with the image of the same case and ending
+    (``<case><PAIR_IMAGE_SUFFIXES><ending>`` or ``<case><ending>``); an image without a label is
+    an unlabelled case."""
+    images: dict[tuple[str, str], Path] = {}  # (case id, file ending) -> file
+    labels: dict[tuple[str, str], Path] = {}
+    for path in sorted(root.iterdir()):
+        ending = next((e for e in IMAGE_ENDINGS if path.name.endswith(e)), None)
+        if path.name.startswith(".") or ending is None or not path.is_file():
+            continue
+        stem = path.name[: -len(ending)]
+        label_suffix = next((x for x in PAIR_LABEL_SUFFIXES if stem.endswith(x)), None)
+        if label_suffix is not None:
+            labels[stem[: -len(label_suffix)], ending] = path
+        else:
+            image_suffix = next((x for x in PAIR_IMAGE_SUFFIXES if stem.endswith(x)), "")
+            images[stem[: len(stem) - len(image_suffix)], ending] = path
+    return {case_id: (path, labels.get((case_id, ending))) for (case_id, ending), path in images.items()}
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -134,14 +185,33 @@ def label_names(root: str | os.PathLike) -> dict[str, int]:
 
 
 def resolve_target_label(root: str | os.PathLike, target: str | int) -> int:
-    """The label value meant by ``target``: a number, or a name listed by `label_names`."""
+    """The label value meant by ``target``: a number, or a name listed by `label_names`; in a
+    pairs folder without a dataset.json, any name is the one value its label maps hold (a
+    ValueError naming the values where they hold several)."""
     if isinstance(target, int) or str(target).isdigit():
         return int(target)
+    if not (Path(root) / "dataset.json").is_file() and _detect_layout(Path(root)) == "pairs":
+        return _single_label_value(Path(root), str(target))
     names = label_names(root)
     if target not in names:
         raise ValueError(f"label {target!r} is not in {root}; its labels are: "
                          + ", ".join(f"{name}={value}" for name, value in names.items()))
     return names[target]
+
+
+def _single_label_value(root: Path, target: str) -> int:
+    """The one non-zero value the label maps of pairs folder ``root`` hold, for label name
+    ``target`` (ValueError where they hold none or several)."""
+    values: set[int] = set()
+    for case in _find_pairs(root):
+        if case.label_path is not None:
+            values.update(int(v) for v in np.unique(_read_label(case).array) if v != 0)
+    if len(values) != 1:
+        held = ", ".join(str(v) for v in sorted(values)) or "none"
+        raise ValueError(f"no dataset.json in {root} to name label {target!r}, and its label maps hold "
+                         f"{'several values' if values else 'no value'} besides 0 ({held}): give the label value as "
+                         f"a number, or add a dataset.json with \"labels\": {{\"{target}\": VALUE}}")
+    return values.pop()
 
 
 def load_case(case: Case, target_label: int) -> tuple[Volume, np.ndarray | None]:
@@ -151,7 +221,7 @@ def load_case(case: Case, target_label: int) -> tuple[Volume, np.ndarray | None]
     image = read_image(case.image_path)
     if case.label_path is None:
         return image, None
-    label = read_image(case.label_path)
+    label = _read_label(case)
     if label.shape != image.shape:
         raise ValueError(
             f"case {case.case_id}: label {case.label_path} has shape {label.shape}, the image {image.shape}"
@@ -159,6 +229,15 @@ def load_case(case: Case, target_label: int) -> tuple[Volume, np.ndarray | None]
     if not label.same_grid(image, tolerance=1e-3):
         label = resample_to_reference(label, image, interpolator="nearest", default_value=0)
     return image, label.array == target_label
+
+
+def _read_label(case: Case) -> Volume:
+    """The case's label map (ValueError for a Slicer segmentation, whose segments are not values)."""
+    if case.label_path.name.endswith(SLICER_SEGMENTATION):
+        raise ValueError(f"case {case.case_id}: {case.label_path.name} is a Slicer segmentation (.seg.nrrd), not a "
+                         f"label map; export it as one (Slicer: Segmentations module, Export to labelmap) and save "
+                         f"it as {case.case_id}_label.nrrd")
+    return read_image(case.label_path)
 
 
 def dataset_identity(root: str | os.PathLike) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..data.datasets import LAYOUTS
 from ..engine.choices import BOX_PATHWAYS, CLICK_PATHWAYS, CORRECTIONS, SLICE_PRECISION_HELP, SLICE_PRECISIONS
 from ..errors import CLIError
 
@@ -20,8 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="'default' (the bundled lite model), 'small-phantoms' (the fast phantom-trained one) or a checkpoint path")
     parser.add_argument("--sam-checkpoint", metavar="PATH", help="SAM's sam_vit_b_01ec64.pth, for adapter checkpoints")
-    parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder (MSD / nnU-Net or KiTS21 layout)")
-    parser.add_argument("--layout", default="auto", choices=("auto", "msd", "kits"), help="dataset layout (default auto)")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="dataset folder: MSD / nnU-Net, KiTS21, or image / label pairs in one folder "
+                             "(<case>_image.nrrd beside <case>_label.nrrd)")
+    parser.add_argument("--layout", default="auto", choices=LAYOUTS, help="dataset layout (default auto)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="which cases (default test)")
     parser.add_argument("--splits", metavar="FILE", help="splits JSON (as `sam3d train` writes); default: made "
                         "with --split-seed, as training made them")
