@@ -9,6 +9,7 @@ import pytest
 
 from sam3d.data.datasets import (
     Case,
+    dataset_identity,
     find_cases,
     label_names,
     load_case,
@@ -139,6 +140,56 @@ def test_image_label_pairs_in_one_folder(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": 1, "tumor": 2}}))
     assert find_cases(tmp_path) == cases  # a dataset.json beside pairs names their labels
     assert resolve_target_label(tmp_path, "tumor") == 2
+
+
+def test_pairs_are_found_from_their_labels_whatever_the_case_ids_and_endings(tmp_path):
+    """Case ids that end in a suffix, Slicer's "-label" and "_labelMap", mixed endings; images
+    without a label are not cases unless named <case>_image; two labels for one case are an error."""
+    names = [("liver_seg.nrrd", "liver_seg_label.nrrd"), ("pt_img.nrrd", "pt_img_label.nrrd"),
+             ("p.nrrd", "p-label.nrrd"), ("q.nrrd", "q_labelMap.nrrd"), ("a_image.nii.gz", "a_label.nrrd")]
+    for n, (image_name, label_name) in enumerate(names):
+        image, label = case_volumes(n)
+        write_image(image, tmp_path / image_name)
+        write_image(label, tmp_path / label_name)
+    write_image(case_volumes(7)[0], tmp_path / "stray.nrrd")  # no label, not named as an image: not a case
+    cases = find_cases(tmp_path)
+    assert [(c.case_id, c.image_path.name, c.label_path.name) for c in cases] == [
+        ("a", "a_image.nii.gz", "a_label.nrrd"), ("liver_seg", "liver_seg.nrrd", "liver_seg_label.nrrd"),
+        ("p", "p.nrrd", "p-label.nrrd"), ("pt_img", "pt_img.nrrd", "pt_img_label.nrrd"),
+        ("q", "q.nrrd", "q_labelMap.nrrd")]
+    write_image(case_volumes(0)[1], tmp_path / "p_seg.nrrd")
+    with pytest.raises(ValueError, match=r"case 'p' is ambiguous \(p-label.nrrd, p.nrrd, p_seg.nrrd\)"):
+        find_cases(tmp_path)
+
+
+def test_a_folder_of_images_alone_is_no_dataset(tmp_path):
+    for n in range(2):
+        write_image(case_volumes(n)[0], tmp_path / f"liver_{n}.nii.gz")
+    with pytest.raises(ValueError, match=r"no cases in .*: expected the MSD / nnU-Net layout .* or image / label pairs"):
+        find_cases(tmp_path)
+
+
+def test_the_layout_given_reads_the_label_names(tmp_path):
+    """A KiTS21 case folder beside pairs: --layout pairs names the pairs' own value, not KiTS's."""
+    image, label = case_volumes(0)
+    write_image(image, tmp_path / "x_image.nrrd")
+    write_image(label.with_array((label.array == 2).astype(np.uint8)), tmp_path / "x_label.nrrd")
+    (tmp_path / "case_00000").mkdir()
+    write_image(image, tmp_path / "case_00000" / "imaging.nii.gz")
+    assert resolve_target_label(tmp_path, "tumor") == 2  # auto: the KiTS21 layout and its names
+    assert resolve_target_label(tmp_path, "tumor", layout="pairs") == 1
+
+
+def test_a_dataset_without_a_dataset_json_is_told_apart_by_its_cases(tmp_path):
+    for folder, ids in (("one", ["a", "b"]), ("two", ["a", "c"])):
+        (tmp_path / folder).mkdir()
+        for n, case_id in enumerate(ids):
+            image, label = case_volumes(n)
+            write_image(image, tmp_path / folder / f"{case_id}_image.nrrd")
+            write_image(label, tmp_path / folder / f"{case_id}_label.nrrd")
+    one, two = dataset_identity(tmp_path / "one"), dataset_identity(tmp_path / "two")
+    assert one and two and one != two
+    assert dataset_identity(tmp_path / "one", layout="pairs") == one
 
 
 def test_a_slicer_segmentation_beside_its_image_is_refused_as_a_label_map(tmp_path):

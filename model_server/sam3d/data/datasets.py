@@ -17,7 +17,7 @@ Image / label pairs in one folder (as pyradiomics' test data, and the real MRI d
 cases, come)::
 
     ROOT/<case>_image.nrrd                      (or <case>_img, or plain <case>; any IMAGE_ENDINGS)
-    ROOT/<case>_label.nrrd                      (or _labels, _seg, _mask, _labelmap)
+    ROOT/<case>_label.nrrd                      (or _labels, -label, _seg, _mask, _labelMap)
     ROOT/dataset.json                           (optional: label names)
 
 Without a dataset.json a pairs folder names no labels: a label name is read as the one value
@@ -26,6 +26,7 @@ its label maps hold, where they hold one (``resolve_target_label``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -43,8 +44,9 @@ IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 KITS_IMAGE = "imaging.nii.gz"
 KITS_LABELS = ("aggregated_MAJ_seg.nii.gz", "segmentation.nii.gz")
 PAIR_IMAGE_SUFFIXES = ("_image", "_img")  # a pairs folder's image names; a plain <case> name also counts
-PAIR_LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_mask", "_labelmap", ".seg")  # .seg: Slicer's <case>.seg.nrrd
-SLICER_SEGMENTATION = ".seg.nrrd"  # paired, so that it is not read as an image, but refused as a label map
+# a pairs folder's label names, matched in any case (Slicer saves "-label" and "_labelMap")
+PAIR_LABEL_SUFFIXES = ("_label", "_labels", "-label", "_seg", "_mask", "_labelmap", "-labelmap", ".seg")
+SLICER_SEGMENTATION = ".seg.nrrd"  # a Slicer segmentation: paired (not read as an image), refused as a label map
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 DATASET_IDENTITY = ("name", "description", "seed", "numTraining")  # dataset.json keys that tell datasets apart
@@ -85,7 +87,7 @@ def _detect_layout(root: Path) -> str:
         return "msd"
     if any((folder / KITS_IMAGE).is_file() for folder in root.glob("case_*")):
         return "kits"
-    if any(label is not None for label in _pair_files(root).values()):
+    if any(label is not None for _, label in _pair_files(root).values()):
         return "pairs"
     if (root / "dataset.json").is_file():
         return "msd"  # its reader names what is missing
@@ -138,24 +140,40 @@ def _find_pairs(root: Path) -> list[Case]:
 
 
 def _pair_files(root: Path) -> dict[str, tuple[Path, Path | None]]:
-    """A pairs folder's case id -> (image, label or None): each label file
-    (``<case><PAIR_LABEL_SUFFIXES><ending>``) with the image of the same case and ending
-    (``<case><PAIR_IMAGE_SUFFIXES><ending>`` or ``<case><ending>``); an image without a label is
-    an unlabelled case."""
-    images: dict[tuple[str, str], Path] = {}  # (case id, file ending) -> file
-    labels: dict[tuple[str, str], Path] = {}
+    """A pairs folder's case id -> (image, label or None). Each label file (its name ends, in
+    any case, in one of ``PAIR_LABEL_SUFFIXES`` before the file ending) is paired with the image
+    of its case, ``<case>``, ``<case>_image`` or ``<case>_img``, of any ending; a file that is
+    another pair's image is not a label (``liver_seg.nrrd`` beside ``liver_seg_label.nrrd``).
+    Images named ``<case>_image`` / ``<case>_img`` without a label are unlabelled cases; other
+    files are not cases. ValueError where a case has two labels or two images."""
+    files = {}  # stem (file name less its ending) -> file
     for path in sorted(root.iterdir()):
-        ending = next((e for e in IMAGE_ENDINGS if path.name.endswith(e)), None)
-        if path.name.startswith(".") or ending is None or not path.is_file():
+        ending = next((e for e in IMAGE_ENDINGS if path.name.lower().endswith(e)), None)
+        if not path.name.startswith(".") and ending is not None and path.is_file():
+            files.setdefault(path.name[: -len(ending)], []).append(path)
+    pairs: dict[str, tuple[Path, Path | None]] = {}
+    for stem, paths in files.items():
+        suffix = next((x for x in PAIR_LABEL_SUFFIXES if stem.lower().endswith(x)), None)
+        if suffix is None:
             continue
-        stem = path.name[: -len(ending)]
-        label_suffix = next((x for x in PAIR_LABEL_SUFFIXES if stem.endswith(x)), None)
-        if label_suffix is not None:
-            labels[stem[: -len(label_suffix)], ending] = path
-        else:
-            image_suffix = next((x for x in PAIR_IMAGE_SUFFIXES if stem.endswith(x)), "")
-            images[stem[: len(stem) - len(image_suffix)], ending] = path
-    return {case_id: (path, labels.get((case_id, ending))) for (case_id, ending), path in images.items()}
+        case_id = stem[: -len(suffix)]
+        images = [image for name in (case_id, *(case_id + x for x in PAIR_IMAGE_SUFFIXES))
+                  for image in files.get(name, [])]
+        if not images:
+            continue
+        if len(images) > 1 or len(paths) > 1 or case_id in pairs:
+            named = sorted({p.name for p in images + paths + list(filter(None, pairs.get(case_id, ())))})
+            raise ValueError(f"{root}: case {case_id!r} is ambiguous ({', '.join(named)}); keep one image and one "
+                             f"label per case, or give each case its own folder in the MSD / nnU-Net layout")
+        pairs[case_id] = (images[0], paths[0])
+    paired_images = {image for image, _ in pairs.values()}
+    pairs = {case_id: (image, label) for case_id, (image, label) in pairs.items() if label not in paired_images}
+    for stem, paths in files.items():
+        suffix = next((x for x in PAIR_IMAGE_SUFFIXES if stem.lower().endswith(x)), None)
+        case_id = stem[: -len(suffix)] if suffix else None
+        if case_id is not None and case_id not in pairs and paths[0] not in paired_images:
+            pairs[case_id] = (paths[0], None)
+    return pairs
 
 
 def _read_json(path: Path) -> dict:
@@ -184,14 +202,17 @@ def label_names(root: str | os.PathLike) -> dict[str, int]:
     return names
 
 
-def resolve_target_label(root: str | os.PathLike, target: str | int) -> int:
+def resolve_target_label(root: str | os.PathLike, target: str | int, layout: str = "auto") -> int:
     """The label value meant by ``target``: a number, or a name listed by `label_names`; in a
-    pairs folder without a dataset.json, any name is the one value its label maps hold (a
-    ValueError naming the values where they hold several)."""
+    pairs folder (``layout``, as ``find_cases`` reads it) without a dataset.json, any name is the
+    one value its label maps hold (a ValueError naming the values where they hold several)."""
     if isinstance(target, int) or str(target).isdigit():
         return int(target)
-    if not (Path(root) / "dataset.json").is_file() and _detect_layout(Path(root)) == "pairs":
-        return _single_label_value(Path(root), str(target))
+    root = Path(root)
+    if layout == "auto" and root.is_dir():
+        layout = _detect_layout(root)
+    if layout == "pairs" and not (root / "dataset.json").is_file():
+        return _single_label_value(root, str(target))
     names = label_names(root)
     if target not in names:
         raise ValueError(f"label {target!r} is not in {root}; its labels are: "
@@ -204,7 +225,7 @@ def _single_label_value(root: Path, target: str) -> int:
     ``target`` (ValueError where they hold none or several)."""
     values: set[int] = set()
     for case in _find_pairs(root):
-        if case.label_path is not None:
+        if case.label_path is not None and not case.label_path.name.endswith(SLICER_SEGMENTATION):
             values.update(int(v) for v in np.unique(_read_label(case).array) if v != 0)
     if len(values) != 1:
         held = ", ".join(str(v) for v in sorted(values)) or "none"
@@ -240,12 +261,17 @@ def _read_label(case: Case) -> Volume:
     return read_image(case.label_path)
 
 
-def dataset_identity(root: str | os.PathLike) -> dict:
+def dataset_identity(root: str | os.PathLike, layout: str = "auto") -> dict:
     """What tells this dataset apart from others: the ``DATASET_IDENTITY`` keys of its
-    dataset.json (empty without one); training records it in a model's metadata."""
+    dataset.json; without one (a KiTS21 or pairs folder), a SHA-256 of its sorted case ids.
+    Training records it in a model's metadata."""
     path = Path(root) / "dataset.json"
     values = _read_json(path) if path.is_file() else {}
-    return {key: values[key] for key in DATASET_IDENTITY if key in values}
+    identity = {key: values[key] for key in DATASET_IDENTITY if key in values}
+    if not identity:
+        ids = "\n".join(case.case_id for case in find_cases(root, layout))
+        identity = {"case_ids_sha256": hashlib.sha256(ids.encode()).hexdigest()}
+    return identity
 
 
 def make_splits(

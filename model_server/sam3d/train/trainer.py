@@ -84,7 +84,7 @@ class Trainer:
     def _prepare_data(self) -> None:
         config = self.config
         cases = find_cases(config.data_dir, config.layout)
-        self.target_label = resolve_target_label(config.data_dir, config.target_label)
+        self.target_label = resolve_target_label(config.data_dir, config.target_label, config.layout)
         if config.splits_file:
             splits = read_splits(config.splits_file)
         else:
@@ -218,7 +218,7 @@ class Trainer:
         return {
             "trained_with": "sam3d train",
             "train_config": self.config.to_dict(),
-            "dataset": dataset_identity(self.config.data_dir),
+            "dataset": dataset_identity(self.config.data_dir, self.config.layout),
             "target_label": self.target_label,
             "splits": {"seed": self.splits.get("seed"), **{n: len(self.splits[n]) for n in ("train", "val", "test")}},
             "split_seed": self.splits.get("seed"),
