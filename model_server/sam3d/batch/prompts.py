@@ -13,7 +13,7 @@ Lesions in a markups file (``lesions_from_markups``), one per point list:
   "Lesion 2-" belong to "Lesion 2"; "SAM3D negative" to "SAM3D positive"); when no name matches
   and the file has a single lesion list, they belong to that one.
 
-So the file the Slicer module saves ("SAM3D positive" + "SAM3D negative") is one lesion, and a
+So a file `write_markups` writes ("SAM3D positive" + "SAM3D negative") is one lesion, and a
 file with the lists "Lesion 1", "Lesion 2", "Lesion 2 negative" is two.
 
 A Markups ROI in the file is a lesion's box: that of the lesion list with the same name once a

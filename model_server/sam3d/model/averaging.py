@@ -2,7 +2,7 @@
 
 Weight averaging ("model soups", Wortsman et al. 2022) of a model and its own fine-tuned
 descendants keeps what each learned when they share a starting point: the bundled default is
-the average of its first training stage and that stage fine-tuned on more lesions
+five training stages in four such averages, each of a model and its fine-tuned descendant
 (models/README.md). Only checkpoints of the same configuration, preset and trained tensors
 average; anything else is refused with the difference named.
 
