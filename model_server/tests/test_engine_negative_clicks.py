@@ -5,8 +5,15 @@ removes from the model's mask, and what it must leave; what a 2D pathway's cut g
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from sam3d.data.clicks import first_click, label_objects, next_click
+from sam3d.data.phantoms import case_seed, generate_case
 from sam3d.engine.negative_clicks import RIM_REACH_MM, honour_negative_clicks, spare_believed_voxels, squared_distance_mm
+from sam3d.engine.predictor import Predictor
+from sam3d.engine.session import Session
+from sam3d.evaluate.simulation import case_rng, first_box
+from sam3d.model.checkpoint import BUNDLED_MODELS
 
 SHAPE = (5, 9, 40)
 SPACING = (1.0, 1.0, 1.0)
@@ -195,3 +202,23 @@ def test_a_lobe_cut_by_the_array_s_face_is_read_as_going_on_beyond_it():
     result = honour_negative_clicks(probability, mask, np.stack([centre, click]), np.array([1, 0]), SPACING)
     assert not result[lobe & ~inside].any()
     np.testing.assert_array_equal(result[inside], mask[inside])
+
+
+@pytest.mark.skipif(not BUNDLED_MODELS["default"].is_file(), reason="the bundled default model is not there")
+def test_a_negative_click_after_a_box_keeps_a_lesion_the_3d_model_does_not_see():
+    """Unseen design dev21 case 9: the lesion's 3D box, then the protocol's negative click on the
+    2D pathway's overgrown answer. The 3D model does not see this faint lesion (its mask does not
+    agree with the box's), so its doubt covers the lesion too: read as the click's mark it took
+    the whole mask, lesion and all (566 lesion voxels to 0). The 2D pathway's cut stands alone."""
+    image, label = generate_case(case_seed(21, 9))  # `sam3d phantoms --seed 21`, the unseen design dev21
+    tumours, _ = label_objects(label.array == 2)
+    click = first_click(label.array == 2, case_rng(0, "phantom_009"))
+    target = tumours == tumours[tuple(int(c) for c in click)]
+    session = Session(Predictor.load("default", device="cpu"), image.array, image.spacing)
+    session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=first_box(target, "box3d", 0.0, image.spacing))
+    boxed = np.count_nonzero(session.mask & target)
+    point, kind = next_click(session.mask, target, image.spacing)
+    assert kind == 0 and boxed > 0.5 * np.count_nonzero(target)
+    session.interact([point], [0])
+    assert not session.mask[tuple(int(c) for c in point)]
+    assert np.count_nonzero(session.mask & target) >= 0.9 * boxed

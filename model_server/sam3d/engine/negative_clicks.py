@@ -63,6 +63,15 @@ RIM_LAYER_MM = 2.5
 # running away from the lesion, or an island, goes whole (a review's case; on the development
 # clicks every thin part lay along the mask, and this changed none of them)
 ALONG_SHARE = 0.5
+# a negative click on a box's object (no positive click) is read from the 3D model's doubt only where
+# the model believes (probability >= 0.5) at least this share of the object's mask - it sees the
+# object: where it does not see a faint lesion it doubts all of it - ...
+BOX_SEEN_SHARE = 0.1
+# ... and where the doubted part leaves at least this share of the mask: a box says the object is
+# there, and a negative click marks an error in it. Replayed on the development sets' calls (sums of
+# the Dice change per call, docs/BENCHMARKS.md, "A negative click after a box read from the 3D
+# model's doubt only where it sees the object")
+BOX_KEPT_SHARE = 0.5
 
 
 def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np.ndarray, labels: np.ndarray,
@@ -98,6 +107,16 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
                                    local)
         result[window][marked] = False
     return result
+
+
+def doubt_reads_box_object(probability: np.ndarray, mask: np.ndarray, kept: np.ndarray) -> bool:
+    """Whether ``honour_negative_clicks``' answer ``kept`` for a box's object without a positive
+    click (``mask``: its mask, bool; ``probability``: the 3D model's, negative where no crop
+    covers) stands: the model believes at least ``BOX_SEEN_SHARE`` of the mask, and ``kept``
+    holds at least ``BOX_KEPT_SHARE`` of it."""
+    voxels = np.count_nonzero(mask)
+    believed = np.count_nonzero(mask & (probability >= 0.5))
+    return voxels > 0 and believed >= BOX_SEEN_SHARE * voxels and np.count_nonzero(kept & mask) >= BOX_KEPT_SHARE * voxels
 
 
 def _clicked_part(part: np.ndarray, index: tuple[int, ...]) -> np.ndarray | None:

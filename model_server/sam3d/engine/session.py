@@ -92,7 +92,7 @@ from .crops import (Box, CropGeometry, box_slices, clamp_box, extract_crop, mask
 from .edge_threshold import DEFAULT_THRESHOLD, EdgeChoice, clicked_parts, edge_threshold
 from .intensity_trim import (RING_PX, core_level, grow_to_lesion_intensity, trim_homogeneous_lesion,
                              trim_to_lesion_intensity)
-from .negative_clicks import honour_negative_clicks, spare_believed_voxels
+from .negative_clicks import doubt_reads_box_object, honour_negative_clicks, spare_believed_voxels
 from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import MIN_AGREEMENT, agreement, clicks_inside, judgeable_additions, keep_believed_additions
 from .predictor import IdleStep, Predictor
@@ -941,7 +941,11 @@ class Session:
           only, and a leak that runs on past it over several slices goes with one click
           (docs/BENCHMARKS.md, "A negative click's cut carried across slices by the 3D model's
           doubt"); a thin layer along the rest of the mask, clicked in its outer half, only
-          within 4 mm of the click;
+          within 4 mm of the click; on a box's object without a positive click, only where the
+          model sees the object and the cut leaves most of it
+          (``negative_clicks.doubt_reads_box_object``: where the model does not see a faint
+          lesion its doubt covers the lesion too; docs/BENCHMARKS.md, "A negative click after a
+          box read from the 3D model's doubt only where it sees the object");
         - of what the answer added for a positive click on a slice the mask covers, only the
           part it believes at least half as much as the click, connected to it, stays, where its
           own mask agrees with the object's (``positive_clicks.keep_believed_additions``): a
@@ -977,7 +981,8 @@ class Session:
             mask = keep_believed_additions(probability, before, mask, points, all_labels)
         if negatives:
             kept = honour_negative_clicks(probability, before, points, all_labels, self.spacing)
-            mask &= ~(before & ~kept)  # only what the rule removes: a positive click's gain in the same interaction stays
+            if (all_labels == 1).any() or doubt_reads_box_object(probability, before, kept):
+                mask &= ~(before & ~kept)  # only what the rule removes: a positive click's gain in the same interaction stays
         return box, mask.astype(np.float32)
 
     def _at_lesion_intensity(self, box: Box, proposal: np.ndarray, click: np.ndarray,
