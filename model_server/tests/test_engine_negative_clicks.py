@@ -9,7 +9,8 @@ import pytest
 
 from sam3d.data.clicks import first_click, label_objects, next_click
 from sam3d.data.phantoms import case_seed, generate_case
-from sam3d.engine.negative_clicks import RIM_REACH_MM, honour_negative_clicks, spare_believed_voxels, squared_distance_mm
+from sam3d.engine.negative_clicks import (RIM_REACH_MM, doubt_reads_box_object, honour_negative_clicks, spare_believed_voxels,
+                                         squared_distance_mm)
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
 from sam3d.evaluate.simulation import case_rng, first_box
@@ -222,3 +223,23 @@ def test_a_negative_click_after_a_box_keeps_a_lesion_the_3d_model_does_not_see()
     session.interact([point], [0])
     assert not session.mask[tuple(int(c) for c in point)]
     assert np.count_nonzero(session.mask & target) >= 0.9 * boxed
+
+
+def test_a_box_s_object_is_read_from_the_3d_model_s_doubt_where_it_sees_it_and_the_cut_leaves_most():
+    """``doubt_reads_box_object`` on a 100-voxel mask: a model that believes none of it (a faint
+    lesion it does not see) is not read; one that believes a fifth is, while the cut leaves half;
+    voxels no crop covers count for neither share."""
+    mask = np.zeros((1, 10, 20), dtype=bool)
+    mask[0, :, :10] = True
+    unseen = np.where(mask, 0.01, 0.0).astype(np.float32)
+    seen = unseen.copy()
+    seen[0, :2, :10] = 0.9  # a fifth believed
+    small_cut, large_cut = mask.copy(), mask.copy()
+    small_cut[0, 8:, :10] = False  # 20 of 100 voxels
+    large_cut[0, 3:, :10] = False  # 70
+    assert not doubt_reads_box_object(unseen, mask, small_cut)
+    assert doubt_reads_box_object(seen, mask, small_cut)
+    assert not doubt_reads_box_object(seen, mask, large_cut)
+    uncovered = seen.copy()
+    uncovered[0, 2:, :10] = -1.0  # a crop covers only the believed fifth: all of that seen, none of it cut
+    assert doubt_reads_box_object(uncovered, mask, large_cut)

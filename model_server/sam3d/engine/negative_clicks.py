@@ -13,7 +13,10 @@ the mask corrects the mask's rim: it removes only what lies within ``RIM_REACH_M
 lesion's rim beyond a few false positives stays; a lobe the model doubts, a strand running away
 from the mask or an island goes whole. On a box's object without a positive click nothing the
 user said marks a rim as wanted: the doubted part goes whole, as a box's halo should
-(docs/BENCHMARKS.md, "The 3D model's negative click kept to what it marks").
+(docs/BENCHMARKS.md, "The 3D model's negative click kept to what it marks"); where the 2D pathway
+answered the click, only where ``doubt_reads_box_object`` finds that the model sees the object
+and the cut leaves most of it (docs/BENCHMARKS.md, "A negative click after a box read from the 3D
+model's doubt only where it sees the object").
 
 The 2D pathway's own cut can take too much: on chest dev2's chest_005 one negative click took
 158 of the tumour's voxels on its slice. ``spare_believed_voxels`` gives back what such a cut
@@ -63,8 +66,8 @@ RIM_LAYER_MM = 2.5
 # running away from the lesion, or an island, goes whole (a review's case; on the development
 # clicks every thin part lay along the mask, and this changed none of them)
 ALONG_SHARE = 0.5
-# a negative click on a box's object (no positive click) is read from the 3D model's doubt only where
-# the model believes (probability >= 0.5) at least this share of the object's mask - it sees the
+# where the 2D pathway answered a negative click (``Session._judged_by_3d``), on a box's object (no
+# positive click) the click is read from the 3D model's doubt only where the model believes (probability >= 0.5) at least this share of the object's mask - it sees the
 # object: where it does not see a faint lesion it doubts all of it - ...
 BOX_SEEN_SHARE = 0.1
 # ... and where the doubted part leaves at least this share of the mask: a box says the object is
@@ -110,13 +113,15 @@ def honour_negative_clicks(probability: np.ndarray, mask: np.ndarray, points: np
 
 
 def doubt_reads_box_object(probability: np.ndarray, mask: np.ndarray, kept: np.ndarray) -> bool:
-    """Whether ``honour_negative_clicks``' answer ``kept`` for a box's object without a positive
-    click (``mask``: its mask, bool; ``probability``: the 3D model's, negative where no crop
-    covers) stands: the model believes at least ``BOX_SEEN_SHARE`` of the mask, and ``kept``
-    holds at least ``BOX_KEPT_SHARE`` of it."""
-    voxels = np.count_nonzero(mask)
-    believed = np.count_nonzero(mask & (probability >= 0.5))
-    return voxels > 0 and believed >= BOX_SEEN_SHARE * voxels and np.count_nonzero(kept & mask) >= BOX_KEPT_SHARE * voxels
+    """Whether ``honour_negative_clicks``' answer ``kept`` (for all of the object's negative
+    clicks at once) on a box's object without a positive click stands (``mask``: its mask, bool;
+    ``probability``: the 3D model's, negative where no crop covers): of the mask a crop covers,
+    the model believes at least ``BOX_SEEN_SHARE``, and ``kept`` holds at least
+    ``BOX_KEPT_SHARE``."""
+    covered = mask & (probability >= 0)
+    voxels = np.count_nonzero(covered)
+    believed = np.count_nonzero(covered & (probability >= 0.5))
+    return voxels > 0 and believed >= BOX_SEEN_SHARE * voxels and np.count_nonzero(kept & covered) >= BOX_KEPT_SHARE * voxels
 
 
 def _clicked_part(part: np.ndarray, index: tuple[int, ...]) -> np.ndarray | None:

@@ -50,7 +50,9 @@ the object's mask:
    outer half and that part is a thin layer along the rest of the mask (a correction of its rim),
    only what lies within 4 mm of the click. Where the 2D pathway answered
    negative clicks, which cut their own slice only, the 3D model's answer on the cached crop
-   removes by the same rule what it doubts across slices; of what the 2D pathway added for a
+   removes by the same rule what it doubts across slices (on a box's object without a positive
+   click, only where the model sees the object: ``negative_clicks.doubt_reads_box_object``); of
+   what the 2D pathway added for a
    positive click, only what that answer believes at least half as much as the click stays
    (``positive_clicks.py``; both in ``Session._judged_by_3d``). On an object the 3D model
    corrects, a positive click its answer leaves outside the mask is answered by the 2D pathway
@@ -951,8 +953,8 @@ class Session:
           own mask agrees with the object's (``positive_clicks.keep_believed_additions``): a
           widened box that made LiteMedSAM follow the tissue beside a lesion adds only the
           lesion (docs/BENCHMARKS.md, "Positive clicks kept where the 3D model believes them").
-        Both rules judge only where the model's mask agrees with the object's
-        (``positive_clicks.agreement``). No new crop is encoded for this (a crop encoded in
+        The giving back and the keeping judge only where the model's mask agrees with the
+        object's (``positive_clicks.agreement``). No new crop is encoded for this (a crop encoded in
         part is completed): a click no encoded crop holds keeps the 2D answer, and so does an
         answer no rule can change (positive clicks only, none of them judgeable), without a
         decoder run."""
