@@ -146,7 +146,7 @@ def _is_layer_on(mask: np.ndarray, part: np.ndarray, origin: Sequence[int], spac
     reach = np.ceil(2 * RIM_LAYER_MM / np.asarray(spacing, dtype=float)).astype(int)
     region = clamp_box(own_lo - reach, own_lo + own.shape + reach, mask.shape)
     in_region = np.zeros([b - a for a, b in zip(*region)], dtype=bool)
-    in_region[tuple(slice(a, a + n) for a, n in zip(own_lo - region[0], own.shape))] = own
+    in_region[box_slices((tuple(own_lo), tuple(own_lo + own.shape)), origin=region[0])] = own
     rest = mask[box_slices(region)] & ~in_region
     if not rest.any():
         return False

@@ -123,12 +123,12 @@ def _trained_on(meta: dict, data_dir: str, layout: str) -> bool:
     return meta.get("dataset", {}) == dataset_identity(data_dir, layout)
 
 
-def _model_target(meta: dict, data_dir: str, layout: str) -> str | int:
+def _model_target(meta: dict, trained_on: bool) -> str | int:
     """The label the model was trained to segment, for a run without --target-label: its value
-    on its own dataset; elsewhere its name (as training was given it), since one value means
-    different labels in different datasets (the synthetic set's 1 is "tumor", the phantoms' 1 is
-    "organ")."""
-    if _trained_on(meta, data_dir, layout) and "target_label" in meta:
+    on its own dataset (``trained_on``: DATA is it, ``_trained_on``); elsewhere its name (as
+    training was given it), since one value means different labels in different datasets (the
+    synthetic set's 1 is "tumor", the phantoms' 1 is "organ")."""
+    if trained_on and "target_label" in meta:
         return meta["target_label"]
     return meta.get("train_config", {}).get("target_label", "tumor")
 
@@ -141,7 +141,8 @@ def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int 
 
     try:
         cases = find_cases(args.data, args.layout)
-        target = args.target_label if args.target_label is not None else _model_target(meta, args.data, args.layout)
+        trained_on = _trained_on(meta, args.data, args.layout)  # read once: it scans the folder where no dataset.json names it
+        target = args.target_label if args.target_label is not None else _model_target(meta, trained_on)
         target_label = resolve_target_label(args.data, target, args.layout)
         if args.split == "all":
             chosen, split_seed = cases, None
@@ -149,7 +150,7 @@ def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int 
             if args.splits:
                 splits = read_splits(args.splits)
             else:
-                own = meta if _trained_on(meta, args.data, args.layout) else {}  # another dataset: the default split
+                own = meta if trained_on else {}  # another dataset: the default split
                 seed = args.split_seed if args.split_seed is not None else own.get("split_seed", 0)
                 fractions = own.get("train_config", {}).get("split_fractions", DEFAULT_SPLIT_FRACTIONS)
                 splits = make_splits(cases, seed, fractions)
