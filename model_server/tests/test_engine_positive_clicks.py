@@ -130,7 +130,8 @@ def _dice(found: np.ndarray, truth: np.ndarray) -> float:
 def test_a_positive_click_the_3d_model_does_not_hear_is_answered_by_the_2d_pathway(monkeypatch):
     """The protocol's first click, then its second (positive, on a slice the tumour reaches past
     the mask): the clicked voxel ends in the mask, which gains; without the 2D pathway's answer
-    the click is lost."""
+    the image's answer to a click no pathway answers takes it (``unanswered_clicks``), and
+    without both the click is lost."""
     image, label = generate_case(case_seed(UNSEEN_DEV_SEED, UNHEARD))
     tumours, _ = label_objects(label.array == 2)
     click = first_click(label.array == 2, case_rng(0, f"phantom_{UNHEARD:03d}"))
@@ -150,5 +151,8 @@ def test_a_positive_click_the_3d_model_does_not_hear_is_answered_by_the_2d_pathw
     assert session.mask[point]
     assert _dice(session.mask, target) > _dice(first, target) + 0.015  # 0.506 -> 0.543 here
     monkeypatch.setattr(Session, "_unheard_clicks_in_2d", lambda self, box, proposal, *rest: ((box, proposal), 0.0))
+    session, _, point = two_clicks()
+    assert session.mask[point]
+    monkeypatch.setattr(Session, "_unanswered_clicks_added", lambda self, box, proposal, *rest: (box, proposal))
     session, _, point = two_clicks()
     assert not session.mask[point]

@@ -65,6 +65,12 @@ the object's mask:
    clicks alone add on each clicked slice is trimmed at the lesion's intensity step, as a first
    click's mask is, the lesion's level read in the object's mask
    (``Session._additions_at_lesion_intensity``).
+8. In an interaction of positive clicks alone on an object with a mask, a positive click that
+   every pathway leaves outside the mask (the 2D pathway refused it and the 3D model added
+   nothing there: a layer along the mask's rim, a lesion the model does not see) adds the
+   voxels within 4 mm of it, connected to it, whose level on the smoothed image lies between
+   the clicked voxel's and the lesion's near it (``unanswered_clicks.py``): such a click always
+   changes the mask.
 
 A request either completes or leaves the session as it was (state is changed only at the end).
 """
@@ -101,6 +107,7 @@ from .predictor import IdleStep, Predictor
 from .slice_pathway import SliceEmbeddings, box_slice, correction_box, is_3d_box, on_its_slice, volume_bounds
 from .subtle_extent import (REACH_MM, SHELL_MM, SMOOTH_MM, SubtleLevels, add_at_positive_click,
                             cut_at_negative_click, grow_to_subtle_lesion, smoothed_image)
+from .unanswered_clicks import region_at_click
 
 if TYPE_CHECKING:
     import torch
@@ -225,7 +232,9 @@ class Session:
         a positive click the 3D model's answer leaves outside the mask goes to the 2D pathway,
         ``_unheard_clicks_in_2d``); whatever the choice,
         an object whose first click's mask was carried to a subtle lesion's extent is corrected
-        from that lesion's levels (``subtle_extent``);
+        from that lesion's levels (``subtle_extent``), and a positive click every answer leaves
+        outside the mask adds the region the image gives it, on the slices within 4 mm too
+        (``_unanswered_clicks_added``);
         ``click_pathway``: "3d" (the 3D model answers clicks) or "search" (an object's lone first
         click: the 3D model's mask, then LiteMedSAM's 2D pathway from the box that fits the click's
         slice best, found by a box search that starts from squares around the click and the 3D
@@ -360,6 +369,7 @@ class Session:
                 proposal = added_no_farther_than_clicks(
                     self.mask, box, self._additions_at_lesion_intensity(box, proposal, points, labels),
                     points, labels, self.spacing)
+                box, proposal = self._unanswered_clicks_added(box, proposal, points, all_points, all_labels)
             else:
                 proposal = removed_no_deeper_than_clicks(self.mask, box, proposal, points, labels, self.spacing)
         change = self._commit(box, proposal, points=all_points,
@@ -929,6 +939,33 @@ class Session:
         self.encoder_runs += 1  # LiteMedSAM's encoder ran on the clicked slices
         region = _union([box, tight_box(after != self.mask) or EMPTY_BOX])
         return (region, after[box_slices(region)]), time.perf_counter() - start
+
+    def _unanswered_clicks_added(self, box: Box, proposal: np.ndarray, points: np.ndarray, all_points: np.ndarray,
+                                 all_labels: np.ndarray) -> tuple[Box, np.ndarray]:
+        """A correction's answer (``proposal``, bool, inside ``box``) with, for each of its positive
+        ``points`` it leaves outside the mask, the region the image gives the click
+        (``unanswered_clicks.region_at_click``; what it adds only inside the object's 3D box
+        widened to the clicks, as a correction's answer there): such a click always changes the mask. -> (box, proposal), the box
+        grown to what was added."""
+        def held(index: tuple[int, ...]) -> bool:
+            if all(lo <= v < hi for v, lo, hi in zip(index, *box)):
+                return bool(proposal[tuple(np.subtract(index, box[0]))])
+            return bool(self.mask[index])
+
+        missed = [index for _, index in clicks_inside(points, np.ones(len(points)), 1, self.shape) if not held(index)]
+        if not missed:
+            return box, proposal
+        answered = self.mask.copy()
+        answered[box_slices(box)] = proposal
+        negatives = all_points[all_labels == 0]
+        windows = [region_at_click(self.volume, self.spacing, answered, index, negatives) for index in missed]
+        grown = _union([box] + [window for window, _ in windows])
+        added = np.zeros(_size(grown), dtype=bool)
+        for window, region in windows:
+            added[box_slices(window, origin=grown[0])] |= region
+        if self.box is not None and is_3d_box(self.box):
+            added = _within_box(np.zeros_like(added), added, grown, self.box, points)
+        return grown, answered[box_slices(grown)] | added
 
     def _judged_by_3d(self, patch: tuple[Box, np.ndarray], all_points: np.ndarray, all_labels: np.ndarray,
                       clicks: np.ndarray) -> tuple[Box, np.ndarray]:

@@ -97,7 +97,8 @@ class SubtleLevels:
         return np.abs(smoothed - self.lesion) < abs(self.lesion - self.surroundings) / 2
 
 
-def _robust_std(values: np.ndarray) -> float:
+def robust_std(values: np.ndarray) -> float:
+    """1.4826 times the median absolute deviation: a standard deviation that outliers barely move."""
     return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
@@ -129,7 +130,7 @@ def grow_to_subtle_lesion(image: np.ndarray, spacing: Sequence[float], mask: np.
     k, j, i = index
     smoothed = smoothed_image(image, spacing)
     at_click = float(np.median(smoothed[k, max(0, j - 1):j + 2, max(0, i - 1):i + 2]))
-    spread = max(_robust_std(smoothed[max(0, k - 1):k + 2, max(0, j - 2):j + 3, max(0, i - 2):i + 3].ravel()), 1e-6)
+    spread = max(robust_std(smoothed[max(0, k - 1):k + 2, max(0, j - 2):j + 3, max(0, i - 2):i + 3].ravel()), 1e-6)
     distance = ndimage.distance_transform_edt(~mask, sampling=spacing)
     shell = smoothed[(distance > SHELL_MM[0]) & (distance <= SHELL_MM[1])]
     if not shell.size:
@@ -288,4 +289,4 @@ def _spread(smoothed: np.ndarray, mask: np.ndarray) -> float:
     where the core holds fewer than ``MIN_LEVEL_VOXELS``): how far a lesion's own voxels read
     from its level."""
     core = ndimage.binary_erosion(mask, IN_PLANE)
-    return _robust_std(smoothed[core if np.count_nonzero(core) >= MIN_LEVEL_VOXELS else mask])
+    return robust_std(smoothed[core if np.count_nonzero(core) >= MIN_LEVEL_VOXELS else mask])
