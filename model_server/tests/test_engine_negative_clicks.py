@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam3d.data.clicks import first_click, label_objects, next_click
+from sam3d.data.clicks import next_click
 from sam3d.data.phantoms import case_seed, generate_case
 from sam3d.engine.negative_clicks import (RIM_REACH_MM, doubt_reads_box_object, honour_negative_clicks, spare_believed_voxels,
                                          squared_distance_mm)
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
-from sam3d.evaluate.simulation import case_rng, first_box
+from sam3d.evaluate.simulation import clicked_object, first_box
 from sam3d.model.checkpoint import BUNDLED_MODELS
 
 SHAPE = (5, 9, 40)
@@ -212,9 +212,7 @@ def test_a_negative_click_after_a_box_keeps_a_lesion_the_3d_model_does_not_see()
     agree with the box's), so its doubt covers the lesion too: read as the click's mark it took
     the whole mask, lesion and all (566 lesion voxels to 0). The 2D pathway's cut stands alone."""
     image, label = generate_case(case_seed(21, 9))  # `sam3d phantoms --seed 21`, the unseen design dev21
-    tumours, _ = label_objects(label.array == 2)
-    click = first_click(label.array == 2, case_rng(0, "phantom_009"))
-    target = tumours == tumours[tuple(int(c) for c in click)]
+    _, target = clicked_object(label.array == 2, 0, "phantom_009")
     session = Session(Predictor.load("default", device="cpu"), image.array, image.spacing)
     session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=first_box(target, "box3d", 0.0, image.spacing))
     boxed = np.count_nonzero(session.mask & target)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam3d.data.clicks import first_click, label_objects, next_click
+from sam3d.data.clicks import next_click
 from sam3d.data.phantoms import case_seed, generate_case
 from sam3d.engine.positive_clicks import (BELIEF_FRACTION, MIN_AGREEMENT, agreement, judgeable_additions,
                                           keep_believed_additions)
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
-from sam3d.evaluate.simulation import case_rng
+from sam3d.evaluate.simulation import clicked_object
 from sam3d.model.checkpoint import BUNDLED_MODELS
 
 SHAPE = (6, 9, 40)
@@ -133,9 +133,7 @@ def test_a_positive_click_the_3d_model_does_not_hear_is_answered_by_the_2d_pathw
     the image's answer to a click no pathway answers takes it (``unanswered_clicks``), and
     without both the click is lost."""
     image, label = generate_case(case_seed(UNSEEN_DEV_SEED, UNHEARD))
-    tumours, _ = label_objects(label.array == 2)
-    click = first_click(label.array == 2, case_rng(0, f"phantom_{UNHEARD:03d}"))
-    target = tumours == tumours[tuple(int(c) for c in click)]
+    click, target = clicked_object(label.array == 2, 0, f"phantom_{UNHEARD:03d}")
     predictor = Predictor.load("default", device="cpu")
 
     def two_clicks() -> tuple[Session, np.ndarray, tuple[int, ...]]:

@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sam3d.data.clicks import first_click, label_objects
+from sam3d.data.clicks import next_click
 from sam3d.data.phantoms import case_seed, generate_case
 from sam3d.engine import session as session_module
 from sam3d.engine.intensity_trim import IN_PLANE
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
-from sam3d.data.clicks import next_click
 from sam3d.engine.subtle_extent import (LEVEL_BALL_MM, MAX_FIELD_FRACTION, REACH_MM, RIM_REACH_MM, SubtleLevels,
                                         add_at_positive_click, cut_at_negative_click, grow_to_subtle_lesion,
                                         smoothed_image)
-from sam3d.evaluate.simulation import case_rng
+from sam3d.evaluate.simulation import clicked_object
 
 SHAPE = (13, 64, 64)
 SPACING = (2.5, 0.8, 0.8)
@@ -334,9 +333,7 @@ def test_a_first_click_on_a_subtle_phantom_tumour_reaches_its_edge(monkeypatch):
     """Through the session with the default model: the protocol's first click on that tumour,
     then its second click, answered from the lesion's levels."""
     image, label = generate_case(case_seed(PHANTOM_DEV_SEED, SHORT_OF_ITS_EDGE))
-    tumours, _ = label_objects(label.array == 2)
-    click = first_click(label.array == 2, case_rng(0, f"phantom_{SHORT_OF_ITS_EDGE:03d}"))
-    target = tumours == tumours[tuple(int(c) for c in click)]
+    click, target = clicked_object(label.array == 2, 0, f"phantom_{SHORT_OF_ITS_EDGE:03d}")
     predictor = Predictor.load("default", device="cpu")
     session = Session(predictor, image.array, image.spacing)
     session.interact([click], [1])

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam3d.data.clicks import first_click, label_objects, next_click
+from sam3d.data.clicks import next_click
 from sam3d.data.phantoms import DESIGNS, case_seed
 from sam3d.engine.negative_clicks import RIM_REACH_MM, squared_distance_mm
 from sam3d.engine.predictor import Predictor
 from sam3d.engine.session import Session
 from sam3d.engine.unanswered_clicks import region_at_click
-from sam3d.evaluate.simulation import case_rng, first_box
+from sam3d.evaluate.simulation import clicked_object, first_box
 from sam3d.model.checkpoint import BUNDLED_MODELS
 
 SPACING = (2.0, 1.0, 1.0)
@@ -84,9 +84,7 @@ def test_a_positive_click_on_the_rim_after_a_box_changes_the_mask():
     it and the 3D model adds nothing there, so the same click came back three times, the mask
     unchanged. Now the click's voxel, and more of the lesion, are in the mask."""
     image, label = DESIGNS["synth"].generate(case_seed(93, 3))  # `sam3d phantoms --design synth --seed 93`
-    lesions, _ = label_objects(label.array == 1)
-    click = first_click(label.array == 1, case_rng(0, "synth_003"))
-    target = lesions == lesions[tuple(int(c) for c in click)]
+    _, target = clicked_object(label.array == 1, 0, "synth_003")
     session = Session(Predictor.load("default", device="cpu"), image.array, image.spacing)
     session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=first_box(target, "box3d", 0.0, image.spacing))
     before = np.count_nonzero(session.mask & target)

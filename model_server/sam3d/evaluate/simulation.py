@@ -122,6 +122,14 @@ def first_box(target: np.ndarray, prompt: str, margin_mm: float = 0.0,
     return np.clip(box + np.array([-grow, grow]), 0, np.array(target.shape) - 1)
 
 
+def clicked_object(target: np.ndarray, seed: int, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the protocol's seeded first click on ``target`` (bool), the connected object of
+    ``target`` it lies in): what the "object" scope evaluates."""
+    point = first_click(target, case_rng(seed, case_id))
+    components, _ = label_objects(target)
+    return point, components == components[tuple(int(c) for c in point)]
+
+
 def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacing: Sequence[float],
                   target: np.ndarray, clicks: int, seed: int, scope: str = "object",
                   classical: bool = True, prompt: str = "click", baseline_2d=None,
@@ -143,10 +151,9 @@ def evaluate_case(predictor: Predictor, case_id: str, volume: np.ndarray, spacin
         raise ValueError(f"case {case_id}: the target label is empty; nothing to click on")
     start = time.perf_counter()
     spacing = tuple(float(s) for s in spacing)
-    point = first_click(target, case_rng(seed, case_id))
+    point, clicked = clicked_object(target, seed, case_id)
     if scope == "object":
-        components, _ = label_objects(target)
-        target = components == components[tuple(int(c) for c in point)]
+        target = clicked
     session = Session(predictor, volume, spacing, corrections=corrections, click_pathway=click_pathway)
     result = CaseResult(case_id, [], [], [], int(target.sum()), prompt=prompt)
     box = prompt_box = first_box(target, prompt, box_margin_mm, spacing)
