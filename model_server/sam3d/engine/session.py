@@ -925,7 +925,7 @@ class Session:
         after, heard = None, False
         positives = all_points[all_labels == 1]
         for point, index in clicks_inside(points, np.ones(len(points)), 1, self.shape):
-            if all(lo <= v < hi for v, lo, hi in zip(index, *box)) and proposal[tuple(np.subtract(index, box[0]))]:
+            if _answer_holds(self.mask, box, proposal, index):
                 continue
             if after is None:
                 after = self.mask.copy()
@@ -945,14 +945,10 @@ class Session:
         """A correction's answer (``proposal``, bool, inside ``box``) with, for each of its positive
         ``points`` it leaves outside the mask, the region the image gives the click
         (``unanswered_clicks.region_at_click``; what it adds only inside the object's 3D box
-        widened to the clicks, as a correction's answer there): such a click always changes the mask. -> (box, proposal), the box
-        grown to what was added."""
-        def held(index: tuple[int, ...]) -> bool:
-            if all(lo <= v < hi for v, lo, hi in zip(index, *box)):
-                return bool(proposal[tuple(np.subtract(index, box[0]))])
-            return bool(self.mask[index])
-
-        missed = [index for _, index in clicks_inside(points, np.ones(len(points)), 1, self.shape) if not held(index)]
+        widened to the clicks, as a correction's answer there): such a click always changes the
+        mask. -> (box, proposal), the box grown to what was added."""
+        missed = [index for _, index in clicks_inside(points, np.ones(len(points)), 1, self.shape)
+                  if not _answer_holds(self.mask, box, proposal, index)]
         if not missed:
             return box, proposal
         answered = self.mask.copy()
@@ -1287,6 +1283,14 @@ def _on_clicked_slices(mask: np.ndarray, new: np.ndarray, region: Box, points: n
         hi = np.maximum(np.ceil(box[2:]).astype(int) + 1 - origin[1:], 0)
         allowed[k, lo[0]:hi[0], lo[1]:hi[1]] = True
     return np.where(allowed, new, old)
+
+
+def _answer_holds(mask: np.ndarray, box: Box, proposal: np.ndarray, index: tuple[int, ...]) -> bool:
+    """Whether the mask after an answer (``proposal``, inside ``box`` of the volume-sized
+    ``mask``; ``mask`` as it is elsewhere) holds the voxel at ``index``."""
+    if all(lo <= v < hi for v, lo, hi in zip(index, *box)):
+        return bool(proposal[tuple(np.subtract(index, box[0]))])
+    return bool(mask[index])
 
 
 def _within_box(old: np.ndarray, new: np.ndarray, region: Box, prompt_box: np.ndarray,

@@ -102,6 +102,13 @@ def robust_std(values: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
+def around_click(smoothed: np.ndarray, index: tuple[int, int, int]) -> np.ndarray:
+    """The values of the 5 x 5 x 3 voxels (in-plane 5 x 5, three slices) around ``index``, inside
+    the array: a click's own neighbourhood, where its spread is read."""
+    k, j, i = index
+    return smoothed[max(0, k - 1):k + 2, max(0, j - 2):j + 3, max(0, i - 2):i + 3].ravel()
+
+
 def smoothed_image(image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     """``image`` smoothed by ``SMOOTH_MM`` (a Gaussian's sigma, in mm along each axis)."""
     return ndimage.gaussian_filter(image.astype(np.float32), [SMOOTH_MM / s for s in spacing])
@@ -130,7 +137,7 @@ def grow_to_subtle_lesion(image: np.ndarray, spacing: Sequence[float], mask: np.
     k, j, i = index
     smoothed = smoothed_image(image, spacing)
     at_click = float(np.median(smoothed[k, max(0, j - 1):j + 2, max(0, i - 1):i + 2]))
-    spread = max(robust_std(smoothed[max(0, k - 1):k + 2, max(0, j - 2):j + 3, max(0, i - 2):i + 3].ravel()), 1e-6)
+    spread = max(robust_std(around_click(smoothed, index)), 1e-6)
     distance = ndimage.distance_transform_edt(~mask, sampling=spacing)
     shell = smoothed[(distance > SHELL_MM[0]) & (distance <= SHELL_MM[1])]
     if not shell.size:

@@ -30,7 +30,7 @@ import numpy as np
 from ..data.clicks import label_objects
 from .crops import Box, box_slices, clamp_box
 from .negative_clicks import RIM_REACH_MM, squared_distance_mm
-from .subtle_extent import MIN_LEVEL_VOXELS, SMOOTH_MM, robust_std, smoothed_image
+from .subtle_extent import MIN_LEVEL_VOXELS, SMOOTH_MM, around_click, robust_std, smoothed_image
 
 LEVEL_READ_MM = 8.0  # the lesion's level is read on the object's mask within this distance of the click
 
@@ -51,8 +51,7 @@ def region_at_click(volume: np.ndarray, spacing: Sequence[float], mask: np.ndarr
     from_click = squared_distance_mm(smoothed.shape, click, spacing)
     lesion_voxels = smoothed[near_mask & (from_click <= LEVEL_READ_MM ** 2)]
     if lesion_voxels.size < MIN_LEVEL_VOXELS:
-        k, j, i = click
-        lesion_voxels = smoothed[max(k - 1, 0):k + 2, max(j - 2, 0):j + 3, max(i - 2, 0):i + 3].ravel()
+        lesion_voxels = around_click(smoothed, click)
     lesion, spread = float(np.median(lesion_voxels)), robust_std(lesion_voxels)
     clicked = float(smoothed[click])
     low, high = min(clicked, lesion - spread), max(clicked, lesion + spread)
