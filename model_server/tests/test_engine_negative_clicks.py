@@ -225,8 +225,9 @@ def test_a_negative_click_after_a_box_keeps_a_lesion_the_3d_model_does_not_see()
 
 def test_a_box_s_object_is_read_from_the_3d_model_s_doubt_where_it_sees_it_and_the_cut_leaves_most():
     """``doubt_reads_box_object`` on a 100-voxel mask: a model that believes none of it (a faint
-    lesion it does not see) is not read; one that believes a fifth is, while the cut leaves half;
-    voxels no crop covers count for neither share."""
+    lesion it does not see) is not read; one that believes a fifth, or under a tenth (a leak the
+    model doubts around the part it sees), is, while the cut leaves half; voxels no crop covers
+    count for neither share."""
     mask = np.zeros((1, 10, 20), dtype=bool)
     mask[0, :, :10] = True
     unseen = np.where(mask, 0.01, 0.0).astype(np.float32)
@@ -238,6 +239,9 @@ def test_a_box_s_object_is_read_from_the_3d_model_s_doubt_where_it_sees_it_and_t
     assert not doubt_reads_box_object(unseen, mask, small_cut)
     assert doubt_reads_box_object(seen, mask, small_cut)
     assert not doubt_reads_box_object(seen, mask, large_cut)
+    barely_seen = unseen.copy()
+    barely_seen[0, 0, :8] = 0.9  # under a tenth believed
+    assert doubt_reads_box_object(barely_seen, mask, small_cut)
     uncovered = seen.copy()
     uncovered[0, 2:, :10] = -1.0  # a crop covers only the believed fifth: all of that seen, none of it cut
     assert doubt_reads_box_object(uncovered, mask, large_cut)
