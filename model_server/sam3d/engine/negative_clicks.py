@@ -177,14 +177,15 @@ def spare_believed_voxels(probability: np.ndarray, before: np.ndarray, after: np
     return after | (before & ~after & (probability > max(levels)))
 
 
-def nearer_than_all(shape: Sequence[int], negative: np.ndarray, positives: np.ndarray,
+def nearer_than_all(shape: Sequence[int], click: np.ndarray, others: np.ndarray,
                      spacing: Sequence[float]) -> np.ndarray:
-    """The voxels of an array of ``shape`` nearer (in mm) the ``negative`` click than every one of
-    ``positives`` (all of them when there is none); clicks in the array's kji coordinates."""
-    to_negative = squared_distance_mm(shape, negative, spacing)
+    """The voxels of an array of ``shape`` nearer (in mm) ``click`` than every one of ``others``
+    (all of them when there is none): a negative click's part against the positive clicks, or a
+    positive click's against the negative ones; clicks in the array's kji coordinates."""
+    to_click = squared_distance_mm(shape, click, spacing)
     nearer = np.ones(tuple(shape), dtype=bool)
-    for positive in positives:
-        nearer &= to_negative < squared_distance_mm(shape, positive, spacing)
+    for other in others:
+        nearer &= to_click < squared_distance_mm(shape, other, spacing)
     return nearer
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..data.clicks import label_objects
 from .crops import Box, box_slices, clamp_box
-from .negative_clicks import RIM_REACH_MM, squared_distance_mm
+from .negative_clicks import RIM_REACH_MM, nearer_than_all, squared_distance_mm
 from .subtle_extent import MIN_LEVEL_VOXELS, SMOOTH_MM, around_click, robust_std, smoothed_image
 
 LEVEL_READ_MM = 8.0  # the lesion's level is read on the object's mask within this distance of the click
@@ -56,8 +56,7 @@ def region_at_click(volume: np.ndarray, spacing: Sequence[float], mask: np.ndarr
     clicked = float(smoothed[click])
     low, high = min(clicked, lesion - spread), max(clicked, lesion + spread)
     candidate = (smoothed >= low) & (smoothed <= high) & (from_click <= RIM_REACH_MM ** 2)
-    for negative in np.asarray(negatives, dtype=float).reshape(-1, 3) - lo:
-        candidate &= squared_distance_mm(smoothed.shape, negative, spacing) > from_click
+    candidate &= nearer_than_all(smoothed.shape, click, np.asarray(negatives, dtype=float).reshape(-1, 3) - lo, spacing)
     candidate[click] = True
     components, _ = label_objects(candidate)
     return window, components == components[click]
