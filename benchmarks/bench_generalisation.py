@@ -53,6 +53,16 @@ def run_one(model: str, data: str, split: str, prompt: str, args, out: Path) -> 
     return json.loads(report.read_text())
 
 
+def _with_interval(report: dict, click: int) -> str:
+    """The mean Dice at ``click`` with its 95 % interval; reports resumed from before `sam3d
+    evaluate` wrote intervals show the mean alone."""
+    mean = f"{report['dice_by_click'][click]:.3f}"
+    if "dice_ci95_by_click" not in report:
+        return mean
+    low, high = report["dice_ci95_by_click"][click]
+    return f"{mean} ({low:.2f}-{high:.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, metavar="NAME=SPEC")
@@ -74,14 +84,14 @@ def main() -> None:
             for prompt in prompts:
                 report = run_one(spec, data, split, prompt, args, args.out / model_name / data_name / prompt)
                 rows.append((model_name, data_name, prompt, report))
-    print(f"\n| model | data | cases | first prompt | Dice 1st | Dice {args.clicks}th click | NSD 1st | "
-          f"region growing (click) | LiteMedSAM 2D (same prompt) |")
+    print(f"\n| model | data | cases | first prompt | Dice 1st (95 % CI) | Dice {args.clicks}th click (95 % CI) | "
+          f"NSD 1st | region growing (click) | LiteMedSAM 2D (same prompt) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for model_name, data_name, prompt, report in rows:
         classical = report.get("classical", {}).get("mean_dice")
         flat = report.get("baseline_2d", {}).get("mean_dice")
-        print(f"| {model_name} | {data_name} | {report['cases']} | {prompt} | {report['dice_by_click'][0]:.3f} | "
-              f"{report['dice_by_click'][-1]:.3f} | {report['nsd_by_click'][0]:.3f} | "
+        print(f"| {model_name} | {data_name} | {report['cases']} | {prompt} | {_with_interval(report, 0)} | "
+              f"{_with_interval(report, -1)} | {report['nsd_by_click'][0]:.3f} | "
               f"{'-' if classical is None else f'{classical:.3f}'} | {'-' if flat is None else f'{flat:.3f}'} |")
 
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "average": ("sam3d.model.averaging", "average trained checkpoints of one configuration (a model soup)"),
     "train": ("sam3d.train.commands", "train a model from a YAML config"),
     "evaluate": ("sam3d.evaluate.commands", "score a model with simulated clicks (Dice / NSD per click)"),
+    "compare": ("sam3d.evaluate.compare", "compare two evaluation reports case by case, with 95 %% intervals"),
     "serve": ("sam3d.serve.commands", "run the HTTP inference server (API v1) for the Slicer module"),
     "segment": ("sam3d.engine.commands", "segment one image from clicks (or a box) in RAS mm"),
     "batch": ("sam3d.batch.commands", "segment many cases from saved clicks (a manifest)"),

@@ -99,6 +99,9 @@ def test_evaluation_is_deterministic_and_writes_the_report(phantoms, tiny_model,
         assert key in a, key
     assert a["clicks"] == 3 and len(a["dice_by_click"]) == 3 and a["cases"] == 4
     assert a["mean_dice"] == pytest.approx(np.mean([case["dice"] for case in a["per_case"]]))
+    for means, intervals in ((a["dice_by_click"], a["dice_ci95_by_click"]), (a["nsd_by_click"], a["nsd_ci95_by_click"])):
+        assert len(intervals) == 3 and all(low <= mean <= high for mean, (low, high) in zip(means, intervals))
+    assert "bootstrap" in a["ci_method"]
     for case in a["per_case"]:
         assert all(0.0 <= d <= 1.0 for d in case["dice_by_click"] + case["nsd_by_click"])
         assert case["clicks"][0]["label"] == 1 and len(case["clicks"]) >= 1
@@ -108,8 +111,23 @@ def test_evaluation_is_deterministic_and_writes_the_report(phantoms, tiny_model,
     methods = {row["method"] for row in rows}
     assert "tiny-eval-test" in methods and any(m.startswith("SimpleITK") for m in methods)
     assert len([r for r in rows if r["case_id"] != "mean" and r["method"] == "tiny-eval-test"]) == 4 * 3
+    means = [r for r in rows if r["case_id"] == "mean" and r["method"] == "tiny-eval-test"]
+    assert [float(r[f"dice_ci95_{end}"]) for r in means for end in ("low", "high")] == pytest.approx(
+        np.ravel(a["dice_ci95_by_click"]), abs=1e-6)
+    assert all(r["dice_ci95_low"] == "" for r in rows if r["case_id"] != "mean")
     assert (tmp_path / "a" / "dice_by_click.png").read_bytes()[:4] == b"\x89PNG"
     assert "mean Dice" in capsys.readouterr().out
+    # the same runs compared: nothing differs; another seed's first clicks are compared at click 1
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab.json")]) == 0
+    same = json.loads((tmp_path / "ab.json").read_text())
+    assert same["cases"] == 4 and len(same["by_click"]) == 3
+    assert all(row["difference"] == 0 and row["better"] == row["worse"] == 0 and row["p_value"] is None
+               for row in same["by_click"])
+    assert "note" not in capsys.readouterr().out  # the same protocol
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "c" / "report.json"), "--metric", "nsd"]) == 0
+    printed = capsys.readouterr().out
+    assert "the runs differ in seed: 5 -> 6" in printed and "4 cases, nsd by click" in printed
+    assert len([line for line in printed.splitlines() if line.split()[:1] == ["1"]]) == 1  # c has one click
 
 
 def test_evaluate_rejects_bad_input(phantoms, tiny_model, tmp_path, capsys):

@@ -233,10 +233,13 @@ def _report_info(args: argparse.Namespace, predictor, target_label: int, split_s
 
 
 def _print_summary(summary: dict, cases: int, clicks: int) -> None:
-    print(f"{cases} cases, {clicks} click(s): mean Dice {summary['mean_dice']:.4f}, "
+    low, high = summary["dice_ci95_by_click"][0]
+    print(f"{cases} cases, {clicks} click(s): mean Dice {summary['mean_dice']:.4f} (95 % CI {low:.3f}-{high:.3f}), "
           f"mean NSD {summary['mean_nsd']:.4f} (1 click)")
     if clicks > 1:
         print("Dice by click: " + ", ".join(f"{d:.4f}" for d in summary["dice_by_click"]))
+        low, high = summary["dice_ci95_by_click"][-1]
+        print(f"95 % CI of the mean Dice at click {clicks}: {low:.3f}-{high:.3f}")
     if "classical" in summary:
         print(f"classical (region growing, 1 click): Dice {summary['classical']['mean_dice']:.4f}, "
               f"NSD {summary['classical']['mean_nsd']:.4f}")

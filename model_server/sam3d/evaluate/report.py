@@ -30,6 +30,9 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
 
 
 BASELINE_2D = "litemedsam_2d_slice_by_slice"
+# the model's mean rows carry the 95 % intervals of their means; the other rows leave them empty
+CSV_COLUMNS = ["method", "case_id", "click", "dice", "nsd",
+               "dice_ci95_low", "dice_ci95_high", "nsd_ci95_low", "nsd_ci95_high"]
 
 
 def _write_csv(report: dict, path: Path) -> Path:
@@ -37,24 +40,31 @@ def _write_csv(report: dict, path: Path) -> Path:
     classical = report.get("classical", {}).get("method", "classical")
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "case_id", "click", "dice", "nsd"])
-        for number, (dice, nsd) in enumerate(zip(report["dice_by_click"], report["nsd_by_click"]), start=1):
-            writer.writerow([model, "mean", number, f"{dice:.6f}", f"{nsd:.6f}"])
+        writer.writerow(CSV_COLUMNS)
+
+        def write(cells: list) -> None:
+            writer.writerow(cells + [""] * (len(CSV_COLUMNS) - len(cells)))
+
+        for number, (dice, nsd, dice_interval, nsd_interval) in enumerate(
+                zip(report["dice_by_click"], report["nsd_by_click"], report["dice_ci95_by_click"],
+                    report["nsd_ci95_by_click"]), start=1):
+            write([model, "mean", number, f"{dice:.6f}", f"{nsd:.6f}",
+                   *(f"{v:.6f}" for v in dice_interval), *(f"{v:.6f}" for v in nsd_interval)])
         if "classical" in report:
-            writer.writerow([classical, "mean", 1, f"{report['classical']['mean_dice']:.6f}",
-                             f"{report['classical']['mean_nsd']:.6f}"])
+            write([classical, "mean", 1, f"{report['classical']['mean_dice']:.6f}",
+                   f"{report['classical']['mean_nsd']:.6f}"])
         if "baseline_2d" in report:
-            writer.writerow([BASELINE_2D, "mean", 1, f"{report['baseline_2d']['mean_dice']:.6f}",
-                             f"{report['baseline_2d']['mean_nsd']:.6f}"])
+            write([BASELINE_2D, "mean", 1, f"{report['baseline_2d']['mean_dice']:.6f}",
+                   f"{report['baseline_2d']['mean_nsd']:.6f}"])
         for case in report["per_case"]:
             for number, (dice, nsd) in enumerate(zip(case["dice_by_click"], case["nsd_by_click"]), start=1):
-                writer.writerow([model, case["case_id"], number, f"{dice:.6f}", f"{nsd:.6f}"])
+                write([model, case["case_id"], number, f"{dice:.6f}", f"{nsd:.6f}"])
             if case.get("classical_dice") is not None:
-                writer.writerow([classical, case["case_id"], 1, f"{case['classical_dice']:.6f}",
-                                 f"{case['classical_nsd']:.6f}"])
+                write([classical, case["case_id"], 1, f"{case['classical_dice']:.6f}",
+                       f"{case['classical_nsd']:.6f}"])
             if case.get("baseline_2d_dice") is not None:
-                writer.writerow([BASELINE_2D, case["case_id"], 1, f"{case['baseline_2d_dice']:.6f}",
-                                 f"{case['baseline_2d_nsd']:.6f}"])
+                write([BASELINE_2D, case["case_id"], 1, f"{case['baseline_2d_dice']:.6f}",
+                       f"{case['baseline_2d_nsd']:.6f}"])
     return path
 
 
@@ -70,6 +80,9 @@ def _plot(report: dict, path: Path) -> Path:
         axes.plot(clicks, case["dice_by_click"], color="tab:blue", alpha=0.15, linewidth=0.8)
     axes.plot(clicks, report["dice_by_click"], "o-", color="tab:blue", linewidth=2,
               label=f"{report.get('model', 'model')} (mean of {report['cases']} cases)")
+    low, high = zip(*report["dice_ci95_by_click"])
+    axes.fill_between(clicks, low, high, color="tab:blue", alpha=0.2, linewidth=0,
+                      label="95 % CI of the mean (bootstrap)")
     if "classical" in report:
         axes.plot([1], [report["classical"]["mean_dice"]], "s", color="tab:red", markersize=8,
                   label="classical: region growing at click 1")

@@ -39,6 +39,7 @@ from ..engine.session import Session
 from ..engine.slice_pathway import segment_slice_by_slice, volume_bounds
 from .classical import region_grow
 from .metrics import NSD_TOLERANCE_MM, dice_and_nsd
+from .statistics import CI_METHOD, intervals_by_click
 
 SCOPES = ("object", "label")
 PERTURBATION_STREAM = 1  # a third seed word: the noise's generator never repeats a case's clicks
@@ -202,6 +203,9 @@ def summarise(results: list[CaseResult], clicks: int) -> dict:
         "dice_by_click": [float(v) for v in dice.mean(axis=0)],
         "nsd_by_click": [float(v) for v in nsd.mean(axis=0)],
         "std_dice": float(dice[:, 0].std()),
+        "dice_ci95_by_click": intervals_by_click(dice),
+        "nsd_ci95_by_click": intervals_by_click(nsd),
+        "ci_method": CI_METHOD,
         "nsd_tolerance_mm": NSD_TOLERANCE_MM,
     }
     if all(r.classical_dice is not None for r in results):
