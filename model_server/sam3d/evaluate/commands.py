@@ -233,16 +233,20 @@ def _report_info(args: argparse.Namespace, predictor, target_label: int, split_s
 
 
 def _print_summary(summary: dict, cases: int, clicks: int) -> None:
-    low, high = summary["dice_ci95_by_click"][0]
-    print(f"{cases} cases, {clicks} click(s): mean Dice {summary['mean_dice']:.4f} (95 % CI {low:.3f}-{high:.3f}), "
-          f"mean NSD {summary['mean_nsd']:.4f} (1 click)")
+    print(f"{cases} cases, {clicks} click(s): mean Dice {summary['mean_dice']:.4f}"
+          f"{_interval(summary['dice_ci95_by_click'][0])}, mean NSD {summary['mean_nsd']:.4f} (1 click)")
     if clicks > 1:
         print("Dice by click: " + ", ".join(f"{d:.4f}" for d in summary["dice_by_click"]))
-        low, high = summary["dice_ci95_by_click"][-1]
-        print(f"95 % CI of the mean Dice at click {clicks}: {low:.3f}-{high:.3f}")
+        print(f"mean Dice at click {clicks}: {summary['dice_by_click'][-1]:.4f}"
+              f"{_interval(summary['dice_ci95_by_click'][-1])}")
     if "classical" in summary:
         print(f"classical (region growing, 1 click): Dice {summary['classical']['mean_dice']:.4f}, "
               f"NSD {summary['classical']['mean_nsd']:.4f}")
     if "baseline_2d" in summary:
         print(f"2D baseline (LiteMedSAM slice by slice, same first prompt): Dice "
               f"{summary['baseline_2d']['mean_dice']:.4f}, NSD {summary['baseline_2d']['mean_nsd']:.4f}")
+
+
+def _interval(interval: list[float] | None) -> str:
+    """" (95 % CI low-high)", or nothing where there is no interval (a single case)."""
+    return "" if interval is None else f" (95 % CI {interval[0]:.3f}-{interval[1]:.3f})"

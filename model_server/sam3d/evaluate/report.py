@@ -48,8 +48,7 @@ def _write_csv(report: dict, path: Path) -> Path:
         for number, (dice, nsd, dice_interval, nsd_interval) in enumerate(
                 zip(report["dice_by_click"], report["nsd_by_click"], report["dice_ci95_by_click"],
                     report["nsd_ci95_by_click"]), start=1):
-            write([model, "mean", number, f"{dice:.6f}", f"{nsd:.6f}",
-                   *(f"{v:.6f}" for v in dice_interval), *(f"{v:.6f}" for v in nsd_interval)])
+            write([model, "mean", number, f"{dice:.6f}", f"{nsd:.6f}", *_cells(dice_interval), *_cells(nsd_interval)])
         if "classical" in report:
             write([classical, "mean", 1, f"{report['classical']['mean_dice']:.6f}",
                    f"{report['classical']['mean_nsd']:.6f}"])
@@ -68,6 +67,11 @@ def _write_csv(report: dict, path: Path) -> Path:
     return path
 
 
+def _cells(interval: list[float] | None) -> list[str]:
+    """An interval's two CSV cells; empty where there is none (a single case)."""
+    return ["", ""] if interval is None else [f"{end:.6f}" for end in interval]
+
+
 def _plot(report: dict, path: Path) -> Path:
     import matplotlib
 
@@ -80,9 +84,10 @@ def _plot(report: dict, path: Path) -> Path:
         axes.plot(clicks, case["dice_by_click"], color="tab:blue", alpha=0.15, linewidth=0.8)
     axes.plot(clicks, report["dice_by_click"], "o-", color="tab:blue", linewidth=2,
               label=f"{report.get('model', 'model')} (mean of {report['cases']} cases)")
-    low, high = zip(*report["dice_ci95_by_click"])
-    axes.fill_between(clicks, low, high, color="tab:blue", alpha=0.2, linewidth=0,
-                      label="95 % CI of the mean (bootstrap)")
+    if None not in report["dice_ci95_by_click"]:  # a single case has no interval
+        low, high = zip(*report["dice_ci95_by_click"])
+        axes.fill_between(clicks, low, high, color="tab:blue", alpha=0.2, linewidth=0,
+                          label="95 % CI of the mean (bootstrap)")
     if "classical" in report:
         axes.plot([1], [report["classical"]["mean_dice"]], "s", color="tab:red", markersize=8,
                   label="classical: region growing at click 1")
