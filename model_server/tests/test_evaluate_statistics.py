@@ -46,11 +46,12 @@ def test_a_paired_difference_counts_gains_and_losses_and_tests_them():
     lifted = paired_difference(before, before + 0.05)
     assert lifted.difference == pytest.approx(0.05) and lifted.better == 12 and lifted.worse == 0
     assert lifted.low == pytest.approx(0.05) and lifted.p_value < 0.001  # all twelve gain
+    assert lifted.changed == 12 and same.changed == 0
     after = before.copy()
     after[:3] += [0.2, 0.3, SAME_WITHIN / 2]  # two gain, one stays within SAME_WITHIN
     after[3] -= 0.1  # one loses
     mixed = paired_difference(before, after)
-    assert (mixed.better, mixed.worse) == (2, 1)
+    assert (mixed.better, mixed.worse, mixed.changed) == (2, 1, 4)
     assert mixed.low < 0 < mixed.high and mixed.p_value > 0.05  # four cases moved: chance can do that
     assert mixed.difference == pytest.approx((0.2 + 0.3 + SAME_WITHIN / 2 - 0.1) / 12)
     alone = paired_difference([0.5], [0.9])  # one case: a difference, no interval
@@ -116,6 +117,9 @@ def test_compare_says_where_the_runs_differ_and_how_many_clicks_it_compares(tmp_
     assert "note: the runs differ in seed: 0 -> 3" in printed
     assert "note: the cases have 1 to 3 clicks; the first 1 are compared" in printed
     assert "6 cases" in printed and "+0.1250" in printed and " 5/0 " in printed
+    assert "fewer than 6 cases changed" in printed  # five changed: no test can tell them from chance
+    assert main(["compare", str(before), str(before)]) == 0  # nothing changed: nothing to warn of
+    assert "fewer than" not in capsys.readouterr().out
 
 
 def test_compare_is_listed_and_explains_itself(capsys):

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..data.io import atomic_write
 from ..errors import CLIError
 from .report import REPORT_JSON
-from .statistics import CI_METHOD, SAME_WITHIN, PairedDifference, paired_difference
+from .statistics import CI_METHOD, FEWEST_FOR_A_TEST, SAME_WITHIN, PairedDifference, paired_difference
 
 METRICS = ("dice", "nsd")
 # what `sam3d evaluate` records of how a run was made: where two runs differ, the comparison says so
@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         p_value = "-" if row.p_value is None else f"{row.p_value:.3g}"
         print(f"{click:>5}  {row.mean_before:7.4f}  {row.mean_after:7.4f}  {row.difference:+10.4f}  "
               f"{interval:>17}  {row.better:>4}/{row.worse:<4}  {p_value}")
+    few = [click for click, row in enumerate(rows, start=1) if 0 < row.changed < FEWEST_FOR_A_TEST]
+    if few:
+        print(f"note: at click(s) {', '.join(map(str, few))} fewer than {FEWEST_FOR_A_TEST} cases changed: the "
+              "signed-rank test cannot reach p < 0.05 there, and the interval rests on those few cases")
     if args.out:
         comparison = {"before": str(args.before), "after": str(args.after), "metric": args.metric,
                       "cases": len(first), "ci_method": CI_METHOD, "same_within": SAME_WITHIN,

@@ -22,6 +22,8 @@ BOOTSTRAP_SEED = 0  # the same data always gives the same interval
 CI_METHOD = (f"BCa bootstrap of the mean over cases (scipy.stats.bootstrap, {BOOTSTRAP_RESAMPLES} resamples, "
              f"seed {BOOTSTRAP_SEED}); none for a single case")
 SAME_WITHIN = 0.01  # a case whose figure moves less than this counts as unchanged in a comparison
+# the fewest changed cases whose signed-rank test can reach p < 0.05 (exact test: 2 / 2^6 = 0.031)
+FEWEST_FOR_A_TEST = 6
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float] | None:
@@ -57,6 +59,7 @@ class PairedDifference:
     high: float | None
     better: int  # cases where after exceeds before by SAME_WITHIN or more
     worse: int
+    changed: int  # cases whose figure differs at all (the signed-rank test's sample)
     p_value: float | None  # Wilcoxon signed-rank test of after - before; None where no case differs
 
     def to_dict(self) -> dict:
@@ -82,4 +85,5 @@ def paired_difference(before: Sequence[float], after: Sequence[float]) -> Paired
     return PairedDifference(mean_before=float(first.mean()), mean_after=float(second.mean()),
                             difference=float(differences.mean()), low=low, high=high,
                             better=int(np.count_nonzero(differences >= SAME_WITHIN)),
-                            worse=int(np.count_nonzero(differences <= -SAME_WITHIN)), p_value=p_value)
+                            worse=int(np.count_nonzero(differences <= -SAME_WITHIN)),
+                            changed=int(np.count_nonzero(differences)), p_value=p_value)
