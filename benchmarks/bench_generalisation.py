@@ -4,11 +4,12 @@ growing and LiteMedSAM slice by slice at the same first prompt - through `sam3d 
     python benchmarks/bench_generalisation.py --out runs/generalisation \\
         --model lite=runs/lite/best.pt --model small-phantoms=default \\
         --data synth-test=data/synth:test --data phantoms=data/phantoms_eval:all \\
-        --data real-mri=data/real_mri:all --clicks 5 --seed 0
+        --data real-mri=data/real_mri:all --clicks 5 --seed 0 [--pool NAME=DATA,DATA]
 
 Each (model, data, prompt) runs `sam3d evaluate ... --out OUT/<model>/<data>/<prompt>` (reused
 when its report.json exists, so an interrupted table resumes) and the table is printed as
-Markdown for docs/BENCHMARKS.md.
+Markdown for docs/BENCHMARKS.md, each Dice with its 95 % interval. `--pool NAME=DATA,DATA` adds a
+table of those sets' cases taken as one sample, as the issue's bars over several sets are read.
 """
 
 from __future__ import annotations
@@ -57,10 +58,31 @@ def _with_interval(report: dict, click: int) -> str:
     """The mean Dice at ``click`` with its 95 % interval; reports resumed from before `sam3d
     evaluate` wrote intervals show the mean alone."""
     mean = f"{report['dice_by_click'][click]:.3f}"
-    if "dice_ci95_by_click" not in report:
-        return mean
-    low, high = report["dice_ci95_by_click"][click]
-    return f"{mean} ({low:.2f}-{high:.2f})"
+    interval = report.get("dice_ci95_by_click", [None] * len(report["dice_by_click"]))[click]
+    return mean if interval is None else f"{mean} ({interval[0]:.2f}-{interval[1]:.2f})"
+
+
+def _pooled(rows: list, pools: list[tuple[str, str]], clicks: int) -> None:
+    """Each pool's cases as one sample, per model and prompt: the mean Dice at the first and the
+    last click with its 95 % interval (sam3d.evaluate.statistics), as a bar over several sets asks."""
+    from sam3d.evaluate.statistics import mean_interval
+
+    print(f"\n| model | pool (data) | cases | first prompt | Dice 1st (95 % CI) | Dice {clicks}th click (95 % CI) |")
+    print("|---|---|---|---|---|---|")
+    for pool, members in pools:
+        names = members.split(",")
+        for model_name, prompt in dict.fromkeys((m, p) for m, _, p, _ in rows):
+            cases = [case["dice_by_click"] for m, d, p, report in rows if (m, p) == (model_name, prompt)
+                     and d in names for case in report["per_case"]]
+            if not cases:
+                continue
+            cells = []
+            for click in (0, -1):
+                values = [dice[click] for dice in cases]
+                interval = mean_interval(values)
+                mean = f"{sum(values) / len(values):.3f}"
+                cells.append(mean if interval is None else f"{mean} ({interval[0]:.2f}-{interval[1]:.2f})")
+            print(f"| {model_name} | {pool} ({members}) | {len(cases)} | {prompt} | {cells[0]} | {cells[1]} |")
 
 
 def main() -> None:
@@ -74,8 +96,15 @@ def main() -> None:
     parser.add_argument("--box-prompts", default="box",
                         help="the box prompts of box-capable models, comma-separated: box (2D box on the "
                              "largest slice), box3d (3D bounding box); default box")
+    parser.add_argument("--pool", action="append", default=[], metavar="NAME=DATA,DATA",
+                        help="also print these --data sets' cases as one sample (mean and 95 %% interval), "
+                             "e.g. unseen=phantoms-99,phantoms-3131")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    known = {name for name, _ in _pairs(args.data, "data")}
+    for pool, members in _pairs(args.pool, "pool"):
+        if not set(members.split(",")) <= known:
+            raise SystemExit(f"--pool {pool}: {members!r} names data not given with --data ({', '.join(sorted(known))})")
     rows = []
     for model_name, spec in _pairs(args.model, "model"):
         prompts = ["click", *args.box_prompts.split(",")] if _takes_boxes(spec) else ["click"]
@@ -93,6 +122,8 @@ def main() -> None:
         print(f"| {model_name} | {data_name} | {report['cases']} | {prompt} | {_with_interval(report, 0)} | "
               f"{_with_interval(report, -1)} | {report['nsd_by_click'][0]:.3f} | "
               f"{'-' if classical is None else f'{classical:.3f}'} | {'-' if flat is None else f'{flat:.3f}'} |")
+    if args.pool:
+        _pooled(rows, _pairs(args.pool, "pool"), args.clicks)
 
 
 if __name__ == "__main__":
