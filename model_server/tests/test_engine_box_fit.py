@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sam3d.engine import box_fit
-from sam3d.engine.box_fit import box_centre, fitted_box, object_slices, same_object
+from sam3d.engine.box_fit import box_centre, fitted_box, object_slices, same_object, within_found_slices
 from sam3d.engine.crops import box_slices
 
 SHAPE = (20, 80, 80)
@@ -117,3 +117,19 @@ def test_a_box_s_object_is_looked_for_on_its_slices_and_as_deep_as_wide_about_a_
     assert object_slices(np.array([[3.4, 25, 25], [17.2, 55, 55]]), (2.0, 1.0, 1.0)) == (3, 18)
     # a 2D box 30 x 20 pixels of 0.7 mm (21 mm at most) on slice 10 of 5 mm slices: 10.5 mm either side
     assert object_slices(np.array([[10, 40, 25], [10, 60, 55]]), (5.0, 0.7, 0.7)) == (7, 13)
+
+
+def test_a_2d_box_s_answer_keeps_the_slices_the_found_object_spans():
+    answer_region = ((4, 10, 10), (14, 20, 20))  # slices 4..13 of the volume
+    answer = np.zeros((10, 10, 10), dtype=np.float32)
+    answer[:, 3:7, 3:7] = 1.0  # runs on over all ten slices
+    region = ((0, 0, 0), (20, 30, 30))
+    found = np.zeros((20, 30, 30), dtype=bool)
+    found[7:10, 12:16, 12:16] = True  # the 3D model's object: slices 7..9
+    kept = within_found_slices(answer_region, answer, region, found)
+    assert np.flatnonzero(kept.any(axis=(1, 2))).tolist() == [3, 4, 5]  # slices 7..9 of the volume
+    assert np.array_equal(kept[3:6], answer[3:6]) and answer.sum() == 160  # the answer itself untouched
+    found[:] = False  # nothing found: nothing to keep it to
+    assert np.array_equal(within_found_slices(answer_region, answer, region, found), answer)
+    found[0:2, 12:16, 12:16] = True  # an object wholly before the answer's slices keeps none of them
+    assert not within_found_slices(answer_region, answer, region, found).any()

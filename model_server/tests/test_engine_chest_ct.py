@@ -24,7 +24,7 @@ from sam3d.engine.box_fit import object_slices
 from sam3d.engine.predictor import IdleStep, Predictor
 from sam3d.engine.session import GATE_RATIO, Session, _search_agrees
 from sam3d.engine.slice_pathway import LiteMedSAM2D, on_its_slice, segment_slice_by_slice, volume_bounds
-from sam3d.evaluate.simulation import bounding_box, case_rng, first_box, largest_slice_box
+from sam3d.evaluate.simulation import bounding_box, case_rng, clicked_object, first_box, largest_slice_box
 from sam3d.model.checkpoint import BUNDLED_MODELS
 
 pytestmark = pytest.mark.skipif(not BUNDLED_MODELS["default"].is_file(), reason="the bundled default model is not there")
@@ -41,6 +41,8 @@ SHORT_OF_EDGE = 4  # chest dev2 case 4: the first click's mask stops short of th
 # mask runs four slices past the tumour's end, onto the atelectasis beside it; case 8: the
 # 2D pathway's answer to the protocol's second click (positive) follows the tissue beside the tumour
 COMPLEX_DEV91_SEED, RUNS_PAST_ITS_END, LEAKS_BESIDE = 91, 18, 8
+# dev91 case 13: a 2D box's propagation runs nine slices past the tumour's end, along tissue of its density
+BOX_RUNS_ON = 13
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +199,33 @@ def test_a_2d_box_on_a_mass_against_the_wall_stops_where_the_mass_ends():
     covered = np.flatnonzero(mask.any(axis=(1, 2)))
     labelled = np.flatnonzero(target.any(axis=(1, 2)))
     assert covered.min() >= labelled.min() - 1 and covered.max() <= labelled.max() + 1
+
+
+def test_a_2d_box_s_answer_is_kept_to_the_slices_of_the_3d_model_s_object(predictor, monkeypatch):
+    """A 2D box (5 mm loose, as the development protocol draws it) on a tumour of 3 slices: the 2D
+    pathway's propagation goes on along the tissue beside it for slices; kept to the slices the
+    3D model's object at the box's centre spans, the answer ends within a slice of the tumour's
+    end (``box_fit.within_found_slices``)."""
+    image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, BOX_RUNS_ON), complicated=True)
+    _, target = clicked_object(label.array > 0, 0, f"chest-complex_{BOX_RUNS_ON:03d}")
+    box = first_box(target, "box", 5.0, image.spacing)
+
+    def answered() -> np.ndarray:
+        session = Session(predictor, image.array, image.spacing)
+        session.interact(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), box_kji=box)
+        return session.mask.copy()
+
+    kept = answered()
+    monkeypatch.setattr(session_module, "within_found_slices", lambda region, answer, *found: answer)
+    running_on = answered()
+    labelled, covered = np.flatnonzero(target.any(axis=(1, 2))), np.flatnonzero(kept.any(axis=(1, 2)))
+    assert labelled.min() - 1 <= covered.min() and covered.max() <= labelled.max() + 1
+    running = np.flatnonzero(running_on.any(axis=(1, 2)))
+    assert max(labelled.min() - running.min(), running.max() - labelled.max()) >= 5
+    on_kept_slices = np.zeros(kept.shape[0], dtype=bool)
+    on_kept_slices[covered] = True
+    assert np.array_equal(kept, running_on & on_kept_slices[:, None, None])  # the same answer, fewer slices
+    assert _dice(kept, target) > _dice(running_on, target) + 0.2
 
 
 def test_a_negative_click_the_3d_model_ignores_is_honoured(predictor, monkeypatch):

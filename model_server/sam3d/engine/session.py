@@ -92,7 +92,7 @@ from ..data.clicks import centre_click, label_objects
 from ..model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER
 from ..model.sam3d import ImageFeatures
 from . import crop_scale as scale
-from .box_fit import box_centre, fitted_box, object_slices, same_object
+from .box_fit import box_centre, fitted_box, object_slices, same_object, within_found_slices
 from .choices import CLICK_PATHWAYS, CORRECTIONS
 from .click_reach import added_no_farther_than_clicks, removed_no_deeper_than_clicks
 from .crops import (Box, CropGeometry, box_slices, clamp_box, extract_crop, mask_prompt, paste_back, tight_box,
@@ -802,10 +802,11 @@ class Session:
     def _box_patch_2d(self, box: np.ndarray) -> tuple[tuple[Box, np.ndarray], float]:
         """A box answered by the 2D pathway (``_box_answer_2d``) - for an object without a mask
         yet, a box drawn loosely around the object the 3D model finds at its centre is asked
-        fitted to that object, where the answer is that object (``box_fit``) -> (patch over the
-        box and the mask, seconds: the 3D model's click included)."""
+        fitted to that object, where the answer is that object (``box_fit``), and a 2D box's
+        answer is kept to the slices that object spans, where it is that object -> (patch over
+        the box and the mask, seconds: the 3D model's click included)."""
         start = time.perf_counter()
-        patch = None
+        patch = found = None
         if self.voxels == 0:  # an object's first mask: the 3D model's click starts from none
             corners = on_its_slice(box)  # a 2D box between slices: on the slice it is answered on
             region, found = self._object_at_centre(corners)
@@ -817,6 +818,8 @@ class Session:
                     self._drop_slice_windows()
         if patch is None:
             patch = self._box_answer_2d(box)
+        if found is not None and not is_3d_box(box) and same_object(*patch, corners, region, found):
+            patch = (patch[0], within_found_slices(*patch, region, found))  # as deep as the 3D model's object
         return patch, time.perf_counter() - start
 
     def _box_answer_2d(self, box: np.ndarray) -> tuple[Box, np.ndarray]:
