@@ -123,13 +123,22 @@ def test_a_2d_box_s_answer_keeps_the_slices_the_found_object_spans():
     answer_region = ((4, 10, 10), (14, 20, 20))  # slices 4..13 of the volume
     answer = np.zeros((10, 10, 10), dtype=np.float32)
     answer[:, 3:7, 3:7] = 1.0  # runs on over all ten slices
-    region = ((0, 0, 0), (20, 30, 30))
+    region = ((3, 0, 0), (23, 30, 30))  # the 3D model's answer: slices 3..22 of the volume
     found = np.zeros((20, 30, 30), dtype=bool)
-    found[7:10, 12:16, 12:16] = True  # the 3D model's object: slices 7..9
-    kept = within_found_slices(answer_region, answer, region, found)
-    assert np.flatnonzero(kept.any(axis=(1, 2))).tolist() == [3, 4, 5]  # slices 7..9 of the volume
-    assert np.array_equal(kept[3:6], answer[3:6]) and answer.sum() == 160  # the answer itself untouched
+
+    def kept_slices(first: int, last: int) -> list[int]:
+        """The answer's slices (of the volume) kept for an object on volume slices first..last."""
+        found[:] = False
+        found[first - 3:last - 3 + 1, 12:16, 12:16] = True
+        kept = within_found_slices(answer_region, answer, region, found)
+        assert kept.dtype == answer.dtype and np.array_equal(kept[kept.any(axis=(1, 2))], answer[kept.any(axis=(1, 2))])
+        return (np.flatnonzero(kept.any(axis=(1, 2))) + 4).tolist()
+
+    assert kept_slices(7, 9) == [7, 8, 9]
+    assert kept_slices(3, 5) == [4, 5]  # begins before the answer
+    assert kept_slices(12, 20) == [12, 13]  # ends after it
+    assert kept_slices(3, 20) == list(range(4, 14))  # wider on both sides: the whole answer
+    assert kept_slices(15, 20) == [] and kept_slices(3, 3) == []  # wholly after, wholly before
+    assert answer.sum() == 160  # the answer itself untouched
     found[:] = False  # nothing found: nothing to keep it to
     assert np.array_equal(within_found_slices(answer_region, answer, region, found), answer)
-    found[0:2, 12:16, 12:16] = True  # an object wholly before the answer's slices keeps none of them
-    assert not within_found_slices(answer_region, answer, region, found).any()

@@ -109,10 +109,11 @@ def fitted_box(corners: np.ndarray, region: Box, found: np.ndarray, volume: np.n
 
 
 def same_object(answer_region: Box, answer: np.ndarray, corners: np.ndarray, region: Box, found: np.ndarray) -> bool:
-    """Whether the answer to the fitted box (``answer`` over ``answer_region`` of the volume) is
-    the object the 3D model found (``found`` over ``region``): their Dice inside the user's box
-    of kji ``corners`` at least ``MIN_SAME_OBJECT``. Where it is not, the fitted box started
-    LiteMedSAM on something else and the user's own box is asked instead."""
+    """Whether a box's answer (``answer`` over ``answer_region`` of the volume) is the object the
+    3D model found (``found`` over ``region``): their Dice inside the user's box of kji
+    ``corners`` at least ``MIN_SAME_OBJECT``. Where the fitted box's answer is not, the fitted box
+    started LiteMedSAM on something else and the user's own box is asked instead; where a 2D
+    box's answer is not, it is not kept to the found object's slices (``within_found_slices``)."""
     answered = _on_box(corners, answer_region, answer)[1]
     in_box = _on_box(corners, region, found)[1]
     total = np.count_nonzero(answered) + np.count_nonzero(in_box)

@@ -803,8 +803,9 @@ class Session:
         """A box answered by the 2D pathway (``_box_answer_2d``) - for an object without a mask
         yet, a box drawn loosely around the object the 3D model finds at its centre is asked
         fitted to that object, where the answer is that object (``box_fit``), and a 2D box's
-        answer is kept to the slices that object spans, where it is that object -> (patch over
-        the box and the mask, seconds: the 3D model's click included)."""
+        answer is kept to the slices that object spans, where it is that object (only for the
+        object's first mask: a box that replaces the box of an object with a mask is answered as
+        drawn) -> (patch over the box and the mask, seconds: the 3D model's click included)."""
         start = time.perf_counter()
         patch = found = None
         if self.voxels == 0:  # an object's first mask: the 3D model's click starts from none
