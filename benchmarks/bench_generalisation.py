@@ -54,12 +54,16 @@ def run_one(model: str, data: str, split: str, prompt: str, args, out: Path) -> 
     return json.loads(report.read_text())
 
 
+def _cell(mean: float, interval) -> str:
+    """A mean Dice with its 95 % interval ([low, high]); the mean alone where there is none."""
+    return f"{mean:.3f}" if interval is None else f"{mean:.3f} ({interval[0]:.2f}-{interval[1]:.2f})"
+
+
 def _with_interval(report: dict, click: int) -> str:
-    """The mean Dice at ``click`` with its 95 % interval; reports resumed from before `sam3d
-    evaluate` wrote intervals show the mean alone."""
-    mean = f"{report['dice_by_click'][click]:.3f}"
+    """The report's mean Dice at ``click`` with its 95 % interval; reports resumed from before
+    `sam3d evaluate` wrote intervals show the mean alone."""
     interval = report.get("dice_ci95_by_click", [None] * len(report["dice_by_click"]))[click]
-    return mean if interval is None else f"{mean} ({interval[0]:.2f}-{interval[1]:.2f})"
+    return _cell(report["dice_by_click"][click], interval)
 
 
 def _pooled(rows: list, pools: list[tuple[str, str]], clicks: int) -> None:
@@ -79,9 +83,7 @@ def _pooled(rows: list, pools: list[tuple[str, str]], clicks: int) -> None:
             cells = []
             for click in (0, -1):
                 values = [dice[click] for dice in cases]
-                interval = mean_interval(values)
-                mean = f"{sum(values) / len(values):.3f}"
-                cells.append(mean if interval is None else f"{mean} ({interval[0]:.2f}-{interval[1]:.2f})")
+                cells.append(_cell(sum(values) / len(values), mean_interval(values)))
             print(f"| {model_name} | {pool} ({members}) | {len(cases)} | {prompt} | {cells[0]} | {cells[1]} |")
 
 

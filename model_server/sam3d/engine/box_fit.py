@@ -27,6 +27,7 @@ brighter, and the ring around that part reads as the box's edge because both are
 tissue. The box drawn close around the lesion is then the better guide. So the box is fitted
 only to an answer that stands out from the box's edge: their medians more than ``MIN_CONTRAST``
 times the noise's standard deviation on the box's voxels apart (``noise_std``).
+
 A 2D box says where its object lies on one slice, not how deep it is. LiteMedSAM's propagation
 from it stops where a slice comes back empty, overgrows or leaves the object's intensity; a
 tumour beside a vessel or atelectasis of its own density goes on through them, slices past the
