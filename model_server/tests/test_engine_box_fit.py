@@ -126,11 +126,12 @@ def test_a_2d_box_s_answer_keeps_the_slices_the_found_object_spans():
     region = ((3, 0, 0), (23, 30, 30))  # the 3D model's answer: slices 3..22 of the volume
     found = np.zeros((20, 30, 30), dtype=bool)
 
-    def kept_slices(first: int, last: int) -> list[int]:
-        """The answer's slices (of the volume) kept for an object on volume slices first..last."""
+    def kept_slices(first: int, last: int, read_between=None) -> list[int]:
+        """The answer's slices (of the volume) kept for an object on volume slices first..last,
+        the 3D model having read the image between native slices ``read_between``."""
         found[:] = False
         found[first - 3:last - 3 + 1, 12:16, 12:16] = True
-        kept = within_found_slices(answer_region, answer, region, found)
+        kept = within_found_slices(answer_region, answer, region, found, read_between)
         assert kept.dtype == answer.dtype and np.array_equal(kept[kept.any(axis=(1, 2))], answer[kept.any(axis=(1, 2))])
         return (np.flatnonzero(kept.any(axis=(1, 2))) + 4).tolist()
 
@@ -139,6 +140,13 @@ def test_a_2d_box_s_answer_keeps_the_slices_the_found_object_spans():
     assert kept_slices(12, 20) == [12, 13]  # ends after it
     assert kept_slices(3, 20) == list(range(4, 14))  # wider on both sides: the whole answer
     assert kept_slices(15, 20) == [] and kept_slices(3, 3) == []  # wholly after, wholly before
+    # read only between slices 5.5 and 9.6 (its crop encoded in part): an end whose next slice it
+    # did not see cuts nothing
+    assert kept_slices(7, 9, (5.5, 9.6)) == list(range(7, 14))  # slice 10 was not read
+    assert kept_slices(8, 8, (6.5, 9.6)) == [8]  # slices 7 and 9 were: both ends hold
+    assert kept_slices(7, 8, (5.0, 9.0)) == [7, 8]
+    assert kept_slices(7, 9, (7.0, 12.0)) == list(range(4, 10))  # slice 6 was not read
+    assert kept_slices(7, 9, (7.5, 9.5)) == list(range(4, 14))  # neither end was seen
     assert answer.sum() == 160  # the answer itself untouched
     found[:] = False  # nothing found: nothing to keep it to
     assert np.array_equal(within_found_slices(answer_region, answer, region, found), answer)

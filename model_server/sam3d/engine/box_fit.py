@@ -35,7 +35,8 @@ tumour's end (complex chest dev91 by 2D box: 16 thousand voxels on slices the tu
 reach, against 2 thousand missed on slices it does). The 3D model's answer at the box's centre
 ends where the tumour does far more often: where it is the same object as the box's answer on
 the box's slice (``same_object``), the answer is kept to the slices it spans
-(``within_found_slices``).
+(``within_found_slices``), at the ends the 3D model saw: its crop is encoded first on the slices
+within a 2D box's reach (``object_slices``), and an object deeper than that runs past them.
 
 (docs/BENCHMARKS.md, "A loose 3D box fitted to the object at its centre", "A loose 2D box fitted
 too", "A loose box fitted only to an object that stands out", "A 2D box's answer kept to the
@@ -121,16 +122,23 @@ def same_object(answer_region: Box, answer: np.ndarray, corners: np.ndarray, reg
     return total > 0 and 2 * np.count_nonzero(answered & in_box) / total >= MIN_SAME_OBJECT
 
 
-def within_found_slices(answer_region: Box, answer: np.ndarray, region: Box, found: np.ndarray) -> np.ndarray:
+def within_found_slices(answer_region: Box, answer: np.ndarray, region: Box, found: np.ndarray,
+                        read_between: tuple[float, float] | None = None) -> np.ndarray:
     """A 2D box's ``answer`` (over ``answer_region`` of the volume) with its slices beyond those
-    ``found`` spans (the 3D model's object at the box's centre, over ``region``) emptied."""
+    ``found`` spans (the 3D model's object at the box's centre, over ``region``) emptied. Only an
+    end the 3D model saw is kept to: where it read the image only between native slices
+    ``read_between`` (first, last; its crop encoded in part), an end of ``found`` whose next
+    slice lies outside them cuts nothing (there ``found`` may end, or go on, with the encoded
+    window rather than the object)."""
     spanned = np.flatnonzero(found.any(axis=(1, 2))) + region[0][0]
     if not spanned.size:
         return answer
+    lowest, highest = read_between if read_between is not None else (-np.inf, np.inf)
     kept = answer.copy()
-    first, last = int(spanned[0]) - answer_region[0][0], int(spanned[-1]) - answer_region[0][0]
-    kept[:max(first, 0)] = 0
-    kept[max(last + 1, 0):] = 0
+    if spanned[0] - 1 >= lowest:
+        kept[:max(int(spanned[0]) - answer_region[0][0], 0)] = 0
+    if spanned[-1] + 1 <= highest:
+        kept[max(int(spanned[-1]) + 1 - answer_region[0][0], 0):] = 0
     return kept
 
 

@@ -66,6 +66,16 @@ class PartialCrop:
         self.backbone[:, :, torch.from_numpy(slabs)] = features
         self.encoded[slabs] = True
 
+    def exact_native_range(self, slab_voxels: int) -> tuple[float, float]:
+        """The native slices (first, last, as k positions) the encoded slices cover: an answer
+        read on this crop ends where the model saw the image only between them (the slices
+        beyond take their nearest encoded slice's features). ``slab_voxels``: crop voxels per
+        encoded slice."""
+        encoded = np.flatnonzero(self.encoded)
+        crop_k = np.array([encoded[0] * slab_voxels, (encoded[-1] + 1) * slab_voxels - 1], dtype=float)
+        native_k = self.geometry.center[0] + (crop_k - (self.geometry.size - 1) / 2) * self.geometry.scale[0]
+        return float(native_k[0]), float(native_k[1])
+
     @property
     def complete(self) -> bool:
         return bool(self.encoded.all())

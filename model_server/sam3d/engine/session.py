@@ -810,7 +810,7 @@ class Session:
         patch = found = None
         if self.voxels == 0:  # an object's first mask: the 3D model's click starts from none
             corners = on_its_slice(box)  # a 2D box between slices: on the slice it is answered on
-            region, found = self._object_at_centre(corners)
+            region, found, read_between = self._object_at_centre(corners)
             fitted = fitted_box(corners, region, found, self.volume)
             if fitted is not None:
                 patch = self._box_answer_2d(fitted)
@@ -820,7 +820,7 @@ class Session:
         if patch is None:
             patch = self._box_answer_2d(box)
         if found is not None and not is_3d_box(box) and same_object(*patch, corners, region, found):
-            patch = (patch[0], within_found_slices(*patch, region, found))  # as deep as the 3D model's object
+            patch = (patch[0], within_found_slices(*patch, region, found, read_between))  # as deep as the 3D model's object
         return patch, time.perf_counter() - start
 
     def _box_answer_2d(self, box: np.ndarray) -> tuple[Box, np.ndarray]:
@@ -1055,31 +1055,34 @@ class Session:
             proposal = self._at_lesion_intensity(box, proposal, click, grow_to_lesion_intensity)
         return proposal, levels
 
-    def _object_at_centre(self, corners: np.ndarray) -> tuple[Box, np.ndarray]:
+    def _object_at_centre(self, corners: np.ndarray) -> tuple[Box, np.ndarray, tuple[float, float] | None]:
         """The 3D model's answer to a first click at the centre of a box (kji ``corners``) on an
         object without a mask, made as a new object's first click is (for a model whose crops are
         scaled by their own percentiles, as in ``_chooses_threshold``: the edge threshold, a finer
         crop for a small object, the mask snapped to the lesion's intensity) -> (box of the
-        volume, mask inside it). The model's crop is encoded first on the slices near the box's
-        object (``_encode_near``, ``box_fit.object_slices``) and completed in idle time or by the
-        object's next answer; a finer crop it starts encoding is not kept: the box's object stays
-        on the model's own crops."""
+        volume, mask inside it, the native slices (first, last) between which the model read the
+        image, None for all of them). The model's crop is encoded first on the slices near the
+        box's object (``_encode_near``, ``box_fit.object_slices``) and completed in idle time or by
+        the object's next answer; a finer crop it starts encoding is not kept: the box's object
+        stays on the model's own crops."""
         point = box_centre(corners)[None]
         positive = np.ones(1, dtype=np.int64)
         queue = self._place_crops(point, positive, None, self.predictor.config.crop_spacing_mm)
         first_click = point[0] if self.predictor.preset.kind == "percentile" else None
         started = self._encode_near(queue[0], object_slices(corners, self.spacing))[1]
+        read_between = self._partial.exact_native_range(self.predictor.slab_voxels) if started else None
         answer = self._answer_with_crops(queue, [], point, positive, None, first_click, False,
                                          partial_ok=started)
         if first_click is None:
-            return answer.box, answer.proposal
+            return answer.box, answer.proposal, read_between
         partial = self._partial
         try:
             answer = self._small_object_at_finer_scale(answer, point, positive, point, positive, first_click)
         finally:  # the box's crop stays the one encoded in part, unless it was cached whole meanwhile
             cached = partial is not None and self.cache.get(partial.geometry) is not None
             self._partial = None if cached else partial
-        return answer.box, self._first_mask_at_lesion_intensity(answer.box, answer.proposal, first_click)[0]
+        mask = self._first_mask_at_lesion_intensity(answer.box, answer.proposal, first_click)[0]
+        return answer.box, mask, read_between
 
     def _additions_at_lesion_intensity(self, box: Box, proposal: np.ndarray, points: np.ndarray,
                                        labels: np.ndarray) -> np.ndarray:
