@@ -145,6 +145,7 @@ def test_a_2d_box_s_answer_keeps_the_slices_the_found_object_spans():
     assert kept_slices(7, 9, (5.5, 9.6)) == list(range(7, 14))  # slice 10 was not read
     assert kept_slices(8, 8, (6.5, 9.6)) == [8]  # slices 7 and 9 were: both ends hold
     assert kept_slices(7, 8, (5.0, 9.0)) == [7, 8]
+    assert kept_slices(7, 9, (6.0, 9.6)) == list(range(7, 14))  # slice 6 read (its edge), slice 10 not
     assert kept_slices(7, 9, (7.0, 12.0)) == list(range(4, 10))  # slice 6 was not read
     assert kept_slices(7, 9, (7.5, 9.5)) == list(range(4, 14))  # neither end was seen
     assert answer.sum() == 160  # the answer itself untouched

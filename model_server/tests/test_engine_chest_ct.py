@@ -482,12 +482,18 @@ def test_a_box_drawn_10_mm_loose_is_answered_on_the_nodule_at_its_centre(predict
 
 def test_a_box_s_crop_is_encoded_near_its_object_first_and_whole_before_the_next_click(predictor, monkeypatch):
     """The 3D model's click at a box's centre (``box_fit``) reads its crop encoded only on the
-    slices near the box's object (``box_fit.object_slices``), and the box's answer is the one the
-    whole crop gives, nearly; idle time encodes the rest and caches the crop whole, and the
-    object's next click reads it so, as where no idle time came."""
+    slices near the box's object (``box_fit.object_slices``), the 2D box's slice rule is told
+    which, and the box's answer is the one the whole crop gives, nearly; idle time encodes the
+    rest and caches the crop whole, and the object's next click reads it so, as where no idle
+    time came."""
     image, label, _ = _chest_case(ONE_SLICE_NODULE, CHEST_DEV2_SEED)
     target = label.array > 0
     loose = first_box(target, "box", 10.0, image.spacing)
+
+    read_between = []  # what the 2D box's slice rule was told of the slices the model saw
+    cut = session_module.within_found_slices
+    monkeypatch.setattr(session_module, "within_found_slices",
+                        lambda *args: read_between.append(args[4]) or cut(*args))
 
     def boxed() -> Session:
         session = Session(predictor, image.array, image.spacing, corrections="global")  # the 3D model corrects
@@ -496,6 +502,7 @@ def test_a_box_s_crop_is_encoded_near_its_object_first_and_whole_before_the_next
 
     session = boxed()
     partial = session._partial
+    assert read_between == [pytest.approx(partial.exact_native_range(predictor.slab_voxels))]
     assert partial is not None and partial.geometry.crop_spacing_mm == predictor.config.crop_spacing_mm
     encoded = np.flatnonzero(partial.encoded)
     assert 0 < len(encoded) <= len(partial.encoded) // 2
@@ -508,6 +515,7 @@ def test_a_box_s_crop_is_encoded_near_its_object_first_and_whole_before_the_next
         whole_first.setattr(partial_crop, "MARGIN_MM", 1e6)  # every slice encoded first
         whole = boxed()
     assert whole._partial is None or whole._partial.encoded.all()
+    assert read_between[1:] == [None]  # a crop encoded whole: every end seen
     assert _dice(session.mask, whole.mask) > 0.9
     while (outcome := session.complete_partial_crop()) is not IdleStep.DONE:
         assert outcome is IdleStep.MORE  # nothing else uses the session or the encoder here

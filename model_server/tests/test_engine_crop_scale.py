@@ -185,8 +185,8 @@ def test_the_slices_encoded_first_are_whole_runs_about_the_mask_s_extent():
     np.testing.assert_array_equal(near(32, 48), np.arange(4, 28))  # native 29..51: slices 5..26, three runs
     np.testing.assert_array_equal(near(25, 27), np.arange(0, 8))  # native 22..30: slices 0..5, one run inside the crop
     np.testing.assert_array_equal(near(0, 79), np.arange(32))  # the whole crop
-    # the crop encoded on slices 11..18 (centred on native 35.5..42.5, half a native slice deep):
-    # the model read the image between native 35.25 and 42.75
+    # the crop encoded on slices 11..18 (centred on native 35.5..42.5; each slice's outer crop
+    # voxels a quarter native slice from its centre): exact features between native 35.25 and 42.75
     slabs = near(39, 40)
     partial = partial_crop.PartialCrop.start(geometry, torch.zeros(1, 1, 64, 64, 64), slabs,
                                              torch.zeros(1, 4, len(slabs), 2, 2), depth=32)

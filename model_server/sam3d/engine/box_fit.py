@@ -126,10 +126,11 @@ def within_found_slices(answer_region: Box, answer: np.ndarray, region: Box, fou
                         read_between: tuple[float, float] | None = None) -> np.ndarray:
     """A 2D box's ``answer`` (over ``answer_region`` of the volume) with its slices beyond those
     ``found`` spans (the 3D model's object at the box's centre, over ``region``) emptied. Only an
-    end the 3D model saw is kept to: where it read the image only between native slices
-    ``read_between`` (first, last; its crop encoded in part), an end of ``found`` whose next
+    end the 3D model saw is kept to: where its crop, encoded in part, had exact TinyViT features
+    only between native slices ``read_between`` (first, last), an end of ``found`` whose next
     slice lies outside them cuts nothing (there ``found`` may end, or go on, with the encoded
-    window rather than the object)."""
+    window rather than the object). The range is the encoder's: the adapters' 3D convolutions
+    still carry the stand-in slices' features a few slices into it."""
     spanned = np.flatnonzero(found.any(axis=(1, 2))) + region[0][0]
     if not spanned.size:
         return answer

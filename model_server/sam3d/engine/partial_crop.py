@@ -67,10 +67,10 @@ class PartialCrop:
         self.encoded[slabs] = True
 
     def exact_native_range(self, slab_voxels: int) -> tuple[float, float]:
-        """The native slices (first, last, as k positions) the encoded slices cover: an answer
-        read on this crop ends where the model saw the image only between them (the slices
-        beyond take their nearest encoded slice's features). ``slab_voxels``: crop voxels per
-        encoded slice."""
+        """The native slices (first, last, as k positions) the encoded slices cover: between them
+        the crop's TinyViT features are exact, beyond them the nearest encoded slice's stand in.
+        For the contiguous run ``start`` encodes (idle time's ``add`` may leave gaps).
+        ``slab_voxels``: crop voxels per encoded slice."""
         encoded = np.flatnonzero(self.encoded)
         crop_k = np.array([encoded[0] * slab_voxels, (encoded[-1] + 1) * slab_voxels - 1], dtype=float)
         native_k = self.geometry.center[0] + (crop_k - (self.geometry.size - 1) / 2) * self.geometry.scale[0]

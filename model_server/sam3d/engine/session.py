@@ -803,23 +803,27 @@ class Session:
         """A box answered by the 2D pathway (``_box_answer_2d``) - for an object without a mask
         yet, a box drawn loosely around the object the 3D model finds at its centre is asked
         fitted to that object, where the answer is that object (``box_fit``), and a 2D box's
-        answer is kept to the slices that object spans, where it is that object (only for the
-        object's first mask: a box that replaces the box of an object with a mask is answered as
-        drawn) -> (patch over the box and the mask, seconds: the 3D model's click included)."""
+        answer is kept to the slices that object spans, where it is that object, at the ends the
+        model saw (``within_found_slices``' ``read_between``). Only for the object's first mask:
+        a box that replaces the box of an object with a mask is answered as drawn -> (patch over
+        the box and the mask, seconds: the 3D model's click included)."""
         start = time.perf_counter()
         patch = found = None
+        same = False  # whether the answer is the object the 3D model found
         if self.voxels == 0:  # an object's first mask: the 3D model's click starts from none
             corners = on_its_slice(box)  # a 2D box between slices: on the slice it is answered on
             region, found, read_between = self._object_at_centre(corners)
             fitted = fitted_box(corners, region, found, self.volume)
             if fitted is not None:
                 patch = self._box_answer_2d(fitted)
-                if not same_object(*patch, corners, region, found):
+                same = same_object(*patch, corners, region, found)
+                if not same:
                     patch = None  # the user's box answered as it is alone, not on the fitted box's windows
                     self._drop_slice_windows()
         if patch is None:
             patch = self._box_answer_2d(box)
-        if found is not None and not is_3d_box(box) and same_object(*patch, corners, region, found):
+            same = found is not None and not is_3d_box(box) and same_object(*patch, corners, region, found)
+        if same and not is_3d_box(box):
             patch = (patch[0], within_found_slices(*patch, region, found, read_between))  # as deep as the 3D model's object
         return patch, time.perf_counter() - start
 
@@ -1060,17 +1064,19 @@ class Session:
         object without a mask, made as a new object's first click is (for a model whose crops are
         scaled by their own percentiles, as in ``_chooses_threshold``: the edge threshold, a finer
         crop for a small object, the mask snapped to the lesion's intensity) -> (box of the
-        volume, mask inside it, the native slices (first, last) between which the model read the
-        image, None for all of them). The model's crop is encoded first on the slices near the
-        box's object (``_encode_near``, ``box_fit.object_slices``) and completed in idle time or by
-        the object's next answer; a finer crop it starts encoding is not kept: the box's object
-        stays on the model's own crops."""
+        volume, mask inside it, the native slices (first, last) on which the model's own crop had
+        its exact TinyViT features, None where it was read whole; a finer crop's answer, kept
+        where it agrees, is not narrowed further). The model's crop is encoded first on the
+        slices near the box's object (``_encode_near``, ``box_fit.object_slices``) and completed
+        in idle time or by the object's next answer; a finer crop it starts encoding is not
+        kept: the box's object stays on the model's own crops."""
         point = box_centre(corners)[None]
         positive = np.ones(1, dtype=np.int64)
         queue = self._place_crops(point, positive, None, self.predictor.config.crop_spacing_mm)
         first_click = point[0] if self.predictor.preset.kind == "percentile" else None
         started = self._encode_near(queue[0], object_slices(corners, self.spacing))[1]
-        read_between = self._partial.exact_native_range(self.predictor.slab_voxels) if started else None
+        read_between = (self._partial.exact_native_range(self.predictor.slab_voxels)
+                        if started and not self._partial.complete else None)
         answer = self._answer_with_crops(queue, [], point, positive, None, first_click, False,
                                          partial_ok=started)
         if first_click is None:
