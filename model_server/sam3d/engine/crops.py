@@ -68,6 +68,12 @@ class CropGeometry:
         points = np.atleast_2d(np.asarray(points_native, dtype=np.float64))
         return (points - np.asarray(self.center)) / self.scale + (self.size - 1) / 2
 
+    def to_native_along(self, axis: int, crop_positions) -> np.ndarray:
+        """Continuous crop indices along ``axis`` -> continuous native indices (``to_crop``'s
+        inverse on one axis)."""
+        crop = np.asarray(crop_positions, dtype=np.float64)
+        return self.center[axis] + (crop - (self.size - 1) / 2) * self.scale[axis]
+
     def contains(self, points_native: np.ndarray, margin: float = 0.0) -> np.ndarray:
         """Which points lie in the crop at least ``margin`` crop voxels from its faces."""
         crop = self.to_crop(points_native)
@@ -110,9 +116,7 @@ class CropGeometry:
         lo, hi = self.source_box()
         if region.shape != tuple(h - l for l, h in zip(lo, hi)):
             raise ValueError(f"region shape {region.shape} is not the source box {lo}..{hi}")
-        crop_voxels = np.arange(self.size)
-        positions = [self.center[axis] + (crop_voxels - (self.size - 1) / 2) * self.scale[axis] - lo[axis]
-                     for axis in range(3)]
+        positions = [self.to_native_along(axis, np.arange(self.size)) - lo[axis] for axis in range(3)]
         return _resample(torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32)), positions, outside)
 
     def paste(self, crop_values: torch.Tensor) -> tuple[Box, np.ndarray]:

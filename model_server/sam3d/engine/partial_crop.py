@@ -30,7 +30,7 @@ def slabs_near(geometry: CropGeometry, k_range: tuple[int, int], slab_voxels: in
     their middle to whole runs of ``run`` slices: at least one run, at most all."""
     depth = geometry.size // slab_voxels
     crop_k = slab_voxels * np.arange(depth) + (slab_voxels - 1) / 2
-    native_k = geometry.center[0] + (crop_k - (geometry.size - 1) / 2) * geometry.scale[0]
+    native_k = geometry.to_native_along(0, crop_k)
     margin = MARGIN_MM / geometry.spacing[0]
     near = np.flatnonzero((native_k >= k_range[0] - margin) & (native_k <= k_range[1] + margin))
     middle = (near[0] + near[-1] + 1) // 2 if len(near) else depth // 2
@@ -72,9 +72,8 @@ class PartialCrop:
         For the contiguous run ``start`` encodes (idle time's ``add`` may leave gaps).
         ``slab_voxels``: crop voxels per encoded slice."""
         encoded = np.flatnonzero(self.encoded)
-        crop_k = np.array([encoded[0] * slab_voxels, (encoded[-1] + 1) * slab_voxels - 1], dtype=float)
-        native_k = self.geometry.center[0] + (crop_k - (self.geometry.size - 1) / 2) * self.geometry.scale[0]
-        return float(native_k[0]), float(native_k[1])
+        first, last = self.geometry.to_native_along(0, [encoded[0] * slab_voxels, (encoded[-1] + 1) * slab_voxels - 1])
+        return float(first), float(last)
 
     @property
     def complete(self) -> bool:
