@@ -210,8 +210,39 @@ def test_the_box_pathway_is_chosen_by_the_backbone_unless_named():
 def test_the_2d_pathway_runs_in_bf16_only_where_the_cpu_has_bf16_instructions():
     assert resolve_slice_precision("auto") == ("bf16" if native_bf16_cpu() else "fp32")
     assert resolve_slice_precision("fp32") == "fp32" and resolve_slice_precision("bf16") == "bf16"
+    assert resolve_slice_precision("auto", "cuda") == "fp32"  # a GPU keeps fp32 unless bf16 is asked for
+    assert resolve_slice_precision("bf16", "cuda") == "bf16"
     with pytest.raises(ValueError, match="fp32"):
         resolve_slice_precision("fp16")
+
+
+def _tensors_held(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor a module tree holds: parameters, buffers and plain tensor attributes."""
+    held = []
+    for name, child in module.named_modules():
+        held += [(f"{name}.{key}", value) for key, value in vars(child).items() if isinstance(value, torch.Tensor)]
+        held += [(f"{name}.{key}", value) for key, value in child._parameters.items() if value is not None]
+        held += [(f"{name}.{key}", value) for key, value in child._buffers.items() if value is not None]
+    return held
+
+
+def test_the_2d_model_lives_whole_on_its_device():
+    """Built for a device, every tensor LiteMedSAM's 2D model holds is there - the folded
+    convolutions (the package's fuse builds them on the CPU) and TinyViT's cached attention
+    biases included - so on a GPU nothing of it runs on the CPU. "meta" stands in for a GPU:
+    a device that is not the CPU, where no data is computed."""
+    model = LiteMedSAM2D(device="meta")
+    held = [_tensors_held(part) for part in (model.encoder, model.prompt_encoder, model.decoder)]
+    held = [item for part in held for item in part]
+    assert len(held) > 100 and any(".ab" in name for name, _ in held)
+    assert [name for name, tensor in held if tensor.device.type != "meta"] == []
+    assert model.precision == "fp32"
+
+
+def test_a_predictor_builds_its_2d_pathway_on_its_own_device(tiny_model):
+    predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d", slice_precision="fp32")
+    slice_model = predictor._slice_pathway()
+    assert slice_model.device == predictor.device and slice_model.precision == "fp32"
 
 
 def test_bf16_runs_tinyvit_in_bfloat16_and_keeps_the_masks_of_fp32(ball):

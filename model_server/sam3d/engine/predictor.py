@@ -63,7 +63,7 @@ class Predictor:
         self.name = loaded.name
         self.device = loaded.device
         self.box_pathway = resolve_box_pathway(box_pathway, loaded.config.backbone)
-        self.slice_precision = resolve_slice_precision(slice_precision)  # the 2D pathway's TinyViT
+        self.slice_precision = resolve_slice_precision(slice_precision, self.device.type)  # the 2D pathway's TinyViT
         self._slice_model: LiteMedSAM2D | None = None
         self.encoder_runs = 0
         self.decoder_runs = 0
@@ -217,9 +217,10 @@ class Predictor:
             self._encode_lock.release()
 
     def _slice_pathway(self) -> LiteMedSAM2D:
-        """LiteMedSAM's 2D model, built on first use (call with the encoder lane held)."""
+        """LiteMedSAM's 2D model on the 3D model's device, built on first use (call with the
+        encoder lane held)."""
         if self._slice_model is None:
-            self._slice_model = LiteMedSAM2D(precision=self.slice_precision)
+            self._slice_model = LiteMedSAM2D(precision=self.slice_precision, device=self.device)
         return self._slice_model
 
     @property

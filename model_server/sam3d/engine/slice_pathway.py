@@ -30,7 +30,9 @@ intensities scaled by the volume's 0.5 / 99.5 percentiles (``volume_bounds``), t
 the modality-free ``percentile`` preset. SAM's own ``PromptEncoder`` / ``MaskDecoder``
 (segment_anything) are built for that window and loaded with LiteMedSAM's weights from the
 installed package (hash-checked), with our TinyViT, which runs in bfloat16 where the CPU has
-bf16 instructions (about 2x faster; ``resolve_slice_precision``), else in fp32.
+bf16 instructions (about 2x faster; ``resolve_slice_precision``), else in fp32. The model runs on
+the 3D model's device (``Predictor``): on a GPU the embeddings and the decoder stay there and only
+the masks come back to the CPU, where the rules above read them.
 """
 
 from __future__ import annotations
@@ -81,12 +83,14 @@ WINDOWS_KEPT = 64  # a session's embedded slice windows kept across its interact
 
 class LiteMedSAM2D:
     """LiteMedSAM on one square window at a time: box or point prompt -> 2D mask; TinyViT in
-    ``precision`` (one of ``choices.SLICE_PRECISIONS``; "bf16": under bfloat16 autocast)."""
+    ``precision`` (one of ``choices.SLICE_PRECISIONS``; "bf16": under bfloat16 autocast), the
+    whole model on ``device`` (embeddings stay there; masks come back as numpy arrays)."""
 
-    def __init__(self, window: int = WINDOW_PX, precision: str = "auto") -> None:
+    def __init__(self, window: int = WINDOW_PX, precision: str = "auto", device: str | torch.device = "cpu") -> None:
         from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-        self.precision = resolve_slice_precision(precision)  # "fp32" or "bf16"
+        self.device = torch.device(device)
+        self.precision = resolve_slice_precision(precision, self.device.type)  # "fp32" or "bf16"
         state = load_lite_medsam_state()
         self.window = window
         grid = window // BACKBONE_STRIDE
@@ -100,15 +104,17 @@ class LiteMedSAM2D:
                                ("mask_decoder.", self.decoder)):
             module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             module.eval()  # after loading (TinyViT caches its attention biases in eval mode)
-        fold_batch_norms(self.encoder)
+        fold_batch_norms(self.encoder)  # on the CPU: the package's fuse builds its convolutions there
+        for module in (self.encoder, self.prompt_encoder, self.decoder):
+            module.to(self.device)  # the cached attention biases are buffers: they move too
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> torch.Tensor:
         """[window, window] image in [0, 1] -> TinyViT's embedding [1, 256, window/4, window/4]
         (the expensive half: ~20x the decoder's time on a CPU)."""
-        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].expand(1, 3, -1, -1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return tiny_vit_features(self.encoder, tensor).float()
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return tiny_vit_features(self.encoder, tensor[None, None].expand(1, 3, -1, -1)).float()
 
     @torch.inference_mode()
     def decode(self, embedding: torch.Tensor, box: np.ndarray | None = None, point: np.ndarray | None = None,
@@ -117,25 +123,28 @@ class LiteMedSAM2D:
         bool mask of the window; ``all_masks``: [4, window, window], SAM's single-object mask
         first, then its three multimask outputs (one decoder pass); ``with_score``: (mask, SAM's
         predicted IoU of the single-object mask)."""
-        boxes = None if box is None else torch.as_tensor(box, dtype=torch.float32).view(1, 1, 4)
-        points = None if point is None else (torch.as_tensor(point, dtype=torch.float32).view(1, 1, 2),
-                                             torch.ones(1, 1, dtype=torch.int64))
+        boxes = None if box is None else torch.as_tensor(box, dtype=torch.float32, device=self.device).view(1, 1, 4)
+        points = None if point is None else (
+            torch.as_tensor(point, dtype=torch.float32, device=self.device).view(1, 1, 2),
+            torch.ones(1, 1, dtype=torch.int64, device=self.device))
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
         # predict_masks: all four of SAM's mask tokens at once (forward() keeps one or three of them)
         logits, scores = self.decoder.predict_masks(image_embeddings=embedding,
                                                     image_pe=self.prompt_encoder.get_dense_pe(),
                                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
         masks = F.interpolate(logits, size=(self.window, self.window), mode="bilinear", align_corners=False)[0] > 0
-        chosen = masks.numpy() if all_masks else masks[0].numpy()
+        chosen = (masks if all_masks else masks[0]).cpu().numpy()
         return (chosen, float(scores[0, 0])) if with_score else chosen
 
 
-def resolve_slice_precision(choice: str) -> str:
-    """``choice`` (one of SLICE_PRECISIONS) -> "fp32" or "bf16" on this machine's CPU."""
+def resolve_slice_precision(choice: str, device_type: str = "cpu") -> str:
+    """``choice`` (one of SLICE_PRECISIONS) -> "fp32" or "bf16" for the 2D pathway on a device of
+    ``device_type``: "auto" is bf16 only on a CPU with bf16 instructions, where it halves the time;
+    a GPU runs a 128 px window in milliseconds either way, so there it keeps fp32."""
     if choice not in SLICE_PRECISIONS:
         raise ValueError(f"unknown 2D pathway precision {choice!r}; choose one of {', '.join(SLICE_PRECISIONS)}")
     if choice == "auto":
-        return "bf16" if native_bf16_cpu() else "fp32"
+        return "bf16" if device_type == "cpu" and native_bf16_cpu() else "fp32"
     return choice
 
 

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--box-margin grows a box prompt; give --prompt box or box3d with it")
     predictor = _load_predictor(args)
     chosen, target_label, split_seed = _choose_cases(args, predictor.loaded.meta)
-    baseline_2d = _slice_baseline(predictor.slice_precision) if args.baseline_2d else None
+    baseline_2d = _slice_baseline(predictor.slice_precision, predictor.device) if args.baseline_2d else None
     start = time.perf_counter()
     results = _evaluate_cases(args, predictor, chosen, target_label, baseline_2d)
     summary = summarise(results, args.clicks)
@@ -165,11 +165,12 @@ def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int 
     return chosen, target_label, split_seed
 
 
-def _slice_baseline(precision: str):
-    """The 2D row's model: LiteMedSAM slice by slice (--baseline-2d), in the engine's precision."""
+def _slice_baseline(precision: str, device):
+    """The 2D row's model: LiteMedSAM slice by slice (--baseline-2d), in the engine's precision,
+    on its device."""
     from ..engine.slice_pathway import LiteMedSAM2D
 
-    return LiteMedSAM2D(precision=precision)
+    return LiteMedSAM2D(precision=precision, device=device)
 
 
 def _evaluate_cases(args: argparse.Namespace, predictor, chosen: list, target_label: int, baseline_2d) -> list:
