@@ -237,12 +237,18 @@ def test_the_2d_model_lives_whole_on_its_device():
     assert len(held) > 100 and any(".ab" in name for name, _ in held)
     assert [name for name, tensor in held if tensor.device.type != "meta"] == []
     assert model.precision == "fp32"
+    # a box decoded on an embedding there: every prompt tensor is made on that device (a CPU one
+    # would meet the meta embedding and fail on the device, not at the masks' copy back)
+    with pytest.raises(NotImplementedError, match="meta"):
+        model.decode(torch.zeros(1, 256, model.window // 4, model.window // 4, device="meta"),
+                     box=np.array([10.0, 10.0, 50.0, 50.0]))
 
 
 def test_a_predictor_builds_its_2d_pathway_on_its_own_device(tiny_model):
     predictor = Predictor.load(tiny_model, device="cpu", box_pathway="2d", slice_precision="fp32")
+    predictor.device = torch.device("meta")  # a device other than LiteMedSAM2D's default
     slice_model = predictor._slice_pathway()
-    assert slice_model.device == predictor.device and slice_model.precision == "fp32"
+    assert slice_model.device == torch.device("meta") and slice_model.precision == "fp32"
 
 
 def test_bf16_runs_tinyvit_in_bfloat16_and_keeps_the_masks_of_fp32(ball):

@@ -10,9 +10,9 @@ BOX_PATHWAYS = ("auto", "2d", "3d")
 # The 2D pathway's TinyViT (Predictor): "bf16" under bfloat16 autocast (about 2x faster on a CPU
 # with bf16 instructions, as accurate in distribution: docs/BENCHMARKS.md, "The 2D pathway in
 # bfloat16"), "fp32"; "auto" = bf16 where the CPU has bf16 instructions (elsewhere oneDNN emulates
-# them, slower), else fp32.
+# them, slower), else fp32 (a GPU included: it runs on the model's device).
 SLICE_PRECISIONS = ("auto", "fp32", "bf16")
 SLICE_PRECISION_HELP = ("the 2D pathway's image encoder (boxes, corrections after them, first-click searches): "
                         "bf16 = bfloat16, about 2x faster on a CPU with bf16 instructions and as accurate on the "
                         "data measured (not bit-identical to fp32); fp32; auto (default) = bf16 where the CPU has "
-                        "bf16 instructions, else fp32")
+                        "bf16 instructions, else fp32 (on a GPU too)")

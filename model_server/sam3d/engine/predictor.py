@@ -157,7 +157,7 @@ class Predictor:
     def segment_box_2d(self, volume: np.ndarray, box_kji: np.ndarray, bounds: tuple[float, float],
                        embeddings: SliceEmbeddings | None = None) -> np.ndarray:
         """A box prompt through LiteMedSAM's 2D pathway -> bool mask of ``volume``'s shape (the
-        2D model is built on first use; it runs in the encoder lane, on the CPU). ``embeddings``
+        2D model is built on first use, on the model's device; it runs in the encoder lane). ``embeddings``
         (all three 2D calls): the session's slice windows, kept across its interactions."""
         with self._encode_lock, torch.inference_mode():
             mask = segment_slice_by_slice(self._slice_pathway(), volume, box_kji=box_kji, bounds=bounds,
