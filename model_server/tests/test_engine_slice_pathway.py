@@ -221,8 +221,8 @@ def _tensors_held(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     held = []
     for name, child in module.named_modules():
         held += [(f"{name}.{key}", value) for key, value in vars(child).items() if isinstance(value, torch.Tensor)]
-        held += [(f"{name}.{key}", value) for key, value in child._parameters.items() if value is not None]
-        held += [(f"{name}.{key}", value) for key, value in child._buffers.items() if value is not None]
+        held += [(f"{name}.{key}", value) for key, value in child.named_parameters(recurse=False)]
+        held += [(f"{name}.{key}", value) for key, value in child.named_buffers(recurse=False)]
     return held
 
 
