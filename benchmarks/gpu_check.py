@@ -1,9 +1,12 @@
-"""The GPU validation of vit_b in one run: model, server and training benchmarks, one table each.
+"""The GPU validation in one run: the default model through the server, then vit_b's model, server
+and training benchmarks, one table each.
 
     bash benchmarks/gpu_check.sh            # on the GPU machine (see that script)
     python benchmarks/gpu_check.py --tiny   # dry run on a CPU with tiny sizes
 
-It writes a SAM-format ViT-B checkpoint from segment_anything's own constructor (random weights:
+First the default (lite) model through the server (bench_server.py on a 512 x 512 x 61 volume:
+the issue's first click <= 300 ms on a GPU, the next click, a 2D box and the corrections after it,
+LiteMedSAM's 2D pathway on the GPU with the 3D model). Then it writes a SAM-format ViT-B checkpoint from segment_anything's own constructor (random weights:
 the real sam_vit_b_01ec64.pth cannot be downloaded here), builds vit_b from it, saves the
 adapter checkpoint, then runs the project's benchmark scripts on that model:
 bench_model.py (encoder fp32 / bf16, fused vs reference patch embedding, per-click time),
@@ -23,7 +26,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("fp32", "bf16", "click", "server", "train")
+PARTS = ("default", "fp32", "bf16", "click", "server", "train")
 
 
 def write_models(out: Path, crop_size: int) -> tuple[Path, Path]:
@@ -81,6 +84,9 @@ def main() -> None:
     python = sys.executable
     size = ["--crop-size", str(crop)] if crop else []
     steps = [  # (part, title, command)
+        ("default", f"the default model through the server, {name}",
+         [python, str(HERE / "bench_server.py"), "--model", "default", "--device", device, "--uploads", "1",
+          "--shape", "61,256,256" if args.tiny else "61,512,512", "--repeats", "3" if args.tiny else "10"]),
         ("fp32", f"encoder and click, fp32, {name}", [python, str(HERE / "bench_model.py"), "--variants", "vit_b",
                                               "--device", device, "--repeats", "2" if args.tiny else "10", *size]),
         ("bf16", f"encoder and click, bf16, {name}", [python, str(HERE / "bench_model.py"), "--variants", "vit_b",
