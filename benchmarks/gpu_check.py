@@ -6,8 +6,9 @@ and training benchmarks, one table each.
 
 First the default (lite) model through the server (bench_server.py on a 512 x 512 x 61 volume:
 the issue's first click <= 300 ms on a GPU, the next click, a 2D box and the corrections after it,
-LiteMedSAM's 2D pathway on the GPU with the 3D model). Then it writes a SAM-format ViT-B checkpoint from segment_anything's own constructor (random weights:
-the real sam_vit_b_01ec64.pth cannot be downloaded here), builds vit_b from it, saves the
+LiteMedSAM's 2D pathway on the GPU with the 3D model). Then it writes a SAM-format ViT-B
+checkpoint from segment_anything's own constructor (random weights: the real
+sam_vit_b_01ec64.pth cannot be downloaded here), builds vit_b from it, saves the
 adapter checkpoint, then runs the project's benchmark scripts on that model:
 bench_model.py (encoder fp32 / bf16, fused vs reference patch embedding, per-click time),
 bench_server.py (upload, first and next click over HTTP on a 512 x 512 x 200 volume) and

@@ -232,8 +232,7 @@ def test_the_2d_model_lives_whole_on_its_device():
     biases included - so on a GPU nothing of it runs on the CPU. "meta" stands in for a GPU:
     a device that is not the CPU, where no data is computed."""
     model = LiteMedSAM2D(device="meta")
-    held = [_tensors_held(part) for part in (model.encoder, model.prompt_encoder, model.decoder)]
-    held = [item for part in held for item in part]
+    held = [item for part in (model.encoder, model.prompt_encoder, model.decoder) for item in _tensors_held(part)]
     assert len(held) > 100 and any(".ab" in name for name, _ in held)
     assert [name for name, tensor in held if tensor.device.type != "meta"] == []
     assert model.precision == "fp32"

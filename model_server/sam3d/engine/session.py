@@ -822,7 +822,7 @@ class Session:
                     self._drop_slice_windows()
         if patch is None:
             patch = self._box_answer_2d(box)
-            same = found is not None and not is_3d_box(box) and same_object(*patch, corners, region, found)
+            same = found is not None and same_object(*patch, corners, region, found)
         if same and not is_3d_box(box):
             patch = (patch[0], within_found_slices(*patch, region, found, read_between))  # as deep as the 3D model's object
         return patch, time.perf_counter() - start
