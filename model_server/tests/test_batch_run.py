@@ -21,6 +21,8 @@ from sam3d.data.io import Volume, read_image, write_image
 from sam3d.data.markups import write_markups
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case
 from sam3d.data.segio import lesion_color, read_segmentation
+from sam3d.engine.slice_pathway import resolve_slice_precision
+from sam3d.data.io import file_sha256
 from server_helpers import run_sam3d
 
 SHAPE = (32, 64, 64)
@@ -190,6 +192,28 @@ def test_a_stopped_run_resumed_gives_the_same_outputs(tmp_path, full_run, mixed_
     assert "5 case(s) in the manifest, 4 finished before (resume on), 1 to run now" in (out / "batch.log").read_text()
 
 
+def last_run_line(out: Path) -> str:
+    """The batch log's line that says how many cases the latest run found finished."""
+    return [line for line in (out / "batch.log").read_text().splitlines() if "case(s) in the manifest" in line][-1]
+
+
+def test_a_resumed_run_skips_only_cases_it_would_answer_the_same(tmp_path, mixed_manifest, tiny_model):
+    """The 2D pathway's "auto" precision and the precision it resolves to on this machine are one
+    identity; the other precision (what another CPU or a GPU runs) is not, so its --resume runs
+    the cases again rather than mixing two precisions' answers in one folder."""
+    own = resolve_slice_precision("auto")
+    other = "fp32" if own == "bf16" else "bf16"
+    out = tmp_path / "out"
+    assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--limit", "2") == 0
+    assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--device", "cpu",
+                 "--slice-precision", own, "--resume", "--limit", "1") == 0
+    assert "5 case(s) in the manifest, 2 finished before (resume on), 1 to run now" in last_run_line(out)
+    assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--slice-precision", other,
+                 "--resume", "--limit", "1") == 0
+    assert "5 case(s) in the manifest, 0 finished before (resume on), 1 to run now" in last_run_line(out)
+    assert last_run_line(out).endswith(f"model local:{tiny_model.resolve()}:{file_sha256(tiny_model)[:16]}:cpu:{other}:3d")
+
+
 def test_a_reference_label_scores_one_label_without_a_warning(tmp_path, phantoms, tiny_model, capsys):
     manifest = tmp_path / "one.json"
     clicks = [{"lesion": 1, "ras": ras, "label": sign} for lesion, ras, sign in inline_clicks(phantoms, 0) if lesion == 1]
@@ -333,6 +357,9 @@ def test_the_server_backend_gives_the_in_process_results(tmp_path, phantoms, ful
     with running_server("--model", str(tiny_model), "--device", "cpu", "--max-voxels", str(int(np.prod(SHAPE))),
                         env={"OMP_NUM_THREADS": "1", "SAM3D_TEST_THREADS": "1"}) as url:
         assert batch(manifest, "--out", out, "--server", url) == 1
+    # What decides the server's answers goes into the identity --resume compares.
+    assert last_run_line(out).endswith(f"model server:tiny-random:tiny:{file_sha256(tiny_model)[:16]}:cpu:"
+                                       f"{resolve_slice_precision('auto')}:3d")
     rows = summary(out)
     assert [row["status"] for row in rows] == ["done", "done", "failed"]
     assert "voxels" in rows[2]["error"] and "Traceback" not in rows[2]["error"], rows[2]["error"]

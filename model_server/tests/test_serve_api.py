@@ -20,6 +20,8 @@ from sam3d.cli import main
 from server_helpers import running_server
 from sam3d.client.wire import encode_mask_bits
 from sam3d.serve.openapi import openapi_text
+from sam3d.engine.slice_pathway import resolve_slice_precision
+from sam3d.data.io import file_sha256
 from wire_helpers import apply_mask_update as apply
 
 OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
@@ -69,11 +71,12 @@ def assert_error(reply: requests.Response, status: int, code: str) -> dict:
     return body
 
 
-def test_health_and_capabilities(url):
+def test_health_and_capabilities(url, tiny_model):
     assert requests.get(f"{url}/v1/health").json() == {"status": "ok", "api_version": "1"}
     caps = requests.get(f"{url}/v1/capabilities").json()
     assert caps["api_version"] == "1" and caps["axis_order"] == "kji"
-    assert caps["model"] == {"name": "tiny-random", "variant": "tiny", "crop_size": 32, "crop_spacing_mm": 2.0}
+    assert caps["model"] == {"name": "tiny-random", "variant": "tiny", "crop_size": 32, "crop_spacing_mm": 2.0,
+                             "sha256": file_sha256(tiny_model), "slice_precision": resolve_slice_precision("auto"), "click_pathway": "3d"}
     assert caps["device"] == "cpu" and caps["auth_required"] is False
     assert set(caps["limits"]) == {
         "max_upload_bytes", "max_json_bytes", "max_voxels", "max_sessions", "session_ttl_s", "evict_idle_s",

@@ -212,17 +212,22 @@ def compile_wanted(option: bool | None, cases: int, on_ray: bool) -> bool:
 
 
 def _local(args: argparse.Namespace, compile_encoder: bool):
-    from ..model.checkpoint import BUNDLED_MODELS, model_path
+    from ..data.io import file_sha256
+    from ..engine.slice_pathway import resolve_slice_precision
+    from ..model.checkpoint import BUNDLED_MODELS, model_path, resolve_device
 
     spec = args.model if args.model in BUNDLED_MODELS else str(Path(args.model).resolve())
     path = model_path(spec)
-    # The checkpoint file's size and time tell --resume whether the model changed since.
-    stat = path.stat() if path.is_file() else None
-    identity = f"local:{spec}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"local:{spec}"
-    if args.click_pathway != "3d":  # another answer to first clicks: not the same results
-        identity += f":{args.click_pathway}"
-    if args.slice_precision != "auto":  # a fixed precision: not the same results as the machine's own
-        identity += f":{args.slice_precision}"
+    try:
+        device = resolve_device(args.device).type
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    # What decides the answers, for --resume: the checkpoint's bytes (their SHA-256), the device
+    # (a GPU's arithmetic is not a CPU's), the 2D pathway's precision as resolved on it ("auto"
+    # is bf16 on one CPU and fp32 on another) and who answers first clicks. A run resumed on
+    # another kind of machine therefore runs its cases again rather than mixing the two answers.
+    identity = f"local:{spec}:{file_sha256(path)[:16]}" if path.is_file() else f"local:{spec}"
+    identity += f":{device}:{resolve_slice_precision(args.slice_precision, device)}:{args.click_pathway}"
 
     def make_segmenter():
         from .segmenters import LocalSegmenter, SegmenterError

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..data.dicom_seg import SEG_DCM_ENDING, encode_dicom_seg, is_segmentation_file, read_segments
 from ..data.dicomweb import DicomWebError, DicomWebServer, SeriesRef, fetch_series, store_instance
-from ..data.io import DicomSeries, Volume, atomic_write, read_dicom_series, read_image
+from ..data.io import DicomSeries, Volume, atomic_write, file_sha256, read_dicom_series, read_image
 from ..data.resample import resample_to_reference
 from ..data.segio import SEG_ENDING, Segment, lesion_color, write_segmentation
 from ..evaluate.metrics import NSD_TOLERANCE_MM, dice_and_nsd
@@ -42,7 +42,7 @@ from .manifest import CaseSpec, ManifestError
 from .prompts import Lesion, check_inside, lesions_from_markups, lesions_from_mask
 from .propagate import register
 from .segmenters import Segmenter, SegmenterError
-from .state import DONE, FAILED, CaseRecord, OutputFolder, digest, file_sha256, pending_row
+from .state import DONE, FAILED, CaseRecord, OutputFolder, digest, pending_row
 
 LOGGER_NAME = "sam3d.batch"
 # --output-format -> the endings of the files each case gets

