@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sam3d.data.chest import AIR_HU, LUNG_HU, MASS_MM, NODULE_MM, PIXEL_MM, SLICE_MM, generate_chest_case
+from sam3d.data.chest import (AIR_HU, LUNG_HU, MASS_MM, NODULE_MM, PIXEL_MM, SLICE_MM, _depth, _distance_to,
+                              generate_chest_case)
 
 NODULE_SEED, MASS_SEED = 2, 0  # seeds whose tumour is of that kind
 
@@ -114,3 +115,24 @@ def test_complications_put_tumour_density_against_the_tumour_and_change_its_insi
             assert np.mean(image.array[interior]) < np.mean(plain_image.array[interior]) - 5, (seed, stats)
     drawn = set().union(*(stats["complications"] for _, (_, _, stats) in complicated.values()))
     assert {"vessels", "spicules", "necrosis", "cavity", "atelectasis", "effusion"} <= drawn
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_distance_transforms_on_a_box_equal_the_whole_volumes(seed):
+    """The generator's distance transforms run on a mask's bounding box; they must give what
+    scipy gives on the whole volume, for blobs inside and touching the volume's faces."""
+    rng = np.random.default_rng(seed)
+    shape = (30, 41, 37)
+    smooth = ndimage.gaussian_filter(rng.standard_normal(shape), 2)
+    blobs = smooth > np.quantile(smooth, 0.7)
+    mask = np.zeros(shape, bool)
+    low = rng.integers(0, 12, 3) if seed % 2 else np.zeros(3, int)  # odd seeds: away from the faces
+    region = tuple(slice(int(lo), int(lo) + 18) for lo in low)
+    mask[region] = blobs[region]
+    assert mask.any() and not mask.all()
+    np.testing.assert_array_equal(_depth(mask), ndimage.distance_transform_edt(mask))
+    whole = ndimage.distance_transform_edt(~mask)
+    within = 4.5
+    np.testing.assert_array_equal(_distance_to(mask, within) <= within, whole <= within)
+    near = _distance_to(mask, within)
+    np.testing.assert_array_equal(near[near <= within], whole[near <= within])

@@ -122,7 +122,7 @@ def _place_tumour(rng: np.random.Generator, image: np.ndarray, lung: np.ndarray)
     kind = "nodule" if rng.random() < 0.5 else "mass"
     low, high = NODULE_MM if kind == "nodule" else MASS_MM
     diameter = float(np.exp(rng.uniform(np.log(low), np.log(high))))
-    depth = ndimage.distance_transform_edt(lung)
+    depth = _depth(lung)
     want = depth > diameter / 2 + 3 if kind == "nodule" else (depth > diameter * 0.3) & (depth < diameter * 0.45)
     candidates = np.argwhere(want)
     if not len(candidates):  # a large mass in a small lung: the deepest point
@@ -158,7 +158,34 @@ def _rasterise(shape: tuple, points: np.ndarray, radius: float) -> np.ndarray:
     seeds = np.zeros(shape, bool)
     inside = np.all((points >= 0) & (points < np.array(shape) - 1), axis=1)
     seeds[tuple(np.round(points[inside]).astype(int).T)] = True
-    return ndimage.distance_transform_edt(~seeds) <= radius
+    return _distance_to(seeds, radius) <= radius
+
+
+def _distance_to(mask: np.ndarray, within: float) -> np.ndarray:
+    """Each voxel's distance to the mask (``ndimage.distance_transform_edt(~mask)``) where that is at
+    most ``within``, inf beyond. The transform runs on the mask's bounding box grown by more than
+    ``within``: the same values in the box (the whole mask lies in it), and every voxel outside
+    it is farther than ``within``; in a fraction of the whole volume's time."""
+    distance = np.full(mask.shape, np.inf)
+    found = ndimage.find_objects(mask.view(np.uint8))
+    if not found:
+        return distance
+    reach = int(np.ceil(within)) + 1
+    box = tuple(slice(max(s.start - reach, 0), min(s.stop + reach, n)) for s, n in zip(found[0], mask.shape))
+    distance[box] = ndimage.distance_transform_edt(~mask[box])
+    return distance
+
+
+def _depth(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.distance_transform_edt(mask)``, run on the mask's bounding box and one voxel
+    around it: the same values (each voxel's nearest background voxel lies in that box, whose
+    outer layer is background), in a fraction of the time where the mask fills little of the
+    volume (a lung in the chest)."""
+    box = ndimage.find_objects(mask.view(np.uint8))[0]
+    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, mask.shape))
+    depth = np.zeros(mask.shape)
+    depth[box] = ndimage.distance_transform_edt(mask[box])
+    return depth
 
 
 def _complicate(rng: np.random.Generator, image: np.ndarray, lung: np.ndarray, tumour: np.ndarray,
@@ -185,7 +212,7 @@ def _complicate(rng: np.random.Generator, image: np.ndarray, lung: np.ndarray, t
             strands |= _rasterise(view.shape, points, 1.0)
         view[strands & outside] = rng.uniform(-350, -50)
         drawn.append("spicules")
-    inside_depth = ndimage.distance_transform_edt(tumour_view)
+    inside_depth = _depth(tumour_view)
     if kind == "mass" and rng.random() < 0.4:
         core = inside_depth > inside_depth.max() * rng.uniform(0.3, 0.5)
         view[core] = tumour_hu - rng.uniform(20, 40)
@@ -198,7 +225,8 @@ def _complicate(rng: np.random.Generator, image: np.ndarray, lung: np.ndarray, t
                                       indexing="ij"))
         side = rng.standard_normal(3)
         toward = np.tensordot(side / np.linalg.norm(side), offset, axes=1) / (np.linalg.norm(offset, axis=0) + 1e-3)
-        near = ndimage.distance_transform_edt(~tumour_view) < rng.uniform(8, 25)
+        collapse_mm = rng.uniform(8, 25)
+        near = _distance_to(tumour_view, collapse_mm) < collapse_mm
         collapsed = near & (toward > 0.2) & outside
         sign = rng.choice([-1.0, 1.0])
         texture = synth._smooth_noise(rng, view.shape, 6)
