@@ -51,9 +51,9 @@ def predictor() -> Predictor:
     return Predictor.load("default", device="cpu")
 
 
-@functools.lru_cache(maxsize=3)
-def _chest_case(case: int, seed: int = CHEST_DEV_SEED):
-    return generate_chest_case(case_seed(seed, case))
+@functools.lru_cache(maxsize=4)  # the tests only read the cases: the same one serves several
+def _chest_case(case: int, seed: int = CHEST_DEV_SEED, complicated: bool = False):
+    return generate_chest_case(case_seed(seed, case), complicated=complicated)
 
 
 def _first_click(predictor: Predictor, case: int, pathway: str,
@@ -205,7 +205,7 @@ def test_a_2d_box_on_a_mass_against_the_wall_stops_where_the_mass_ends():
 def _2d_box_answers(predictor: Predictor, case: int, monkeypatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Complex chest dev91 ``case`` by a 2D box 5 mm loose (the development protocol's) -> (the
     box's answer, the same with ``within_found_slices`` switched off, the target)."""
-    image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, case), complicated=True)
+    image, label, _ = _chest_case(case, COMPLEX_DEV91_SEED, complicated=True)
     _, target = clicked_object(label.array > 0, 0, f"chest-complex_{case:03d}")
     box = first_box(target, "box", 5.0, image.spacing)
 
@@ -278,7 +278,7 @@ def test_a_negative_click_past_a_tumours_end_also_cuts_the_slices_beyond_it(pred
     the protocol's negative click lands there. The 2D pathway alone cuts the clicked slice only;
     with the 3D model's doubt the leak goes from the slices around it too, little of the tumour
     with it, the mask is the better one, and no crop is encoded for it."""
-    image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, RUNS_PAST_ITS_END), complicated=True)
+    image, label, _ = _chest_case(RUNS_PAST_ITS_END, COMPLEX_DEV91_SEED, complicated=True)
     target = label.array > 0
     session, first, point, kind = _protocol_second_click(predictor, image, target,
                                                          f"chest-complex_{RUNS_PAST_ITS_END:03d}")
@@ -310,7 +310,7 @@ def test_a_positive_click_keeps_only_what_the_3d_model_believes(predictor, monke
     the click's distance (``click_reach``), which would cut the leak too.)"""
     _without_growth(monkeypatch)
     _without_click_reach(monkeypatch)
-    image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, LEAKS_BESIDE), complicated=True)
+    image, label, _ = _chest_case(LEAKS_BESIDE, COMPLEX_DEV91_SEED, complicated=True)
     target = label.array > 0
     session, first, point, kind = _protocol_second_click(predictor, image, target, f"chest-complex_{LEAKS_BESIDE:03d}")
     assert kind == 1 and session._made_in_2d
@@ -403,7 +403,7 @@ def test_a_positive_click_no_rule_can_judge_runs_no_3d_decoder(predictor, monkey
     mask there; the positive-click rule leaves such a click alone, and there is no negative
     click) inside an encoded crop: the 3D decoder does not run, and the answer is the 2D
     pathway's as it is."""
-    image, label, _ = generate_chest_case(case_seed(COMPLEX_DEV91_SEED, LEAKS_BESIDE), complicated=True)
+    image, label, _ = _chest_case(LEAKS_BESIDE, COMPLEX_DEV91_SEED, complicated=True)
     target = label.array > 0
     session, first, _, _ = _protocol_second_click(predictor, image, target, f"chest-complex_{LEAKS_BESIDE:03d}")
     covered = np.flatnonzero(first.any(axis=(1, 2)))
