@@ -285,7 +285,9 @@ def test_a_server_without_boxes_says_so_and_leaves_segment_and_clicks_alone(mrml
     logic = target_logic(mrml_scene, server_url, volume)
     status = logic.prepare_server_status()
     status.run()
-    status.finish()
+    line = status.finish()
+    weights = logic.capabilities["model"]["sha256"]
+    assert len(weights) == 64 and f"model tiny-random (tiny, weights {weights[:8]}) on cpu" in line, line
     assert logic.supports_box is False  # the Widget disables the Box button with this reason
     logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
     before = _segment(logic)

@@ -167,13 +167,16 @@ def user_message(error: BaseException) -> str:
 
 
 def describe_server(capabilities: Dict[str, Any], base_url: str) -> str:
-    """One status line: server, model and device."""
+    """One status line: server, model (its variant and the first digits of its weights' SHA-256,
+    which say which trained model answers) and device."""
     model = capabilities.get("model", {})
     name = model.get("name", "?")
-    variant = model.get("variant", "")
+    about = [model["variant"]] if model.get("variant") else []
+    if model.get("sha256"):  # a server older than this field does not say
+        about.append("weights " + model["sha256"][:8])
     device = capabilities.get("device", "?")
     auth = ", key required" if capabilities.get("auth_required") else ""
-    return (f"Connected to {base_url}: model {name}{' (' + variant + ')' if variant else ''} "
+    return (f"Connected to {base_url}: model {name}{' (' + ', '.join(about) + ')' if about else ''} "
             f"on {device}, API v{capabilities.get('api_version', '?')}{auth}")
 
 

@@ -10,7 +10,6 @@ import io
 import json
 import shutil
 from contextlib import redirect_stderr, redirect_stdout
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -21,7 +20,7 @@ from dicom_helpers import assert_frames_reference_their_slices, oblique_directio
 from sam3d import __version__
 from sam3d.cli import main
 from sam3d.data.dicom_seg import read_dicom_seg
-from sam3d.data.io import read_dicom_series
+from sam3d.data.io import file_sha256, read_dicom_series
 from sam3d.data.segio import read_segmentation
 
 FLIPPED_OBLIQUE = oblique_direction(15) @ np.diag([-1.0, -1.0, 1.0])  # rows run right-to-left, columns up
@@ -76,6 +75,7 @@ def test_segment_out_dcm_lands_on_the_voxels_of_the_seg_nrrd(tiny_model, ct, tmp
     assert description.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
     assert description.algorithm_identification[0].AlgorithmName == "tiny-random"
     assert description.algorithm_identification[0].AlgorithmVersion == __version__
+    assert description.algorithm_identification[0].AlgorithmParameters == f"checkpoint_sha256={file_sha256(tiny_model)}"
     assert description.segmented_property_type.value == "108369006"  # SNOMED CT Neoplasm
 
 
@@ -143,6 +143,8 @@ def test_batch_takes_a_dicom_seg_as_prior_mask_and_reference(tiny_model, ct, tmp
     assert not list((tmp_path / "out").glob("nifti.*"))
     seg = hd.seg.segread(tmp_path / "out" / "dicom.seg.dcm")
     assert seg.get_segment_description(1).algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+    assert seg.get_segment_description(1).algorithm_identification[0].AlgorithmParameters == \
+        f"checkpoint_sha256={file_sha256(tiny_model)}"
     nrrd_segments, _ = read_segmentation(tmp_path / "out" / "dicom.seg.nrrd")
     segments, grid = read_dicom_seg(tmp_path / "out" / "dicom.seg.dcm")
     assert [s.name for s in segments] == [s.name for s in nrrd_segments] == ["lesion 1", "lesion 2"]

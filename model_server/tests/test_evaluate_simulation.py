@@ -11,6 +11,7 @@ import pytest
 from model_helpers import write_tiny_checkpoint
 from sam3d.cli import main
 from sam3d.data.datasets import dataset_identity, find_cases, load_case
+from sam3d.data.io import file_sha256
 from sam3d.data.phantoms import write_dataset
 from sam3d.engine.crops import CropGeometry
 from sam3d.engine.predictor import Predictor
@@ -98,6 +99,7 @@ def test_evaluation_is_deterministic_and_writes_the_report(phantoms, tiny_model,
     for key in ("mean_dice", "mean_nsd", "per_case", "clicks", "dice_by_click", "classical"):
         assert key in a, key
     assert a["clicks"] == 3 and len(a["dice_by_click"]) == 3 and a["cases"] == 4
+    assert a["model_sha256"] == file_sha256(tiny_model)
     assert a["mean_dice"] == pytest.approx(np.mean([case["dice"] for case in a["per_case"]]))
     for metric in ("dice", "nsd"):
         means, intervals = a[f"{metric}_by_click"], a[f"{metric}_ci95_by_click"]

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from sam3d.data.intensity import PRESETS
+from sam3d.data.io import file_sha256
 from sam3d.model import lite_encoder
-from sam3d.model.checkpoint import load_model, save_checkpoint
+from sam3d.model.checkpoint import BUNDLED_MODELS, load_model, save_checkpoint
 from sam3d.model.config import BOX_FIRST_CORNER, BOX_SECOND_CORNER, get_config
 from sam3d.model.lite_encoder import (LITE_MEDSAM_SHA256, LiteMedSAMUnavailable, build_tiny_vit, fold_batch_norms,
                                       load_lite_medsam_encoder_state, tiny_vit_features)
@@ -129,6 +130,15 @@ def test_checkpoint_stores_no_litemedsam_weights_and_loads_them_back(lite_model,
     for name, tensor in lite_model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor), name
     assert loaded.preset.kind == "percentile" and loaded.config.box_prompt
+    assert loaded.sha256 == file_sha256(path)  # which trained weights answer (capabilities, --resume, DICOM SEG)
+
+
+@pytest.mark.skipif(not BUNDLED_MODELS["default"].is_file(), reason="the bundled default model is not there")
+def test_the_models_readme_names_the_bundled_default_checkpoints_sha256():
+    """Users check the bundled weights against the README (and a server's status line): a
+    retrained default.pt must come with its new hash there."""
+    readme = (BUNDLED_MODELS["default"].parent / "README.md").read_text(encoding="utf-8")
+    assert f"`{file_sha256(BUNDLED_MODELS['default'])}`" in readme
 
 
 def test_percentile_preset_is_modality_free():

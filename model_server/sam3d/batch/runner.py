@@ -222,7 +222,8 @@ class CaseWorker:
                     result.outputs[SEG_ENDING] = _encode(segments, volume)
                 if SEG_DCM_ENDING in endings:
                     automatic = self.sources.origin(case) != "prompts"  # clicks derived, not placed by a person
-                    result.outputs[SEG_DCM_ENDING] = encode_dicom_seg(segments, series, self.segmenter.name, automatic)
+                    result.outputs[SEG_DCM_ENDING] = encode_dicom_seg(segments, series, self.segmenter.name, automatic,
+                                                                       self.segmenter.weights_sha256)
             union = np.logical_or.reduce(masks)
             record.voxels = int(union.sum())
             record.volume_ml = record.voxels * volume.voxel_volume_ml

@@ -210,6 +210,7 @@ def _report_info(args: argparse.Namespace, predictor, target_label: int, split_s
         "model": predictor.name,
         "model_spec": str(args.model),
         "model_config": predictor.config.name,
+        "model_sha256": predictor.loaded.sha256,  # which trained weights: a name can be retrained
         "crop_size": predictor.config.crop_size,
         "crop_spacing_mm": predictor.config.crop_spacing_mm,
         "data": str(args.data),
