@@ -14,15 +14,15 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from sam3d.batch.commands import local_identity
 from sam3d.batch.state import OutputFolder
-from sam3d.cli import main
+from sam3d.cli import build_parser, main
 from sam3d.data.clicks import centre_click
-from sam3d.data.io import Volume, read_image, write_image
+from sam3d.data.io import Volume, file_sha256, read_image, write_image
 from sam3d.data.markups import write_markups
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case
 from sam3d.data.segio import lesion_color, read_segmentation
 from sam3d.engine.slice_pathway import resolve_slice_precision
-from sam3d.data.io import file_sha256
 from server_helpers import run_sam3d
 
 SHAPE = (32, 64, 64)
@@ -205,13 +205,28 @@ def test_a_resumed_run_skips_only_cases_it_would_answer_the_same(tmp_path, mixed
     other = "fp32" if own == "bf16" else "bf16"
     out = tmp_path / "out"
     assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--limit", "2") == 0
-    assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--device", "cpu",
-                 "--slice-precision", own, "--resume", "--limit", "1") == 0
+    assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--slice-precision", own,
+                 "--resume", "--limit", "1") == 0
     assert "5 case(s) in the manifest, 2 finished before (resume on), 1 to run now" in last_run_line(out)
     assert batch(mixed_manifest, "--out", out, "--model", tiny_model, "--slice-precision", other,
                  "--resume", "--limit", "1") == 0
     assert "5 case(s) in the manifest, 0 finished before (resume on), 1 to run now" in last_run_line(out)
     assert last_run_line(out).endswith(f"model local:{tiny_model.resolve()}:{file_sha256(tiny_model)[:16]}:cpu:{other}:3d")
+
+
+def test_with_ray_the_identity_is_the_workers_device_not_this_machines(tiny_model):
+    """Ray workers answer on a GPU each where --gpus-per-worker gives one (fp32 there, whether
+    or not this machine has a GPU), else on their own CPUs, whose "auto" precision is theirs."""
+    def identity(*options: str) -> str:
+        argv = ["batch", "cases.csv", "--out", "out", "--model", str(tiny_model), *options]
+        return local_identity(build_parser(argv).parse_args(argv), str(tiny_model))
+
+    sha = file_sha256(tiny_model)[:16]
+    assert identity("--ray", "auto", "--gpus-per-worker", "0.25").endswith(f"{sha}:cuda:fp32:3d")
+    assert identity("--ray", "auto").endswith(f"{sha}:cpu:auto:3d")
+    assert identity("--ray", "auto", "--slice-precision", "bf16").endswith(f"{sha}:cpu:bf16:3d")
+    assert identity("--device", "cpu", "--click-pathway", "search").endswith(
+        f"{sha}:cpu:{resolve_slice_precision('auto')}:search")
 
 
 def test_a_reference_label_scores_one_label_without_a_warning(tmp_path, phantoms, tiny_model, capsys):

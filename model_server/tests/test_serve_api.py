@@ -19,9 +19,9 @@ import requests
 from sam3d.cli import main
 from server_helpers import running_server
 from sam3d.client.wire import encode_mask_bits
-from sam3d.serve.openapi import openapi_text
-from sam3d.engine.slice_pathway import resolve_slice_precision
 from sam3d.data.io import file_sha256
+from sam3d.engine.slice_pathway import resolve_slice_precision
+from sam3d.serve.openapi import openapi_text
 from wire_helpers import apply_mask_update as apply
 
 OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
@@ -76,7 +76,8 @@ def test_health_and_capabilities(url, tiny_model):
     caps = requests.get(f"{url}/v1/capabilities").json()
     assert caps["api_version"] == "1" and caps["axis_order"] == "kji"
     assert caps["model"] == {"name": "tiny-random", "variant": "tiny", "crop_size": 32, "crop_spacing_mm": 2.0,
-                             "sha256": file_sha256(tiny_model), "slice_precision": resolve_slice_precision("auto"), "click_pathway": "3d"}
+                             "sha256": file_sha256(tiny_model), "slice_precision": resolve_slice_precision("auto"),
+                             "click_pathway": "3d"}
     assert caps["device"] == "cpu" and caps["auth_required"] is False
     assert set(caps["limits"]) == {
         "max_upload_bytes", "max_json_bytes", "max_voxels", "max_sessions", "session_ttl_s", "evict_idle_s",

@@ -211,23 +211,37 @@ def compile_wanted(option: bool | None, cases: int, on_ray: bool) -> bool:
     return not on_ray and cases >= COMPILE_MIN_CASES
 
 
-def _local(args: argparse.Namespace, compile_encoder: bool):
+def local_identity(args: argparse.Namespace, spec: str) -> str:
+    """What decides the answers of the model ``spec`` in this process or on Ray workers, for
+    --resume: the checkpoint's bytes (their SHA-256), the device kind (a GPU's arithmetic is not a
+    CPU's), the 2D pathway's precision as resolved there ("auto" is bf16 on one CPU and fp32 on
+    another) and who answers first clicks. A run resumed on another kind of machine therefore runs
+    its cases again rather than mixing two answers. Ray workers answer on a GPU each where
+    --gpus-per-worker gives one, else on their CPUs, whose "auto" precision is theirs to resolve:
+    there "auto" is what is recorded."""
     from ..data.io import file_sha256
     from ..engine.slice_pathway import resolve_slice_precision
-    from ..model.checkpoint import BUNDLED_MODELS, model_path, resolve_device
+    from ..model.checkpoint import model_path, resolve_device
+
+    if args.ray is not None:
+        device = "cuda" if args.gpus_per_worker else "cpu"
+    else:
+        try:
+            device = resolve_device(args.device).type
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+    resolvable = args.ray is None or device == "cuda" or args.slice_precision != "auto"
+    precision = resolve_slice_precision(args.slice_precision, device) if resolvable else "auto"
+    path = model_path(spec)
+    checkpoint = f":{file_sha256(path)[:16]}" if path.is_file() else ""
+    return f"local:{spec}{checkpoint}:{device}:{precision}:{args.click_pathway}"
+
+
+def _local(args: argparse.Namespace, compile_encoder: bool):
+    from ..model.checkpoint import BUNDLED_MODELS
 
     spec = args.model if args.model in BUNDLED_MODELS else str(Path(args.model).resolve())
-    path = model_path(spec)
-    try:
-        device = resolve_device(args.device).type
-    except ValueError as error:
-        raise CLIError(str(error)) from None
-    # What decides the answers, for --resume: the checkpoint's bytes (their SHA-256), the device
-    # (a GPU's arithmetic is not a CPU's), the 2D pathway's precision as resolved on it ("auto"
-    # is bf16 on one CPU and fp32 on another) and who answers first clicks. A run resumed on
-    # another kind of machine therefore runs its cases again rather than mixing the two answers.
-    identity = f"local:{spec}:{file_sha256(path)[:16]}" if path.is_file() else f"local:{spec}"
-    identity += f":{device}:{resolve_slice_precision(args.slice_precision, device)}:{args.click_pathway}"
+    identity = local_identity(args, spec)
 
     def make_segmenter():
         from .segmenters import LocalSegmenter, SegmenterError

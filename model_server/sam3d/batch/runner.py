@@ -223,7 +223,7 @@ class CaseWorker:
                 if SEG_DCM_ENDING in endings:
                     automatic = self.sources.origin(case) != "prompts"  # clicks derived, not placed by a person
                     result.outputs[SEG_DCM_ENDING] = encode_dicom_seg(segments, series, self.segmenter.name, automatic,
-                                                                       self.segmenter.weights_sha256)
+                                                                       self.segmenter.checkpoint_sha256)
             union = np.logical_or.reduce(masks)
             record.voxels = int(union.sum())
             record.volume_ml = record.voxels * volume.voxel_volume_ml

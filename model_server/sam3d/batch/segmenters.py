@@ -26,7 +26,7 @@ class SegmenterError(Exception):
 
 class Segmenter(Protocol):
     name: str  # the model's name (a DICOM SEG's algorithm name)
-    weights_sha256: str  # the model checkpoint's SHA-256 ("" where a server does not say)
+    checkpoint_sha256: str  # the model checkpoint's SHA-256 ("" where a server does not say)
     startup_note: str  # what the run's log says about it once it is ready ("" when nothing)
 
     def segment(self, volume: Volume, lesions: list[Lesion]) -> list[np.ndarray]:
@@ -39,7 +39,7 @@ class LocalSegmenter:
     def __init__(self, predictor: Predictor, click_pathway: str = "3d") -> None:
         self.predictor = predictor
         self.name = predictor.name
-        self.weights_sha256 = predictor.loaded.sha256
+        self.checkpoint_sha256 = predictor.loaded.sha256
         self.click_pathway = click_pathway  # who answers a lesion's lone first click (Session)
         self.startup_note = self._note("off" if predictor.compilable else "not applicable")
 
@@ -90,12 +90,13 @@ class ServerSegmenter:
     def __init__(self, client: SAM3DClient, capabilities: dict) -> None:
         self.client = client
         model = capabilities.get("model", {})
-        # Recorded for --resume: what decides the server's answers (an older server names fewer).
+        # Recorded for --resume: what decides the server's answers, as _local records them (a
+        # server older than these fields names fewer: "None" stands in their place).
         self.identity = ":".join(str(part) for part in (
             "server", model.get("name"), model.get("variant"), str(model.get("sha256"))[:16],
-            capabilities.get("device"), model.get("slice_precision"), model.get("click_pathway")))
+            str(capabilities.get("device")).split(":")[0], model.get("slice_precision"), model.get("click_pathway")))
         self.name = str(model.get("name") or "sam3d")
-        self.weights_sha256 = str(model.get("sha256") or "")
+        self.checkpoint_sha256 = str(model.get("sha256") or "")
         self.startup_note = ""
 
     @classmethod

@@ -181,8 +181,10 @@ def _depth(mask: np.ndarray) -> np.ndarray:
     around it: the same values (each voxel's nearest background voxel lies in that box, whose
     outer layer is background), in a fraction of the time where the mask fills little of the
     volume (a lung in the chest)."""
-    box = ndimage.find_objects(mask.view(np.uint8))[0]
-    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, mask.shape))
+    found = ndimage.find_objects(mask.view(np.uint8))
+    if not found:
+        return np.zeros(mask.shape)
+    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(found[0], mask.shape))
     depth = np.zeros(mask.shape)
     depth[box] = ndimage.distance_transform_edt(mask[box])
     return depth

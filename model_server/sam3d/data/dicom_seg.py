@@ -57,10 +57,10 @@ def is_dicom_seg(path: str | os.PathLike) -> bool:
 
 
 def encode_dicom_seg(segments: list[Segment], series: DicomSeries, model_name: str, automatic: bool,
-                     weights_sha256: str = "") -> bytes:
+                     checkpoint_sha256: str = "") -> bytes:
     """The bytes of a DICOM SEG file holding ``segments`` (masks on ``series.volume``'s grid),
     referencing the series' instances. ``automatic``: the clicks were not placed by a person.
-    ``weights_sha256`` (the model checkpoint's, where known) goes into the algorithm's parameters:
+    ``checkpoint_sha256`` (the model checkpoint's, where known) goes into the algorithm's parameters:
     the name and the software version alone do not say which trained weights made the masks."""
     import pydicom
     from pydicom.filebase import DicomBytesIO
@@ -80,7 +80,7 @@ def encode_dicom_seg(segments: list[Segment], series: DicomSeries, model_name: s
     _check_frames(sources, volume)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model_name, version=__version__, family=codes.cid7162.ArtificialIntelligence,
-        parameters={"checkpoint_sha256": weights_sha256} if weights_sha256 else None)
+        parameters={"checkpoint_sha256": checkpoint_sha256} if checkpoint_sha256 else None)
     kind = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if automatic else hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
     descriptions = [
         hd.seg.SegmentDescription(
@@ -119,12 +119,12 @@ def _check_frames(sources: list, volume: Volume) -> None:
 
 
 def write_dicom_seg(path: str | os.PathLike, segments: list[Segment], series: DicomSeries, model_name: str,
-                    automatic: bool, weights_sha256: str = "") -> Path:
+                    automatic: bool, checkpoint_sha256: str = "") -> Path:
     """Write ``encode_dicom_seg``'s file to ``path`` (a ``.dcm``), atomically."""
     path = Path(path)
     if path.suffix.lower() != ".dcm":
         raise DicomSegError(f"cannot write {path}: a DICOM SEG file must end in .dcm")
-    data = encode_dicom_seg(segments, series, model_name, automatic, weights_sha256)
+    data = encode_dicom_seg(segments, series, model_name, automatic, checkpoint_sha256)
     atomic_write(path, ".dcm", lambda temp: temp.write_bytes(data))
     return path
 

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if dicom_out:
         try:
             write_dicom_seg(args.out, [Segment(args.name, mask)], series, segmenter.name, automatic=False,
-                            weights_sha256=segmenter.weights_sha256)
+                            checkpoint_sha256=segmenter.checkpoint_sha256)
         except DicomSegError as error:
             raise CLIError(str(error)) from None
     else:

@@ -40,7 +40,7 @@ class ModelInfo(BaseModel):
     crop_spacing_mm: float
     sha256: str  # the checkpoint file's SHA-256: which trained weights answer
     slice_precision: str  # the 2D pathway's arithmetic, "fp32" or "bf16": their answers differ slightly
-    click_pathway: str  # who answers an object's first click: "3d" or "search" (engine.choices)
+    click_pathway: str  # who answers an object's first click (one of engine.choices.CLICK_PATHWAYS)
 
 
 class Limits(BaseModel):
