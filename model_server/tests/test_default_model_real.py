@@ -34,7 +34,8 @@ def test_default_is_the_lite_model_with_boxes_and_percentile_intensities():
 def test_info_describes_a_bundled_model_by_name(capsys):
     assert main(["info", "--model", "default", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["config"] == "lite" and info["model"] == load_model("default", device="cpu").name
+    loaded = load_model("default", device="cpu")
+    assert info["config"] == "lite" and info["model"] == loaded.name and info["sha256"] == loaded.sha256
 
 
 def test_segment_with_a_2d_box_on_a_real_tumour(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..data.io import file_sha256
 from ..errors import CLIError
 from .checkpoint import CheckpointError, build_from_sam, model_from_checkpoint, model_path
 from .config import CONFIGS, ModelConfig, get_config
@@ -45,10 +46,11 @@ def describe(model: Sam3D) -> dict:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.model:
-            model, payload = model_from_checkpoint(model_path(args.model), args.sam_checkpoint)
+            path = model_path(args.model)
+            model, payload = model_from_checkpoint(path, args.sam_checkpoint)
             if payload["trainable_only"]:
                 model.freeze_as_method()
-            info = describe(model) | {"model": payload["name"], "preset": payload["preset"]}
+            info = describe(model) | {"model": payload["name"], "preset": payload["preset"], "sha256": file_sha256(path)}
         elif args.sam_checkpoint:
             model, report = build_from_sam(args.config, args.sam_checkpoint)
             info = describe(model) | report.counts()
