@@ -22,9 +22,11 @@ from sam3d.client.wire import encode_mask_bits
 from sam3d.data.io import file_sha256
 from sam3d.engine.slice_pathway import resolve_slice_precision
 from sam3d.serve.openapi import openapi_text
+from sam3d.serve.schemas import Capabilities, Limits, ModelInfo, SessionCreated, SessionInfo
 from wire_helpers import apply_mask_update as apply
 
 OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+PROTOCOL_PATH = OPENAPI_PATH.with_name("PROTOCOL.md")
 
 SHAPE = (20, 64, 64)
 SPACING = (2.5, 0.8, 0.8)
@@ -264,6 +266,20 @@ def test_the_exported_openapi_schema_is_up_to_date():
     assert {"/v1/health", "/v1/capabilities", "/v1/sessions", "/v1/sessions/{session_id}/interactions",
             "/v1/sessions/{session_id}/mask", "/v1/sessions/{session_id}/undo",
             "/v1/sessions/{session_id}/reset", "/v1/metrics"} <= set(schema["paths"])
+
+
+@pytest.mark.parametrize("endpoint, replies", [
+    ("`GET /v1/capabilities`", (Capabilities, ModelInfo, Limits)),
+    ("`POST /v1/sessions?", (SessionCreated,)),
+    ("`GET /v1/sessions/{id}`", (SessionInfo,)),
+])
+def test_the_protocol_document_names_every_field_of_a_reply(endpoint, replies):
+    """docs/PROTOCOL.md's table of endpoints lists the keys of each reply: a field added to the
+    server's schema must be written there too."""
+    lines = PROTOCOL_PATH.read_text(encoding="utf-8").splitlines()
+    [row] = [line for line in lines if line.startswith(f"| {endpoint}")]
+    missing = [name for reply in replies for name in reply.model_fields if f'"{name}"' not in row]
+    assert not missing, f"docs/PROTOCOL.md, {endpoint}: add {missing}"
 
 
 # -- auth -------------------------------------------------------------------------------------
