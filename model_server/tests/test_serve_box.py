@@ -154,8 +154,8 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
     # search made (after a 3D-model click corrections are the 3D model's: at least one crop)
     assert first.crops >= 1 and correction.crops == 0
     # the windows embedded ahead change the correction's time, not its mask: in process, without them
-    reference = Session(Predictor.load("default", device="cpu", slice_precision="fp32"), array, spacing,
-                        click_pathway="search")
+    predictor = Predictor.load("default", device="cpu", slice_precision="fp32")
+    reference = Session(predictor, array, spacing, click_pathway="search")
     reference.interact(click, [1])
     reference.interact([[12.0, 25.0, 30.0]], [0])
     np.testing.assert_array_equal(corrected, reference.mask)
@@ -164,6 +164,7 @@ def test_click_pathway_search_answers_first_clicks_by_the_box_search_in_the_serv
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     assert f"encoder compiled: {'yes' if compiler else 'no'}" in log.read_text(), log.read_text()
     assert "2D pathway in fp32" in log.read_text(), log.read_text()
+    assert f"model {predictor.name} (lite, weights {predictor.loaded.sha256[:8]})" in log.read_text(), log.read_text()
 
     image = write_image(Volume(array, spacing=spacing), tmp_path / "ball.nii.gz")
     ras = "-34.0,-30.0,12.0"  # identity direction, origin 0: LPS = (i, j, k) mm

@@ -242,8 +242,9 @@ def run(args: argparse.Namespace) -> int:
         seconds = lanes.run_on_main(predictor.warm_up)
         gc.freeze()  # what start-up built (model, compiled code: ~0.5 M objects) is never garbage-collected
         scheme = "https" if args.ssl_certfile else "http"
-        print(f"sam3d serve: model {predictor.name} ({predictor.config.name}) on {predictor.device}, encoder "
-              f"compiled: {compiled}, 2D pathway in {predictor.slice_precision}, warm-up {seconds * 1000:.0f} ms; auth {'on' if settings.api_key else 'off'}; memory budget "
+        print(f"sam3d serve: model {predictor.name} ({predictor.config.name}, weights {predictor.loaded.sha256[:8]}) "
+              f"on {predictor.device}, encoder compiled: {compiled}, 2D pathway in {predictor.slice_precision}, "
+              f"warm-up {seconds * 1000:.0f} ms; auth {'on' if settings.api_key else 'off'}; memory budget "
               f"{settings.max_memory_bytes / 2**30:.1f} GiB; {scheme}://{args.host}:{args.port}", flush=True)
         config = uvicorn.Config(create_app(predictor, settings, lanes), host=args.host, port=args.port,
                                 log_level=args.log_level, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
