@@ -12,7 +12,7 @@ import vtk
 from slicer_fixtures import (clicks_sent, add_linear_transform, add_volume, mrml_scene, oblique_ijk_to_ras,  # noqa: F401
                              place_click, rigid_matrix, slicer)
 from SAM3DPromptLib.client import InvalidBox, SAM3DClient, SessionExpired, SessionLimitReached, TLSError
-from SAM3DPromptLib.logic import PromptLogic, user_message
+from SAM3DPromptLib.logic import PromptLogic, describe_server, user_message
 from SAM3DPromptLib.mrml_io import numpy_to_matrix, read_segment_mask, volume_spacing_kji
 from SAM3DPromptLib.prompts import PromptError
 
@@ -288,6 +288,8 @@ def test_a_server_without_boxes_says_so_and_leaves_segment_and_clicks_alone(mrml
     line = status.finish()
     weights = logic.capabilities["model"]["sha256"]
     assert len(weights) == 64 and f"model tiny-random (tiny, weights {weights[:8]}) on cpu" in line, line
+    older = {**logic.capabilities, "model": {"name": "tiny-random", "variant": "tiny"}}  # a server without sha256
+    assert "model tiny-random (tiny) on cpu" in describe_server(older, server_url)
     assert logic.supports_box is False  # the Widget disables the Box button with this reason
     logic.click_points([place_click(logic, logic_world(volume, (7.0, 9.0, 11.0)))])
     before = _segment(logic)
