@@ -24,8 +24,9 @@ METRICS = ("dice", "nsd")
 # what `sam3d evaluate` records of how a run was made: where two runs differ, the comparison says so
 # (a difference in the model or an engine option is usually the point; one in the data, prompt or
 # seed makes the runs answer different questions)
-RUN_SETTINGS = ("model", "model_sha256", "data", "split", "target_label", "scope", "prompt", "box_margin_mm", "seed",
-                "perturb_noise", "perturb_seed", "box_pathway", "click_pathway", "corrections", "slice_precision")
+RUN_SETTINGS = ("model", "model_sha256", "data", "split", "target_label", "scope", "prompt", "box_margin_mm",
+                "seed", "perturb_noise", "perturb_seed", "box_pathway", "click_pathway", "corrections",
+                "slice_precision")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
