@@ -90,13 +90,13 @@ class ServerSegmenter:
     def __init__(self, client: SAM3DClient, capabilities: dict) -> None:
         self.client = client
         model = capabilities.get("model", {})
-        # Recorded for --resume: what decides the server's answers, as _local records them (a
-        # server older than these fields names fewer: "None" stands in their place).
-        self.identity = ":".join(str(part) for part in (
-            "server", model.get("name"), model.get("variant"), str(model.get("sha256"))[:16],
-            str(capabilities.get("device")).split(":")[0], model.get("slice_precision"), model.get("click_pathway")))
         self.name = str(model.get("name") or "sam3d")
         self.checkpoint_sha256 = str(model.get("sha256") or "")
+        # Recorded for --resume: what decides the server's answers, as local_identity records them
+        # (a server older than these fields names fewer: "" or "None" stands in their place).
+        self.identity = ":".join(str(part) for part in (
+            "server", model.get("name"), model.get("variant"), self.checkpoint_sha256[:16],
+            str(capabilities.get("device")).split(":")[0], model.get("slice_precision"), model.get("click_pathway")))
         self.startup_note = ""
 
     @classmethod
