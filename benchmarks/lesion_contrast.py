@@ -1,8 +1,9 @@
 """How far each lesion stands from its surroundings in the units the default model sees: a box
 of FIELD_MM around the lesion's centre scaled by a percentile preset (`percentile`: its own
 0.5 / 99.5 percentiles to [0, 1]; or --preset central_percentile), then |median in the lesion -
-median in a RING_VOXELS ring around it|. Prints one row per dataset (median and range) and, with
---per-case, one per case.
+median in a RING_VOXELS ring around it|. Beside it, the same difference in the units of the
+intensity prompt (`sam3d.model.intensity_prompt.noise_normalised`: the field's 3^3 mean over its
+noise). Prints one row per dataset (median and range) and, with --per-case, one per case.
 
     python benchmarks/lesion_contrast.py --data phantoms-dev=data/phantoms_dev:tumor:8 \
         --data synth-val=data/synth:tumor:16 [--per-case] [--preset central_percentile]
@@ -13,25 +14,30 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from sam3d.data.datasets import find_cases, load_case, resolve_target_label
 from sam3d.data.intensity import PRESETS
+from sam3d.model.intensity_prompt import noise_normalised
 
 FIELD_MM = 96.0  # the lite model's crop: 64 voxels at 1.5 mm
 RING_VOXELS = 3
 
 
 def lesion_contrast(image: np.ndarray, lesion: np.ndarray, spacing,
-                    preset: str = "percentile") -> tuple[float, float]:
-    """(|lesion median - ring median|, ring std) after ``preset`` on the lesion's field."""
+                    preset: str = "percentile") -> tuple[float, float, float]:
+    """(|lesion median - ring median|, ring std) after ``preset`` on the lesion's field, and that
+    difference in the intensity prompt's noise units."""
     centre = np.argwhere(lesion).mean(axis=0).astype(int)
     half = (FIELD_MM / 2 / np.asarray(spacing, dtype=float)).astype(int)
     field = tuple(slice(max(c - h, 0), c + h) for c, h in zip(centre, half))
     scaled = PRESETS[preset].apply(image[field].astype(np.float32))
     inside = lesion[field]
     ring = ndimage.binary_dilation(inside, iterations=RING_VOXELS) & ~inside
-    return abs(float(np.median(scaled[inside])) - float(np.median(scaled[ring]))), float(np.std(scaled[ring]))
+    in_noise = noise_normalised(torch.from_numpy(scaled)[None, None])[0, 0].numpy()
+    return (abs(float(np.median(scaled[inside])) - float(np.median(scaled[ring]))), float(np.std(scaled[ring])),
+            abs(float(np.median(in_noise[inside])) - float(np.median(in_noise[ring]))))
 
 
 def main() -> None:
@@ -41,8 +47,8 @@ def main() -> None:
     parser.add_argument("--per-case", action="store_true")
     parser.add_argument("--preset", default="percentile", choices=[n for n, p in PRESETS.items() if p.kind == "percentile"])
     args = parser.parse_args()
-    print("| set | cases | contrast, median (range) | ring std (range) |")
-    print("|---|---|---|---|")
+    print("| set | cases | contrast, median (range) | ring std (range) | in noise units, median (range) |")
+    print("|---|---|---|---|---|")
     for spec in args.data:
         name, rest = spec.split("=", 1)
         folder, label, count = rest.rsplit(":", 2)
@@ -50,13 +56,14 @@ def main() -> None:
         rows = []
         for case in find_cases(folder)[: int(count)]:
             image, target = load_case(case, target_label)
-            contrast, ring_std = lesion_contrast(image.array, target.astype(bool), image.spacing, args.preset)
-            rows.append((case.case_id, contrast, ring_std))
+            contrast, ring_std, in_noise = lesion_contrast(image.array, target.astype(bool), image.spacing, args.preset)
+            rows.append((case.case_id, contrast, ring_std, in_noise))
             if args.per_case:
-                print(f"| {name} {case.case_id} | 1 | {contrast:.3f} | {ring_std:.3f} |")
-        contrasts, stds = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+                print(f"| {name} {case.case_id} | 1 | {contrast:.3f} | {ring_std:.3f} | {in_noise:.1f} |")
+        contrasts, stds, noise_units = (np.array([r[k] for r in rows]) for k in (1, 2, 3))
         print(f"| {name} | {len(rows)} | {np.median(contrasts):.3f} ({contrasts.min():.3f}-{contrasts.max():.3f}) "
-              f"| {stds.min():.3f}-{stds.max():.3f} |")
+              f"| {stds.min():.3f}-{stds.max():.3f} | {np.median(noise_units):.1f} "
+              f"({noise_units.min():.1f}-{noise_units.max():.1f}) |")
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ class FeatureCache:
     @property
     def nbytes(self) -> int:
         """Bytes the cached features hold."""
-        return sum(f.last_level.nbytes + f.static_fusion.nbytes for _, f in self._items.values())
+        return sum(f.nbytes for _, f in self._items.values())
 
 
 class Session:

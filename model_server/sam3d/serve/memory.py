@@ -45,7 +45,7 @@ def resident_bytes() -> int:
 def feature_bytes(predictor: Predictor) -> int:
     """Bytes one crop's cached encoder features take (measured with one encoder run)."""
     features = predictor.encode(torch.zeros((1, 1) + (predictor.crop_size,) * 3))
-    return features.last_level.nbytes + features.static_fusion.nbytes
+    return features.nbytes
 
 
 def slice_window_bytes(predictor: Predictor) -> int:
