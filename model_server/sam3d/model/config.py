@@ -56,11 +56,6 @@ class ModelConfig:
     # TinyViT's stages 1-3, the paper's placement: training back-propagates through TinyViT and
     # nothing can be cached). docs/MODEL.md gives the measured trade-off.
     adapter_placement: str = "top"
-    # Whether the prompt encoder and the decoder also read an intensity prompt: each voxel's
-    # smoothed level against the positive clicks' level, in units of the crop's noise
-    # (``intensity_prompt_channels``), so that a lesion a few noise levels off its surroundings
-    # is as plain to the model as one that stands out. Its weights start at zero.
-    intensity_prompt: bool = False
     description: str = field(default="", compare=False)
 
     @property

@@ -50,14 +50,13 @@ def sample_at_points(feature_map: torch.Tensor, points: torch.Tensor, crop_size:
 
 
 class MaskPromptEncoder(nn.Module):
-    """Previous foreground logit [B, 1, S, S, S] (or another dense prompt of ``in_channels``)
-    -> dense embedding [B, C, T, T, T]."""
+    """Previous foreground logit [B, 1, S, S, S] -> dense embedding [B, C, T, T, T]."""
 
-    def __init__(self, config: ModelConfig, hidden: int = 16, in_channels: int = 1) -> None:
+    def __init__(self, config: ModelConfig, hidden: int = 16) -> None:
         super().__init__()
         stages = int(math.log2(config.token_stride))
         layers: list[nn.Module] = []
-        channels = in_channels
+        channels = 1
         for stage in range(stages):
             out = hidden if stage == stages - 1 else max(hidden // 4, 4)
             layers += [nn.Conv3d(channels, out, kernel_size=2, stride=2), LayerNorm3d(out), nn.GELU()]
@@ -72,7 +71,7 @@ class MaskPromptEncoder(nn.Module):
 class PromptEncoder3D(nn.Module):
     """Updates the last feature map with the clicks and the mask prompt."""
 
-    def __init__(self, config: ModelConfig, intensity_channels: int = 0) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         dim = config.neck_dim
         self.crop_size = config.crop_size
@@ -84,10 +83,6 @@ class PromptEncoder3D(nn.Module):
         self.queries = nn.Parameter(torch.randn(config.num_queries, dim) * 0.02)
         self.mask_encoder = MaskPromptEncoder(config)
         self.no_mask = nn.Parameter(torch.zeros(dim))
-        if intensity_channels:  # the intensity prompt (``intensity_prompt``), zero at the start
-            self.intensity_encoder = MaskPromptEncoder(config, in_channels=intensity_channels)
-            nn.init.zeros_(self.intensity_encoder.layers[-1].weight)
-            nn.init.zeros_(self.intensity_encoder.layers[-1].bias)
         self.transformer = TwoWayTransformer(
             depth=config.prompt_depth, embedding_dim=dim, num_heads=config.prompt_heads,
             mlp_dim=config.prompt_mlp_dim, attention_downsample_rate=2,
@@ -102,15 +97,13 @@ class PromptEncoder3D(nn.Module):
         return torch.where(is_point, features + position + label, self.not_a_point.expand_as(features))
 
     def forward(self, feature_map: torch.Tensor, points: torch.Tensor, labels: torch.Tensor,
-                mask_prompt: torch.Tensor | None, intensity_prompt: torch.Tensor | None = None) -> torch.Tensor:
+                mask_prompt: torch.Tensor | None) -> torch.Tensor:
         batch, channels, t = feature_map.shape[0], feature_map.shape[1], self.token_grid
         if mask_prompt is None:
             dense = self.no_mask.view(1, -1, 1, 1, 1)
         else:
             dense = self.mask_encoder(mask_prompt.to(feature_map.dtype))
         image = feature_map + dense
-        if intensity_prompt is not None:
-            image = image + self.intensity_encoder(intensity_prompt.to(feature_map.dtype))
         tokens = torch.cat([self.queries.expand(batch, -1, -1),
                             self.point_tokens(feature_map, points, labels)], dim=1)
         image_tokens = image.reshape(batch, channels, -1).transpose(1, 2)  # [B, T^3, C]

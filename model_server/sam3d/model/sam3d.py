@@ -11,8 +11,6 @@ from torch import nn
 
 from .config import ModelConfig
 from .image_encoder import ImageEncoder3D
-from .intensity_prompt import CHANNELS as INTENSITY_CHANNELS
-from .intensity_prompt import intensity_prompt_channels, noise_normalised
 from .lite_encoder import BACKBONE_PREFIX, LiteImageEncoder3D
 from .prompt_encoder import PromptEncoder3D
 
@@ -29,22 +27,17 @@ class ImageFeatures:
 
     last_level: torch.Tensor  # [B, neck_dim, T, T, T]
     static_fusion: torch.Tensor  # prompt-independent part of the fusion conv [B, decoder_dim, 2T, 2T, 2T]
-    # the crop in noise units (``noise_normalised``), for models with an intensity prompt [B, 1, S, S, S]
-    intensity: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "ImageFeatures":
-        return ImageFeatures(self.last_level.to(device), self.static_fusion.to(device),
-                             None if self.intensity is None else self.intensity.to(device))
+        return ImageFeatures(self.last_level.to(device), self.static_fusion.to(device))
 
     def detach(self) -> "ImageFeatures":
-        return ImageFeatures(self.last_level.detach(), self.static_fusion.detach(),
-                             None if self.intensity is None else self.intensity.detach())
+        return ImageFeatures(self.last_level.detach(), self.static_fusion.detach())
 
     @property
     def nbytes(self) -> int:
         """Memory the cached features hold."""
-        return (self.last_level.nbytes + self.static_fusion.nbytes
-                + (0 if self.intensity is None else self.intensity.nbytes))
+        return self.last_level.nbytes + self.static_fusion.nbytes
 
 
 def conv_in_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -71,10 +64,6 @@ class AggregationDecoder(nn.Module):
         )
         self.fuse = conv_in_relu(dim * len(config.neck_blocks) + 1, dim)
         self.head = nn.Conv3d(dim, config.num_classes, kernel_size=1)
-        if config.intensity_prompt:  # the intensity prompt's share of the fusion, zero at the start
-            # (1^3: it runs on every click)
-            self.intensity_fuse = nn.Conv3d(INTENSITY_CHANNELS, dim, kernel_size=1, bias=False)
-            nn.init.zeros_(self.intensity_fuse.weight)
         last = len(config.neck_blocks) - 1
         self.last_channels = slice(last * dim, (last + 1) * dim)  # the last level's input channels
 
@@ -89,13 +78,9 @@ class AggregationDecoder(nn.Module):
         inputs = torch.cat([*maps, image_low.to(maps[0].dtype if maps else image_low.dtype)], dim=1)
         return F.conv3d(inputs, static_weight, self.fuse[0].bias, padding=1)
 
-    def forward(self, static_fusion: torch.Tensor, last_level: torch.Tensor,
-                intensity_prompt: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, static_fusion: torch.Tensor, last_level: torch.Tensor) -> torch.Tensor:
         last_map = self._level_map(len(self.levels) - 1, last_level)
         fused = static_fusion + F.conv3d(last_map, self.fuse[0].weight[:, self.last_channels], padding=1)
-        if intensity_prompt is not None:
-            low = F.avg_pool3d(intensity_prompt.to(fused.dtype), kernel_size=intensity_prompt.shape[-1] // fused.shape[-1])
-            fused = fused + self.intensity_fuse(low)
         logits = self.head(self.fuse[2](self.fuse[1](fused)))
         return F.interpolate(logits, size=(self.crop_size,) * 3, mode="trilinear", align_corners=False)
 
@@ -111,7 +96,7 @@ class Sam3D(nn.Module):
             self.image_encoder = LiteImageEncoder3D(config)
         else:
             self.image_encoder = ImageEncoder3D(config, fused_patch_embed)
-        self.prompt_encoder = PromptEncoder3D(config, INTENSITY_CHANNELS if config.intensity_prompt else 0)
+        self.prompt_encoder = PromptEncoder3D(config)
         self.decoder = AggregationDecoder(config)
 
     def encode(self, image: torch.Tensor) -> ImageFeatures:
@@ -138,8 +123,7 @@ class Sam3D(nn.Module):
 
     def _features(self, levels: list[torch.Tensor], image: torch.Tensor) -> ImageFeatures:
         low = F.avg_pool3d(image, kernel_size=self.config.token_stride // 2)
-        intensity = noise_normalised(image) if self.config.intensity_prompt else None
-        return ImageFeatures(levels[-1], self.decoder.static_fusion(levels, low), intensity)
+        return ImageFeatures(levels[-1], self.decoder.static_fusion(levels, low))
 
     def predict(self, features: ImageFeatures, points: torch.Tensor, labels: torch.Tensor,
                 mask_prompt: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,11 +132,8 @@ class Sam3D(nn.Module):
             raise ValueError(f"points must be [B, N, 3] and labels [B, N], got {list(points.shape)} "
                              f"and {list(labels.shape)}")
         last = features.last_level
-        intensity = None
-        if features.intensity is not None:
-            intensity = intensity_prompt_channels(features.intensity, points.float(), labels.long())
-        last = self.prompt_encoder(last, points.to(last.dtype), labels.long(), mask_prompt, intensity)
-        return self.decoder(features.static_fusion, last, intensity)
+        last = self.prompt_encoder(last, points.to(last.dtype), labels.long(), mask_prompt)
+        return self.decoder(features.static_fusion, last)
 
     def forward(self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor,
                 mask_prompt: torch.Tensor | None = None) -> torch.Tensor:

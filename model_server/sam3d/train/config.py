@@ -49,10 +49,6 @@ class TrainConfig:
     # Fine-tuning: start from a trained model of the same configuration (a bundled model's name
     # or a checkpoint path) instead of a fresh initialisation. Ignored on --resume.
     init_from: str | None = None
-    # Names (prefixes) of the only parameters that train, the rest kept as init_from left them,
-    # e.g. [decoder.intensity_fuse.] to teach a fine-tuned model's new part alone (empty: every
-    # parameter the model trains).
-    train_only: list[str] = field(default_factory=list)
     # -- data
     data_dir: str = ""
     layout: str = "auto"

@@ -120,13 +120,7 @@ class Trainer:
             self.trainable_only = self.model_config.backbone == "lite_medsam"  # LiteMedSAM stays in its package
         self.model.to(self.device)
         self.model.set_activation_checkpointing(self.checkpointing)
-        if self.config.train_only:
-            prefixes = tuple(self.config.train_only)
-            for name, parameter in self.model.named_parameters():
-                parameter.requires_grad_(parameter.requires_grad and name.startswith(prefixes))
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.parameters:
-            raise ValueError(f"train_only {self.config.train_only} names no parameter of the model that trains")
         self.optimizer = torch.optim.AdamW(self.parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
         self.total_steps = total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -249,25 +243,19 @@ class Trainer:
 
     def _initialise_from(self, spec: str) -> None:
         """Start from a trained model's weights (fine-tuning); its configuration must be the run's,
-        except that a model with adapters on top may start one with adapters inside as well, and
-        a model without the intensity prompt one with it (what they add starts at zero, so step 0
-        is the source model)."""
+        except that a model with adapters on top may start one with adapters inside as well (those
+        start at zero, so step 0 is the source model)."""
         source, payload = model_from_checkpoint(model_path(spec), self.config.sam_checkpoint)
         compared, wanted = source.config.to_dict(), self.model_config.to_dict()
-        added: list[str] = []
-        if compared["adapter_placement"] == "top" and wanted["adapter_placement"] == "inside":
-            compared["adapter_placement"] = "inside"
-            added.append("image_encoder.inside_adapters.")
-        if not compared["intensity_prompt"] and wanted["intensity_prompt"]:
-            compared["intensity_prompt"] = True
-            added += ["prompt_encoder.intensity_encoder.", "decoder.intensity_fuse."]
+        adds_inside = compared["adapter_placement"] == "top" and wanted["adapter_placement"] == "inside"
+        if adds_inside:
+            compared["adapter_placement"] = "inside"  # the run's inside adapters start at zero
         if compared != wanted:
             raise ValueError(f"init_from {spec!r} is a {payload['config'].get('name')!r} model with another "
                              f"configuration than this run's {self.config.model!r}: fine-tune with its own model "
-                             f"and model_overrides (only adapter_placement may go from 'top' to 'inside', and "
-                             f"intensity_prompt from false to true)")
-        missing, _ = self.model.load_state_dict(source.state_dict(), strict=not added)
-        if [name for name in missing if not name.startswith(tuple(added))]:
+                             f"and model_overrides (only adapter_placement may go from 'top' to 'inside')")
+        missing, _ = self.model.load_state_dict(source.state_dict(), strict=not adds_inside)
+        if [name for name in missing if not name.startswith("image_encoder.inside_adapters.")]:
             raise ValueError(f"init_from {spec!r} lacks tensors of this run's model: {missing[:3]}")
 
     def _restore(self) -> tuple[int, float | None]:
