@@ -208,6 +208,26 @@ def test_full_checkpoint_round_trip(tmp_path):
     assert not any(p.requires_grad for p in loaded.model.parameters())
 
 
+def test_a_checkpoint_with_model_fields_this_version_does_not_know_is_refused_by_name(tmp_path, capsys):
+    """A checkpoint from a newer or a development version (here: a config field and a preset
+    field added) gets a clear error at load, in averaging and at the CLI, not a TypeError."""
+    model = Sam3D(get_config("tiny")).eval()
+    path = save_checkpoint(tmp_path / "tiny.pt", model, PRESETS["soft_tissue"], "tiny-test")
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["intensity_prompt"] = False
+    payload["preset"]["window_centre"] = 40.0
+    newer = tmp_path / "newer.pt"
+    torch.save(payload, newer)
+    with pytest.raises(CheckpointError, match=r"config fields this SAM3DPrompt does not know \(intensity_prompt\)"):
+        load_model(newer, device="cpu")
+    assert main(["average", str(path), str(newer), "--out", str(tmp_path / "soup.pt")]) == 2
+    assert "does not know (intensity_prompt)" in capsys.readouterr().err
+    del payload["config"]["intensity_prompt"]
+    torch.save(payload, newer)
+    with pytest.raises(CheckpointError, match=r"preset fields .* \(window_centre\).*upgrade"):
+        load_model(newer, device="cpu")
+
+
 def test_info_command_reports_paper_sizes(sam_vit_b_checkpoint, capsys):
     assert main(["info", "--config", "vit_b", "--sam-checkpoint", str(sam_vit_b_checkpoint), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -203,6 +203,12 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a SAM3DPrompt checkpoint (no '{FORMAT}' format tag)")
     if payload.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer SAM3DPrompt (format {payload['version']}); upgrade")
+    for key, kind in (("config", ModelConfig), ("preset", IntensityPreset)):
+        unknown = sorted(set(payload.get(key) or {}) - {f.name for f in fields(kind)})
+        if unknown:
+            raise CheckpointError(f"{path} describes its model with {key} fields this SAM3DPrompt does not know "
+                                  f"({', '.join(map(str, unknown))}): it was written by a newer or another "
+                                  f"version; upgrade, or use it with the version that wrote it")
     return payload
 
 
