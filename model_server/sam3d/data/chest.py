@@ -167,12 +167,9 @@ def _distance_to(mask: np.ndarray, within: float) -> np.ndarray:
     ``within``: the same values in the box (the whole mask lies in it), and every voxel outside
     it is farther than ``within``; in a fraction of the whole volume's time."""
     distance = np.full(mask.shape, np.inf)
-    found = ndimage.find_objects(mask.view(np.uint8))
-    if not found:
-        return distance
-    reach = int(np.ceil(within)) + 1
-    box = tuple(slice(max(s.start - reach, 0), min(s.stop + reach, n)) for s, n in zip(found[0], mask.shape))
-    distance[box] = ndimage.distance_transform_edt(~mask[box])
+    box = _grown_box(mask, int(np.ceil(within)) + 1)
+    if box is not None:
+        distance[box] = ndimage.distance_transform_edt(~mask[box])
     return distance
 
 
@@ -181,13 +178,20 @@ def _depth(mask: np.ndarray) -> np.ndarray:
     around it: the same values (each voxel's nearest background voxel lies in that box, whose
     outer layer is background), in a fraction of the time where the mask fills little of the
     volume (a lung in the chest)."""
+    depth = np.zeros(mask.shape)
+    box = _grown_box(mask, 1)
+    if box is not None:
+        depth[box] = ndimage.distance_transform_edt(mask[box])
+    return depth
+
+
+def _grown_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The mask's bounding box grown by ``margin`` voxels on every side, within the volume (None
+    for an empty mask)."""
     found = ndimage.find_objects(mask.view(np.uint8))
     if not found:
-        return np.zeros(mask.shape)
-    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(found[0], mask.shape))
-    depth = np.zeros(mask.shape)
-    depth[box] = ndimage.distance_transform_edt(mask[box])
-    return depth
+        return None
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(found[0], mask.shape))
 
 
 def _complicate(rng: np.random.Generator, image: np.ndarray, lung: np.ndarray, tumour: np.ndarray,
