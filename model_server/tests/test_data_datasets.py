@@ -11,6 +11,7 @@ from sam3d.data.datasets import (
     Case,
     dataset_identity,
     find_cases,
+    find_target_label,
     label_names,
     load_case,
     make_splits,
@@ -80,8 +81,35 @@ def test_msd_layout_with_plain_names_and_macos_junk(tmp_path):
     assert label_names(tmp_path) == {"background": 0, "pancreas": 1, "cancer": 2}
     assert resolve_target_label(tmp_path, "cancer") == 2
     assert resolve_target_label(tmp_path, "1") == 1
-    with pytest.raises(ValueError, match="label 'tumor' is not in .*: background=0, pancreas=1, cancer=2"):
-        resolve_target_label(tmp_path, "tumor")
+    assert resolve_target_label(tmp_path, "tumor") == 2  # MSD names its tumours "cancer"
+    with pytest.raises(ValueError, match="label 'liver' is not in .*: background=0, pancreas=1, cancer=2"):
+        resolve_target_label(tmp_path, "liver")
+
+
+@pytest.mark.parametrize("labels, target, expected", [
+    ({"background": 0, "Tumour": 1}, "tumor", (1, "Tumour")),  # any case, British spelling
+    ({"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}, "Tumour", (2, "tumor")),
+    ({"0": "background", "1": "Vessel", "2": "Tumour"}, "tumor", (2, "Tumour")),  # MSD hepatic vessel
+    ({"0": "background", "1": "colon cancer primaries"}, "tumor", (1, "colon cancer primaries")),  # MSD colon
+    ({"background": 0, "lung": 1, "nodule": 2}, "lesion", (2, "nodule")),
+    ({"background": 0, "liver": 1, "liver_tumor": 2}, "tumor", (2, "liver_tumor")),
+    ({"background": 0, "organ": 1, "tumor": 2}, 1, (1, None)),  # a value is a value
+])
+def test_a_label_name_matches_in_any_case_and_spelling_and_a_tumour_word_finds_the_tumour(
+        tmp_path, labels, target, expected):
+    write_msd(tmp_path, ["a"], channel_suffix=False, labels=labels)
+    assert find_target_label(tmp_path, target) == expected
+
+
+def test_a_tumour_word_that_fits_several_labels_or_none_is_refused_naming_them(tmp_path):
+    write_msd(tmp_path / "two", ["a"], channel_suffix=False,
+              labels={"background": 0, "primary tumor": 1, "metastasis": 2})
+    with pytest.raises(ValueError, match="'lesion' could mean any of primary tumor, metastasis .*give one of"):
+        find_target_label(tmp_path / "two", "lesion")
+    assert find_target_label(tmp_path / "two", "metastasis") == (2, "metastasis")  # the exact name first
+    write_msd(tmp_path / "none", ["a"], channel_suffix=False, labels={"background": 0, "liver": 1, "kidney": 2})
+    with pytest.raises(ValueError, match="label 'tumor' is not in .*: background=0, liver=1, kidney=2"):
+        find_target_label(tmp_path / "none", "tumor")
 
 
 def test_phantom_dataset_is_read_back(tmp_path):

@@ -219,6 +219,16 @@ def test_without_target_label_the_model_s_label_is_found_by_name_on_other_datase
     assert scored["here"]["per_case"][0]["target_voxels"] > 5 * scored["elsewhere"]["per_case"][0]["target_voxels"]
 
 
+def test_a_label_named_in_another_spelling_is_scored_and_the_dataset_s_name_reported(phantoms, tiny_model, tmp_path,
+                                                                                     capsys):
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantoms), "--split", "all", "--target-label",
+                 "Tumour", "--clicks", "1", "--max-cases", "1", "--no-classical", "--device", "cpu",
+                 "--out", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert (report["target_label"], report["target_label_name"]) == (2, "tumor")
+    assert "label 'Tumour' read as the dataset's 'tumor' (value 2)" in capsys.readouterr().err
+
+
 def test_box_prompts_start_from_the_objects_2d_or_3d_box(phantoms, tmp_path):
     """--prompt box: the clicked object's box on its largest slice; --prompt box3d: its 3D
     bounding box; both answered by the model's box prompt, then correction clicks."""

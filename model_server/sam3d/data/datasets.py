@@ -51,6 +51,10 @@ SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 DATASET_IDENTITY = ("name", "description", "seed", "numTraining")  # dataset.json keys that tell datasets apart
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+# Words that name a tumour label: a target label named so finds the one label whose name holds
+# one of them (KiTS / LiTS "tumor", MSD "cancer", "Tumour", "colon cancer primaries").
+TUMOUR_WORDS = frozenset({"tumor", "tumors", "cancer", "lesion", "lesions", "neoplasm", "malignancy", "nodule",
+                          "nodules", "mass", "metastasis", "metastases"})
 
 
 @dataclass
@@ -203,21 +207,45 @@ def label_names(root: str | os.PathLike) -> dict[str, int]:
 
 
 def resolve_target_label(root: str | os.PathLike, target: str | int, layout: str = "auto") -> int:
-    """The label value meant by ``target``: a number, or a name listed by `label_names`; in a
-    pairs folder (``layout``, as ``find_cases`` reads it) without a dataset.json, any name is the
-    one value its label maps hold (a ValueError naming the values where they hold several)."""
+    """The label value meant by ``target`` (``find_target_label``)."""
+    return find_target_label(root, target, layout)[0]
+
+
+def find_target_label(root: str | os.PathLike, target: str | int, layout: str = "auto") -> tuple[int, str | None]:
+    """The label value meant by ``target`` and the dataset's own name for it (None where the
+    dataset names none). ``target``: a number, or a name listed by `label_names` - matched
+    exactly, else in any case and spelling (tumour / tumor), else, for a tumour word
+    (``TUMOUR_WORDS``), the one label whose name holds such a word (MSD calls its tumours
+    "cancer"). In a pairs folder (``layout``, as ``find_cases`` reads it) without a dataset.json,
+    any name is the one value its label maps hold. A ValueError names the labels where none, or
+    more than one, fits."""
     if isinstance(target, int) or str(target).isdigit():
-        return int(target)
+        return int(target), None
+    target = str(target)
     root = Path(root)
     if layout == "auto" and root.is_dir():
         layout = _detect_layout(root)
     if layout == "pairs" and not (root / "dataset.json").is_file():
-        return _single_label_value(root, str(target))
+        return _single_label_value(root, target), None
     names = label_names(root)
-    if target not in names:
-        raise ValueError(f"label {target!r} is not in {root}; its labels are: "
-                         + ", ".join(f"{name}={value}" for name, value in names.items()))
-    return names[target]
+    listed = ", ".join(f"{name}={value}" for name, value in names.items())
+    if target in names:
+        return names[target], target
+    for fits in (lambda name: _label_words(name) == _label_words(target),
+                 lambda name: bool(_label_words(name) & TUMOUR_WORDS) and bool(_label_words(target) & TUMOUR_WORDS)):
+        matches = [name for name in names if fits(name)]
+        if len(matches) > 1:
+            raise ValueError(f"label {target!r} could mean any of {', '.join(matches)} in {root}; give one of "
+                             f"those names or its value (its labels are: {listed})")
+        if matches:
+            return names[matches[0]], matches[0]
+    raise ValueError(f"label {target!r} is not in {root}; its labels are: {listed}")
+
+
+def _label_words(name: str) -> frozenset[str]:
+    """A label name's words, lower case, British spellings made American (tumour -> tumor)."""
+    words = re.split(r"[\s_\-/]+", name.lower().replace("tumour", "tumor"))
+    return frozenset(word for word in words if word)
 
 
 def _single_label_value(root: Path, target: str) -> int:

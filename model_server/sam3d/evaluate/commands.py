@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from ..data.datasets import LAYOUTS
@@ -32,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="seed of the train / val / test split (default: the one the model was trained with, else 0)")
     parser.add_argument("--target-label", metavar="LABEL",
                         help="label name or value to segment (default: the label the model was trained on: "
-                             "its value on its own training dataset, its name elsewhere; else 'tumor')")
+                             "its value on its own training dataset, its name elsewhere; else 'tumor'). A name "
+                             "matches in any case and spelling (tumour / tumor), and 'tumor' finds the one label "
+                             "named as a tumour (MSD's 'cancer')")
     parser.add_argument("--clicks", type=int, default=1, metavar="N", help="clicks per case: 1 = the paper's protocol")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the first clicks (default 0)")
     parser.add_argument("--scope", default="object", choices=("object", "label"),
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.box_margin and args.prompt == "click":
         raise CLIError("--box-margin grows a box prompt; give --prompt box or box3d with it")
     predictor = _load_predictor(args)
-    chosen, target_label, split_seed = _choose_cases(args, predictor.loaded.meta)
+    chosen, (target_label, target_name), split_seed = _choose_cases(args, predictor.loaded.meta)
     baseline_2d = _slice_baseline(predictor.slice_precision, predictor.device) if args.baseline_2d else None
     start = time.perf_counter()
     results = _evaluate_cases(args, predictor, chosen, target_label, baseline_2d)
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
         summary["classical"]["method"] = METHOD
     info = _report_info(args, predictor, target_label, split_seed, time.perf_counter() - start)
+    info["target_label_name"] = target_name
     paths = write_report(build_report(results, summary, info), args.out)
     _print_summary(summary, len(results), args.clicks)
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -133,17 +137,20 @@ def _model_target(meta: dict, trained_on: bool) -> str | int:
     return meta.get("train_config", {}).get("target_label", "tumor")
 
 
-def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int | None]:
-    """The labelled cases of --split (at most --max-cases), the target label value and the
-    split's seed. On the model's own training dataset the split is remade as its training made it
+def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, tuple[int, str | None], int | None]:
+    """The labelled cases of --split (at most --max-cases), the target label's value and the
+    dataset's name for it, and the split's seed. On the model's own training dataset the split is remade as its training made it
     (unless --splits is given); on any other dataset it is the default split (seed 0, 70/10/20)."""
-    from ..data.datasets import DEFAULT_SPLIT_FRACTIONS, find_cases, make_splits, read_splits, resolve_target_label
+    from ..data.datasets import DEFAULT_SPLIT_FRACTIONS, find_cases, find_target_label, make_splits, read_splits
 
     try:
         cases = find_cases(args.data, args.layout)
         trained_on = _trained_on(meta, args.data, args.layout)  # read once: it scans the folder where no dataset.json names it
         target = args.target_label if args.target_label is not None else _model_target(meta, trained_on)
-        target_label = resolve_target_label(args.data, target, args.layout)
+        target_label, target_name = find_target_label(args.data, target, args.layout)
+        if target_name is not None and target_name != target:
+            print(f"sam3d evaluate: label {target!r} read as the dataset's {target_name!r} (value {target_label})",
+                  file=sys.stderr)
         if args.split == "all":
             chosen, split_seed = cases, None
         else:
@@ -162,7 +169,7 @@ def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, int, int 
     chosen = [c for c in chosen if c.label_path is not None][: args.max_cases]
     if not chosen:
         raise CLIError(f"the {args.split} split of {args.data} holds no labelled cases")
-    return chosen, target_label, split_seed
+    return chosen, (target_label, target_name), split_seed
 
 
 def _slice_baseline(precision: str, device):
