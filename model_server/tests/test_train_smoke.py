@@ -168,3 +168,40 @@ def test_shipped_configs_load():
     for name in names:
         config = load_config(name, {"data_dir": "somewhere", "sam_checkpoint": "sam_vit_b_01ec64.pth"})
         assert config.lr > 0 and config.grad_clip == 1.0
+
+
+def test_the_feature_cache_encoded_by_compiled_tinyvit_holds_the_same_features(phantoms, tmp_path, monkeypatch, capsys):
+    """With enough crops to encode, TinyViT is compiled first (faster on a CPU); the features are
+    those of TinyViT as built. Where compiling fails (here: torch.compile raises), the cache is
+    built uncompiled and a note says why."""
+    from sam3d.model.sam3d import Sam3D
+    from sam3d.train.feature_cache import build_feature_cache
+
+    recipe = {**TINY_RECIPE, "model": "lite", "preset": "percentile", "model_overrides": {"crop_size": 32}}
+    config = load_config(write_config(tmp_path / "c.yaml", **recipe, data_dir=str(phantoms), out_dir=str(tmp_path / "x")))
+    cases = cache_cases(find_cases(phantoms)[:2], 2, tmp_path / "cases", progress=False)
+    sampler = CropSampler(cases, config.model_config(), PRESETS["percentile"], config, length=2)
+
+    def built(folder, compile_from):
+        torch.manual_seed(0)
+        model = Sam3D(config.model_config())
+        build_feature_cache(sampler, model, tmp_path / folder, 2, progress=True, compile_from=compile_from)
+        crops = [torch.load(tmp_path / folder / f"crop_{n:05d}.pt", weights_only=True) for n in range(2)]
+        return model.image_encoder._compiled is not None, crops
+
+    as_built, eager = built("eager", compile_from=3)  # 2 crops to encode: too few to compile for
+    compiled, fast = built("compiled", compile_from=2)
+    assert (as_built, compiled) == (False, True)
+    for a, b in zip(eager, fast):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["objects"], b["objects"])
+        assert torch.allclose(a["backbone"].float(), b["backbone"].float(), atol=2e-3)  # fp16 storage
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    capsys.readouterr()
+    failed, fallback = built("fallback", compile_from=1)
+    assert not failed and torch.equal(fallback[0]["backbone"], eager[0]["backbone"])
+    assert ("encoding training crops uncompiled: TinyViT could not be compiled (RuntimeError: no C++ compiler found)"
+            in capsys.readouterr().err)

@@ -203,10 +203,11 @@ class LiteImageEncoder3D(nn.Module):
         """Compile the frozen TinyViT with ``torch.compile`` (inductor: generated C++ that fuses
         its GELUs, softmaxes, adds and reshapes; first clicks 1.4x faster on a 2-core CPU,
         docs/BENCHMARKS.md) and run it once, so that the compile happens now, not on a user's
-        click. Raises what the compile raises (no C++ compiler, say); the backbone then stays
-        as it was. Used for inference only: the compiled code takes full ``slices_per_run``
-        chunks of the crop's size on as many torch threads as now (inductor fixes both), and
-        every other call - a one-thread side lane, training - runs TinyViT as built."""
+        click, or before a training run encodes its feature cache. Raises what the compile raises
+        (no C++ compiler, say); the backbone then stays as it was. Used under inference mode
+        only: the compiled code takes full ``slices_per_run`` chunks of the crop's size on as
+        many torch threads as now (inductor fixes both), and every other call - a one-thread
+        side lane, a training step - runs TinyViT as built."""
         size = self.config.crop_size
         compiled = torch.compile(partial(tiny_vit_features, self.backbone), dynamic=False)
         with torch.inference_mode():
