@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The default lite model trained at scale on the GPU machine, then evaluated beside the default
+# (benchmarks/gpu_train.py), run from the repository root. Packages as for gpu_check.sh: fetch
+# them here with `bash benchmarks/fetch_gpu_wheels.sh`, install with `. benchmarks/gpu_install.sh`
+# in a call carrying .gpu1, then in the next call, carrying .gpu2 (and data/real_mri, a copy of
+# ../shared/data/real-mri-dev, for the real MRI row):
+#   bash benchmarks/gpu_train.sh        (add --tiny for a CPU dry run, where the packages are installed)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .gpu1 ] || [ -d .gpu2 ]; then
+  . benchmarks/gpu_install.sh || exit 1
+fi
+export PYTHONPATH="$PWD/model_server${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+exec python3 benchmarks/gpu_train.py --out "${OUT:-gpu_train_out}" "$@"
