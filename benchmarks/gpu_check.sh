@@ -5,10 +5,4 @@
 # .gpu2/, ignored by git), run
 # `. benchmarks/gpu_install.sh` in a call carrying .gpu1, then in the next call, carrying .gpu2:
 #   bash benchmarks/gpu_check.sh        (add --tiny for a CPU dry run, where the packages are installed)
-set -uo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .gpu1 ] || [ -d .gpu2 ]; then
-  . benchmarks/gpu_install.sh || exit 1
-fi
-export PYTHONPATH="$PWD/model_server${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec python3 benchmarks/gpu_check.py --out "${OUT:-gpu_check_out}" "$@"
+exec bash "$(dirname "$0")/gpu_python.sh" benchmarks/gpu_check.py --out "${OUT:-gpu_check_out}" "$@"

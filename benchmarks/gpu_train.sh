@@ -5,10 +5,4 @@
 # in a call carrying .gpu1, then in the next call, carrying .gpu2 (and data/real_mri, a copy of
 # ../shared/data/real-mri-dev, for the real MRI row):
 #   bash benchmarks/gpu_train.sh        (add --tiny for a CPU dry run, where the packages are installed)
-set -uo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .gpu1 ] || [ -d .gpu2 ]; then
-  . benchmarks/gpu_install.sh || exit 1
-fi
-export PYTHONPATH="$PWD/model_server${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec python3 benchmarks/gpu_train.py --out "${OUT:-gpu_train_out}" "$@"
+exec bash "$(dirname "$0")/gpu_python.sh" benchmarks/gpu_train.py --out "${OUT:-gpu_train_out}" "$@"
