@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # design -> (cases, first seed) of the training mix; each shard of SHARD cases is its own seed
 TRAINING = {"synth": (160, 8100), "subtle": (40, 8200), "chest": (40, 8300), "chest-complex": (60, 8400)}
-DEVELOPMENT = {"dev21": ("phantom", 24, 21), "cc_dev91": ("chest-complex", 24, 91), "chest_dev2": ("chest", 16, 2)}
+DEVELOPMENT = {"dev21": ("phantom", 24, 21), "cc_dev91": ("chest-complex", 24, 91), "chest_dev2": ("chest", 16, 8)}
 SHARD = 10
 REAL_MRI = ROOT / "data" / "real_mri"  # carried by the device call where wanted (a copy of real-mri-dev)
 

@@ -205,3 +205,28 @@ def test_the_feature_cache_encoded_by_compiled_tinyvit_holds_the_same_features(p
     assert not failed and torch.equal(fallback[0]["backbone"], eager[0]["backbone"])
     assert ("encoding training crops uncompiled: TinyViT could not be compiled (RuntimeError: no C++ compiler found)"
             in capsys.readouterr().err)
+
+
+def test_a_share_of_one_click_samples_is_clicked_at_the_crop_s_centre_where_the_engine_puts_a_first_click():
+    """centre_click_prob: one-click samples clicked at the crop's centre ((S - 1) / 2, as
+    CropGeometry.around centres a first click's crop), the target the object there; a crop whose
+    centre lies in no object gets a random target voxel, as without it."""
+    from sam3d.train.config import TrainConfig
+    from sam3d.train.samples import prompt_sample
+
+    objects = np.zeros((16, 16, 16), dtype=np.int64)
+    objects[5:11, 6:12, 4:10] = 1  # covers the centre, 7.5
+    objects[0:3, 0:3, 0:3] = 2
+    centred = TrainConfig(paper_prompt_prob=0.0, centre_click_prob=1.0)
+    for seed in range(5):
+        sample = prompt_sample(objects, np.random.default_rng(seed), centred, boxes=False)
+        assert sample["points"].tolist() == [[7.5, 7.5, 7.5]] and sample["labels"].tolist() == [1]
+        assert torch.equal(sample["target"][0] > 0, torch.from_numpy(objects == 1))
+    off_centre = np.where(objects == 1, 0, objects)  # only object 2 is left, away from the centre
+    random_clicks = {tuple(prompt_sample(off_centre, np.random.default_rng(seed), centred, boxes=False)["points"][0].tolist())
+                     for seed in range(5)}
+    assert len(random_clicks) > 1 and all(max(point) < 3 for point in random_clicks)
+    uncentred = TrainConfig(paper_prompt_prob=0.0, centre_click_prob=0.0)
+    clicks = [prompt_sample(objects, np.random.default_rng(seed), uncentred, boxes=False)["points"][0].tolist()
+              for seed in range(5)]
+    assert [7.5, 7.5, 7.5] not in clicks and len({tuple(c) for c in clicks}) == 5

@@ -71,6 +71,11 @@ class TrainConfig:
     # Prompts: the paper's 10 target + 20 anywhere clicks with this probability per sample,
     # otherwise one positive click (the evaluation's first click).
     paper_prompt_prob: float = 1.0
+    # Of the one-click samples on a crop whose centre lies in an object, this share is clicked at
+    # the crop's centre: the engine centres a first click's crop on the click, so the model then
+    # trains on rim clicks placed as it meets them (docs/BENCHMARKS.md, "The crop's centre as a
+    # cue"). 0: the click is a random target voxel wherever the crop lies.
+    centre_click_prob: float = 0.0
     # Refinement training: with this probability per step, 1..refine_max_rounds correction
     # rounds run without gradient before the step (next click from the largest error region,
     # previous prediction fed back as mask prompt).
@@ -129,7 +134,7 @@ class TrainConfig:
             problems.append("max_steps must be 0 or more")
         if not 0 < self.final_lr_fraction <= 1:
             problems.append("final_lr_fraction must be in (0, 1]")
-        for name in ("positive_fraction", "paper_prompt_prob", "refine_prob", "box_prompt_prob"):
+        for name in ("positive_fraction", "paper_prompt_prob", "centre_click_prob", "refine_prob", "box_prompt_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"{name} must be a probability in [0, 1]")
         if self.refine_max_rounds < 1:

@@ -185,8 +185,10 @@ def prompt_sample(objects: np.ndarray, rng: np.random.Generator, config: TrainCo
     """The prompt of one training sample on a crop's object map, and its target.
 
     Clicks: with probability ``paper_prompt_prob`` the paper's 10 target + 20 anywhere clicks
-    (``training_clicks``), else one positive click on a random target voxel (one random negative
-    click when the crop holds no target); the target is the objects holding a positive click.
+    (``training_clicks``), else one positive click: with probability ``centre_click_prob`` at the
+    crop's centre where an object lies there (as the engine centres a first click's crop), else
+    on a random target voxel (one random negative click when the crop holds no target); the
+    target is the objects holding a positive click.
     With ``boxes`` (a box-capable model), a share ``box_prompt_prob`` of the samples on a crop
     with an object gets that object's box instead - its 3D box or, half the time, its 2D box on
     its largest slice (corners on one slice) - jittered by a few voxels, with a positive click
@@ -206,12 +208,25 @@ def prompt_sample(objects: np.ndarray, rng: np.random.Generator, config: TrainCo
     if rng.random() < config.paper_prompt_prob:
         points, labels = training_clicks(target, rng)
     elif target.any():
+        centred = _centre_object(objects) if config.centre_click_prob and rng.random() < config.centre_click_prob else 0
+        if centred:
+            centre = np.full((1, 3), (objects.shape[0] - 1) / 2, dtype=np.float32)
+            return _sample(centre, np.ones(1, dtype=np.int64), objects == centred)
         voxels = np.argwhere(target)
         points, labels = voxels[rng.integers(len(voxels))][None].astype(np.float32), np.ones(1, dtype=np.int64)
     else:
         points, labels = rng.integers(0, objects.shape, size=(1, 3)).astype(np.float32), np.zeros(1, dtype=np.int64)
     clicked = np.unique(objects[tuple(points[labels == 1].astype(int).T)]) if (labels == 1).any() else []
     return _sample(points, labels, np.isin(objects, [o for o in clicked if o > 0]))
+
+
+def _centre_object(objects: np.ndarray) -> int:
+    """The object at the crop's centre ((S - 1) / 2 on each axis: the voxel there, or the 2^3
+    voxels around it for an even S), by majority; 0 where none lies there."""
+    low, high = (objects.shape[0] - 1) // 2, objects.shape[0] // 2 + 1
+    around = objects[low:high, low:high, low:high]
+    numbers, counts = np.unique(around[around > 0], return_counts=True)
+    return int(numbers[np.argmax(counts)]) if len(numbers) else 0
 
 
 def _jittered_box(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
