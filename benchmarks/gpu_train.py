@@ -98,7 +98,8 @@ def sam3d(*args: str, timeout: float | None = None, log: Path | None = None) -> 
 
 def train(mix: Path, out: Path, args: argparse.Namespace) -> Path | None:
     """The run's last checkpoint (None where it wrote none)."""
-    overrides = ["--set", f"steps_per_epoch={args.steps}", "--set", f"val_every={args.val_every}"]
+    overrides = ["--set", f"steps_per_epoch={args.steps}", "--set", f"val_every={args.val_every}",
+                 "--set", f"centre_click_prob={args.centre_click_prob}"]
     if args.tiny:
         overrides += ["--set", "batch_size=1", "--set", "num_workers=0", "--set", "val_cases=1",
                       "--set", "log_every=1", "--set", "split_fractions=[0.9, 0.1, 0.0]"]
@@ -164,6 +165,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3000, help="training steps (batch 8)")
     parser.add_argument("--val-every", type=int, default=250, help="steps between checkpoints")
     parser.add_argument("--train-seconds", type=float, default=330, help="training stops after this at the latest")
+    parser.add_argument("--centre-click-prob", type=float, default=0.0,
+                        help="share of one-click samples clicked at the crop's centre (TrainConfig.centre_click_prob)")
     parser.add_argument("--clicks", type=int, default=1, help="clicks of the evaluation protocol")
     parser.add_argument("--parallel", type=int, default=4, help="evaluations at once")
     parser.add_argument("--tiny", action="store_true", help="a dry run on a CPU: few cases, few steps")
