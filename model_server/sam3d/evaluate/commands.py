@@ -139,8 +139,9 @@ def _model_target(meta: dict, trained_on: bool) -> str | int:
 
 def _choose_cases(args: argparse.Namespace, meta: dict) -> tuple[list, tuple[int, str | None], int | None]:
     """The labelled cases of --split (at most --max-cases), the target label's value and the
-    dataset's name for it, and the split's seed. On the model's own training dataset the split is remade as its training made it
-    (unless --splits is given); on any other dataset it is the default split (seed 0, 70/10/20)."""
+    dataset's name for it, and the split's seed. On the model's own training dataset the split
+    is remade as its training made it (unless --splits is given); on any other dataset it is the
+    default split (seed 0, 70/10/20)."""
     from ..data.datasets import DEFAULT_SPLIT_FRACTIONS, find_cases, find_target_label, make_splits, read_splits
 
     try:
