@@ -24,6 +24,7 @@ gpu_train.md with the tables. The development sets decide; no held-out set is ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -87,9 +88,9 @@ def sam3d(*args: str, timeout: float | None = None, log: Path | None = None) -> 
     """Run `python -m sam3d ARGS`; its output goes to ``log`` (else this process's)."""
     command = [sys.executable, "-m", "sam3d", *args]
     print("$ sam3d " + " ".join(args), flush=True)
-    with open(log, "w") if log else open(os.devnull, "w") as sink:
+    with open(log, "w") if log else contextlib.nullcontext() as sink:
         try:
-            return subprocess.run(command, stdout=sink if log else None, stderr=subprocess.STDOUT if log else None,
+            return subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT if log else None,
                                   timeout=timeout, check=False).returncode
         except subprocess.TimeoutExpired:
             print(f"stopped after {timeout:.0f} s", flush=True)

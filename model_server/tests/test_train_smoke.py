@@ -185,7 +185,7 @@ def test_the_feature_cache_encoded_by_compiled_tinyvit_holds_the_same_features(p
     def built(folder, compile_from):
         torch.manual_seed(0)
         model = Sam3D(config.model_config())
-        build_feature_cache(sampler, model, tmp_path / folder, 2, progress=True, compile_from=compile_from)
+        build_feature_cache(sampler, model, tmp_path / folder, 2, progress=False, compile_from=compile_from)
         crops = [torch.load(tmp_path / folder / f"crop_{n:05d}.pt", weights_only=True) for n in range(2)]
         return model.image_encoder._compiled is not None, crops
 

@@ -99,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
         from .classical import METHOD
 
         summary["classical"]["method"] = METHOD
-    info = _report_info(args, predictor, target_label, split_seed, time.perf_counter() - start)
-    info["target_label_name"] = target_name
+    info = _report_info(args, predictor, (target_label, target_name), split_seed, time.perf_counter() - start)
     paths = write_report(build_report(results, summary, info), args.out)
     _print_summary(summary, len(results), args.clicks)
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -211,9 +210,10 @@ def _evaluate_cases(args: argparse.Namespace, predictor, chosen: list, target_la
     return results
 
 
-def _report_info(args: argparse.Namespace, predictor, target_label: int, split_seed: int | None,
+def _report_info(args: argparse.Namespace, predictor, target: tuple[int, str | None], split_seed: int | None,
                  seconds: float) -> dict:
-    """The report's "info": what was evaluated, how, and on what."""
+    """The report's "info": what was evaluated, how, and on what; ``target``: the label's value and
+    the dataset's name for it."""
     return {
         "model": predictor.name,
         "model_spec": str(args.model),
@@ -224,7 +224,8 @@ def _report_info(args: argparse.Namespace, predictor, target_label: int, split_s
         "data": str(args.data),
         "split": args.split,
         "split_seed": split_seed,
-        "target_label": target_label,
+        "target_label": target[0],
+        "target_label_name": target[1],
         "scope": args.scope,
         "prompt": args.prompt,
         "box_margin_mm": args.box_margin if args.prompt != "click" else None,

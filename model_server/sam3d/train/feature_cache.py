@@ -46,7 +46,7 @@ def build_feature_cache(sampler: CropSampler, model: Sam3D, folder: str | Path, 
     missing = [n for n in range(count) if not _crop_path(folder, n).is_file()]
     model.eval()
     if len(missing) >= compile_from and next(model.parameters()).device.type == "cpu":
-        _compile_backbone(model, progress)
+        _compile_backbone(model)
     for index in tqdm(missing, desc="encoding training crops", unit="crop", disable=not progress):
         rng = np.random.default_rng([sampler.config.seed, 1_000_003, index])
         image, objects = sampler.draw_crop(rng)
@@ -61,15 +61,15 @@ def build_feature_cache(sampler: CropSampler, model: Sam3D, folder: str | Path, 
     return folder
 
 
-def _compile_backbone(model: Sam3D, progress: bool) -> None:
-    """TinyViT compiled for the crops to encode; where it cannot be (no C++ compiler), a note and
-    the crops are encoded by TinyViT as built: compiling only saves time."""
+def _compile_backbone(model: Sam3D) -> None:
+    """TinyViT compiled for the crops to encode; where it cannot be (no C++ compiler), a note on
+    stderr (with or without progress bars) and the crops are encoded by TinyViT as built:
+    compiling only saves time."""
     try:
         model.image_encoder.compile_backbone()
     except Exception as error:  # noqa: BLE001 - any compile failure leaves TinyViT as built
-        if progress:
-            tqdm.write(f"encoding training crops uncompiled: TinyViT could not be compiled ({type(error).__name__}: "
-                       f"{str(error).strip()[:200]})", file=sys.stderr)
+        tqdm.write(f"encoding training crops uncompiled: TinyViT could not be compiled ({type(error).__name__}: "
+                   f"{str(error).strip()[:200]})", file=sys.stderr)
 
 
 class CachedFeatureSampler(Dataset):
