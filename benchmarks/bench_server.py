@@ -14,7 +14,9 @@ A first click lands in a part of the volume no crop has covered yet, so the serv
 image encoder; a next click lands in the crop of the object being segmented, so it runs only
 the prompt encoder and decoder. The first click at the tumour's centre, in a new session each
 time, is what a user's first click on a small lesion costs: its mask is answered again on a
-finer crop (``engine/crop_scale.py``), a second encoder run. Each next click is undone
+finer crop (``engine/crop_scale.py``), a second encoder run; the first click on the tumour's
+rim (its edge voxel farthest from its centre), one whose crop the engine may centre again
+inside the lesion (``engine/recentre.py``), another. Each next click is undone
 (untimed) before the next one so that all N measure the same situation. Reply bytes are compared with the full-volume mask as
 packed bits (what a reply without a bounding box would carry before compression). Where the
 model takes boxes, a 2D box on the tumour's largest slice follows, then up to N corrections
@@ -38,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "SAM3DPrompt"), str(REPO / "model_server" / "tests")]  # server_helpers
@@ -150,6 +153,7 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
     client.reset(session)
     target = centre_click(tumor, image.spacing)
     tumor_ms, tumor_encode_ms = timed_tumor_first_clicks(client, image, target, args.repeats)
+    rim_ms, rim_encode_ms = timed_tumor_first_clicks(client, image, rim_click(tumor, image.spacing), args.repeats)
     client.interact(session, [target], [1])
     others = first_click_points(shape, image.spacing, crop_mm, args.repeats, np.random.default_rng(1))
     second = (other_user(url, args.api_key, image, others, args.think_ms / 1000) if args.other_user
@@ -179,6 +183,9 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
          f"{statistics.median(tumor_ms):.0f} ms (the server's encoder time: median "
          f"{statistics.median(tumor_encode_ms):.0f} ms; a small object's first click is answered on a "
          "second, finer crop too)"),
+        (f"first click on the tumour's rim, a new session each time, median of {len(rim_ms)}",
+         f"{statistics.median(rim_ms):.0f} ms (encoder: median {statistics.median(rim_encode_ms):.0f} ms; "
+         "a rim click's crop may be centred again inside the lesion, engine/recentre.py)"),
         *next_rows.items(),
         ("full-volume mask as packed bits", f"{full_mask_bytes} B"),
         ("click reply / full mask", f"{100 * median_size / full_mask_bytes:.3f} % (goal <= "
@@ -186,10 +193,18 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
     ]
 
 
+def rim_click(tumor: np.ndarray, spacing) -> np.ndarray:
+    """The tumour's voxel on its edge farthest from its deepest voxel: the click on its rim."""
+    depth = ndimage.distance_transform_edt(tumor, sampling=spacing)
+    deepest = np.array(np.unravel_index(int(np.argmax(depth)), depth.shape))
+    edge = np.argwhere(tumor & ~ndimage.binary_erosion(tumor))
+    return edge[np.argmax(np.linalg.norm((edge - deepest) * np.asarray(spacing), axis=1))].astype(float)
+
+
 def timed_tumor_first_clicks(client: SAM3DClient, image, target: np.ndarray,
                              repeats: int) -> tuple[list[float], list[float]]:
-    """The first click at the tumour's centre in a new session each time (no cached crop) ->
-    (round-trip ms, the server's encoder ms) per click."""
+    """The first click at ``target`` on the tumour in a new session each time (no cached crop)
+    -> (round-trip ms, the server's encoder ms) per click."""
     round_trip, encode = [], []
     for _ in range(repeats):
         session = client.create_session(image.array, image.spacing)

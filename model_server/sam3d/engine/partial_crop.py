@@ -1,10 +1,12 @@
 """A crop encoded first on the slices near the object, and the rest later.
 
-TinyViT encodes a crop slice by slice, and an object fills only some of its slices. Two first
+TinyViT encodes a crop slice by slice, and an object fills only some of its slices. Three first
 answers read a crop encoded so: a small object's first click answered again on a finer crop
-(``crop_scale``), the slices within ``MARGIN_MM`` of the first mask's extent; and the 3D
-model's click at a box's centre (``box_fit``), the slices within ``MARGIN_MM`` of the slices the
-box's object spans (``box_fit.object_slices``). Slices are encoded in whole runs of the
+(``crop_scale``), the slices within ``MARGIN_MM`` of the first mask's extent; a rim click
+answered again on a crop centred inside its lesion (``recentre``), the slices within
+``MARGIN_MM`` of the lesion the image shows; and the 3D model's click at a box's centre
+(``box_fit``), the slices within ``MARGIN_MM`` of the slices the box's object spans
+(``box_fit.object_slices``). Slices are encoded in whole runs of the
 encoder's chunk, and each slice beyond takes the features of the nearest slice encoded. The
 crop's remaining slices are encoded afterwards: in idle time, or by the next interaction that
 reads the crop. Every later answer reads the whole crop's features, so no mask depends on when

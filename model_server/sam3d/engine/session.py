@@ -30,7 +30,11 @@ the object's mask:
    meets the image's edge (``edge_threshold.py``; 0.025-0.9, where not 0.5 only the clicked part
    is kept); a mask whose boundary lies on an image edge (every threshold other than 0.5 and a
    0.5 mask on an edge) is corrected as the 2D pathway's, one inside an organ of like intensity by
-   the 3D model. Where that first mask is small, the click is answered again on crops of a finer
+   the 3D model. Where the image shows the clicked lesion standing apart from what surrounds that
+   first mask and the lesion's centre lies away from the click (a click on its rim: the model
+   reads its crop's centre as inside the object), the click is answered again on a crop centred
+   there, encoded first near the lesion's slices (``recentre.py``). Where that first mask is
+   small, the click is answered again on crops of a finer
    spacing, kept where the two answers agree, and the object's later clicks use its scale
    (``crop_scale.py``). That finer crop's first answer encodes only its slices near the first
    mask, as a box's centre click does near the box's object; the rest are encoded in idle time
@@ -104,6 +108,7 @@ from .negative_clicks import doubt_reads_box_object, honour_negative_clicks, spa
 from .partial_crop import PartialCrop, slabs_near
 from .positive_clicks import MIN_AGREEMENT, agreement, clicks_inside, judgeable_additions, keep_believed_additions
 from .predictor import IdleStep, Predictor
+from .recentre import image_object, reach_box, reaches_click, shifted_centre
 from .slice_pathway import SliceEmbeddings, box_slice, correction_box, is_3d_box, on_its_slice, volume_bounds
 from .subtle_extent import (REACH_MM, SHELL_MM, SMOOTH_MM, SubtleLevels, add_at_positive_click,
                             cut_at_negative_click, grow_to_subtle_lesion, smoothed_image)
@@ -336,6 +341,7 @@ class Session:
         answer = self._answer_with_crops(queue, patches, all_points, all_labels, prompt_box, first_click,
                                          honour_negatives)
         if first_click is not None:
+            answer = self._recentred_on_object(answer, all_points, all_labels, first_click, spacing_mm)
             answer = self._small_object_at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
         encode_s += answer.encode_s
         box, proposal = answer.box, answer.proposal
@@ -692,6 +698,34 @@ class Session:
                                              mask_prompt(geometry, mask_region) if mask_region.any() else None)
         self.decoder_runs += 1
         return probability, seconds
+
+    def _recentred_on_object(self, answer: "_CropAnswer", all_points: np.ndarray, all_labels: np.ndarray,
+                             first_click: np.ndarray, spacing_mm: float) -> "_CropAnswer":
+        """A new object's first-click ``answer`` answered again on a crop centred on the object
+        the image shows around it (``recentre``), kept where it holds the click; else ``answer``.
+        Either way with the encoder time and crops of both."""
+        lo, hi = reach_box(first_click, self.spacing, self.shape)
+        reach: Box = (tuple(int(c) for c in lo), tuple(int(c) for c in hi))
+        region = np.zeros(_size(reach), dtype=bool)
+        overlap = _intersection(reach, answer.box)
+        if overlap is not None:
+            region[box_slices(overlap, origin=reach[0])] = answer.proposal[box_slices(overlap, origin=answer.box[0])]
+        found = image_object(self.volume[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], self.spacing, region,
+                             first_click - lo)
+        centre = None if found is None else shifted_centre(first_click, found.centre + lo, self.spacing,
+                                                           self.predictor.config.crop_size, spacing_mm)
+        if centre is None:
+            return answer
+        geometry = CropGeometry.around(centre, self.spacing, self.shape, self.predictor.config.crop_size, spacing_mm)
+        seconds, started = self._encode_near(geometry, (found.slices[0] + int(lo[0]), found.slices[1] + int(lo[0])))
+        again = self._answer_with_crops([geometry], [], all_points, all_labels, None, first_click, False,
+                                        partial_ok=started)
+        near_click = reaches_click(again.proposal, first_click - np.asarray(again.box[0]), self.spacing)
+        if started and not near_click:
+            self._partial = None  # no idle time spent on a crop the object does not use
+        kept = again if near_click else answer
+        return dataclasses.replace(kept, crops=answer.crops + again.crops,
+                                   encode_s=answer.encode_s + seconds + again.encode_s)
 
     def _small_object_at_finer_scale(self, answer: "_CropAnswer", points: np.ndarray, labels: np.ndarray,
                                      all_points: np.ndarray, all_labels: np.ndarray,
