@@ -18,7 +18,7 @@ import pytest
 from sam3d.data.chest import generate_chest_case
 from sam3d.data.clicks import centre_click, first_click, next_click
 from sam3d.data.phantoms import case_seed
-from sam3d.engine import crop_scale, edge_threshold, partial_crop
+from sam3d.engine import crop_scale, edge_threshold, partial_crop, recentre
 from sam3d.engine import session as session_module
 from sam3d.engine.box_fit import object_slices
 from sam3d.engine.predictor import IdleStep, Predictor
@@ -90,6 +90,11 @@ def _without_intensity_trim(monkeypatch) -> None:
 def _without_growth(monkeypatch) -> None:
     """A first click's mask not grown to the lesion's intensity step (``intensity_trim``)."""
     monkeypatch.setattr(session_module, "grow_to_lesion_intensity", lambda image, mask, click: mask)
+
+
+def _without_recentring(monkeypatch) -> None:
+    """A first click answered on the crop centred at the click alone (as before ``recentre``)."""
+    monkeypatch.setattr(recentre, "MIN_SHIFT_CROP_VOXELS", np.inf)
 
 
 def _without_click_reach(monkeypatch) -> None:
@@ -306,9 +311,11 @@ def test_a_positive_click_keeps_only_what_the_3d_model_believes(predictor, monke
     the 3D model believes as much as the click: much of what it adds to the tumour, little of the
     leak, and no
     crop is encoded for it. (The first mask not grown to the tumour's intensity step: grown, it
-    takes the missed part, and the protocol's second click is negative. Additions not limited by
-    the click's distance (``click_reach``), which would cut the leak too.)"""
+    takes the missed part, and the protocol's second click is negative; so it does where the first
+    crop is centred inside the tumour, ``recentre``. Additions not limited by the click's distance
+    (``click_reach``), which would cut the leak too.)"""
     _without_growth(monkeypatch)
+    _without_recentring(monkeypatch)
     _without_click_reach(monkeypatch)
     image, label, _ = _chest_case(LEAKS_BESIDE, COMPLEX_DEV91_SEED, complicated=True)
     target = label.array > 0

@@ -32,8 +32,8 @@ from scipy import ndimage
 from .intensity_trim import IN_PLANE, MIN_CORE_VOXELS
 from .subtle_extent import SHELL_MM, SMOOTH_MM, robust_std
 
-MIN_SHIFT_CROP_VOXELS = 4.0  # crop voxels between the click and the object's centroid to re-centre
-MIN_SEPARATION = 3.0  # the least |lesion - shell| in the click's robust standard deviations
+MIN_SHIFT_CROP_VOXELS = 4.0  # crop voxels between the click and the object's centre to re-centre
+MIN_SEPARATION = 3.0  # the least |lesion - shell| in robust standard deviations of the mask's core
 CLICK_GAP_MM = 3.0  # a re-centred answer is kept where it holds a voxel this near the click
 REACH_MM = 60.0  # the image's object is read within this distance of the click (per axis, mm)
 
@@ -112,13 +112,13 @@ def _deepest_reached(depth: np.ndarray, start: tuple[int, int, int], max_steps: 
     return current
 
 
-def shifted_centre(click: np.ndarray, centroid: np.ndarray, spacing: Sequence[float], crop_size: int,
+def shifted_centre(click: np.ndarray, centre: np.ndarray, spacing: Sequence[float], crop_size: int,
                    crop_spacing_mm: float) -> np.ndarray | None:
-    """The re-centred crop's centre (native kji): ``centroid``, moved back towards ``click`` as
+    """The re-centred crop's centre (native kji): the object's ``centre``, moved back towards ``click`` as
     far as keeps the click ``crop_size / 8`` crop voxels inside the crop; None where it lies
     within ``MIN_SHIFT_CROP_VOXELS`` crop voxels of the click."""
     click = np.asarray(click, dtype=np.float64)
-    shift_crop = (np.asarray(centroid, dtype=np.float64) - click) * np.asarray(spacing) / crop_spacing_mm
+    shift_crop = (np.asarray(centre, dtype=np.float64) - click) * np.asarray(spacing) / crop_spacing_mm
     if np.linalg.norm(shift_crop) < MIN_SHIFT_CROP_VOXELS:
         return None
     most = (crop_size - 1) / 2 - crop_size / 8
