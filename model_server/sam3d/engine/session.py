@@ -702,7 +702,7 @@ class Session:
     def _recentred_on_object(self, answer: "_CropAnswer", all_points: np.ndarray, all_labels: np.ndarray,
                              first_click: np.ndarray, spacing_mm: float) -> "_CropAnswer":
         """A new object's first-click ``answer`` answered again on a crop centred on the object
-        the image shows around it (``recentre``), kept where it holds the click; else ``answer``.
+        the image shows around it (``recentre``), kept where it reaches the click; else ``answer``.
         Either way with the encoder time and crops of both."""
         lo, hi = reach_box(first_click, self.spacing, self.shape)
         reach: Box = (tuple(int(c) for c in lo), tuple(int(c) for c in hi))
