@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "SAM3DPrompt"), str(REPO / "model_server" / "tests")]  # server_helpers
@@ -48,7 +47,7 @@ sys.path[:0] = [str(REPO / "SAM3DPrompt"), str(REPO / "model_server" / "tests")]
 from SAM3DPromptLib.client import SAM3DClient  # noqa: E402
 from server_helpers import running_server  # noqa: E402
 
-from sam3d.data.clicks import centre_click, next_click  # noqa: E402
+from sam3d.data.clicks import centre_click, next_click, rim_click  # noqa: E402
 from sam3d.engine.choices import CLICK_PATHWAYS, SLICE_PRECISIONS  # noqa: E402
 from sam3d.data.phantoms import TUMOR_LABEL, generate_case  # noqa: E402
 from sam3d.evaluate.simulation import largest_slice_box  # noqa: E402
@@ -191,14 +190,6 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         ("click reply / full mask", f"{100 * median_size / full_mask_bytes:.3f} % (goal <= "
          f"{100 * GOAL_REPLY_FRACTION:.0f} %: {'met' if median_size <= GOAL_REPLY_FRACTION * full_mask_bytes else 'NOT met'})"),
     ]
-
-
-def rim_click(tumor: np.ndarray, spacing) -> np.ndarray:
-    """The tumour's voxel on its edge farthest from its deepest voxel: the click on its rim."""
-    depth = ndimage.distance_transform_edt(tumor, sampling=spacing)
-    deepest = np.array(np.unravel_index(int(np.argmax(depth)), depth.shape))
-    edge = np.argwhere(tumor & ~ndimage.binary_erosion(tumor))
-    return edge[np.argmax(np.linalg.norm((edge - deepest) * np.asarray(spacing), axis=1))].astype(float)
 
 
 def timed_tumor_first_clicks(client: SAM3DClient, image, target: np.ndarray,

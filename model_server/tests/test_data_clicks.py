@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from sam3d.data.clicks import centre_click, first_click, next_click, training_clicks
+from sam3d.data.clicks import centre_click, first_click, next_click, rim_click, training_clicks
 
 
 def ball(shape, centre, radius, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
@@ -42,6 +42,14 @@ def test_training_clicks_without_tumor_all_come_from_anywhere():
     assert points.shape == (10, 3)
     np.testing.assert_array_equal(labels, 0)
     assert (points < [8, 9, 10]).all()
+
+
+def test_rim_click_is_the_edge_voxel_farthest_from_the_deepest():
+    gt = ball((21, 21, 30), (10, 10, 10), 5)  # deepest at its centre
+    gt[10, 10, 10:26] = True  # and a thin arm along i: its tip is the rim click
+    np.testing.assert_array_equal(rim_click(gt), [10, 10, 25])
+    # in mm, 4 mm slices: the ball's pole along k (20 mm away) lies farther than the arm's tip (15 mm)
+    np.testing.assert_array_equal(rim_click(gt, spacing=(4.0, 1.0, 1.0)), [5, 10, 10])
 
 
 def test_first_click_is_a_tumor_voxel_and_centre_click_the_deepest():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from sam3d.data.clicks import rim_click
 from sam3d.data.phantoms import case_seed
 from sam3d.data.synth import generate_synth_case
 from sam3d.engine import recentre
@@ -99,14 +100,10 @@ def predictor() -> Predictor:
 @pytest.fixture(scope="module")
 def rim_clicked_lesion():
     """Synthetic case 1 of the development set (seed 93): a 16 ml lesion with a darker core,
-    clicked on its rim (its voxel nearest the lesion's edge farthest from its deepest voxel)."""
+    clicked on its rim (``rim_click``)."""
     case = generate_synth_case(case_seed(93, 1))
     lesion = case.label.array > 0
-    depth = ndimage.distance_transform_edt(lesion, sampling=case.image.spacing)
-    deepest = np.array(np.unravel_index(np.argmax(depth), depth.shape))
-    rim = np.argwhere(lesion & (depth <= min(case.image.spacing) * 1.01))
-    click = rim[np.argmax(np.linalg.norm((rim - deepest) * case.image.spacing, axis=1))].astype(float)
-    return case, lesion, click
+    return case, lesion, rim_click(lesion, case.image.spacing)
 
 
 def _dice(found: np.ndarray, truth: np.ndarray) -> float:

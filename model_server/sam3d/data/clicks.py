@@ -60,6 +60,17 @@ def centre_click(gt: np.ndarray, spacing: Sequence[float] | None = None) -> np.n
     return _deepest_voxel(target, spacing)
 
 
+def rim_click(gt: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """A click on the object's rim: its edge voxel (one with a background 6-neighbour, the array
+    border counting as background) farthest from its deepest voxel (``centre_click``; distances
+    in mm when ``spacing`` is given). Returns [3] float (kji)."""
+    target = np.asarray(gt) > 0
+    deepest = centre_click(target, spacing)
+    edge = np.argwhere(target & ~ndimage.binary_erosion(target))
+    scale = np.ones(3) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    return edge[np.argmax(np.linalg.norm((edge - deepest) * scale, axis=1))].astype(np.float64)
+
+
 def next_click(
     pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None
 ) -> tuple[np.ndarray, int] | None:

@@ -109,7 +109,7 @@ def trim_homogeneous_lesion(image: np.ndarray, mask: np.ndarray, click: np.ndarr
     if read is None:
         return mask
     values, ring, index = read
-    core = _core_values(values, mask)
+    core = core_values(values, mask)
     surroundings = float(np.median(values[ring]))
     if _stands_apart(values[mask] if core is None else core, surroundings):
         return _trim(*read, mask)
@@ -192,11 +192,11 @@ def _read_around(image: np.ndarray, mask: np.ndarray,
 def core_level(image: np.ndarray, mask: np.ndarray, min_voxels: int = MIN_CORE_VOXELS) -> float | None:
     """The median of ``image`` inside ``mask`` eroded by one voxel in-plane: a lesion's level away
     from its partial-volume edge; None where the erosion holds fewer than ``min_voxels``."""
-    core = _core_values(image, mask, min_voxels)
+    core = core_values(image, mask, min_voxels)
     return None if core is None else float(np.median(core))
 
 
-def _core_values(image: np.ndarray, mask: np.ndarray, min_voxels: int = MIN_CORE_VOXELS) -> np.ndarray | None:
+def core_values(image: np.ndarray, mask: np.ndarray, min_voxels: int = MIN_CORE_VOXELS) -> np.ndarray | None:
     """``image``'s values inside ``mask`` eroded by one voxel in-plane; None where the erosion
     holds fewer than ``min_voxels``."""
     core = ndimage.binary_erosion(mask, IN_PLANE)

@@ -29,7 +29,9 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .intensity_trim import IN_PLANE, MIN_CORE_VOXELS
+from .crops import Box, clamp_box
+from .intensity_trim import IN_PLANE, core_values
+from .negative_clicks import squared_distance_mm
 from .subtle_extent import SHELL_MM, SMOOTH_MM, robust_std
 
 MIN_SHIFT_CROP_VOXELS = 4.0  # crop voxels between the click and the object's centre to re-centre
@@ -38,11 +40,17 @@ CLICK_GAP_MM = 3.0  # a re-centred answer is kept where it holds a voxel this ne
 REACH_MM = 60.0  # the image's object is read within this distance of the click (per axis, mm)
 
 
-def reach_box(click: np.ndarray, spacing: Sequence[float], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The native box (lo, hi: half-open kji) within ``REACH_MM`` of ``click`` along each axis."""
-    radius = np.ceil(REACH_MM / np.asarray(spacing, dtype=np.float64)).astype(int)
-    centre = np.round(np.asarray(click, dtype=np.float64)).astype(int)
-    return np.maximum(centre - radius, 0), np.minimum(centre + radius + 1, np.asarray(shape))
+def reach_box(click: np.ndarray, spacing: Sequence[float], shape: Sequence[int]) -> Box:
+    """The native box within ``REACH_MM`` of ``click`` along each axis, inside the volume."""
+    return _box_around(click, REACH_MM, spacing, shape)
+
+
+def _box_around(point: np.ndarray, distance_mm: float, spacing: Sequence[float], shape: Sequence[int]) -> Box:
+    """The box of the voxels within ``distance_mm`` of ``point`` (kji) along each axis, inside an
+    array of ``shape``."""
+    radius = np.ceil(distance_mm / np.asarray(spacing, dtype=np.float64)).astype(int)
+    centre = np.round(np.asarray(point, dtype=np.float64)).astype(int)
+    return clamp_box(centre - radius, centre + radius + 1, tuple(shape))
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,8 @@ def image_object(image: np.ndarray, spacing: Sequence[float], mask: np.ndarray,
     if not mask.any() or not mask[index]:
         return None
     smoothed = ndimage.gaussian_filter(image.astype(np.float32), [SMOOTH_MM / s for s in spacing])
-    core = smoothed[ndimage.binary_erosion(mask, IN_PLANE)]
-    if core.size < MIN_CORE_VOXELS:
+    core = core_values(smoothed, mask)
+    if core is None:
         return None
     lesion = float(np.median(core))
     near = _bounding_slices(mask, np.ceil(SHELL_MM[1] / np.asarray(spacing)).astype(int) + 1)
@@ -129,11 +137,7 @@ def shifted_centre(click: np.ndarray, centre: np.ndarray, spacing: Sequence[floa
 def reaches_click(mask: np.ndarray, click: np.ndarray, spacing: Sequence[float]) -> bool:
     """Whether ``mask`` (bool) holds a voxel within ``CLICK_GAP_MM`` of ``click`` (kji in the
     array): a re-centred answer that still answers the click, whose rim voxel it may leave out."""
-    radius = np.ceil(CLICK_GAP_MM / np.asarray(spacing, dtype=np.float64)).astype(int)
-    centre = np.round(np.asarray(click, dtype=np.float64)).astype(int)
-    lo, hi = np.maximum(centre - radius, 0), np.minimum(centre + radius + 1, mask.shape)
-    if np.any(hi <= lo):
-        return False
-    grid = np.stack(np.meshgrid(*[np.arange(l, h) for l, h in zip(lo, hi)], indexing="ij"), axis=-1)
-    near = np.linalg.norm((grid - np.asarray(click)) * np.asarray(spacing), axis=-1) <= CLICK_GAP_MM
-    return bool(np.any(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] & near))
+    lo, hi = _box_around(click, CLICK_GAP_MM, spacing, mask.shape)
+    window = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    near = squared_distance_mm(window.shape, np.asarray(click, dtype=np.float64) - lo, spacing) <= CLICK_GAP_MM ** 2
+    return bool(np.any(window & near))

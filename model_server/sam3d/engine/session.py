@@ -704,20 +704,16 @@ class Session:
         """A new object's first-click ``answer`` answered again on a crop centred on the object
         the image shows around it (``recentre``), kept where it reaches the click; else ``answer``.
         Either way with the encoder time and crops of both."""
-        lo, hi = reach_box(first_click, self.spacing, self.shape)
-        reach: Box = (tuple(int(c) for c in lo), tuple(int(c) for c in hi))
-        region = np.zeros(_size(reach), dtype=bool)
-        overlap = _intersection(reach, answer.box)
-        if overlap is not None:
-            region[box_slices(overlap, origin=reach[0])] = answer.proposal[box_slices(overlap, origin=answer.box[0])]
-        found = image_object(self.volume[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], self.spacing, region,
+        reach = reach_box(first_click, self.spacing, self.shape)
+        lo = np.asarray(reach[0])
+        found = image_object(self.volume[box_slices(reach)], self.spacing, _placed(reach, answer.box, answer.proposal),
                              first_click - lo)
         centre = None if found is None else shifted_centre(first_click, found.centre + lo, self.spacing,
                                                            self.predictor.config.crop_size, spacing_mm)
         if centre is None:
             return answer
         geometry = CropGeometry.around(centre, self.spacing, self.shape, self.predictor.config.crop_size, spacing_mm)
-        seconds, started = self._encode_near(geometry, (found.slices[0] + int(lo[0]), found.slices[1] + int(lo[0])))
+        seconds, started = self._encode_near(geometry, (found.slices[0] + reach[0][0], found.slices[1] + reach[0][0]))
         again = self._answer_with_crops([geometry], [], all_points, all_labels, None, first_click, False,
                                         partial_ok=started)
         near_click = reaches_click(again.proposal, first_click - np.asarray(again.box[0]), self.spacing)
@@ -1365,9 +1361,11 @@ def _search_agrees(box: Box, three_d: np.ndarray, search_box: Box, searched: np.
 
 
 def _placed(box: Box, inner_box: Box, mask: np.ndarray) -> np.ndarray:
-    """``mask`` (of ``inner_box``) placed in a zero array of ``box``, which holds ``inner_box``."""
+    """``mask`` (of ``inner_box``) placed in a zero array of ``box``: the part of it inside ``box``."""
     placed = np.zeros(_size(box), dtype=bool)
-    placed[box_slices(inner_box, origin=box[0])] = mask
+    overlap = _intersection(box, inner_box)
+    if overlap is not None:
+        placed[box_slices(overlap, origin=box[0])] = mask[box_slices(overlap, origin=inner_box[0])]
     return placed
 
 
