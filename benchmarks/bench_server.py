@@ -16,7 +16,9 @@ the prompt encoder and decoder. The first click at the tumour's centre, in a new
 time, is what a user's first click on a small lesion costs: its mask is answered again on a
 finer crop (``engine/crop_scale.py``), a second encoder run; the first click on the tumour's
 rim (its edge voxel farthest from its centre), one whose crop the engine may centre again
-inside the lesion (``engine/recentre.py``), another. Each next click is undone
+inside the lesion (``engine/recentre.py``), another. That phantom's tumour is too small for its
+crop to move, so the rim click is timed on a larger lung tumour as well (a complex chest phantom,
+``--moved-crop-seed``), whose crop does move: the costliest first click. Each next click is undone
 (untimed) before the next one so that all N measure the same situation. Reply bytes are compared with the full-volume mask as
 packed bits (what a reply without a bounding box would carry before compression). Where the
 model takes boxes, a 2D box on the tumour's largest slice follows, then up to N corrections
@@ -49,7 +51,8 @@ from server_helpers import running_server  # noqa: E402
 
 from sam3d.data.clicks import centre_click, next_click, rim_click  # noqa: E402
 from sam3d.engine.choices import CLICK_PATHWAYS, SLICE_PRECISIONS  # noqa: E402
-from sam3d.data.phantoms import TUMOR_LABEL, generate_case  # noqa: E402
+from sam3d.data.chest import generate_chest_case  # noqa: E402
+from sam3d.data.phantoms import TUMOR_LABEL, case_seed, generate_case  # noqa: E402
 from sam3d.evaluate.simulation import largest_slice_box  # noqa: E402
 
 GOAL_NEXT_CLICK_MS = 150.0
@@ -151,8 +154,12 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
 
     client.reset(session)
     target = centre_click(tumor, image.spacing)
-    tumor_ms, tumor_encode_ms = timed_tumor_first_clicks(client, image, target, args.repeats)
-    rim_ms, rim_encode_ms = timed_tumor_first_clicks(client, image, rim_click(tumor, image.spacing), args.repeats)
+    tumor_ms, tumor_encode_ms, _ = timed_tumor_first_clicks(client, image, target, args.repeats)
+    rim_ms, rim_encode_ms, _ = timed_tumor_first_clicks(client, image, rim_click(tumor, image.spacing), args.repeats)
+    print(f"generating complex chest phantom {args.moved_crop_seed} ...", file=sys.stderr, flush=True)
+    chest, chest_label, _ = generate_chest_case(args.moved_crop_seed, complicated=True)
+    moved_ms, moved_encode_ms, moved_crops = timed_tumor_first_clicks(
+        client, chest, rim_click(chest_label.array > 0, chest.spacing), args.repeats)
     client.interact(session, [target], [1])
     others = first_click_points(shape, image.spacing, crop_mm, args.repeats, np.random.default_rng(1))
     second = (other_user(url, args.api_key, image, others, args.think_ms / 1000) if args.other_user
@@ -185,6 +192,10 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         (f"first click on the tumour's rim, a new session each time, median of {len(rim_ms)}",
          f"{statistics.median(rim_ms):.0f} ms (encoder: median {statistics.median(rim_encode_ms):.0f} ms; "
          "a rim click's crop may be centred again inside the lesion, engine/recentre.py)"),
+        (f"first click on a larger lung tumour's rim (complex chest phantom {args.moved_crop_seed}, "
+         f"{' x '.join(map(str, chest.array.shape))}), a new session each time, median of {len(moved_ms)}",
+         f"{statistics.median(moved_ms):.0f} ms (encoder: median {statistics.median(moved_encode_ms):.0f} ms; "
+         f"crops per click: median {statistics.median(moved_crops):g}, 2 where the crop moved)"),
         *next_rows.items(),
         ("full-volume mask as packed bits", f"{full_mask_bytes} B"),
         ("click reply / full mask", f"{100 * median_size / full_mask_bytes:.3f} % (goal <= "
@@ -193,17 +204,18 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
 
 
 def timed_tumor_first_clicks(client: SAM3DClient, image, target: np.ndarray,
-                             repeats: int) -> tuple[list[float], list[float]]:
+                             repeats: int) -> tuple[list[float], list[float], list[int]]:
     """The first click at ``target`` on the tumour in a new session each time (no cached crop)
-    -> (round-trip ms, the server's encoder ms) per click."""
-    round_trip, encode = [], []
+    -> (round-trip ms, the server's encoder ms, crops predicted) per click."""
+    round_trip, encode, crops = [], [], []
     for _ in range(repeats):
         session = client.create_session(image.array, image.spacing)
         update, ms = timed(client.interact, session, [target], [1])
         round_trip.append(ms)
         encode.append(update.timing_ms.get("encode", float("nan")))
+        crops.append(update.crops)
         client.delete_session(session)
-    return round_trip, encode
+    return round_trip, encode, crops
 
 
 def timed_next_clicks(args: argparse.Namespace, client: SAM3DClient, session: str, tumor: np.ndarray,
@@ -281,6 +293,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20, help="clicks per median (default 20)")
     parser.add_argument("--uploads", type=int, default=3, help="uploads per median (default 3)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--moved-crop-seed", type=int, default=case_seed(6161, 5),
+                        help="the complex chest phantom whose rim click moves its crop (default: case 5 of "
+                             "`sam3d phantoms --design chest-complex --seed 6161`)")
     parser.add_argument("--think-ms", type=float, default=0.0,
                         help="pause after each reply before the next click or correction, as a reader looks at the "
                              "mask first (default 0: back to back); the server's idle work runs in it")
