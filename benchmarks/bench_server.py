@@ -17,8 +17,10 @@ time, is what a user's first click on a small lesion costs: its mask is answered
 finer crop (``engine/crop_scale.py``), a second encoder run; the first click on the tumour's
 rim (its edge voxel farthest from its centre), one whose crop the engine may centre again
 inside the lesion (``engine/recentre.py``), another. That phantom's tumour is too small for its
-crop to move, so the rim click is timed on a larger lung tumour as well (a complex chest phantom,
-``--moved-crop-seed``), whose crop does move: the costliest first click. Each next click is undone
+crop to move, so a first click whose crop moves is timed as well: the evaluation protocol's
+first click (seed 0) on a larger lung tumour, case 5 of the complex chest phantoms of seed 6161
+(``--moved-crop-case``), answered on a crop centred inside its lesion: the costliest first
+click. Each next click is undone
 (untimed) before the next one so that all N measure the same situation. Reply bytes are compared with the full-volume mask as
 packed bits (what a reply without a bounding box would carry before compression). Where the
 model takes boxes, a 2D box on the tumour's largest slice follows, then up to N corrections
@@ -53,7 +55,7 @@ from sam3d.data.clicks import centre_click, next_click, rim_click  # noqa: E402
 from sam3d.engine.choices import CLICK_PATHWAYS, SLICE_PRECISIONS  # noqa: E402
 from sam3d.data.chest import generate_chest_case  # noqa: E402
 from sam3d.data.phantoms import TUMOR_LABEL, case_seed, generate_case  # noqa: E402
-from sam3d.evaluate.simulation import largest_slice_box  # noqa: E402
+from sam3d.evaluate.simulation import clicked_object, largest_slice_box  # noqa: E402
 
 GOAL_NEXT_CLICK_MS = 150.0
 GOAL_REPLY_FRACTION = 0.01
@@ -156,10 +158,11 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
     target = centre_click(tumor, image.spacing)
     tumor_ms, tumor_encode_ms, _ = timed_tumor_first_clicks(client, image, target, args.repeats)
     rim_ms, rim_encode_ms, _ = timed_tumor_first_clicks(client, image, rim_click(tumor, image.spacing), args.repeats)
-    print(f"generating complex chest phantom {args.moved_crop_seed} ...", file=sys.stderr, flush=True)
-    chest, chest_label, _ = generate_chest_case(args.moved_crop_seed, complicated=True)
-    moved_ms, moved_encode_ms, moved_crops = timed_tumor_first_clicks(
-        client, chest, rim_click(chest_label.array > 0, chest.spacing), args.repeats)
+    chest_seed, chest_index = (int(v) for v in args.moved_crop_case.split(":"))
+    print(f"generating complex chest phantom {chest_index} of seed {chest_seed} ...", file=sys.stderr, flush=True)
+    chest, chest_label, _ = generate_chest_case(case_seed(chest_seed, chest_index), complicated=True)
+    protocol_click, _ = clicked_object(chest_label.array > 0, 0, f"chest-complex_{chest_index:03d}")
+    moved_ms, moved_encode_ms, moved_crops = timed_tumor_first_clicks(client, chest, protocol_click, args.repeats)
     client.interact(session, [target], [1])
     others = first_click_points(shape, image.spacing, crop_mm, args.repeats, np.random.default_rng(1))
     second = (other_user(url, args.api_key, image, others, args.think_ms / 1000) if args.other_user
@@ -192,8 +195,9 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         (f"first click on the tumour's rim, a new session each time, median of {len(rim_ms)}",
          f"{statistics.median(rim_ms):.0f} ms (encoder: median {statistics.median(rim_encode_ms):.0f} ms; "
          "a rim click's crop may be centred again inside the lesion, engine/recentre.py)"),
-        (f"first click on a larger lung tumour's rim (complex chest phantom {args.moved_crop_seed}, "
-         f"{' x '.join(map(str, chest.array.shape))}), a new session each time, median of {len(moved_ms)}",
+        (f"first click whose crop moves (complex chest phantom {args.moved_crop_case}, "
+         f"{' x '.join(map(str, chest.array.shape))}, the protocol's click), a new session each time, "
+         f"median of {len(moved_ms)}",
          f"{statistics.median(moved_ms):.0f} ms (encoder: median {statistics.median(moved_encode_ms):.0f} ms; "
          f"crops per click: median {statistics.median(moved_crops):g}, 2 where the crop moved)"),
         *next_rows.items(),
@@ -293,9 +297,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20, help="clicks per median (default 20)")
     parser.add_argument("--uploads", type=int, default=3, help="uploads per median (default 3)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--moved-crop-seed", type=int, default=case_seed(6161, 5),
-                        help="the complex chest phantom whose rim click moves its crop (default: case 5 of "
-                             "`sam3d phantoms --design chest-complex --seed 6161`)")
+    parser.add_argument("--moved-crop-case", default="6161:5",
+                        help="SEED:INDEX of the complex chest phantom (`sam3d phantoms --design chest-complex "
+                             "--seed SEED`, case INDEX) whose first click, the evaluation protocol's at seed 0, "
+                             "is answered on a moved crop (default 6161:5)")
     parser.add_argument("--think-ms", type=float, default=0.0,
                         help="pause after each reply before the next click or correction, as a reader looks at the "
                              "mask first (default 0: back to back); the server's idle work runs in it")

@@ -126,10 +126,6 @@ def test_a_rim_click_is_answered_on_a_crop_centred_in_its_lesion(predictor, rim_
     assert deepest_centre > depth.max() / 2  # a crop centred deep in the lesion
     assert all(depth[tuple(np.round(g.center).astype(int))] < deepest_centre for g in at_click.cache.geometries())
     assert recentred_dice > 0.85 and recentred_dice > _dice(at_click.mask, lesion) + 0.3
-    # the rule read the click's crop encoded in part: the moved object's session never encoded it whole,
-    # the one whose crop stayed completed it at once and answered on it whole
-    assert at_click._partial is None and len(at_click.cache) >= 1
-    assert all(session.cache.get(g) is None for g in at_click.cache.geometries())
     # the object's next click reads the re-centred crop whole: idle time completes it
     while session.complete_partial_crop() is not IdleStep.DONE:
         pass

@@ -1,9 +1,7 @@
 """A crop encoded first on the slices near the object, and the rest later.
 
-TinyViT encodes a crop slice by slice, and an object fills only some of its slices. Four first
-answers read a crop encoded so: a new object's first click, whose crop the re-centring rule reads
-encoded within ``MARGIN_MM`` of the click's slice (completed at once where the crop stays, so
-that the click is answered on it whole); a small object's first click answered again on a finer crop
+TinyViT encodes a crop slice by slice, and an object fills only some of its slices. Three first
+answers read a crop encoded so: a small object's first click answered again on a finer crop
 (``crop_scale``), the slices within ``MARGIN_MM`` of the first mask's extent; a rim click
 answered again on a crop centred inside its lesion (``recentre``), the slices within
 ``MARGIN_MM`` of the lesion the image shows; and the 3D model's click at a box's centre

@@ -15,10 +15,7 @@ answered again on a crop centred where a climb from the click up that object's d
 lesion's centre, not that of an organ of its level that a narrow neck joins to it. The crop
 moves only where that centre lies at least ``MIN_SHIFT_CROP_VOXELS`` from the click, and no
 farther than keeps the click ``size / 8`` crop voxels inside it; it is encoded first on the
-slices near the object, as a finer crop is (``partial_crop``); the first answer the rule reads is
-itself one on the click's crop encoded only near the click's slices, so that a crop which moves
-costs one run of the encoder's slices more (a quarter of the default model's crop), not a whole
-crop. The new answer is kept where it
+slices near the object, as a finer crop is (``partial_crop``). The new answer is kept where it
 reaches within ``CLICK_GAP_MM`` of the click (a rim click's own voxel may lie outside the
 lesion's mask). Chosen on development data (docs/BENCHMARKS.md, "A first crop re-centred on the
 object the image shows").

@@ -33,8 +33,7 @@ the object's mask:
    the 3D model. Where the image shows the clicked lesion standing apart from what surrounds that
    first mask and the lesion's centre lies away from the click (a click on its rim: the model
    reads its crop's centre as inside the object), the click is answered again on a crop centred
-   there, encoded first near the lesion's slices (``recentre.py``); the rule reads the click's
-   crop encoded only near the click's slices, completed where the crop stays. Where that first mask is
+   there, encoded first near the lesion's slices (``recentre.py``). Where that first mask is
    small, the click is answered again on crops of a finer
    spacing, kept where the two answers agree, and the object's later clicks use its scale
    (``crop_scale.py``). That finer crop's first answer encodes only its slices near the first
@@ -339,13 +338,11 @@ class Session:
                                                                      spacing_mm)
         first_click = points[labels == 1][0] if self._chooses_threshold(new_box, labels) else None
         honour_negatives = corrected is None and not box_2d and bool((all_labels == 0).any())
+        answer = self._answer_with_crops(queue, patches, all_points, all_labels, prompt_box, first_click,
+                                         honour_negatives)
         if first_click is not None:
-            answer = self._first_click_answer(queue, all_points, all_labels, prompt_box, first_click,
-                                              honour_negatives, spacing_mm)
+            answer = self._recentred_on_object(answer, all_points, all_labels, first_click, spacing_mm)
             answer = self._small_object_at_finer_scale(answer, points, labels, all_points, all_labels, first_click)
-        else:
-            answer = self._answer_with_crops(queue, patches, all_points, all_labels, prompt_box, first_click,
-                                             honour_negatives)
         encode_s += answer.encode_s
         box, proposal = answer.box, answer.proposal
         levels = None
@@ -651,15 +648,15 @@ class Session:
     def _answer_with_crops(self, queue: list[CropGeometry], patches: list[tuple[Box, np.ndarray]],
                            all_points: np.ndarray, all_labels: np.ndarray, prompt_box: np.ndarray | None,
                            first_click: np.ndarray | None, honour_negatives: bool,
-                           partial_ok: bool = False, most_crops: int | None = None) -> "_CropAnswer":
+                           partial_ok: bool = False) -> "_CropAnswer":
         """The 3D model's answer: the queued crops predicted (with the crops next to each face
         their mask reaches, at most ``max_crops``), fused with ``patches`` (which it extends) and
         thresholded. ``first_click``: a new object's first positive click, whose answer is
         thresholded at the image's edges (``_first_click_threshold``); ``partial_ok``: a crop
-        encoded in part is read as it is (``_features``); ``most_crops``: instead of ``max_crops``."""
+        encoded in part is read as it is (``_features``)."""
         done: list[CropGeometry] = []
         threshold, on_edge, encode_s = DEFAULT_THRESHOLD, False, 0.0
-        while queue and len(done) < (self.max_crops if most_crops is None else most_crops):
+        while queue and len(done) < self.max_crops:
             geometry = queue.pop(0)
             if any(g.key == geometry.key for g in done):
                 continue
@@ -702,35 +699,11 @@ class Session:
         self.decoder_runs += 1
         return probability, seconds
 
-    def _first_click_answer(self, queue: list[CropGeometry], all_points: np.ndarray, all_labels: np.ndarray,
-                            prompt_box: np.ndarray | None, first_click: np.ndarray, honour_negatives: bool,
-                            spacing_mm: float) -> "_CropAnswer":
-        """A new object's first click: the crops at the click answered, or where the image shows the
-        clicked lesion's centre away from the click, a crop centred there (``_recentred_on_object``).
-        Where the model encodes in part, the rule reads a probe - the click's crop encoded near the
-        click's slice and answered alone (``_encode_near``) - so a crop that moves costs one run of
-        the encoder's slices more, not a whole crop; where the crop stays, its encoding is completed
-        and the click answered on it whole, as without the probe."""
-        seconds, started = self._encode_near(queue[0], (int(round(first_click[0])),) * 2)
-        if not started:  # encoded whole (or cached): its own answer is what the rule reads
-            answer = self._answer_with_crops(queue, [], all_points, all_labels, prompt_box, first_click,
-                                             honour_negatives)
-            return self._recentred_on_object(answer, all_points, all_labels, first_click, spacing_mm)[0]
-        probe = self._answer_with_crops(queue[:1], [], all_points, all_labels, prompt_box, first_click, False,
-                                        partial_ok=True, most_crops=1)
-        read, moved = self._recentred_on_object(probe, all_points, all_labels, first_click, spacing_mm)
-        if moved:
-            return dataclasses.replace(read, encode_s=seconds + read.encode_s)
-        whole = self._answer_with_crops(queue, [], all_points, all_labels, prompt_box, first_click, honour_negatives)
-        return dataclasses.replace(whole, crops=whole.crops + read.crops - probe.crops,  # the probe's crop is whole's first
-                                   encode_s=seconds + read.encode_s + whole.encode_s)
-
     def _recentred_on_object(self, answer: "_CropAnswer", all_points: np.ndarray, all_labels: np.ndarray,
-                             first_click: np.ndarray, spacing_mm: float) -> tuple["_CropAnswer", bool]:
+                             first_click: np.ndarray, spacing_mm: float) -> "_CropAnswer":
         """A new object's first-click ``answer`` answered again on a crop centred on the object
-        the image shows around it (``recentre``), kept where it reaches the click; else ``answer``
-        (the crop encoded in part before kept as it was). Either way with the encoder time and
-        crops of both -> (that answer, whether it is the re-centred one)."""
+        the image shows around it (``recentre``), kept where it reaches the click; else ``answer``.
+        Either way with the encoder time and crops of both."""
         reach = reach_box(first_click, self.spacing, self.shape)
         lo = np.asarray(reach[0])
         found = image_object(self.volume[box_slices(reach)], self.spacing, _placed(reach, answer.box, answer.proposal),
@@ -738,18 +711,17 @@ class Session:
         centre = None if found is None else shifted_centre(first_click, found.centre + lo, self.spacing,
                                                            self.predictor.config.crop_size, spacing_mm)
         if centre is None:
-            return answer, False
+            return answer
         geometry = CropGeometry.around(centre, self.spacing, self.shape, self.predictor.config.crop_size, spacing_mm)
-        before = self._partial
         seconds, started = self._encode_near(geometry, (found.slices[0] + reach[0][0], found.slices[1] + reach[0][0]))
         again = self._answer_with_crops([geometry], [], all_points, all_labels, None, first_click, False,
                                         partial_ok=started)
         near_click = reaches_click(again.proposal, first_click - np.asarray(again.box[0]), self.spacing)
-        if not near_click:
-            self._partial = before  # no idle time spent on a crop the object does not use
+        if started and not near_click:
+            self._partial = None  # no idle time spent on a crop the object does not use
         kept = again if near_click else answer
         return dataclasses.replace(kept, crops=answer.crops + again.crops,
-                                   encode_s=answer.encode_s + seconds + again.encode_s), near_click
+                                   encode_s=answer.encode_s + seconds + again.encode_s)
 
     def _small_object_at_finer_scale(self, answer: "_CropAnswer", points: np.ndarray, labels: np.ndarray,
                                      all_points: np.ndarray, all_labels: np.ndarray,
@@ -781,9 +753,8 @@ class Session:
         return dataclasses.replace(kept, encode_s=encode_s)
 
     def _encode_near(self, geometry: CropGeometry, k_range: tuple[int, int]) -> tuple[float, bool]:
-        """The crop ``geometry`` of an object's first answer (a first click's crop, ``k_range`` the
-        click's slice; a small object's finer crop, or a box's crop: ``k_range`` the native slices
-        its object spans), where the model encodes in
+        """The crop ``geometry`` of an object's first answer (a small object's finer crop, or a
+        box's crop: ``k_range`` the native slices its object spans), where the model encodes in
         part and the crop was not encoded before (in part or whole): its slices near ``k_range``
         encoded, the crop kept as ``_partial`` (``partial_crop``) -> (seconds taken, whether it
         was). Only a crop started so by this answer is read in part: one an earlier answer
