@@ -57,6 +57,7 @@ from sam3d.data.chest import generate_chest_case  # noqa: E402
 from sam3d.data.phantoms import TUMOR_LABEL, case_seed, generate_case  # noqa: E402
 from sam3d.evaluate.simulation import clicked_object, largest_slice_box  # noqa: E402
 
+GOAL_FIRST_CLICK_MS = 5000.0  # the default model's budget on a 2-core CPU (a GPU's is 300 ms)
 GOAL_NEXT_CLICK_MS = 150.0
 GOAL_REPLY_FRACTION = 0.01
 
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
         ("upload, median of %d" % len(upload_ms), f"{statistics.median(upload_ms) / 1000:.2f} s"),
         (f"first click, median of {len(first_ms)}",
          f"{statistics.median(first_ms):.0f} ms (encoder ran: {sum(encoder_ran)}/{len(encoder_ran)}; "
-         f"crops per click: median {statistics.median(first_crops):g})"),
+         f"crops per click: median {statistics.median(first_crops):g}; {first_click_goal(first_ms)})"),
         (f"first click on the tumour, a new session each time, median of {len(tumor_ms)}",
          f"{statistics.median(tumor_ms):.0f} ms (the server's encoder time: median "
          f"{statistics.median(tumor_encode_ms):.0f} ms; a small object's first click is answered on a "
@@ -199,12 +200,19 @@ def run(args: argparse.Namespace, url: str) -> list[tuple[str, str]]:
          f"{' x '.join(map(str, chest.array.shape))}, the protocol's click), a new session each time, "
          f"median of {len(moved_ms)}",
          f"{statistics.median(moved_ms):.0f} ms (encoder: median {statistics.median(moved_encode_ms):.0f} ms; "
-         f"crops per click: median {statistics.median(moved_crops):g}, 2 where the crop moved)"),
+         f"crops per click: median {statistics.median(moved_crops):g}, 2 where the crop moved; "
+         f"{first_click_goal(moved_ms)})"),
         *next_rows.items(),
         ("full-volume mask as packed bits", f"{full_mask_bytes} B"),
         ("click reply / full mask", f"{100 * median_size / full_mask_bytes:.3f} % (goal <= "
          f"{100 * GOAL_REPLY_FRACTION:.0f} %: {'met' if median_size <= GOAL_REPLY_FRACTION * full_mask_bytes else 'NOT met'})"),
     ]
+
+
+def first_click_goal(round_trip_ms: list[float]) -> str:
+    """Whether the median first click meets the CPU budget, as the table says it."""
+    met = statistics.median(round_trip_ms) <= GOAL_FIRST_CLICK_MS
+    return f"goal on a 2-core CPU <= {GOAL_FIRST_CLICK_MS / 1000:g} s: {'met' if met else 'NOT met'}"
 
 
 def timed_tumor_first_clicks(client: SAM3DClient, image, target: np.ndarray,
