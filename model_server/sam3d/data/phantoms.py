@@ -276,6 +276,12 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
 
 
+def case_id(design: str, index: int) -> str:
+    """The id of case ``index`` of a dataset of ``design`` (its files' stem; the evaluation's
+    seeded clicks are drawn per id)."""
+    return f"{design}_{index:03d}"
+
+
 def case_seed(seed: int, index: int) -> int:
     """The seed of case ``index`` of a dataset generated with ``seed``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
@@ -355,14 +361,14 @@ def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, overwrite: 
             old.unlink()  # cases of an earlier, larger run
     training, manifest = [], []
     for index in range(cases):
-        case_id = f"{design}_{index:03d}"
+        stem = case_id(design, index)
         image, label = generate(case_seed(seed, index))
-        write_image(image, images / f"{case_id}_0000{FILE_ENDING}")
-        write_image(label, labels / f"{case_id}{FILE_ENDING}")
-        write_lesion_markups(clicks / f"{case_id}{CLICKS_ENDING}", lesion_clicks(image, label, labels_["tumor"]))
-        training.append({"image": f"./imagesTr/{case_id}_0000{FILE_ENDING}", "label": f"./labelsTr/{case_id}{FILE_ENDING}"})
-        manifest.append({"id": case_id, "image": f"imagesTr/{case_id}_0000{FILE_ENDING}",
-                         "prompts": f"clicksTr/{case_id}{CLICKS_ENDING}", "reference": f"labelsTr/{case_id}{FILE_ENDING}",
+        write_image(image, images / f"{stem}_0000{FILE_ENDING}")
+        write_image(label, labels / f"{stem}{FILE_ENDING}")
+        write_lesion_markups(clicks / f"{stem}{CLICKS_ENDING}", lesion_clicks(image, label, labels_["tumor"]))
+        training.append({"image": f"./imagesTr/{stem}_0000{FILE_ENDING}", "label": f"./labelsTr/{stem}{FILE_ENDING}"})
+        manifest.append({"id": stem, "image": f"imagesTr/{stem}_0000{FILE_ENDING}",
+                         "prompts": f"clicksTr/{stem}{CLICKS_ENDING}", "reference": f"labelsTr/{stem}{FILE_ENDING}",
                          "reference_label": labels_["tumor"]})
         if progress:
             progress(index)
