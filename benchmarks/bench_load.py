@@ -24,7 +24,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "SAM3DPrompt"), str(REPO / "model_server" / "tests")]  # server_helpers
 
-from SAM3DPromptLib.client import SAM3DClient, SAM3DError  # noqa: E402
+from SAM3DPromptLib.client import SAM3DClient  # noqa: E402
 from server_helpers import running_server  # noqa: E402
 
 GOAL_CROWD = 3.0  # 8 users: decoder-only p95 <= 3x its single-user p95
