@@ -10,6 +10,8 @@ Each (model, data, prompt) runs `sam3d evaluate ... --out OUT/<model>/<data>/<pr
 when its report.json exists, so an interrupted table resumes) and the table is printed as
 Markdown for docs/BENCHMARKS.md, each Dice with its 95 % interval. `--pool NAME=DATA,DATA` adds a
 table of those sets' cases taken as one sample, as the issue's bars over several sets are read.
+`--jobs N` runs N evaluations at a time, each with one torch thread unless OMP_NUM_THREADS says
+otherwise, and writes each one's output to OUT/<model>/<data>/<prompt>.log.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -40,6 +43,8 @@ def _takes_boxes(model: str) -> bool:
 
 
 def run_one(model: str, data: str, split: str, prompt: str, args, out: Path) -> dict:
+    """One `sam3d evaluate` row's report, run unless ``out`` already holds it. With ``--jobs`` above
+    1 its output goes to ``out``.log and it runs with one torch thread unless OMP_NUM_THREADS is set."""
     report = out / "report.json"
     if not report.is_file():
         command = [sys.executable, "-m", "sam3d", "evaluate", "--model", model, "--data", data, "--split", split,
@@ -50,7 +55,17 @@ def run_one(model: str, data: str, split: str, prompt: str, args, out: Path) -> 
         if args.baseline_2d:
             command.append("--baseline-2d")
         print("+", " ".join(command), flush=True)
-        subprocess.run(command, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        if args.jobs == 1:
+            subprocess.run(command, check=True, env=env)
+        else:
+            env.setdefault("OMP_NUM_THREADS", "1")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            log = out.parent / f"{out.name}.log"
+            with log.open("w") as stream:
+                finished = subprocess.run(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
+            if finished.returncode:
+                raise SystemExit(f"sam3d evaluate failed (exit {finished.returncode}); its output: {log}")
     return json.loads(report.read_text())
 
 
@@ -101,20 +116,28 @@ def main() -> None:
     parser.add_argument("--pool", action="append", default=[], metavar="NAME=DATA,DATA",
                         help="also print these --data sets' cases as one sample (mean and 95 %% interval), "
                              "e.g. unseen=phantoms-99,phantoms-3131")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="evaluations run at a time (default 1); above 1 each gets one torch thread "
+                             "unless OMP_NUM_THREADS is set, and its output goes to OUT/<model>/<data>/<prompt>.log")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: give 1 or more")
     known = {name for name, _ in _pairs(args.data, "data")}
     for pool, members in _pairs(args.pool, "pool"):
         if not set(members.split(",")) <= known:
             raise SystemExit(f"--pool {pool}: {members!r} names data not given with --data ({', '.join(sorted(known))})")
-    rows = []
+    planned = []
     for model_name, spec in _pairs(args.model, "model"):
         prompts = ["click", *args.box_prompts.split(",")] if _takes_boxes(spec) else ["click"]
         for data_name, where in _pairs(args.data, "data"):
             data, _, split = where.rpartition(":")
-            for prompt in prompts:
-                report = run_one(spec, data, split, prompt, args, args.out / model_name / data_name / prompt)
-                rows.append((model_name, data_name, prompt, report))
+            planned += [(model_name, spec, data_name, data, split, prompt) for prompt in prompts]
+    with ThreadPoolExecutor(max_workers=args.jobs) as executor:
+        reports = list(executor.map(lambda row: run_one(row[1], row[3], row[4], row[5], args,
+                                                    args.out / row[0] / row[2] / row[5]), planned))
+    rows = [(model_name, data_name, prompt, report)
+            for (model_name, _, data_name, _, _, prompt), report in zip(planned, reports)]
     print(f"\n| model | data | cases | first prompt | Dice 1st (95 % CI) | Dice {args.clicks}th click (95 % CI) | "
           f"NSD 1st | region growing (click) | LiteMedSAM 2D (same prompt) |")
     print("|---|---|---|---|---|---|---|---|---|")
