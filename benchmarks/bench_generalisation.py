@@ -17,6 +17,7 @@ otherwise, and writes each one's output to OUT/<model>/<data>/<prompt>.log.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -127,17 +128,17 @@ def main() -> None:
     for pool, members in _pairs(args.pool, "pool"):
         if not set(members.split(",")) <= known:
             raise SystemExit(f"--pool {pool}: {members!r} names data not given with --data ({', '.join(sorted(known))})")
-    planned = []
+    planned = []  # (model name, data name, prompt, the row's run)
     for model_name, spec in _pairs(args.model, "model"):
         prompts = ["click", *args.box_prompts.split(",")] if _takes_boxes(spec) else ["click"]
         for data_name, where in _pairs(args.data, "data"):
             data, _, split = where.rpartition(":")
-            planned += [(model_name, spec, data_name, data, split, prompt) for prompt in prompts]
+            planned += [(model_name, data_name, prompt,
+                         functools.partial(run_one, spec, data, split, prompt, args,
+                                           args.out / model_name / data_name / prompt)) for prompt in prompts]
     with ThreadPoolExecutor(max_workers=args.jobs) as executor:
-        reports = list(executor.map(lambda row: run_one(row[1], row[3], row[4], row[5], args,
-                                                    args.out / row[0] / row[2] / row[5]), planned))
-    rows = [(model_name, data_name, prompt, report)
-            for (model_name, _, data_name, _, _, prompt), report in zip(planned, reports)]
+        reports = list(executor.map(lambda row: row[3](), planned))
+    rows = [(*row[:3], report) for row, report in zip(planned, reports)]
     print(f"\n| model | data | cases | first prompt | Dice 1st (95 % CI) | Dice {args.clicks}th click (95 % CI) | "
           f"NSD 1st | region growing (click) | LiteMedSAM 2D (same prompt) |")
     print("|---|---|---|---|---|---|---|---|---|")
